@@ -1,0 +1,167 @@
+"""The provider interface: one canonical request in, one parsed response out.
+
+A provider knows one wire format (OpenAI Chat Completions, Anthropic Messages). It builds the
+HTTP request from a :class:`ChatRequest`, sends it with the model's shared ``httpx.AsyncClient``
+and parses the body into a :class:`ProviderResponse`, or raises a classified
+:class:`~pytest_modelrollout._exceptions.ProviderError`. Retries, back-off, concurrency limits,
+fallback, cost and the kill switch live one level up, in :mod:`.client`.
+
+This layer does not import pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any] | None  # None when the arguments were not valid JSON
+    raw_arguments: str | None = None  # the arguments as sent on the wire, when a string
+    id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arguments": self.arguments,
+            "raw_arguments": self.raw_arguments,
+            "id": self.id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ToolCall:
+        return cls(
+            name=str(d.get("name", "")),
+            arguments=d.get("arguments"),
+            raw_arguments=d.get("raw_arguments"),
+            id=d.get("id"),
+        )
+
+
+@dataclass
+class ChatRequest:
+    """A canonical, provider-neutral chat request.
+
+    ``messages`` are OpenAI-style dicts (``role`` / ``content``, optionally ``tool_calls`` and
+    ``tool_call_id``); ``system`` is kept separately and prepended (OpenAI) or sent as the
+    ``system`` field (Anthropic). ``tools`` are OpenAI function tools. ``params`` are sent with
+    the request (temperature, max_tokens, ...). ``response_format`` is an OpenAI-style
+    response_format dict or None.
+    """
+
+    messages: list[dict[str, Any]]
+    system: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    response_format: dict[str, Any] | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "system": self.system,
+            "tools": self.tools,
+            "params": dict(sorted(self.params.items())),
+            "response_format": self.response_format,
+        }
+
+    def key(self, model_ref: str) -> str:
+        """Stable hash of model reference + request (cassette key, prefetch key)."""
+        blob = json.dumps(
+            {"model": model_ref, **self.canonical()},
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            default=str,
+        )
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+    def prompt_text(self) -> str:
+        """The last user message's text (used by language checks and messages)."""
+        for m in reversed(self.messages):
+            if m.get("role") == "user":
+                return content_text(m.get("content"))
+        return ""
+
+
+def content_text(content: Any) -> str:
+    """Text of an OpenAI-style message content (a string or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for p in content:
+            if isinstance(p, dict) and p.get("type") == "text":
+                parts.append(str(p.get("text", "")))
+            elif isinstance(p, str):
+                parts.append(p)
+        return "".join(parts)
+    return str(content)
+
+
+@dataclass
+class ProviderResponse:
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    model_id: str | None = None  # model id the provider reports
+    raw: dict[str, Any] | None = None  # parsed body (never includes request headers)
+
+
+@dataclass
+class ModelSpec:
+    """A resolved model: everything needed to call it. Built by config from a reference."""
+
+    ref: str  # the model reference as the user wrote it ("gpt-4o-mini", "sim:good")
+    provider: str  # provider name ("openai", "anthropic", "deepseek", "sim", ...)
+    wire: str  # wire format: "openai" or "anthropic"
+    model: str  # provider's model id
+    base_url: str
+    api_key_env: str | None = None  # variable name; the value is read at call time only
+    timeout_s: float = 60.0
+    max_retries: int = 2
+    max_concurrency: int = 8
+    input_price_per_mtok: float | None = None
+    output_price_per_mtok: float | None = None
+    fallback: str | None = None  # model reference
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # extra non-secret headers
+    rpm: float | None = None
+    tpm: float | None = None
+
+    def cost(self, input_tokens: int | None, output_tokens: int | None) -> float | None:
+        if self.input_price_per_mtok is None and self.output_price_per_mtok is None:
+            return None
+        if input_tokens is None and output_tokens is None:
+            return None
+        cost = (input_tokens or 0) * (self.input_price_per_mtok or 0.0)
+        cost += (output_tokens or 0) * (self.output_price_per_mtok or 0.0)
+        return cost / 1_000_000
+
+
+class Provider(ABC):
+    """One wire format. Stateless apart from the spec; the client is passed in."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    async def send(
+        self,
+        client: httpx.AsyncClient,
+        request: ChatRequest,
+        *,
+        api_key: str | None,
+        attempt: int = 0,
+    ) -> ProviderResponse:
+        """Send one attempt; return the parsed response or raise a ProviderError."""

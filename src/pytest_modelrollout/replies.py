@@ -1,0 +1,119 @@
+"""Reply, Pair and ToolCall: what a test gets back from ``ask``.
+
+A :class:`Reply` carries the model's answer and the call's measurements. A provider failure
+does not raise out of ``ask``: the reply has ``ok == False`` and ``error`` set, and every check
+on it fails. Checks (``expect_*``) are implemented in :mod:`.checks`; each records one
+:class:`~._records.CheckRecord` per reply through the reply's :class:`CheckContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._records import CheckRecord, Role
+from .providers.base import ChatRequest, ToolCall
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["CheckContext", "Pair", "Reply", "ToolCall"]
+
+
+@dataclass
+class CheckContext:
+    """Where a reply reports its check outcomes, and the identity of its call."""
+
+    workflow: str
+    role: Role
+    test_id: str
+    pair_id: str
+    call_id: str
+    record: Callable[[CheckRecord], None]
+    strict: bool = False  # --rollout-strict: shared failures fail instead of xfail
+
+
+def _noop(_: CheckRecord) -> None:
+    return None
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    latency_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    model: str = ""  # the model reference that was asked
+    finish_reason: str | None = None
+    fallback: bool = False
+    error: str | None = None
+    served_by: str | None = None
+    attempts: int = 1
+    source: str = "live"  # live | replay | shadow
+    request: ChatRequest | None = field(default=None, repr=False)
+    context: CheckContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def prompt(self) -> str:
+        return self.request.prompt_text() if self.request is not None else ""
+
+    def _record(self, check: str, passed: bool, detail: str | None, value: float | None) -> None:
+        ctx = self.context
+        if ctx is None:
+            return
+        ctx.record(
+            CheckRecord(
+                call_id=ctx.call_id,
+                pair_id=ctx.pair_id,
+                test_id=ctx.test_id,
+                workflow=ctx.workflow,
+                role=ctx.role,
+                model=self.model,
+                check=check,
+                passed=passed,
+                detail=detail,
+                value=value,
+            )
+        )
+
+    def summary(self, limit: int = 300) -> str:
+        """One short description for failure messages."""
+        if not self.ok:
+            return f"[{self.model}] ERROR {self.error}"
+        body = self.text
+        if self.tool_calls:
+            calls = ", ".join(f"{t.name}({t.raw_arguments or t.arguments})" for t in self.tool_calls)
+            body = f"{body} tool_calls=[{calls}]" if body else f"tool_calls=[{calls}]"
+        if len(body) > limit:
+            body = body[: limit - 20] + f"... [{len(body)} chars]"
+        return f"[{self.model}] {body!r}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tool_calls": [t.to_dict() for t in self.tool_calls],
+            "latency_ms": self.latency_ms,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+            "fallback": self.fallback,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Pair:
+    stable: Reply
+    candidate: Reply
+
+    def __iter__(self) -> Any:
+        return iter((self.stable, self.candidate))

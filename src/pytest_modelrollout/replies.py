@@ -12,11 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import checks as _checks
 from ._records import CheckRecord, Role
 from .providers.base import ChatRequest, ToolCall
 
 if TYPE_CHECKING:
-    pass
+    from .checks import Schema
 
 __all__ = ["CheckContext", "Pair", "Reply", "ToolCall"]
 
@@ -95,6 +96,53 @@ class Reply:
             body = body[: limit - 20] + f"... [{len(body)} chars]"
         return f"[{self.model}] {body!r}"
 
+    # ------------------------------------------------------------------ checks
+    # Each records one outcome (see pytest_modelrollout.checks for names and semantics) and
+    # raises AssertionError when it fails. All return the reply, so checks chain.
+
+    def expect_json(self, schema: Schema | None = None) -> Reply:
+        """The reply is strict JSON (no fence, no prose, no trailing comma) matching ``schema``
+        (a JSON Schema dict or a pydantic model). Also records ``json_lenient``."""
+        _checks.run_single(self, _checks.json_check(schema))
+        return self
+
+    def expect_tool_call(self, name: str | None = None, schema: Schema | None = None) -> Reply:
+        """A tool call (to ``name``) to a declared tool, its arguments valid JSON matching
+        ``schema`` (default: the tool's declared ``parameters`` in the request)."""
+        _checks.run_single(self, _checks.tool_call_check(name, schema))
+        return self
+
+    def expect_length(
+        self,
+        max_chars: int | None = None,
+        max_words: int | None = None,
+        min_chars: int | None = None,
+    ) -> Reply:
+        """Characters and/or words (each Han/kana character is a word) within bounds."""
+        _checks.run_single(self, _checks.length_check(max_chars, max_words, min_chars))
+        return self
+
+    def expect_language(self, lang: str) -> Reply:
+        """``"en"``, ``"zh"``, ``"mixed"``, ``"same_as_prompt"`` or an ISO 639-1 code."""
+        _checks.run_single(self, _checks.language_check(lang))
+        return self
+
+    def expect_latency(self, max_ms: float) -> Reply:
+        _checks.run_single(self, _checks.latency_check(max_ms))
+        return self
+
+    def expect(self, predicate: Callable[[Reply], object], name: str | None = None) -> Reply:
+        """Custom named check: ``predicate(reply)`` returns a bool (or None) or raises
+        ``AssertionError`` with a message."""
+        _checks.run_single(self, _checks.custom_check(predicate, name))
+        return self
+
+    def structure(self) -> dict[str, Any]:
+        """Deterministic structural summary for snapshot baselines (see :mod:`.structure`)."""
+        from .structure import structure
+
+        return structure(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
@@ -117,3 +165,50 @@ class Pair:
 
     def __iter__(self) -> Any:
         return iter((self.stable, self.candidate))
+
+    # ------------------------------------------------------------------ checks
+    # Each runs on both replies and is recorded for both. Candidate passes -> passes; candidate
+    # fails where the stable passes -> RegressionError; both fail -> pytest.xfail (or
+    # AssertionError with --rollout-strict). All return the pair, so checks chain.
+
+    def expect_json(self, schema: Schema | None = None) -> Pair:
+        _checks.run_pair(self, _checks.json_check(schema))
+        return self
+
+    def expect_tool_call(self, name: str | None = None, schema: Schema | None = None) -> Pair:
+        _checks.run_pair(self, _checks.tool_call_check(name, schema))
+        return self
+
+    def expect_length(
+        self,
+        max_chars: int | None = None,
+        max_words: int | None = None,
+        min_chars: int | None = None,
+    ) -> Pair:
+        _checks.run_pair(self, _checks.length_check(max_chars, max_words, min_chars))
+        return self
+
+    def expect_language(self, lang: str) -> Pair:
+        _checks.run_pair(self, _checks.language_check(lang))
+        return self
+
+    def expect_latency(self, max_ms: float) -> Pair:
+        _checks.run_pair(self, _checks.latency_check(max_ms))
+        return self
+
+    def expect(self, predicate: Callable[[Reply], object], name: str | None = None) -> Pair:
+        _checks.run_pair(self, _checks.custom_check(predicate, name))
+        return self
+
+    def expect_length_ratio(self, max: float) -> Pair:
+        """``len(candidate.text) / len(stable.text) <= max``.
+
+        Recorded as ``length_ratio`` for both replies: the candidate's record carries the ratio
+        (``value``); the stable's is the baseline and passes trivially (value 1.0) whenever the
+        stable answered, so both models have a rate over the same pairs and every failure is a
+        candidate regression. The stable's pass rate on this check is its answer rate, not a
+        quality figure. Without a stable reply there is no baseline: both fail (a shared
+        failure, never a regression). See :func:`.checks.length_ratio_outcomes`.
+        """
+        _checks.run_length_ratio(self, max)
+        return self

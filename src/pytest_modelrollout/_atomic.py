@@ -1,0 +1,128 @@
+"""Atomic file writing: readers see the old file or the new one, never a partial file.
+
+The content is written to a temporary file in the destination's directory, flushed and
+fsync'ed, then moved over the destination with :func:`os.replace` (atomic on POSIX and on
+Windows when source and destination are on the same volume). Concurrent writers of the same
+path (e.g. two pytest-xdist workers recording the same cassette) each write a complete file;
+the last rename wins. A failed write leaves the destination untouched and removes the
+temporary file.
+
+This module does not import pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+_WINDOWS = sys.platform.startswith("win")
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    fsync: bool = True,
+    mode: int | None = 0o644,
+    make_parents: bool = True,
+) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path.
+
+    ``mode`` is applied to the new file (``tempfile.mkstemp`` creates files readable by the
+    owner only); ``None`` keeps the temporary file's mode. ``fsync`` makes the content durable
+    before the rename (and, on POSIX, the rename itself by syncing the directory).
+    """
+    dest = Path(path)
+    parent = dest.parent
+    if make_parents:
+        parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, mode)
+        _replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync and not _WINDOWS:
+        _fsync_dir(parent)
+    return dest
+
+
+def atomic_write_text(
+    path: str | os.PathLike[str],
+    text: str,
+    *,
+    encoding: str = "utf-8",
+    fsync: bool = True,
+    mode: int | None = 0o644,
+    make_parents: bool = True,
+) -> Path:
+    """Write ``text`` to ``path`` atomically (no newline translation) and return the path."""
+    return atomic_write_bytes(
+        path, text.encode(encoding), fsync=fsync, mode=mode, make_parents=make_parents
+    )
+
+
+def atomic_write_json(
+    path: str | os.PathLike[str],
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    fsync: bool = True,
+    mode: int | None = 0o644,
+    make_parents: bool = True,
+) -> Path:
+    """Serialise ``obj`` as UTF-8 JSON (non-ASCII kept readable) and write it atomically.
+
+    The object is serialised before anything touches the disk, so an unserialisable object
+    raises without creating any file.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+    return atomic_write_text(path, text, fsync=fsync, mode=mode, make_parents=make_parents)
+
+
+def _replace(src: Path, dest: Path) -> None:
+    if not _WINDOWS:
+        os.replace(src, dest)
+        return
+    # On Windows the rename fails while another process has the destination open (a reader);
+    # retry briefly instead of failing a concurrent recording.
+    delay = 0.005
+    for _ in range(40):
+        try:
+            os.replace(src, dest)
+            return
+        except PermissionError:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    os.replace(src, dest)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(dfd)
+    finally:
+        os.close(dfd)

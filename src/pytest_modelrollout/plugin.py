@@ -1,0 +1,307 @@
+"""pytest hooks, options, marker and fixtures. The real work is done by :class:`RolloutSession`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._exceptions import ConfigError, ModelRolloutError
+from .config import RECORD_MODES, load_config
+from .handles import ModelHandle, Rollout, TestContext
+from .session import Options, RolloutSession
+
+SESSION_KEY = pytest.StashKey[RolloutSession]()
+MODEL_FIXTURES = ("rollout", "stable", "candidate")
+WORKER_KEY = "modelrollout"
+
+
+# -- options ---------------------------------------------------------------------------------
+def _gate_type(value: str) -> Any:
+    from .gates import parse_gate
+
+    try:
+        return parse_gate(value, source="cli")
+    except ModelRolloutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _record_type(value: str) -> str:
+    if value not in RECORD_MODES:
+        raise argparse.ArgumentTypeError(
+            f"invalid record mode {value!r} (choose from {', '.join(RECORD_MODES)})"
+        )
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
+def _model_ref(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise argparse.ArgumentTypeError("empty model reference")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("modelrollout", "model rollout (stable vs candidate LLM)")
+    g.addoption("--candidate", type=_model_ref, default=None, metavar="REF",
+                help="candidate model reference (overrides config)")
+    g.addoption("--stable", type=_model_ref, default=None, metavar="REF",
+                help="stable model reference (overrides config)")
+    g.addoption("--rollout-config", default=None, metavar="PATH",
+                help="config file (default: modelrollout.toml or [tool.modelrollout] in pyproject.toml)")
+    g.addoption("--rollout-report", default=None, metavar="PATH", help="write the JSON report")
+    g.addoption("--rollout-markdown", default=None, metavar="PATH",
+                help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
+    g.addoption("--rollout-html", default=None, metavar="PATH",
+                help="write a self-contained HTML report with charts")
+    g.addoption("--rollout-gate", action="append", type=_gate_type, default=[], metavar="EXPR",
+                help="extra rollback trigger, repeatable, e.g. p95_latency:+25%%, error_rate:x2, "
+                     "check.json:-2pp, fallback_rate:<5%%, cost_per_success:+20%%")
+    g.addoption("--rollout-record", type=_record_type, default=None, metavar="MODE",
+                help="cassettes: off (live, default), replay, new, all")
+    g.addoption("--rollout-kill", action="append", type=_model_ref, default=[], metavar="REF",
+                help="kill switch: never call this model (repeatable; env MODELROLLOUT_KILLED=a,b)")
+    g.addoption("--rollout-smoke", action="store_true", default=False,
+                help="run the built-in smoke checks for the models in use")
+    g.addoption("--rollout-strict", action="store_true", default=False,
+                help="failures shared by stable and candidate fail instead of xfail")
+    g.addoption("--rollout-no-gate", action="store_true", default=False,
+                help="report the verdict but never fail the session on it")
+    g.addoption("--rollout-allow-inconclusive", action="store_true", default=False,
+                help="an INCONCLUSIVE verdict does not fail the session")
+    g.addoption("--rollout-exit", choices=("tests", "verdict"), default=None,
+                help="tests (default): failed tests fail the session; verdict: the verdict alone decides")
+    g.addoption("--rollout-concurrency", type=_positive_int, default=None, metavar="N",
+                help="bound on model calls in flight")
+
+
+def _options(config: pytest.Config) -> Options:
+    get = config.getoption
+    return Options(
+        stable=get("--stable"),
+        candidate=get("--candidate"),
+        report=get("--rollout-report"),
+        markdown=get("--rollout-markdown"),
+        html=get("--rollout-html"),
+        gates=list(get("--rollout-gate") or []),
+        record=get("--rollout-record"),
+        killed=list(get("--rollout-kill") or []),
+        smoke=bool(get("--rollout-smoke")),
+        strict=bool(get("--rollout-strict")),
+        no_gate=bool(get("--rollout-no-gate")),
+        allow_inconclusive=bool(get("--rollout-allow-inconclusive")),
+        exit=get("--rollout-exit"),
+        concurrency=get("--rollout-concurrency"),
+    )
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "workflow(name, *, stable=None, candidate=None, gates=None, system=None, tools=None, "
+        "params=None): a model-rollout workflow test (modelrollout)",
+    )
+    try:
+        cfg, path = load_config(Path(str(config.rootpath)), config.getoption("--rollout-config"))
+        session = RolloutSession(cfg, _options(config), rootdir=Path(str(config.rootpath)),
+                                 config_path=path)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"modelrollout: {exc}") from None
+    config.stash[SESSION_KEY] = session
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.close()
+
+
+def _session(config: pytest.Config) -> RolloutSession:
+    return config.stash[SESSION_KEY]
+
+
+def _marker(item: pytest.Item) -> pytest.Mark | None:
+    return item.get_closest_marker("workflow")
+
+
+def _workflow_name(mark: pytest.Mark, nodeid: str) -> str:
+    name = mark.args[0] if mark.args else mark.kwargs.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise pytest.UsageError(
+            f"modelrollout: {nodeid}: @pytest.mark.workflow needs a workflow name, "
+            "e.g. @pytest.mark.workflow('support_chat')"
+        )
+    unknown = set(mark.kwargs) - {"name", "stable", "candidate", "gates", "system", "tools", "params"}
+    if unknown:
+        raise pytest.UsageError(
+            f"modelrollout: {nodeid}: unknown workflow marker argument(s): {', '.join(sorted(unknown))}"
+        )
+    return name.strip()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    rs = _session(config)
+    used = False
+    for item in items:
+        fixturenames = getattr(item, "fixturenames", ())
+        uses = [f for f in MODEL_FIXTURES if f in fixturenames]
+        mark = _marker(item)
+        if not uses:
+            continue
+        if mark is None:
+            raise pytest.UsageError(
+                f"modelrollout: {item.nodeid} uses the {uses[0]!r} fixture without "
+                "@pytest.mark.workflow('name')"
+            )
+        used = True
+        name = _workflow_name(mark, item.nodeid)
+        try:
+            models = rs.models_for(name, mark.kwargs.get("stable"), mark.kwargs.get("candidate"))
+            if mark.kwargs.get("gates") is not None:
+                rs.set_marker_gates(name, mark.kwargs["gates"])
+        except ConfigError as exc:
+            raise pytest.UsageError(f"modelrollout: {exc}") from None
+        needed = {"stable": models.stable, "candidate": models.candidate}
+        if uses == ["stable"]:
+            needed.pop("candidate")
+        elif uses == ["candidate"]:
+            needed.pop("stable")
+        killed = [f"{role} {ref!r}" for role, ref in needed.items() if rs.is_killed(ref)]
+        if killed:
+            item.add_marker(pytest.mark.skip(
+                reason=f"kill switch: {' and '.join(killed)} is killed and never called"))
+    if used:
+        try:
+            rs.check_keys()
+        except ConfigError as exc:
+            raise pytest.UsageError(f"modelrollout: {exc}") from None
+
+
+# -- fixtures --------------------------------------------------------------------------------
+@pytest.fixture
+def _modelrollout_context(request: pytest.FixtureRequest) -> Iterator[TestContext]:
+    node = request.node
+    mark = _marker(node)
+    if mark is None:
+        raise pytest.UsageError(
+            f"modelrollout: {node.nodeid} uses a model fixture without @pytest.mark.workflow('name')"
+        )
+    rs = _session(request.config)
+    name = _workflow_name(mark, node.nodeid)
+    models = rs.models_for(name, mark.kwargs.get("stable"), mark.kwargs.get("candidate"))
+    ctx = TestContext(
+        session=rs,
+        test_id=node.nodeid,
+        workflow=name,
+        stable_ref=models.stable,
+        candidate_ref=models.candidate,
+        system=mark.kwargs.get("system"),
+        tools=mark.kwargs.get("tools"),
+        params=dict(mark.kwargs.get("params") or {}),
+    )
+    yield ctx
+    props = getattr(node, "user_properties", None)
+    if props is not None:
+        for role, reply in ctx.replies:
+            props.append((f"modelrollout.{role}.model", reply.model))
+            props.append((f"modelrollout.{role}.ok", reply.ok))
+            if reply.latency_ms is not None:
+                props.append((f"modelrollout.{role}.latency_ms", round(reply.latency_ms, 1)))
+            if reply.output_tokens is not None:
+                props.append((f"modelrollout.{role}.output_tokens", reply.output_tokens))
+            if reply.cost_usd is not None:
+                props.append((f"modelrollout.{role}.cost_usd", reply.cost_usd))
+            if reply.error:
+                props.append((f"modelrollout.{role}.error", reply.error))
+
+
+@pytest.fixture
+def rollout(_modelrollout_context: TestContext) -> Rollout:
+    """Ask the stable and the candidate model the same thing; ``.ask(...) -> Pair``."""
+    return Rollout(_modelrollout_context)
+
+
+@pytest.fixture
+def stable(_modelrollout_context: TestContext) -> ModelHandle:
+    """The workflow's stable model; ``.ask(...) -> Reply``."""
+    return ModelHandle(_modelrollout_context, "stable")
+
+
+@pytest.fixture
+def candidate(_modelrollout_context: TestContext) -> ModelHandle:
+    """The workflow's candidate model; ``.ask(...) -> Reply``."""
+    return ModelHandle(_modelrollout_context, "candidate")
+
+
+# -- xdist -----------------------------------------------------------------------------------
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    rs = node.config.stash.get(SESSION_KEY, None)
+    if rs is None:
+        return
+    output = getattr(node, "workeroutput", None) or {}
+    worker = str(getattr(node, "gateway", None) and node.gateway.id or "worker")
+    rs.merge_worker(output.get(WORKER_KEY), worker)
+
+
+# -- end of session --------------------------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    rs = config.stash.get(SESSION_KEY, None)
+    if rs is None:
+        return
+    if _is_worker(config):
+        config.workeroutput[WORKER_KEY] = rs.worker_payload()  # type: ignore[attr-defined]
+        return
+    if not rs.workflows and not rs.records.calls:
+        return
+    complete = int(exitstatus) not in (int(pytest.ExitCode.INTERRUPTED), int(pytest.ExitCode.INTERNAL_ERROR))
+    rs.finish(complete=complete)
+    new_status = rs.exit_status(int(session.exitstatus))
+    if new_status is not None:
+        session.exitstatus = new_status
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _is_worker(config):
+        return
+    rs = config.stash.get(SESSION_KEY, None)
+    if rs is None or rs.summary is None:
+        return
+    tr = terminalreporter
+    tr.section("rollout readiness")
+    for err in rs.report_errors:
+        tr.write_line(f"modelrollout: {err}", red=True)
+    for line in rs.terminal_lines(verbose=config.getoption("verbose") > 0):
+        tr.write_line(line)
+
+
+__all__ = [
+    "candidate",
+    "rollout",
+    "stable",
+]

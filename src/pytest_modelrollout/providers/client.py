@@ -1,0 +1,575 @@
+"""ModelClient: one model's calls with retries, limits, fallback, kill switch, cost and latency.
+
+* One pooled ``httpx.AsyncClient`` per model (created lazily on the event loop), a concurrency
+  gate of ``max_concurrency`` calls in flight, optional ``rpm`` / ``tpm`` token buckets
+  (tokens estimated from the request size). After a 429 the model's effective concurrency is
+  halved and its rate slowed for a cool-down period (adaptive back-off).
+* Retries on retryable kinds (timeout, rate_limit, server incl. 529, connection) up to
+  ``max_retries``: exponential back-off with full jitter (base 0.5 s, cap 20 s) or the server's
+  ``retry-after`` (capped at 60 s), all multiplied by ``MODELROLLOUT_BACKOFF_SCALE`` (default 1).
+* Then the ``fallback`` model (its own spec, key and base URL) unless it is killed.
+* A killed reference is never called: the result is an error with :class:`KilledError`.
+* ``latency_ms`` runs from the first send (not from queueing for a slot) to the final answer,
+  including retries and fallback. ``cost_usd`` = spec prices x tokens (None when unpriced).
+
+:meth:`ModelClient.call` never raises a ProviderError: failures are in the :class:`CallResult`.
+The retry attempt (0 for the first send, 1 for the first retry, ...) goes out as header
+``x-modelrollout-attempt``, as the simulator expects.
+This module does not import pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from .._exceptions import (
+    AuthError,
+    ClientError,
+    KilledError,
+    ProviderError,
+    RateLimitError,
+    TimeoutError_,
+)
+from .anthropic import AnthropicProvider
+from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
+from .openai import OpenAIProvider, safe_message, scrub
+from .presets import PRESETS
+
+BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 20.0
+RETRY_AFTER_CAP_S = 60.0
+ADAPTIVE_COOLDOWN_S = 10.0
+
+CallStatus = Literal["ok", "error", "timeout"]
+
+
+@dataclass
+class CallResult:
+    ref: str  # reference asked
+    status: CallStatus
+    response: ProviderResponse | None
+    error: ProviderError | None  # str(error) is short and secret-free
+    latency_ms: float  # from first send to final answer (incl. retries/fallback)
+    attempts: int
+    fallback: bool  # the fallback model answered
+    served_by: str  # reference that produced the response
+    cost_usd: float | None
+    started_at: float  # epoch seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error_kind(self) -> str | None:
+        return self.error.kind if self.error is not None else None
+
+
+def make_provider(spec: ModelSpec) -> Provider:
+    """The provider for a spec's wire format."""
+    if spec.wire == "anthropic":
+        return AnthropicProvider(spec)
+    if spec.wire == "openai":
+        return OpenAIProvider(spec)
+    raise ValueError(f"unknown wire format {spec.wire!r}")
+
+
+def backoff_scale(env: Mapping[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    raw = env.get(BACKOFF_SCALE_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else 1.0
+    except ValueError:
+        return 1.0
+    return value if math.isfinite(value) and value >= 0 else 1.0
+
+
+def backoff_delay(
+    failed_attempt: int,
+    retry_after: float | None,
+    scale: float = 1.0,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait after the ``failed_attempt``-th attempt (1-based) failed."""
+    if retry_after is not None and retry_after >= 0:
+        return min(retry_after, RETRY_AFTER_CAP_S) * scale
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, failed_attempt - 1))
+    return (rng or random).uniform(0.0, ceiling) * scale
+
+
+def estimate_tokens(request: ChatRequest, params: Mapping[str, object] | None = None) -> float:
+    """Rough token estimate of a request (input chars / 4 + requested max output)."""
+    chars = len(json.dumps(request.canonical(), ensure_ascii=False, default=str))
+    merged = {**(params or {}), **request.params}
+    out = merged.get("max_tokens") or merged.get("max_completion_tokens") or 0
+    return chars / 4.0 + (float(out) if isinstance(out, (int, float)) else 0.0)
+
+
+class TokenBucket:
+    """An async token bucket: ``rate`` tokens per second, up to ``capacity`` banked."""
+
+    def __init__(self, per_minute: float, capacity: float | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = capacity if capacity is not None else max(1.0, self.rate)
+        self._tokens = self.capacity
+        self._last = time.monotonic()
+        self._slow_until = 0.0
+        self._lock = asyncio.Lock()
+
+    def slow_down(self, until: float) -> None:
+        self._slow_until = max(self._slow_until, until)
+
+    def _effective_rate(self, now: float) -> float:
+        return self.rate / 2.0 if now < self._slow_until else self.rate
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        amount = min(max(amount, 0.0), self.capacity)
+        async with self._lock:  # first come, first served
+            while True:
+                now = time.monotonic()
+                rate = self._effective_rate(now)
+                self._tokens = min(self.capacity, self._tokens + (now - self._last) * rate)
+                self._last = now
+                if self._tokens >= amount:
+                    self._tokens -= amount
+                    return
+                await asyncio.sleep((amount - self._tokens) / rate)
+
+
+class AdaptiveGate:
+    """At most ``limit`` holders; after :meth:`penalize` the limit is halved for a while."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.in_flight = 0
+        self._reduced = self.limit
+        self._reduced_until = 0.0
+        self._cond = asyncio.Condition()
+
+    def current_limit(self) -> int:
+        return self._reduced if time.monotonic() < self._reduced_until else self.limit
+
+    def penalize(self, cooldown_s: float) -> None:
+        now = time.monotonic()
+        self._reduced = max(1, self.current_limit() // 2)
+        self._reduced_until = max(self._reduced_until, now + cooldown_s)
+
+    async def acquire(self) -> None:
+        async with self._cond:
+            while self.in_flight >= self.current_limit():
+                now = time.monotonic()
+                timeout = self._reduced_until - now if now < self._reduced_until else None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._cond.wait(), timeout)
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+
+def _is_loopback(url: str) -> bool:
+    try:
+        host = httpx.URL(url).host
+    except Exception:
+        return False
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def _with_note(err: ProviderError, note: str, secrets: tuple[str | None, ...]) -> ProviderError:
+    msg = Exception.__str__(err)
+    new = type(err)(
+        safe_message(f"{msg} ({note})", secrets),
+        status_code=err.status_code,
+        retry_after=err.retry_after,
+    )
+    new.retryable = err.retryable
+    return new
+
+
+def _sanitized(err: ProviderError, secrets: tuple[str | None, ...]) -> ProviderError:
+    msg = Exception.__str__(err)
+    clean = safe_message(msg, secrets)
+    if clean == msg:
+        return err
+    new = type(err)(clean, status_code=err.status_code, retry_after=err.retry_after)
+    new.retryable = err.retryable
+    return new
+
+
+@dataclass
+class _CallState:
+    attempts: int = 0
+    first_send: float | None = None  # perf_counter of the first send
+
+    def mark_sent(self) -> None:
+        self.attempts += 1
+        if self.first_send is None:
+            self.first_send = time.perf_counter()
+
+    def latency_ms(self) -> float:
+        if self.first_send is None:
+            return 0.0
+        return (time.perf_counter() - self.first_send) * 1000.0
+
+
+class ModelClient:
+    """Calls one model. Create through :meth:`ModelRegistry.client` (or directly in tests)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        registry: ModelRegistry | None = None,
+        env: Mapping[str, str] | None = None,
+        killed: Collection[str] | None = None,
+        global_limit: asyncio.Semaphore | None = None,
+    ) -> None:
+        self.spec = spec
+        self._registry = registry
+        self._env: Mapping[str, str] = env if env is not None else os.environ
+        self._killed: Collection[str] = killed if killed is not None else set()
+        self._global = global_limit
+        self._provider: Provider | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._provider_lock = asyncio.Lock()
+        self._gate = AdaptiveGate(spec.max_concurrency)
+        self._rpm = TokenBucket(spec.rpm) if spec.rpm else None
+        self._tpm = (
+            TokenBucket(spec.tpm, capacity=max(1.0, spec.tpm / 60.0 * 10)) if spec.tpm else None
+        )
+        self.requests_sent = 0
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def ref(self) -> str:
+        return self.spec.ref
+
+    def is_killed(self) -> bool:
+        return _ref_killed(self.spec, self._killed)
+
+    @property
+    def gate(self) -> AdaptiveGate:
+        return self._gate
+
+    def _api_key(self) -> str | None:
+        """The key value from the environment, or raise AuthError naming the variable."""
+        var = self.spec.api_key_env
+        if var:
+            value = self._env.get(var)
+            if not value:
+                raise AuthError(f"API key variable {var} is not set (model {self.spec.ref})")
+            return value
+        preset = PRESETS.get(self.spec.provider)
+        if preset is not None and preset.optional_api_key_env:
+            return self._env.get(preset.optional_api_key_env) or None
+        return None
+
+    async def _get_provider(self) -> Provider:
+        if self._provider is not None:
+            return self._provider
+        async with self._provider_lock:
+            if self._provider is None:
+                spec = self.spec
+                if not spec.base_url:
+                    preset = PRESETS.get(spec.provider)
+                    if preset is None or not preset.dynamic_base_url:
+                        raise ClientError(f"model {spec.ref}: no base_url configured")
+                    try:
+                        url = await asyncio.to_thread(preset.resolve_base_url, self._env)
+                    except Exception as exc:
+                        raise ClientError(
+                            safe_message(f"cannot start or reach {spec.provider}: {exc}")
+                        ) from None
+                    spec = dataclasses.replace(spec, base_url=url)
+                self._provider = make_provider(spec)
+            return self._provider
+
+    def _http_client(self, base_url: str) -> httpx.AsyncClient:
+        if self._http is None:
+            n = max(1, self.spec.max_concurrency)
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.spec.timeout_s),
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                trust_env=not _is_loopback(base_url),
+                follow_redirects=False,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    # -- calling ------------------------------------------------------------------------------
+
+    async def call(self, request: ChatRequest) -> CallResult:
+        """One logical request: retries, then fallback. Never raises ProviderError."""
+        started_at = time.time()
+        state = _CallState()
+        if self.is_killed():
+            return CallResult(
+                ref=self.spec.ref,
+                status="error",
+                response=None,
+                error=KilledError(f"model {self.spec.ref} is killed (kill switch): not called"),
+                latency_ms=0.0,
+                attempts=0,
+                fallback=False,
+                served_by=self.spec.ref,
+                cost_usd=None,
+                started_at=started_at,
+            )
+        response, error, secrets = await self._attempts(request, state)
+        if response is not None:
+            return self._result(request, state, started_at, response, self.spec, fallback=False)
+        assert error is not None
+        fb_ref = self.spec.fallback
+        if fb_ref and not isinstance(error, KilledError):
+            fb = self._fallback_client(fb_ref)
+            if isinstance(fb, str):
+                error = _with_note(error, fb, secrets)
+            else:
+                fb_response, fb_error, fb_secrets = await fb._attempts(request, state)
+                if fb_response is not None:
+                    return self._result(
+                        request, state, started_at, fb_response, fb.spec, fallback=True
+                    )
+                assert fb_error is not None
+                error = _with_note(
+                    error, f"fallback {fb_ref} failed too: {fb_error.kind}", secrets + fb_secrets
+                )
+        error = _sanitized(error, secrets)
+        return CallResult(
+            ref=self.spec.ref,
+            status="timeout" if isinstance(error, TimeoutError_) else "error",
+            response=None,
+            error=error,
+            latency_ms=state.latency_ms(),
+            attempts=state.attempts,
+            fallback=False,
+            served_by=self.spec.ref,
+            cost_usd=None,
+            started_at=started_at,
+        )
+
+    def _fallback_client(self, fb_ref: str) -> ModelClient | str:
+        if self._registry is None:
+            return f"fallback {fb_ref} unavailable: no registry"
+        if self._registry.is_killed(fb_ref):
+            return f"fallback {fb_ref} is killed"
+        try:
+            fb = self._registry.client(fb_ref)
+        except Exception as exc:
+            return f"fallback {fb_ref} unavailable: {exc}"
+        if fb.is_killed():
+            return f"fallback {fb_ref} is killed"
+        return fb
+
+    def _result(
+        self,
+        request: ChatRequest,
+        state: _CallState,
+        started_at: float,
+        response: ProviderResponse,
+        served: ModelSpec,
+        *,
+        fallback: bool,
+    ) -> CallResult:
+        return CallResult(
+            ref=self.spec.ref,
+            status="ok",
+            response=response,
+            error=None,
+            latency_ms=state.latency_ms(),
+            attempts=state.attempts,
+            fallback=fallback,
+            served_by=served.ref,
+            cost_usd=served.cost(response.input_tokens, response.output_tokens),
+            started_at=started_at,
+        )
+
+    async def _attempts(
+        self, request: ChatRequest, state: _CallState
+    ) -> tuple[ProviderResponse | None, ProviderError | None, tuple[str | None, ...]]:
+        """Send with retries. Returns (response, None, secrets) or (None, error, secrets)."""
+        try:
+            api_key = self._api_key()
+        except AuthError as exc:
+            return None, exc, ()
+        secrets: tuple[str | None, ...] = (api_key,)
+        try:
+            provider = await self._get_provider()
+        except ProviderError as exc:
+            return None, exc, secrets
+        except Exception as exc:  # e.g. an unknown wire format
+            return (
+                None,
+                ClientError(safe_message(f"model {self.spec.ref}: {exc}", secrets)),
+                secrets,
+            )
+        http = self._http_client(provider.spec.base_url)
+        scale = backoff_scale(self._env)
+        tokens = estimate_tokens(request, self.spec.params) if self._tpm else 0.0
+        last: ProviderError | None = None
+        for i in range(max(0, self.spec.max_retries) + 1):
+            if self._tpm is not None:
+                await self._tpm.acquire(tokens)
+            if self._rpm is not None:
+                await self._rpm.acquire(1.0)
+            await self._gate.acquire()
+            try:
+                if self._global is not None:
+                    async with self._global:
+                        err = await self._send_once(provider, http, request, api_key, state)
+                else:
+                    err = await self._send_once(provider, http, request, api_key, state)
+            finally:
+                await self._gate.release()
+            if isinstance(err, ProviderResponse):
+                return err, None, secrets
+            last = err
+            if isinstance(err, RateLimitError):
+                self._penalize(err.retry_after, scale)
+            if not err.retryable or i >= self.spec.max_retries:
+                break
+            delay = backoff_delay(state.attempts, err.retry_after, scale)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return None, last, secrets
+
+    async def _send_once(
+        self,
+        provider: Provider,
+        http: httpx.AsyncClient,
+        request: ChatRequest,
+        api_key: str | None,
+        state: _CallState,
+    ) -> ProviderResponse | ProviderError:
+        state.mark_sent()
+        self.requests_sent += 1
+        secrets = (api_key,)
+        try:
+            return await asyncio.wait_for(
+                provider.send(http, request, api_key=api_key, attempt=state.attempts - 1),
+                timeout=self.spec.timeout_s,
+            )
+        except asyncio.TimeoutError:
+            return TimeoutError_(f"no answer within {self.spec.timeout_s:g} s")
+        except ProviderError as exc:
+            return _sanitized(exc, secrets)
+        except Exception as exc:  # a bug or an unexpected library error: never escape
+            return ClientError(safe_message(f"unexpected {type(exc).__name__}: {exc}", secrets))
+
+    def _penalize(self, retry_after: float | None, scale: float) -> None:
+        cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale
+        self._gate.penalize(cooldown)
+        until = time.monotonic() + cooldown
+        for bucket in (self._rpm, self._tpm):
+            if bucket is not None:
+                bucket.slow_down(until)
+
+
+def _ref_killed(spec: ModelSpec, killed: Collection[str]) -> bool:
+    return spec.ref in killed or f"{spec.provider}:{spec.model}" in killed
+
+
+class ModelRegistry:
+    """One per session: resolves references and lazily builds one ModelClient per reference.
+
+    ``killed`` is consulted at call time (it may be the session's live set). ``env`` is where
+    API keys are read (default: ``os.environ``). ``max_in_flight`` bounds calls in flight
+    across all models (``--rollout-concurrency``).
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[str], ModelSpec],
+        killed: Collection[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self._resolve = resolve
+        self.killed: Collection[str] = killed if killed is not None else set()
+        self.env: Mapping[str, str] = env if env is not None else os.environ
+        self._clients: dict[str, ModelClient] = {}
+        self._lock = threading.Lock()
+        self._global = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+
+    def is_killed(self, ref: str) -> bool:
+        return ref in self.killed
+
+    def spec(self, ref: str) -> ModelSpec:
+        return self.client(ref).spec
+
+    def client(self, ref: str) -> ModelClient:
+        """The client of a reference (resolving it on first use; may raise ConfigError)."""
+        with self._lock:
+            client = self._clients.get(ref)
+            if client is None:
+                client = ModelClient(
+                    self._resolve(ref),
+                    registry=self,
+                    env=self.env,
+                    killed=self.killed,
+                    global_limit=self._global,
+                )
+                self._clients[ref] = client
+            return client
+
+    async def call(self, ref: str, request: ChatRequest) -> CallResult:
+        """Call a reference. A killed reference is not even resolved."""
+        if self.is_killed(ref):
+            return CallResult(
+                ref=ref,
+                status="error",
+                response=None,
+                error=KilledError(f"model {ref} is killed (kill switch): not called"),
+                latency_ms=0.0,
+                attempts=0,
+                fallback=False,
+                served_by=ref,
+                cost_usd=None,
+                started_at=time.time(),
+            )
+        return await self.client(ref).call(request)
+
+    def clients(self) -> list[ModelClient]:
+        with self._lock:
+            return list(self._clients.values())
+
+    async def aclose(self) -> None:
+        for client in self.clients():
+            await client.aclose()
+
+
+__all__ = [
+    "BACKOFF_SCALE_ENV",
+    "AdaptiveGate",
+    "CallResult",
+    "ModelClient",
+    "ModelRegistry",
+    "TokenBucket",
+    "backoff_delay",
+    "backoff_scale",
+    "estimate_tokens",
+    "make_provider",
+    "scrub",
+]

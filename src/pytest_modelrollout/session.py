@@ -1,0 +1,425 @@
+"""RolloutSession: the one owner object of a test session.
+
+It resolves models, owns the async runner and the model registry, makes the calls (through the
+cassette store when recording), collects the records that fixtures hand it, merges the records
+of xdist workers, and at the end builds the summary that every report renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import CassetteError, ConfigError, KilledError, ModelRolloutError
+from ._records import CallRecord, CheckRecord, RecordSet, Role
+from .config import RolloutConfig, check_api_key, resolve_model
+from .providers.base import ChatRequest, ModelSpec, ProviderResponse
+from .providers.client import CallResult, ModelRegistry
+from .runner import Runner
+
+
+@dataclass
+class Options:
+    """Command-line options that the session needs (already validated)."""
+
+    stable: str | None = None
+    candidate: str | None = None
+    report: str | None = None
+    markdown: str | None = None
+    html: str | None = None
+    gates: list[Any] = field(default_factory=list)  # parsed Gate objects from --rollout-gate
+    record: str | None = None
+    killed: list[str] = field(default_factory=list)
+    smoke: bool = False
+    strict: bool = False
+    no_gate: bool = False
+    allow_inconclusive: bool = False
+    exit: str | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowModels:
+    workflow: str
+    stable: str
+    candidate: str
+
+
+class RolloutSession:
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        options: Options,
+        *,
+        rootdir: Path,
+        config_path: str | None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.options = options
+        self.rootdir = rootdir
+        self.config_path = config_path
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        from .config import killed_models
+
+        self.killed: set[str] = killed_models(cfg, options.killed, self.env)
+        self.strict = options.strict or cfg.strict
+        self.exit_mode = options.exit or cfg.exit
+        self.records = RecordSet()
+        self._lock = threading.Lock()
+        self._specs: dict[str, ModelSpec] = {}
+        self._runner: Runner | None = None
+        self._registry: ModelRegistry | None = None
+        self.started = time.time()
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.workflows: dict[str, WorkflowModels] = {}
+        self.crashed_workers: list[str] = []
+        self.summary: dict[str, Any] | None = None
+        self.report_errors: list[str] = []
+        from .cassettes import resolve_record_modes
+
+        self.record_modes: dict[str, str] = resolve_record_modes(cfg.record, options.record)
+        self._stores: dict[str, Any] = {}
+        self.marker_gates: dict[str, dict[str, Any]] = {}
+
+    # -- models -----------------------------------------------------------------------------
+    def spec(self, ref: str) -> ModelSpec:
+        spec = self._specs.get(ref)
+        if spec is None:
+            spec = resolve_model(self.cfg, ref)
+            if spec.fallback is not None:
+                self.spec(spec.fallback)  # validate the fallback reference too
+            self._specs[ref] = spec
+        return spec
+
+    def models_for(self, workflow: str, marker_stable: str | None, marker_candidate: str | None) -> WorkflowModels:
+        """Precedence: --candidate/--stable > marker > workflow config > top-level config."""
+        wf = self.cfg.workflows.get(workflow)
+        stable = (
+            self.options.stable
+            or marker_stable
+            or (wf.stable if wf else None)
+            or self.cfg.stable
+        )
+        candidate = (
+            self.options.candidate
+            or marker_candidate
+            or (wf.candidate if wf else None)
+            or self.cfg.candidate
+        )
+        if not stable:
+            raise ConfigError(
+                f"workflow {workflow!r}: no stable model (set --stable, stable in "
+                "[tool.modelrollout] or the workflow marker)"
+            )
+        if not candidate:
+            raise ConfigError(
+                f"workflow {workflow!r}: no candidate model (set --candidate, candidate in "
+                "[tool.modelrollout] or the workflow marker)"
+            )
+        self.spec(stable)
+        self.spec(candidate)
+        models = WorkflowModels(workflow, stable, candidate)
+        known = self.workflows.get(workflow)
+        if known is not None and known != models:
+            raise ConfigError(
+                f"workflow {workflow!r}: tests disagree on its models "
+                f"({known.stable} -> {known.candidate} vs {stable} -> {candidate})"
+            )
+        self.workflows[workflow] = models
+        return models
+
+    def check_keys(self) -> None:
+        """Every model that will be called live must have its API key variable set."""
+        seen: set[str] = set()
+        for wm in self.workflows.values():
+            for role, ref in (("stable", wm.stable), ("candidate", wm.candidate)):
+                if self.record_modes.get(role) == "replay":
+                    continue
+                todo = [ref]
+                while todo:
+                    r = todo.pop()
+                    if r in seen or r in self.killed:
+                        continue
+                    seen.add(r)
+                    spec = self.spec(r)
+                    check_api_key(spec, self.env)
+                    if spec.fallback:
+                        todo.append(spec.fallback)
+
+    def is_killed(self, ref: str) -> bool:
+        return ref in self.killed
+
+    # -- calling ----------------------------------------------------------------------------
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            with self._lock:
+                if self._runner is None:
+                    limit = self.options.concurrency or self.cfg.concurrency
+                    self._registry = ModelRegistry(
+                        self.spec, self.killed, self.env, max_in_flight=limit
+                    )
+                    runner = Runner()
+                    runner.register(self._registry)
+                    self._runner = runner
+        return self._runner
+
+    @property
+    def registry(self) -> ModelRegistry:
+        _ = self.runner
+        assert self._registry is not None
+        return self._registry
+
+    def store(self, role: str) -> Any:
+        mode = self.record_modes.get(role, "off")
+        if mode == "off":
+            return None
+        store = self._stores.get(mode)
+        if store is None:
+            from .cassettes import CassetteStore
+
+            store = CassetteStore(self.cassette_root, mode)
+            self._stores[mode] = store
+        return store
+
+    @property
+    def cassette_root(self) -> Path:
+        root = Path(self.cfg.cassette_dir)
+        return root if root.is_absolute() else self.rootdir / root
+
+    async def acall(self, ref: str, request: ChatRequest, role: str) -> tuple[CallResult, str]:
+        """One call through the cassette store; returns the result and its source."""
+        store = self.store(role)
+        if store is not None and store.mode in ("replay", "new"):
+            entry = store.get(ref, request)
+            if entry is not None:
+                return entry.to_call_result(ref), "replay"
+            if store.mode == "replay":
+                raise CassetteError(store.miss_message(ref, request))
+        result = await self.registry.client(ref).call(request)
+        if store is not None and store.mode in ("new", "all") and result.error is None:
+            store.put_result(ref, request, result)
+        return result, "live"
+
+    def call_many(
+        self, calls: list[tuple[str, ChatRequest, str]]
+    ) -> list[tuple[CallResult, str] | BaseException]:
+        async def gather() -> list[tuple[CallResult, str] | BaseException]:
+            return await asyncio.gather(
+                *(self.acall(ref, req, role) for ref, req, role in calls), return_exceptions=True
+            )
+
+        return self.runner.run(gather())
+
+    # -- records ----------------------------------------------------------------------------
+    def add_call(self, rec: CallRecord) -> None:
+        with self._lock:
+            self.records.calls.append(rec)
+
+    def add_check(self, rec: CheckRecord) -> None:
+        with self._lock:
+            self.records.checks.append(rec)
+
+    def merge_worker(self, data: Mapping[str, Any] | None, worker: str) -> None:
+        if not data:
+            self.crashed_workers.append(worker)
+            return
+        rs = RecordSet.from_dict(dict(data.get("records", {})))
+        with self._lock:
+            self.records.extend(rs)
+            for name, (st, ca) in dict(data.get("workflows", {})).items():
+                self.workflows.setdefault(name, WorkflowModels(name, st, ca))
+
+    def worker_payload(self) -> dict[str, Any]:
+        return {
+            "records": self.records.to_dict(),
+            "workflows": {n: [w.stable, w.candidate] for n, w in self.workflows.items()},
+        }
+
+    # -- gates and the end ---------------------------------------------------------------------
+    def set_marker_gates(self, workflow: str, gates: Any) -> None:
+        if not isinstance(gates, dict):
+            raise ConfigError(f"workflow {workflow!r}: marker gates must be a dict")
+        from .gates import gates_from_config
+
+        gates_from_config(gates, source="marker")  # validate now, at collection
+        self.marker_gates[workflow] = dict(gates)
+
+    def gates_for(self, workflow: str) -> list[Any]:
+        from .gates import default_gates, gates_from_config, merge_gates
+
+        layers: list[list[Any]] = [default_gates(), gates_from_config(self.cfg.gates, "config")]
+        wf = self.cfg.workflows.get(workflow)
+        if wf is not None and wf.gates:
+            layers.append(gates_from_config(wf.gates, "workflow"))
+        if workflow in self.marker_gates:
+            layers.append(gates_from_config(self.marker_gates[workflow], "marker"))
+        layers.append(list(self.options.gates))
+        return merge_gates(*layers)
+
+    def headline_models(self) -> tuple[str, str]:
+        wfs = sorted(self.workflows.values(), key=lambda w: w.workflow)
+        stable = self.options.stable or self.cfg.stable or (wfs[0].stable if wfs else "")
+        candidate = (
+            self.options.candidate or self.cfg.candidate or (wfs[0].candidate if wfs else "")
+        )
+        return stable, candidate
+
+    def build_summary(self, *, complete: bool) -> dict[str, Any]:
+        from ._version import __version__
+        from .summary import build_summary
+
+        stable, candidate = self.headline_models()
+        return build_summary(
+            self.records.sorted(),
+            stable=stable,
+            candidate=candidate,
+            workflow_models={n: (w.stable, w.candidate) for n, w in self.workflows.items()},
+            gates_by_workflow={n: self.gates_for(n) for n in self.workflows},
+            killed=set(self.killed),
+            confidence=self.cfg.confidence,
+            decision=self.cfg.decision,
+            complete=complete,
+            started_at=self.started_at,
+            duration_s=round(time.time() - self.started, 3),
+            plugin_version=__version__,
+            extra={
+                "workers": {"crashed": list(self.crashed_workers)},
+                "killed": sorted(self.killed),
+            },
+        )
+
+    def finish(self, *, complete: bool) -> None:
+        """Build the summary and write every requested report (atomically)."""
+        try:
+            self.summary = self.build_summary(complete=complete)
+        except ModelRolloutError as exc:
+            self.report_errors.append(str(exc))
+            return
+        self.write_reports()
+
+    def write_reports(self) -> None:
+        summary = self.summary
+        if summary is None:
+            return
+        from .report import jsonreport, markdown
+
+        opts = self.options
+        if opts.report:
+            try:
+                jsonreport.write_json_report(Path(opts.report), summary, self.records.sorted())
+            except (OSError, ModelRolloutError) as exc:
+                self.report_errors.append(str(exc))
+        if opts.markdown:
+            try:
+                markdown.write_markdown(Path(opts.markdown), summary)
+            except (OSError, ModelRolloutError) as exc:
+                self.report_errors.append(str(exc))
+        if os.environ.get("GITHUB_STEP_SUMMARY"):
+            try:
+                markdown.append_step_summary(summary)
+            except OSError as exc:
+                self.report_errors.append(f"cannot append to $GITHUB_STEP_SUMMARY: {exc}")
+        if opts.html:
+            try:
+                from .report import html
+
+                html.write_html(Path(opts.html), summary)
+            except (OSError, ModelRolloutError, ImportError) as exc:
+                self.report_errors.append(str(exc))
+
+    def terminal_lines(self, *, verbose: bool = False) -> list[str]:
+        if self.summary is None:
+            return []
+        from .report.terminal import render_terminal
+
+        return render_terminal(self.summary, verbose=verbose)
+
+    def verdict_fails(self) -> bool:
+        if self.summary is None:
+            return False
+        verdict = self.summary.get("verdict")
+        if verdict == "INCONCLUSIVE":
+            return not self.options.allow_inconclusive
+        return verdict != "READY"
+
+    def exit_status(self, current: int) -> int | None:
+        """The session's exit status once the verdict is known (None: leave it)."""
+        if self.summary is None or self.options.no_gate:
+            return None
+        bad = self.verdict_fails()
+        if self.exit_mode == "verdict":
+            if current in (0, 1):
+                return 1 if bad else 0
+            return None
+        if bad and current == 0:
+            return 1
+        return None
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+            self._registry = None
+
+
+def reply_fields(result: CallResult) -> dict[str, Any]:
+    """The Reply/CallRecord fields that come from a CallResult."""
+    resp: ProviderResponse | None = result.response
+    return {
+        "text": resp.text if resp is not None else "",
+        "tool_calls": list(resp.tool_calls) if resp is not None else [],
+        "finish_reason": resp.finish_reason if resp is not None else None,
+        "input_tokens": resp.input_tokens if resp is not None else None,
+        "output_tokens": resp.output_tokens if resp is not None else None,
+        "latency_ms": result.latency_ms,
+        "cost_usd": result.cost_usd,
+        "fallback": result.fallback,
+        "served_by": result.served_by,
+        "attempts": result.attempts,
+        "error": str(result.error) if result.error is not None else None,
+    }
+
+
+def call_record(
+    result: CallResult,
+    *,
+    source: str,
+    pair_id: str,
+    test_id: str,
+    workflow: str,
+    role: Role,
+    model: str,
+    case_id: str | None,
+) -> CallRecord:
+    kind = result.error.kind if result.error is not None else None
+    fields = reply_fields(result)
+    return CallRecord(
+        call_id=f"{pair_id}:{role}",
+        pair_id=pair_id,
+        test_id=test_id,
+        workflow=workflow,
+        role=role,
+        model=model,
+        status=result.status,
+        latency_ms=None if isinstance(result.error, KilledError) else fields["latency_ms"],
+        input_tokens=fields["input_tokens"],
+        output_tokens=fields["output_tokens"],
+        cost_usd=fields["cost_usd"],
+        fallback=result.fallback,
+        served_by=result.served_by,
+        error_kind=kind,
+        error=fields["error"],
+        attempts=result.attempts,
+        source=source,  # type: ignore[arg-type]
+        case_id=case_id,
+        ts=result.started_at,
+    )

@@ -1,0 +1,476 @@
+"""The simulator's HTTP server: OpenAI and Anthropic wire formats on loopback.
+
+``get_simulator()`` starts one :class:`SimServer` per process (lazily, thread-safe) on
+``127.0.0.1:0`` in a daemon thread; ``main_serve(port)`` serves in the foreground for the
+``modelrollout sim`` command. Handlers run in daemon threads, speak HTTP/1.1 with keep-alive and
+sleep the persona's latency (interrupted when the server stops).
+
+The request header ``x-modelrollout-attempt`` (0, 1, 2, ...; missing = 0) is the retry attempt:
+transient faults happen on attempt 0 only, so a retrying client recovers deterministically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import math
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .brain import apply_max_tokens, compose
+from .personas import (
+    PERSONAS,
+    BadOption,
+    Settings,
+    UnknownPersona,
+    latency_seconds,
+    parse_model,
+)
+from .text import count_tokens, unit
+from .wire import (
+    BadRequest,
+    Draft,
+    SimRequest,
+    SimToolCall,
+    Wire,
+    anthropic_reply,
+    error_body,
+    openai_reply,
+    parse_anthropic,
+    parse_openai,
+)
+
+ATTEMPT_HEADER = "x-modelrollout-attempt"
+HANG_SECONDS = 60.0
+HUGE_BYTES = 5 * 1024 * 1024
+
+_HTML_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
+)
+
+
+@dataclass
+class Response:
+    """What to send back. ``action`` is ``send``, ``reset`` (half body then RST) or ``hang``."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    action: str = "send"
+    content_type: str = "application/json"
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def _error(wire: Wire, status: int, message: str | None = None, **headers: str) -> Response:
+    return Response(status, _json_bytes(error_body(wire, status, message)), dict(headers))
+
+
+_huge_cache: list[str] = []
+_huge_lock = threading.Lock()
+
+
+def _huge_text() -> str:
+    with _huge_lock:
+        if not _huge_cache:
+            unit_text = "This is a very long simulated answer. "
+            _huge_cache.append((unit_text * (HUGE_BYTES // len(unit_text) + 1))[:HUGE_BYTES])
+        return _huge_cache[0]
+
+
+class Simulator:
+    """Request handling, independent of the HTTP plumbing (easy to test)."""
+
+    def __init__(self, stop_event: threading.Event | None = None) -> None:
+        self.stop_event = stop_event or threading.Event()
+
+    # -- entry points ------------------------------------------------------------------------
+    def handle(self, wire: Wire, raw_body: bytes, headers: dict[str, str]) -> Response:
+        try:
+            body = json.loads(raw_body.decode("utf-8")) if raw_body else None
+        except (UnicodeDecodeError, ValueError):
+            return _error(wire, 400, "We could not parse the JSON body of your request.")
+        try:
+            req = parse_openai(body) if wire == "openai" else parse_anthropic(body)
+        except BadRequest as exc:
+            return _error(wire, 400, str(exc))
+        try:
+            settings = parse_model(req.model)
+        except UnknownPersona as exc:
+            return self._not_found(wire, str(exc) or req.model)
+        except BadOption as exc:
+            return _error(wire, 400, str(exc))
+        attempt = _attempt(headers.get(ATTEMPT_HEADER))
+        if settings.persona.fault is not None:
+            return self._fault(settings.persona.fault, wire, req, settings, attempt, headers)
+        failure = self._transport_failure(wire, req, settings, attempt)
+        if failure is not None:
+            return failure
+        return self._answer(wire, req, settings, attempt)
+
+    # -- normal replies ----------------------------------------------------------------------
+    def draft(self, req: SimRequest, settings: Settings) -> Draft:
+        return apply_max_tokens(compose(req, settings), req.max_tokens)
+
+    def _answer(self, wire: Wire, req: SimRequest, settings: Settings, attempt: int,
+                *, usage: bool = True, draft: Draft | None = None) -> Response:
+        d = draft or self.draft(req, settings)
+        out_tokens = count_tokens(d.text) + sum(
+            count_tokens(tc.raw_arguments) + 8 for tc in d.tool_calls
+        )
+        use = (req.prompt_tokens(), max(1, out_tokens)) if usage else None
+        body = openai_reply(req, d, use) if wire == "openai" else anthropic_reply(req, d, use)
+        delay = latency_seconds(settings, req.key(), attempt, out_tokens)
+        return Response(200, _json_bytes(body), _id_headers(wire, req), delay_s=delay)
+
+    def _transport_failure(self, wire: Wire, req: SimRequest, settings: Settings,
+                           attempt: int) -> Response | None:
+        p = settings.persona
+        total = p.error_rate + p.transient_rate + p.rate_limit_rate
+        if total <= 0:
+            return None
+        u = unit("errors", p.name, req.key())
+        delay = 0.3 * latency_seconds(settings, req.key(), attempt, 0)
+        resp: Response | None = None
+        if u < p.error_rate:
+            resp = _error(wire, 500)
+        elif u < p.error_rate + p.transient_rate:
+            if attempt == 0:
+                resp = _error(wire, 503 if wire == "openai" else 529)
+        elif u < total and attempt == 0:
+            headers = {"retry-after": _fmt_seconds(p.retry_after)} if p.retry_after >= 0 else {}
+            resp = _error(wire, 429, **headers)
+        if resp is not None:
+            resp.delay_s = delay
+        return resp
+
+    def _not_found(self, wire: Wire, model: str) -> Response:
+        if wire == "openai":
+            return _error(wire, 404, f"The model `{model}` does not exist or you do not have "
+                                     "access to it.")
+        return _error(wire, 404, f"model: {model}")
+
+    # -- fault personas ----------------------------------------------------------------------
+    def _fault(self, fault: str, wire: Wire, req: SimRequest, settings: Settings, attempt: int,
+               headers: dict[str, str]) -> Response:
+        if fault in ("fault-429", "fault-429-date", "fault-429-noretry", "fault-503-once"):
+            if attempt > 0:
+                return self._answer(wire, req, settings, attempt)
+            if fault == "fault-503-once":
+                return _error(wire, 503)
+            if fault == "fault-429":
+                return _error(wire, 429, **{"retry-after": "1"})
+            if fault == "fault-429-date":
+                when = math.ceil(time.time()) + 1
+                return _error(wire, 429, **{"retry-after": email.utils.formatdate(when, usegmt=True)})
+            return _error(wire, 429)
+        if fault in ("fault-500", "fault-502", "fault-503", "fault-504", "fault-529"):
+            return _error(wire, int(fault.rsplit("-", 1)[1]))
+        if fault == "fault-html":
+            return Response(502, _HTML_PAGE.encode(), content_type="text/html")
+        if fault == "fault-html-200":
+            page = "<!DOCTYPE html><html><head><title>Login</title></head><body>" \
+                   "<p>Please sign in to continue.</p></body></html>"
+            return Response(200, page.encode(), content_type="text/html; charset=utf-8")
+        if fault == "fault-reset":
+            ok = self._answer(wire, req, settings, attempt)
+            return Response(200, ok.body, ok.headers, action="reset")
+        if fault == "fault-hang":
+            return Response(200, b"", action="hang", delay_s=HANG_SECONDS)
+        if fault == "fault-notjson":
+            return Response(200, b"not json")
+        if fault == "fault-truncated":
+            ok = self._answer(wire, req, settings, attempt)
+            return Response(200, ok.body[: len(ok.body) // 2], ok.headers, delay_s=ok.delay_s)
+        if fault == "fault-badutf8":
+            d = Draft(text="BADUTF8MARK")
+            ok = self._answer(wire, req, settings, attempt, draft=d)
+            return Response(200, ok.body.replace(b"BADUTF8MARK", b"caf\xe9 \xff\xfe ok"),
+                            ok.headers, delay_s=ok.delay_s)
+        if fault in ("fault-empty-choices", "fault-choices-null"):
+            ok = self._answer(wire, req, settings, attempt)
+            obj = json.loads(ok.body)
+            slot = "choices" if wire == "openai" else "content"
+            if fault == "fault-empty-choices":
+                obj[slot] = []
+            else:
+                obj[slot] = None
+                obj["base_resp"] = {"status_code": 1002, "status_msg": "rate limit"}
+            return Response(200, _json_bytes(obj), ok.headers, delay_s=ok.delay_s)
+        if fault == "fault-error-200":
+            return Response(200, _json_bytes(error_body(
+                wire, 500, "The server had an error while processing your request.")))
+        if fault == "fault-no-usage":
+            return self._answer(wire, req, settings, attempt, usage=False)
+        if fault == "fault-badargs":
+            name = req.tools[0]["name"] if req.tools else "lookup"
+            raw = '{"query": "unterminated'
+            d = Draft(text="", tool_calls=[SimToolCall(name, None, raw, "call_" + req.key()[:20])],
+                      finish="tool_calls", mode="tool")
+            return self._answer(wire, req, settings, attempt, draft=d)
+        if fault == "fault-huge":
+            return self._answer(wire, req, settings, attempt, draft=Draft(text=_huge_text()))
+        if fault == "fault-auth":
+            cred = headers.get("authorization") or headers.get("x-api-key") or ""
+            if wire == "openai":
+                msg = (f"Incorrect API key provided: {cred}. You can find your API key at "
+                       "https://platform.openai.com/account/api-keys.")
+            else:
+                msg = f"invalid x-api-key: {cred}"
+            return _error(wire, 401, msg)
+        if fault == "fault-404":
+            return self._not_found(wire, req.model)
+        return _error(wire, 500, f"unknown fault {fault}")  # pragma: no cover
+
+    # -- GET ---------------------------------------------------------------------------------
+    @staticmethod
+    def models() -> Response:
+        now = int(time.time())
+        data = [{"id": name, "object": "model", "created": now, "owned_by": "modelrollout-sim",
+                 "description": desc} for name, desc in PERSONAS.items()]
+        return Response(200, _json_bytes({"object": "list", "data": data}))
+
+
+def _attempt(raw: str | None) -> int:
+    try:
+        return max(0, int((raw or "0").strip()))
+    except ValueError:
+        return 0
+
+
+def _fmt_seconds(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _id_headers(wire: Wire, req: SimRequest) -> dict[str, str]:
+    rid = "req_" + req.key()[:16]
+    return {"x-request-id": rid} if wire == "openai" else {"request-id": rid}
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP plumbing
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "modelrollout-sim"
+    sys_version = ""
+    timeout = 300  # idle keep-alive connections
+
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def _headers(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self.headers.items()}
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks: list[bytes] = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _route(self) -> str:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if path.endswith("/chat/completions"):
+            return "openai"
+        if path.endswith("/messages"):
+            return "anthropic"
+        if path.endswith("/models"):
+            return "models"
+        if path in ("", "/health", "/healthz"):
+            return "health"
+        return "unknown"
+
+    def do_GET(self) -> None:
+        route = self._route()
+        if route == "models":
+            self._send(Simulator.models())
+        elif route == "health":
+            self._send(Response(200, _json_bytes({"status": "ok", "personas": len(PERSONAS)})))
+        else:
+            self._send(_error("openai", 404, f"Unknown path {self.path}"))
+
+    def do_POST(self) -> None:
+        try:
+            raw = self._read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        route = self._route()
+        if route not in ("openai", "anthropic"):
+            self._send(_error("openai", 404, f"Unknown path {self.path}"))
+            return
+        wire: Wire = "openai" if route == "openai" else "anthropic"
+        try:
+            resp = self.server.sim.handle(wire, raw, self._headers())
+        except Exception as exc:  # a simulator bug: answer 500 rather than hang the client
+            resp = _error(wire, 500, f"simulator error: {type(exc).__name__}: {exc}")
+        self._send(resp)
+
+    def _send(self, resp: Response) -> None:
+        stop = self.server.sim.stop_event
+        if resp.action == "hang":
+            stop.wait(resp.delay_s)
+            self.close_connection = True
+            return
+        if resp.delay_s > 0 and stop.wait(resp.delay_s):
+            self.close_connection = True
+            return
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Content-Length", str(len(resp.body)))
+            for k, v in resp.headers.items():
+                self.send_header(k, v)
+            if resp.action == "reset":
+                self.end_headers()
+                self.wfile.write(resp.body[: len(resp.body) // 2])
+                self.wfile.flush()
+                self._reset()
+                return
+            # headers and body in one write
+            self._headers_buffer.append(b"\r\n")
+            self._headers_buffer.append(resp.body)
+            self.flush_headers()
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _reset(self) -> None:
+        """Close abruptly: SO_LINGER 0 makes close() send a RST instead of a FIN."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.connection.close()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
+        self.sim = sim
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class SimServer:
+    """A running simulator. ``base_url`` is ``http://127.0.0.1:PORT`` (no ``/v1``)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._stop = threading.Event()
+        self.simulator = Simulator(self._stop)
+        self._httpd = _HTTPServer((host, port), self.simulator)
+        self.host = host
+        self.port: int = int(self._httpd.server_address[1])
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopped
+
+    def start(self) -> SimServer:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                name=f"modelrollout-sim:{self.port}", daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until :meth:`stop` (or KeyboardInterrupt)."""
+        try:
+            self._httpd.serve_forever(poll_interval=0.05)
+        finally:
+            self._stop.set()
+            self._httpd.server_close()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SimServer({self.base_url!r}, running={self.running})"
+
+
+_lock = threading.Lock()
+_instance: SimServer | None = None
+
+
+def get_simulator() -> SimServer:
+    """The process-wide simulator, started on first use (thread-safe)."""
+    global _instance
+    with _lock:
+        if _instance is None or not _instance.running:
+            _instance = SimServer().start()
+        return _instance
+
+
+def serve(host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve the simulator in the foreground (blocking) until interrupted."""
+    server = SimServer(host, port)
+    print(f"modelrollout simulator listening on {server.base_url}", flush=True)
+    print(f"  OpenAI:    {server.base_url}/v1/chat/completions", flush=True)
+    print(f"  Anthropic: {server.base_url}/v1/messages", flush=True)
+    print(f"  personas:  {', '.join(p for p in PERSONAS if not p.startswith('fault-'))} "
+          f"(+{sum(p.startswith('fault-') for p in PERSONAS)} fault-* personas)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+def main_serve(port: int, host: str = "127.0.0.1") -> None:
+    """Entry point of ``modelrollout sim --port N``."""
+    serve(host, port)
+
+
+__all__ = ["ATTEMPT_HEADER", "Response", "SimServer", "Simulator", "get_simulator", "main_serve",
+           "serve"]

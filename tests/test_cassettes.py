@@ -427,7 +427,7 @@ req = ChatRequest(
     tools=[{"type": "function", "function": {"name": "lookup_order", "parameters": {}}}],
     params={"temperature": 0},
 )
-for i in range(80):
+for i in range(50):
     text = f"writer-p{n}-{i}-" + "y" * (i * 131 % 7000) + "END"
     store.put("ollama:qwen2.5:7b", req, CassetteEntry.from_response(
         ProviderResponse(text=text), latency_ms=float(i)))
@@ -465,3 +465,21 @@ def test_concurrent_processes_same_key(tmp_path: Path) -> None:
     assert entry is not None and entry.response is not None
     assert entry.response.text.startswith("writer-p")
     assert [p.suffix for p in store.path_for(REF, req).parent.iterdir()] == [".json"]
+
+
+def test_refuses_secret_that_survives_scrubbing(tmp_path: Path) -> None:
+    class Sneaky:
+        def __str__(self) -> str:  # serialised with default=str after scrubbing
+            return CANARY
+
+    store = CassetteStore(tmp_path, "new", env={"CANARY_API_KEY": CANARY})
+    req = ChatRequest(messages=[{"role": "user", "content": "q"}], params={"x": Sneaky()})
+    with pytest.raises(CassetteError, match=r"refusing to write cassette .*secret environment"):
+        store.put(REF, req, _ok_entry())
+    assert not store.path_for(REF, req).exists()
+
+
+def test_with_mode(tmp_path: Path) -> None:
+    store = CassetteStore(tmp_path, "new")
+    other = store.with_mode("replay")
+    assert other.root == store.root and other.mode == "replay" and store.mode == "new"

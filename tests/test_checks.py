@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -48,7 +49,10 @@ def make(
 
 
 def pair_of(
-    records: list[CheckRecord], stable: str | dict[str, Any], candidate: str | dict[str, Any], **kw: Any
+    records: list[CheckRecord],
+    stable: str | dict[str, Any],
+    candidate: str | dict[str, Any],
+    **kw: Any,
 ) -> Pair:
     def build(role: Role, spec: str | dict[str, Any]) -> Reply:
         args = {"text": spec} if isinstance(spec, str) else dict(spec)
@@ -99,7 +103,9 @@ def test_json_fenced_fails_strict_but_passes_lenient(records: list[CheckRecord])
 
 
 def test_json_prose_around(records: list[CheckRecord]) -> None:
-    reply = make(records, 'Sure! Here is the refund:\n{"order_id": "A-1001", "amount": 12.5}\nThanks.')
+    reply = make(
+        records, 'Sure! Here is the refund:\n{"order_id": "A-1001", "amount": 12.5}\nThanks.'
+    )
     with pytest.raises(AssertionError, match="prose around JSON"):
         reply.expect_json(Refund)
     assert [(r.check, r.passed) for r in records] == [("json", False), ("json_lenient", True)]
@@ -162,7 +168,9 @@ def test_json_pydantic_model(records: list[CheckRecord]) -> None:
     make(records, '{"order_id": "A-1001", "amount": 12.5}').expect_json(Refund)
     with pytest.raises(AssertionError, match="amount"):
         make(records, '{"order_id": "A-1001", "amount": "twelve"}').expect_json(Refund)
-    assert records[-2].detail is not None and records[-2].detail.startswith("schema: Refund: amount")
+    assert records[-2].detail is not None and records[-2].detail.startswith(
+        "schema: Refund: amount"
+    )
 
 
 def test_json_bad_schema_is_a_test_error_and_records_nothing(records: list[CheckRecord]) -> None:
@@ -221,7 +229,11 @@ SEARCH_TOOL = {
     "type": "function",
     "function": {
         "name": "search_orders",
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string"}},
+            "required": ["q"],
+        },
     },
 }
 TOOLS = [ORDER_TOOL, SEARCH_TOOL]
@@ -232,7 +244,9 @@ GOOD_ARGS: dict[str, Any] = {
 }
 
 
-def call(name: str = "create_return", args: dict[str, Any] | None = None, raw: str | None = None) -> ToolCall:
+def call(
+    name: str = "create_return", args: dict[str, Any] | None = None, raw: str | None = None
+) -> ToolCall:
     return ToolCall(name=name, arguments=args, raw_arguments=raw, id="call_1")
 
 
@@ -257,7 +271,9 @@ def test_tool_call_valid(records: list[CheckRecord]) -> None:
     ],
     ids=["required", "type", "enum", "nested", "ref"],
 )
-def test_tool_call_schema_violations(records: list[CheckRecord], args: dict[str, Any], match: str) -> None:
+def test_tool_call_schema_violations(
+    records: list[CheckRecord], args: dict[str, Any], match: str
+) -> None:
     reply = make(records, tools=TOOLS, tool_calls=[call(args=args)])
     with pytest.raises(AssertionError, match=match):
         reply.expect_tool_call("create_return")
@@ -373,7 +389,9 @@ def test_language_same_as_prompt(records: list[CheckRecord]) -> None:
         make(records, "Your order arrives tomorrow.", prompt=zh_prompt).expect_language(
             "same_as_prompt"
         )
-    make(records, "Arrives tomorrow.", prompt="A-1001 / 2024-05-01").expect_language("same_as_prompt")
+    make(records, "Arrives tomorrow.", prompt="A-1001 / 2024-05-01").expect_language(
+        "same_as_prompt"
+    )
     assert records[-1].passed and "not judged" in (records[-1].detail or "")
 
 
@@ -393,7 +411,10 @@ def test_custom_check(records: list[CheckRecord]) -> None:
         assert "sorry" not in r.text.lower(), "reply apologises"
 
     reply.expect(no_apology)  # name defaults to the function's name; None passes
-    assert [(r.check, r.passed) for r in records] == [("mentions_refund", True), ("no_apology", True)]
+    assert [(r.check, r.passed) for r in records] == [
+        ("mentions_refund", True),
+        ("no_apology", True),
+    ]
     with pytest.raises(AssertionError, match="predicate returned False"):
         reply.expect(lambda r: "EUR" not in r.text, "no_currency")
     with pytest.raises(AssertionError, match="reply apologises"):
@@ -403,7 +424,8 @@ def test_custom_check(records: list[CheckRecord]) -> None:
 
 def test_custom_check_other_exception_recorded_then_raised(records: list[CheckRecord]) -> None:
     def broken(r: Reply) -> bool:
-        return bool({}["missing"])
+        fields: dict[str, str] = {}
+        return bool(fields["missing"])
 
     with pytest.raises(KeyError):
         make(records, "x").expect(broken, "broken")
@@ -427,7 +449,7 @@ def test_custom_check_names(records: list[CheckRecord]) -> None:
 def test_error_reply_fails_every_check(records: list[CheckRecord]) -> None:
     reply = make(records, error="timeout after 30 s", tools=TOOLS, latency_ms=30000.0)
     assert not reply.ok
-    checks = [
+    checks: list[Callable[[], object]] = [
         lambda: reply.expect_json(),
         lambda: reply.expect_tool_call(),
         lambda: reply.expect_length(max_chars=10),
@@ -467,9 +489,9 @@ def test_failure_message_is_actionable(records: list[CheckRecord]) -> None:
 
 
 def test_one_megabyte_reply(records: list[CheckRecord]) -> None:
-    text = ("The refund for order A-1001 was approved and will be paid within five days. " * 14_000)[
-        :1_000_000
-    ]
+    text = (
+        "The refund for order A-1001 was approved and will be paid within five days. " * 14_000
+    )[:1_000_000]
     reply = make(records, text)
     start = time.perf_counter()
     with pytest.raises(AssertionError, match="chars > max_chars"):
@@ -499,12 +521,16 @@ def test_pair_both_pass_records_both(records: list[CheckRecord]) -> None:
 
 
 def test_pair_regression(records: list[CheckRecord]) -> None:
-    pair = pair_of(records, '{"order_id": "A-1001", "amount": 12.5}', '```json\n{"order_id": "A-1001"}\n```')
+    pair = pair_of(
+        records, '{"order_id": "A-1001", "amount": 12.5}', '```json\n{"order_id": "A-1001"}\n```'
+    )
     with pytest.raises(RegressionError) as info:
         pair.expect_json(Refund)
     msg = str(info.value)
     assert isinstance(info.value, AssertionError)
-    assert msg.startswith("regression: check 'json' fails on the candidate but passes on the stable")
+    assert msg.startswith(
+        "regression: check 'json' fails on the candidate but passes on the stable"
+    )
     assert "threshold: strict JSON matching Refund" in msg
     assert "stable    passed: valid JSON matching Refund" in msg
     assert "candidate FAILED: fenced; schema: Refund: amount: Field required" in msg

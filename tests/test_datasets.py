@@ -222,6 +222,21 @@ def test_case_helpers() -> None:
         p.id = "x"  # type: ignore[misc]
 
 
+def test_loaded_cases_compare_copy_and_pickle() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    a = load_cases(DATA / "shadow_reply.jsonl")
+    b = load_cases(DATA / "shadow_reply.jsonl")
+    assert a == b
+    c = a[0]
+    assert pickle.loads(pickle.dumps(c)) == c
+    assert copy.deepcopy(c) == c
+    assert dataclasses.replace(c, id="new").id == "new"
+    assert {c: 1}[c] == 1
+
+
 # ------------------------------------------------------------------------------------------
 # shadow mode
 

@@ -89,7 +89,12 @@ def test_code_with_chinese_comments_is_chinese() -> None:
 
 
 def test_inline_code_and_identifiers_are_not_english() -> None:
-    assert detect_language("请运行 `pip install -U httpx`，然后检查 max_retries 和 config.yaml 的设置。") == "zh"
+    assert (
+        detect_language(
+            "请运行 `pip install -U httpx`，然后检查 max_retries 和 config.yaml 的设置。"
+        )
+        == "zh"
+    )
 
 
 def test_detection_is_deterministic_and_fast_on_a_megabyte() -> None:

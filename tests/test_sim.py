@@ -6,6 +6,7 @@ latency *distributions* are checked on the computed delays, without sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import statistics
@@ -44,14 +45,22 @@ def http(sim: SimServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def chat(http: httpx.Client, model: str, prompt: str | list[dict[str, Any]], *,
-         system: str | None = None, attempt: int | None = None, **extra: Any) -> httpx.Response:
+def chat(
+    http: httpx.Client,
+    model: str,
+    prompt: str | list[dict[str, Any]],
+    *,
+    system: str | None = None,
+    attempt: int | None = None,
+    **extra: Any,
+) -> httpx.Response:
     msgs = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if system:
         msgs = [{"role": "system", "content": system}, *msgs]
     headers = {} if attempt is None else {"x-modelrollout-attempt": str(attempt)}
-    return http.post("/v1/chat/completions", json={"model": model, "messages": msgs, **extra},
-                     headers=headers)
+    return http.post(
+        "/v1/chat/completions", json={"model": model, "messages": msgs, **extra}, headers=headers
+    )
 
 
 def content(resp: httpx.Response) -> str:
@@ -93,26 +102,55 @@ def prompts() -> list[str]:
 
 
 PROMPTS = prompts()
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Get the current weather for a city",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city"]}}},
-    {"type": "function", "function": {
-        "name": "lookup_order", "description": "Look up an order's status by its order id",
-        "parameters": {"type": "object", "properties": {
-            "order_id": {"type": "string"}, "include_items": {"type": "boolean"}},
-            "required": ["order_id"]}}},
-    {"type": "function", "function": {
-        "name": "book_flight", "description": "Book a flight between two cities",
-        "parameters": {"type": "object", "properties": {
-            "origin": {"type": "string"}, "destination": {"type": "string"},
-            "date": {"type": "string"},
-            "passengers": {"type": "integer", "minimum": 1},
-            "cabin": {"type": "string", "enum": ["economy", "business"]}},
-            "required": ["origin", "destination", "date", "passengers"]}}},
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Look up an order's status by its order id",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "order_id": {"type": "string"},
+                    "include_items": {"type": "boolean"},
+                },
+                "required": ["order_id"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "book_flight",
+            "description": "Book a flight between two cities",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "origin": {"type": "string"},
+                    "destination": {"type": "string"},
+                    "date": {"type": "string"},
+                    "passengers": {"type": "integer", "minimum": 1},
+                    "cabin": {"type": "string", "enum": ["economy", "business"]},
+                },
+                "required": ["origin", "destination", "date", "passengers"],
+            },
+        },
+    },
 ]
 TOOL_PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 _CITIES = ["Paris", "London", "Berlin", "Tokyo", "Madrid", "Sydney"]
@@ -133,9 +171,11 @@ def tool_prompts() -> list[str]:
 
 REFUND_SCHEMA: dict[str, Any] = {
     "$defs": {
-        "Item": {"type": "object", "properties": {
-            "sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
-            "required": ["sku", "qty"]},
+        "Item": {
+            "type": "object",
+            "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
+            "required": ["sku", "qty"],
+        },
         "Reason": {"type": "string", "enum": ["damaged", "late", "wrong_item", "other"]},
     },
     "type": "object",
@@ -151,6 +191,18 @@ REFUND_SCHEMA: dict[str, Any] = {
     "required": ["order_id", "amount", "reason", "items"],
     "additionalProperties": False,
 }
+
+
+def validate(obj: Any, schema: dict[str, Any]) -> None:
+    """jsonschema.validate without re-checking the schema on every call (that is slow)."""
+    key = json.dumps(schema, sort_keys=True)
+    if key not in _VALIDATORS:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        _VALIDATORS[key] = jsonschema.Draft202012Validator(schema)
+    _VALIDATORS[key].validate(obj)
+
+
+_VALIDATORS: dict[str, jsonschema.Draft202012Validator] = {}
 
 
 def response_format(schema: dict[str, Any]) -> dict[str, Any]:
@@ -170,8 +222,18 @@ def test_singleton_and_models(sim: SimServer, http: httpx.Client) -> None:
     r = http.get("/v1/models")
     assert r.status_code == 200
     ids = {m["id"] for m in r.json()["data"]}
-    for name in ("stable", "good", "verbose", "slow", "flaky", "sloppy-json", "wrong-language",
-                 "bad-tools", "fault-429", "fault-hang"):
+    for name in (
+        "stable",
+        "good",
+        "verbose",
+        "slow",
+        "flaky",
+        "sloppy-json",
+        "wrong-language",
+        "bad-tools",
+        "fault-429",
+        "fault-hang",
+    ):
         assert name in ids
         assert name in PERSONAS
     assert r.headers["content-length"] == str(len(r.content))
@@ -179,8 +241,10 @@ def test_singleton_and_models(sim: SimServer, http: httpx.Client) -> None:
 
 def test_private_server_stops() -> None:
     with SimServer() as s:
-        r = httpx.post(f"{s.base_url}/v1/chat/completions",
-                       json={"model": "stable", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            f"{s.base_url}/v1/chat/completions",
+            json={"model": "stable", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{s.base_url}/v1/models", timeout=1)
@@ -188,25 +252,28 @@ def test_private_server_stops() -> None:
 
 def test_keep_alive_and_concurrency(sim: SimServer) -> None:
     errors: list[str] = []
+    limits = httpx.Limits(max_connections=80, max_keepalive_connections=80)
+    client = httpx.Client(base_url=sim.base_url, timeout=10, limits=limits)
 
     def worker(i: int) -> None:
         try:
-            with httpx.Client(base_url=sim.base_url, timeout=10) as c:
-                for j in range(2):
-                    r = chat(c, "stable?latency_ms=50&jitter=0", f"question {i} {j}")
-                    if r.status_code != 200:
-                        errors.append(r.text)
+            for j in range(3):
+                r = chat(client, "stable?latency_ms=200&jitter=0", f"question {i} {j}")
+                if r.status_code != 200:
+                    errors.append(r.text)
         except Exception as exc:
             errors.append(repr(exc))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(64)]
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with client:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert not errors
-    assert time.perf_counter() - t0 < 5  # served concurrently, not one after another
+    # 192 calls of 200 ms each: served concurrently over kept-alive connections
+    assert time.perf_counter() - t0 < 3
 
 
 def test_bad_requests(http: httpx.Client) -> None:
@@ -218,8 +285,10 @@ def test_bad_requests(http: httpx.Client) -> None:
     assert "nonsense" in r.json()["error"]["message"]
     r = http.post("/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400
-    r = http.post("/v1/messages", json={"model": "nope", "max_tokens": 10,
-                                        "messages": [{"role": "user", "content": "hi"}]})
+    r = http.post(
+        "/v1/messages",
+        json={"model": "nope", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 404
     assert r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "not_found_error"
@@ -248,9 +317,12 @@ def test_openai_shape(http: httpx.Client) -> None:
 
 def test_anthropic_shape_and_tools(http: httpx.Client) -> None:
     body = {
-        "model": "stable", "max_tokens": 512,
+        "model": "stable",
+        "max_tokens": 512,
         "system": [{"type": "text", "text": "You are a support agent."}],
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "你好，我的订单什么时候到？"}]}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "你好，我的订单什么时候到？"}]}
+        ],
     }
     r = http.post("/v1/messages", json=body)
     assert r.status_code == 200
@@ -262,13 +334,27 @@ def test_anthropic_shape_and_tools(http: httpx.Client) -> None:
     assert detect_language(m["content"][0]["text"]) == "zh"
     assert set(m["usage"]) == {"input_tokens", "output_tokens"}
     assert m["usage"]["output_tokens"] >= 0.8 * sum(
-        1 for ch in m["content"][0]["text"] if "\u4e00" <= ch <= "\u9fff")
+        1 for ch in m["content"][0]["text"] if "\u4e00" <= ch <= "\u9fff"
+    )
 
-    tools = [{"name": t["function"]["name"], "description": t["function"]["description"],
-              "input_schema": t["function"]["parameters"]} for t in TOOLS]
-    r = http.post("/v1/messages", json={
-        "model": "stable", "max_tokens": 256, "tools": tools, "system": "Use tools.",
-        "messages": [{"role": "user", "content": "What's the weather in Tokyo?"}]})
+    tools = [
+        {
+            "name": t["function"]["name"],
+            "description": t["function"]["description"],
+            "input_schema": t["function"]["parameters"],
+        }
+        for t in TOOLS
+    ]
+    r = http.post(
+        "/v1/messages",
+        json={
+            "model": "stable",
+            "max_tokens": 256,
+            "tools": tools,
+            "system": "Use tools.",
+            "messages": [{"role": "user", "content": "What's the weather in Tokyo?"}],
+        },
+    )
     m = r.json()
     assert m["stop_reason"] == "tool_use"
     use = next(b for b in m["content"] if b["type"] == "tool_use")
@@ -276,14 +362,28 @@ def test_anthropic_shape_and_tools(http: httpx.Client) -> None:
     assert use["input"]["city"] == "Tokyo"
 
     # tool result -> a text answer
-    r = http.post("/v1/messages", json={
-        "model": "stable", "max_tokens": 256, "tools": tools,
-        "messages": [
-            {"role": "user", "content": "What's the weather in Tokyo?"},
-            {"role": "assistant", "content": [use]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"],
-                                          "content": "22°C and sunny"}]},
-        ]})
+    r = http.post(
+        "/v1/messages",
+        json={
+            "model": "stable",
+            "max_tokens": 256,
+            "tools": tools,
+            "messages": [
+                {"role": "user", "content": "What's the weather in Tokyo?"},
+                {"role": "assistant", "content": [use]},
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": use["id"],
+                            "content": "22°C and sunny",
+                        }
+                    ],
+                },
+            ],
+        },
+    )
     m = r.json()
     assert m["stop_reason"] == "end_turn"
     assert "22°C and sunny" in m["content"][0]["text"]
@@ -292,8 +392,15 @@ def test_anthropic_shape_and_tools(http: httpx.Client) -> None:
 def test_same_reply_on_both_wires(http: httpx.Client) -> None:
     prompt = "I want a refund for order #4411, it arrived damaged."
     a = content(chat(http, "stable", prompt, system="Be brief."))
-    r = http.post("/v1/messages", json={"model": "stable", "max_tokens": 1000, "system": "Be brief.",
-                                        "messages": [{"role": "user", "content": prompt}]})
+    r = http.post(
+        "/v1/messages",
+        json={
+            "model": "stable",
+            "max_tokens": 1000,
+            "system": "Be brief.",
+            "messages": [{"role": "user", "content": prompt}],
+        },
+    )
     assert r.json()["content"][0]["text"] == a
 
 
@@ -310,12 +417,18 @@ def test_max_tokens_truncates(http: httpx.Client) -> None:
 def test_determinism(http: httpx.Client) -> None:
     for p in PROMPTS[::7]:
         for persona in ("stable", "verbose", "sloppy-json", "wrong-language"):
-            a = chat(http, persona, p, system="Reply with JSON only." if "json" in persona else None)
-            b = chat(http, persona, p, system="Reply with JSON only." if "json" in persona else None)
+            a = chat(
+                http, persona, p, system="Reply with JSON only." if "json" in persona else None
+            )
+            b = chat(
+                http, persona, p, system="Reply with JSON only." if "json" in persona else None
+            )
             assert content(a) == content(b)
             assert a.json()["usage"] == b.json()["usage"]
     # attempt does not change a stable reply
-    assert content(chat(http, "stable", PROMPTS[0], attempt=2)) == content(chat(http, "stable", PROMPTS[0]))
+    assert content(chat(http, "stable", PROMPTS[0], attempt=2)) == content(
+        chat(http, "stable", PROMPTS[0])
+    )
 
 
 def test_latency_is_deterministic_per_attempt() -> None:
@@ -341,7 +454,10 @@ def _delays(persona: str) -> list[float]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(LATENCY_SCALE_ENV, "1")
         for i in range(400):
-            body = {"model": persona, "messages": [{"role": "user", "content": f"q{i} {PROMPTS[i % 60]}"}]}
+            body = {
+                "model": persona,
+                "messages": [{"role": "user", "content": f"q{i} {PROMPTS[i % 60]}"}],
+            }
             resp = s.handle("openai", json.dumps(body).encode(), {})
             out.append(resp.delay_s * 1000)
     return out
@@ -394,7 +510,9 @@ def test_reply_language(http: httpx.Client) -> None:
 def test_reply_language_with_plugin_detector(http: httpx.Client) -> None:
     language = pytest.importorskip("pytest_modelrollout.language")
     for p in PROMPTS[::3]:
-        ok, detail = language.language_matches("same_as_prompt", content(chat(http, "stable", p)), p)
+        ok, detail = language.language_matches(
+            "same_as_prompt", content(chat(http, "stable", p)), p
+        )
         assert ok, (p, detail)
     zh = content(chat(http, "stable", "帮我 check 一下 order A-1001 的 delivery status 好吗"))
     assert language.language_matches("mixed", zh)[0]
@@ -416,12 +534,21 @@ def test_json_schema_valid_for_good_personas(http: httpx.Client) -> None:
     rf = response_format(REFUND_SCHEMA)
     for persona in ("stable", "good", "verbose", "slow", "wrong-language", "bad-tools"):
         for p in PROMPTS[::2]:
-            obj = json.loads(content(chat(http, persona, p, system="Reply with JSON only.",
-                                          response_format=rf)))
-            jsonschema.validate(obj, REFUND_SCHEMA)
-    obj = json.loads(content(chat(
-        http, "stable", "Order A-9921 arrived damaged, please refund $49.99 to jo@example.com",
-        system="Reply with JSON only.", response_format=rf)))
+            obj = json.loads(
+                content(chat(http, persona, p, system="Reply with JSON only.", response_format=rf))
+            )
+            validate(obj, REFUND_SCHEMA)
+    obj = json.loads(
+        content(
+            chat(
+                http,
+                "stable",
+                "Order A-9921 arrived damaged, please refund $49.99 to jo@example.com",
+                system="Reply with JSON only.",
+                response_format=rf,
+            )
+        )
+    )
     assert obj["order_id"] == "A-9921"
     assert obj["amount"] == 49.99
     assert obj["email"] == "jo@example.com"
@@ -429,19 +556,38 @@ def test_json_schema_valid_for_good_personas(http: httpx.Client) -> None:
 
 
 def test_json_without_schema(http: httpx.Client) -> None:
-    generic = json.loads(content(chat(http, "stable", "你好，我的订单什么时候到？",
-                                      system="Reply with JSON only.")))
+    generic = json.loads(
+        content(chat(http, "stable", "你好，我的订单什么时候到？", system="Reply with JSON only."))
+    )
     assert set(generic) == {"answer", "language"}
     assert generic["language"] == "zh"
-    embedded = {"type": "object", "properties": {"order_id": {"type": "string"},
-                                                 "amount": {"type": "number"}},
-                "required": ["order_id", "amount"]}
-    obj = json.loads(content(chat(http, "stable", "Refund 12.50 for order #7731 please",
-                                  system="Return JSON matching this schema: " + json.dumps(embedded))))
-    jsonschema.validate(obj, embedded)
+    embedded = {
+        "type": "object",
+        "properties": {"order_id": {"type": "string"}, "amount": {"type": "number"}},
+        "required": ["order_id", "amount"],
+    }
+    obj = json.loads(
+        content(
+            chat(
+                http,
+                "stable",
+                "Refund 12.50 for order #7731 please",
+                system="Return JSON matching this schema: " + json.dumps(embedded),
+            )
+        )
+    )
+    validate(obj, embedded)
     assert obj == {"order_id": "7731", "amount": 12.5}
-    obj = json.loads(content(chat(http, "stable", "Refund 12.50 for order A-7731",
-                                  system="Extract JSON with keys order_id, amount and currency.")))
+    obj = json.loads(
+        content(
+            chat(
+                http,
+                "stable",
+                "Refund 12.50 for order A-7731",
+                system="Extract JSON with keys order_id, amount and currency.",
+            )
+        )
+    )
     assert set(obj) == {"order_id", "amount", "currency"}
 
 
@@ -478,7 +624,7 @@ def _tool_call(http: httpx.Client, persona: str, prompt: str) -> dict[str, Any]:
 def _valid(fn: dict[str, Any]) -> bool:
     try:
         args = json.loads(fn["arguments"])
-        jsonschema.validate(args, TOOL_PARAMS[fn["name"]])
+        validate(args, TOOL_PARAMS[fn["name"]])
     except (ValueError, jsonschema.ValidationError):
         return False
     return True
@@ -492,10 +638,15 @@ def test_tool_calls(http: httpx.Client) -> None:
             assert fn["name"] == expected[i % 3], p
             assert _valid(fn), (p, fn)
     fn = _tool_call(http, "stable", "Book a flight from Paris to London on 2025-04-02 for 2 people")
-    assert json.loads(fn["arguments"]) == {"origin": "Paris", "destination": "London",
-                                           "date": "2025-04-02", "passengers": 2}
+    assert json.loads(fn["arguments"]) == {
+        "origin": "Paris",
+        "destination": "London",
+        "date": "2025-04-02",
+        "passengers": 2,
+    }
     assert json.loads(_tool_call(http, "stable", "帮我查一下订单 B-2002 的物流")["arguments"]) == {
-        "order_id": "B-2002"}
+        "order_id": "B-2002"
+    }
     # no tool needed -> text
     r = chat(http, "stable", "Hello!", tools=TOOLS)
     assert r.json()["choices"][0]["finish_reason"] == "stop"
@@ -527,22 +678,32 @@ def test_flaky(http: httpx.Client) -> None:
     # deterministic per prompt + attempt
     assert first == [chat(http, "flaky", p, attempt=0).status_code for p in PROMPTS]
     # overrides
-    codes = [chat(http, "flaky?error_rate=0&transient_rate=0&rate_limit_rate=1", p).status_code
-             for p in PROMPTS[:10]]
+    codes = [
+        chat(http, "flaky?error_rate=0&transient_rate=0&rate_limit_rate=1", p).status_code
+        for p in PROMPTS[:10]
+    ]
     assert codes == [429] * 10
     codes = [chat(http, "stable?error_rate=1", p).status_code for p in PROMPTS[:5]]
     assert codes == [500] * 5
 
 
 def test_rag(http: httpx.Client) -> None:
-    ctx = ("Context:\nRefunds are accepted within 30 days of delivery. Shipping is free for "
-           "orders over $50. Our support team is available 9am-6pm on weekdays.\n\n")
+    ctx = (
+        "Context:\nRefunds are accepted within 30 days of delivery. Shipping is free for "
+        "orders over $50. Our support team is available 9am-6pm on weekdays.\n\n"
+    )
     a = content(chat(http, "stable", ctx + "Question: How long do I have to request a refund?"))
     assert "30 days" in a
     a = content(chat(http, "good", ctx + "Question: When is the support team available?"))
     assert "9am-6pm" in a
-    a = content(chat(http, "stable", "Who founded the company?",
-                     system="Answer only from the context.\n" + ctx))
+    a = content(
+        chat(
+            http,
+            "stable",
+            "Who founded the company?",
+            system="Answer only from the context.\n" + ctx,
+        )
+    )
     assert a == "The context does not contain this information."
     zh = "资料：\n退货须在签收后7天内申请。运费满99元包邮。客服工作时间为每天9点到18点。\n"
     assert "9点到18点" in content(chat(http, "stable", zh + "问题：客服几点下班？"))
@@ -573,8 +734,14 @@ def test_fault_status_every_attempt(http: httpx.Client, code: int) -> None:
         r = chat(http, f"fault-{code}", "hi", attempt=attempt)
         assert r.status_code == code
         assert set(r.json()["error"]) >= {"message", "type", "code"}
-    r = http.post("/v1/messages", json={"model": f"fault-{code}", "max_tokens": 10,
-                                        "messages": [{"role": "user", "content": "hi"}]})
+    r = http.post(
+        "/v1/messages",
+        json={
+            "model": f"fault-{code}",
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert r.status_code == code
     assert r.json()["type"] == "error"
     if code == 529:
@@ -602,7 +769,9 @@ def test_fault_bodies(http: httpx.Client) -> None:
     assert r.status_code == 200 and "error" in r.json()
     body = chat(http, "fault-no-usage", "hi").json()
     assert "usage" not in body and body["choices"][0]["message"]["content"]
-    fn = chat(http, "fault-badargs", "hi", tools=TOOLS).json()["choices"][0]["message"]["tool_calls"][0]
+    fn = chat(http, "fault-badargs", "hi", tools=TOOLS).json()["choices"][0]["message"][
+        "tool_calls"
+    ][0]
     with pytest.raises(ValueError):
         json.loads(fn["function"]["arguments"])
     r = chat(http, "fault-huge", "hi")
@@ -612,20 +781,29 @@ def test_fault_bodies(http: httpx.Client) -> None:
 
 
 def test_fault_auth_echoes_credential(http: httpx.Client) -> None:
-    r = chat(http, "fault-auth", "hi") if False else http.post(
-        "/v1/chat/completions", headers={"Authorization": "Bearer sk-canary-123"},
-        json={"model": "fault-auth", "messages": [{"role": "user", "content": "hi"}]})
+    r = http.post(
+        "/v1/chat/completions",
+        headers={"Authorization": "Bearer sk-canary-123"},
+        json={"model": "fault-auth", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.status_code == 401
     assert "sk-canary-123" in r.json()["error"]["message"]
-    r = http.post("/v1/messages", headers={"x-api-key": "sk-ant-canary"},
-                  json={"model": "fault-auth", "max_tokens": 5,
-                        "messages": [{"role": "user", "content": "hi"}]})
+    r = http.post(
+        "/v1/messages",
+        headers={"x-api-key": "sk-ant-canary"},
+        json={
+            "model": "fault-auth",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
     assert r.status_code == 401 and "sk-ant-canary" in r.json()["error"]["message"]
 
 
 def test_fault_reset_and_hang(sim: SimServer) -> None:
-    with httpx.Client(base_url=sim.base_url, timeout=5) as c, pytest.raises(
-        (httpx.RemoteProtocolError, httpx.ReadError)
+    with (
+        httpx.Client(base_url=sim.base_url, timeout=5) as c,
+        pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)),
     ):
         chat(c, "fault-reset", "hi")
     with httpx.Client(base_url=sim.base_url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
@@ -637,11 +815,12 @@ def test_hang_ends_when_server_stops() -> None:
     done = threading.Event()
 
     def call() -> None:
-        try:
-            httpx.post(f"{s.base_url}/v1/chat/completions", timeout=30,
-                       json={"model": "fault-hang", "messages": [{"role": "user", "content": "x"}]})
-        except httpx.HTTPError:
-            pass
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(
+                f"{s.base_url}/v1/chat/completions",
+                timeout=30,
+                json={"model": "fault-hang", "messages": [{"role": "user", "content": "x"}]},
+            )
         done.set()
 
     threading.Thread(target=call, daemon=True).start()

@@ -22,7 +22,9 @@ from ._exceptions import (
 )
 from ._version import __version__
 from .datasets import Case, cases
+from .checks import RegressionError
 from .replies import Pair, Reply, ToolCall
+from .structure import StructureSnapshotExtension
 
 __all__ = [
     "AuthError",
@@ -37,8 +39,10 @@ __all__ = [
     "Pair",
     "ProviderError",
     "RateLimitError",
+    "RegressionError",
     "Reply",
     "ServerError",
+    "StructureSnapshotExtension",
     "ToolCall",
     "__version__",
     "cases",

@@ -73,6 +73,7 @@ from .providers.base import ChatRequest, ProviderResponse, ToolCall
 
 __all__ = [
     "CASSETTE_VERSION",
+    "DEFAULT_DIRNAME",
     "RECORD_MODES",
     "REDACTED",
     "CassetteEntry",
@@ -89,6 +90,7 @@ __all__ = [
 RecordMode = Literal["off", "replay", "new", "all"]
 RECORD_MODES: tuple[RecordMode, ...] = ("off", "replay", "new", "all")
 CASSETTE_VERSION = 1
+DEFAULT_DIRNAME = "model_cassettes"  # created beside the test file unless configured
 REDACTED = "[REDACTED]"
 
 _STATUSES: frozenset[str] = frozenset(("ok", "error", "timeout"))
@@ -448,6 +450,10 @@ class CassetteStore:
 
     def __repr__(self) -> str:
         return f"CassetteStore({str(self.root)!r}, mode={self.mode!r})"
+
+    def with_mode(self, mode: str) -> CassetteStore:
+        """The same cassettes under another record mode (e.g. the other role's)."""
+        return CassetteStore(self.root, mode, env=self._env)
 
     @property
     def replays(self) -> bool:

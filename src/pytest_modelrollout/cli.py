@@ -454,7 +454,26 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    raise CliError("gate: not implemented yet")
+    from pytest_modelrollout.canary import GateRun, run_gate
+
+    return run_gate(
+        GateRun(
+            logs=list(args.logs),
+            stable=args.stable,
+            candidate=args.candidate,
+            config=args.config,
+            gates=list(args.gate or ()),
+            kill=list(args.kill or ()),
+            report=args.report,
+            markdown=args.markdown,
+            html=args.html,
+            since=args.since,
+            until=args.until,
+            window=args.window,
+            allow_inconclusive=args.allow_inconclusive,
+            verbose=args.verbose,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -508,8 +527,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=_cmd_sim)
 
-    p = sub.add_parser("gate", help="judge production canary logs (not implemented yet)")
-    p.add_argument("logs", nargs="*")
+    p = sub.add_parser(
+        "gate", help="judge production canary logs (JSONL, .jsonl.gz) with the rollout gates"
+    )
+    p.add_argument("logs", nargs="+", metavar="LOG.jsonl", help="'-' reads standard input")
+    p.add_argument("--stable", metavar="REF", help="stable model (default: the config's)")
+    p.add_argument("--candidate", metavar="REF", help="candidate model (default: the config's)")
+    p.add_argument("--config", metavar="PATH", help="modelrollout.toml or pyproject.toml")
+    p.add_argument("--gate", action="append", metavar="EXPR", help="extra gate (repeatable)")
+    p.add_argument(
+        "--kill", action="append", metavar="REF", help="a killed model (also $MODELROLLOUT_KILLED)"
+    )
+    p.add_argument("--report", metavar="PATH", help="write the JSON report")
+    p.add_argument("--markdown", metavar="PATH", help="write the Markdown summary")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report")
+    p.add_argument("--since", metavar="ISO", help="only requests at or after this time")
+    p.add_argument("--until", metavar="ISO", help="only requests before this time")
+    p.add_argument("--window", metavar="15m|1h|1d", help="also judge each time window")
+    p.add_argument("--allow-inconclusive", action="store_true", help="exit 0 on INCONCLUSIVE too")
+    p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cmd_gate)
     return parser
 
@@ -518,8 +554,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
-        if getattr(args, "command", None) == "gate":
-            return _cmd_gate(args)
         if extra:
             raise CliError(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "command", None):

@@ -550,7 +550,8 @@ class _Cond:
     """``value`` breaches when above ``limit`` (``above``) or below it; with its interval.
 
     ``null`` is the value meaning "no change" (0 for differences, 1 for ratios; ``None`` for
-    caps, which are absolute).
+    caps, which are absolute); whether the candidate is significantly worse is decided by the
+    caller's ``worse`` test at the Bonferroni-adjusted confidence.
     """
 
     value: float
@@ -569,36 +570,42 @@ class _Cond:
     def inside(self) -> bool:
         return self.hi <= self.limit if self.above else self.lo >= self.limit
 
-    def worse(self) -> bool:
-        """The candidate is worse than the stable beyond chance (or: an absolute cap)."""
-        if self.null is None:
-            return True
-        return self.lo > self.null if self.above else self.hi < self.null
 
-
-def _judge(conds: Sequence[_Cond], decision: str) -> tuple[Status, str]:
+def _judge(
+    conds: Sequence[_Cond], decision: str, worse: Callable[[], bool], adjusted: str = ""
+) -> tuple[Status, str]:
     """A breach needs every condition (ratio *and* floor); returns (status, phrase).
 
     * whole interval beyond the limit -> ``breach``;
     * point estimate beyond the limit and the candidate significantly worse than the stable
-      (the interval excludes "no change"), but the interval reaches back across the limit ->
-      ``unconfirmed``;
-    * point estimate beyond the limit but the interval includes "no change" -> ``tolerated``:
-      two identical models differ this much by chance (``unconfirmed`` under ``strict``);
+      (``worse()``: an interval at the Bonferroni-adjusted confidence excludes "no change"),
+      but the interval reaches back across the limit -> ``unconfirmed``;
+    * point estimate beyond the limit but not significantly worse -> ``tolerated``: two
+      identical models differ this much by chance (``unconfirmed`` under ``strict``);
     * ``strict``: an interval that is not inside the limit -> ``unconfirmed``.
     """
     if all(c.confirmed() for c in conds):
         return "breach", "exceeds {limit}"
     point = all(c.point() for c in conds)
-    if point and all(c.worse() for c in conds):
+    if point and worse():
         return "unconfirmed", "exceeds {limit}, not confirmed: the interval reaches back across it"
     if decision == "strict" and not any(c.inside() for c in conds):
         if point:
             return "unconfirmed", "exceeds {limit} (strict: not shown to be within it)"
         return "unconfirmed", "is within {limit} but not shown to stay within it (strict)"
     if point:
-        return "tolerated", "is beyond {limit} but the interval includes no change: within chance"
+        return "tolerated", (
+            "is beyond {limit} but not significantly worse than the stable"
+            + (f" ({adjusted})" if adjusted else "")
+            + ": within chance"
+        )
     return "ok", "is within {limit}"
+
+
+def _adjusted(worse_confidence: float, comparisons: int) -> str:
+    if comparisons <= 1:
+        return f"{_ci(worse_confidence)} includes no change"
+    return f"{_ci(worse_confidence)} includes no change, adjusted for {comparisons} comparisons"
 
 
 def _ci(conf: float) -> str:
@@ -616,6 +623,12 @@ class _Ctx:
     decision: str
     n_resamples: int
     seed: int
+    worse_confidence: float  # Bonferroni over the workflow's comparisons (see evaluate)
+    comparisons: int = 1
+
+    @property
+    def adjusted(self) -> str:
+        return _adjusted(self.worse_confidence, self.comparisons)
 
 
 def _rate_counts(ms: MetricSpec, rd: RoleData) -> int:
@@ -660,7 +673,9 @@ def _judge_counts(
         if pc is None:
             return GateResult(gate, label, "skipped", f"{label}: no candidate data")
         lo, hi = wilson_interval(xc, nc, conf)
-        status, verb = _judge([_Cond(pc, lo, hi, gate.threshold, gate.op == "<")], ctx.decision)
+        status, verb = _judge(
+            [_Cond(pc, lo, hi, gate.threshold, gate.op == "<")], ctx.decision, lambda: True
+        )
         body = f"{_pct(pc)} ({xc}/{nc}, {ci} {_pct(lo)}..{_pct(hi)})"
         return _result(
             gate, label, status, verb, body, stable=ps, candidate=pc, change=pc, interval=(lo, hi)
@@ -669,11 +684,16 @@ def _judge_counts(
         return GateResult(gate, label, "skipped", f"{label}: no data on both sides")
     extra: dict[str, Any] = {}
     if gate.op in ("+pp", "-pp"):
+        diff_iv: Callable[[float], tuple[float, float]]
         if pairs is not None and pairs.paired:
             ps, pc = pairs.stable_rate or 0.0, pairs.candidate_rate or 0.0
-            lo, hi = paired_difference_interval(
-                pairs.both, pairs.improvements, pairs.regressions, pairs.neither, conf
-            )
+            pt = pairs
+
+            def diff_iv(c: float) -> tuple[float, float]:
+                return paired_difference_interval(
+                    pt.both, pt.improvements, pt.regressions, pt.neither, c
+                )
+
             p = mcnemar_exact_p(pairs.improvements, pairs.regressions)
             extra = {
                 "regressions": pairs.regressions,
@@ -687,11 +707,23 @@ def _judge_counts(
                 f"McNemar p={_pval(p)}"
             )
         else:
-            lo, hi = newcombe_interval(xc, nc, xs, ns, conf)
+
+            def diff_iv(c: float) -> tuple[float, float]:
+                return newcombe_interval(xc, nc, xs, ns, c)
+
             detail = f"; {xs}/{ns} -> {xc}/{nc}"
+        lo, hi = diff_iv(conf)
         diff = pc - ps
-        limit = gate.threshold if gate.op == "+pp" else -gate.threshold
-        status, verb = _judge([_Cond(diff, lo, hi, limit, gate.op == "+pp", 0.0)], ctx.decision)
+        up = gate.op == "+pp"
+        limit = gate.threshold if up else -gate.threshold
+
+        def worse_pp() -> bool:
+            wlo, whi = diff_iv(ctx.worse_confidence)
+            return wlo > 0 if up else whi < 0
+
+        status, verb = _judge(
+            [_Cond(diff, lo, hi, limit, up, 0.0)], ctx.decision, worse_pp, ctx.adjusted
+        )
         body = f"{_pct(ps)} -> {_pct(pc)} ({_pp(diff)}, {ci} {_pp(lo)}..{_pp(hi)}{detail})"
         return _result(
             gate,
@@ -726,7 +758,14 @@ def _judge_counts(
         body = f"{_pct(ps)} -> {_pct(pc)} ({shown}; {_pp(pc - ps)}, {ci} {_pp(dlo)}..{_pp(dhi)})"
         limit_text = f"{gate.limit_text} and {_pp(floor)}"
         extra["floor"] = floor
-    status, verb = _judge(conds, ctx.decision)
+
+    def worse_rel() -> bool:
+        wc = ctx.worse_confidence
+        if ms.direction == "lower":
+            return newcombe_interval(xc, nc, xs, ns, wc)[0] > 0
+        return mover_ratio_interval(xc, nc, xs, ns, wc)[1] < 1
+
+    status, verb = _judge(conds, ctx.decision, worse_rel, ctx.adjusted)
     return _result(
         gate,
         label,
@@ -764,7 +803,7 @@ def _judge_ratio(
     label: str,
     vs: float,
     vc: float,
-    interval: Callable[[], tuple[float, float]],
+    interval: Callable[[float], tuple[float, float]],
 ) -> GateResult:
     """Comparisons by a ratio (latency quantiles, cost per success, means).
 
@@ -788,14 +827,21 @@ def _judge_ratio(
             candidate=vc,
             change=change,
         )
-    lo, hi = interval()
+    lo, hi = interval(ctx.confidence)
     if gate.op == "x":
         shown_iv = (lo, hi)
         shown += f", {ci} {_ratio(lo)}..{_ratio(hi)}"
     else:
         shown_iv = (lo - 1.0, hi - 1.0)
         shown += f", {ci} {_rel(lo - 1)}..{_rel(hi - 1)}"
-    status, verb = _judge([_Cond(ratio, lo, hi, limit, above, 1.0)], ctx.decision)
+
+    def worse() -> bool:
+        wlo, whi = interval(ctx.worse_confidence)
+        return wlo > 1.0 if above else whi < 1.0
+
+    status, verb = _judge(
+        [_Cond(ratio, lo, hi, limit, above, 1.0)], ctx.decision, worse, ctx.adjusted
+    )
     return _result(
         gate,
         label,
@@ -816,7 +862,7 @@ def _judge_cap(
     label: str,
     vs: float | None,
     vc: float,
-    interval: Callable[[], tuple[float, float]],
+    interval: Callable[[float], tuple[float, float]],
 ) -> GateResult:
     above = gate.op == "<"
     if not _needs_interval(ctx, vc, gate.threshold, above):
@@ -830,8 +876,8 @@ def _judge_cap(
             candidate=vc,
             change=vc,
         )
-    lo, hi = interval()
-    status, verb = _judge([_Cond(vc, lo, hi, gate.threshold, above)], ctx.decision)
+    lo, hi = interval(ctx.confidence)
+    status, verb = _judge([_Cond(vc, lo, hi, gate.threshold, above)], ctx.decision, lambda: True)
     body = f"{_value(ms, vc)} ({_ci(ctx.confidence)} {_value(ms, lo)}..{_value(ms, hi)})"
     return _result(
         gate, label, status, verb, body, stable=vs, candidate=vc, change=vc, interval=(lo, hi)
@@ -843,7 +889,7 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
     st, ca = d.stable, d.candidate
     label = f"check {check} pass rate" if check is not None else ms.label
     seed = _seed(ctx.seed, d.workflow, f"{gate.metric}|{check}|{gate.op}")
-    conf, boots = ctx.confidence, ctx.n_resamples
+    boots = ctx.n_resamples
     if ms.kind == "rate":
         return _judge_counts(
             ctx,
@@ -875,7 +921,7 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
             return GateResult(gate, label, "skipped", f"{label}: no candidate latencies")
         if gate.family == "cap":
             return _judge_cap(
-                ctx, gate, ms, label, vs, vc, lambda: quantile_interval(ca.latencies, q, conf)
+                ctx, gate, ms, label, vs, vc, lambda c: quantile_interval(ca.latencies, q, c)
             )
         if vs is None:
             return GateResult(gate, label, "skipped", f"{label}: no stable latencies")
@@ -886,8 +932,8 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
             label,
             vs,
             vc,
-            lambda: bootstrap_quantile_ratio(
-                st.latencies, ca.latencies, q, confidence=conf, n_resamples=boots, seed=seed
+            lambda c: bootstrap_quantile_ratio(
+                st.latencies, ca.latencies, q, confidence=c, n_resamples=boots, seed=seed
             ),
         )
     if ms.kind == "cps":
@@ -904,8 +950,8 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
                 label,
                 cs,
                 cc,
-                lambda: bootstrap_ratio_of_sums(
-                    ca_vec, confidence=conf, n_resamples=boots, seed=seed
+                lambda c: bootstrap_ratio_of_sums(
+                    ca_vec, confidence=c, n_resamples=boots, seed=seed
                 ),
             )
         if cs is None:
@@ -917,8 +963,8 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
             label,
             cs,
             cc,
-            lambda: bootstrap_ratio_of_sums(
-                st_vec, ca_vec, confidence=conf, n_resamples=boots, seed=seed
+            lambda c: bootstrap_ratio_of_sums(
+                st_vec, ca_vec, confidence=c, n_resamples=boots, seed=seed
             ),
         )
     if ms.kind == "cost":
@@ -927,7 +973,7 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
             return GateResult(gate, label, "skipped", f"{label}: candidate unpriced")
         if gate.family == "cap":  # the total cost of the run is observed, not estimated
             return _judge_cap(
-                ctx, gate, ms, "total cost", total_s, total_c, lambda: (total_c, total_c)
+                ctx, gate, ms, "total cost", total_s, total_c, lambda c: (total_c, total_c)
             )
         if total_s is None:
             return GateResult(gate, label, "skipped", f"{label}: stable unpriced")
@@ -939,10 +985,10 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
             "cost per request",
             total_s / st.requests,
             total_c / ca.requests,
-            lambda: bootstrap_ratio_of_sums(
+            lambda c: bootstrap_ratio_of_sums(
                 (st.costs, ones_s),
                 (ca.costs, ones_c),
-                confidence=conf,
+                confidence=c,
                 n_resamples=boots,
                 seed=seed,
             ),
@@ -961,8 +1007,8 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
                 label,
                 ms_,
                 mc,
-                lambda: bootstrap_ratio_of_sums(
-                    (co, [1.0] * len(co)), confidence=conf, n_resamples=boots, seed=seed
+                lambda c: bootstrap_ratio_of_sums(
+                    (co, [1.0] * len(co)), confidence=c, n_resamples=boots, seed=seed
                 ),
             )
         if ms_ is None:
@@ -974,10 +1020,10 @@ def _judge_gate(ctx: _Ctx, gate: Gate, ms: MetricSpec, check: str | None = None)
             label,
             ms_,
             mc,
-            lambda: bootstrap_ratio_of_sums(
+            lambda c: bootstrap_ratio_of_sums(
                 (so, [1.0] * len(so)),
                 (co, [1.0] * len(co)),
-                confidence=conf,
+                confidence=c,
                 n_resamples=boots,
                 seed=seed,
             ),
@@ -1029,7 +1075,10 @@ def evaluate(
     """
     if decision not in ("standard", "strict"):
         raise GateError(f"decision must be 'standard' or 'strict', got {decision!r}")
-    ctx = _Ctx(data, confidence, decision, n_resamples, seed)
+    expanded = _expand(gates, data)
+    comparisons = max(1, sum(1 for g, _, _ in expanded if g.family == "compare"))
+    worse_confidence = 1.0 - (1.0 - confidence) / comparisons
+    ctx = _Ctx(data, confidence, decision, n_resamples, seed, worse_confidence, comparisons)
     results: list[GateResult] = []
     insufficient = False
     for gate in gates:
@@ -1049,7 +1098,7 @@ def evaluate(
                         threshold=gate.threshold,
                     )
                 )
-    for gate, ms, check in _expand(gates, data):
+    for gate, ms, check in expanded:
         results.append(_judge_gate(ctx, gate, ms, check))
     if insufficient:
         for r in results:
@@ -1075,11 +1124,17 @@ def evaluate(
     else:
         verdict = "READY"
     reasons = [r.reason() for r in results if r.status not in ("ok", "tolerated", "skipped")]
-    return Evaluation(verdict, reasons, results, _tolerated(verdict, data, results, confidence))
+    return Evaluation(
+        verdict, reasons, results, _tolerated(verdict, data, results, confidence, ctx.adjusted)
+    )
 
 
 def _tolerated(
-    verdict: str, data: WorkflowData, results: list[GateResult], confidence: float
+    verdict: str,
+    data: WorkflowData,
+    results: list[GateResult],
+    confidence: float,
+    adjusted: str,
 ) -> dict[str, Any]:
     """How many paired regressions a READY verdict lets through, and why.
 
@@ -1115,8 +1170,9 @@ def _tolerated(
             net = f"net change {_pp(res.change)} ({_ci(confidence)} {_pp(lo)}..{_pp(hi)})"
             if res.status == "tolerated":
                 text += (
-                    f"; {net} is beyond the {res.gate.limit_text} gate but includes no change"
-                    f" (McNemar p={_pval(p)}): consistent with chance"
+                    f"; {net} is beyond the {res.gate.limit_text} gate but not significantly"
+                    f" worse than the stable ({adjusted}; McNemar p={_pval(p)}):"
+                    " consistent with chance"
                 )
             else:
                 text += f"; {net} is within the {res.gate.limit_text} gate (McNemar p={_pval(p)})"

@@ -198,15 +198,15 @@ class RolloutSession:
     async def acall(self, ref: str, request: ChatRequest, role: str) -> tuple[CallResult, str]:
         """One call through the cassette store; returns the result and its source."""
         store = self.store(role)
-        if store is not None and store.mode in ("replay", "new"):
-            entry = store.get(ref, request)
+        if store is not None:
+            entry = store.lookup(ref, request)  # a miss in replay mode raises CassetteError
             if entry is not None:
-                return entry.to_call_result(ref), "replay"
-            if store.mode == "replay":
-                raise CassetteError(store.miss_message(ref, request))
+                return _result_from_entry(ref, entry), "replay"
         result = await self.registry.client(ref).call(request)
-        if store is not None and store.mode in ("new", "all") and result.error is None:
-            store.put_result(ref, request, result)
+        if store is not None and store.records and result.error is None:
+            from .cassettes import CassetteEntry
+
+            store.put(ref, request, CassetteEntry.from_call_result(result))
         return result, "live"
 
     def call_many(
@@ -369,6 +369,22 @@ class RolloutSession:
             self._runner.close()
             self._runner = None
             self._registry = None
+
+
+def _result_from_entry(ref: str, entry: Any) -> CallResult:
+    """A recorded reply as a CallResult (recorded latency and usage are kept)."""
+    return CallResult(
+        ref=ref,
+        status=entry.status,
+        response=entry.response,
+        error=entry.to_error(),
+        latency_ms=entry.latency_ms or 0.0,
+        attempts=1,
+        fallback=entry.fallback,
+        served_by=entry.served_by or ref,
+        cost_usd=entry.cost_usd,
+        started_at=0.0,
+    )
 
 
 def reply_fields(result: CallResult) -> dict[str, Any]:

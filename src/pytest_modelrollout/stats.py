@@ -211,7 +211,7 @@ def quantile_interval(xs_sorted: Sequence[float], q: float, confidence: float = 
 
     The ranks are chosen so that each tail misses with probability at most
     ``(1 - confidence) / 2`` (Binomial(n, q) counts); a bound that no order statistic can
-    guarantee is ``-inf`` / ``inf`` (e.g. the upper bound of a p95 with fewer than 59 samples).
+    guarantee is ``-inf`` / ``inf`` (e.g. the upper bound of a p95 at 95% with fewer than 72 samples).
     """
     _check_confidence(confidence)
     n = len(xs_sorted)

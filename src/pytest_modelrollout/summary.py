@@ -105,6 +105,7 @@ def build_summary(
     extra: Mapping[str, Any] | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
+    data: Mapping[str, WorkflowData] | None = None,
 ) -> dict[str, Any]:
     """Judge every workflow in ``records`` and build the report dict.
 
@@ -114,11 +115,14 @@ def build_summary(
     workflows not listed; without either, :func:`~pytest_modelrollout.gates.default_gates`.
     ``killed``: model references switched off -- a workflow whose candidate is killed is
     KILLED. ``extra`` adds top-level keys (e.g. ``workers``), never replacing the computed ones.
+    ``data``: per-workflow metrics computed elsewhere (``canary`` streams logs into them without
+    records); when given, ``records`` is not read.
     """
     gates_map: Mapping[str, Sequence[Gate]] = gates_by_workflow or {}
     fallback_gates: Sequence[Gate] = gates_map.get("*", default_gates())
     models = workflow_models or {}
-    data: dict[str, WorkflowData] = compute(records)
+    # ``data``: metrics already aggregated (streamed canary logs); ``records`` is then ignored
+    data = dict(data) if data is not None else compute(records)
     names = sorted(data)  # workflows with records; configured but unrun ones are not judged
 
     workflows: dict[str, Any] = {}

@@ -147,12 +147,12 @@ class Facts:
         f.decimals = [d.replace(",", "") for d in _DECIMAL_RE.findall(no_mail)]
         f.dates = _dates(text)
         id_digits = {re.sub(r"\D", "", i) for i in f.ids}
-        date_parts = {p for d in f.dates for p in d.split("-")}
-        for m in _NUM_RE.finditer(no_mail):
+        no_dates = no_mail
+        for rx in (_ISO_DATE_RE, _ZH_DATE_RE, _ZH_MD_RE, _EN_DATE_RE):
+            no_dates = rx.sub(" ", no_dates)
+        for m in _NUM_RE.finditer(no_dates):
             tok = m.group(0)
             if "." in tok or tok in id_digits:
-                continue
-            if tok in date_parts or tok.lstrip("0") in {p.lstrip("0") for p in date_parts}:
                 continue
             f.integers.append(int(tok))
         f.names, f.cities, f.capitalized = _names_and_places(text)

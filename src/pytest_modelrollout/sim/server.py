@@ -351,9 +351,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self._reset()
                 return
-            # headers and body in one write
-            self._headers_buffer.append(b"\r\n")
-            self._headers_buffer.append(resp.body)
+            # headers and body in one write (BaseHTTPRequestHandler buffers the headers)
+            buffer: list[bytes] = self.__dict__["_headers_buffer"]
+            buffer.append(b"\r\n")
+            buffer.append(resp.body)
             self.flush_headers()
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True

@@ -1,0 +1,296 @@
+"""Plugin behaviour through pytester: marker, fixtures, config errors, kill switch, exit codes.
+
+Every model call here goes over real HTTP on loopback to the built-in simulator.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+CONFIG = """
+[tool.modelrollout]
+stable = "sim:stable"
+candidate = "sim:good"
+"""
+
+TWENTY_CASES = """
+import pytest
+
+PROMPTS = [f"Where is my order A-{1000 + i}? It has not arrived yet." for i in range(12)] + [
+    f"你好，我的订单 B-{2000 + i} 什么时候到？" for i in range(12)
+]
+
+@pytest.mark.workflow("support_chat")
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_support(rollout, prompt):
+    pair = rollout.ask(prompt, system="You are a concise support agent.")
+    pair.expect_language("same_as_prompt")
+    pair.expect_latency(max_ms=5000)
+"""
+
+XDIST = pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyprojecttoml(CONFIG)
+    return pytester
+
+
+def test_marker_fixtures_and_summary(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("support_chat")
+        def test_pair(rollout):
+            assert rollout.workflow == "support_chat"
+            pair = rollout.ask("Where is my order A-1042?")
+            assert pair.stable.ok and pair.candidate.ok, (pair.stable.error, pair.candidate.error)
+            assert pair.stable.model == "sim:stable"
+            assert pair.candidate.model == "sim:good"
+            assert pair.stable.text and pair.candidate.text
+            assert pair.candidate.latency_ms > 0
+            assert pair.candidate.input_tokens > 0 and pair.candidate.output_tokens > 0
+            assert pair.candidate.cost_usd is not None
+            assert pair.candidate.fallback is False and pair.candidate.error is None
+
+        @pytest.mark.workflow("support_chat")
+        def test_single(candidate, stable):
+            reply = candidate.ask("你好，我的订单什么时候到？")
+            assert reply.ok and reply.model == "sim:good"
+            assert stable.ask("hello").model == "sim:stable"
+        """
+    )
+    result = project.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*rollout readiness*", "*support_chat*", "rollout verdict: *"])
+    # 3 candidate-side asks, 2 stable-side asks are below min_samples: INCONCLUSIVE fails
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*too few samples*"])
+
+
+def test_allow_inconclusive_and_no_gate(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("w")
+        def test_one(rollout):
+            rollout.ask("hi")
+        """
+    )
+    assert project.runpytest("--rollout-allow-inconclusive").ret == 0
+    assert project.runpytest("--rollout-no-gate").ret == 0
+    assert project.runpytest().ret == 1
+
+
+@XDIST
+def test_ready_verdict_and_report(project: pytest.Pytester, xdist: list[str]) -> None:
+    project.makepyfile(TWENTY_CASES)
+    result = project.runpytest(*xdist, "--rollout-report=report.json")
+    result.assert_outcomes(passed=24)
+    result.stdout.fnmatch_lines(["rollout verdict: READY"])
+    assert result.ret == 0
+    report = json.loads((project.path / "report.json").read_text())
+    assert report["verdict"] == "READY"
+    assert report["complete"] is True
+    wf = report["workflows"]["support_chat"]
+    assert wf["stable"]["requests"] == 24
+    assert wf["candidate"]["requests"] == 24
+    assert wf["checks"]["language"]["candidate_pass_rate"] == 1.0
+    for key in ("schema_version", "stable", "candidate", "started_at", "duration_s",
+                "plugin_version", "gates", "workflows"):
+        assert key in report
+
+
+@XDIST
+def test_flaky_candidate_errors_are_counted_not_raised(
+    project: pytest.Pytester, xdist: list[str]
+) -> None:
+    project.makepyfile(TWENTY_CASES)
+    result = project.runpytest(*xdist, "--candidate=sim:flaky", "--rollout-report=r.json")
+    report = json.loads((project.path / "r.json").read_text())
+    cand = report["workflows"]["support_chat"]["candidate"]
+    assert cand["requests"] == 24
+    # the flaky persona fails permanently on some prompts: recorded, and its checks fail
+    assert cand["error_rate"] > 0
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*regression*"])
+
+
+def test_unknown_candidate_is_one_line_usage_error(project: pytest.Pytester) -> None:
+    project.makepyfile(TWENTY_CASES)
+    result = project.runpytest("--candidate=nonexistent")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "nonexistent" in err
+    assert "Traceback" not in err + result.stdout.str()
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+
+
+def test_unknown_provider(project: pytest.Pytester) -> None:
+    project.makepyfile(TWENTY_CASES)
+    result = project.runpytest("--candidate=nosuch:model-x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown provider 'nosuch'" in result.stderr.str()
+
+
+def test_fixture_without_marker_is_usage_error(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        def test_no_marker(candidate):
+            candidate.ask("hi")
+        """
+    )
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "without @pytest.mark.workflow" in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ('[tool.modelrollout]\nstable = "sim:stable"\ncandidat = "x"\n', "candidat: unknown key"),
+        ('[tool.modelrollout]\nrecord = "sometimes"\n', "record"),
+        ('[tool.modelrollout.models.m]\nprovider = "openai"\ntimeout_s = -1\n', "models.m.timeout_s"),
+        ('[tool.modelrollout.models.m]\nmodel = "x"\n', "models.m.provider"),
+        ("[tool.modelrollout\n", "pyproject.toml"),
+    ],
+)
+def test_bad_config_is_one_line(pytester: pytest.Pytester, toml: str, needle: str) -> None:
+    pytester.makepyprojecttoml(toml)
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert needle in err, err
+    assert "Traceback" not in err
+
+
+def test_missing_api_key_names_the_variable(pytester: pytest.Pytester,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    pytester.makepyprojecttoml(
+        '[tool.modelrollout]\nstable = "sim:stable"\ncandidate = "openai:gpt-4o-mini"\n'
+    )
+    pytester.makepyfile(TWENTY_CASES)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "OPENAI_API_KEY" in result.stderr.str()
+
+
+def test_config_file_option_and_modelrollout_toml(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".toml", modelrollout='stable = "sim:stable"\ncandidate = "sim:verbose"\n')
+    pytester.makefile(".toml", other='stable = "sim:stable"\ncandidate = "sim:good"\n')
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("w")
+        def test_models(rollout):
+            print("MODELS", rollout.stable.model, rollout.candidate.model)
+        """
+    )
+    result = pytester.runpytest("-s")
+    result.stdout.fnmatch_lines(["*MODELS sim:stable sim:verbose*"])
+    result = pytester.runpytest("-s", "--rollout-config=other.toml")
+    result.stdout.fnmatch_lines(["*MODELS sim:stable sim:good*"])
+
+
+def test_model_precedence(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(
+        """
+        [tool.modelrollout]
+        stable = "sim:stable"
+        candidate = "sim:good"
+        [tool.modelrollout.workflows.wf]
+        candidate = "sim:verbose"
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("wf")
+        def test_wf(rollout):
+            print("WF", rollout.candidate.model)
+
+        @pytest.mark.workflow("mk", candidate="sim:slow")
+        def test_marker(rollout):
+            print("MK", rollout.candidate.model)
+
+        @pytest.mark.workflow("top")
+        def test_top(rollout):
+            print("TOP", rollout.candidate.model)
+        """
+    )
+    result = pytester.runpytest("-s")
+    result.stdout.fnmatch_lines(["*WF sim:verbose*", "*MK sim:slow*", "*TOP sim:good*"])
+    result = pytester.runpytest("-s", "--candidate=sim:flaky")
+    out = result.stdout.str()
+    assert "WF sim:flaky" in out and "MK sim:flaky" in out and "TOP sim:flaky" in out
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "config"])
+def test_kill_switch_skips_and_never_calls(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    toml = CONFIG + ('killed = ["sim:good"]\n' if how == "config" else "")
+    pytester.makepyprojecttoml(toml)
+    pytester.makepyfile(TWENTY_CASES)
+    args = ["--rollout-report=r.json"]
+    if how == "flag":
+        args.append("--rollout-kill=sim:good")
+    if how == "env":
+        monkeypatch.setenv("MODELROLLOUT_KILLED", "other,sim:good")
+    result = pytester.runpytest(*args, "-rs")
+    result.assert_outcomes(skipped=24)
+    result.stdout.fnmatch_lines(["*kill switch*sim:good*killed*"])
+    result.stdout.fnmatch_lines(["rollout verdict: KILLED"])
+    assert result.ret == 1
+
+
+def test_canary_key_never_appears(pytester: pytest.Pytester,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    canary = "sk-canary-0123456789abcdef"
+    monkeypatch.setenv("CANARY_API_KEY", canary)
+    pytester.makepyprojecttoml(
+        """
+        [tool.modelrollout]
+        stable = "sim:stable"
+        candidate = "leaky"
+        [tool.modelrollout.models.leaky]
+        provider = "sim"
+        model = "fault-auth"
+        api_key_env = "CANARY_API_KEY"
+        """
+    )
+    pytester.makepyfile(TWENTY_CASES)
+    result = pytester.runpytest(
+        "-v", "--rollout-report=r.json", "--rollout-markdown=r.md", "--junitxml=j.xml"
+    )
+    assert result.ret == 1
+    everything = result.stdout.str() + result.stderr.str()
+    for name in ("r.json", "r.md", "j.xml"):
+        everything += (pytester.path / name).read_text()
+    assert "auth" in everything  # the failure is reported...
+    assert canary not in everything  # ...without the key
+
+
+def test_junit_properties(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("w")
+        def test_one(rollout):
+            rollout.ask("hello there")
+        """
+    )
+    project.runpytest("--junitxml=j.xml", "--rollout-no-gate")
+    xml = (project.path / "j.xml").read_text()
+    assert 'name="modelrollout.candidate.latency_ms"' in xml
+    assert 'name="modelrollout.stable.model" value="sim:stable"' in xml

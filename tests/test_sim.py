@@ -829,3 +829,16 @@ def test_hang_ends_when_server_stops() -> None:
     s.stop()
     assert done.wait(5)
     assert time.perf_counter() - t0 < 5
+
+
+def test_summary_and_classification(http: httpx.Client) -> None:
+    art = (
+        "Summarize the following article:\nThe city council approved a new budget on Tuesday. "
+        "The plan increases funding for public transport by 12 percent. Critics say the tax "
+        "increase will hurt small businesses. The mayor defended the plan. Voting is next month."
+    )
+    s = content(chat(http, "stable", art))
+    assert s.startswith("Summary: The city council approved") and len(s) < len(art)
+    system = "Classify the sentiment. Answer with one of: positive, negative, neutral"
+    assert content(chat(http, "stable", "I love this phone, great battery!", system=system)) == "positive"
+    assert content(chat(http, "good", "这个产品太差了，非常失望", system=system)) == "negative"

@@ -210,3 +210,12 @@ def test_summary_killed_models_and_extra() -> None:
     assert s["workers"] == {"crashed": ["gw1"]} and s["note"] == "x"
     assert "samples" not in s
     assert summary_of(RecordSet())["verdict"] == "INCONCLUSIVE"  # no workflow at all
+    # every test skipped because the candidate is killed: still KILLED, not "no workflow"
+    s = summary_of(
+        RecordSet(),
+        workflow_models={"json_extraction": ("sim:stable", "sim:bad"), "other": ("a", "b")},
+        killed={"sim:bad"},
+    )
+    assert s["verdict"] == "KILLED"
+    assert list(s["workflows"]) == ["json_extraction"]
+    assert s["workflows"]["json_extraction"]["stable"]["requests"] == 0

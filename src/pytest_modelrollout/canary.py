@@ -961,7 +961,10 @@ def run_gate(
         say(text)
 
     # ---- reports
-    _write_reports(opts, summary, cfg, stdout_say=say, environ=environ)
+    def say_err(text: str) -> None:
+        stderr.write(text + "\n")
+
+    _write_reports(opts, summary, cfg, stdout_say=say, err_say=say_err, environ=environ)
 
     verdict = summary.get("verdict")
     if verdict == "READY" or (verdict == "INCONCLUSIVE" and opts.allow_inconclusive):
@@ -1066,6 +1069,7 @@ def _write_reports(
     cfg: Any,
     *,
     stdout_say: Any,
+    err_say: Any,
     environ: Mapping[str, str],
 ) -> None:
     from .report import _write_atomic
@@ -1085,16 +1089,31 @@ def _write_reports(
     summary.setdefault("canary", {})["traffic_share"] = {
         n: {"share": shares[n], "source": share_source[n]} for n in sorted(shares)
     }
+
+    def attempt(what: str, path: str, write: Any) -> None:
+        # like the plugin: a report that cannot be written is a warning; the verdict decides
+        try:
+            write()
+        except (OSError, ModelRolloutError, ImportError) as exc:
+            msg = " ".join(str(exc).split()) or type(exc).__name__
+            err_say(f"modelrollout: cannot write {what} {path}: {msg}")
+        else:
+            stdout_say(f"{what} written to {path}")
+
     if opts.report:
         from .report.jsonreport import write_json_report
 
-        write_json_report(
-            opts.report,
-            summary,
-            None,
-            config={"traffic_share": shares, "traffic_plan": plan, "source": "canary"},
+        report_path = opts.report
+        attempt(
+            "report",
+            report_path,
+            lambda: write_json_report(
+                report_path,
+                summary,
+                None,
+                config={"traffic_share": shares, "traffic_plan": plan, "source": "canary"},
+            ),
         )
-        stdout_say(f"report written to {opts.report}")
     md_text: str | None = None
     if opts.markdown or environ.get("GITHUB_STEP_SUMMARY"):
         md_text = render_markdown(summary)
@@ -1102,17 +1121,17 @@ def _write_reports(
         if isinstance(windows, Mapping) and windows.get("rows"):
             md_text += "\n" + window_markdown(windows["rows"], str(windows.get("size")))
     if opts.markdown and md_text is not None:
-        _write_atomic(opts.markdown, md_text)
-        stdout_say(f"markdown written to {opts.markdown}")
+        md_path, text = opts.markdown, md_text
+        attempt("markdown", md_path, lambda: _write_atomic(md_path, text))
     target = environ.get("GITHUB_STEP_SUMMARY", "").strip()
     if target and md_text is not None:
         try:
             with open(target, "a", encoding="utf-8") as fh:
                 fh.write(md_text + "\n")
         except OSError as exc:
-            stdout_say(f"modelrollout: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror}")
+            err_say(f"modelrollout: cannot append to $GITHUB_STEP_SUMMARY: {exc.strerror}")
     if opts.html:
         from .report.html import write_html
 
-        write_html(opts.html, summary)
-        stdout_say(f"html written to {opts.html}")
+        html_path = opts.html
+        attempt("html", html_path, lambda: write_html(html_path, summary))

@@ -336,7 +336,16 @@ def routes_from_report(
         stable = str(wf.get("stable_model") or report.get("stable") or "")
         candidate = str(wf.get("candidate_model") or report.get("candidate") or "")
         entry: dict[str, Any]
-        if not stable or stable in dead:
+        candidate_ok = verdict == "READY" and candidate and candidate not in dead
+        if (not stable or stable in dead) and candidate_ok and candidate != stable:
+            # the stable is switched off but the candidate is READY: it takes all the traffic
+            entry = {
+                "model": candidate,
+                "traffic": {candidate: 1.0},
+                "verdict": verdict,
+                "note": f"stable model {stable or '?'} is killed: the READY candidate takes all traffic",
+            }
+        elif not stable or stable in dead:
             why = f"stable model {stable} is killed" if stable else "no stable model known"
             entry = {"verdict": verdict, "note": f"{why}: no model routed for this workflow"}
         elif verdict == "READY" and candidate and candidate not in dead and candidate != stable:
@@ -412,12 +421,26 @@ def routes_to_toml(routes: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _report_plan(report: Mapping[str, Any]) -> tuple[float, ...]:
+    """The rollout plan the report was made with (config ``traffic_plan``), else the default."""
+    cfg = report.get("config")
+    raw = cfg.get("traffic_plan") if isinstance(cfg, Mapping) else None
+    if isinstance(raw, list) and raw:
+        try:
+            plan = tuple(float(x) for x in raw)
+        except (TypeError, ValueError):
+            return DEFAULT_PLAN
+        if all(0 < x <= 1 for x in plan) and all(b > a for a, b in itertools.pairwise(plan)):
+            return plan
+    return DEFAULT_PLAN
+
+
 def _cmd_routes(args: argparse.Namespace) -> int:
     from pytest_modelrollout.report import _write_atomic
     from pytest_modelrollout.report.jsonreport import load_report
 
     report = load_report(args.report)
-    plan = parse_plan(args.plan) if args.plan is not None else DEFAULT_PLAN
+    plan = parse_plan(args.plan) if args.plan is not None else _report_plan(report)
     killed = set(args.kill or ())
     env_killed = os.environ.get("MODELROLLOUT_KILLED", "")
     killed.update(k.strip() for k in env_killed.split(",") if k.strip())

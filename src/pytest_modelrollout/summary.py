@@ -20,7 +20,7 @@ from .gates import (
     evaluate,
     overall_verdict,
 )
-from .metrics import METRIC_KEYS, WorkflowData, compute
+from .metrics import METRIC_KEYS, WorkflowData, compute, compute_workflow
 from .stats import DEFAULT_RESAMPLES
 
 __all__ = ["SCHEMA_VERSION", "build_summary", "round_metrics"]
@@ -114,7 +114,7 @@ def build_summary(
     workflow (:func:`~pytest_modelrollout.gates.merge_gates`); the key ``"*"`` applies to
     workflows not listed; without either, :func:`~pytest_modelrollout.gates.default_gates`.
     ``killed``: model references switched off -- a workflow whose candidate is killed is
-    KILLED. ``extra`` adds top-level keys (e.g. ``workers``), never replacing the computed ones.
+    KILLED (also when it has no record, if it is listed in ``workflow_models``). ``extra`` adds top-level keys (e.g. ``workers``), never replacing the computed ones.
     ``data``: per-workflow metrics computed elsewhere (``canary`` streams logs into them without
     records); when given, ``records`` is not read.
     """
@@ -123,7 +123,12 @@ def build_summary(
     models = workflow_models or {}
     # ``data``: metrics already aggregated (streamed canary logs); ``records`` is then ignored
     data = dict(data) if data is not None else compute(records)
-    names = sorted(data)  # workflows with records; configured but unrun ones are not judged
+    # workflows with records; a known workflow without records is judged only when its
+    # candidate is killed (its tests were skipped: the verdict is KILLED, not "no workflow")
+    for name, (_, c_model) in models.items():
+        if name not in data and c_model in killed:
+            data[name] = compute_workflow(name, [], [])
+    names = sorted(data)
 
     workflows: dict[str, Any] = {}
     samples: dict[str, dict[str, list[float]]] = {}

@@ -237,10 +237,33 @@ def _error_in_body(data: dict[str, Any], status: int, secrets: tuple[str | None,
     if err:
         msg, code = error_text(data)
         label = f"error {code}" if code else "error"
-        raise BadResponseError(
+        cls = _body_error_class(err)
+        raise cls(
             safe_message(f"HTTP {status} with {label} in body: {msg or ''}", secrets),
             status_code=status,
         )
+
+
+def _body_error_class(err: Any) -> type[ProviderError]:
+    """The kind of an error object that came with a 2xx status (by its code / type).
+
+    Proxies and some OpenAI-compatible servers answer 200 with ``{"error": {...}}``: a
+    ``server_error`` / ``overloaded`` / 5xx code is transient (retrying can help), a rate limit
+    is a rate limit, a key problem is auth; anything else is a bad response.
+    """
+    if not isinstance(err, dict):
+        return BadResponseError
+    words = " ".join(
+        str(err.get(k) or "").lower() for k in ("code", "type", "status")
+    )
+    if "rate_limit" in words or "429" in words or "resource_exhausted" in words:
+        return RateLimitError
+    if "invalid_api_key" in words or "authentication" in words or "401" in words:
+        return AuthError
+    if any(w in words for w in ("server_error", "overloaded", "unavailable", "internal", "500",
+                                "502", "503", "504", "529", "bad_gateway", "gateway_timeout")):
+        return ServerError
+    return BadResponseError
 
 
 def _decode_ok_body(

@@ -705,6 +705,54 @@ def _tool_result_text(req: SimRequest, lang: Lang) -> str:
     return f"查询 result 如下：{snippet}。还有其他 question 随时告诉我。"
 
 
+_SUMMARY_CUE = re.compile(r"\b(?:summari[sz]e|summary|tl;?dr)\b|总结|概括|摘要|归纳", re.IGNORECASE)
+_CLASSIFY_CUE = re.compile(
+    r"\b(?:classify|categori[sz]e|sentiment|label)\b|分类|情感|类别|归类", re.IGNORECASE
+)
+_OPTIONS_RE = re.compile(
+    r"(?:one of|options?|labels?|categories|choose from|从)[^:：\n]*[:：]?\s*"
+    r"([A-Za-z_\u4e00-\u9fff\-]+(?:\s*(?:,|/|\||、|，|or|或)\s*[A-Za-z_\u4e00-\u9fff\-]+){1,12})",
+    re.IGNORECASE,
+)
+
+
+def summary_text(req: SimRequest, lang: Lang) -> list[str] | None:
+    """Extractive summary: the leading sentences of the text to summarise."""
+    prompt = req.prompt
+    if not (_SUMMARY_CUE.search(prompt) or _SUMMARY_CUE.search(req.system)):
+        return None
+    body = prompt
+    m = re.search(r"[:：]\s*\n?", prompt)
+    if m and len(prompt) - m.end() > 40:
+        body = prompt[m.end():]
+    elif "\n" in prompt.strip():
+        body = prompt.split("\n", 1)[1]
+    sents = [x for x in split_sentences(body) if not _SUMMARY_CUE.search(x) or len(x) > 80]
+    if not sents:
+        return None
+    picked = sents[:2] if len(sents) > 3 else sents[:1]
+    prefix = {"en": "Summary: ", "zh": "总结：", "mixed": "Summary："}[lang]
+    if detect_language(" ".join(picked)) != lang and lang != "mixed":
+        return None  # wrong-language persona: fall back to a templated answer
+    return [prefix + picked[0], *picked[1:]]
+
+
+def classify_text(req: SimRequest, facts: Facts) -> str | None:
+    text = f"{req.system}\n{req.prompt}"
+    if not _CLASSIFY_CUE.search(text):
+        return None
+    m = _OPTIONS_RE.search(text)
+    if not m:
+        return None
+    options = [o.strip() for o in re.split(r"\s*(?:,|/|\||、|，|\bor\b|或)\s*", m.group(1)) if o.strip()]
+    if len(options) < 2:
+        return None
+    from .extract import choose_enum
+
+    subject = Facts.from_text(req.prompt.replace(m.group(0), " "))
+    return str(choose_enum("label", options, subject))
+
+
 def compose(req: SimRequest, settings: Settings) -> Draft:
     key = req.key()
     facts = Facts.from_text(req.user_text)
@@ -747,7 +795,15 @@ def compose(req: SimRequest, settings: Settings) -> Draft:
                              f"your question about {en_topic(question) if detect_language(question) == 'en' else 'this topic'}."]
                             if lang == "en" else ["根据提供的资料，相关段落已经回答了您的问题，请参考上文中的说明。"])
     else:
-        answer_sents = support_text(req, lang, facts, r)
+        label = None if wants_json(req) else classify_text(req, facts)
+        if label is not None:
+            return Draft(text=label, mode="label")
+        summary = summary_text(req, lang)
+        if summary is not None:
+            mode = "summary"
+            answer_sents = summary
+        else:
+            answer_sents = support_text(req, lang, facts, r)
 
     if wants_json(req):
         short = _join(answer_sents[:2] if mode == "text" else answer_sents, lang)
@@ -758,7 +814,7 @@ def compose(req: SimRequest, settings: Settings) -> Draft:
         text = sloppy(text, settings, key, lang)
         return Draft(text=text, mode="json")
 
-    if mode == "rag":
+    if mode in ("rag", "summary"):
         if p.length_factor > 1.0:
             text = adjust_length(answer_sents, lang, settings, key, append=True)
         else:

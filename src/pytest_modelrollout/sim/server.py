@@ -220,7 +220,10 @@ class Simulator:
                       finish="tool_calls", mode="tool")
             return self._answer(wire, req, settings, attempt, draft=d)
         if fault == "fault-huge":
-            return self._answer(wire, req, settings, attempt, draft=Draft(text=_huge_text()))
+            huge = self._answer(wire, req, settings, attempt, draft=Draft(text=_huge_text()))
+            # the body size is the fault, not the per-token latency (~1M tokens: a minute)
+            huge.delay_s = latency_seconds(settings, req.key(), attempt, 0)
+            return huge
         if fault == "fault-auth":
             cred = headers.get("authorization") or headers.get("x-api-key") or ""
             if wire == "openai":

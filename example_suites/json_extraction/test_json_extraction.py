@@ -25,7 +25,12 @@ class Ticket(BaseModel):
 
 
 # dataset key -> Ticket field
-FIELDS = {"order_id": "order_id", "email": "customer_email", "amount": "amount", "category": "category"}
+FIELDS = {
+    "order_id": "order_id",
+    "email": "customer_email",
+    "amount": "amount",
+    "category": "category",
+}
 
 
 def complete(expected: dict):
@@ -34,9 +39,7 @@ def complete(expected: dict):
     def check(reply: Reply) -> bool:
         ticket = Ticket.model_validate_json(reply.text)
         got = ticket.model_dump()
-        wrong = {
-            FIELDS[k]: got[FIELDS[k]] for k, v in expected.items() if got[FIELDS[k]] != v
-        }
+        wrong = {FIELDS[k]: got[FIELDS[k]] for k, v in expected.items() if got[FIELDS[k]] != v}
         assert not wrong, f"wrong or missing values: {wrong}, expected {expected}"
         assert ticket.summary.strip(), "empty summary"
         return True

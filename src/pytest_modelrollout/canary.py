@@ -282,54 +282,99 @@ def parse_line(obj: Any) -> LogLine:
         raise ValueError(str(exc)) from None
 
 
+_INF = math.inf
+_ts_cache: dict[str, float] = {}
+
+
+def _ts_of(raw: Any) -> float:
+    """:func:`_epoch` with a cache: consecutive requests of a log share their timestamps."""
+    if type(raw) is str:
+        ts = _ts_cache.get(raw)
+        if ts is None:
+            if len(_ts_cache) > 100_000:
+                _ts_cache.clear()
+            ts = _ts_cache[raw] = _epoch(raw)
+        return ts
+    return _epoch(raw)
+
+
 def _parse(obj: Any) -> LogLine:
+    # Fast paths for the contract's own field names and types; the OTel aliases and every
+    # error message go through the general helpers.
     if not isinstance(obj, dict):
         raise _Bad(f"not a JSON object ({type(obj).__name__})")
     if "attributes" in obj:
         obj = _flatten(obj)
-    workflow = _first(obj, _WORKFLOW_KEYS)
-    if not isinstance(workflow, str) or not workflow.strip():
-        raise _Bad("missing workflow" if workflow is None else f"workflow {workflow!r} is not text")
-    model = _first(obj, _MODEL_KEYS)
-    if not isinstance(model, str) or not model.strip():
-        raise _Bad("missing model" if model is None else f"model {model!r} is not text")
-    status = _status(obj)
-    lat = _latency(obj)
-    if lat is _ABSENT:
-        raise _Bad("missing latency_ms")
-    latency: float | None = lat
-    if latency is None and status == "ok":
-        raise _Bad("latency_ms is null on an ok request")
-    ts_raw = _first(obj, _TS_KEYS)
-    ts = None if ts_raw is None else _epoch(ts_raw)
-    cost = obj.get("cost_usd")
-    fb = obj.get("fallback", False)
-    if fb is None:
+    get = obj.get
+    workflow = get("workflow")
+    if type(workflow) is not str or not workflow or workflow[0] == " " or workflow[-1] == " ":
+        workflow = _first(obj, _WORKFLOW_KEYS)
+        if not isinstance(workflow, str) or not workflow.strip():
+            raise _Bad(
+                "missing workflow" if workflow is None else f"workflow {workflow!r} is not text"
+            )
+        workflow = workflow.strip()
+    model = get("model")
+    if type(model) is not str or not model or model[0] == " " or model[-1] == " ":
+        model = _first(obj, _MODEL_KEYS)
+        if not isinstance(model, str) or not model.strip():
+            raise _Bad("missing model" if model is None else f"model {model!r} is not text")
+        model = model.strip()
+    st = get("status")
+    status: Status = st if st in _STATUSES else _status(obj)
+    lat = get("latency_ms")
+    latency: float | None
+    if (type(lat) is float or type(lat) is int) and 0 <= lat < _INF:
+        latency = float(lat)
+    else:
+        lat = _latency(obj)
+        if lat is _ABSENT:
+            raise _Bad("missing latency_ms")
+        latency = lat
+        if latency is None and status == "ok":
+            raise _Bad("latency_ms is null on an ok request")
+    ts_raw = get("ts")
+    if ts_raw is None:
+        ts_raw = _first(obj, _TS_KEYS)
+    ts = None if ts_raw is None else _ts_of(ts_raw)
+    cost = get("cost_usd")
+    if cost is not None and not (type(cost) is float and 0 <= cost < _INF):
+        cost = _number(cost, "cost_usd")
+    n_in = get("input_tokens")
+    if not (type(n_in) is int and n_in >= 0):
+        n_in = _count(obj, _INPUT_KEYS, "input_tokens")
+    n_out = get("output_tokens")
+    if not (type(n_out) is int and n_out >= 0):
+        n_out = _count(obj, _OUTPUT_KEYS, "output_tokens")
+    fb = get("fallback", False)
+    if fb is not False and fb is not True:
+        if fb is not None:
+            raise _Bad(f"fallback {fb!r} is not true/false")
         fb = False
-    if not isinstance(fb, bool):
-        raise _Bad(f"fallback {fb!r} is not true/false")
-    checks_raw = obj.get("checks")
+    checks_raw = get("checks")
     checks: dict[str, bool] = {}
     if checks_raw is not None:
-        if not isinstance(checks_raw, dict):
+        if type(checks_raw) is not dict:
             raise _Bad("checks is not an object of name: true/false")
         for name, passed in checks_raw.items():
-            if not isinstance(passed, bool):
+            if passed is not True and passed is not False:
                 raise _Bad(f"check {name!r}: {passed!r} is not true/false")
-            checks[str(name)] = passed
-    ident = _first(obj, _ID_KEYS)
+        checks = checks_raw
+    ident = get("id")
+    if ident is None:
+        ident = _first(obj, _ID_KEYS)
     return LogLine(
-        workflow=workflow.strip(),
-        model=model.strip(),
-        status=status,
-        latency_ms=latency,
-        ts=ts,
-        input_tokens=_count(obj, _INPUT_KEYS, "input_tokens"),
-        output_tokens=_count(obj, _OUTPUT_KEYS, "output_tokens"),
-        cost_usd=None if cost is None else _number(cost, "cost_usd"),
-        fallback=fb,
-        checks=checks,
-        id=None if ident is None else str(ident),
+        workflow,
+        model,
+        status,
+        latency,
+        ts,
+        n_in,
+        n_out,
+        cost,
+        fb,
+        checks,
+        None if ident is None else str(ident),
     )
 
 
@@ -783,6 +828,7 @@ def run_gate(
             shown += 1
             stderr.write(f"modelrollout: {path}:{lineno}: malformed line skipped: {why}\n")
 
+    decode = json.JSONDecoder().decode
     for path in opts.logs:
         stats.files.append(path)
         fh = _open(path)
@@ -793,7 +839,9 @@ def run_gate(
                     continue
                 stats.lines += 1
                 try:
-                    line = _parse(json.loads(raw))
+                    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM
+                        raw = raw[3:]
+                    line = _parse(decode(raw.decode("utf-8")))
                 except _Bad as exc:
                     malformed(path, lineno, str(exc))
                     continue

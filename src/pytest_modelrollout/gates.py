@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._exceptions import ConfigError
-from .metrics import CheckComparison, RoleData, WorkflowData
+from .metrics import INFORMATIONAL_CHECKS, CheckComparison, RoleData, WorkflowData
 from .stats import (
     DEFAULT_RESAMPLES,
     bootstrap_quantile_ratio,
@@ -1047,6 +1047,8 @@ def _expand(gates: Sequence[Gate], data: WorkflowData) -> list[tuple[Gate, Metri
             continue
         if gate.metric == "check.*":
             for name in sorted(data.checks):
+                if name in INFORMATIONAL_CHECKS:
+                    continue
                 if (name, gate.family) not in explicit:
                     out.append((gate, ms, name))
         elif gate.metric.startswith("check."):

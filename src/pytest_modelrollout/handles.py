@@ -172,7 +172,7 @@ class TestContext:
                 continue
             calls.append((self.ref(role), request, role))
             live_roles.append(role)
-        outcomes = dict(zip(live_roles, self.session.call_many(calls)))
+        outcomes = dict(zip(live_roles, self.session.call_many(calls, test_id=self.test_id), strict=True))
         replies = []
         for role in roles:
             if role == "stable" and shadow is not None:

@@ -72,11 +72,11 @@ class RoleData:
 
     @property
     def checks_passed(self) -> int:
-        return sum(self.check_passed.values())
+        return sum(v for k, v in self.check_passed.items() if k not in INFORMATIONAL_CHECKS)
 
     @property
     def checks_total(self) -> int:
-        return sum(self.check_total.values())
+        return sum(v for k, v in self.check_total.items() if k not in INFORMATIONAL_CHECKS)
 
     @property
     def priced(self) -> bool:
@@ -183,6 +183,11 @@ class WorkflowData:
         return {name: self.checks[name].to_dict() for name in sorted(self.checks)}
 
 
+# Recorded for the report but not judged: "json_lenient" tells fenced/prose-wrapped JSON from
+# broken JSON, while "json" (which fails both) is the check that counts.
+INFORMATIONAL_CHECKS = frozenset({"json_lenient"})
+
+
 def _role_data(calls: list[CallRecord], checks: list[CheckRecord]) -> RoleData:
     rd = RoleData()
     # task success needs every check outcome of the call
@@ -286,8 +291,8 @@ def compute_workflow(
             (ca.check_passed.get(name, 0), ca.check_total.get(name, 0)),
         )
     validation = _compare(
-        outcome["stable"],
-        outcome["candidate"],
+        {k: v for k, v in outcome["stable"].items() if k[1] not in INFORMATIONAL_CHECKS},
+        {k: v for k, v in outcome["candidate"].items() if k[1] not in INFORMATIONAL_CHECKS},
         (st.checks_passed, st.checks_total),
         (ca.checks_passed, ca.checks_total),
     )

@@ -88,6 +88,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="tests (default): failed tests fail the session; verdict: the verdict alone decides")
     g.addoption("--rollout-concurrency", type=_positive_int, default=None, metavar="N",
                 help="bound on model calls in flight")
+    g.addoption("--rollout-no-prefetch", action="store_true", default=False,
+                help="do not send dataset-driven requests ahead of their tests (config prefetch)")
 
 
 def _options(config: pytest.Config) -> Options:
@@ -124,6 +126,16 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"modelrollout: {exc}") from None
     config.stash[SESSION_KEY] = session
+    if session.options.smoke:
+        from .smoke import SmokePlugin
+
+        config.pluginmanager.register(SmokePlugin(session), "modelrollout-smoke")
+    from .prefetch import PrefetchPlugin
+
+    config.pluginmanager.register(
+        PrefetchPlugin(config, session, lambda item: _test_context(item, session)),
+        "modelrollout-prefetch",
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -189,26 +201,42 @@ def pytest_collection_modifyitems(
         if killed:
             item.add_marker(pytest.mark.skip(
                 reason=f"kill switch: {' and '.join(killed)} is killed and never called"))
-    if used:
+    if used and not rs.options.smoke:  # with --rollout-smoke, smoke[REF]::api_key reports it
         try:
             rs.check_keys()
         except ConfigError as exc:
             raise pytest.UsageError(f"modelrollout: {exc}") from None
 
 
+# -- malformed datasets ----------------------------------------------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """A DatasetError while collecting (``cases()`` at import) is one line, not a traceback."""
+    from _pytest.reports import CollectErrorRepr
+
+    from ._exceptions import DatasetError
+
+    rep = yield
+    call = rep.__dict__.get("call")
+    excinfo = getattr(call, "excinfo", None)
+    if rep.failed and excinfo is not None:
+        exc: BaseException | None = excinfo.value
+        seen = 0
+        while exc is not None and not isinstance(exc, DatasetError) and seen < 10:
+            exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        if isinstance(exc, DatasetError):
+            rep.longrepr = CollectErrorRepr(f"modelrollout: DatasetError: {exc}")
+    return rep
+
+
 # -- fixtures --------------------------------------------------------------------------------
-@pytest.fixture
-def _modelrollout_context(request: pytest.FixtureRequest) -> Iterator[TestContext]:
-    node = request.node
+def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
+    """The test's context from its workflow marker (the fixture and prefetch both use this)."""
     mark = _marker(node)
-    if mark is None:
-        raise pytest.UsageError(
-            f"modelrollout: {node.nodeid} uses a model fixture without @pytest.mark.workflow('name')"
-        )
-    rs = _session(request.config)
+    assert mark is not None
     name = _workflow_name(mark, node.nodeid)
     models = rs.models_for(name, mark.kwargs.get("stable"), mark.kwargs.get("candidate"))
-    ctx = TestContext(
+    return TestContext(
         session=rs,
         test_id=node.nodeid,
         workflow=name,
@@ -218,6 +246,17 @@ def _modelrollout_context(request: pytest.FixtureRequest) -> Iterator[TestContex
         tools=mark.kwargs.get("tools"),
         params=dict(mark.kwargs.get("params") or {}),
     )
+
+
+@pytest.fixture
+def _modelrollout_context(request: pytest.FixtureRequest) -> Iterator[TestContext]:
+    node = request.node
+    mark = _marker(node)
+    if mark is None:
+        raise pytest.UsageError(
+            f"modelrollout: {node.nodeid} uses a model fixture without @pytest.mark.workflow('name')"
+        )
+    ctx = _test_context(node, _session(request.config))
     yield ctx
     props = getattr(node, "user_properties", None)
     if props is not None:

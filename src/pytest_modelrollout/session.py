@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import CassetteError, ConfigError, KilledError, ModelRolloutError
 from ._records import CallRecord, CheckRecord, RecordSet, Role
@@ -23,6 +23,9 @@ from .config import RolloutConfig, check_api_key, resolve_model
 from .providers.base import ChatRequest, ModelSpec, ProviderResponse
 from .providers.client import CallResult, ModelRegistry
 from .runner import Runner
+
+if TYPE_CHECKING:
+    from .prefetch import Prefetcher
 
 
 @dataclass
@@ -88,6 +91,7 @@ class RolloutSession:
         self.record_modes: dict[str, str] = resolve_record_modes(cfg.record, options.record)
         self._stores: dict[str, Any] = {}
         self.marker_gates: dict[str, dict[str, Any]] = {}
+        self.prefetch: Prefetcher | None = None  # set by prefetch.PrefetchPlugin while running
 
     # -- models -----------------------------------------------------------------------------
     def spec(self, ref: str) -> ModelSpec:
@@ -210,11 +214,22 @@ class RolloutSession:
         return result, "live"
 
     def call_many(
-        self, calls: list[tuple[str, ChatRequest, str]]
+        self, calls: list[tuple[str, ChatRequest, str]], *, test_id: str | None = None
     ) -> list[tuple[CallResult, str] | BaseException]:
+        """Make the calls concurrently. With ``test_id``, a call that was prefetched for that
+        test with exactly this model and request takes the prefetched result instead."""
+        pf = self.prefetch
+        ahead = pf.take(test_id, calls) if pf is not None and test_id is not None else None
+
         async def gather() -> list[tuple[CallResult, str] | BaseException]:
+            from .prefetch import awaitable
+
             return await asyncio.gather(
-                *(self.acall(ref, req, role) for ref, req, role in calls), return_exceptions=True
+                *(
+                    self.acall(ref, req, role) if fut is None else awaitable(fut)
+                    for fut, (ref, req, role) in zip(ahead or [None] * len(calls), calls, strict=True)
+                ),
+                return_exceptions=True,
             )
 
         return self.runner.run(gather())

@@ -1,0 +1,417 @@
+"""Prefetch: send the known requests of upcoming tests ahead of time, concurrently.
+
+A dataset-driven workflow test (``@pytest.mark.parametrize("case", cases(...))`` plus the
+``workflow`` marker's fixed ``system`` / ``tools`` / ``params``) has a first request that is
+known before it runs: ``ask(case)`` with no extra arguments. For every item that will run, in
+run order, the prefetcher builds that request with the very :meth:`TestContext.build_request`
+the fixture uses (through the same ``context_for`` factory as the fixture), and submits
+``session.acall(ref, request, role)`` to the session's event loop: the calls go through the
+cassette store (replay hits are free, recording happens), the model's ``max_concurrency``,
+``rpm`` / ``tpm`` buckets, adaptive 429 back-off and the session-wide ``--rollout-concurrency``
+bound, exactly like a live call. Latency is measured per request from its first send.
+
+Each prefetched call is a *slot* owned by one test (``nodeid``), keyed by role, model reference
+and the canonical request key ``ChatRequest.key(ref)``. When the test asks, ``take`` hands over
+the slot whose key equals the request the test actually built; anything else runs live. Records
+are only created by the test (``TestContext.make_reply``), so a prefetched result that is not
+consumed is never recorded; it is dropped (and cancelled if still in flight) when its test ends.
+
+Memory is bounded by a sliding window: at most ``window`` calls (default 4 x concurrency) are
+held ahead of the running test; the window advances as tests start.
+
+xdist: the controller never prefetches. A worker only knows the items already handed to it: at
+each ``pytest_runtest_protocol`` it prefetches the current item, ``nextitem`` and the indices in
+xdist's own pending queue (``WorkerInteractor.torun``), which under ``--dist load / loadscope /
+loadfile / loadgroup / each`` are never taken back (except when a worker crashes). Under
+``--dist worksteal`` queued items may be stolen by another worker, so only the current item and
+``nextitem`` (already popped from the queue) are prefetched. Every item is planned at most once,
+so no request is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ._records import Role
+from .progress import Progress, progress_wanted
+from .providers.base import ChatRequest
+from .providers.client import CallResult
+
+if TYPE_CHECKING:
+    from .handles import TestContext
+    from .session import RolloutSession
+
+Outcome = tuple[CallResult, str]
+ContextFactory = Callable[[pytest.Item], "TestContext"]
+WINDOW_FACTOR = 4
+SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
+MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
+
+
+@dataclass
+class Slot:
+    role: Role
+    ref: str
+    key: str
+    future: concurrent.futures.Future[Outcome]
+
+
+@dataclass
+class PrefetchStats:
+    planned_items: int = 0
+    submitted: int = 0
+    done: int = 0
+    errors: int = 0
+    used: int = 0
+    unused: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_done: float | None = None
+    last_done: float | None = None
+
+    def rate(self) -> float:
+        """Completed calls per second since the first submission."""
+        end = self.last_done if self.last_done is not None else time.perf_counter()
+        elapsed = end - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+
+# -- planning ----------------------------------------------------------------------------------
+def _skipped_statically(item: pytest.Item) -> bool:
+    """True when the item may be skipped (or not run) before its test body runs.
+
+    Conservative: a ``skipif`` with a string condition or ``xfail(run=False)`` counts as
+    skipped (the test then simply runs live if it does run).
+    """
+    if item.get_closest_marker("skip") is not None:
+        return True
+    for mark in item.iter_markers("skipif"):
+        conds = list(mark.args) or (
+            [mark.kwargs["condition"]] if "condition" in mark.kwargs else []
+        )
+        if not conds or any(not isinstance(c, bool) or c for c in conds):
+            return True
+    return any(mark.kwargs.get("run", True) is False for mark in item.iter_markers("xfail"))
+
+
+def _roles(item: pytest.Item) -> list[Role]:
+    names = getattr(item, "fixturenames", ()) or ()
+    if "rollout" in names:
+        return ["stable", "candidate"]
+    return [r for r in MODEL_FIXTURES if r in names]
+
+
+def _case_of(item: pytest.Item) -> Any:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return None
+    case = callspec.params.get("case")
+    if case is None or not (hasattr(case, "request_messages") and hasattr(case, "id")):
+        return None
+    return case
+
+
+def prefetchable(item: pytest.Item) -> int:
+    """How many calls the item's default first ask would make (0: not prefetchable).
+
+    Cheap (no request is built): used for the progress total.
+    """
+    if item.get_closest_marker("workflow") is None or _case_of(item) is None:
+        return 0
+    roles = _roles(item)
+    if not roles or _skipped_statically(item):
+        return 0
+    case = _case_of(item)
+    if getattr(case, "stable_reply", None) is not None and "stable" in roles:
+        return len(roles) - 1
+    return len(roles)
+
+
+def plan_item(
+    item: pytest.Item, session: RolloutSession, context_for: ContextFactory
+) -> list[tuple[Role, str, ChatRequest]]:
+    """The calls of the item's first ``ask(case)``: ``(role, ref, request)``; [] if unknown."""
+    case = _case_of(item)
+    if case is None or item.get_closest_marker("workflow") is None:
+        return []
+    roles = _roles(item)
+    if not roles or _skipped_statically(item):
+        return []
+    try:
+        ctx = context_for(item)
+        request, _ = ctx.build_request(
+            case, system=None, tools=None, response_format=None, params={}
+        )
+    except Exception:  # a marker or case problem: the test reports it when it runs
+        return []
+    calls: list[tuple[Role, str, ChatRequest]] = []
+    for role in roles:
+        ref = ctx.ref(role)
+        if session.is_killed(ref):
+            return []  # the kill switch skips the whole item
+        if role == "stable" and getattr(case, "stable_reply", None) is not None:
+            continue  # shadow row: the stable reply is recorded, never asked
+        calls.append((role, ref, request))
+    return calls
+
+
+# -- the prefetcher ------------------------------------------------------------------------
+class Prefetcher:
+    """Owns the slots; driven from the pytest main thread, results land on the runner loop."""
+
+    def __init__(
+        self,
+        session: RolloutSession,
+        context_for: ContextFactory,
+        *,
+        window: int,
+        progress: Progress | None = None,
+    ) -> None:
+        self.session = session
+        self.context_for = context_for
+        self.window = max(1, window)
+        self.progress = progress
+        self.stats = PrefetchStats()
+        self._slots: dict[str, list[Slot]] = {}
+        self._held = 0
+        self._planned: set[str] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # window -------------------------------------------------------------------------------
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def advance(self, upcoming: Iterator[pytest.Item]) -> None:
+        """Plan and submit upcoming items (in run order) until the window is full."""
+        if self._closed:
+            return
+        for item in upcoming:
+            if self._held >= self.window:
+                return
+            self.submit_item(item)
+
+    def submit_item(self, item: pytest.Item) -> None:
+        nodeid = item.nodeid
+        if nodeid in self._planned or self._closed:
+            return
+        self._planned.add(nodeid)
+        calls = plan_item(item, self.session, self.context_for)
+        if not calls:
+            return
+        self.stats.planned_items += 1
+        runner = self.session.runner
+        slots = []
+        for role, ref, request in calls:
+            future = runner.submit(self.session.acall(ref, request, role))
+            future.add_done_callback(self._on_done)
+            slots.append(Slot(role, ref, request.key(ref), future))
+        with self._lock:
+            self._slots[nodeid] = slots
+            self._held += len(slots)
+            self.stats.submitted += len(slots)
+
+    def _on_done(self, future: concurrent.futures.Future[Outcome]) -> None:
+        if future.cancelled():
+            return
+        now = time.perf_counter()
+        exc = future.exception()
+        with self._lock:
+            st = self.stats
+            st.done += 1
+            if exc is not None or not future.result()[0].ok:
+                st.errors += 1
+            if st.first_done is None:
+                st.first_done = now
+            st.last_done = now
+
+    # consuming ----------------------------------------------------------------------------
+    def take(
+        self, test_id: str, calls: Sequence[tuple[str, ChatRequest, str]]
+    ) -> list[concurrent.futures.Future[Outcome] | None]:
+        """For each ``(ref, request, role)``: the prefetched future for exactly that request."""
+        out: list[concurrent.futures.Future[Outcome] | None] = [None] * len(calls)
+        with self._lock:
+            slots = self._slots.get(test_id)
+            if not slots:
+                return out
+            for i, (ref, request, role) in enumerate(calls):
+                for slot in slots:
+                    if slot.role == role and slot.ref == ref and slot.key == request.key(ref):
+                        slots.remove(slot)
+                        self._held -= 1
+                        self.stats.used += 1
+                        out[i] = slot.future
+                        break
+            if not slots:
+                del self._slots[test_id]
+        return out
+
+    def release(self, test_id: str) -> None:
+        """The test is over: drop (and cancel) what it did not consume. Never recorded."""
+        with self._lock:
+            slots = self._slots.pop(test_id, None)
+            if not slots:
+                return
+            self._held -= len(slots)
+            self.stats.unused += len(slots)
+        for slot in slots:
+            slot.future.cancel()
+
+    def pending(self, test_id: str) -> list[concurrent.futures.Future[Outcome]]:
+        """The test's prefetched futures that are not done yet."""
+        with self._lock:
+            return [s.future for s in self._slots.get(test_id, ()) if not s.future.done()]
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            slots = [s for group in self._slots.values() for s in group]
+            self.stats.unused += len(slots)
+            self._slots.clear()
+            self._held = 0
+        for slot in slots:
+            slot.future.cancel()
+
+
+def awaitable(future: concurrent.futures.Future[Outcome]) -> asyncio.Future[Outcome]:
+    """A prefetched result as an awaitable on the runner's loop (call it on that loop)."""
+    return asyncio.wrap_future(future)
+
+
+# -- xdist ---------------------------------------------------------------------------------
+def _worker_interactor(config: pytest.Config) -> Any:
+    for plugin in config.pluginmanager.get_plugins():
+        if hasattr(plugin, "torun") and hasattr(plugin, "nextitem_index"):
+            return plugin
+    return None
+
+
+def _queued_indices(interactor: Any) -> list[int]:
+    """Indices xdist has handed to this worker and not run yet, in run order."""
+    try:
+        with interactor.torun.lock() as queue:
+            return [i for i in queue if isinstance(i, int)]
+    except Exception:  # a changed xdist internal: only prefetch the next item
+        return []
+
+
+# -- the pytest side -----------------------------------------------------------------------
+class PrefetchPlugin:
+    """Registered by the modelrollout plugin; drives a :class:`Prefetcher` over the run loop."""
+
+    def __init__(
+        self, config: pytest.Config, session: RolloutSession, context_for: ContextFactory
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.context_for = context_for
+        self.prefetcher: Prefetcher | None = None
+        self._items: list[pytest.Item] = []
+        self._next = 0  # sequential runs: next index of session.items to plan
+        self._worker = hasattr(config, "workerinput")
+        self._interactor: Any = None
+        self._dist = str(getattr(config.option, "dist", "no") or "no")
+        self.progress: Progress | None = None
+
+    def enabled(self) -> bool:
+        cfg, opt = self.session.cfg, self.config.option
+        if not cfg.prefetch or self.config.getoption("--rollout-no-prefetch", False):
+            return False
+        if getattr(opt, "collectonly", False) or os.environ.get("MODELROLLOUT_PREFETCH") == "0":
+            return False
+        # the xdist controller runs no tests: its workers prefetch their own items
+        return not self.config.pluginmanager.has_plugin("dsession")
+
+    def window(self) -> int:
+        concurrency = self.session.options.concurrency or self.session.cfg.concurrency
+        return WINDOW_FACTOR * concurrency
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, Any, None]:
+        if not self.enabled() or not self.session.workflows or not session.items:
+            yield
+            return
+        self._items = list(session.items)
+        if self._worker:
+            self._interactor = _worker_interactor(self.config)
+        elif progress_wanted(self.config):
+            self.progress = Progress(self.config, total=sum(prefetchable(i) for i in self._items))
+        self.prefetcher = Prefetcher(
+            self.session, self.context_for, window=self.window(), progress=self.progress
+        )
+        self.session.prefetch = self.prefetcher
+        try:
+            if not self._worker:
+                self.prefetcher.advance(self._sequential())
+                if self.progress is not None:
+                    self.progress.show_until_first(self.prefetcher, self._items[0].nodeid)
+            yield
+        finally:
+            self.session.prefetch = None
+            self.prefetcher.close()
+
+    def _sequential(self) -> Iterator[pytest.Item]:
+        while self._next < len(self._items):
+            item = self._items[self._next]
+            self._next += 1
+            yield item
+
+    def _upcoming_worker(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Iterator[pytest.Item]:
+        yield item
+        if nextitem is not None:
+            yield nextitem
+        if self._interactor is None or self._dist not in SAFE_DIST_MODES:
+            return
+        items = self._items
+        for index in _queued_indices(self._interactor):
+            if 0 <= index < len(items):
+                yield items[index]
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, Any, None]:
+        pf = self.prefetcher
+        if pf is None:
+            yield
+            return
+        if self._worker:
+            pf.submit_item(item)  # the running item first, whatever the window
+            pf.advance(self._upcoming_worker(item, nextitem))
+        else:
+            pf.advance(self._sequential())
+        try:
+            yield
+        finally:
+            pf.release(item.nodeid)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        pf = self.prefetcher
+        if pf is None or pf.stats.submitted == 0:
+            return
+        if self.progress is not None or self.config.getoption("verbose") > 0:
+            terminalreporter.write_line(Progress.summary_line(pf.stats))
+
+
+__all__ = [
+    "PrefetchPlugin",
+    "PrefetchStats",
+    "Prefetcher",
+    "Slot",
+    "awaitable",
+    "plan_item",
+    "prefetchable",
+]

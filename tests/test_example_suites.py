@@ -1,0 +1,206 @@
+"""The example suites (example_suites/) run end to end against the simulator, and the outcomes
+documented in example_suites/OUTCOMES.md (and the README) still hold.
+
+Every run is a real ``python -m pytest`` subprocess in ``example_suites/``. They are all started
+at once (the simulator mostly sleeps, so they overlap well) and each test waits for its own run,
+which keeps this file well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SUITES = Path(__file__).resolve().parent.parent / "example_suites"
+TIMEOUT_S = 240
+
+# name -> (extra arguments, workflow folders; empty: the whole suite)
+RUNS: dict[str, tuple[list[str], list[str]]] = {
+    "default": ([], []),
+    "xdist": (["-n", "2"], []),
+    "verbose": (["--candidate=sim:verbose"], ["support_chat"]),
+    "sloppy-json": (["--candidate=sim:sloppy-json"], ["json_extraction"]),
+    "wrong-language": (["--candidate=sim:wrong-language"], ["multilingual", "support_chat"]),
+    "bad-tools": (["--candidate=sim:bad-tools"], ["agent_planning"]),
+    "slow": (["--candidate=sim:slow"], ["json_extraction", "automation_tasks"]),
+    "flaky": (["--candidate=sim:flaky"], ["json_extraction", "automation_tasks"]),
+}
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    report: dict
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {name: w["verdict"] for name, w in self.report["workflows"].items()}
+
+    def reasons(self, workflow: str) -> list[str]:
+        return [
+            r["gate"] + " " + r["message"] for r in self.report["workflows"][workflow]["reasons"]
+        ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    out = tmp_path_factory.mktemp("example_suites")
+    env = dict(os.environ)
+    # the documented outcomes are with the default back-off and latencies
+    for var in (
+        "MODELROLLOUT_BACKOFF_SCALE",
+        "MODELROLLOUT_SIM_LATENCY_SCALE",
+        "MODELROLLOUT_SIM_URL",
+        "MODELROLLOUT_KILLED",
+        "GITHUB_STEP_SUMMARY",
+        "PYTEST_ADDOPTS",
+    ):
+        env.pop(var, None)
+    procs = {}
+    for name, (args, folders) in RUNS.items():
+        report = out / f"{name}.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:randomly",
+            f"--rollout-report={report}",
+            *args,
+            *folders,
+        ]
+        procs[name] = (
+            subprocess.Popen(
+                cmd,
+                cwd=SUITES,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                encoding="utf-8",
+            ),
+            report,
+        )
+    results = {}
+    for name, (proc, report) in procs.items():
+        try:
+            output, _ = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            pytest.fail(f"example suite run {name!r} timed out:\n{output[-3000:]}")
+        data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
+        results[name] = Run(proc.returncode, output, data)
+    return results
+
+
+def _tail(run: Run) -> str:
+    return run.output[-4000:]
+
+
+WORKFLOWS = {
+    "support_chat",
+    "rag_answers",
+    "agent_planning",
+    "json_extraction",
+    "automation_tasks",
+    "multilingual",
+}
+
+
+def test_default_run_is_ready(runs: dict[str, Run]) -> None:
+    run = runs["default"]
+    assert run.returncode == 0, _tail(run)
+    assert "rollout readiness" in run.output
+    assert "rollout verdict: READY" in run.output, _tail(run)
+    assert run.report["verdict"] == "READY"
+    assert run.report["complete"] is True
+    assert set(run.verdicts) == WORKFLOWS
+    assert set(run.verdicts.values()) == {"READY"}, run.verdicts
+    for name, w in run.report["workflows"].items():
+        # at least 30 cases per workflow: every workflow clears the default min_samples
+        assert w["stable"]["requests"] >= 30, name
+        assert w["candidate"]["success_rate"] == 1.0, name
+
+
+def test_default_run_with_xdist_agrees(runs: dict[str, Run]) -> None:
+    """Same verdicts and request counts with -n 2 as in one process."""
+    one, two = runs["default"], runs["xdist"]
+    assert two.returncode == 0, _tail(two)
+    assert "rollout verdict: READY" in two.output
+    assert two.verdicts == one.verdicts
+    for name, w in one.report["workflows"].items():
+        w2 = two.report["workflows"][name]
+        for role in ("stable", "candidate"):
+            assert w2[role]["requests"] == w[role]["requests"], (name, role)
+            assert w2[role]["input_tokens"] == w[role]["input_tokens"], (name, role)
+            assert w2[role]["output_tokens"] == w[role]["output_tokens"], (name, role)
+        assert {c: v["regressions"] for c, v in w2["checks"].items()} == {
+            c: v["regressions"] for c, v in w["checks"].items()
+        }, name
+
+
+def _blocked_on(run: Run, workflow: str, gate_word: str) -> None:
+    assert run.returncode == 1, _tail(run)
+    assert "rollout verdict: BLOCKED" in run.output, _tail(run)
+    assert run.report["verdict"] == "BLOCKED"
+    assert run.verdicts[workflow] == "BLOCKED", run.verdicts
+    assert any(gate_word in r for r in run.reasons(workflow)), run.reasons(workflow)
+
+
+def test_verbose_is_blocked_by_length_in_support_chat(runs: dict[str, Run]) -> None:
+    run = runs["verbose"]
+    _blocked_on(run, "support_chat", "check length pass rate")
+    checks = run.report["workflows"]["support_chat"]["checks"]
+    assert checks["length_ratio"]["candidate_pass_rate"] == 0.0
+    assert checks["length"]["regressions"] == checks["length"]["pairs"]
+
+
+def test_sloppy_json_is_blocked_in_json_extraction(runs: dict[str, Run]) -> None:
+    run = runs["sloppy-json"]
+    _blocked_on(run, "json_extraction", "check json pass rate")
+    checks = run.report["workflows"]["json_extraction"]["checks"]
+    # fenced / prose-wrapped JSON still parses leniently: strict is the one that breaks
+    assert checks["json"]["candidate_pass_rate"] < checks["json_lenient"]["candidate_pass_rate"]
+    assert "snapshot" in run.output  # the structure snapshot catches fenced JSON too
+
+
+def test_wrong_language_is_blocked_in_multilingual_and_support_chat(runs: dict[str, Run]) -> None:
+    run = runs["wrong-language"]
+    _blocked_on(run, "multilingual", "check language pass rate")
+    _blocked_on(run, "support_chat", "check language pass rate")
+
+
+def test_bad_tools_is_blocked_in_agent_planning(runs: dict[str, Run]) -> None:
+    run = runs["bad-tools"]
+    _blocked_on(run, "agent_planning", "check tool_call pass rate")
+    assert run.report["workflows"]["agent_planning"]["checks"]["tool_call"]["regressions"] >= 10
+
+
+def test_slow_is_caught_by_the_latency_gate(runs: dict[str, Run]) -> None:
+    run = runs["slow"]
+    assert run.returncode == 1, _tail(run)
+    assert run.report["verdict"] in ("BLOCKED", "INCONCLUSIVE")
+    # every test passes (each call is under its 4 s budget): the p95 gate is what catches it
+    assert " failed" not in run.output.splitlines()[-1], _tail(run)
+    reasons = [r for w in run.verdicts for r in run.reasons(w)]
+    assert reasons and all(r.startswith("p95_latency") for r in reasons), reasons
+
+
+def test_flaky_is_not_ready(runs: dict[str, Run]) -> None:
+    run = runs["flaky"]
+    assert run.returncode == 1, _tail(run)
+    assert run.report["verdict"] in ("BLOCKED", "INCONCLUSIVE")
+    assert "regression" in run.output  # permanent 500s on the candidate fail their tests
+    reasons = [r for w in run.verdicts for r in run.reasons(w)]
+    assert any(r.startswith(("p95_latency", "error_rate", "success_rate")) for r in reasons), (
+        reasons
+    )

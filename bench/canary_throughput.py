@@ -82,19 +82,28 @@ def main() -> int:
     ap.add_argument("--mb", type=float, default=200.0, help="log size in MB (default 200)")
     ap.add_argument("--window", default=None, help="also pass --window (e.g. 1h)")
     ap.add_argument("--gz", action="store_true", help="gzip the log first")
-    ap.add_argument("--keep", metavar="DIR", help="write the log here and keep it")
+    ap.add_argument(
+        "--keep", metavar="DIR", help="write the log here and keep it (reused by the next run)"
+    )
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="modelrollout-bench-")
     work = Path(args.keep) if args.keep else Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     log = work / "canary.jsonl"
-    t = time.perf_counter()
-    lines, size = generate(log, int(args.mb * 1e6))
-    print(f"generated {lines:,} lines, {size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
+    meta = work / "canary.meta.json"
+    if args.keep and meta.exists() and json.loads(meta.read_text())["mb"] == args.mb:
+        lines, size = json.loads(meta.read_text())["lines"], log.stat().st_size
+        print(f"reusing {log}: {lines:,} lines, {size / 1e6:.1f} MB")
+    else:
+        t = time.perf_counter()
+        lines, size = generate(log, int(args.mb * 1e6))
+        meta.write_text(json.dumps({"mb": args.mb, "lines": lines}))
+        print(f"generated {lines:,} lines, {size / 1e6:.1f} MB in {time.perf_counter() - t:.1f} s")
     if args.gz:
-        subprocess.run(["gzip", "-f", "-1", str(log)], check=True)
-        log = log.with_suffix(".jsonl.gz")
+        gz = log.with_suffix(".jsonl.gz")
+        subprocess.run(["gzip", "-1", "-k", "-f", str(log)], check=True)
+        log = gz
         print(f"gzipped to {log.stat().st_size / 1e6:.1f} MB")
 
     exe = [sys.executable, "-m", "pytest_modelrollout"]

@@ -564,11 +564,18 @@ def _records(path: Path) -> RecordSet:
     return rs
 
 
+@pytest.mark.parametrize("histogram", [False, True], ids=["array", "histogram"])
 @pytest.mark.parametrize("latency", [800.0, 1300.0, 2000.0])
 def test_summary_equals_records_summary(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], latency: float
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    latency: float,
+    histogram: bool,
 ) -> None:
     """Streaming aggregates judge exactly like ``build_summary`` on the same records."""
+    if histogram:  # latencies served from the histogram rather than a sorted array
+        monkeypatch.setattr(canary, "RAW_LATENCIES", 10)
     log = write_log(
         tmp_path / "c.jsonl",
         [
@@ -679,7 +686,7 @@ def test_sorted_samples_from_histogram() -> None:
     for q in (0.5, 0.95):
         assert percentile_of_sorted(samples, q) == percentile_of_sorted(ref, q)
         assert quantile_interval(samples, q) == quantile_interval(ref, q)
-    assert samples.spread(5) == [ref[0], ref[250], ref[500], ref[749], ref[999]]
+    assert canary.spread(samples, 5) == [ref[0], ref[250], ref[500], ref[749], ref[999]]
     with pytest.raises(IndexError):
         samples[1000]
 
@@ -698,7 +705,7 @@ def test_histogram_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         abs(percentile_of_sorted(hist.samples(), 0.95) - percentile_of_sorted(sorted(values), 0.95))
         <= 0.5
     )
-    assert LATENCY_BINS == 65_536
+    assert LATENCY_BINS == 32_768
 
 
 def test_one_decimal_latencies_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -708,3 +715,33 @@ def test_one_decimal_latencies_stay_exact(monkeypatch: pytest.MonkeyPatch) -> No
         hist.add(v)  # 11 distinct values, 9 distinct 0.1 ms bins
     assert hist.exp == -1
     assert hist.counts[812.3] == 3 and 0.1 in hist.counts and 9.9 in hist.counts
+
+
+def test_latencies_switch_from_array_to_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(canary, "RAW_LATENCIES", 50)
+    lat = canary.Latencies()
+    values = [float(v % 37) for v in range(40)]
+    for v in values:
+        lat.add(v)
+    assert lat.raw is not None and list(lat.samples()) == sorted(values)
+    more = [float(v % 37) for v in range(40, 200)]
+    for v in more:
+        lat.add(v)
+    assert lat.raw is None and lat.hist is not None and len(lat.hist.counts) == 37
+    assert list(lat.samples()) == sorted(values + more)
+
+
+def test_routes_killed_stable_ready_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        gate(capsys, str(equal_log(tmp_path, n=50)), "--report", str(tmp_path / "r.json"))[0] == 0
+    )
+    dest = tmp_path / "routes.json"
+    code, _out, _ = run(
+        capsys, "routes", str(tmp_path / "r.json"), "-o", str(dest), "--kill", STABLE
+    )
+    assert code == 0
+    entry = json.loads(dest.read_text(encoding="utf-8"))["workflows"]["support_chat"]
+    assert entry["model"] == CANDIDATE and entry["traffic"] == {CANDIDATE: 1.0}
+    assert "killed" in entry["note"]

@@ -91,7 +91,7 @@ def test_show_errors(
         (("show",), "required"),
         (("show", "a.json", "--bogus"), "unrecognized arguments"),
         (("merge", "a.json"), "-o"),
-        (("gate", "log.jsonl"), "not implemented yet"),
+        (("gate", "log.jsonl"), "--stable"),
     ],
 )
 def test_usage_errors(

@@ -12,24 +12,28 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 SUITES = Path(__file__).resolve().parent.parent / "example_suites"
-TIMEOUT_S = 240
+TIMEOUT_S = 300
+PARALLEL = 2  # runs at a time: the simulator mostly sleeps, but CI boxes have few cores
 
-# name -> (extra arguments, workflow folders; empty: the whole suite)
-RUNS: dict[str, tuple[list[str], list[str]]] = {
-    "default": ([], []),
-    "xdist": (["-n", "2"], []),
-    "verbose": (["--candidate=sim:verbose"], ["support_chat"]),
-    "sloppy-json": (["--candidate=sim:sloppy-json"], ["json_extraction"]),
-    "wrong-language": (["--candidate=sim:wrong-language"], ["multilingual", "support_chat"]),
-    "bad-tools": (["--candidate=sim:bad-tools"], ["agent_planning"]),
-    "slow": (["--candidate=sim:slow"], ["json_extraction", "automation_tasks"]),
-    "flaky": (["--candidate=sim:flaky"], ["json_extraction", "automation_tasks"]),
+# name -> (extra arguments, workflow folders (empty: the whole suite), simulator latency scale)
+# The check-driven personas run with the simulator's sleeps off (their verdicts do not depend on
+# latency); the default, xdist, slow and flaky runs keep the real latencies and back-off.
+RUNS: dict[str, tuple[list[str], list[str], str | None]] = {
+    "default": ([], [], None),
+    "xdist": (["-n", "2"], [], None),
+    "flaky": (["--candidate=sim:flaky"], ["json_extraction"], None),
+    "slow": (["--candidate=sim:slow"], ["json_extraction"], None),
+    "verbose": (["--candidate=sim:verbose"], ["support_chat"], "0"),
+    "sloppy-json": (["--candidate=sim:sloppy-json"], ["json_extraction"], "0"),
+    "wrong-language": (["--candidate=sim:wrong-language"], ["multilingual", "support_chat"], "0"),
+    "bad-tools": (["--candidate=sim:bad-tools"], ["agent_planning"], "0"),
 }
 
 
@@ -49,9 +53,8 @@ class Run:
         ]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    out = tmp_path_factory.mktemp("example_suites")
+def _run(name: str, out: Path) -> Run:
+    args, folders, latency_scale = RUNS[name]
     env = dict(os.environ)
     # the documented outcomes are with the default back-off and latencies
     for var in (
@@ -63,43 +66,32 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         "PYTEST_ADDOPTS",
     ):
         env.pop(var, None)
-    procs = {}
-    for name, (args, folders) in RUNS.items():
-        report = out / f"{name}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:randomly",
-            f"--rollout-report={report}",
-            *args,
-            *folders,
-        ]
-        procs[name] = (
-            subprocess.Popen(
-                cmd,
-                cwd=SUITES,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                encoding="utf-8",
-            ),
-            report,
+    if latency_scale is not None:
+        env["MODELROLLOUT_SIM_LATENCY_SCALE"] = latency_scale
+    report = out / f"{name}.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", f"--rollout-report={report}", *args, *folders]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=SUITES,
+            env=env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=TIMEOUT_S,
         )
-    results = {}
-    for name, (proc, report) in procs.items():
-        try:
-            output, _ = proc.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            pytest.fail(f"example suite run {name!r} timed out:\n{output[-3000:]}")
-        data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
-        results[name] = Run(proc.returncode, output, data)
-    return results
+    except subprocess.TimeoutExpired as exc:
+        return Run(-1, f"timed out after {TIMEOUT_S} s: {exc.output!r}"[-3000:], {})
+    data = json.loads(report.read_text(encoding="utf-8")) if report.exists() else {}
+    return Run(proc.returncode, proc.stdout + proc.stderr, data)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    out = tmp_path_factory.mktemp("example_suites")
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        futures = {name: pool.submit(_run, name, out) for name in RUNS}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def _tail(run: Run) -> str:
@@ -160,7 +152,8 @@ def test_verbose_is_blocked_by_length_in_support_chat(runs: dict[str, Run]) -> N
     run = runs["verbose"]
     _blocked_on(run, "support_chat", "check length pass rate")
     checks = run.report["workflows"]["support_chat"]["checks"]
-    assert checks["length_ratio"]["candidate_pass_rate"] == 0.0
+    # every verbose answer is over the budget (the test stops there, before length_ratio)
+    assert checks["length"]["candidate_pass_rate"] == 0.0
     assert checks["length"]["regressions"] == checks["length"]["pairs"]
 
 
@@ -190,9 +183,10 @@ def test_slow_is_caught_by_the_latency_gate(runs: dict[str, Run]) -> None:
     assert run.returncode == 1, _tail(run)
     assert run.report["verdict"] in ("BLOCKED", "INCONCLUSIVE")
     # every test passes (each call is under its 4 s budget): the p95 gate is what catches it
-    assert " failed" not in run.output.splitlines()[-1], _tail(run)
-    reasons = [r for w in run.verdicts for r in run.reasons(w)]
-    assert reasons and all(r.startswith("p95_latency") for r in reasons), reasons
+    assert " failed" not in run.output.strip().splitlines()[-1], _tail(run)
+    assert any(r.startswith("p95_latency") for r in run.reasons("json_extraction")), run.reasons(
+        "json_extraction"
+    )
 
 
 def test_flaky_is_not_ready(runs: dict[str, Run]) -> None:

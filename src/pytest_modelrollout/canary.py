@@ -11,16 +11,18 @@ A log is streamed line by line into one :class:`RoleAgg` per workflow and role; 
 objects are kept. What a role keeps:
 
 * counters (requests, outcomes, token and cost totals, check passes per check name);
-* latencies as a histogram ``{value: count}``: exact while a workflow/role has at most
-  :data:`LATENCY_BINS` distinct values, then binned at 0.1 ms (the precision the reports show),
-  coarsened tenfold again if that is still too many. The quantiles and the p95 bootstrap only
-  ever read order statistics, which :class:`SortedSamples` serves from the histogram in
-  O(log bins) -- so latency memory is bounded whatever the number of lines, and exact for
-  samples such as a test suite's;
+* latencies exactly, as an ``array('d')`` (8 bytes each), up to :data:`RAW_LATENCIES` per
+  workflow and role (3 MB); beyond that as a histogram ``{value: count}``, exact while there are
+  at most :data:`LATENCY_BINS` distinct values, then in 0.1 ms bins (the precision the reports
+  show), then 1 ms, 10 ms ... bins: so at most ~3 MB per workflow and role whatever the number
+  of lines. The quantiles, their order-statistic intervals and the p95 bootstrap only ever
+  read order statistics, which :class:`SortedSamples` serves from the histogram in
+  O(log bins). A test suite's data is therefore judged exactly as by the plugin;
 * per request, only what a gate needs as a vector: the cost (8 bytes, an ``array('d')``) and
-  the task-success flag (1 byte) for the ``cost_per_success`` / ``cost`` gates, and the output
-  tokens (8 bytes) only when an ``output_tokens`` gate is configured. That is about 9 bytes a
-  line with the default gates (90 MB for 10 million lines; twice that with ``--window``).
+  the task-success flag (1 byte) for the ``cost_per_success`` / ``cost`` gates (the bootstrap
+  resamples them), and the output tokens (8 bytes) only when an ``output_tokens`` gate is
+  configured. That is about 9 bytes a line with the default gates (90 MB for 10 million lines;
+  twice that with ``--window``, which keeps a second set per window).
 
 Canary traffic is not paired (a request goes to one model), so every line is its own pair and
 check comparisons use independent proportions (Newcombe intervals), never McNemar.
@@ -49,20 +51,26 @@ from .metrics import CheckComparison, RoleData, WorkflowData
 __all__ = [
     "LATENCY_BINS",
     "MALFORMED_SHOWN",
+    "RAW_LATENCIES",
     "SAMPLE_CAP",
     "CanaryError",
     "GateRun",
+    "Latencies",
+    "LatencyHistogram",
     "LogLine",
     "RoleAgg",
     "SortedSamples",
     "WorkflowAgg",
+    "line_records",
     "parse_duration",
     "parse_instant",
     "parse_line",
     "run_gate",
+    "spread",
 ]
 
-LATENCY_BINS = 65_536  # distinct latency values kept exactly per workflow/role
+RAW_LATENCIES = 393_216  # latencies per workflow/role kept as an array('d') (3 MB) ...
+LATENCY_BINS = 32_768  # ... then in a histogram of at most this many values (~3 MB)
 SAMPLE_CAP = 5_000  # latency samples per workflow/role written for the HTML chart
 MALFORMED_SHOWN = 20  # malformed lines reported one by one; then a count
 MAX_WINDOWS = 10_000
@@ -113,7 +121,9 @@ def parse_duration(text: str) -> float:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    spec = "seconds" if ts == int(ts) else "milliseconds"
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return dt.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 def _epoch(value: Any) -> float:
@@ -445,14 +455,46 @@ class SortedSamples(Sequence[float]):
                 yield v
             prev = c
 
-    def spread(self, k: int) -> list[float]:
-        """At most ``k`` values: all of them, or ``k`` evenly spaced order statistics."""
-        n = self._n
-        if n <= k:
-            return list(self)
-        if k <= 1:
-            return [self[n // 2]]
-        return [self[round(j * (n - 1) / (k - 1))] for j in range(k)]
+
+def spread(xs: Sequence[float], k: int) -> list[float]:
+    """At most ``k`` values of a sorted sample: all, or ``k`` evenly spaced order statistics."""
+    n = len(xs)
+    if n <= k:
+        return [float(x) for x in xs]
+    if k <= 1:
+        return [float(xs[n // 2])]
+    return [float(xs[round(j * (n - 1) / (k - 1))]) for j in range(k)]
+
+
+class Latencies:
+    """Latencies of one workflow/role: a plain ``array('d')`` (8 bytes each, exact) while
+    there are at most :data:`RAW_LATENCIES`, then a :class:`LatencyHistogram` (bounded)."""
+
+    __slots__ = ("hist", "raw")
+
+    def __init__(self) -> None:
+        self.raw: array[float] | None = array("d")
+        self.hist: LatencyHistogram | None = None
+
+    def add(self, v: float) -> None:
+        raw = self.raw
+        if raw is not None:
+            raw.append(v)
+            if len(raw) > RAW_LATENCIES:
+                self.hist = LatencyHistogram()
+                for x in raw:
+                    self.hist.add(x)
+                self.raw = None
+        else:
+            assert self.hist is not None
+            self.hist.add(v)
+
+    def samples(self) -> Sequence[float]:
+        """The sorted sample (a list-like sequence)."""
+        if self.raw is not None:
+            return array("d", sorted(self.raw))
+        assert self.hist is not None
+        return self.hist.samples()
 
 
 class LatencyHistogram:
@@ -520,7 +562,7 @@ class RoleAgg:
 
     def __init__(self, *, keep_costs: bool = True, keep_tokens: bool = False) -> None:
         self.requests = self.successes = self.fallbacks = self.errors = self.timeouts = 0
-        self.latencies = LatencyHistogram()
+        self.latencies = Latencies()
         self.in_sum = self.in_n = self.out_sum = self.out_n = self.cost_n = 0
         self.cost_sum = 0.0
         self.costs: array[float] | None = array("d") if keep_costs else None
@@ -915,10 +957,7 @@ def run_gate(
         extra: dict[str, Any] = dict(kw.pop("extra", {}))
         if samples:
             extra["samples"] = {
-                name: {
-                    role: cast(SortedSamples, wd.role(role).latencies).spread(SAMPLE_CAP)
-                    for role in ROLES
-                }
+                name: {role: spread(wd.role(role).latencies, SAMPLE_CAP) for role in ROLES}
                 for name, wd in data.items()
             }
         return build_summary(

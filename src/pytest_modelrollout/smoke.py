@@ -188,7 +188,7 @@ class SmokeRunner:
                 client.get(url)  # any HTTP answer proves the base URL is reachable
         except httpx.TimeoutException:
             raise SmokeFailure(f"base URL {url} did not answer within {timeout:g} s") from None
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx.HTTPError (or a raw httpcore error under pytester)
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SmokeFailure(f"base URL {url} is not reachable: {detail}") from None
 

@@ -180,7 +180,9 @@ class AdaptiveGate:
     async def release(self) -> None:
         async with self._cond:
             self.in_flight -= 1
-            self._cond.notify_all()
+            # wake only as many waiters as there are free slots: notify_all() woke every
+            # waiter on every release (quadratic with thousands of queued calls)
+            self._cond.notify(max(1, self.current_limit() - self.in_flight))
 
 
 def _is_loopback(url: str) -> bool:

@@ -1,0 +1,337 @@
+"""Benchmark: throughput, per-call overhead and memory of the plugin against the simulator.
+
+Usage::
+
+    python bench/throughput.py [--cases 200] [--latency-ms 100] [--memory-calls 10000]
+                               [--in-process-sim] [--xdist 4] [--skip-naive] [--skip-memory]
+
+(a) wall time of a ``cases()`` suite (CASES rows x 2 models, ``rollout.ask(case)``) run with
+    pytest in a subprocess, including pytest start-up, as a ratio to the ideal
+    ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
+    the default ``max_concurrency`` of 8 per model). Also with ``-n N`` when ``--xdist N``.
+(b) the same suite written the way teams write it today (plain pytest, an ``httpx.Client``
+    calling the two models one after the other in each test); the ratio b / a.
+(c) per-call CPU overhead on a zero-latency endpoint: ``ModelClient.call`` plus the per-reply
+    work (CallRecord + Reply) minus a raw ``httpx.AsyncClient`` post + JSON parse.
+(d) peak RSS of a pytest run making ``--memory-calls`` calls through the plugin (prefetch on,
+    JSON report written).
+
+By default the simulator runs as a standalone process (``python -m pytest_modelrollout sim``)
+so that it does not share the GIL with pytest (a real provider does not either); with
+``--in-process-sim`` the plugin's own in-process simulator is used for (a) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CONCURRENCY = 16
+TARGETS = {"a": 1.3, "b": 10.0, "c": 0.3, "d": 150.0}
+
+SUITE = """
+import pytest
+from pytest_modelrollout import cases
+
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_support(rollout, case):
+    pair = rollout.ask(case)
+    pair.expect_language("same_as_prompt")
+    pair.expect_length(max_chars=2000)
+"""
+
+NAIVE = """
+import json
+import os
+
+import httpx
+import pytest
+
+URL = os.environ["MODELROLLOUT_SIM_URL"] + "/v1/chat/completions"
+STABLE, CANDIDATE = {stable!r}, {candidate!r}
+client = httpx.Client(timeout=60)
+CASES = [json.loads(line) for line in open("cases.jsonl", encoding="utf-8") if line.strip()]
+
+def ask(model, prompt):
+    r = client.post(URL, json={{"model": model, "messages": [
+        {{"role": "system", "content": "You are a concise support agent."}},
+        {{"role": "user", "content": prompt}}]}})
+    r.raise_for_status()
+    return r.json()["choices"][0]["message"]["content"]
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_support(case):
+    stable = ask(STABLE, case["prompt"])
+    candidate = ask(CANDIDATE, case["prompt"])
+    assert stable and candidate
+    assert len(candidate) <= 2000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sim() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_modelrollout", "sim", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("simulator did not start")
+
+
+def write_project(root: Path, n: int, stable: str, candidate: str, naive: bool = False) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "cases.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(n):
+            prompt = (
+                f"Where is my order A-{10000 + i}? It has not arrived yet."
+                if i % 2 == 0
+                else f"你好，我的订单 B-{20000 + i} 什么时候到？"
+            )
+            f.write(json.dumps({"id": f"c{i:05d}", "prompt": prompt}, ensure_ascii=False) + "\n")
+    (root / "pyproject.toml").write_text(
+        f'[tool.modelrollout]\nstable = "sim:{stable}"\ncandidate = "sim:{candidate}"\n'
+        f"concurrency = {CONCURRENCY}\n",
+        encoding="utf-8",
+    )
+    body = NAIVE.format(stable=stable, candidate=candidate) if naive else SUITE
+    (root / "test_suite.py").write_text(body, encoding="utf-8")
+
+
+def run_pytest(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
+    plugin = "-p no:modelrollout" not in env.get("PYTEST_ADDOPTS", "")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           *(["--rollout-allow-inconclusive"] if plugin else []), *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode != 0:
+        raise SystemExit(f"pytest failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    return wall, tail
+
+
+def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> dict[str, Any]:
+    lat = args.latency_ms
+    stable, candidate = f"stable?latency_ms={lat}&jitter=0", f"good?latency_ms={lat}&jitter=0"
+    env = {**os.environ, "CI": "1"}
+    if sim_url:
+        env["MODELROLLOUT_SIM_URL"] = sim_url
+    else:
+        env.pop("MODELROLLOUT_SIM_URL", None)
+    calls = 2 * args.cases
+    ideal = calls * lat / 1000.0 / CONCURRENCY
+    out: dict[str, Any] = {"calls": calls, "ideal_s": ideal}
+    proj = work / "plugin"
+    write_project(proj, args.cases, stable, candidate)
+    run_pytest(proj, env, "--collect-only")  # warm the file system / bytecode caches
+    wall, tail = run_pytest(proj, env, "--rollout-report=report.json")
+    out["a_wall_s"], out["a_tail"] = wall, tail
+    report = json.loads((proj / "report.json").read_text(encoding="utf-8"))
+    wf = report["workflows"]["support"]
+    out["a_requests"] = wf["stable"]["requests"] + wf["candidate"]["requests"]
+    out["a_p50_ms"] = wf["candidate"]["latency_p50_ms"]
+    wall_np, _ = run_pytest(proj, env, "--rollout-no-prefetch")
+    out["a_no_prefetch_s"] = wall_np
+    if args.xdist:
+        wall_x, _ = run_pytest(proj, env, "-n", str(args.xdist), "--rollout-report=report_x.json")
+        out["a_xdist_s"] = wall_x
+        rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
+        wx = rx["workflows"]["support"]
+        out["a_xdist_same"] = (
+            rx["verdict"] == report["verdict"]
+            and wx["stable"]["requests"] == wf["stable"]["requests"]
+            and wx["candidate"]["output_tokens"] == wf["candidate"]["output_tokens"]
+            and wx["checks"] == wf["checks"]
+        )
+    # pytest start-up + collection alone, for reference
+    out["startup_s"], _ = run_pytest(proj, env, "--collect-only")
+    if not args.skip_naive and sim_url:
+        naive = work / "naive"
+        write_project(naive, args.cases, stable, candidate, naive=True)
+        wall_b, _ = run_pytest(naive, {**env, "PYTEST_ADDOPTS": "-p no:modelrollout"})
+        out["b_wall_s"] = wall_b
+    return out
+
+
+# -- (c) per-call overhead ------------------------------------------------------------------
+def bench_overhead(sim_url: str, n: int) -> dict[str, float]:
+    from pytest_modelrollout._records import CallRecord
+    from pytest_modelrollout.config import parse_config, resolve_model
+    from pytest_modelrollout.providers.base import ChatRequest
+    from pytest_modelrollout.providers.client import ModelRegistry
+    from pytest_modelrollout.replies import CheckContext, Reply
+    from pytest_modelrollout.session import call_record, reply_fields
+
+    model = "stable?latency_ms=0&jitter=0"
+    env = {**os.environ, "MODELROLLOUT_SIM_URL": sim_url}
+    os.environ["MODELROLLOUT_SIM_URL"] = sim_url
+    cfg = parse_config({})
+    registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(), env)
+    client = registry.client(f"sim:{model}")
+    prompts = [f"Where is my order A-{i}? It has not arrived yet." for i in range(n)]
+    url = sim_url + "/v1/chat/completions"
+
+    async def plugin_calls() -> float:
+        for p in prompts[:50]:
+            await client.call(ChatRequest(messages=[{"role": "user", "content": p}]))
+        reqs = [ChatRequest(messages=[{"role": "user", "content": p}]) for p in prompts]
+        c0 = time.process_time()
+        for req in reqs:
+            await client.call(req)
+        return (time.process_time() - c0) / n * 1000
+
+    async def raw_calls() -> float:
+        async with httpx.AsyncClient(timeout=60) as http:
+            for p in prompts[:50]:
+                (await http.post(url, json={"model": model, "messages": [
+                    {"role": "user", "content": p}]})).json()
+            bodies = [{"model": model, "messages": [{"role": "user", "content": p}]}
+                      for p in prompts]
+            c0 = time.process_time()
+            for body in bodies:
+                (await http.post(url, json=body)).json()
+            return (time.process_time() - c0) / n * 1000
+
+    async def both() -> tuple[float, float, Any]:
+        raw1 = await raw_calls()
+        plug = await plugin_calls()
+        raw2 = await raw_calls()
+        last = await client.call(ChatRequest(messages=[{"role": "user", "content": "hi"}]))
+        await registry.aclose()
+        return plug, min(raw1, raw2), last
+
+    plugin_ms, raw_ms, result = asyncio.run(both())
+
+    # per-reply work the handles do after the call: the CallRecord and the Reply
+    req = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    sink: list[Any] = []
+    m = 20000
+    c0 = time.process_time()
+    for i in range(m):
+        rec: CallRecord = call_record(result, source="live", pair_id=f"t#{i}", test_id="t",
+                                      workflow="w", role="candidate", model="m", case_id=None)
+        sink.append(rec)
+        Reply(model="m", request=req, source="live",
+              context=CheckContext(workflow="w", role="candidate", test_id="t",
+                                   pair_id=f"t#{i}", call_id=rec.call_id, record=sink.append,
+                                   strict=False),
+              **reply_fields(result))
+    reply_ms = (time.process_time() - c0) / m * 1000
+    return {"plugin_call_ms": plugin_ms, "raw_httpx_ms": raw_ms, "reply_record_ms": reply_ms,
+            "c_overhead_ms": plugin_ms + reply_ms - raw_ms}
+
+
+# -- (d) memory -------------------------------------------------------------------------------
+def bench_memory(sim_url: str, calls: int, work: Path) -> dict[str, Any]:
+    proj = work / "memory"
+    n = calls // 2
+    write_project(proj, n, "stable?latency_ms=0&jitter=0", "good?latency_ms=0&jitter=0")
+    env = {**os.environ, "CI": "1", "MODELROLLOUT_SIM_URL": sim_url}
+    wrapper = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+        "time.perf_counter() - t, p.returncode)\n"
+    )
+    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "pytest", "-q",
+           "-p", "no:cacheprovider", "--rollout-allow-inconclusive",
+           "--rollout-report=report.json"]
+    out = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, check=True)
+    kb, wall, rc = out.stdout.split()
+    if rc != "0":
+        raise SystemExit(f"memory run failed with {rc}")
+    report = json.loads((proj / "report.json").read_text(encoding="utf-8"))
+    wf = report["workflows"]["support"]
+    return {"d_peak_rss_mb": int(kb) / 1024, "d_calls": wf["stable"]["requests"]
+            + wf["candidate"]["requests"], "d_wall_s": float(wall)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--latency-ms", type=int, default=100)
+    ap.add_argument("--overhead-calls", type=int, default=2000)
+    ap.add_argument("--memory-calls", type=int, default=10000)
+    ap.add_argument("--xdist", type=int, default=0)
+    ap.add_argument("--in-process-sim", action="store_true")
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+
+    print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    print(f"machine: nproc={os.cpu_count()}, python {platform.python_version()}, "
+          f"{platform.platform()}, load average {os.getloadavg()[0]:.1f}")
+    sim, url = start_sim()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mr-throughput-") as tmp:
+            work = Path(tmp)
+            where = "in-process" if args.in_process_sim else f"standalone ({url})"
+            print(f"simulator: {where}; latency {args.latency_ms} ms, jitter 0")
+            r = bench_suite(args, None if args.in_process_sim else url, work)
+            if args.in_process_sim and not args.skip_naive:
+                naive = work / "naive"
+                lat = args.latency_ms
+                write_project(naive, args.cases, f"stable?latency_ms={lat}&jitter=0",
+                              f"good?latency_ms={lat}&jitter=0", naive=True)
+                env = {**os.environ, "CI": "1", "MODELROLLOUT_SIM_URL": url,
+                       "PYTEST_ADDOPTS": "-p no:modelrollout"}
+                r["b_wall_s"], _ = run_pytest(naive, env)
+            a_ratio = r["a_wall_s"] / r["ideal_s"]
+            print(f"(a) {args.cases} cases x 2 models = {r['calls']} calls "
+                  f"({r['a_requests']} recorded), wall {r['a_wall_s']:.2f} s incl. start-up "
+                  f"(start-up + collection alone {r['startup_s']:.2f} s); ideal "
+                  f"{r['ideal_s']:.2f} s -> {a_ratio:.2f}x ideal (target <= {TARGETS['a']}x); "
+                  f"p50 latency {r['a_p50_ms']:.0f} ms; without prefetch {r['a_no_prefetch_s']:.2f} s")
+            if "a_xdist_s" in r:
+                print(f"    -n {args.xdist}: wall {r['a_xdist_s']:.2f} s "
+                      f"(same verdict/requests/tokens/checks: {r['a_xdist_same']})")
+            if "b_wall_s" in r:
+                print(f"(b) naive pytest + httpx, sequential: {r['b_wall_s']:.2f} s -> "
+                      f"b/a = {r['b_wall_s'] / r['a_wall_s']:.1f}x (target >= {TARGETS['b']}x)")
+            o = bench_overhead(url, args.overhead_calls)
+            print(f"(c) CPU per call: ModelClient.call {o['plugin_call_ms']:.3f} ms + "
+                  f"record/Reply {o['reply_record_ms']:.3f} ms - raw httpx post+json "
+                  f"{o['raw_httpx_ms']:.3f} ms = {o['c_overhead_ms']:.3f} ms overhead "
+                  f"(target < {TARGETS['c']} ms)")
+            if not args.skip_memory:
+                m = bench_memory(url, args.memory_calls, work)
+                print(f"(d) peak RSS for {m['d_calls']} calls through pytest + plugin: "
+                      f"{m['d_peak_rss_mb']:.0f} MB (target < {TARGETS['d']:.0f} MB; "
+                      f"run took {m['d_wall_s']:.1f} s)")
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+if __name__ == "__main__":
+    main()

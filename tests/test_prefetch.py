@@ -1,0 +1,399 @@
+"""Prefetch (ahead-of-time calls): same records and verdict as a sequential run, no request sent
+twice, unused results never recorded, deselected and killed items never called.
+
+The simulator runs in this process (a :class:`SimServer` whose ``handle`` is wrapped to count
+requests) and the pytester runs, in-process or as ``-n 2`` workers, reach it through
+``MODELROLLOUT_SIM_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_modelrollout.prefetch import Prefetcher, _skipped_statically
+from pytest_modelrollout.sim import SimServer
+
+STABLE = "sim:stable?latency_ms=20&jitter=0"
+CANDIDATE = "sim:good?latency_ms=20&jitter=0"
+N_CASES = 12
+
+CONFIG = f"""
+[tool.modelrollout]
+stable = "{STABLE}"
+candidate = "{CANDIDATE}"
+"""
+
+SUITE = """
+import pytest
+from pytest_modelrollout import cases
+
+@pytest.mark.workflow("support", system="You are a concise support agent.", params={"temperature": 0})
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_support(rollout, case):
+    pair = rollout.ask(case)
+    pair.expect_language("same_as_prompt")
+    pair.expect_length(max_chars=2000)
+"""
+
+XDIST = pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+
+
+class CountingSim:
+    """The simulator, counting requests by (model, messages, attempt)."""
+
+    def __init__(self) -> None:
+        self.server = SimServer().start()
+        self.seen: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+        inner = self.server.simulator.handle
+
+        def handle(wire: Any, raw: bytes, headers: dict[str, str]) -> Any:
+            try:
+                body = json.loads(raw)
+                key = (
+                    str(body.get("model")),
+                    json.dumps(body.get("messages"), sort_keys=True),
+                    headers.get("x-modelrollout-attempt", "0"),
+                )
+            except ValueError:
+                key = ("?", "?", "?")
+            with self._lock:
+                self.seen[key] += 1
+            return inner(wire, raw, headers)
+
+        self.server.simulator.handle = handle  # type: ignore[method-assign]
+
+    def first_attempts(self, model: str | None = None) -> Counter[tuple[str, str, str]]:
+        with self._lock:
+            return Counter(
+                {
+                    k: v
+                    for k, v in self.seen.items()
+                    if k[2] == "0" and (model is None or k[0] == model)
+                }
+            )
+
+    def total(self, model: str | None = None) -> int:
+        return sum(self.first_attempts(model).values())
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seen.clear()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[CountingSim]:
+    s = CountingSim()
+    yield s
+    s.server.stop()
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, sim: CountingSim, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
+    sim.reset()
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.server.base_url)
+    monkeypatch.setenv("MODELROLLOUT_BACKOFF_SCALE", "0.01")
+    monkeypatch.delenv("MODELROLLOUT_KILLED", raising=False)
+    pytester.makepyprojecttoml(CONFIG)
+    lines = [
+        json.dumps({"id": f"c{i:02d}", "prompt": f"Where is my order A-{1000 + i}? It is late."})
+        for i in range(N_CASES // 2)
+    ] + [
+        json.dumps({"id": f"c{i:02d}", "prompt": f"你好，我的订单 B-{2000 + i} 什么时候到？"})
+        for i in range(N_CASES // 2, N_CASES)
+    ]
+    pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return pytester
+
+
+def _report(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _essentials(report: dict[str, Any]) -> dict[str, Any]:
+    """What must not depend on prefetch or xdist (latencies aside)."""
+    out: dict[str, Any] = {"verdict": report["verdict"]}
+    for name, wf in report["workflows"].items():
+        out[name] = {
+            "verdict": wf["verdict"],
+            "checks": wf["checks"],
+            **{
+                role: {
+                    k: wf[role][k]
+                    for k in (
+                        "requests",
+                        "success_rate",
+                        "error_rate",
+                        "input_tokens",
+                        "output_tokens",
+                        "validation_pass_rate",
+                        "check_pass_rates",
+                    )
+                }
+                for role in ("stable", "candidate")
+            },
+        }
+    return out
+
+
+def _run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return project.runpytest("-p", "no:cacheprovider", "--rollout-allow-inconclusive", *args)
+
+
+@XDIST
+def test_same_results_with_and_without_prefetch(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    project.makepyfile(test_suite=SUITE)
+    _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json").assert_outcomes(
+        passed=N_CASES
+    )
+    off_counts = sim.first_attempts()
+    sim.reset()
+    _run(project, *xdist, "--rollout-report=on.json").assert_outcomes(passed=N_CASES)
+    on_counts = sim.first_attempts()
+    assert _essentials(_report(project.path / "on.json")) == _essentials(
+        _report(project.path / "off.json")
+    )
+    # every request exactly once, with and without prefetch
+    assert len(on_counts) == 2 * N_CASES
+    assert set(on_counts.values()) == {1}
+    assert on_counts == off_counts
+
+
+def test_prefetch_is_used_and_reported(project: pytest.Pytester, sim: CountingSim) -> None:
+    project.makepyfile(test_suite=SUITE)
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
+    )
+    assert sim.total() == 2 * N_CASES
+
+
+def test_config_prefetch_false(project: pytest.Pytester, sim: CountingSim) -> None:
+    project.makepyprojecttoml(CONFIG + "prefetch = false\n")
+    project.makepyfile(test_suite=SUITE)
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    result.stdout.no_fnmatch_line("*modelrollout prefetch:*")
+    assert sim.total() == 2 * N_CASES
+
+
+@XDIST
+def test_unused_prefetch_is_not_recorded(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_other_request(rollout, case):
+            # not the marker-default request: the prefetched one must go unused
+            pair = rollout.ask(case, system="Answer in one sentence.")
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    _run(project, *xdist, "--rollout-report=r.json").assert_outcomes(passed=N_CASES)
+    report = _report(project.path / "r.json")
+    wf = report["workflows"]["support"]
+    assert wf["stable"]["requests"] == N_CASES
+    assert wf["candidate"]["requests"] == N_CASES
+    calls = report["records"]["calls"]
+    assert len(calls) == 2 * N_CASES
+    assert all(c["call_id"].endswith(("#0:stable", "#0:candidate")) for c in calls)
+    # live requests: exactly one per case and model; prefetched ones at most once each
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    live = [k for k in seen if "one sentence" in k[1]]
+    assert len(live) == 2 * N_CASES
+    ahead = [k for k in seen if "Be brief" in k[1]]
+    assert len(ahead) == (2 * N_CASES if not xdist else len(ahead)) and ahead
+
+
+def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
+    project.makepyfile(test_suite=SUITE)
+    result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")
+    result.assert_outcomes(passed=2, deselected=N_CASES - 2)
+    seen = sim.first_attempts()
+    assert len(seen) == 4 and set(seen.values()) == {1}
+    assert all("A-1000" in k[1] or "B-2007" in k[1] for k in seen)
+
+
+def test_skipped_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
+    project.makepyfile(
+        test_suite=SUITE.replace(
+            '@pytest.mark.workflow("support"',
+            '@pytest.mark.skip("no")\n@pytest.mark.workflow("support"',
+        )
+    )
+    _run(project).assert_outcomes(skipped=N_CASES)
+    assert sim.total() == 0
+
+
+@XDIST
+def test_kill_switch_is_respected(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    project.makepyfile(
+        test_suite=SUITE
+        + """
+
+@pytest.mark.workflow("solo")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_stable_only(stable, case):
+    assert stable.ask(case).ok
+"""
+    )
+    result = _run(project, *xdist, f"--rollout-kill={CANDIDATE}", "--rollout-no-gate")
+    result.assert_outcomes(passed=N_CASES, skipped=N_CASES)
+    assert sim.total(CANDIDATE.removeprefix("sim:")) == 0
+    assert sim.total(STABLE.removeprefix("sim:")) == N_CASES
+
+
+def test_shadow_rows_do_not_call_the_stable(project: pytest.Pytester, sim: CountingSim) -> None:
+    rows = [
+        {
+            "id": f"s{i}",
+            "prompt": f"Where is my order A-{3000 + i}?",
+            "stable_reply": {"text": f"Your order A-{3000 + i} ships tomorrow.", "latency_ms": 500},
+        }
+        for i in range(4)
+    ]
+    project.path.joinpath("cases.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8"
+    )
+    project.makepyfile(test_suite=SUITE)
+    _run(project, "--rollout-report=r.json").assert_outcomes(passed=4)
+    assert sim.total(STABLE.removeprefix("sim:")) == 0
+    assert sim.total(CANDIDATE.removeprefix("sim:")) == 4
+    wf = _report(project.path / "r.json")["workflows"]["support"]
+    assert wf["stable"]["shadow"] == 4 and wf["candidate"]["requests"] == 4
+
+
+def test_cassettes_record_then_replay(project: pytest.Pytester, sim: CountingSim) -> None:
+    project.makepyfile(test_suite=SUITE)
+    _run(project, "--rollout-record=new", "--rollout-report=new.json").assert_outcomes(
+        passed=N_CASES
+    )
+    assert sim.total() == 2 * N_CASES
+    sim.reset()
+    _run(project, "--rollout-record=replay", "--rollout-report=replay.json").assert_outcomes(
+        passed=N_CASES
+    )
+    assert sim.total() == 0
+    replay = _report(project.path / "replay.json")["workflows"]["support"]
+    assert replay["candidate"]["replayed"] == N_CASES
+    new = _essentials(_report(project.path / "new.json"))
+    assert _essentials(_report(project.path / "replay.json")) == new
+
+
+@XDIST
+def test_rate_limits_with_prefetch(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """429s (retried with adaptive back-off) and an rpm bucket give the same records."""
+    project.makepyprojecttoml(
+        """
+[tool.modelrollout]
+stable = "steady"
+candidate = "limited"
+
+[tool.modelrollout.models.steady]
+provider = "sim"
+model = "stable?latency_ms=10&jitter=0"
+
+[tool.modelrollout.models.limited]
+provider = "sim"
+model = "flaky?error_rate=0&rate_limit_rate=0.2&latency_ms=10&jitter=0"
+max_retries = 3
+rpm = 6000
+"""
+    )
+    project.makepyfile(test_suite=SUITE)
+    _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json").assert_outcomes(
+        passed=N_CASES
+    )
+    sim.reset()
+    _run(project, *xdist, "--rollout-report=on.json").assert_outcomes(passed=N_CASES)
+    on = _report(project.path / "on.json")
+    assert _essentials(on) == _essentials(_report(project.path / "off.json"))
+    assert on["workflows"]["support"]["candidate"]["success_rate"] == 1.0
+    seen = sim.first_attempts()
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
+    retried = [k for k, v in sim.seen.items() if k[2] != "0"]
+    assert retried, "the flaky persona should have answered some first attempts with 429"
+
+
+@pytest.mark.parametrize("dist", ["load", "worksteal"])
+def test_xdist_modes_send_nothing_twice(
+    project: pytest.Pytester, sim: CountingSim, dist: str
+) -> None:
+    project.makepyfile(test_suite=SUITE, test_more=SUITE.replace("test_support", "test_again"))
+    _run(project, "-n", "2", f"--dist={dist}", "--rollout-report=r.json").assert_outcomes(
+        passed=2 * N_CASES
+    )
+    seen = sim.first_attempts()
+    # both files ask the same requests: each is asked exactly twice (once per test)
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {2}
+
+
+# -- units ---------------------------------------------------------------------------------
+def test_skipped_statically(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        def test_plain(): pass
+        @pytest.mark.skipif(False, reason="no")
+        def test_skipif_false(): pass
+        @pytest.mark.skipif(True, reason="yes")
+        def test_skipif_true(): pass
+        @pytest.mark.skipif("1 == 1", reason="string")
+        def test_skipif_string(): pass
+        @pytest.mark.xfail(run=False)
+        def test_xfail_norun(): pass
+        """
+    )
+    items, _ = pytester.inline_genitems()
+    assert {i.name: _skipped_statically(i) for i in items} == {
+        "test_plain": False,
+        "test_skipif_false": False,
+        "test_skipif_true": True,
+        "test_skipif_string": True,
+        "test_xfail_norun": True,
+    }
+
+
+def test_take_requires_the_exact_request() -> None:
+    import concurrent.futures
+
+    from pytest_modelrollout.prefetch import Slot
+    from pytest_modelrollout.providers.base import ChatRequest
+
+    pf = Prefetcher.__new__(Prefetcher)
+    Prefetcher.__init__(pf, session=None, context_for=lambda item: None, window=4)  # type: ignore[arg-type]
+    req = ChatRequest(messages=[{"role": "user", "content": "hi"}], system="s")
+    other = ChatRequest(messages=[{"role": "user", "content": "hi"}], system="t")
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    pf._slots["t::a"] = [Slot("candidate", "m", req.key("m"), fut)]
+    pf._held = 1
+    assert pf.take("t::a", [("m", other, "candidate")]) == [None]
+    assert pf.take("t::a", [("x", req, "candidate")]) == [None]
+    assert pf.take("t::a", [("m", req, "stable")]) == [None]
+    assert pf.take("t::b", [("m", req, "candidate")]) == [None]
+    assert pf.take("t::a", [("m", req, "candidate")]) == [fut]
+    assert pf.take("t::a", [("m", req, "candidate")]) == [None]  # consumed once
+    assert pf.held == 0 and pf.stats.used == 1

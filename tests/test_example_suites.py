@@ -29,7 +29,7 @@ RUNS: dict[str, tuple[list[str], list[str], str | None]] = {
     "default": ([], [], None),
     "xdist": (["-n", "2"], [], None),
     "flaky": (["--candidate=sim:flaky"], ["json_extraction"], None),
-    "slow": (["--candidate=sim:slow"], ["json_extraction"], None),
+    "slow": (["--candidate=sim:slow"], ["automation_tasks"], None),
     "verbose": (["--candidate=sim:verbose"], ["support_chat"], "0"),
     "sloppy-json": (["--candidate=sim:sloppy-json"], ["json_extraction"], "0"),
     "wrong-language": (["--candidate=sim:wrong-language"], ["multilingual", "support_chat"], "0"),
@@ -184,8 +184,8 @@ def test_slow_is_caught_by_the_latency_gate(runs: dict[str, Run]) -> None:
     assert run.report["verdict"] in ("BLOCKED", "INCONCLUSIVE")
     # every test passes (each call is under its 4 s budget): the p95 gate is what catches it
     assert " failed" not in run.output.strip().splitlines()[-1], _tail(run)
-    assert any(r.startswith("p95_latency") for r in run.reasons("json_extraction")), run.reasons(
-        "json_extraction"
+    assert any(r.startswith("p95_latency") for r in run.reasons("automation_tasks")), run.reasons(
+        "automation_tasks"
     )
 
 

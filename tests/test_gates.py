@@ -112,7 +112,7 @@ def test_default_gates() -> None:
         "min_samples:20",
     ]
     assert all(g.source == "default" for g in default_gates())
-    assert next(g for g in default_gates() if g.metric == "error_rate").floor == 0.02
+    assert next(g for g in default_gates() if g.metric == "error_rate").floor == 0.03
 
 
 def test_config_gates_all_keys() -> None:
@@ -202,7 +202,7 @@ def test_merge_later_sources_win() -> None:
     assert by_metric[("fallback_rate", "cap")].source == "default"
     merged2 = merge_gates(default_gates(), [parse_gate("error_rate:x3")])
     g = next(g for g in merged2 if g.metric == "error_rate")
-    assert (g.threshold, g.floor) == (3.0, 0.02)
+    assert (g.threshold, g.floor) == (3.0, 0.03)
 
 
 def test_gate_to_dict() -> None:
@@ -310,19 +310,24 @@ def test_blocked_on_error_rate_and_checks() -> None:
     err = gates["error_rate:x2"]
     assert err["status"] == "breach"
     assert "error rate 1.0% -> 20.0% (x20.00, 95% CI x" in err["message"]
-    assert "exceeds x2 and +2.0pp" in err["message"]
+    assert "exceeds x2 and +3.0pp" in err["message"]
     js = gates["check.*:-2pp"]
     assert js["regressions"] == 38 and js["pairs"] == 200
     assert "check json pass rate 99.0% -> 80.0% (-19.0pp" in js["message"]
 
 
 def test_error_floor_zero_to_one() -> None:
-    # 0 -> 1 error in 40 is an infinite ratio but only +2.5pp: not confirmed, and not
-    # significantly worse than the stable: tolerated as chance
+    # 0 -> 1 error in 40 is an infinite ratio but only +2.5pp, below the 3pp floor: no breach
     ev = evaluate(build(40, c_err=1), default_gates())
     err = next(r for r in ev.results if r.gate.metric == "error_rate")
-    assert err.status == "tolerated"
+    assert err.status == "ok"
     assert ev.verdict == "READY"
+    # 0 -> 1 in 20 (+5pp) is beyond the floor but cannot be confirmed: INCONCLUSIVE, never
+    # BLOCKED on an "infinite" ratio
+    ev = evaluate(build(20, c_err=1), default_gates())
+    err = next(r for r in ev.results if r.gate.metric == "error_rate")
+    assert err.status == "unconfirmed"
+    assert ev.verdict == "INCONCLUSIVE"
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,6 @@ def test_new_records_then_replay_needs_no_network(
     replay = run(project, *xdist, "--rollout-record=replay", "--rollout-report=rep.json")
     replay.assert_outcomes(passed=4)
     assert sim.count == 8
-    replay.stdout.fnmatch_lines(["*REPLY replay replay*"])
     rec, rep = report(project.path / "rec.json"), report(project.path / "rep.json")
     for role in ("stable", "candidate"):
         r, p = rec["workflows"]["support"][role], rep["workflows"]["support"][role]
@@ -122,12 +121,14 @@ def test_new_records_then_replay_needs_no_network(
             assert p[key] == r[key], key
         # the recorded latency is kept
         assert p["latency_p50_ms"] == pytest.approx(r["latency_p50_ms"], rel=0.01)
-    replied = sorted(line for line in replay.outlines if "REPLY" in line)
-    assert replied == sorted(
-        line.replace("REPLY live live", "REPLY replay replay")
-        for line in first.outlines
-        if "REPLY" in line
-    )
+    if not xdist:  # -s shows the tests' prints only without xdist: same replies, replayed
+        replied = sorted(line for line in replay.outlines if "REPLY" in line)
+        assert len(replied) == 4
+        assert replied == sorted(
+            line.replace("REPLY live live", "REPLY replay replay")
+            for line in first.outlines
+            if "REPLY" in line
+        )
 
 
 def test_replay_miss_names_the_request(

@@ -107,7 +107,8 @@ def test_slightly_worse_near_threshold_is_inconclusive_not_blocked() -> None:
     assert counts["INCONCLUSIVE"] > counts["BLOCKED"], counts
     assert counts.most_common(1)[0][0] == "INCONCLUSIVE", counts
     v, gates = verdict(0, 30, Model(sigma=0.2), slower)
-    assert (v, gates) == ("INCONCLUSIVE", ["p95_latency:+25%"])
+    assert v == "INCONCLUSIVE"
+    assert "p95_latency:+25%" in gates
     # more data settles it
     counts = Counter(verdict(seed, 400, Model(sigma=0.2), slower)[0] for seed in range(5))
     assert counts["BLOCKED"] >= 4, counts

@@ -74,7 +74,7 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_DECISION = "standard"
 # An error-like rate breaches a ratio gate only when it also rose by more than this many
 # points: 0 errors -> 1 error in 20 is a ratio of infinity but not, by itself, a regression.
-DEFAULT_RATE_FLOOR = 0.02
+DEFAULT_RATE_FLOOR = 0.03
 
 DEFAULT_GATES_CONFIG: dict[str, Any] = {
     "max_p95_latency_increase": 0.25,
@@ -602,6 +602,10 @@ def _judge(
     return "ok", "is within {limit}"
 
 
+def _always() -> bool:
+    return True
+
+
 def _adjusted(worse_confidence: float, comparisons: int) -> str:
     if comparisons <= 1:
         return f"{_ci(worse_confidence)} includes no change"
@@ -721,8 +725,15 @@ def _judge_counts(
             wlo, whi = diff_iv(ctx.worse_confidence)
             return wlo > 0 if up else whi < 0
 
+        # Only paired check comparisons may tolerate a point breach that is within chance
+        # (identical models disagree on a few cases by chance); any other breach that the
+        # data cannot confirm is INCONCLUSIVE, as the contract says.
+        paired = pairs is not None and pairs.paired
         status, verb = _judge(
-            [_Cond(diff, lo, hi, limit, up, 0.0)], ctx.decision, worse_pp, ctx.adjusted
+            [_Cond(diff, lo, hi, limit, up, 0.0)],
+            ctx.decision,
+            worse_pp if paired else _always,
+            ctx.adjusted,
         )
         body = f"{_pct(ps)} -> {_pct(pc)} ({_pp(diff)}, {ci} {_pp(lo)}..{_pp(hi)}{detail})"
         return _result(
@@ -765,7 +776,8 @@ def _judge_counts(
             return newcombe_interval(xc, nc, xs, ns, wc)[0] > 0
         return mover_ratio_interval(xc, nc, xs, ns, wc)[1] < 1
 
-    status, verb = _judge(conds, ctx.decision, worse_rel, ctx.adjusted)
+    del worse_rel  # rate breaches are never tolerated: confirmed (BLOCKED) or INCONCLUSIVE
+    status, verb = _judge(conds, ctx.decision, _always, ctx.adjusted)
     return _result(
         gate,
         label,
@@ -839,8 +851,9 @@ def _judge_ratio(
         wlo, whi = interval(ctx.worse_confidence)
         return wlo > 1.0 if above else whi < 1.0
 
+    del worse  # latency / cost breaches are never tolerated: confirmed or INCONCLUSIVE
     status, verb = _judge(
-        [_Cond(ratio, lo, hi, limit, above, 1.0)], ctx.decision, worse, ctx.adjusted
+        [_Cond(ratio, lo, hi, limit, above, 1.0)], ctx.decision, _always, ctx.adjusted
     )
     return _result(
         gate,

@@ -131,9 +131,12 @@ def run_pytest(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            *(["--rollout-allow-inconclusive"] if plugin else []), *args]
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    tail = f"cpu {cpu:.2f} s; " + (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0:
         raise SystemExit(f"pytest failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     return wall, tail
@@ -315,6 +318,9 @@ def main() -> None:
                   f"(start-up + collection alone {r['startup_s']:.2f} s); ideal "
                   f"{r['ideal_s']:.2f} s -> {a_ratio:.2f}x ideal (target <= {TARGETS['a']}x); "
                   f"p50 latency {r['a_p50_ms']:.0f} ms; without prefetch {r['a_no_prefetch_s']:.2f} s")
+            print(f"    pytest process: {r['a_tail']}; wall minus start-up "
+                  f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
+                  f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")
             if "a_xdist_s" in r:
                 print(f"    -n {args.xdist}: wall {r['a_xdist_s']:.2f} s "
                       f"(same verdict/requests/tokens/checks: {r['a_xdist_same']})")

@@ -10,3 +10,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("MODELROLLOUT_BACKOFF_SCALE", "0.01")
+# Simulated waits at a fifth of their size; tests about latency set their own scale or use
+# explicit `?latency_ms=` persona options, which are never scaled.
+os.environ.setdefault("MODELROLLOUT_SIM_LATENCY_SCALE", "0.2")

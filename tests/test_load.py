@@ -4,7 +4,7 @@ Every call must be accounted for exactly once (successes + fallbacks + errors + 
 requests, no duplicate, none lost), the retry counts must add up to the requests the clients
 sent, no concurrency slot may leak, and memory must stay bounded.
 
-The number of calls defaults to 2,000 so the suite stays fast on a small CI machine; set
+The number of calls defaults to 1,000 so the suite stays fast on a small CI machine; set
 ``MODELROLLOUT_LOAD_CALLS=5000`` for the full run whose figures are in docs/reliability.md.
 The figures of each run are printed (``-s``) and written to ``$MODELROLLOUT_LOAD_FIGURES`` when
 that is set.
@@ -28,7 +28,7 @@ from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
 from pytest_modelrollout.providers.client import CallResult, ModelRegistry
 from pytest_modelrollout.runner import Runner
 
-CALLS = int(os.environ.get("MODELROLLOUT_LOAD_CALLS", "2000"))
+CALLS = int(os.environ.get("MODELROLLOUT_LOAD_CALLS", "1000"))
 CONCURRENCY = 64
 FLAKY = "flaky?error_rate=0.1&rate_limit_rate=0.05&latency_ms=0"
 RSS_BOUND_MB = 96.0  # growth allowed while running CALLS calls (results are not kept)

@@ -21,16 +21,16 @@ from ._exceptions import (
     ServerError,
 )
 from ._version import __version__
-from .datasets import Case, cases
 from .checks import RegressionError
+from .datasets import Case, cases
 from .replies import Pair, Reply, ToolCall
 from .structure import StructureSnapshotExtension
 
 __all__ = [
     "AuthError",
     "BadResponseError",
-    "CassetteError",
     "Case",
+    "CassetteError",
     "ClientError",
     "ConfigError",
     "DatasetError",

@@ -63,7 +63,7 @@ class ProviderError(ModelRolloutError):
         return f"{self.kind}: {msg}" if not msg.startswith(self.kind) else msg
 
 
-class TimeoutError_(ProviderError):  # noqa: N801 - avoid shadowing the builtin
+class TimeoutError_(ProviderError):
     kind = "timeout"
     retryable = True
 
@@ -78,7 +78,7 @@ class ServerError(ProviderError):
     retryable = True
 
 
-class ConnectionError_(ProviderError):  # noqa: N801
+class ConnectionError_(ProviderError):
     kind = "connection"
     retryable = True
 

@@ -21,7 +21,7 @@ from .providers.base import ModelSpec
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 RECORD_MODES = ("off", "replay", "new", "all")
 EXIT_MODES = ("tests", "verdict")
@@ -126,7 +126,8 @@ def parse_config(data: Mapping[str, Any], where: str = "config") -> RolloutConfi
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:

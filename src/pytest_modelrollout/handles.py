@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import CassetteError, KilledError
 from ._records import Role
@@ -188,27 +188,19 @@ class TestContext:
 
 def shadow_result(shadow: Any, ref: str) -> CallResult:
     """A CallResult from a recorded production reply (shadow traffic)."""
-    from ._exceptions import BadResponseError, TimeoutError_
-
-    status = getattr(shadow, "status", "ok") or "ok"
-    error = None
-    response = None
-    if status == "ok":
-        response = shadow.to_provider_response()
-    elif status == "timeout":
-        error = TimeoutError_(getattr(shadow, "error", None) or "timed out in production")
-    else:
-        error = BadResponseError(getattr(shadow, "error", None) or "failed in production")
+    status: Literal["ok", "error", "timeout"] = (
+        shadow.status if shadow.status in ("ok", "timeout") else "error"
+    )
     return CallResult(
         ref=ref,
         status=status,
-        response=response,
-        error=error,
-        latency_ms=getattr(shadow, "latency_ms", None) or 0.0,
+        response=shadow.to_provider_response() if status == "ok" else None,
+        error=shadow.to_error(),
+        latency_ms=shadow.latency_ms or 0.0,
         attempts=1,
         fallback=False,
-        served_by=getattr(shadow, "model", None) or ref,
-        cost_usd=getattr(shadow, "cost_usd", None),
+        served_by=shadow.model or ref,
+        cost_usd=shadow.cost_usd,
         started_at=0.0,
     )
 

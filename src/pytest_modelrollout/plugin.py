@@ -302,7 +302,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     if rs is None:
         return
     output = getattr(node, "workeroutput", None) or {}
-    worker = str(getattr(node, "gateway", None) and node.gateway.id or "worker")
+    worker = str((getattr(node, "gateway", None) and node.gateway.id) or "worker")
     rs.merge_worker(output.get(WORKER_KEY), worker)
 
 

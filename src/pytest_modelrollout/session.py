@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import CassetteError, ConfigError, KilledError, ModelRolloutError
+from ._exceptions import ConfigError, KilledError, ModelRolloutError
 from ._records import CallRecord, CheckRecord, RecordSet, Role
 from .config import RolloutConfig, check_api_key, resolve_model
 from .providers.base import ChatRequest, ModelSpec, ProviderResponse
@@ -88,7 +88,9 @@ class RolloutSession:
         self.report_errors: list[str] = []
         from .cassettes import resolve_record_modes
 
-        self.record_modes: dict[str, str] = resolve_record_modes(cfg.record, options.record)
+        self.record_modes: dict[str, str] = {
+            str(k): str(v) for k, v in resolve_record_modes(cfg.record, options.record).items()
+        }
         self._stores: dict[str, Any] = {}
         self.marker_gates: dict[str, dict[str, Any]] = {}
         self.prefetch: Prefetcher | None = None  # set by prefetch.PrefetchPlugin while running

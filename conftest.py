@@ -13,3 +13,38 @@ os.environ.setdefault("MODELROLLOUT_BACKOFF_SCALE", "0.01")
 # Simulated waits at a fifth of their size; tests about latency set their own scale or use
 # explicit `?latency_ms=` persona options, which are never scaled.
 os.environ.setdefault("MODELROLLOUT_SIM_LATENCY_SCALE", "0.2")
+
+
+def _warm_up_lazy_imports() -> None:
+    """Import, once and for good, what httpx/httpcore import lazily on first use.
+
+    pytester's in-process runs restore ``sys.modules`` afterwards: a module first imported
+    inside one of them (httpcore's async backends, for instance) is dropped and later imported
+    again as a *new* module, with new exception classes that httpx no longer recognises. Doing a
+    real request (and a refused one) here puts those modules in place before any pytester run.
+    """
+    import asyncio
+
+    import httpx
+
+    from pytest_modelrollout.sim import get_simulator
+
+    base = get_simulator().base_url
+
+    async def go() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await client.post(
+                f"{base}/v1/chat/completions",
+                json={"model": "stable", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            try:
+                await client.get("http://127.0.0.1:9/")
+            except httpx.HTTPError:
+                pass
+
+    asyncio.run(go())
+    with httpx.Client(timeout=5) as sync_client:
+        sync_client.get(f"{base}/v1/models")
+
+
+_warm_up_lazy_imports()

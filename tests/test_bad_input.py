@@ -36,11 +36,11 @@ class Bad:
 
 
 def _model(body: str, top: str = 'stable = "sim:stable"\ncandidate = "m"\n') -> str:
-    return f'[tool.modelrollout]\n{top}[tool.modelrollout.models.m]\n{body}'
+    return f"[tool.modelrollout]\n{top}[tool.modelrollout.models.m]\n{body}"
 
 
 CONFIGS = [
-    Bad("toml-syntax", ("pyproject.toml", "TOML"), pyproject="[tool.modelrollout\nstable = 1\n"),
+    Bad("toml-syntax", ("pyproject.toml", "line 1"), pyproject="[tool.modelrollout\nstable = 1\n"),
     Bad("toml-syntax-modelrollout-toml", ("modelrollout.toml", "TOML"),
         files={"modelrollout.toml": 'stable = "sim:stable"\ncandidate = \n'}),
     Bad("unknown-top-key", ("candidat", "unknown key"), pyproject=BASE + 'candidat = "x"\n'),

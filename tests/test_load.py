@@ -177,9 +177,7 @@ def test_load_every_call_accounted_for(runner: Runner) -> None:
     assert len(seen) == CALLS and set(seen) == set(range(CALLS))
     assert all(n == 1 for n in seen.values())
     assert sum(buckets.values()) == CALLS
-    assert (
-        buckets["success"] + buckets["fallback"] + buckets["error"] + buckets["timeout"] == CALLS
-    )
+    assert buckets["success"] + buckets["fallback"] + buckets["error"] + buckets["timeout"] == CALLS
     # every attempt the results report was a request a client sent (incl. fallback calls)
     assert attempts_total == sent
     # shape of the outcome: ~10% permanent 500s (error without fallback, fallback with),

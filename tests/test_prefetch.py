@@ -171,9 +171,13 @@ def test_same_results_with_and_without_prefetch(
     assert on_counts == off_counts
 
 
-def test_prefetch_is_used_and_reported(project: pytest.Pytester, sim: CountingSim) -> None:
+@pytest.mark.parametrize("concurrency", [[], ["--rollout-concurrency=1"]], ids=["16", "1"])
+def test_prefetch_is_used_and_reported(
+    project: pytest.Pytester, sim: CountingSim, concurrency: list[str]
+) -> None:
+    """With concurrency 1 the window (4 calls) is smaller than the suite: it must slide."""
     project.makepyfile(test_suite=SUITE)
-    result = _run(project, "-v")
+    result = _run(project, "-v", *concurrency)
     result.assert_outcomes(passed=N_CASES)
     result.stdout.fnmatch_lines(
         [f"modelrollout prefetch: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]

@@ -8,6 +8,7 @@ to :class:`~.providers.base.ModelSpec`. This module does not import pytest.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,6 +77,19 @@ class WorkflowConfig(_Strict):
 
     _record = field_validator("record")(_check_record)
 
+    @field_validator("gates")
+    @classmethod
+    def _gates(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_gates(v, "workflow")
+
+
+def _check_gates(v: dict[str, Any], source: str) -> dict[str, Any]:
+    """Validate a gates table now (at configure time) rather than at the end of the session."""
+    from .gates import parse_gates_config
+
+    parse_gates_config(v, source)  # GateError is a ValueError: pydantic names the key
+    return v
+
 
 class RolloutConfig(_Strict):
     stable: str | None = None
@@ -96,6 +110,11 @@ class RolloutConfig(_Strict):
 
     _record = field_validator("record")(_check_record)
 
+    @field_validator("gates")
+    @classmethod
+    def _gates(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_gates(v, "config")
+
     @field_validator("traffic_plan")
     @classmethod
     def _plan(cls, v: list[float]) -> list[float]:
@@ -104,9 +123,18 @@ class RolloutConfig(_Strict):
         return v
 
 
+_PLAIN_KEY = re.compile(r"[\w.\-?&=:/*+ ]+")
+
+
+def _loc_part(part: object) -> str:
+    """A key of the error location; odd ones (empty, control characters) quoted on one line."""
+    text = str(part)
+    return text if _PLAIN_KEY.fullmatch(text) else repr(text)
+
+
 def _format_validation_error(exc: ValidationError, where: str) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    loc = ".".join(_loc_part(p) for p in err["loc"] if not str(p).startswith("function-"))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -205,6 +233,8 @@ def resolve_model(cfg: RolloutConfig, ref: str) -> ModelSpec:
             f"{where}: unknown provider {provider!r} (known: {', '.join(sorted(presets))})"
         )
     preset = presets[provider]
+    if getattr(preset, "dynamic_base_url", False) and not os.environ.get("MODELROLLOUT_SIM_URL"):
+        _check_sim_model(model_id, where)
     base_url = mc.base_url or preset.base_url
     if base_url is None and not getattr(preset, "dynamic_base_url", False):
         raise ConfigError(f"{where}: base_url is required for provider {provider!r}")
@@ -234,6 +264,21 @@ def resolve_model(cfg: RolloutConfig, ref: str) -> ModelSpec:
         rpm=mc.rpm,
         tpm=mc.tpm,
     )
+
+
+def _check_sim_model(model_id: str, where: str) -> None:
+    """The built-in simulator's persona and options, checked before any test runs."""
+    from .sim.personas import PERSONAS, BadOption, UnknownPersona, parse_model
+
+    try:
+        parse_model(model_id)
+    except UnknownPersona as exc:
+        known = ", ".join(p for p in PERSONAS if not p.startswith("fault-"))
+        raise ConfigError(
+            f"{where}: unknown simulator persona {str(exc)!r} (known: {known}, fault-*)"
+        ) from None
+    except BadOption as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def killed_models(cfg: RolloutConfig, cli: list[str] | None, env: Mapping[str, str]) -> set[str]:

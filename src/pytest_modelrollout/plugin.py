@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"modelrollout: {exc}") from None
     config.stash[SESSION_KEY] = session
+    if not _is_worker(config):
+        config.pluginmanager.register(_WorkerRecordSink(session), "modelrollout-worker-records")
     if session.options.smoke:
         from .smoke import SmokePlugin
 
@@ -294,6 +296,39 @@ def candidate(_modelrollout_context: TestContext) -> ModelHandle:
 # -- xdist -----------------------------------------------------------------------------------
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+REPORT_ATTR = "modelrollout_records"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """On an xdist worker, send the test's records with its teardown report.
+
+    The controller merges them as they come (:class:`_WorkerRecordSink`), so a worker that
+    crashes loses only the test it was running, not everything it did before.
+    """
+    outcome = yield
+    if call.when != "teardown" or not _is_worker(item.config):
+        return
+    rs = item.config.stash.get(SESSION_KEY, None)
+    payload = rs.drain_new_records() if rs is not None else None
+    if payload is not None:
+        setattr(outcome.get_result(), REPORT_ATTR, payload)
+
+
+class _WorkerRecordSink:
+    """Controller side: merge the records that arrive with the workers' test reports."""
+
+    def __init__(self, session: RolloutSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = getattr(report, REPORT_ATTR, None)
+        if isinstance(payload, dict):
+            self.session.merge_increment(payload)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -193,10 +193,10 @@ class Prefetcher:
 
     def advance(self, upcoming: Iterator[pytest.Item]) -> None:
         """Plan and submit upcoming items (in run order) until the window is full."""
-        if self._closed:
-            return
-        for item in upcoming:
-            if self._held >= self.window:
+        # check the window before pulling the next item: a pulled item is never skipped
+        while not self._closed and self._held < self.window:
+            item = next(upcoming, None)
+            if item is None:
                 return
             self.submit_item(item)
 

@@ -93,6 +93,7 @@ class RolloutSession:
         }
         self._stores: dict[str, Any] = {}
         self.marker_gates: dict[str, dict[str, Any]] = {}
+        self._sent = (0, 0)  # xdist worker: (calls, checks) already sent to the controller
         self.prefetch: Prefetcher | None = None  # set by prefetch.PrefetchPlugin while running
 
     # -- models -----------------------------------------------------------------------------
@@ -247,18 +248,47 @@ class RolloutSession:
 
     def merge_worker(self, data: Mapping[str, Any] | None, worker: str) -> None:
         if not data:
+            # a crashed worker sends no final payload; what it sent with each finished test's
+            # report is already merged (see merge_increment), only its last test is lost
             self.crashed_workers.append(worker)
             return
+        self.merge_increment(data)
+
+    def merge_increment(self, data: Mapping[str, Any]) -> None:
+        """Merge records (and workflow models, marker gates) sent by an xdist worker."""
         rs = RecordSet.from_dict(dict(data.get("records", {})))
         with self._lock:
             self.records.extend(rs)
             for name, (st, ca) in dict(data.get("workflows", {})).items():
                 self.workflows.setdefault(name, WorkflowModels(name, st, ca))
+            for name, gates in dict(data.get("marker_gates", {})).items():
+                self.marker_gates.setdefault(name, dict(gates))
+
+    def drain_new_records(self) -> dict[str, Any] | None:
+        """On an xdist worker: the records added since the last drain, or None.
+
+        Sent with each test's teardown report, so that a worker that crashes later loses at
+        most the test it was running (the final payload only carries what is left).
+        """
+        with self._lock:
+            n_calls, n_checks = self._sent
+            calls = self.records.calls[n_calls:]
+            checks = self.records.checks[n_checks:]
+            self._sent = (len(self.records.calls), len(self.records.checks))
+        if not calls and not checks:
+            return None
+        return {
+            "records": RecordSet(calls=list(calls), checks=list(checks)).to_dict(),
+            "workflows": {n: [w.stable, w.candidate] for n, w in self.workflows.items()},
+            "marker_gates": dict(self.marker_gates),
+        }
 
     def worker_payload(self) -> dict[str, Any]:
+        rest = self.drain_new_records()
         return {
-            "records": self.records.to_dict(),
+            "records": rest["records"] if rest else RecordSet().to_dict(),
             "workflows": {n: [w.stable, w.candidate] for n, w in self.workflows.items()},
+            "marker_gates": dict(self.marker_gates),
         }
 
     # -- gates and the end ---------------------------------------------------------------------

@@ -28,7 +28,9 @@ def _warm_up_lazy_imports() -> None:
     import httpx
 
     from pytest_modelrollout.sim import get_simulator
+    from pytest_modelrollout.sim.process import simulator_url
 
+    simulator_url()  # the child-process simulator the `sim` provider uses
     base = get_simulator().base_url
 
     async def go() -> None:

@@ -71,9 +71,10 @@ def sim_base_url(wire: Wire, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     root = (env.get(SIM_URL_ENV) or "").strip()
     if not root:
-        # lazy: the simulator is started on first use only
-        sim = importlib.import_module("pytest_modelrollout.sim")
-        root = str(sim.get_simulator().base_url)
+        # lazy: the simulator is started on first use only, in a child process so that its
+        # latencies are not distorted by the test process holding the GIL
+        sim = importlib.import_module("pytest_modelrollout.sim.process")
+        root = str(sim.simulator_url())
     root = root.rstrip("/")
     if root.endswith("/v1"):
         root = root[: -len("/v1")]

@@ -1,0 +1,96 @@
+"""The simulator in a child process: what the ``sim`` provider uses by default.
+
+Latency is the metric users care most about, so it must be measured honestly. A simulator
+running in a thread of the test process competes with the tests (and the plugin's own event
+loop) for the GIL: a busy moment in pytest then shows up as a slow *reply*, and a p95 gate flaps.
+In its own process the simulator waits and answers on its own core's time.
+
+One child per distinct ``MODELROLLOUT_SIM_LATENCY_SCALE`` value (read when the child starts),
+started on first use. The child stops when its parent goes away (it watches its stdin pipe), so
+nothing outlives the test session. ``MODELROLLOUT_SIM_INPROCESS=1`` uses the in-process
+simulator instead.
+
+Usage of the child: ``python -m pytest_modelrollout.sim.process`` prints ``PORT <n>`` and serves
+until its stdin closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import threading
+
+from .personas import LATENCY_SCALE_ENV
+
+INPROCESS_ENV = "MODELROLLOUT_SIM_INPROCESS"
+
+_lock = threading.Lock()
+_children: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+
+
+def _start(scale: str) -> tuple[subprocess.Popen[bytes], str]:
+    env = dict(os.environ)
+    env[LATENCY_SCALE_ENV] = scale
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest_modelrollout.sim.process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode("ascii", "replace").strip()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise RuntimeError(f"the simulator process did not start (said {line!r})")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def simulator_url() -> str:
+    """Base URL (no ``/v1``) of a simulator in a child process, started on first use."""
+    if os.environ.get(INPROCESS_ENV, "").strip() in ("1", "true", "yes"):
+        from .server import get_simulator
+
+        return get_simulator().base_url
+    scale = os.environ.get(LATENCY_SCALE_ENV, "").strip() or "1"
+    with _lock:
+        known = _children.get(scale)
+        if known is not None and known[0].poll() is None:
+            return known[1]
+        proc, url = _start(scale)
+        _children[scale] = (proc, url)
+        return url
+
+
+def _stop_all() -> None:
+    for proc, _ in list(_children.values()):
+        if proc.poll() is None:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.wait(timeout=2)
+            except Exception:  # noqa: BLE001 - best effort at interpreter exit
+                proc.kill()
+    _children.clear()
+
+
+atexit.register(_stop_all)
+
+
+def _child_main() -> None:
+    from .server import SimServer
+
+    server = SimServer().start()
+    sys.stdout.write(f"PORT {server.port}\n")
+    sys.stdout.flush()
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, KeyboardInterrupt):
+        pass
+    server.stop()
+
+
+if __name__ == "__main__":
+    _child_main()

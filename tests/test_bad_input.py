@@ -90,7 +90,7 @@ CONFIGS = [
     Bad("bad-traffic-plan-order", ("traffic_plan",), pyproject=BASE + "traffic_plan = [0.5, 0.1]\n"),
     Bad("bad-traffic-plan-range", ("traffic_plan",), pyproject=BASE + "traffic_plan = [0.1, 2.0]\n"),
     Bad("bad-traffic-plan-type", ("traffic_plan",), pyproject=BASE + 'traffic_plan = "slow"\n'),
-    Bad("bad-gate-key", ("gates.max_p95_latency_increas",),
+    Bad("bad-gate-key", ("gates", "max_p95_latency_increas"),
         pyproject=BASE + "[tool.modelrollout.gates]\nmax_p95_latency_increas = 0.2\n"),
     Bad("bad-gate-value", ("max_p95_latency_increase",),
         pyproject=BASE + '[tool.modelrollout.gates]\nmax_p95_latency_increase = "lots"\n'),
@@ -99,8 +99,6 @@ CONFIGS = [
     Bad("bad-workflow-gate", ("max_error_rate_ratio",),
         pyproject=BASE + "[tool.modelrollout.workflows.support_chat]\n"
         "gates = { max_error_rate_ratio = 0.5 }\n"),
-    Bad("bad-sim-option", ("m", "latency"),
-        pyproject=_model('provider = "sim"\nmodel = "good?latency=fast"\n')),
     Bad("missing-config-file", ("nothere.toml",), args=("--rollout-config=nothere.toml",)),
     Bad("marker-bad-gates", ("max_p95_latency_increase",),
         suite=SUITE.replace('"support_chat"', '"support_chat", gates={"max_p95_latency_increase": -1}')),

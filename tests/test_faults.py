@@ -125,12 +125,15 @@ def runner() -> Iterator[Runner]:
         r.close()
 
 
-def _closed_port() -> int:
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port that refuses connections: bound (so nobody else can take it) but not listening."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()  # nothing listens there any more: connection refused
-    return port
+    try:
+        yield int(s.getsockname()[1])
+    finally:
+        s.close()
 
 
 def _registry(
@@ -266,8 +269,8 @@ def test_read_timeout_is_retried_then_timeout_bucket(runner: Runner, wire: str) 
 
 
 @pytest.mark.parametrize("wire", list(WIRES))
-def test_connection_refused(runner: Runner, wire: str) -> None:
-    port = _closed_port()
+def test_connection_refused(runner: Runner, wire: str, refused_port: int) -> None:
+    port = refused_port
     base = f"http://127.0.0.1:{port}" + ("/v1" if wire == "openai" else "")
     reg = _registry(
         runner,

@@ -155,7 +155,7 @@ def test_config_gates_all_keys() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"max_p95_latency": 0.2}, "unknown gate key gates.max_p95_latency"),
+        ({"max_p95_latency": 0.2}, "unknown gate key gates.'max_p95_latency'"),
         ({"max_p95_latency_increase": "25%"}, "max_p95_latency_increase must be a number"),
         ({"max_p95_latency_increase": True}, "max_p95_latency_increase must be a number"),
         ({"max_p95_latency_increase": -0.1}, "must be between 0 and 10"),

@@ -144,6 +144,7 @@ def test_crashed_xdist_worker_is_reported_and_records_kept(
     report = json.loads((pytester.path / "r.json").read_text(encoding="utf-8"))
     crashed = report["workers"]["crashed"]
     assert len(crashed) == 1 and crashed[0].startswith("gw"), crashed
+    assert report["complete"] is False  # the crashing test's call may be lost
     wf = report["workflows"]["support_chat"]
     # every finished test's calls are there; only the crashing test's own call may be missing
     assert 12 <= wf["stable"]["requests"] <= 13

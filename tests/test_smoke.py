@@ -237,5 +237,5 @@ def test_timeout_check_classifies_a_tiny_timeout(pytester: pytest.Pytester) -> N
         "--durations=0",
         "--durations-min=0",
     )
-    result.assert_outcomes(passed=2, deselected=13)
+    result.assert_outcomes(passed=2, deselected=11)
     result.stdout.fnmatch_lines(["smoke[[]sim:fault-hang]::timeout_honoured PASSED*"])

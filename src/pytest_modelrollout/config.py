@@ -233,8 +233,6 @@ def resolve_model(cfg: RolloutConfig, ref: str) -> ModelSpec:
             f"{where}: unknown provider {provider!r} (known: {', '.join(sorted(presets))})"
         )
     preset = presets[provider]
-    if getattr(preset, "dynamic_base_url", False) and not os.environ.get("MODELROLLOUT_SIM_URL"):
-        _check_sim_model(model_id, where)
     base_url = mc.base_url or preset.base_url
     if base_url is None and not getattr(preset, "dynamic_base_url", False):
         raise ConfigError(f"{where}: base_url is required for provider {provider!r}")
@@ -264,21 +262,6 @@ def resolve_model(cfg: RolloutConfig, ref: str) -> ModelSpec:
         rpm=mc.rpm,
         tpm=mc.tpm,
     )
-
-
-def _check_sim_model(model_id: str, where: str) -> None:
-    """The built-in simulator's persona and options, checked before any test runs."""
-    from .sim.personas import PERSONAS, BadOption, UnknownPersona, parse_model
-
-    try:
-        parse_model(model_id)
-    except UnknownPersona as exc:
-        known = ", ".join(p for p in PERSONAS if not p.startswith("fault-"))
-        raise ConfigError(
-            f"{where}: unknown simulator persona {str(exc)!r} (known: {known}, fault-*)"
-        ) from None
-    except BadOption as exc:
-        raise ConfigError(f"{where}: {exc}") from None
 
 
 def killed_models(cfg: RolloutConfig, cli: list[str] | None, env: Mapping[str, str]) -> set[str]:

@@ -360,7 +360,7 @@ def parse_gates_config(data: Mapping[str, Any], source: str = "config") -> Gates
         raise GateError(f"gates must be a table of keys, got {type(data).__name__}")
     unknown = sorted(k for k in data if k not in CONFIG_KEYS)
     if unknown:
-        raise GateError(f"unknown gate key {where}{unknown[0]} (known: {', '.join(CONFIG_KEYS)})")
+        raise GateError(f"unknown gate key {where}{unknown[0]!r} (known: {', '.join(CONFIG_KEYS)})")
     gates: list[Gate] = []
     floor: float | None = None
     if "error_rate_floor" in data:

@@ -334,7 +334,8 @@ class RolloutSession:
             killed=set(self.killed),
             confidence=self.cfg.confidence,
             decision=self.cfg.decision,
-            complete=complete,
+            # a crashed xdist worker may have lost its running test's calls: not complete
+            complete=complete and not self.crashed_workers,
             started_at=self.started_at,
             duration_s=round(time.time() - self.started, 3),
             plugin_version=__version__,

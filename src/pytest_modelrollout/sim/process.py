@@ -70,7 +70,7 @@ def _stop_all() -> None:
                 if proc.stdin is not None:
                     proc.stdin.close()
                 proc.wait(timeout=2)
-            except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            except Exception:  # best effort at interpreter exit
                 proc.kill()
     _children.clear()
 

@@ -19,8 +19,6 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
-
 from .._exceptions import (
     AuthError,
     BadResponseError,
@@ -29,14 +27,14 @@ from .._exceptions import (
     RateLimitError,
     ServerError,
 )
-from .base import ChatRequest, Provider, ProviderResponse, ToolCall, content_text
+from .base import ChatRequest, ProviderResponse, ToolCall, content_text
 from .openai import (
     ATTEMPT_HEADER,
+    JSONHTTPProvider,
     _decode_ok_body,
     _int_or_none,
     classify_http_error,
     merged_params,
-    post_json,
     safe_message,
 )
 
@@ -354,8 +352,11 @@ def parse_response(
     )
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(JSONHTTPProvider):
     """The Anthropic Messages API (and Anthropic-compatible endpoints)."""
+
+    build = staticmethod(build_body)
+    parse_body = staticmethod(parse_response)
 
     def url(self, base_url: str | None = None) -> str:
         return messages_url(base_url or self.spec.base_url)
@@ -367,31 +368,6 @@ class AnthropicProvider(Provider):
             h["x-api-key"] = api_key
         h[ATTEMPT_HEADER] = str(attempt)
         return h
-
-    def build_body(self, request: ChatRequest) -> dict[str, Any]:
-        return build_body(self.spec.model, request, self.spec.params)
-
-    def parse(
-        self, status: int, headers: Mapping[str, str], body: bytes, api_key: str | None = None
-    ) -> ProviderResponse:
-        return parse_response(status, headers, body, secrets=(api_key,))
-
-    async def send(
-        self,
-        client: httpx.AsyncClient,
-        request: ChatRequest,
-        *,
-        api_key: str | None,
-        attempt: int = 0,
-    ) -> ProviderResponse:
-        status, headers, body = await post_json(
-            client,
-            self.url(),
-            self.headers(api_key, attempt),
-            self.build_body(request),
-            secrets=(api_key,),
-        )
-        return self.parse(status, headers, body, api_key)
 
 
 __all__ = [

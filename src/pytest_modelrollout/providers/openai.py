@@ -466,26 +466,38 @@ def join_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
-class OpenAIProvider(Provider):
-    """Any OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint."""
+class JSONHTTPProvider(Provider):
+    """A provider that POSTs one JSON body and parses one JSON reply.
+
+    Subclasses give the URL, the headers, and the wire format's pure ``build`` / ``parse_body``
+    functions; sending (with secret scrubbing and the body-size limit) is shared.
+    """
+
+    @staticmethod
+    def build(
+        model: str, request: ChatRequest, spec_params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def parse_body(
+        status: int, headers: Mapping[str, str], body: bytes, *, secrets: Iterable[str | None]
+    ) -> ProviderResponse:
+        raise NotImplementedError
 
     def url(self, base_url: str | None = None) -> str:
-        return join_url(base_url or self.spec.base_url, "chat/completions")
+        raise NotImplementedError
 
     def headers(self, api_key: str | None, attempt: int) -> dict[str, str]:
-        h = {k: v for k, v in self.spec.headers.items()}
-        if api_key:
-            h["authorization"] = f"Bearer {api_key}"
-        h[ATTEMPT_HEADER] = str(attempt)
-        return h
+        raise NotImplementedError
 
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
-        return build_body(self.spec.model, request, self.spec.params)
+        return self.build(self.spec.model, request, self.spec.params)
 
     def parse(
         self, status: int, headers: Mapping[str, str], body: bytes, api_key: str | None = None
     ) -> ProviderResponse:
-        return parse_response(status, headers, body, secrets=(api_key,))
+        return self.parse_body(status, headers, body, secrets=(api_key,))
 
     async def send(
         self,
@@ -505,9 +517,27 @@ class OpenAIProvider(Provider):
         return self.parse(status, headers, body, api_key)
 
 
+class OpenAIProvider(JSONHTTPProvider):
+    """Any OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint."""
+
+    build = staticmethod(build_body)
+    parse_body = staticmethod(parse_response)
+
+    def url(self, base_url: str | None = None) -> str:
+        return join_url(base_url or self.spec.base_url, "chat/completions")
+
+    def headers(self, api_key: str | None, attempt: int) -> dict[str, str]:
+        h = dict(self.spec.headers)
+        if api_key:
+            h["authorization"] = f"Bearer {api_key}"
+        h[ATTEMPT_HEADER] = str(attempt)
+        return h
+
+
 __all__ = [
     "ATTEMPT_HEADER",
     "MAX_BODY_BYTES",
+    "JSONHTTPProvider",
     "OpenAIProvider",
     "build_body",
     "classify_http_error",

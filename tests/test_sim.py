@@ -469,11 +469,11 @@ def p95(xs: list[float]) -> float:
 
 def test_latency_profiles() -> None:
     stable, good, slow = _delays("stable"), _delays("good"), _delays("slow")
-    assert 30 <= statistics.median(stable) <= 55
+    assert 90 <= statistics.median(stable) <= 165
     assert p95(stable) < 3 * statistics.median(stable)
     assert statistics.median(good) < statistics.median(stable)
     assert 3.0 <= p95(slow) / p95(stable) <= 5.0
-    assert abs(statistics.median(slow) - statistics.median(stable)) < 12
+    assert abs(statistics.median(slow) - statistics.median(stable)) < 36
     fixed = _delays("stable?latency_ms=100&jitter=0")
     assert set(fixed) == {100.0}
 
@@ -489,7 +489,7 @@ def test_latency_is_real_and_scaled(http: httpx.Client) -> None:
         mp.setenv(LATENCY_SCALE_ENV, "3")
         t0 = time.perf_counter()
         content(chat(http, "stable", "hello"))
-        assert time.perf_counter() - t0 >= 0.03  # ~40 ms x 3
+        assert time.perf_counter() - t0 >= 0.09  # ~120 ms x 3
 
 
 def _stable_language_ok(reply: str, prompt: str) -> bool:

@@ -569,6 +569,7 @@ def _pair_lines(pair: Pair, s: Outcome, c: Outcome) -> list[str]:
 
 def decide_pair(pair: Pair, s: Outcome, c: Outcome) -> None:
     """Apply the pair semantics to recorded outcomes (raises, xfails or returns)."""
+    __tracebackhide__ = True
     for o in (c, s):
         if o.error is not None:
             raise o.error
@@ -591,6 +592,7 @@ def decide_pair(pair: Pair, s: Outcome, c: Outcome) -> None:
 
 def run_single(reply: Reply, check: Check) -> None:
     """Evaluate, record, and raise ``AssertionError`` when the check fails."""
+    __tracebackhide__ = True  # failures point at the test line, not at this module
     outcome = check.on(reply)
     _record(reply, outcome)
     if outcome.error is not None:
@@ -601,6 +603,7 @@ def run_single(reply: Reply, check: Check) -> None:
 
 def run_pair(pair: Pair, check: Check) -> None:
     """Evaluate on both replies, record both, then apply the pair semantics."""
+    __tracebackhide__ = True
     s = check.on(pair.stable)
     c = check.on(pair.candidate)
     _record(pair.stable, s)
@@ -609,6 +612,7 @@ def run_pair(pair: Pair, check: Check) -> None:
 
 
 def run_length_ratio(pair: Pair, max_ratio: float) -> None:
+    __tracebackhide__ = True
     if not max_ratio > 0:
         raise ValueError(f"expect_length_ratio(max=...) must be > 0, got {max_ratio}")
     s, c = length_ratio_outcomes(pair, max_ratio)

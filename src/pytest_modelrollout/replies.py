@@ -103,12 +103,14 @@ class Reply:
     def expect_json(self, schema: Schema | None = None) -> Reply:
         """The reply is strict JSON (no fence, no prose, no trailing comma) matching ``schema``
         (a JSON Schema dict or a pydantic model). Also records ``json_lenient``."""
+        __tracebackhide__ = True
         _checks.run_single(self, _checks.json_check(schema))
         return self
 
     def expect_tool_call(self, name: str | None = None, schema: Schema | None = None) -> Reply:
         """A tool call (to ``name``) to a declared tool, its arguments valid JSON matching
         ``schema`` (default: the tool's declared ``parameters`` in the request)."""
+        __tracebackhide__ = True
         _checks.run_single(self, _checks.tool_call_check(name, schema))
         return self
 
@@ -119,21 +121,25 @@ class Reply:
         min_chars: int | None = None,
     ) -> Reply:
         """Characters and/or words (each Han/kana character is a word) within bounds."""
+        __tracebackhide__ = True
         _checks.run_single(self, _checks.length_check(max_chars, max_words, min_chars))
         return self
 
     def expect_language(self, lang: str) -> Reply:
         """``"en"``, ``"zh"``, ``"mixed"``, ``"same_as_prompt"`` or an ISO 639-1 code."""
+        __tracebackhide__ = True
         _checks.run_single(self, _checks.language_check(lang))
         return self
 
     def expect_latency(self, max_ms: float) -> Reply:
+        __tracebackhide__ = True
         _checks.run_single(self, _checks.latency_check(max_ms))
         return self
 
     def expect(self, predicate: Callable[[Reply], object], name: str | None = None) -> Reply:
         """Custom named check: ``predicate(reply)`` returns a bool (or None) or raises
         ``AssertionError`` with a message."""
+        __tracebackhide__ = True
         _checks.run_single(self, _checks.custom_check(predicate, name))
         return self
 
@@ -172,10 +178,12 @@ class Pair:
     # AssertionError with --rollout-strict). All return the pair, so checks chain.
 
     def expect_json(self, schema: Schema | None = None) -> Pair:
+        __tracebackhide__ = True
         _checks.run_pair(self, _checks.json_check(schema))
         return self
 
     def expect_tool_call(self, name: str | None = None, schema: Schema | None = None) -> Pair:
+        __tracebackhide__ = True
         _checks.run_pair(self, _checks.tool_call_check(name, schema))
         return self
 
@@ -185,18 +193,22 @@ class Pair:
         max_words: int | None = None,
         min_chars: int | None = None,
     ) -> Pair:
+        __tracebackhide__ = True
         _checks.run_pair(self, _checks.length_check(max_chars, max_words, min_chars))
         return self
 
     def expect_language(self, lang: str) -> Pair:
+        __tracebackhide__ = True
         _checks.run_pair(self, _checks.language_check(lang))
         return self
 
     def expect_latency(self, max_ms: float) -> Pair:
+        __tracebackhide__ = True
         _checks.run_pair(self, _checks.latency_check(max_ms))
         return self
 
     def expect(self, predicate: Callable[[Reply], object], name: str | None = None) -> Pair:
+        __tracebackhide__ = True
         _checks.run_pair(self, _checks.custom_check(predicate, name))
         return self
 

@@ -37,12 +37,12 @@ class Persona:
     name: str
     description: str
     # latency: lognormal(median latency_ms, sigma jitter) + per output token; a slow tail
-    latency_ms: float = 40.0
+    latency_ms: float = 120.0
     jitter: float = 0.35
-    per_token_ms: float = 0.05
+    per_token_ms: float = 0.15
     slow_rate: float = 0.0  # share of requests (per prompt) that take slow_min_ms..slow_max_ms
-    slow_min_ms: float = 160.0
-    slow_max_ms: float = 400.0
+    slow_min_ms: float = 480.0
+    slow_max_ms: float = 1200.0
     latency_scale: float = 1.0  # multiplies everything (option); env scale multiplies too
     # length of free-text replies relative to stable (good: a bit shorter, verbose: 2.5-3x)
     length_factor: float = 1.0
@@ -74,12 +74,12 @@ def _p(name: str, description: str, **kw: float | str | None) -> Persona:
 
 
 _BASE: list[Persona] = [
-    _p("stable", "baseline: ~40 ms median latency, modest tail, good answers"),
+    _p("stable", "baseline: ~120 ms median latency, modest tail, good answers"),
     _p("good", "a good candidate: same quality, slightly faster, slightly shorter",
-       latency_ms=34.0, jitter=0.3, length_factor=0.85),
+       latency_ms=100.0, jitter=0.3, length_factor=0.85),
     _p("expensive", "same answers as stable (priced higher by the sim preset)"),
-    _p("verbose", "replies 2.5-3x longer than stable", length_factor=2.75, per_token_ms=0.08),
-    _p("slow", "most calls like stable, ~15% very slow (160-400 ms): p95 3-5x stable's",
+    _p("verbose", "replies 2.5-3x longer than stable", length_factor=2.75, per_token_ms=0.24),
+    _p("slow", "most calls like stable, ~15% very slow (480-1200 ms): p95 3-5x stable's",
        slow_rate=0.15),
     _p("flaky", "~15% transient 503/429 on the first attempt, ~5% permanent 500s",
        error_rate=0.05, transient_rate=0.08, rate_limit_rate=0.07),

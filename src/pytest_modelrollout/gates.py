@@ -517,6 +517,8 @@ def _pp(v: float) -> str:
 
 
 def _rel(v: float) -> str:
+    if math.isnan(v):  # an unbounded interval end (e.g. a bootstrap ratio over a zero cost)
+        return "+inf%"
     if not math.isfinite(v):
         return "+inf%" if v > 0 else "-inf%"
     return f"{v * 100:+.0f}%"

@@ -176,7 +176,11 @@ def env_latency_scale() -> float:
 def latency_seconds(settings: Settings, request_key: str, attempt: int, output_tokens: int) -> float:
     """Deterministic latency for this persona, request and attempt, in seconds."""
     p = settings.persona
-    r = rng("latency", p.name, request_key, str(attempt))
+    # The noise depends on the request and attempt only, not on the persona: every persona
+    # sees the same "network weather" for the same request, so personas differ only in their
+    # median latency and their flaw, and an equally fast persona never trips a latency gate by
+    # the luck of its own random draws.
+    r = rng("latency", request_key, str(attempt))
     noise = math.exp(p.jitter * max(-3.0, min(3.0, r.gauss(0.0, 1.0)))) if p.jitter > 0 else 1.0
     if settings.explicit_latency:
         ms = p.latency_ms * noise

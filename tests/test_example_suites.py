@@ -1,5 +1,5 @@
 """The example suites (example_suites/) run end to end against the simulator, and the outcomes
-documented in example_suites/OUTCOMES.md (and the README) still hold.
+documented in the README ("What a worse candidate does to the verdict") still hold.
 
 Every run is a real ``python -m pytest`` subprocess in ``example_suites/``. They are all started
 at once (the simulator mostly sleeps, so they overlap well) and each test waits for its own run,

@@ -267,3 +267,40 @@ api_key_env = "CANARY_API_KEY"
         text = f.read_text()
         assert canary not in text
         assert "authorization" not in text.lower()
+
+
+CASE_SUITE = """
+import pytest
+from pytest_modelrollout import cases
+
+@pytest.mark.workflow("support", system="Be brief.")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_case(rollout, case):
+    pair = rollout.ask(case)
+    assert pair.stable.ok and pair.candidate.ok
+"""
+
+
+def test_cassettes_live_beside_each_test_file(
+    pytester: pytest.Pytester, sim: CountingSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cassettes go to ``model_cassettes/`` in the test file's folder, for live asks and for
+    prefetched dataset cases alike, and replay finds them there."""
+    pytester.makepyprojecttoml(CONFIG)
+    (pytester.path / "chat").mkdir()
+    (pytester.path / "chat" / "test_chat.py").write_text(SUITE)
+    (pytester.path / "extract").mkdir()
+    (pytester.path / "extract" / "test_extract.py").write_text(CASE_SUITE)
+    (pytester.path / "extract" / "cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i}", "prompt": f"Refund order A-{100 + i}"}) + "\n"
+                for i in range(3))
+    )
+    run(pytester, "--rollout-record=new").assert_outcomes(passed=7)
+    assert len(cassettes(pytester.path / "chat")) == 8
+    assert len(cassettes(pytester.path / "extract")) == 6
+    assert not (pytester.path / "model_cassettes").exists()
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", CLOSED)
+    before = sim.count
+    replay = run(pytester, "--rollout-record=replay", "--rollout-report=r.json")
+    replay.assert_outcomes(passed=7)
+    assert sim.count == before

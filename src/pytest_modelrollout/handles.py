@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import CassetteError, KilledError
@@ -59,6 +60,7 @@ class TestContext:
     system: str | None = None
     tools: list[dict[str, Any]] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    test_dir: Path | None = None  # cassettes live beside the test file
     counters: dict[str, int] = field(default_factory=lambda: {"stable": 0, "candidate": 0})
     replies: list[tuple[Role, Reply]] = field(default_factory=list)
 
@@ -172,7 +174,8 @@ class TestContext:
                 continue
             calls.append((self.ref(role), request, role))
             live_roles.append(role)
-        outcomes = dict(zip(live_roles, self.session.call_many(calls, test_id=self.test_id), strict=True))
+        results = self.session.call_many(calls, test_id=self.test_id, where=self.test_dir)
+        outcomes = dict(zip(live_roles, results, strict=True))
         replies = []
         for role in roles:
             if role == "stable" and shadow is not None:

@@ -247,6 +247,7 @@ def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
         system=mark.kwargs.get("system"),
         tools=mark.kwargs.get("tools"),
         params=dict(mark.kwargs.get("params") or {}),
+        test_dir=Path(str(node.path)).parent,
     )
 
 

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -212,7 +213,8 @@ class Prefetcher:
         runner = self.session.runner
         slots = []
         for role, ref, request in calls:
-            future = runner.submit(self.session.acall(ref, request, role))
+            where = Path(str(item.path)).parent  # cassettes beside the test file
+            future = runner.submit(self.session.acall(ref, request, role, where))
             future.add_done_callback(self._on_done)
             slots.append(Slot(role, ref, request.key(ref), future))
         with self._lock:

@@ -91,7 +91,7 @@ class RolloutSession:
         self.record_modes: dict[str, str] = {
             str(k): str(v) for k, v in resolve_record_modes(cfg.record, options.record).items()
         }
-        self._stores: dict[str, Any] = {}
+        self._stores: dict[tuple[str, Path], Any] = {}
         self.marker_gates: dict[str, dict[str, Any]] = {}
         self._sent = (0, 0)  # xdist worker: (calls, checks) already sent to the controller
         self.prefetch: Prefetcher | None = None  # set by prefetch.PrefetchPlugin while running
@@ -185,26 +185,32 @@ class RolloutSession:
         assert self._registry is not None
         return self._registry
 
-    def store(self, role: str) -> Any:
+    def store(self, role: str, where: Path | None = None) -> Any:
+        """The cassette store for a role, under ``where`` (the test file's directory)."""
         mode = self.record_modes.get(role, "off")
         if mode == "off":
             return None
-        store = self._stores.get(mode)
+        root = self.cassette_root(where)
+        store = self._stores.get((mode, root))
         if store is None:
             from .cassettes import CassetteStore
 
-            store = CassetteStore(self.cassette_root, mode)
-            self._stores[mode] = store
+            store = CassetteStore(root, mode)
+            self._stores[(mode, root)] = store
         return store
 
-    @property
-    def cassette_root(self) -> Path:
+    def cassette_root(self, where: Path | None = None) -> Path:
+        """``cassette_dir`` beside the test file (or the rootdir), unless it is absolute."""
         root = Path(self.cfg.cassette_dir)
-        return root if root.is_absolute() else self.rootdir / root
+        if root.is_absolute():
+            return root
+        return (where if where is not None else self.rootdir) / root
 
-    async def acall(self, ref: str, request: ChatRequest, role: str) -> tuple[CallResult, str]:
-        """One call through the cassette store; returns the result and its source."""
-        store = self.store(role)
+    async def acall(
+        self, ref: str, request: ChatRequest, role: str, where: Path | None = None
+    ) -> tuple[CallResult, str]:
+        """One call through the cassette store beside the test file (``where``)."""
+        store = self.store(role, where)
         if store is not None:
             entry = store.lookup(ref, request)  # a miss in replay mode raises CassetteError
             if entry is not None:
@@ -217,7 +223,11 @@ class RolloutSession:
         return result, "live"
 
     def call_many(
-        self, calls: list[tuple[str, ChatRequest, str]], *, test_id: str | None = None
+        self,
+        calls: list[tuple[str, ChatRequest, str]],
+        *,
+        test_id: str | None = None,
+        where: Path | None = None,
     ) -> list[tuple[CallResult, str] | BaseException]:
         """Make the calls concurrently. With ``test_id``, a call that was prefetched for that
         test with exactly this model and request takes the prefetched result instead."""
@@ -229,7 +239,7 @@ class RolloutSession:
 
             return await asyncio.gather(
                 *(
-                    self.acall(ref, req, role) if fut is None else awaitable(fut)
+                    self.acall(ref, req, role, where) if fut is None else awaitable(fut)
                     for fut, (ref, req, role) in zip(ahead or [None] * len(calls), calls, strict=True)
                 ),
                 return_exceptions=True,

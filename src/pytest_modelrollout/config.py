@@ -72,10 +72,7 @@ class WorkflowConfig(_Strict):
     stable: str | None = None
     candidate: str | None = None
     gates: dict[str, Any] = Field(default_factory=dict)
-    record: RecordSetting | None = None
     traffic_share: float | None = Field(default=None, ge=0, le=1)
-
-    _record = field_validator("record")(_check_record)
 
     @field_validator("gates")
     @classmethod

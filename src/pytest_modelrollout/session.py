@@ -322,6 +322,15 @@ class RolloutSession:
         layers.append(list(self.options.gates))
         return merge_gates(*layers)
 
+    def decision_settings(self) -> tuple[float, str]:
+        """``confidence`` / ``decision``: top level, or set in ``[tool.modelrollout.gates]``."""
+        from .gates import parse_gates_config
+
+        table = parse_gates_config(self.cfg.gates, "config")
+        confidence = table.confidence if table.confidence is not None else self.cfg.confidence
+        decision = table.decision if table.decision is not None else self.cfg.decision
+        return confidence, decision
+
     def headline_models(self) -> tuple[str, str]:
         wfs = sorted(self.workflows.values(), key=lambda w: w.workflow)
         stable = self.options.stable or self.cfg.stable or (wfs[0].stable if wfs else "")
@@ -335,6 +344,7 @@ class RolloutSession:
         from .summary import build_summary
 
         stable, candidate = self.headline_models()
+        confidence, decision = self.decision_settings()
         return build_summary(
             self.records.sorted(),
             stable=stable,
@@ -342,8 +352,8 @@ class RolloutSession:
             workflow_models={n: (w.stable, w.candidate) for n, w in self.workflows.items()},
             gates_by_workflow={n: self.gates_for(n) for n in self.workflows},
             killed=set(self.killed),
-            confidence=self.cfg.confidence,
-            decision=self.cfg.decision,
+            confidence=confidence,
+            decision=decision,
             # a crashed xdist worker may have lost its running test's calls: not complete
             complete=complete and not self.crashed_workers,
             started_at=self.started_at,

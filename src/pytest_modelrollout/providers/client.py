@@ -48,6 +48,7 @@ from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
 
+_HAS_ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")
 BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 20.0
@@ -467,11 +468,14 @@ class ModelClient:
         state.mark_sent()
         self.requests_sent += 1
         secrets = (api_key,)
+        send = provider.send(http, request, api_key=api_key, attempt=state.attempts - 1)
         try:
-            return await asyncio.wait_for(
-                provider.send(http, request, api_key=api_key, attempt=state.attempts - 1),
-                timeout=self.spec.timeout_s,
-            )
+            # a deadline on the whole attempt (httpx's timeouts are per operation); on 3.11+
+            # asyncio.timeout does it without the extra task wait_for creates per call
+            if _HAS_ASYNCIO_TIMEOUT:
+                async with asyncio.timeout(self.spec.timeout_s):  # type: ignore[attr-defined,unused-ignore]
+                    return await send
+            return await asyncio.wait_for(send, timeout=self.spec.timeout_s)
         except asyncio.TimeoutError:
             return TimeoutError_(f"no answer within {self.spec.timeout_s:g} s")
         except ProviderError as exc:

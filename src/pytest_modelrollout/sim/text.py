@@ -111,31 +111,17 @@ def latin_words(text: str) -> list[str]:
 
 
 def detect_language(text: str) -> Lang:
-    """``en``, ``zh`` or ``mixed`` (Chinese/English code-switching) by script analysis.
+    """``en``, ``zh`` or ``mixed``: the plugin's own detector, narrowed to the three languages the
+    simulator answers in (anything else is answered in English). One detector for both sides, so
+    a persona's "same language as the prompt" is exactly what ``expect_language`` checks."""
+    from ..language import detect_language as plugin_detect
 
-    Mirrors the rules of :mod:`pytest_modelrollout.language`: Han characters count as words at
-    1.5 characters per word; all-caps acronyms and identifiers do not count; capitalised Latin
-    words count half next to Han (brand names). Latin share <= 0.15 -> zh, >= 0.8 -> en.
-    """
-    han = han_count(text)
-    latin = 0.0
-    for tok in re.findall(r"[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff，。、；：！？（）「」“”]+", text):
-        tok = tok.strip("\"'`.,;:!?()[]{}<>*…-")
-        if not tok or not LATIN_WORD_RE.fullmatch(tok):
-            continue
-        if re.fullmatch(r"[A-Z0-9]*[A-Z][A-Z0-9]*s?", tok) or re.search(r"[a-z][A-Z]", tok):
-            continue  # acronym or camelCase identifier
-        latin += 0.5 if (han and tok[0].isupper()) else 1.0
-    if han == 0:
-        return "en"
-    total = han / 1.5 + latin
-    share = latin / total if total else 0.0
-    if share <= 0.15:
+    lang = plugin_detect(text)
+    if lang == "zh":
         return "zh"
-    runs = HAN_RUN_RE.findall(text)
-    if share >= 0.8 or (max(len(r) for r in runs) <= 6 and len(runs) <= latin * 0.2):
-        return "en"
-    return "mixed"
+    if lang == "mixed":
+        return "mixed"
+    return "en"
 
 
 def stem(word: str) -> str:

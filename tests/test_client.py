@@ -609,3 +609,44 @@ def test_against_the_simulator_when_available(runner: Runner) -> None:
         assert (res.status, res.attempts, res.error_kind) == (status, attempts, kind), ref
         if res.ok:
             assert res.cost_usd is not None and res.cost_usd > 0
+
+
+# -- xdist: each worker keeps to its share of the limits ------------------------------------
+@pytest.mark.parametrize(
+    ("value", "count", "shares"),
+    [(8, 1, [8]), (8, 2, [4, 4]), (8, 3, [3, 3, 2]), (16, 5, [4, 3, 3, 3, 3]), (2, 4, [1, 1, 1, 1])],
+)
+def test_split_limit_adds_up(value: int, count: int, shares: list[int]) -> None:
+    from pytest_modelrollout.providers.client import split_limit
+
+    assert [split_limit(value, i, count) for i in range(count)] == shares
+
+
+@pytest.mark.parametrize(
+    ("env", "share"),
+    [
+        ({}, None),
+        ({"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "1"}, None),
+        ({"PYTEST_XDIST_WORKER": "gw2", "PYTEST_XDIST_WORKER_COUNT": "4"}, (2, 4)),
+        ({"PYTEST_XDIST_WORKER": "gwx", "PYTEST_XDIST_WORKER_COUNT": "4"}, None),
+        ({"PYTEST_XDIST_WORKER": "gw7", "PYTEST_XDIST_WORKER_COUNT": "4"}, None),
+    ],
+)
+def test_worker_share_from_the_xdist_environment(
+    env: dict[str, str], share: tuple[int, int] | None
+) -> None:
+    from pytest_modelrollout.providers.client import worker_share
+
+    assert worker_share(env) == share
+
+
+def test_workers_split_concurrency_and_rate_limits() -> None:
+    """Four workers with a model at 8 in flight, 600 rpm, 40k tpm: 2, 150 rpm, 10k tpm each."""
+    spec = ModelSpec(ref="m", provider="sim", wire="openai", model="x", base_url="http://x",
+                     max_concurrency=8, rpm=600, tpm=40_000)
+    registry = ModelRegistry(lambda ref: spec, max_in_flight=10, share=(3, 4))
+    client = registry.client("m")
+    assert (client.spec.max_concurrency, client.spec.rpm, client.spec.tpm) == (2, 150, 10_000)
+    assert registry._global is not None and registry._global._value == 2  # 10 = 3 + 3 + 2 + 2
+    alone = ModelRegistry(lambda ref: spec, max_in_flight=10).client("m")
+    assert (alone.spec.max_concurrency, alone.spec.rpm, alone.spec.tpm) == (8, 600, 40_000)

@@ -401,3 +401,91 @@ def test_take_requires_the_exact_request() -> None:
     assert pf.take("t::a", [("m", req, "candidate")]) == [fut]
     assert pf.take("t::a", [("m", req, "candidate")]) == [None]  # consumed once
     assert pf.held == 0 and pf.stats.used == 1
+
+
+# -- xdist scheduling ------------------------------------------------------------------------
+class _Node:
+    """Enough of xdist's WorkerController for a scheduler."""
+
+    def __init__(self, name: str) -> None:
+        self.gateway = type("Gateway", (), {"id": name})()
+        self.sent: list[int] = []
+        self.shutting_down = False
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.sent.extend(indices)
+
+    def send_runtest_all(self) -> None:  # pragma: no cover - not used by load scheduling
+        raise AssertionError("not expected")
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def test_load_scheduler_keeps_worker_queues_as_deep_as_the_window(
+    pytester: pytest.Pytester,
+) -> None:
+    """xdist's own load scheduler would hand each of 2 workers 25 of 200 items, then top up only
+    at 2 left once tests take 0.1 s; ours keeps 2 x 4 x 16 / 2 = 64 queued, in collection order,
+    and still hands every item out exactly once."""
+    from pytest_modelrollout.prefetch import make_load_scheduler
+
+    config = pytester.parseconfig("--tx=2*popen")
+    sched = make_load_scheduler(config, None, concurrency=16)
+    nodes = [_Node("gw0"), _Node("gw1")]
+    collection = [f"test_x.py::test[{i}]" for i in range(200)]
+    for node in nodes:
+        sched.add_node(node)
+        sched.add_node_collection(node, collection)
+    sched.schedule()
+    assert [len(n.sent) for n in nodes] == [64, 64]
+    assert nodes[0].sent[:25] == list(range(25)) and nodes[1].sent[:25] == list(range(25, 50))
+    # a slow test finishes on gw0: its queue is topped up to 64 again at once
+    done = nodes[0].sent[0]
+    sched.mark_test_complete(nodes[0], done, duration=2.0)
+    assert len(sched.node2pending[nodes[0]]) == 64
+    # run everything to the end, slow tests throughout
+    while any(sched.node2pending[n] for n in nodes):
+        for node in nodes:
+            if sched.node2pending[node]:
+                sched.mark_test_complete(node, sched.node2pending[node][0], duration=2.0)
+    sent = nodes[0].sent + nodes[1].sent
+    assert sorted(sent) == list(range(200))
+    assert all(n.shutting_down for n in nodes)
+
+
+def test_xdist_workers_prefetch_their_queue(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """Each worker sends its queued items ahead, not only the running and the next item."""
+    project.makepyfile(test_suite=SUITE)
+    project.makeconftest(
+        """
+import json, os
+import pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield
+    pp = item.config.pluginmanager.get_plugin("modelrollout-prefetch")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(f"submitted-{worker}.txt", "a") as f:
+        f.write(f"{pp.prefetcher.stats.submitted}\\n")
+"""
+    )
+    _run(project, "-n", "2", "--rollout-report=r.json").assert_outcomes(passed=N_CASES)
+    for worker in ("gw0", "gw1"):
+        counts = [int(x) for x in (project.path / f"submitted-{worker}.txt").read_text().split()]
+        # 12 items over 2 workers: each worker is handed its 6 (in two messages sent together)
+        # and has sent all 12 calls by the end of its second test; with xdist's own scheduling
+        # and only the running and next item known, that would be 6
+        assert len(counts) == N_CASES // 2 and counts[1] == N_CASES, counts
+    assert sim.total() == 2 * N_CASES
+
+
+def test_collect_only_gives_no_verdict(project: pytest.Pytester, sim: CountingSim) -> None:
+    project.makepyfile(test_suite=SUITE)
+    result = project.runpytest("-p", "no:cacheprovider", "--collect-only", "-q")
+    assert result.ret == 0
+    result.stdout.no_fnmatch_line("*rollout readiness*")
+    assert sim.total() == 0

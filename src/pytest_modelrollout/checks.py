@@ -42,8 +42,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 
-import jsonschema
-import jsonschema.exceptions
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -166,6 +164,8 @@ def _check_schema_arg(schema: object) -> None:
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         return
     if isinstance(schema, Mapping):
+        import jsonschema  # lazily: ~0.1 s of start-up that suites without schemas never need
+
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(dict(schema))  # raises jsonschema.SchemaError: a bug in the test
         return
@@ -196,6 +196,9 @@ def validate(data: Any, schema: Schema | None) -> str | None:
             more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
             return _one_line(f"{schema.__name__}: {loc}: {first.get('msg', 'invalid')}{more}")
         return None
+    import jsonschema
+    import jsonschema.exceptions
+
     cls = jsonschema.validators.validator_for(schema)
     validator = cls(schema)
     found = list(validator.iter_errors(data))

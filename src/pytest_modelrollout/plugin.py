@@ -300,6 +300,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 
 REPORT_ATTR = "modelrollout_records"
+DIST_KEY = "modelrollout_dist"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -342,6 +343,28 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     rs.merge_worker(output.get(WORKER_KEY), worker)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Tell each xdist worker how items are distributed: workers see ``dist = "no"``."""
+    node.workerinput[DIST_KEY] = str(node.config.getvalue("dist"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n N --dist load`` in a project set up for modelrollout, keep the workers'
+    queues as deep as their prefetch windows (see :func:`prefetch.make_load_scheduler`)."""
+    rs = config.stash.get(SESSION_KEY, None)
+    if rs is None or str(config.getvalue("dist")) != "load":
+        return None
+    if rs.config_path is None and not (rs.options.stable or rs.options.candidate):
+        return None  # the plugin is installed but this project does not use it
+    from .prefetch import make_load_scheduler, prefetch_enabled
+
+    if not prefetch_enabled(config, rs):
+        return None
+    return make_load_scheduler(config, log, rs.options.concurrency or rs.cfg.concurrency)
+
+
 # -- end of session --------------------------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -352,6 +375,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(config):
         config.workeroutput[WORKER_KEY] = rs.worker_payload()  # type: ignore[attr-defined]
         return
+    if config.option.collectonly:
+        return  # nothing ran: no verdict, and the exit status is pytest's
     if not rs.workflows and not rs.records.calls:
         return
     complete = int(exitstatus) not in (int(pytest.ExitCode.INTERRUPTED), int(pytest.ExitCode.INTERNAL_ERROR))

@@ -45,7 +45,7 @@ import pytest
 from ._records import Role
 from .progress import Progress, progress_wanted
 from .providers.base import ChatRequest
-from .providers.client import CallResult
+from .providers.client import CallResult, split_limit, worker_share
 
 if TYPE_CHECKING:
     from .handles import TestContext
@@ -307,6 +307,59 @@ def _queued_indices(interactor: Any) -> list[int]:
         return []
 
 
+def prefetch_enabled(config: pytest.Config, session: RolloutSession) -> bool:
+    """Prefetch is on: config ``prefetch``, no ``--rollout-no-prefetch``, not collect-only."""
+    if not session.cfg.prefetch or config.getoption("--rollout-no-prefetch", False):
+        return False
+    if getattr(config.option, "collectonly", False):
+        return False
+    return os.environ.get("MODELROLLOUT_PREFETCH") != "0"
+
+
+def make_load_scheduler(config: pytest.Config, log: Any, concurrency: int) -> Any:
+    """xdist's ``--dist load`` scheduler, keeping each worker's queue as deep as its window.
+
+    xdist's own load scheduler hands a worker a quarter of its share at first, then, once tests
+    take 0.1 s or more (a test waiting for a model does), only tops the queue up when two items
+    are left: the worker then knows two upcoming items and prefetches four calls at a time. This
+    scheduler does what ``load`` does (items are handed out in collection order, never taken
+    back) but keeps at least ``2 x WINDOW_FACTOR x concurrency / workers`` items queued on every
+    worker (the window in items, with room for tests that make a single call).
+    """
+    from xdist.scheduler import LoadScheduling
+
+    class PrefetchLoadScheduling(LoadScheduling):  # type: ignore[misc]
+        def __init__(self, config: pytest.Config, log: Any = None) -> None:
+            super().__init__(config, log)
+            nodes = max(1, int(self.numnodes))
+            self.depth = max(2, -(-2 * WINDOW_FACTOR * concurrency // nodes))
+
+        def schedule(self) -> None:
+            first = self.collection is None
+            super().schedule()
+            if first and self.collection is not None and self.pending:
+                fair = -(-len(self.collection) // max(1, len(self.nodes)))
+                for node in self.nodes:  # the same depth for every worker from the start
+                    self._top_up(node, min(self.depth, fair), initial=True)
+
+        def _top_up(self, node: Any, target: int, initial: bool = False) -> bool:
+            if node.shutting_down or not self.pending:
+                return False
+            missing = target - len(self.node2pending[node])
+            if missing <= 0:
+                return False
+            if not initial:  # never more than a fair part of what is left
+                missing = min(missing, -(-len(self.pending) // max(1, len(self.node2pending))))
+            self._send_tests(node, missing)
+            return True
+
+        def check_schedule(self, node: Any, duration: float = 0) -> None:
+            if not self._top_up(node, self.depth):
+                super().check_schedule(node, duration)
+
+    return PrefetchLoadScheduling(config, log)
+
+
 # -- the pytest side -----------------------------------------------------------------------
 class PrefetchPlugin:
     """Registered by the modelrollout plugin; drives a :class:`Prefetcher` over the run loop."""
@@ -322,20 +375,22 @@ class PrefetchPlugin:
         self._next = 0  # sequential runs: next index of session.items to plan
         self._worker = hasattr(config, "workerinput")
         self._interactor: Any = None
-        self._dist = str(getattr(config.option, "dist", "no") or "no")
+        # xdist sets dist = "no" on its workers; the controller passes the real mode along
+        workerinput = getattr(config, "workerinput", None) or {}
+        self._dist = str(workerinput.get("modelrollout_dist") or "no")
         self.progress: Progress | None = None
 
     def enabled(self) -> bool:
-        cfg, opt = self.session.cfg, self.config.option
-        if not cfg.prefetch or self.config.getoption("--rollout-no-prefetch", False):
-            return False
-        if getattr(opt, "collectonly", False) or os.environ.get("MODELROLLOUT_PREFETCH") == "0":
+        if not prefetch_enabled(self.config, self.session):
             return False
         # the xdist controller runs no tests: its workers prefetch their own items
         return not self.config.pluginmanager.has_plugin("dsession")
 
     def window(self) -> int:
         concurrency = self.session.options.concurrency or self.session.cfg.concurrency
+        share = worker_share(os.environ) if self._worker else None
+        if share is not None:
+            concurrency = split_limit(concurrency, *share)  # the worker's part of the bound
         return WINDOW_FACTOR * concurrency
 
     @pytest.hookimpl(hookwrapper=True)
@@ -414,6 +469,8 @@ __all__ = [
     "Prefetcher",
     "Slot",
     "awaitable",
+    "make_load_scheduler",
     "plan_item",
+    "prefetch_enabled",
     "prefetchable",
 ]

@@ -21,7 +21,7 @@ from ._exceptions import ConfigError, KilledError, ModelRolloutError
 from ._records import CallRecord, CheckRecord, RecordSet, Role
 from .config import RolloutConfig, check_api_key, resolve_model
 from .providers.base import ChatRequest, ModelSpec, ProviderResponse
-from .providers.client import CallResult, ModelRegistry
+from .providers.client import CallResult, ModelRegistry, worker_share
 from .runner import Runner
 
 if TYPE_CHECKING:
@@ -172,7 +172,8 @@ class RolloutSession:
                 if self._runner is None:
                     limit = self.options.concurrency or self.cfg.concurrency
                     self._registry = ModelRegistry(
-                        self.spec, self.killed, self.env, max_in_flight=limit
+                        self.spec, self.killed, self.env, max_in_flight=limit,
+                        share=worker_share(self.env),
                     )
                     runner = Runner()
                     runner.register(self._registry)

@@ -496,12 +496,51 @@ def _ref_killed(spec: ModelSpec, killed: Collection[str]) -> bool:
     return spec.ref in killed or f"{spec.provider}:{spec.model}" in killed
 
 
+def split_limit(value: int, index: int, count: int) -> int:
+    """Worker ``index``'s share of an integer limit split over ``count`` workers (at least 1).
+
+    ``split_limit(8, i, 3)`` is 3, 3, 2 for i = 0, 1, 2: the shares add up to the limit.
+    """
+    if count <= 1:
+        return value
+    base, extra = divmod(value, count)
+    return max(1, base + (1 if index < extra else 0))
+
+
+def worker_share(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """``(index, count)`` on a pytest-xdist worker (``gw2`` of 4 -> ``(2, 4)``), else None."""
+    name, count = env.get("PYTEST_XDIST_WORKER", ""), env.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not name.startswith("gw") or not count.isdigit() or not name[2:].isdigit():
+        return None
+    n, i = int(count), int(name[2:])
+    return (i, n) if n > 1 and 0 <= i < n else None
+
+
+def share_spec(spec: ModelSpec, share: tuple[int, int] | None) -> ModelSpec:
+    """The spec a worker uses: its share of ``max_concurrency``, ``rpm`` and ``tpm``.
+
+    The limits in the config are the team's limits with the provider, for the whole run; under
+    ``pytest -n N`` each worker gets 1/N of them, so N workers together stay within them.
+    """
+    if share is None:
+        return spec
+    index, count = share
+    return dataclasses.replace(
+        spec,
+        max_concurrency=split_limit(spec.max_concurrency, index, count),
+        rpm=spec.rpm / count if spec.rpm else spec.rpm,
+        tpm=spec.tpm / count if spec.tpm else spec.tpm,
+    )
+
+
 class ModelRegistry:
     """One per session: resolves references and lazily builds one ModelClient per reference.
 
     ``killed`` is consulted at call time (it may be the session's live set). ``env`` is where
     API keys are read (default: ``os.environ``). ``max_in_flight`` bounds calls in flight
-    across all models (``--rollout-concurrency``).
+    across all models (``--rollout-concurrency``). ``share`` is ``(worker index, worker
+    count)`` under pytest-xdist: every limit (``max_in_flight``, each model's
+    ``max_concurrency``, ``rpm``, ``tpm``) is split so that the workers together keep to it.
     """
 
     def __init__(
@@ -511,8 +550,12 @@ class ModelRegistry:
         env: Mapping[str, str] | None = None,
         *,
         max_in_flight: int | None = None,
+        share: tuple[int, int] | None = None,
     ) -> None:
         self._resolve = resolve
+        self.share = share
+        if max_in_flight and share is not None:
+            max_in_flight = split_limit(max_in_flight, *share)
         self.killed: Collection[str] = killed if killed is not None else set()
         self.env: Mapping[str, str] = env if env is not None else os.environ
         self._clients: dict[str, ModelClient] = {}
@@ -531,7 +574,7 @@ class ModelRegistry:
             client = self._clients.get(ref)
             if client is None:
                 client = ModelClient(
-                    self._resolve(ref),
+                    share_spec(self._resolve(ref), self.share),
                     registry=self,
                     env=self.env,
                     killed=self.killed,
@@ -578,4 +621,7 @@ __all__ = [
     "estimate_tokens",
     "make_provider",
     "scrub",
+    "share_spec",
+    "split_limit",
+    "worker_share",
 ]

@@ -3,7 +3,8 @@
 ``get_simulator()`` starts one :class:`SimServer` per process (lazily, thread-safe) on
 ``127.0.0.1:0`` in a daemon thread; ``main_serve(port)`` serves in the foreground for the
 ``modelrollout sim`` command. Handlers run in daemon threads, speak HTTP/1.1 with keep-alive and
-sleep the persona's latency (interrupted when the server stops).
+answer when the persona's latency has passed since the request arrived (interrupted when the
+server stops).
 
 The request header ``x-modelrollout-attempt`` (0, 1, 2, ...; missing = 0) is the retry attempt:
 transient faults happen on attempt 0 only, so a retrying client recovers deterministically.
@@ -317,6 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_error("openai", 404, f"Unknown path {self.path}"))
 
     def do_POST(self) -> None:
+        # the persona's latency is the time from the request's arrival to the reply, like a
+        # provider's: the simulator's own work is inside it, not added on top
+        self._received = time.monotonic()
         try:
             raw = self._read_body()
         except (ValueError, OSError):
@@ -339,7 +343,11 @@ class _Handler(BaseHTTPRequestHandler):
             stop.wait(resp.delay_s)
             self.close_connection = True
             return
-        if resp.delay_s > 0 and stop.wait(resp.delay_s):
+        received = self.__dict__.pop("_received", None)
+        delay = resp.delay_s
+        if received is not None:
+            delay -= time.monotonic() - received
+        if delay > 0 and stop.wait(delay):
             self.close_connection = True
             return
         try:

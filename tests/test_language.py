@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from pytest_modelrollout.language import (
     detect_language,
     language_matches,
     normalize_lang,
+    script_counts,
 )
 
 DATA = Path(__file__).parent / "data" / "language_set.jsonl"
@@ -190,3 +192,240 @@ def test_matches_same_as_prompt() -> None:
     assert ok and "not judged" in detail
     with pytest.raises(ValueError):
         language_matches("same_as_prompt", "x")
+
+
+# --------------------------------------------------------------------------- fixed outcomes
+
+ZH_PROMPT = "你好，我的订单什么时候到？"
+MIXED_PROMPT = "请帮我 check 一下 order status"
+
+#: Every check the tests in this file and in test_checks.py run, with its exact outcome and
+#: detail (the detail carries the Latin share, so the counts behind it are pinned too).
+CHECKS: list[tuple[str, str, str | None, tuple[bool, str]]] = [
+    ("zh", "您的订单已发货。", None, (True, "expected zh, detected zh")),
+    (
+        "zh",
+        "能不能帮我把这段 summary 改得更 professional 一点？",
+        None,
+        (True, "expected zh, detected mixed (Latin share 19%)"),
+    ),
+    (
+        "zh",
+        "帮我 double check 一下 invoice 上的 amount 对不对",
+        None,
+        (False, "expected zh, detected mixed (Latin share 40%)"),
+    ),
+    ("zh", "Your order has shipped.", None, (False, "expected zh, detected en")),
+    ("zh", "ご注文の商品は発送されました。", None, (False, "expected zh, detected ja")),
+    ("en", "Your order has shipped.", None, (True, "expected en, detected en")),
+    ("en", MIXED_PROMPT, None, (False, "expected en, detected mixed (Latin share 47%)")),
+    ("de", "Ihre Bestellung wurde heute verschickt.", None, (True, "expected de, detected de")),
+    ("fr", "Ihre Bestellung wurde heute verschickt.", None, (False, "expected fr, detected de")),
+    ("ja", "ご注文の商品は発送されました。", None, (True, "expected ja, detected ja")),
+    ("mixed", MIXED_PROMPT, None, (True, "expected mixed, detected mixed (Latin share 47%)")),
+    (
+        "mixed",
+        "能不能帮我把这段 summary 改得更 professional 一点？",
+        None,
+        (True, "expected mixed, detected mixed (Latin share 19%)"),
+    ),
+    ("mixed", "您的订单已发货。", None, (False, "expected mixed, detected zh")),
+    ("mixed", "Your order has shipped.", None, (False, "expected mixed, detected en")),
+    ("same_as_prompt", "您的订单明天送达。", ZH_PROMPT, (True, "reply zh, prompt zh")),
+    ("same_as_prompt", "It arrives tomorrow.", ZH_PROMPT, (False, "reply en, prompt zh")),
+    (
+        "same_as_prompt",
+        "好的，我帮您查一下订单状态。",
+        MIXED_PROMPT,
+        (True, "reply zh, prompt mixed (accepts zh or mixed)"),
+    ),
+    (
+        "same_as_prompt",
+        "好的，我帮你 check 一下 order",
+        MIXED_PROMPT,
+        (True, "reply mixed (Latin share 30%), prompt mixed (accepts zh or mixed)"),
+    ),
+    (
+        "same_as_prompt",
+        "Sure, let me check.",
+        MIXED_PROMPT,
+        (False, "reply en, prompt mixed (accepts zh or mixed)"),
+    ),
+    (
+        "same_as_prompt",
+        "Anything",
+        "A-1001 2024-05-01",
+        (True, "prompt language undetermined; reply en: not judged"),
+    ),
+    ("en", "Your refund has been processed.", None, (True, "expected en, detected en")),
+    ("zh", "您的退款已经处理完毕，请注意查收。", None, (True, "expected zh, detected zh")),
+    ("zh-TW", "您的退款已處理完畢。", None, (True, "expected zh, detected zh")),
+    ("zh", "ご注文の商品は本日発送されました。", None, (False, "expected zh, detected ja")),
+    ("zh", "Your refund has been processed.", None, (False, "expected zh, detected en")),
+    ("same_as_prompt", "您的订单预计明天送达。", ZH_PROMPT, (True, "reply zh, prompt zh")),
+    ("same_as_prompt", "Your order arrives tomorrow.", ZH_PROMPT, (False, "reply en, prompt zh")),
+    (
+        "same_as_prompt",
+        "Arrives tomorrow.",
+        "A-1001 / 2024-05-01",
+        (True, "prompt language undetermined; reply en: not judged"),
+    ),
+    ("en", "", None, (False, "expected en, detected unknown")),
+    ("en", "Refund approved.", None, (True, "expected en, detected en")),
+    ("en", "Refund approved, paid in 5 days.", None, (True, "expected en, detected en")),
+    (
+        "en",
+        "Please ship it to 北京市朝阳区 by Friday.",
+        None,
+        (True, "expected en, detected en (Latin share 58%)"),
+    ),
+    (
+        "mixed",
+        "Your order has shipped. 您的订单已发货，预计三天内送达。",
+        None,
+        (True, "expected mixed, detected mixed (Latin share 30%)"),
+    ),
+    ("zh", "我用的是 iPhone 15，怎么开启双重验证？", None, (True, "expected zh, detected zh")),
+    (
+        "same_as_prompt",
+        "Your order has shipped. 您的订单已发货，预计三天内送达。",
+        MIXED_PROMPT,
+        (True, "reply mixed (Latin share 30%), prompt mixed (accepts zh or mixed)"),
+    ),
+    (
+        "same_as_prompt",
+        "Your order has shipped.",
+        "Please ship it to 北京市朝阳区 by Friday.",
+        (True, "reply en, prompt en (Latin share 58%)"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("expected", "text", "prompt", "outcome"), CHECKS)
+def test_check_outcomes_are_fixed(
+    expected: str, text: str, prompt: str | None, outcome: tuple[bool, str]
+) -> None:
+    assert language_matches(expected, text, prompt) == outcome
+
+
+def test_labelled_set_detection_and_checks_match_the_labels() -> None:
+    """Every labelled text is detected as labelled (the set is at 100%; the accuracy test above
+    keeps a margin for harder texts added later), passes the check for its label, and passes
+    ``same_as_prompt`` against another text with the same label as the prompt."""
+    rows = load_set()
+    by_label: dict[str, list[str]] = {}
+    for row in rows:
+        by_label.setdefault(row["label"], []).append(row["text"])
+    for row in rows:
+        text, label = row["text"], row["label"]
+        assert detect_language(text) == label, row
+        ok, detail = language_matches(label, text)
+        assert ok and detail.startswith(f"expected {label}, detected {label}"), (row, detail)
+        same = by_label[label]
+        prompt = same[(same.index(text) + 1) % len(same)]
+        ok, detail = language_matches("same_as_prompt", text, prompt)
+        assert ok and detail.startswith(f"reply {label}"), (row, prompt, detail)
+
+
+# --------------------------------------------------------------------------- fast paths
+#
+# The hot paths are written for speed (cached per-token verdicts, split regexes, pre-checks).
+# These tests hold them to the plain formulation of the same rules.
+
+_PLAIN_CODE_LINE_RE = re.compile(
+    r"(?:[{;]\s*(?:(?://|#).*)?$"
+    r"|^\s*[A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*(?:[-+*/|&]?=|:=)\s*\S"
+    r"|^\s*[a-z_][\w.-]*:\s*[\w.\-\"'/]*\s*(?:#.*)?$"
+    r"|\w\([^()]*\)\s*[;,]?\s*(?:(?:#|//).*)?$|=>|->|==|!=)"
+)
+_PLAIN_IDENTIFIER = (r"[_./\\=()\[\]{}<>@#$%^&*+|~:;]", r"[a-z][A-Z]", r"\d")
+
+
+def _plain_looks_like_code(line: str) -> bool:
+    return bool(line.strip()) and bool(
+        language._CODE_START_RE.search(line) or _PLAIN_CODE_LINE_RE.search(line)
+    )
+
+
+def _plain_latin_tokens(text: str, han_present: bool, strict: bool) -> tuple[float, list[str]]:
+    words = 0.0
+    kept: list[str] = []
+    for m in language._TOKEN_RE.finditer(text):
+        token = m.group(0).strip(language._EDGE_PUNCT)
+        if not token or not language._LATIN_WORD_RE.search(token):
+            continue
+        if strict:
+            identifier = any(re.search(p, token) for p in _PLAIN_IDENTIFIER)
+            acronym = len(token) > 1 and language._ACRONYM_RE.match(token)
+            if identifier or acronym:
+                continue
+        elif sum(len(w) for w in language._LATIN_WORD_RE.findall(token)) < 2:
+            continue
+        n = len(language._LATIN_WORD_RE.findall(token))
+        before = text[: m.start()].rstrip(" \t\"'“‘(")
+        sentence_initial = not before or before[-1] in ".!?。！？:：\n"
+        name_like = token[0].isupper() and not sentence_initial
+        words += n * (language.CAPITALISED_WEIGHT_WITH_HAN if han_present and name_like else 1.0)
+        kept.append(token)
+    return words, kept
+
+
+def _fast_path_texts() -> list[str]:
+    texts = [r["text"] for r in load_set()] + [c[1] for c in CHECKS]
+    texts += [p for c in CHECKS if (p := c[2])]
+    texts += [
+        "```python\nx = f(a) # 注释\nif a == b: pass\ny -> z\nkey: value\n```\nSee www.Example.com",
+        "Mail ops@example.org or visit HTTPS://x.y/z; then run `make` and call f(x)\n\treturn x;",
+        '她说：“Apple 的 Face ID 很好用。”然后 (Pro) 和 "Max" 也是。 iPhone15 API SKUs',
+        "A-1001 x I a don't O’Neil\x1cwords\u2028split\u3000here\u00a0too Ünïcödé Ǆ ǅ",
+        "Name 中文 Name. 中文 'Quoted' (Paren) “Curly” ‘Single’ \tTab\nNew 名字：Colon！Bang",
+    ]
+    return texts
+
+
+def test_fast_paths_agree_with_the_plain_rules() -> None:
+    for text in _fast_path_texts():
+        for line in text.splitlines():
+            assert language._looks_like_code(line) == _plain_looks_like_code(line), line
+        plain_stripped = "\n".join(
+            language._strip_code_line(line) if _plain_looks_like_code(line) else line
+            for line in language._EMAIL_RE.sub(
+                " ", language._URL_RE.sub(" ", language._INLINE_CODE_RE.sub(" ", text))
+            ).splitlines()
+        )
+        if "```" not in text:
+            assert language.strip_code(text) == plain_stripped, text
+        for han_present in (False, True):
+            for strict in (False, True):
+                fast = language._latin_tokens(text, han_present, strict)
+                plain = _plain_latin_tokens(text, han_present, strict)
+                assert fast == plain and type(fast[0]) is float, (text, fast, plain)
+        for pos in range(len(text) + 1):
+            before = text[:pos].rstrip(" \t\"'“‘(")
+            assert language._sentence_initial(text, pos) == (
+                not before or before[-1] in ".!?。！？:：\n"
+            )
+
+
+def test_a_check_counts_each_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Detection, the detail and the tolerance rules share one script count per text."""
+    counted: list[str] = []
+    real = language._count_scripts
+
+    def spy(text: str, strict: bool) -> language.ScriptCounts:
+        counted.append(text)
+        return real(text, strict)
+
+    monkeypatch.setattr(language, "_count_scripts", spy)
+    language.detect_language.cache_clear()
+    language._stripped_counts.cache_clear()
+    try:
+        reply = "好的，我帮你 check 一下 order"
+        for expected, prompt in (("same_as_prompt", MIXED_PROMPT), ("zh", None), ("mixed", None)):
+            language_matches(expected, reply, prompt)
+        language_matches("same_as_prompt", "Your order has shipped.", "Wo ist meine Bestellung?")
+    finally:
+        language.detect_language.cache_clear()
+        language._stripped_counts.cache_clear()
+    assert len(counted) == 4  # two replies, two prompts
+    assert script_counts(reply) is script_counts(reply)

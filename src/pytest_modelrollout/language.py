@@ -101,11 +101,13 @@ _FENCE_RE = re.compile(r"```[^\n`]*\n?(.*?)(?:```|\Z)", re.S)
 _INLINE_CODE_RE = re.compile(r"`[^`\n]+`")
 _URL_RE = re.compile(r"(?:https?://|ftp://|www\.)\S+", re.I)
 _EMAIL_RE = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+#: Cheap necessary conditions: a text without a match skips the slower scan (``w`` matches
+#: only ``w``/``W`` under ``re.I``; every e-mail has an ``@``).
+_URL_HINT_RE = re.compile(r"://|[wW][wW][wW]\.")
 _TOKEN_RE = re.compile(f"[^\\s{_HAN}{_KANA}{_HANGUL}，。、；：！？（）「」『』《》“”‘’【】]+")
 _EDGE_PUNCT = "\"'`.,;:!?()[]{}<>«»¡¿*…-–—"
-_CODE_CHARS_RE = re.compile(r"[_./\\=()\[\]{}<>@#$%^&*+|~:;]")
-_DIGIT_RE = re.compile(r"\d")
-_CAMEL_RE = re.compile(r"[a-z][A-Z]")
+#: A token with a code character, a digit or a camelCase hump (one search for the three).
+_IDENTIFIER_RE = re.compile(r"[_./\\=()\[\]{}<>@#$%^&*+|~:;\d]|[a-z][A-Z]")
 _ACRONYM_RE = re.compile(r"^[A-Z0-9]*[A-Z][A-Z0-9]*s?$")
 
 _CODE_START_RE = re.compile(
@@ -115,12 +117,14 @@ _CODE_START_RE = re.compile(
     r"|SELECT |INSERT |UPDATE |DELETE |CREATE |ALTER |DROP |WITH \w+ AS"
     r"|(?:continue|break|pass)\s*;?\s*$|pip |npm |yarn |pnpm |uvicorn |python3? |docker |git |curl |cd |export |sudo |\$ |>>> |[}\])]+[;,]?\s*$)"
 )
-_CODE_LINE_RE = re.compile(
-    r"(?:[{;]\s*(?:(?://|#).*)?$"  # ends with { or ;
-    r"|^\s*[A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*(?:[-+*/|&]?=|:=)\s*\S"  # assignment
-    r"|^\s*[a-z_][\w.-]*:\s*[\w.\-\"'/]*\s*(?:#.*)?$"  # yaml key: value
-    r"|\w\([^()]*\)\s*[;,]?\s*(?:(?:#|//).*)?$|=>|->|==|!=)"  # call ending a line, arrows, ...
-)
+# A line that looks like code (besides _CODE_START_RE): one of these, each tried only when the
+# line has the character it needs (one alternation searched at every position was the slow
+# part of stripping code from prose).
+_CODE_BRACE_END_RE = re.compile(r"[{;]\s*(?:(?://|#).*)?$")  # ends with { or ;
+_CODE_ASSIGN_RE = re.compile(r"^\s*[A-Za-z_][\w.]*(?:\[[^\]]*\])?\s*(?:[-+*/|&]?=|:=)\s*\S")
+_CODE_YAML_RE = re.compile(r"^\s*[a-z_][\w.-]*:\s*[\w.\-\"'/]*\s*(?:#.*)?$")  # key: value
+_CODE_CALL_RE = re.compile(r"\w\([^()]*\)\s*[;,]?\s*(?:(?:#|//).*)?$")  # call ending a line
+_CODE_OPERATORS = ("=>", "==", "!=")  # and "->" (arrows, comparisons)
 _COMMENT_LINE_RE = re.compile(r"^\s*(?:#+|//+|--|/\*+|\*+/?|<!--)\s?(.*?)(?:\*/|-->)?\s*$")
 _TRAILING_COMMENT_RE = re.compile(r"(?:\s#|\s//|\s--\s|/\*)\s?(.*?)(?:\*/)?\s*$")
 _DOCSTRING_RE = re.compile(r"(?:\"\"\"|''')(.*?)(?:\"\"\"|'''|$)", re.S)
@@ -249,7 +253,19 @@ def _strip_code_line(line: str) -> str:
 
 
 def _looks_like_code(line: str) -> bool:
-    return bool(line.strip()) and bool(_CODE_START_RE.search(line) or _CODE_LINE_RE.search(line))
+    if not line.strip():
+        return False
+    return bool(
+        _CODE_START_RE.search(line)
+        or (("{" in line or ";" in line) and _CODE_BRACE_END_RE.search(line))
+        or (
+            "=" in line
+            and (_CODE_ASSIGN_RE.search(line) or any(o in line for o in _CODE_OPERATORS))
+        )
+        or (":" in line and _CODE_YAML_RE.search(line))
+        or ("(" in line and _CODE_CALL_RE.search(line))
+        or "->" in line
+    )
 
 
 def _strip_code_block(block: str) -> str:
@@ -276,8 +292,10 @@ def strip_code(text: str) -> str:
     """
     text = _FENCE_RE.sub(lambda m: "\n" + _strip_code_block(m.group(1)) + "\n", text)
     text = _INLINE_CODE_RE.sub(" ", text)
-    text = _URL_RE.sub(" ", text)
-    text = _EMAIL_RE.sub(" ", text)
+    if _URL_HINT_RE.search(text):
+        text = _URL_RE.sub(" ", text)
+    if "@" in text:
+        text = _EMAIL_RE.sub(" ", text)
     return "\n".join(
         _strip_code_line(line) if _looks_like_code(line) else line for line in text.splitlines()
     )
@@ -286,47 +304,91 @@ def strip_code(text: str) -> str:
 # --------------------------------------------------------------------------- counting
 
 
+_SENTENCE_LEAD = " \t\"'“‘("
+_SENTENCE_END = ".!?。！？:：\n"
+
+
 def _sentence_initial(text: str, pos: int) -> bool:
-    before = text[:pos].rstrip(" \t\"'“‘(")
-    return not before or before[-1] in ".!?。！？:：\n"
+    """Whether ``text[pos]`` starts a sentence: only blanks, opening quotes and brackets
+    between it and the start of the text or the previous sentence's end (scans backwards:
+    linear in that gap, not in ``pos``)."""
+    while pos > 0 and text[pos - 1] in _SENTENCE_LEAD:
+        pos -= 1
+    return pos == 0 or text[pos - 1] in _SENTENCE_END
+
+
+#: What one raw token (a match of ``_TOKEN_RE``) contributes: the kept token, its number of
+#: Latin words and whether it is capitalised; ``None`` when it is not counted.
+_TokenInfo = tuple[str, int, bool] | None
+
+_TOKEN_CACHE_SIZE = 16_384
+
+
+@functools.lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def _strict_token(raw: str) -> _TokenInfo:
+    token = raw.strip(_EDGE_PUNCT)
+    if not token or not _LATIN_WORD_RE.search(token):
+        return None
+    if _IDENTIFIER_RE.search(token):
+        return None  # identifier, path, file name, dotted name, markup, A-1001, GPT4
+    if len(token) > 1 and _ACRONYM_RE.match(token):
+        return None  # API, SKU, ID, GPT4 -- language-neutral terms
+    n = len(_LATIN_WORD_RE.findall(token))
+    return (token, n, token[0].isupper()) if n else None
+
+
+@functools.lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def _loose_token(raw: str) -> _TokenInfo:
+    token = raw.strip(_EDGE_PUNCT)
+    if not token:
+        return None
+    words = _LATIN_WORD_RE.findall(token)
+    if sum(len(w) for w in words) < 2:
+        return None  # "A-1001": a lone letter in an identifier is not language
+    return (token, len(words), token[0].isupper())
 
 
 def _latin_tokens(text: str, han_present: bool, strict: bool = True) -> tuple[float, list[str]]:
-    words = 0.0
+    """Latin words in ``text`` (capitalised ones not starting a sentence weighted when Han is
+    present) and the tokens that carry them. A token's verdict depends on the token alone and is
+    cached; only the sentence-initial test needs its position, and only with Han present."""
+    info = _strict_token if strict else _loose_token
     kept: list[str] = []
+    if not han_present:
+        # in ASCII text _TOKEN_RE's runs are the runs of non-whitespace (\s is str.isspace)
+        tokens = text.split() if text.isascii() else _TOKEN_RE.findall(text)
+        words = 0
+        for found in map(info, tokens):
+            if found is not None:
+                kept.append(found[0])
+                words += found[1]
+        return float(words), kept
+    full = half = 0  # integers: the weighted float sum below is exact, as it was summed before
     for m in _TOKEN_RE.finditer(text):
-        token = m.group(0).strip(_EDGE_PUNCT)
-        if not token or not _LATIN_WORD_RE.search(token):
+        found = info(m.group())
+        if found is None:
             continue
-        if not strict:
-            if sum(len(w) for w in _LATIN_WORD_RE.findall(token)) < 2:
-                continue  # "A-1001": a lone letter in an identifier is not language
-        elif _CODE_CHARS_RE.search(token) or _CAMEL_RE.search(token) or _DIGIT_RE.search(token):
-            continue  # identifier, path, file name, dotted name, markup, A-1001, GPT4
-        elif len(token) > 1 and _ACRONYM_RE.match(token):
-            continue  # API, SKU, ID, GPT4 -- language-neutral terms
-        n = len(_LATIN_WORD_RE.findall(token))
-        if n == 0:
-            continue
-        name_like = token[0].isupper() and not _sentence_initial(text, m.start())
-        weight = CAPITALISED_WEIGHT_WITH_HAN if han_present and name_like else 1.0
-        words += n * weight
+        token, n, capitalised = found
+        if capitalised and not _sentence_initial(text, m.start()):
+            half += n
+        else:
+            full += n
         kept.append(token)
-    return words, kept
+    return full + half * CAPITALISED_WEIGHT_WITH_HAN, kept
 
 
-def script_counts(text: str, *, strip: bool = True) -> ScriptCounts:
-    """Count scripts in ``text``. With ``strip`` false, code is not removed and identifiers and
-    acronyms count as words (the fallback for texts that are nothing but code or acronyms)."""
-    text = text[:MAX_ANALYSED_CHARS]
-    if strip:
-        text = strip_code(text)
-    han_runs = [len(r) for r in _HAN_RUN_RE.findall(text)]
+def _count_scripts(text: str, strict: bool) -> ScriptCounts:
+    """The counts of an already truncated (and, when ``strict``, code-stripped) text."""
+    if text.isascii():  # O(1): no Han, kana, Hangul or other-script letters can occur
+        han_runs: list[int] = []
+        kana = hangul_words = other = 0
+    else:
+        han_runs = [len(r) for r in _HAN_RUN_RE.findall(text)]
+        kana = len(_KANA_RE.findall(text))
+        hangul_words = len(_HANGUL_WORD_RE.findall(text))
+        other = len(_OTHER_LETTER_RE.findall(text))
     han = sum(han_runs)
-    kana = len(_KANA_RE.findall(text))
-    hangul_words = len(_HANGUL_WORD_RE.findall(text))
-    latin_words, kept = _latin_tokens(text, han_present=han > 0, strict=strip)
-    other = len(_OTHER_LETTER_RE.findall(text))
+    latin_words, kept = _latin_tokens(text, han_present=han > 0, strict=strict)
     return ScriptCounts(
         han=han,
         kana=kana,
@@ -337,6 +399,21 @@ def script_counts(text: str, *, strip: bool = True) -> ScriptCounts:
         han_runs=len(han_runs),
         longest_han_run=max(han_runs, default=0),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _stripped_counts(text: str) -> ScriptCounts:
+    """``script_counts(text)``, once per text: detection, the check's detail and its tolerance
+    rules all read the same counts (``ScriptCounts`` is immutable, sharing it is safe)."""
+    return _count_scripts(strip_code(text[:MAX_ANALYSED_CHARS]), strict=True)
+
+
+def script_counts(text: str, *, strip: bool = True) -> ScriptCounts:
+    """Count scripts in ``text``. With ``strip`` false, code is not removed and identifiers and
+    acronyms count as words (the fallback for texts that are nothing but code or acronyms)."""
+    if strip:
+        return _stripped_counts(text)
+    return _count_scripts(text[:MAX_ANALYSED_CHARS], strict=False)
 
 
 def count_words(text: str) -> int:
@@ -411,7 +488,9 @@ def _latin_language(text: str) -> str:
     return lang
 
 
-def _classify(c: ScriptCounts, text: str) -> str:
+def _classify(c: ScriptCounts, text: Callable[[], str]) -> str:
+    """The label for counts ``c``; ``text()`` is the analysed text, built only when the
+    statistical detector needs it (other scripts)."""
     cjk = c.han + c.kana
     if c.kana and (c.kana >= KANA_MIN_CHARS or c.kana / cjk >= KANA_MIN_SHARE):
         return "ja"
@@ -419,7 +498,7 @@ def _classify(c: ScriptCounts, text: str) -> str:
     if c.hangul_words and c.hangul_words / all_words >= HANGUL_MIN_SHARE:
         return "ko"
     if c.other_letters / 5 > c.han_words + c.latin_words:
-        return _statistical(text)[0]
+        return _statistical(text())[0]
     if c.han == 0:
         if c.latin_words == 0:
             return "unknown"
@@ -443,8 +522,8 @@ def detect_language(text: str) -> str:
         counts = script_counts(text, strip=False)  # nothing but code: judge the raw text
         if counts.empty:
             return "unknown"
-        return _classify(counts, text[:MAX_ANALYSED_CHARS])
-    return _classify(counts, strip_code(text[:MAX_ANALYSED_CHARS]))
+        return _classify(counts, lambda: text[:MAX_ANALYSED_CHARS])
+    return _classify(counts, lambda: strip_code(text[:MAX_ANALYSED_CHARS]))
 
 
 # --------------------------------------------------------------------------- matching

@@ -3,18 +3,23 @@
 Usage::
 
     python bench/throughput.py [--cases 200] [--latency-ms 100] [--memory-calls 10000]
-                               [--in-process-sim] [--xdist 4] [--skip-naive] [--skip-memory]
+                               [--in-process-sim] [--xdist 2,4] [--skip-naive] [--skip-memory]
 
 (a) wall time of a ``cases()`` suite (CASES rows x 2 models, ``rollout.ask(case)``) run with
     pytest in a subprocess, including pytest start-up, as a ratio to the ideal
     ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
-    the default ``max_concurrency`` of 8 per model). Also with ``-n N`` when ``--xdist N``.
+    the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
+    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist.
 (b) the same suite written the way teams write it today (plain pytest, an ``httpx.Client``
     calling the two models one after the other in each test); the ratio b / a.
 (c) per-call CPU overhead on a zero-latency endpoint: ``ModelClient.call`` plus the per-reply
     work (CallRecord + Reply) minus a raw ``httpx.AsyncClient`` post + JSON parse.
 (d) peak RSS of a pytest run making ``--memory-calls`` calls through the plugin (prefetch on,
     JSON report written).
+
+Every pytest run gets a user's environment: bytecode caching on (unset
+PYTHONDONTWRITEBYTECODE) and the hypothesis plugin (a test dependency of this repository)
+disabled, in (a), (b) and (d) alike.
 
 By default the simulator runs as a standalone process (``python -m pytest_modelrollout sim``)
 so that it does not share the GIL with pytest (a real provider does not either); with
@@ -127,10 +132,32 @@ def write_project(root: Path, n: int, stable: str, candidate: str, naive: bool =
     (root / "test_suite.py").write_text(body, encoding="utf-8")
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's run: bytecode caching on (this sandbox sets
+    PYTHONDONTWRITEBYTECODE, which makes every start-up recompile the plugin), CI=1 (no
+    progress bar)."""
+    env = {**os.environ, "CI": "1", **extra}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def pytest_cmd(*args: str, plugin: bool = True) -> list[str]:
+    # hypothesis is a test dependency of this repository, not of a user's install; its pytest
+    # plugin alone adds ~0.5 s to every start-up here, so it is disabled in both suites
+    extra = ["-p", "no:hypothesispytest"] if _has_hypothesis() else []
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra,
+            *(["--rollout-allow-inconclusive"] if plugin else ["-p", "no:modelrollout"]), *args]
+
+
+def _has_hypothesis() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hypothesis") is not None
+
+
 def run_pytest(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
     plugin = "-p no:modelrollout" not in env.get("PYTEST_ADDOPTS", "")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           *(["--rollout-allow-inconclusive"] if plugin else []), *args]
+    cmd = pytest_cmd(*args, plugin=plugin)
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
@@ -146,7 +173,7 @@ def run_pytest(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]
 def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> dict[str, Any]:
     lat = args.latency_ms
     stable, candidate = f"stable?latency_ms={lat}&jitter=0", f"good?latency_ms={lat}&jitter=0"
-    env = {**os.environ, "CI": "1"}
+    env = user_env()
     if sim_url:
         env["MODELROLLOUT_SIM_URL"] = sim_url
     else:
@@ -165,17 +192,18 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     out["a_p50_ms"] = wf["candidate"]["latency_p50_ms"]
     wall_np, _ = run_pytest(proj, env, "--rollout-no-prefetch")
     out["a_no_prefetch_s"] = wall_np
-    if args.xdist:
-        wall_x, _ = run_pytest(proj, env, "-n", str(args.xdist), "--rollout-report=report_x.json")
-        out["a_xdist_s"] = wall_x
+    out["a_xdist"] = {}
+    for n in args.xdist:
+        wall_x, _ = run_pytest(proj, env, "-n", str(n), "--rollout-report=report_x.json")
         rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
         wx = rx["workflows"]["support"]
-        out["a_xdist_same"] = (
+        same = (
             rx["verdict"] == report["verdict"]
             and wx["stable"]["requests"] == wf["stable"]["requests"]
             and wx["candidate"]["output_tokens"] == wf["candidate"]["output_tokens"]
             and wx["checks"] == wf["checks"]
         )
+        out["a_xdist"][n] = (wall_x, same)
     # pytest start-up + collection alone, for reference
     out["startup_s"], _ = run_pytest(proj, env, "--collect-only")
     if not args.skip_naive and sim_url:
@@ -262,7 +290,7 @@ def bench_memory(sim_url: str, calls: int, work: Path) -> dict[str, Any]:
     proj = work / "memory"
     n = calls // 2
     write_project(proj, n, "stable?latency_ms=0&jitter=0", "good?latency_ms=0&jitter=0")
-    env = {**os.environ, "CI": "1", "MODELROLLOUT_SIM_URL": sim_url}
+    env = user_env(MODELROLLOUT_SIM_URL=sim_url)
     wrapper = (
         "import resource, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
@@ -270,9 +298,7 @@ def bench_memory(sim_url: str, calls: int, work: Path) -> dict[str, Any]:
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
         "time.perf_counter() - t, p.returncode)\n"
     )
-    cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "pytest", "-q",
-           "-p", "no:cacheprovider", "--rollout-allow-inconclusive",
-           "--rollout-report=report.json"]
+    cmd = [sys.executable, "-c", wrapper, *pytest_cmd("--rollout-report=report.json")]
     out = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, check=True)
     kb, wall, rc = out.stdout.split()
     if rc != "0":
@@ -289,11 +315,13 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=int, default=100)
     ap.add_argument("--overhead-calls", type=int, default=2000)
     ap.add_argument("--memory-calls", type=int, default=10000)
-    ap.add_argument("--xdist", type=int, default=0)
+    ap.add_argument("--xdist", default="2,4",
+                    help="comma-separated worker counts to run (a) with as well; '' for none")
     ap.add_argument("--in-process-sim", action="store_true")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
+    args.xdist = [int(n) for n in str(args.xdist).split(",") if n.strip()]
 
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     print(f"machine: nproc={os.cpu_count()}, python {platform.python_version()}, "
@@ -310,8 +338,7 @@ def main() -> None:
                 lat = args.latency_ms
                 write_project(naive, args.cases, f"stable?latency_ms={lat}&jitter=0",
                               f"good?latency_ms={lat}&jitter=0", naive=True)
-                env = {**os.environ, "CI": "1", "MODELROLLOUT_SIM_URL": url,
-                       "PYTEST_ADDOPTS": "-p no:modelrollout"}
+                env = user_env(MODELROLLOUT_SIM_URL=url, PYTEST_ADDOPTS="-p no:modelrollout")
                 r["b_wall_s"], _ = run_pytest(naive, env)
             a_ratio = r["a_wall_s"] / r["ideal_s"]
             print(f"(a) {args.cases} cases x 2 models = {r['calls']} calls "
@@ -322,9 +349,9 @@ def main() -> None:
             print(f"    pytest process: {r['a_tail']}; wall minus start-up "
                   f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
                   f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")
-            if "a_xdist_s" in r:
-                print(f"    -n {args.xdist}: wall {r['a_xdist_s']:.2f} s "
-                      f"(same verdict/requests/tokens/checks: {r['a_xdist_same']})")
+            for n, (wall_x, same) in r["a_xdist"].items():
+                print(f"    -n {n}: wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x the -n 0 run "
+                      f"(same verdict/requests/tokens/checks: {same})")
             if "b_wall_s" in r:
                 print(f"(b) naive pytest + httpx, sequential: {r['b_wall_s']:.2f} s -> "
                       f"b/a = {r['b_wall_s'] / r['a_wall_s']:.1f}x (target >= {TARGETS['b']}x)")

@@ -132,8 +132,17 @@ def pytest_configure(config: pytest.Config) -> None:
         from .smoke import SmokePlugin
 
         config.pluginmanager.register(SmokePlugin(session), "modelrollout-smoke")
-    from .prefetch import PrefetchPlugin
+    from .prefetch import PrefetchPlugin, prefetch_enabled
 
+    if (
+        prefetch_enabled(config, session)  # not --collect-only, not --rollout-no-prefetch
+        and not config.pluginmanager.has_plugin("dsession")  # the xdist controller calls nothing
+        and (session.config_path is not None or session.options.stable or session.options.candidate)
+    ):
+        # the models every workflow uses unless it says otherwise: their clients are built on
+        # the event loop while pytest collects, so the first prefetched calls leave at once
+        session.warm([r for r in (session.options.stable or session.cfg.stable,
+                                  session.options.candidate or session.cfg.candidate) if r])
     config.pluginmanager.register(
         PrefetchPlugin(config, session, lambda item: _test_context(item, session)),
         "modelrollout-prefetch",

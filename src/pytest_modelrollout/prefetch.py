@@ -379,6 +379,7 @@ class PrefetchPlugin:
         workerinput = getattr(config, "workerinput", None) or {}
         self._dist = str(workerinput.get("modelrollout_dist") or "no")
         self.progress: Progress | None = None
+        self._warmed = False
 
     def enabled(self) -> bool:
         if not prefetch_enabled(self.config, self.session):
@@ -410,12 +411,23 @@ class PrefetchPlugin:
         try:
             if not self._worker:
                 self.prefetcher.advance(self._sequential())
+                self._warm_checks()
                 if self.progress is not None:
                     self.progress.show_until_first(self.prefetcher, self._items[0].nodeid)
             yield
         finally:
             self.session.prefetch = None
             self.prefetcher.close()
+
+    def _warm_checks(self) -> None:
+        """Once calls are in flight, load what the first checks need (the language model):
+        the main thread would otherwise only wait for the first replies."""
+        if self._warmed or self.prefetcher is None or not self.prefetcher.stats.submitted:
+            return
+        self._warmed = True
+        from . import language
+
+        language.warm()
 
     def _sequential(self) -> Iterator[pytest.Item]:
         while self._next < len(self._items):
@@ -447,6 +459,7 @@ class PrefetchPlugin:
         if self._worker:
             pf.submit_item(item)  # the running item first, whatever the window
             pf.advance(self._upcoming_worker(item, nextitem))
+            self._warm_checks()
         else:
             pf.advance(self._sequential())
         try:

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from syrupy.extensions.json import JSONSnapshotExtension
 
 from .checks import parse_json_reply
-from .language import detect_language
 
 if TYPE_CHECKING:
     from .replies import Reply
@@ -89,6 +88,8 @@ def _strings(value: Any, out: list[str]) -> list[str]:
 
 def structure(reply: Reply) -> dict[str, Any]:
     """The structural summary of ``reply`` (see the module docstring)."""
+    from .language import detect_language  # lazily, like the checks
+
     if not reply.ok:
         return {"kind": "error"}
     text = reply.text

@@ -18,10 +18,11 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_stream_text", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 _WINDOWS = sys.platform.startswith("win")
 
@@ -63,6 +64,44 @@ def atomic_write_bytes(
     if fsync and not _WINDOWS:
         _fsync_dir(parent)
     return dest
+
+
+@contextlib.contextmanager
+def atomic_stream_text(
+    path: str | os.PathLike[str],
+    *,
+    encoding: str = "utf-8",
+    mode: int | None = 0o644,
+    make_parents: bool = True,
+) -> Iterator[TextIO]:
+    """Write text to ``path`` atomically as it is produced (for files too large to build in
+    memory first): ``with atomic_stream_text(p) as f: f.write(...)``.
+
+    The same protocol as :func:`atomic_write_bytes` (temporary file, fsync, ``os.replace``,
+    directory fsync), applied when the block ends normally; if it raises, the temporary file is
+    removed, the destination is untouched and the exception propagates. No newline translation.
+    """
+    dest = Path(path)
+    parent = dest.parent
+    if make_parents:
+        parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="", buffering=1 << 16) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, mode)
+        _replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if not _WINDOWS:
+        _fsync_dir(parent)
 
 
 def atomic_write_text(

@@ -12,13 +12,21 @@ Outcome of a call (exactly one per request):
 * ``timeout``  -- ``status == "timeout"`` (after retries and fallback)
 
 so ``requests == successes + fallbacks + errors + timeouts``.
+
+A session holds one record per call and per check outcome until it ends (tens of thousands in
+a large suite), so the record classes use ``__slots__`` (no per-instance ``__dict__``) and
+:meth:`to_dict` is a flat field copy (the values are scalars: no ``dataclasses.asdict`` deep
+copy). Records rebuilt from dicts (xdist workers' increments, merged reports) share their
+strings (:func:`shared`): the test id, pair id, workflow, model, ... of thousands of records
+are then one string each, as they are for the records a session makes itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Role = Literal["stable", "candidate"]
 Status = Literal["ok", "error", "timeout"]
@@ -27,7 +35,12 @@ Source = Literal["live", "replay", "shadow", "log"]
 ROLES: tuple[Role, Role] = ("stable", "candidate")
 
 
-@dataclass
+def shared(value: Any) -> Any:
+    """``value``, as the one shared copy of an equal string (``sys.intern``) when it is one."""
+    return sys.intern(value) if type(value) is str else value
+
+
+@dataclass(slots=True)
 class CallRecord:
     """One request to one model, as the rollout metrics see it."""
 
@@ -51,16 +64,18 @@ class CallRecord:
     case_id: str | None = None
     ts: float | None = None  # epoch seconds when the request was first sent
 
+    FIELDS: ClassVar[tuple[str, ...]]  # field names in order (set below the class)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CallRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = cls.FIELDS
+        return cls(**{k: shared(v) for k, v in data.items() if k in names})
 
 
-@dataclass
+@dataclass(slots=True)
 class CheckRecord:
     """One check outcome on one reply."""
 
@@ -75,13 +90,19 @@ class CheckRecord:
     detail: str | None = None  # one line: what was measured vs the threshold
     value: float | None = None  # measured value when numeric (chars, ms, ratio, ...)
 
+    FIELDS: ClassVar[tuple[str, ...]]  # field names in order (set below the class)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = cls.FIELDS
+        return cls(**{k: shared(v) for k, v in data.items() if k in names})
+
+
+CallRecord.FIELDS = tuple(f.name for f in dataclasses.fields(CallRecord))
+CheckRecord.FIELDS = tuple(f.name for f in dataclasses.fields(CheckRecord))
 
 
 @dataclass

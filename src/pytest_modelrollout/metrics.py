@@ -10,8 +10,10 @@ the order in which they arrived (xdist scheduling, shard merge order).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from ._records import ROLES, CallRecord, CheckRecord, RecordSet, Role
 from .stats import percentile_of_sorted
@@ -183,6 +185,8 @@ class WorkflowData:
         return {name: self.checks[name].to_dict() for name in sorted(self.checks)}
 
 
+_R = TypeVar("_R", CallRecord, CheckRecord)
+
 # Recorded for the report but not judged: "json_lenient" tells fenced/prose-wrapped JSON from
 # broken JSON, while "json" (which fails both) is the check that counts.
 INFORMATIONAL_CHECKS = frozenset({"json_lenient"})
@@ -299,11 +303,30 @@ def compute_workflow(
     return WorkflowData(workflow, st, ca, comparisons, validation)
 
 
+def _total_order(items: Sequence[_R], key: Callable[[_R], tuple[str, ...]]) -> list[_R]:
+    """``sorted(items, key=lambda x: (*key(x), repr(x)))`` without a ``repr`` of every record:
+    only records whose key ties (duplicated records) are ordered by their content."""
+    keyed = sorted(((key(x), x) for x in items), key=itemgetter(0))
+    out: list[_R] = []
+    i, n = 0, len(keyed)
+    while i < n:
+        k = keyed[i][0]
+        j = i + 1
+        while j < n and keyed[j][0] == k:
+            j += 1
+        if j - i == 1:
+            out.append(keyed[i][1])
+        else:
+            out.extend(sorted((x for _, x in keyed[i:j]), key=repr))
+        i = j
+    return out
+
+
 def compute(records: RecordSet) -> dict[str, WorkflowData]:
     """Metrics of every workflow in ``records`` (in any order), keyed and sorted by name."""
     # a total order (ties on call_id, e.g. duplicated records, are ordered by content)
-    ordered_calls = sorted(records.calls, key=lambda c: (c.workflow, c.call_id, repr(c)))
-    ordered_checks = sorted(records.checks, key=lambda c: (c.workflow, c.call_id, c.check, repr(c)))
+    ordered_calls = _total_order(records.calls, lambda c: (c.workflow, c.call_id))
+    ordered_checks = _total_order(records.checks, lambda c: (c.workflow, c.call_id, c.check))
     calls: dict[str, list[CallRecord]] = defaultdict(list)
     checks: dict[str, list[CheckRecord]] = defaultdict(list)
     for call in ordered_calls:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigError, KilledError, ModelRolloutError
-from ._records import CallRecord, CheckRecord, RecordSet, Role
+from ._records import CallRecord, CheckRecord, RecordSet, Role, shared
 from .config import RolloutConfig, check_api_key, resolve_model
 from .providers.base import ChatRequest, ModelSpec, ProviderResponse
 from .providers.client import CallResult, ModelRegistry, worker_share
@@ -275,10 +275,12 @@ class RolloutSession:
 
     # -- records ----------------------------------------------------------------------------
     def add_call(self, rec: CallRecord) -> None:
+        rec.error = shared(rec.error)  # classified messages repeat; one copy of each
         with self._lock:
             self.records.calls.append(rec)
 
     def add_check(self, rec: CheckRecord) -> None:
+        rec.detail = shared(rec.detail)  # "reply en, prompt en", ...: one copy of each
         with self._lock:
             self.records.checks.append(rec)
 
@@ -372,7 +374,7 @@ class RolloutSession:
         stable, candidate = self.headline_models()
         confidence, decision = self.decision_settings()
         return build_summary(
-            self.records.sorted(),
+            self.records,  # compute() puts the records in a total order itself
             stable=stable,
             candidate=candidate,
             workflow_models={n: (w.stable, w.candidate) for n, w in self.workflows.items()},
@@ -409,7 +411,8 @@ class RolloutSession:
         opts = self.options
         if opts.report:
             try:
-                jsonreport.write_json_report(Path(opts.report), summary, self.records.sorted())
+                # the writer sorts the records and streams them to the file (no copy here)
+                jsonreport.write_json_report(Path(opts.report), summary, self.records)
             except (OSError, ModelRolloutError) as exc:
                 self.report_errors.append(str(exc))
         if opts.markdown:

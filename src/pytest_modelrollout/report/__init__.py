@@ -8,12 +8,13 @@ CI and in the HTML report are identical.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TextIO
 
-from pytest_modelrollout._atomic import atomic_write_text
+from pytest_modelrollout._atomic import atomic_stream_text, atomic_write_text
 from pytest_modelrollout._exceptions import ModelRolloutError
 
 __all__ = [
@@ -253,6 +254,18 @@ def _write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """
     try:
         atomic_write_text(path, text)
+    except OSError as exc:
+        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _atomic_stream(path: str | os.PathLike[str]) -> Iterator[TextIO]:
+    """Stream UTF-8 text to ``path`` atomically (:func:`._atomic.atomic_stream_text`); a file
+    system error is a ``ReportError`` naming ``path``, anything else the block raises
+    propagates as it is. The old file is untouched either way."""
+    try:
+        with atomic_stream_text(path) as f:
+            yield f
     except OSError as exc:
         raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from None
 

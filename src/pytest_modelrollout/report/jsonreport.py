@@ -19,12 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from pytest_modelrollout._records import RecordSet
-from pytest_modelrollout.report import ReportError, _write_atomic
+from pytest_modelrollout._records import CallRecord, CheckRecord, RecordSet
+from pytest_modelrollout.report import ReportError, _atomic_stream
 
 __all__ = ["SCHEMA_VERSION", "config_from_summary", "load_report", "write_json_report"]
 
@@ -91,6 +91,12 @@ def write_json_report(
 
     ``config`` is merged over what :func:`config_from_summary` derives from the summary (give
     the exact per-workflow gates, killed models, the current traffic share, ...).
+
+    The text is exactly ``json.dumps(report, indent=2, ensure_ascii=False)`` (NaN and
+    infinities as null) plus a newline, but it is streamed to the file: the summary part is
+    encoded first (an unserialisable summary fails before any file is created), then the
+    records a batch at a time, so memory does not grow with the size of the report (no
+    document of per-record dicts, no string of the whole report).
     """
     report: dict[str, Any] = dict(summary)
     cfg = config_from_summary(summary)
@@ -100,12 +106,111 @@ def write_json_report(
     if config:
         cfg.update(config)
     report["config"] = cfg
-    report["records"] = records.sorted().to_dict() if records is not None else None
+    report["records"] = _RECORDS if records is not None else None
     try:
-        text = json.dumps(_finite(report), indent=2, ensure_ascii=False, allow_nan=False)
+        # each top-level item as json.dumps(report, indent=2) writes it: '"key": value'
+        items: list[str | None] = [
+            None if value is _RECORDS else _dumps({key: _finite(value)})[4:-2]
+            for key, value in report.items()
+        ]
+        with _atomic_stream(path) as f:
+            f.write("{")
+            for n, ((key, _), text) in enumerate(zip(report.items(), items, strict=True)):
+                f.write(",\n  " if n else "\n  ")
+                if text is not None:
+                    f.write(text)
+                else:
+                    assert records is not None
+                    f.write(_dumps(key) + ": ")
+                    _write_records(f, records.sorted())
+            f.write("\n}\n")
     except (TypeError, ValueError) as exc:
         raise ReportError(f"cannot write {path}: {exc}") from None
-    _write_atomic(path, text + "\n")
+
+
+_RECORDS: Any = object()  # stands for the records in the report dict while it is written
+
+_INDENT = " " * 2
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False)
+
+
+# Flat records (scalar values only) at depth 3 of the report ({"records": {"calls": [{...}]}})
+# exactly as json.dumps(indent=2) writes them, but with the C encoder (the indenting encoder is
+# pure Python) and a batch of records per call: the item separator carries the newline and the
+# indentation of a record's fields. A list of records then comes out as
+# '[{"k": v,<SEP>"k": v},<SEP>{"k": v, ...}]' and, as a string value cannot hold a raw newline,
+# '},<SEP>{' occurs only between two records, where the braces get their own lines.
+_FIELD_SEP = ",\n" + _INDENT * 4
+_RECORD_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(_FIELD_SEP, ": "))
+_BETWEEN = "}" + _FIELD_SEP + "{"
+_BETWEEN_INDENTED = "\n" + _INDENT * 3 + "},\n" + _INDENT * 3 + "{\n" + _INDENT * 4
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_BATCH = 512
+
+
+def _flat_records_text(batch: list[dict[str, Any]]) -> str:
+    """Records (non-empty, scalar values) separated as in the list of records."""
+    try:
+        text = _RECORD_ENCODER.encode(batch)
+    except ValueError:  # NaN or infinity: null, as everywhere in the report
+        text = _RECORD_ENCODER.encode([_finite(d) for d in batch])
+    body = text[2:-2].replace(_BETWEEN, _BETWEEN_INDENTED)  # without '[{' and '}]'
+    return "{\n" + _INDENT * 4 + body + "\n" + _INDENT * 3 + "}"
+
+
+def _record_text(data: dict[str, Any]) -> str:
+    """One record that is not flat (e.g. merged from a hand-edited report)."""
+    return _dumps(_finite(data)).replace("\n", "\n" + _INDENT * 3)
+
+
+def _write_record_list(f: TextIO, items: Sequence[CallRecord | CheckRecord]) -> None:
+    sep = ",\n" + _INDENT * 3
+    first = True
+
+    def emit(text: str) -> None:
+        nonlocal first
+        if not first:
+            f.write(sep)
+        f.write(text)
+        first = False
+
+    batch: list[dict[str, Any]] = []
+    for rec in items:
+        data = rec.to_dict()
+        if data and set(map(type, data.values())) <= _SCALARS:
+            batch.append(data)
+            if len(batch) >= _BATCH:
+                emit(_flat_records_text(batch))
+                batch = []
+        else:
+            if batch:
+                emit(_flat_records_text(batch))
+                batch = []
+            emit(_record_text(data))
+    if batch:
+        emit(_flat_records_text(batch))
+
+
+def _write_records(f: TextIO, records: RecordSet) -> None:
+    """``{"calls": [...], "checks": [...]}`` at depth 1, a batch of records at a time."""
+    f.write("{")
+    lists: tuple[tuple[str, Sequence[CallRecord | CheckRecord]], ...] = (
+        ("calls", records.calls),
+        ("checks", records.checks),
+    )
+    for n, (key, items) in enumerate(lists):
+        f.write(",\n" if n else "\n")
+        f.write(f'{_INDENT * 2}"{key}": ')
+        if not items:
+            f.write("[]")
+            continue
+        f.write("[\n" + _INDENT * 3)
+        _write_record_list(f, items)
+        f.write("\n" + _INDENT * 2 + "]")
+    f.write("\n" + _INDENT + "}")
 
 
 def _finite(value: Any) -> Any:

@@ -214,6 +214,33 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     return out
 
 
+def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
+    """The same calls with nothing but asyncio + httpx at the same concurrency (no pytest, no
+    plugin): what the simulator itself allows, for reference."""
+    stable, candidate = (f"{p}?latency_ms={latency_ms}&jitter=0" for p in ("stable", "good"))
+    bodies = [
+        {"model": model, "messages": [
+            {"role": "system", "content": "You are a concise support agent."},
+            {"role": "user", "content": f"Where is my order A-{10000 + i}? It has not arrived yet."
+             if i % 2 == 0 else f"你好，我的订单 B-{20000 + i} 什么时候到？"}]}
+        for i in range(cases) for model in (stable, candidate)
+    ]
+
+    async def run() -> float:
+        sem = asyncio.Semaphore(CONCURRENCY)
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            async def one(body: dict[str, Any]) -> None:
+                async with sem:
+                    (await http.post(sim_url + "/v1/chat/completions", json=body)).json()
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(b) for b in bodies))
+            return time.perf_counter() - t0
+
+    return asyncio.run(run())
+
+
 # -- (c) per-call overhead ------------------------------------------------------------------
 def bench_overhead(sim_url: str, n: int) -> dict[str, float]:
     from pytest_modelrollout._records import CallRecord
@@ -352,6 +379,11 @@ def main() -> None:
             for n, (wall_x, same) in r["a_xdist"].items():
                 print(f"    -n {n}: wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x the -n 0 run "
                       f"(same verdict/requests/tokens/checks: {same})")
+            floor = bench_floor(url, args.cases, args.latency_ms)
+            print(f"    floor: the same {r['calls']} calls from plain asyncio + httpx at concurrency "
+                  f"{CONCURRENCY}, no pytest: {floor:.2f} s = {floor / r['ideal_s']:.2f}x ideal "
+                  f"(the simulator's own overhead); pytest + plugin = "
+                  f"{r['a_wall_s'] / floor:.2f}x the floor")
             if "b_wall_s" in r:
                 print(f"(b) naive pytest + httpx, sequential: {r['b_wall_s']:.2f} s -> "
                       f"b/a = {r['b_wall_s'] / r['a_wall_s']:.1f}x (target >= {TARGETS['b']}x)")

@@ -136,7 +136,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if (
         prefetch_enabled(config, session)  # not --collect-only, not --rollout-no-prefetch
-        and not config.pluginmanager.has_plugin("dsession")  # the xdist controller calls nothing
+        and not _is_xdist_controller(config)  # it runs no tests and calls nothing
         and (session.config_path is not None or session.options.stable or session.options.candidate)
     ):
         # the models every workflow uses unless it says otherwise: their clients are built on
@@ -306,6 +306,13 @@ def candidate(_modelrollout_context: TestContext) -> ModelHandle:
 # -- xdist -----------------------------------------------------------------------------------
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    """``-n N`` / ``--dist``: xdist has set ``dist`` by the time plugins are configured (its
+    own ``DSession`` may not be registered yet)."""
+    dist = getattr(config.option, "dist", "no")
+    return not _is_worker(config) and dist not in (None, "no")
 
 
 REPORT_ATTR = "modelrollout_records"

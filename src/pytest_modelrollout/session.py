@@ -8,6 +8,7 @@ of xdist workers, and at the end builds the summary that every report renders.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import threading
@@ -259,6 +260,9 @@ class RolloutSession:
         test with exactly this model and request takes the prefetched result instead."""
         pf = self.prefetch
         ahead = pf.take(test_id, calls) if pf is not None and test_id is not None else None
+        if ahead and all(fut is not None for fut in ahead):
+            # everything was sent ahead: wait for those futures here, no trip through the loop
+            return _results([fut for fut in ahead if fut is not None])
 
         async def gather() -> list[tuple[CallResult, str] | BaseException]:
             from .prefetch import awaitable
@@ -466,6 +470,25 @@ class RolloutSession:
             self._runner.close()
             self._runner = None
             self._registry = None
+
+
+def _results(
+    futures: list[concurrent.futures.Future[tuple[CallResult, str]]],
+) -> list[tuple[CallResult, str] | BaseException]:
+    """The outcomes of prefetched calls, like ``asyncio.gather(..., return_exceptions=True)``;
+    Ctrl-C while waiting cancels them."""
+    out: list[tuple[CallResult, str] | BaseException] = []
+    try:
+        for fut in futures:
+            try:
+                out.append(fut.result())
+            except Exception as exc:  # concurrent.futures.CancelledError included
+                out.append(exc)
+    except KeyboardInterrupt:
+        for fut in futures:
+            fut.cancel()
+        raise
+    return out
 
 
 def _result_from_entry(ref: str, entry: Any) -> CallResult:

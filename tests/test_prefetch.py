@@ -489,3 +489,26 @@ def test_collect_only_gives_no_verdict(project: pytest.Pytester, sim: CountingSi
     assert result.ret == 0
     result.stdout.no_fnmatch_line("*rollout readiness*")
     assert sim.total() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "configured", "ours"),
+    [
+        ([], True, True),
+        (["--maxschedchunk=1"], True, False),  # the user tunes xdist's chunking
+        (["--rollout-no-prefetch"], True, False),
+        (["--dist=loadscope"], True, False),
+        ([], False, False),  # the plugin is installed, this project does not use it
+    ],
+)
+def test_which_xdist_scheduler(
+    pytester: pytest.Pytester, args: list[str], configured: bool, ours: bool
+) -> None:
+    if configured:
+        pytester.makepyprojecttoml(CONFIG)
+    config = pytester.parseconfigure("--tx=2*popen", "--dist=load", *args)
+    try:
+        sched = config.hook.pytest_xdist_make_scheduler(config=config, log=None)
+        assert (type(sched).__name__ == "PrefetchLoadScheduling") is ours, type(sched)
+    finally:
+        config._ensure_unconfigure()

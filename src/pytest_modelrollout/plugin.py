@@ -372,6 +372,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     rs = config.stash.get(SESSION_KEY, None)
     if rs is None or str(config.getvalue("dist")) != "load":
         return None
+    if config.getoption("maxschedchunk", None) is not None:
+        return None  # the user tunes xdist's own chunking: leave it to xdist
     if rs.config_path is None and not (rs.options.stable or rs.options.candidate):
         return None  # the plugin is installed but this project does not use it
     from .prefetch import make_load_scheduler, prefetch_enabled

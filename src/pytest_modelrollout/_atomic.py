@@ -27,6 +27,46 @@ __all__ = ["atomic_stream_text", "atomic_write_bytes", "atomic_write_json", "ato
 _WINDOWS = sys.platform.startswith("win")
 
 
+@contextlib.contextmanager
+def _atomic_file(
+    path: str | os.PathLike[str],
+    *,
+    text_encoding: str | None,
+    fsync: bool,
+    mode: int | None,
+    make_parents: bool,
+) -> Iterator[Any]:
+    """The protocol: a temporary file beside ``path`` (binary, or text with ``text_encoding``
+    and no newline translation), flushed and fsync'ed, given ``mode`` and moved over ``path``
+    when the block ends normally; removed (``path`` untouched) when it raises."""
+    dest = Path(path)
+    parent = dest.parent
+    if make_parents:
+        parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    tmp = Path(tmp_name)
+    try:
+        if text_encoding is None:
+            f: Any = os.fdopen(fd, "wb")
+        else:
+            f = os.fdopen(fd, "w", encoding=text_encoding, newline="", buffering=1 << 16)
+        with f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        if mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, mode)
+        _replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync and not _WINDOWS:
+        _fsync_dir(parent)
+
+
 def atomic_write_bytes(
     path: str | os.PathLike[str],
     data: bytes,
@@ -41,39 +81,20 @@ def atomic_write_bytes(
     owner only); ``None`` keeps the temporary file's mode. ``fsync`` makes the content durable
     before the rename (and, on POSIX, the rename itself by syncing the directory).
     """
-    dest = Path(path)
-    parent = dest.parent
-    if make_parents:
-        parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        if mode is not None:
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, mode)
-        _replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if fsync and not _WINDOWS:
-        _fsync_dir(parent)
-    return dest
+    with _atomic_file(
+        path, text_encoding=None, fsync=fsync, mode=mode, make_parents=make_parents
+    ) as f:
+        f.write(data)
+    return Path(path)
 
 
-@contextlib.contextmanager
 def atomic_stream_text(
     path: str | os.PathLike[str],
     *,
     encoding: str = "utf-8",
     mode: int | None = 0o644,
     make_parents: bool = True,
-) -> Iterator[TextIO]:
+) -> contextlib.AbstractContextManager[TextIO]:
     """Write text to ``path`` atomically as it is produced (for files too large to build in
     memory first): ``with atomic_stream_text(p) as f: f.write(...)``.
 
@@ -81,27 +102,9 @@ def atomic_stream_text(
     directory fsync), applied when the block ends normally; if it raises, the temporary file is
     removed, the destination is untouched and the exception propagates. No newline translation.
     """
-    dest = Path(path)
-    parent = dest.parent
-    if make_parents:
-        parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="", buffering=1 << 16) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, mode)
-        _replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if not _WINDOWS:
-        _fsync_dir(parent)
+    return _atomic_file(
+        path, text_encoding=encoding, fsync=True, mode=mode, make_parents=make_parents
+    )
 
 
 def atomic_write_text(

@@ -294,3 +294,33 @@ def test_junit_properties(project: pytest.Pytester) -> None:
     xml = (project.path / "j.xml").read_text()
     assert 'name="modelrollout.candidate.latency_ms"' in xml
     assert 'name="modelrollout.stable.model" value="sim:stable"' in xml
+
+
+def test_a_check_gate_no_test_can_apply_is_reported(project: pytest.Pytester) -> None:
+    """``check.jsno`` (a typo) would otherwise be silently ignored: the summary, the JSON and
+    the Markdown report say it was not applied and which checks did run."""
+    project.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("w")
+        @pytest.mark.parametrize("i", range(3))
+        def test_one(rollout, i):
+            rollout.ask(f"hi {i}").expect_language("en")
+        """
+    )
+    result = project.runpytest(
+        "--rollout-allow-inconclusive", "--rollout-gate=check.jsno:-2pp",
+        "--rollout-gate=check.language:-5pp", "--rollout-report=r.json", "--rollout-markdown=r.md",
+    )
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([
+        "gate check.jsno:-2pp (cli) was not applied: no test ran a check named 'jsno' "
+        "(checks run: language)"
+    ])
+    result.stdout.no_fnmatch_line("*check.language:-5pp (cli) was not applied*")
+    report = json.loads((project.path / "r.json").read_text())
+    assert report["unused_gates"] == [
+        {"expr": "check.jsno:-2pp", "source": "cli", "check": "jsno", "checks_run": ["language"]}
+    ]
+    assert "check.jsno:-2pp (cli) was not applied" in (project.path / "r.md").read_text()

@@ -172,6 +172,14 @@ def build_summary(
                 seen.add(key)
                 top.append(g.to_dict())
 
+    # a check gate no workflow could apply (``check.jsno``: a typo, or a check no test runs)
+    ran = {check for n in names for check in data[n].checks}
+    unused = [
+        g for g in top
+        if str(g["metric"]).startswith("check.") and g["metric"] != "check.*"
+        and str(g["metric"])[6:] not in ran
+    ]
+
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "verdict": overall_verdict(w["verdict"] for w in workflows.values()),
@@ -186,6 +194,11 @@ def build_summary(
         "confidence": confidence,
         "workflows": workflows,
         "workers": {"crashed": []},
+        "unused_gates": [
+            {"expr": g["expr"], "source": g["source"], "check": str(g["metric"])[6:],
+             "checks_run": sorted(ran)}
+            for g in unused
+        ],
     }
     if include_samples:
         summary["samples"] = samples

@@ -72,6 +72,15 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     crashed = crashed_workers(summary)
     if crashed:
         lines += [f"> ⚠️ Crashed xdist workers: {', '.join(md_escape(w) for w in crashed)}", ""]
+    for g in summary.get("unused_gates") or ():
+        if isinstance(g, Mapping):
+            run = ", ".join(md_escape(c) for c in g.get("checks_run") or ()) or "none"
+            lines += [
+                f"> ⚠️ Gate {md_escape(g.get('expr', '?'))} ({md_escape(g.get('source', '?'))})"
+                f" was not applied: no test ran a check named {md_escape(g.get('check', '?'))}"
+                f" (checks run: {run})",
+                "",
+            ]
 
     for name, wf in workflows_of(summary):
         wf_verdict = str(wf.get("verdict") or "INCONCLUSIVE")

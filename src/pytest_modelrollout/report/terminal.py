@@ -124,6 +124,15 @@ def render_terminal(summary: Mapping[str, Any], *, verbose: bool = False) -> lis
                     exprs.append(f"{_one_line(g.get('expr', '?'))}" + (f" ({src})" if src else ""))
             lines.append("gates: " + ", ".join(exprs))
 
+    for g in summary.get("unused_gates") or ():
+        if isinstance(g, Mapping):
+            run = ", ".join(_one_line(c) for c in g.get("checks_run") or ()) or "none"
+            lines.append(
+                f"gate {_one_line(g.get('expr', '?'))} ({_one_line(g.get('source', '?'))}) was "
+                f"not applied: no test ran a check named {_one_line(g.get('check', '?'))!r} "
+                f"(checks run: {run})"
+            )
+
     workflows = workflows_of(summary)
     if not workflows:
         lines.append("no workflow calls were recorded")

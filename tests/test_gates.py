@@ -438,3 +438,26 @@ def test_overall_verdict(verdicts: list[str], overall: str) -> None:
 def test_gate_is_hashable_and_frozen() -> None:
     g = parse_gate("error_rate:x2")
     assert {g: 1}[Gate("error_rate", "x", 2.0, "error_rate:x2", "cli")] == 1
+
+
+@pytest.mark.parametrize("missing", ["stable", "candidate"])
+def test_one_sided_workflow_says_there_is_nothing_to_compare(missing: str) -> None:
+    """A workflow whose tests use only one model fixture is INCONCLUSIVE, and says why."""
+    present: Role = "candidate" if missing == "stable" else "stable"
+    rs = RecordSet(calls=[
+        CallRecord(f"t[{i}]#0:{present}", f"t[{i}]#0", f"t[{i}]", "wf", present, present,
+                   "ok", latency_ms=100.0 + i, input_tokens=10, output_tokens=20, cost_usd=0.001)
+        for i in range(30)
+    ])
+    ev = evaluate(compute(rs)["wf"], default_gates())
+    assert ev.verdict == "INCONCLUSIVE"
+    n_s, n_c = (0, 30) if missing == "stable" else (30, 0)
+    (reason,) = ev.reasons
+    assert reason["message"] == (
+        f"too few samples: {n_s} stable and {n_c} candidate requests (min_samples 20); "
+        f"no {missing} calls to compare with (tests that use only the {present} fixture: use "
+        f"rollout, or {missing} as well)"
+    )
+    # both sides present but few: no such remark
+    few = evaluate(build(8), default_gates())
+    assert all("compare with" not in r["message"] for r in few.reasons)

@@ -1075,6 +1075,17 @@ def _expand(gates: Sequence[Gate], data: WorkflowData) -> list[tuple[Gate, Metri
     return out
 
 
+def _one_sided(n_stable: int, n_candidate: int) -> str:
+    """Why one side has no calls at all, when that is the reason (there is nothing to compare)."""
+    if n_stable == 0 and n_candidate > 0:
+        return ("; no stable calls to compare with (tests that use only the candidate "
+                "fixture: use rollout, or stable as well)")
+    if n_candidate == 0 and n_stable > 0:
+        return ("; no candidate calls to compare with (tests that use only the stable "
+                "fixture: use rollout, or candidate as well)")
+    return ""
+
+
 def evaluate(
     data: WorkflowData,
     gates: Sequence[Gate],
@@ -1109,7 +1120,7 @@ def evaluate(
                         "samples",
                         "insufficient",
                         f"too few samples: {n_s} stable and {n_c} candidate requests "
-                        f"(min_samples {gate.threshold:g})",
+                        f"(min_samples {gate.threshold:g})" + _one_sided(n_s, n_c),
                         stable=float(n_s),
                         candidate=float(n_c),
                         threshold=gate.threshold,

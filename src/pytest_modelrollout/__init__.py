@@ -7,6 +7,8 @@ applies rollback triggers and prints a per-workflow readiness verdict.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._exceptions import (
     AuthError,
     BadResponseError,
@@ -24,7 +26,19 @@ from ._version import __version__
 from .checks import RegressionError
 from .datasets import Case, cases
 from .replies import Pair, Reply, ToolCall
-from .structure import StructureSnapshotExtension
+
+if TYPE_CHECKING:
+    from .structure import StructureSnapshotExtension
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: it loads syrupy's JSON extension (~50 ms of every start-up that
+    # a suite without structure snapshots never needs)
+    if name == "StructureSnapshotExtension":
+        from .structure import StructureSnapshotExtension
+
+        return StructureSnapshotExtension
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AuthError",

@@ -512,3 +512,28 @@ def test_which_xdist_scheduler(
         assert (type(sched).__name__ == "PrefetchLoadScheduling") is ours, type(sched)
     finally:
         config._ensure_unconfigure()
+
+
+def test_environment_set_by_a_conftest_is_honoured(
+    pytester: pytest.Pytester, sim: CountingSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients are built early (while pytest collects), but not before the conftests' own
+    configure and session-start hooks have run: a URL they set is the one used."""
+    sim.reset()
+    monkeypatch.delenv("MODELROLLOUT_SIM_URL", raising=False)
+    pytester.makepyprojecttoml(CONFIG)
+    pytester.path.joinpath("cases.jsonl").write_text(
+        "\n".join(json.dumps({"id": f"c{i}", "prompt": f"Order A-{i}?"}) for i in range(4)) + "\n",
+        encoding="utf-8",
+    )
+    pytester.makeconftest(
+        f"""
+import os
+
+def pytest_sessionstart(session):
+    os.environ["MODELROLLOUT_SIM_URL"] = {sim.server.base_url!r}
+"""
+    )
+    pytester.makepyfile(test_suite=SUITE)
+    _run(pytester).assert_outcomes(passed=4)
+    assert sim.total() == 8

@@ -132,21 +132,34 @@ def pytest_configure(config: pytest.Config) -> None:
         from .smoke import SmokePlugin
 
         config.pluginmanager.register(SmokePlugin(session), "modelrollout-smoke")
-    from .prefetch import PrefetchPlugin, prefetch_enabled
+    from .prefetch import PrefetchPlugin
 
-    if (
-        prefetch_enabled(config, session)  # not --collect-only, not --rollout-no-prefetch
-        and not _is_xdist_controller(config)  # it runs no tests and calls nothing
-        and (session.config_path is not None or session.options.stable or session.options.candidate)
-    ):
-        # the models every workflow uses unless it says otherwise: their clients are built on
-        # the event loop while pytest collects, so the first prefetched calls leave at once
-        session.warm([r for r in (session.options.stable or session.cfg.stable,
-                                  session.options.candidate or session.cfg.candidate) if r])
     config.pluginmanager.register(
         PrefetchPlugin(config, session, lambda item: _test_context(item, session)),
         "modelrollout-prefetch",
     )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build the configured models' clients on the event loop while pytest collects, so that
+    the first prefetched calls leave at once. After every ``pytest_configure`` (a conftest may
+    set the environment there); the base URL and the provider are resolved here, keys are still
+    read at call time."""
+    from .prefetch import prefetch_enabled
+
+    config = session.config
+    rs = config.stash.get(SESSION_KEY, None)
+    if (
+        rs is None
+        or not prefetch_enabled(config, rs)  # --collect-only, --rollout-no-prefetch
+        or _is_xdist_controller(config)  # it runs no tests and calls nothing
+        or (rs.config_path is None and not (rs.options.stable or rs.options.candidate))
+    ):
+        return
+    # the models every workflow uses unless it says otherwise
+    rs.warm([r for r in (rs.options.stable or rs.cfg.stable,
+                         rs.options.candidate or rs.cfg.candidate) if r])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -520,7 +520,9 @@ def test_environment_set_by_a_conftest_is_honoured(
     """Clients are built early (while pytest collects), but not before the conftests' own
     configure and session-start hooks have run: a URL they set is the one used."""
     sim.reset()
-    monkeypatch.delenv("MODELROLLOUT_SIM_URL", raising=False)
+    # recorded first, so that what the conftest sets is undone after this test too
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", "unset")
+    monkeypatch.delenv("MODELROLLOUT_SIM_URL")
     pytester.makepyprojecttoml(CONFIG)
     pytester.path.joinpath("cases.jsonl").write_text(
         "\n".join(json.dumps({"id": f"c{i}", "prompt": f"Order A-{i}?"}) for i in range(4)) + "\n",

@@ -530,9 +530,10 @@ def test_environment_set_by_a_conftest_is_honoured(
     )
     pytester.makeconftest(
         f"""
-import os
+import os, time
 
 def pytest_sessionstart(session):
+    time.sleep(0.3)  # a slow hook: clients built before it ends would miss the URL
     os.environ["MODELROLLOUT_SIM_URL"] = {sim.server.base_url!r}
 """
     )

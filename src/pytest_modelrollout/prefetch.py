@@ -30,9 +30,14 @@ so no request is sent twice.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import collections
 import concurrent.futures
+import functools
+import inspect
 import os
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
     from .session import RolloutSession
 
 Outcome = tuple[CallResult, str]
+AskKwargs = dict[str, Any]  # system, tools, response_format, params of a first ask(case, ...)
 ContextFactory = Callable[[pytest.Item], "TestContext"]
 WINDOW_FACTOR = 4
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
@@ -136,10 +142,25 @@ def prefetchable(item: pytest.Item) -> int:
     return len(roles)
 
 
+def function_key(item: pytest.Item) -> str:
+    """The test function an item belongs to: its node id without the parametrization."""
+    name = item.name
+    original = getattr(item, "originalname", None) or name
+    nodeid = item.nodeid
+    return nodeid[: len(nodeid) - len(name)] + original if nodeid.endswith(name) else nodeid
+
+
 def plan_item(
-    item: pytest.Item, session: RolloutSession, context_for: ContextFactory
+    item: pytest.Item,
+    session: RolloutSession,
+    context_for: ContextFactory,
+    ask_kwargs: AskKwargs | None = None,
 ) -> list[tuple[Role, str, ChatRequest]]:
-    """The calls of the item's first ``ask(case)``: ``(role, ref, request)``; [] if unknown."""
+    """The calls of the item's first ``ask(case)``: ``(role, ref, request)``; [] if unknown.
+
+    ``ask_kwargs``: the ``system`` / ``tools`` / ``response_format`` / params another item of
+    the same test function passed to its first ``ask(case, ...)`` (None: none, the marker's).
+    """
     case = _case_of(item)
     if case is None or item.get_closest_marker("workflow") is None:
         return []
@@ -148,8 +169,13 @@ def plan_item(
         return []
     try:
         ctx = context_for(item)
+        kw = ask_kwargs or {}
         request, _ = ctx.build_request(
-            case, system=None, tools=None, response_format=None, params={}
+            case,
+            system=kw.get("system"),
+            tools=kw.get("tools"),
+            response_format=kw.get("response_format"),
+            params=dict(kw.get("params") or {}),
         )
     except Exception:  # a marker or case problem: the test reports it when it runs
         return []
@@ -165,8 +191,50 @@ def plan_item(
 
 
 # -- the prefetcher ------------------------------------------------------------------------
+def _case_param(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    case = _case_of(item)
+    if callspec is None or case is None:
+        return None
+    return next((k for k, v in callspec.params.items() if v is case), None)
+
+
+@functools.lru_cache(maxsize=256)
+def _first_ask_is_plain(func: Any, param: str) -> bool:
+    """Whether the first ``.ask(...)`` on ``param`` in the test function's source is
+    ``ask(param)`` with nothing else (then the planned request is the one it sends)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    asks = sorted(
+        (
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "ask"
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id == param
+        ),
+        key=lambda node: (node.lineno, node.col_offset),
+    )
+    return bool(asks) and len(asks[0].args) == 1 and not asks[0].keywords
+
+
 class Prefetcher:
-    """Owns the slots; driven from the pytest main thread, results land on the runner loop."""
+    """Owns the slots; driven from the pytest main thread, results land on the runner loop.
+
+    A test function whose first ``ask(case)`` passes nothing else (read from its source) is
+    prefetched as far as the window allows. For any other function only its first item is sent
+    ahead (the *probe*), and planning stops at its next item until that test has asked: if the
+    probe was the request it asked for, the function is confirmed; if not, the arguments of its
+    ``ask(case, ...)`` (``response_format``, ``system``, ``tools``, params) are learned and the
+    next item is the probe; a learned plan that is wrong again turns prefetch off for the
+    function. So a function that asks differently from the plan costs one wasted call per model
+    (two if its arguments differ from case to case), never a window of them.
+    """
 
     def __init__(
         self,
@@ -186,6 +254,17 @@ class Prefetcher:
         self._planned: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
+        # per test function (function_key)
+        self._confirmed: set[str] = set()  # the plan is what its tests ask: no limit
+        self._learned: dict[str, AskKwargs] = {}  # the arguments its first ask passes
+        self._off: set[str] = set()  # never prefetched again
+        self._probe: dict[str, str] = {}  # function -> test id of its probe in flight
+        # items pulled from the run order but not planned yet: the first one may wait for its
+        # function's probe (planning stops there, so the window is not filled with later items
+        # that would be run only after the waiting ones)
+        self._pending: collections.deque[pytest.Item] = collections.deque()
+        self._function: dict[str, str] = {}  # planned test id -> function
+        self._finished: set[str] = set()  # tests that have run: never planned again
 
     # window -------------------------------------------------------------------------------
     @property
@@ -193,22 +272,48 @@ class Prefetcher:
         return self._held
 
     def advance(self, upcoming: Iterator[pytest.Item]) -> None:
-        """Plan and submit upcoming items (in run order) until the window is full."""
+        """Plan and submit upcoming items (in run order) until the window is full, or until an
+        item has to wait for its function's probe."""
         # check the window before pulling the next item: a pulled item is never skipped
         while not self._closed and self._held < self.window:
-            item = next(upcoming, None)
-            if item is None:
+            if not self._pending:
+                item = next(upcoming, None)
+                if item is None:
+                    return
+                self._pending.append(item)
+            if self.submit_item(self._pending[0]) == "wait":
                 return
-            self.submit_item(item)
+            self._pending.popleft()
 
-    def submit_item(self, item: pytest.Item) -> None:
+    def submit_item(self, item: pytest.Item) -> str:
+        """Plan the item's calls and send them: ``"sent"``, ``"skip"`` (nothing to send, or
+        already planned) or ``"wait"`` (its function's probe has not asked yet)."""
         nodeid = item.nodeid
-        if nodeid in self._planned or self._closed:
-            return
+        if self._closed or nodeid in self._finished or nodeid in self._planned:
+            return "skip"
+        fkey = function_key(item)
+        if fkey in self._off:
+            self._planned.add(nodeid)
+            return "skip"
+        if fkey not in self._confirmed:
+            param = _case_param(item)
+            func = getattr(item, "function", None)
+            if (
+                fkey not in self._learned
+                and param is not None
+                and func is not None
+                and _first_ask_is_plain(func, param)
+            ):
+                self._confirmed.add(fkey)
+            elif fkey in self._probe:
+                return "wait"
         self._planned.add(nodeid)
-        calls = plan_item(item, self.session, self.context_for)
+        calls = plan_item(item, self.session, self.context_for, self._learned.get(fkey))
         if not calls:
-            return
+            return "skip"
+        if fkey not in self._confirmed:
+            self._probe[fkey] = nodeid
+        self._function[nodeid] = fkey
         self.stats.planned_items += 1
         runner = self.session.runner
         slots = []
@@ -221,6 +326,7 @@ class Prefetcher:
             self._slots[nodeid] = slots
             self._held += len(slots)
             self.stats.submitted += len(slots)
+        return "sent"
 
     def _on_done(self, future: concurrent.futures.Future[Outcome]) -> None:
         if future.cancelled():
@@ -238,14 +344,22 @@ class Prefetcher:
 
     # consuming ----------------------------------------------------------------------------
     def take(
-        self, test_id: str, calls: Sequence[tuple[str, ChatRequest, str]]
+        self,
+        test_id: str,
+        calls: Sequence[tuple[str, ChatRequest, str]],
+        first_ask: AskKwargs | None = None,
     ) -> list[concurrent.futures.Future[Outcome] | None]:
-        """For each ``(ref, request, role)``: the prefetched future for exactly that request."""
+        """For each ``(ref, request, role)``: the prefetched future for exactly that request.
+
+        ``first_ask``: the arguments of the test's first ``ask(case, ...)`` when this is that
+        ask; it confirms the test's function, or teaches it (see the class docstring).
+        """
         out: list[concurrent.futures.Future[Outcome] | None] = [None] * len(calls)
         with self._lock:
             slots = self._slots.get(test_id)
             if not slots:
                 return out
+            matched = False
             for i, (ref, request, role) in enumerate(calls):
                 for slot in slots:
                     if slot.role == role and slot.ref == ref and slot.key == request.key(ref):
@@ -253,13 +367,51 @@ class Prefetcher:
                         self._held -= 1
                         self.stats.used += 1
                         out[i] = slot.future
+                        matched = True
                         break
             if not slots:
                 del self._slots[test_id]
+        if first_ask is not None:
+            self._asked(test_id, matched, first_ask)
         return out
 
+    def _asked(self, test_id: str, matched: bool, first_ask: AskKwargs) -> None:
+        fkey = self._function.get(test_id)
+        if fkey is None:
+            return
+        if self._probe.get(fkey) == test_id:
+            del self._probe[fkey]  # the items waiting for it may be planned now
+        if matched:
+            self._confirmed.add(fkey)
+        elif fkey in self._learned or fkey in self._confirmed:
+            self._turn_off(fkey)  # even the learned plan is not what the tests ask
+        else:
+            self._learned[fkey] = first_ask  # the next item is the probe of the learned plan
+
+    def _turn_off(self, fkey: str) -> None:
+        """Never prefetch this function again; drop what is planned for it (before it is sent,
+        for what still waits for a slot)."""
+        self._off.add(fkey)
+        with self._lock:
+            tests = [t for t, f in self._function.items() if f == fkey and t in self._slots]
+            dropped = [self._slots.pop(t) for t in tests]
+            for slots in dropped:
+                self._held -= len(slots)
+                self.stats.unused += len(slots)
+        for slots in dropped:
+            for slot in slots:
+                slot.future.cancel()
+
     def release(self, test_id: str) -> None:
-        """The test is over: drop (and cancel) what it did not consume. Never recorded."""
+        """The test is over: drop (and cancel) what it did not consume. Never recorded.
+
+        A probe whose test never asked (skipped inside the test, say) hands over to the next
+        waiting item of its function.
+        """
+        self._finished.add(test_id)
+        fkey = self._function.pop(test_id, None)
+        if fkey is not None and self._probe.get(fkey) == test_id:
+            del self._probe[fkey]  # it never asked: the next item of its function probes
         with self._lock:
             slots = self._slots.pop(test_id, None)
             if not slots:
@@ -482,6 +634,7 @@ __all__ = [
     "Prefetcher",
     "Slot",
     "awaitable",
+    "function_key",
     "make_load_scheduler",
     "plan_item",
     "prefetch_enabled",

@@ -255,11 +255,16 @@ class RolloutSession:
         *,
         test_id: str | None = None,
         where: Path | None = None,
+        first_ask: dict[str, Any] | None = None,
     ) -> list[tuple[CallResult, str] | BaseException]:
         """Make the calls concurrently. With ``test_id``, a call that was prefetched for that
-        test with exactly this model and request takes the prefetched result instead."""
+        test with exactly this model and request takes the prefetched result instead
+        (``first_ask``: the arguments of the test's first ``ask(case, ...)``, see
+        :meth:`Prefetcher.take`)."""
         pf = self.prefetch
-        ahead = pf.take(test_id, calls) if pf is not None and test_id is not None else None
+        ahead = (
+            pf.take(test_id, calls, first_ask) if pf is not None and test_id is not None else None
+        )
         if ahead and all(fut is not None for fut in ahead):
             # everything was sent ahead: wait for those futures here, no trip through the loop
             return _results([fut for fut in ahead if fut is not None])

@@ -604,3 +604,27 @@ def test_first_ask_is_read_from_the_source(func: Any, param: str, plain: bool) -
     from pytest_modelrollout.prefetch import _first_ask_is_plain
 
     assert _first_ask_is_plain(func, param) is plain
+
+
+def test_models_a_function_never_asks_are_not_prefetched(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """Both model fixtures requested, only the candidate asked: after the first test the stable
+    is no longer sent ahead (one unused stable call in all, not one per case)."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="You are a concise support agent.",
+                              params={"temperature": 0})
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_candidate_only(stable, candidate, case):
+            assert candidate.ask(case).ok
+        """
+    )
+    _run(project, "--rollout-no-gate", "--rollout-concurrency=1").assert_outcomes(passed=N_CASES)
+    assert sim.total(CANDIDATE.removeprefix("sim:")) == N_CASES
+    # concurrency 1: a window of 4 calls; the stable calls sent before the first test ended
+    # are the only ones
+    assert 1 <= sim.total(STABLE.removeprefix("sim:")) <= 2

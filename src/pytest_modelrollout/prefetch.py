@@ -155,11 +155,13 @@ def plan_item(
     session: RolloutSession,
     context_for: ContextFactory,
     ask_kwargs: AskKwargs | None = None,
+    only_roles: frozenset[str] | None = None,
 ) -> list[tuple[Role, str, ChatRequest]]:
     """The calls of the item's first ``ask(case)``: ``(role, ref, request)``; [] if unknown.
 
     ``ask_kwargs``: the ``system`` / ``tools`` / ``response_format`` / params another item of
     the same test function passed to its first ``ask(case, ...)`` (None: none, the marker's).
+    ``only_roles``: the models the function's tests turned out to ask (None: its fixtures').
     """
     case = _case_of(item)
     if case is None or item.get_closest_marker("workflow") is None:
@@ -186,6 +188,8 @@ def plan_item(
             return []  # the kill switch skips the whole item
         if role == "stable" and getattr(case, "stable_reply", None) is not None:
             continue  # shadow row: the stable reply is recorded, never asked
+        if only_roles is not None and role not in only_roles:
+            continue  # e.g. rollout.candidate.ask(case): the stable is never asked
         calls.append((role, ref, request))
     return calls
 
@@ -265,6 +269,8 @@ class Prefetcher:
         self._pending: collections.deque[pytest.Item] = collections.deque()
         self._function: dict[str, str] = {}  # planned test id -> function
         self._finished: set[str] = set()  # tests that have run: never planned again
+        self._roles: dict[str, frozenset[str]] = {}  # function -> the models its tests ask
+        self._taken: dict[str, set[str]] = {}  # test id -> roles of its slots it took
 
     # window -------------------------------------------------------------------------------
     @property
@@ -308,7 +314,9 @@ class Prefetcher:
             elif fkey in self._probe:
                 return "wait"
         self._planned.add(nodeid)
-        calls = plan_item(item, self.session, self.context_for, self._learned.get(fkey))
+        calls = plan_item(
+            item, self.session, self.context_for, self._learned.get(fkey), self._roles.get(fkey)
+        )
         if not calls:
             return "skip"
         if fkey not in self._confirmed:
@@ -367,15 +375,16 @@ class Prefetcher:
                         self._held -= 1
                         self.stats.used += 1
                         out[i] = slot.future
+                        self._taken.setdefault(test_id, set()).add(slot.role)
                         matched = True
                         break
             if not slots:
                 del self._slots[test_id]
-        if first_ask is not None:
+        if matched or first_ask is not None:
             self._asked(test_id, matched, first_ask)
         return out
 
-    def _asked(self, test_id: str, matched: bool, first_ask: AskKwargs) -> None:
+    def _asked(self, test_id: str, matched: bool, first_ask: AskKwargs | None) -> None:
         fkey = self._function.get(test_id)
         if fkey is None:
             return
@@ -383,6 +392,8 @@ class Prefetcher:
             del self._probe[fkey]  # the items waiting for it may be planned now
         if matched:
             self._confirmed.add(fkey)
+        elif first_ask is None:
+            return
         elif fkey in self._learned or fkey in self._confirmed:
             self._turn_off(fkey)  # even the learned plan is not what the tests ask
         else:
@@ -410,6 +421,7 @@ class Prefetcher:
         """
         self._finished.add(test_id)
         fkey = self._function.pop(test_id, None)
+        taken = self._taken.pop(test_id, None)
         if fkey is not None and self._probe.get(fkey) == test_id:
             del self._probe[fkey]  # it never asked: the next item of its function probes
         with self._lock:
@@ -418,6 +430,9 @@ class Prefetcher:
                 return
             self._held -= len(slots)
             self.stats.unused += len(slots)
+        if fkey is not None and taken:
+            # it asked some of the planned models and never the others: plan only those
+            self._roles[fkey] = frozenset(taken)
         for slot in slots:
             slot.future.cancel()
 

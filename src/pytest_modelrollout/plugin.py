@@ -154,7 +154,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         rs is None
         or not prefetch_enabled(config, rs)  # --collect-only, --rollout-no-prefetch
         or _is_xdist_controller(config)  # it runs no tests and calls nothing
-        or (rs.config_path is None and not (rs.options.stable or rs.options.candidate))
+        or not rs.project_configured
     ):
         return
     # the models every workflow uses unless it says otherwise
@@ -387,7 +387,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None
     if config.getoption("maxschedchunk", None) is not None:
         return None  # the user tunes xdist's own chunking: leave it to xdist
-    if rs.config_path is None and not (rs.options.stable or rs.options.candidate):
+    if not rs.project_configured:
         return None  # the plugin is installed but this project does not use it
     from .prefetch import make_load_scheduler, prefetch_enabled
 

@@ -369,8 +369,9 @@ class Prefetcher:
                 return out
             matched = False
             for i, (ref, request, role) in enumerate(calls):
+                key = request.key(ref)  # once per call, not per slot compared
                 for slot in slots:
-                    if slot.role == role and slot.ref == ref and slot.key == request.key(ref):
+                    if slot.role == role and slot.ref == ref and slot.key == key:
                         slots.remove(slot)
                         self._held -= 1
                         self.stats.used += 1

@@ -166,6 +166,12 @@ class RolloutSession:
     def is_killed(self, ref: str) -> bool:
         return ref in self.killed
 
+    @property
+    def project_configured(self) -> bool:
+        """A modelrollout config file was found or models were given on the command line (the
+        plugin is not merely installed in a project that does not use it)."""
+        return self.config_path is not None or bool(self.options.stable or self.options.candidate)
+
     # -- calling ----------------------------------------------------------------------------
     @property
     def runner(self) -> Runner:

@@ -49,6 +49,7 @@ from .anthropic import AnthropicProvider
 from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
+from .transport import make_transport
 
 _HAS_ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")
 BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
@@ -316,15 +317,19 @@ class ModelClient:
         if self._http is None:
             n = max(1, self.spec.max_concurrency)
             loopback = _is_loopback(base_url)
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            # plain HTTP on loopback (the simulator, a local server) never uses TLS;
+            # everything else verifies with one shared context (loading the CA bundle
+            # costs ~50 ms, per client if each built its own)
+            verify = False if loopback and base_url.startswith("http://") else _ssl_context()
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.spec.timeout_s),
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                limits=limits,
                 trust_env=not loopback,
                 follow_redirects=False,
-                # plain HTTP on loopback (the simulator, a local server) never uses TLS;
-                # everything else verifies with one shared context (loading the CA bundle
-                # costs ~50 ms, per client if each built its own)
-                verify=False if loopback and base_url.startswith("http://") else _ssl_context(),
+                verify=verify,
+                # asyncio connections under httpx (transport.py); None where a proxy is set
+                transport=make_transport(verify=verify, limits=limits, trust_env=not loopback),
             )
         return self._http
 

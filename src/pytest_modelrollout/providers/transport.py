@@ -1,0 +1,272 @@
+"""An httpx transport whose connections are plain asyncio streams.
+
+httpx's default transport reaches asyncio through anyio. For every request its connection pool
+asks each idle connection whether the server closed it (``has_expired``); through anyio that
+builds a dict of socket attributes and makes a ``poll`` system call per connection per request.
+With 8-16 keep-alive connections per model this was a quarter of the plugin's CPU per call, and
+that CPU is taken from the thread that runs the tests (bench/transport_speed.py: ~1 ms of CPU per
+call less at concurrency 16).
+
+This module keeps httpx (the client, its request and response models, its exceptions) and
+httpcore (HTTP/1.1 over h11, the pool, keep-alive) and replaces only the network layer below
+them, through httpcore's public ``AsyncNetworkBackend`` interface: connections are asyncio
+``StreamReader``/``StreamWriter`` pairs, an idle connection is "readable" when asyncio has already
+seen the server close it (no system call), TLS is ``StreamWriter.start_tls``.
+
+Used on Python 3.11+ (``asyncio.timeout``, ``StreamWriter.start_tls``) when no proxy is set in
+the environment; otherwise :func:`make_transport` returns None and the client uses httpx's default
+transport, which honours ``HTTP(S)_PROXY`` / ``ALL_PROXY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import sys
+import typing
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+import httpcore
+import httpx
+
+SUPPORTED = sys.version_info >= (3, 11)
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
+
+# httpcore exception -> httpx exception, most specific first (httpx's own transport maps the same)
+_EXC_MAP: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+def proxy_in_env(environ: Mapping[str, str] | None = None) -> bool:
+    """True when a proxy variable httpx would honour is set (any case)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(name) or env.get(name.upper()) for name in _PROXY_VARS)
+
+
+def make_transport(
+    *,
+    verify: ssl.SSLContext | bool,
+    limits: httpx.Limits,
+    trust_env: bool,
+    environ: Mapping[str, str] | None = None,
+) -> AsyncioTransport | None:
+    """The asyncio transport, or None where httpx's default transport is needed instead."""
+    if not SUPPORTED or (trust_env and proxy_in_env(environ)):
+        return None
+    return AsyncioTransport(verify=verify, limits=limits)
+
+
+@contextlib.contextmanager
+def _mapped() -> typing.Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        for core, mapped in _EXC_MAP:
+            if isinstance(exc, core):
+                raise mapped(str(exc)) from exc
+        raise
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    __slots__ = ("_reader", "_writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                return await self._reader.read(max_bytes)
+        except TimeoutError:
+            raise httpcore.ReadTimeout(f"no data within {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            self._writer.write(buffer)
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                await self._writer.drain()
+        except TimeoutError:
+            raise httpcore.WriteTimeout(f"could not send within {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        # the peer may have gone away first: the connection is closed either way
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self._writer.wait_closed()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                await self._writer.start_tls(  # type: ignore[attr-defined,unused-ignore]
+                    ssl_context, server_hostname=server_hostname
+                )
+        except TimeoutError:
+            self._writer.close()
+            raise httpcore.ConnectTimeout(f"TLS handshake not done within {timeout:g} s") from None
+        except (OSError, ssl.SSLError) as exc:
+            self._writer.close()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        if info == "is_readable":
+            # asyncio reads whatever arrives: an idle connection the server closed has seen EOF
+            # (or has unexpected bytes buffered); either way it must not be reused
+            return (
+                self._reader.at_eof()
+                or self._writer.transport.is_closing()
+                or bool(getattr(self._reader, "_buffer", b""))
+            )
+        if info == "ssl_object":
+            return self._writer.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self._writer.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._writer.get_extra_info("peername")
+        if info == "socket":
+            return self._writer.get_extra_info("socket")
+        return None
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network layer on asyncio streams."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                reader, writer = await asyncio.open_connection(
+                    host, port, local_addr=(local_address, 0) if local_address else None
+                )
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(
+                f"no connection to {host}:{port} within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+        return _Stream(reader, writer)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                reader, writer = await asyncio.open_unix_connection(path)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"no connection to {path} within {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return _Stream(reader, writer)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped():
+            async for part in self._stream:
+                yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            with _mapped():
+                await close()
+
+
+class AsyncioTransport(httpx.AsyncBaseTransport):
+    """An httpx transport: httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`."""
+
+    def __init__(self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits) -> None:
+        if isinstance(verify, ssl.SSLContext):
+            context = verify
+        elif verify:
+            context = httpx.create_ssl_context()
+        else:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=AsyncioBackend(),
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _mapped():
+            response = await self._pool.handle_async_request(core_request)
+        assert isinstance(response.stream, typing.AsyncIterable)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()

@@ -1,0 +1,196 @@
+"""The asyncio transport under httpx (providers/transport.py), over real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from pytest_modelrollout.providers import transport as tr
+
+pytestmark = pytest.mark.skipif(not tr.SUPPORTED, reason="the asyncio transport needs 3.11+")
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return await reader.readexactly(length) if length else b""
+
+
+def _reply(body: bytes, *, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    if close:
+        head += "connection: close\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _serve(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> asyncio.Server:
+    return await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl_ctx)
+
+
+def _url(server: asyncio.Server, scheme: str = "http", host: str = "127.0.0.1") -> str:
+    return f"{scheme}://{host}:{server.sockets[0].getsockname()[1]}/v1/x"
+
+
+def _client(**kw: object) -> httpx.AsyncClient:
+    t = tr.make_transport(verify=kw.pop("verify", False), limits=LIMITS, trust_env=False)  # type: ignore[arg-type]
+    assert isinstance(t, tr.AsyncioTransport)
+    return httpx.AsyncClient(transport=t, timeout=kw.pop("timeout", 5.0))  # type: ignore[arg-type]
+
+
+def test_requests_reuse_connections_and_respect_the_pool_limit() -> None:
+    opened = 0
+    active = 0
+    peak = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal opened, active, peak
+        opened += 1
+        try:
+            while True:
+                try:
+                    body = await _read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                active += 1
+                peak = max(peak, active)
+                await asyncio.sleep(0.01)
+                active -= 1
+                writer.write(_reply(b'{"echo": ' + body + b"}"))
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def main() -> list[dict[str, object]]:
+        server = await _serve(handler)
+        async with server, _client() as client:
+            replies = await asyncio.gather(
+                *(client.post(_url(server), json={"i": i}) for i in range(40))
+            )
+        return [r.json() for r in replies]
+
+    out = asyncio.run(main())
+    assert [r["echo"] for r in out] == [{"i": i} for i in range(40)]
+    assert peak <= 4 and opened <= 4  # 40 requests over at most 4 kept-alive connections
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _read_request(reader)
+        writer.write(_reply(b"{}"))  # keep-alive reply, then the server closes anyway
+        await writer.drain()
+        writer.close()
+
+    async def main() -> list[int]:
+        server = await _serve(handler)
+        async with server, _client() as client:
+            first = await client.post(_url(server), json={})
+            await asyncio.sleep(0.05)  # the close reaches the client while the connection idles
+            second = await client.post(_url(server), json={})
+        return [first.status_code, second.status_code]
+
+    assert asyncio.run(main()) == [200, 200]
+    assert connections == 2
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [
+        ("refused", httpx.ConnectError),
+        ("silent", httpx.ReadTimeout),
+        ("truncated", httpx.RemoteProtocolError),
+        ("reset", httpx.RemoteProtocolError),
+    ],
+)
+def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exception]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        if behaviour == "silent":
+            await asyncio.sleep(2)
+        elif behaviour == "truncated":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"partial\":")
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await _serve(handler)
+        url = _url(server)
+        if behaviour == "refused":
+            server.close()
+            await server.wait_closed()
+        async with _client(timeout=0.3) as client:
+            await client.post(url, json={})
+
+    with pytest.raises(expected):
+        asyncio.run(main())
+
+
+def test_a_streamed_body_arrives_whole() -> None:
+    big = b'{"text": "' + "长文本 long text ".encode() * 50_000 + b'"}'
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(_reply(big, close=True))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        server = await _serve(handler)
+        async with (
+            server,
+            _client() as client,
+            client.stream("POST", _url(server), json={}) as resp,
+        ):
+            return b"".join([chunk async for chunk in resp.aiter_bytes()])
+
+    assert asyncio.run(main()) == big
+
+
+def test_tls_verifies_the_server_certificate() -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await _read_request(reader)
+        writer.write(_reply(body))
+        await writer.drain()
+        writer.close()
+
+    async def main(verify: ssl.SSLContext, host: str) -> httpx.Response:
+        server = await _serve(handler, server_ctx)
+        async with server, _client(verify=verify) as client:
+            return await client.post(_url(server, "https", host), json={"tls": True})
+
+    assert asyncio.run(main(trusting, "localhost")).json() == {"tls": True}
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(main(ssl.create_default_context(), "localhost"))  # CA not trusted
+    with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
+        asyncio.run(main(trusting, "127.0.0.1"))  # certificate names another host
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_default_transport() -> None:
+    kw = {"verify": False, "limits": LIMITS}
+    assert tr.make_transport(trust_env=True, environ={"HTTPS_PROXY": "http://p:3128"}, **kw) is None
+    assert tr.make_transport(trust_env=True, environ={"all_proxy": "socks5://p"}, **kw) is None
+    assert tr.make_transport(trust_env=True, environ={"HTTPS_PROXY": ""}, **kw) is not None
+    # loopback clients do not read the environment (trust_env=False): no proxy applies
+    assert tr.make_transport(trust_env=False, environ={"HTTPS_PROXY": "http://p"}, **kw) is not None

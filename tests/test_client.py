@@ -497,6 +497,9 @@ def test_latency_excludes_queueing(runner: Runner, server: Server) -> None:
     assert time.monotonic() - t0 >= 0.55  # they did queue
     for r in results:
         assert r.ok and 250 <= r.latency_ms < 500, r.latency_ms
+    # the recorded start is the send, not the ask: the queued call started after the first ended
+    first, second = sorted(r.started_at for r in results)
+    assert second - first >= 0.25, (first, second)
 
 
 def test_rpm_limit(runner: Runner, server: Server) -> None:

@@ -324,3 +324,26 @@ def test_a_check_gate_no_test_can_apply_is_reported(project: pytest.Pytester) ->
         {"expr": "check.jsno:-2pp", "source": "cli", "check": "jsno", "checks_run": ["language"]}
     ]
     assert "check.jsno:-2pp (cli) was not applied" in (project.path / "r.md").read_text()
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["configured", "plugin-unused"])
+def test_startup_objects_frozen_for_the_run_and_released_after(
+    pytester: pytest.Pytester, configured: bool
+) -> None:
+    """Start-up objects are kept out of the collector's way during a modelrollout run only,
+    and nothing stays frozen after it."""
+    import gc
+
+    if configured:
+        pytester.makepyprojecttoml(CONFIG)
+    pytester.makepyfile(
+        f"""
+        import gc
+
+        def test_frozen():
+            assert (gc.get_freeze_count() > 1000) is {configured}, gc.get_freeze_count()
+        """
+    )
+    before = gc.get_freeze_count()
+    pytester.runpytest("--rollout-allow-inconclusive").assert_outcomes(passed=1)
+    assert gc.get_freeze_count() == before

@@ -162,6 +162,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                          rs.options.candidate or rs.cfg.candidate) if r])
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    rs = config.stash.get(SESSION_KEY, None)
+    if rs is None or config.option.collectonly or not rs.project_configured:
+        return
+    _freeze_startup_objects(config)
+
+
+def _freeze_startup_objects(config: pytest.Config) -> None:
+    """Keep what start-up and collection built out of the garbage collector's way.
+
+    Modules, classes, fixtures and collected items (~60,000 objects in a small suite) live until
+    the end of the session, yet every full collection traverses them: ~50 ms per pass on a
+    2-core CI machine, with the GIL held, so the calls in flight stall, and once more in
+    pytest's own collection at unconfigure. ``gc.freeze()`` moves them to the permanent
+    generation; they are unfrozen when the config is cleaned up (after pytest's collection), so
+    nothing stays frozen after the session. Not done when something else froze objects already
+    (a session inside a session, an application that manages the collector) or gc is off.
+    """
+    import gc
+
+    if not gc.isenabled() or gc.get_freeze_count():
+        return
+    gc.freeze()
+    config.add_cleanup(gc.unfreeze)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is not None:
@@ -360,6 +388,8 @@ class _WorkerRecordSink:
         payload = getattr(report, REPORT_ATTR, None)
         if isinstance(payload, dict):
             self.session.merge_increment(payload)
+            # the workers' calls are in flight: load what the end of the session needs now
+            self.session.preload_end()
 
 
 @pytest.hookimpl(optionalhook=True)

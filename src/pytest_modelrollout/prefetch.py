@@ -596,6 +596,8 @@ class PrefetchPlugin:
         from . import language
 
         language.warm()
+        if not self._worker:  # the xdist controller builds the summary, not its workers
+            self.session.preload_end()
 
     def _sequential(self) -> Iterator[pytest.Item]:
         while self._next < len(self._items):

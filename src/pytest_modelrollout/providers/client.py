@@ -72,7 +72,7 @@ class CallResult:
     fallback: bool  # the fallback model answered
     served_by: str  # reference that produced the response
     cost_usd: float | None
-    started_at: float  # epoch seconds
+    started_at: float  # epoch seconds of the first send (of the call, if none was sent)
 
     @property
     def ok(self) -> bool:
@@ -228,11 +228,17 @@ def _sanitized(err: ProviderError, secrets: tuple[str | None, ...]) -> ProviderE
 class _CallState:
     attempts: int = 0
     first_send: float | None = None  # perf_counter of the first send
+    sent_at: float | None = None  # epoch seconds of the first send
 
     def mark_sent(self) -> None:
         self.attempts += 1
         if self.first_send is None:
             self.first_send = time.perf_counter()
+            self.sent_at = time.time()
+
+    def started(self, queued_at: float) -> float:
+        """When the request was first sent; when it was asked for if it never was."""
+        return queued_at if self.sent_at is None else self.sent_at
 
     def latency_ms(self) -> float:
         if self.first_send is None:
@@ -392,7 +398,7 @@ class ModelClient:
             fallback=False,
             served_by=self.spec.ref,
             cost_usd=None,
-            started_at=started_at,
+            started_at=state.started(started_at),
         )
 
     def _fallback_client(self, fb_ref: str) -> ModelClient | str:
@@ -428,7 +434,7 @@ class ModelClient:
             fallback=fallback,
             served_by=served.ref,
             cost_usd=served.cost(response.input_tokens, response.output_tokens),
-            started_at=started_at,
+            started_at=state.started(started_at),
         )
 
     async def _attempts(

@@ -15,6 +15,7 @@ from .handles import ModelHandle, Rollout, TestContext
 from .session import Options, RolloutSession
 
 SESSION_KEY = pytest.StashKey[RolloutSession]()
+FROZEN_KEY = pytest.StashKey[bool]()
 MODEL_FIXTURES = ("rollout", "stable", "candidate")
 WORKER_KEY = "modelrollout"
 
@@ -126,6 +127,8 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"modelrollout: {exc}") from None
     config.stash[SESSION_KEY] = session
+    # registered now, before pytest's own cleanups: it runs after them (and their gc pass)
+    config.add_cleanup(lambda: _unfreeze(config))
     if not _is_worker(config):
         config.pluginmanager.register(_WorkerRecordSink(session), "modelrollout-worker-records")
     if session.options.smoke:
@@ -150,12 +153,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     config = session.config
     rs = config.stash.get(SESSION_KEY, None)
-    if (
-        rs is None
-        or not prefetch_enabled(config, rs)  # --collect-only, --rollout-no-prefetch
-        or _is_xdist_controller(config)  # it runs no tests and calls nothing
-        or not rs.project_configured
-    ):
+    if rs is None or not rs.project_configured or config.option.collectonly:
+        return
+    if _is_xdist_controller(config):
+        _freeze_startup_objects(config)  # it collects nothing: its start-up is done here
+        return  # it runs no tests and calls nothing
+    if not prefetch_enabled(config, rs):  # --rollout-no-prefetch
         return
     # the models every workflow uses unless it says otherwise
     rs.warm([r for r in (rs.options.stable or rs.cfg.stable,
@@ -187,7 +190,15 @@ def _freeze_startup_objects(config: pytest.Config) -> None:
     if not gc.isenabled() or gc.get_freeze_count():
         return
     gc.freeze()
-    config.add_cleanup(gc.unfreeze)
+    config.stash[FROZEN_KEY] = True
+
+
+def _unfreeze(config: pytest.Config) -> None:
+    if config.stash.get(FROZEN_KEY, False):
+        import gc
+
+        config.stash[FROZEN_KEY] = False
+        gc.unfreeze()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ requests) and the pytester runs, in-process or as ``-n 2`` workers, reach it thr
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -628,3 +629,49 @@ def test_models_a_function_never_asks_are_not_prefetched(
     # concurrency 1: a window of 4 calls; the stable calls sent before the first test ended
     # are the only ones
     assert 1 <= sim.total(STABLE.removeprefix("sim:")) <= 2
+
+
+def _rendered(raw: str) -> str:
+    """What a terminal shows for one line of output (backspaces and carriage returns)."""
+    cells: list[str] = []
+    pos = 0
+    for ch in raw:
+        if ch == "\b":
+            pos = max(0, pos - 1)
+        elif ch == "\r":
+            pos = 0
+        else:
+            if pos < len(cells):
+                cells[pos] = ch
+            else:
+                cells.append(ch)
+            pos += 1
+    return "".join(cells).rstrip()
+
+
+@pytest.mark.parametrize("shown", [True, False], ids=["terminal", "CI"])
+def test_a_long_wait_shows_the_counts_then_leaves_pytests_line_as_it_was(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, shown: bool
+) -> None:
+    from pytest_modelrollout import progress
+
+    # a slow model and one call at a time: later tests wait for their prefetched replies
+    slow = CONFIG.replace("latency_ms=20", "latency_ms=100") + "concurrency = 1\n"
+    project.makepyprojecttoml(slow)
+    project.makepyfile(test_suite=SUITE)
+    monkeypatch.setattr(progress, "WAIT_SHOW_S", 0.01)
+    monkeypatch.setattr(progress, "WAIT_REDRAW_S", 0.02)
+    if shown:
+        monkeypatch.setenv("MODELROLLOUT_PROGRESS", "1")
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.delenv("MODELROLLOUT_PROGRESS", raising=False)
+        monkeypatch.setenv("CI", "1")
+    result = _run(project)
+    result.assert_outcomes(passed=N_CASES)
+    raw = "\n".join(result.outlines)
+    assert ("(waiting for replies; modelrollout: " in raw) is shown
+    assert ("calls done, 0 errors, " in raw) is shown
+    line = next(x for x in result.outlines if "test_suite.py" in x)
+    # once the replies are in, the counts are erased: the line is pytest's own
+    assert re.fullmatch(rf"test_suite\.py \.{{{N_CASES}}} +\[100%\]", _rendered(line)), line

@@ -253,6 +253,8 @@ class Prefetcher:
         self.window = max(1, window)
         self.progress = progress
         self.stats = PrefetchStats()
+        if progress is not None:
+            progress.stats = self.stats
         self._slots: dict[str, list[Slot]] = {}
         self._held = 0
         self._planned: set[str] = set()

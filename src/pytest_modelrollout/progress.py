@@ -2,15 +2,23 @@
 
 Shown only on an interactive terminal: not when ``CI`` is set, not under ``-q``, not when
 stdout is not a tty, never in xdist workers (``MODELROLLOUT_PROGRESS=1`` / ``0`` forces it on or
-off). It never interleaves with pytest's own output: the line is redrawn with ``\\r`` only before
-the first test starts (while the first test's results are on their way), and is then left as a
-header line that pytest's first output line follows; a summary line is written at the end.
+off). It never mixes with pytest's own output:
+
+* before the first test starts (while the first test's results are on their way) the line is
+  redrawn with ``\\r`` and then left as a header line that pytest's first output line follows;
+* when a test has waited more than :data:`WAIT_SHOW_S` for its prefetched results, the same
+  counts are drawn after pytest's progress dots on the current line, and erased (backspaces)
+  when the results arrive: pytest's line is left exactly as it was;
+* a summary line is written at the end.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,6 +28,9 @@ if TYPE_CHECKING:
 
 PROGRESS_ENV = "MODELROLLOUT_PROGRESS"
 REDRAW_S = 0.1
+WAIT_SHOW_S = 1.0  # a test waiting this long for its results shows the counts while it waits
+WAIT_REDRAW_S = 0.25
+MIN_STATUS_WIDTH = 24  # less room than this left on pytest's line: show nothing
 
 
 def progress_wanted(config: pytest.Config) -> bool:
@@ -43,6 +54,7 @@ class Progress:
         self.config = config
         self.total = total
         self.tr: Any = config.pluginmanager.getplugin("terminalreporter")
+        self.stats: PrefetchStats | None = None  # set by the prefetcher
 
     def line(self, stats: PrefetchStats) -> str:
         total = max(self.total, stats.submitted)
@@ -70,6 +82,62 @@ class Progress:
             _, not_done = concurrent.futures.wait(pending, timeout=REDRAW_S)
             pending = list(not_done)
         self.tr.rewrite(self.line(prefetcher.stats), erase=True)
+
+    # -- while a test waits --------------------------------------------------------------------
+    def wait(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+        """Wait for ``futures``; after :data:`WAIT_SHOW_S`, show the counts on pytest's current
+        line until they are done, then erase them. Returns when all are done."""
+        pending = [f for f in futures if not f.done()]
+        if not pending:
+            return
+        show_at = time.monotonic() + WAIT_SHOW_S
+        shown = ""
+        try:
+            while pending:
+                now = time.monotonic()
+                timeout = WAIT_REDRAW_S if now >= show_at else show_at - now
+                _, not_done = concurrent.futures.wait(pending, timeout=timeout)
+                pending = list(not_done)
+                if pending and time.monotonic() >= show_at and self.stats is not None:
+                    shown = self._draw(shown, self._status(self.stats))
+        finally:
+            if shown:
+                self._draw(shown, "")
+
+    def _status(self, stats: PrefetchStats) -> str:
+        total = max(self.total, stats.submitted)
+        return (
+            f" (waiting for replies; modelrollout: {stats.done}/{total} calls done, "
+            f"{stats.errors} error{'s' if stats.errors != 1 else ''}, {stats.rate():.0f} calls/s)"
+        )
+
+    def _draw(self, previous: str, text: str) -> str:
+        """Replace ``previous`` (drawn by this method) with ``text`` after pytest's output on
+        the current line, outside pytest's capture, without changing what pytest knows of the
+        line. Returns what is now drawn ("" when there is no room or no terminal)."""
+        tw = getattr(self.tr, "_tw", None)
+        out = getattr(tw, "_file", None)
+        if tw is None or out is None:
+            return ""
+        room = int(tw.fullwidth) - int(tw.width_of_current_line) - 1
+        if text and room < MIN_STATUS_WIDTH:
+            text = ""
+        text = text[: max(room, 0)]
+        n = len(previous)
+        # back over the previous status, blank it, back again, then the new one (ASCII only:
+        # one column per character)
+        data = ("\b" * n + " " * n + "\b" * n if n else "") + text
+        if not data:
+            return ""
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        guard = capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+        try:
+            with guard:
+                out.write(data)
+                out.flush()
+        except (OSError, ValueError):
+            return ""
+        return text
 
 
 __all__ = ["PROGRESS_ENV", "Progress", "progress_wanted"]

@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -274,7 +274,9 @@ class RolloutSession:
         )
         if ahead and all(fut is not None for fut in ahead):
             # everything was sent ahead: wait for those futures here, no trip through the loop
-            return _results([fut for fut in ahead if fut is not None])
+            # on a terminal, a long wait shows the prefetch counts while it lasts
+            waiter = pf.progress.wait if pf is not None and pf.progress is not None else None
+            return _results([fut for fut in ahead if fut is not None], waiter)
 
         async def gather() -> list[tuple[CallResult, str] | BaseException]:
             from .prefetch import awaitable
@@ -500,11 +502,16 @@ class RolloutSession:
 
 def _results(
     futures: list[concurrent.futures.Future[tuple[CallResult, str]]],
+    waiter: Callable[[list[concurrent.futures.Future[tuple[CallResult, str]]]], None]
+    | None = None,
 ) -> list[tuple[CallResult, str] | BaseException]:
     """The outcomes of prefetched calls, like ``asyncio.gather(..., return_exceptions=True)``;
-    Ctrl-C while waiting cancels them."""
+    Ctrl-C while waiting cancels them. ``waiter`` waits first (the progress display)."""
     out: list[tuple[CallResult, str] | BaseException] = []
     try:
+        if waiter is not None:
+            with contextlib.suppress(Exception):  # a display never fails a test
+                waiter(futures)
         for fut in futures:
             try:
                 out.append(fut.result())

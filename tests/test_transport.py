@@ -194,3 +194,62 @@ def test_a_proxy_in_the_environment_keeps_httpx_default_transport() -> None:
     assert tr.make_transport(trust_env=True, environ={"HTTPS_PROXY": ""}, **kw) is not None
     # loopback clients do not read the environment (trust_env=False): no proxy applies
     assert tr.make_transport(trust_env=False, environ={"HTTPS_PROXY": "http://p"}, **kw) is not None
+
+
+def test_remote_calls_go_through_a_proxy_set_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ModelClient for a remote provider honours HTTP(S)_PROXY: the request reaches the proxy
+    in absolute form (httpx's default transport is used for it)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
+    from pytest_modelrollout.providers.client import ModelClient
+    from pytest_modelrollout.runner import Runner
+
+    seen: list[str] = []
+    reply = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hello"},
+             "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            seen.append(self.path)
+            body = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{httpd.server_address[1]}")
+    spec = ModelSpec(ref="m", provider="openai", wire="openai", model="m",
+                     base_url="http://models.example.test/v1", max_retries=0, timeout_s=5)
+    client = ModelClient(spec, env={})
+    try:
+        with Runner() as runner:
+            result = runner.run(client.call(ChatRequest(messages=[{"role": "user", "content": "hi"}])))
+            runner.run(client.aclose())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.ok and result.response is not None and result.response.text == "hello"
+    assert seen == ["http://models.example.test/v1/chat/completions"]

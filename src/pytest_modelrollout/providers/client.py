@@ -163,6 +163,7 @@ class AdaptiveGate:
         self._reduced = self.limit
         self._reduced_until = 0.0
         self._cond = asyncio.Condition()
+        self._waiting = 0  # callers inside acquire() that found no free slot
 
     def current_limit(self) -> int:
         return self._reduced if time.monotonic() < self._reduced_until else self.limit
@@ -173,17 +174,28 @@ class AdaptiveGate:
         self._reduced_until = max(self._reduced_until, now + cooldown_s)
 
     async def acquire(self) -> None:
-        async with self._cond:
-            while self.in_flight >= self.current_limit():
-                now = time.monotonic()
-                timeout = self._reduced_until - now if now < self._reduced_until else None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._cond.wait(), timeout)
+        # a free slot and nobody queued: take it (one event loop, so no await between the
+        # check and the increment); otherwise queue behind the others
+        if not self._waiting and self.in_flight < self.current_limit():
             self.in_flight += 1
+            return
+        self._waiting += 1
+        try:
+            async with self._cond:
+                while self.in_flight >= self.current_limit():
+                    now = time.monotonic()
+                    timeout = self._reduced_until - now if now < self._reduced_until else None
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._cond.wait(), timeout)
+                self.in_flight += 1
+        finally:
+            self._waiting -= 1
 
     async def release(self) -> None:
+        self.in_flight -= 1
+        if not self._waiting:
+            return
         async with self._cond:
-            self.in_flight -= 1
             # wake only as many waiters as there are free slots: notify_all() woke every
             # waiter on every release (quadratic with thousands of queued calls)
             self._cond.notify(max(1, self.current_limit() - self.in_flight))

@@ -406,7 +406,7 @@ def build_body(model: str, request: ChatRequest, spec_params: Mapping[str, Any])
 
 async def post_json(
     client: httpx.AsyncClient,
-    url: str,
+    url: str | httpx.URL,
     headers: Mapping[str, str],
     body: Mapping[str, Any],
     *,
@@ -454,7 +454,7 @@ async def post_json(
         raise ClientError(safe_message(f"{_host(url)}: {detail}", secrets)) from None
 
 
-def _host(url: str) -> str:
+def _host(url: str | httpx.URL) -> str:
     try:
         u = httpx.URL(url)
         return f"{u.host}:{u.port}" if u.port else str(u.host)
@@ -473,6 +473,8 @@ class JSONHTTPProvider(Provider):
     functions; sending (with secret scrubbing and the body-size limit) is shared.
     """
 
+    _url_parsed: httpx.URL | None = None
+
     @staticmethod
     def build(
         model: str, request: ChatRequest, spec_params: Mapping[str, Any]
@@ -487,6 +489,12 @@ class JSONHTTPProvider(Provider):
 
     def url(self, base_url: str | None = None) -> str:
         raise NotImplementedError
+
+    def _parsed_url(self) -> httpx.URL:
+        """``url()`` parsed once: httpx would parse the string on every request (~30 µs)."""
+        if self._url_parsed is None:
+            self._url_parsed = httpx.URL(self.url())
+        return self._url_parsed
 
     def headers(self, api_key: str | None, attempt: int) -> dict[str, str]:
         raise NotImplementedError
@@ -509,7 +517,7 @@ class JSONHTTPProvider(Provider):
     ) -> ProviderResponse:
         status, headers, body = await post_json(
             client,
-            self.url(),
+            self._parsed_url(),
             self.headers(api_key, attempt),
             self.build_body(request),
             secrets=(api_key,),

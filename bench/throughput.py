@@ -4,6 +4,7 @@ Usage::
 
     python bench/throughput.py [--cases 200] [--latency-ms 100] [--memory-calls 10000]
                                [--in-process-sim] [--xdist 2,4] [--skip-naive] [--skip-memory]
+                               [--base REV]
 
 (a) wall time of a ``cases()`` suite (CASES rows x 2 models, ``rollout.ask(case)``) run with
     pytest in a subprocess, including pytest start-up, as a ratio to the ideal
@@ -16,6 +17,11 @@ Usage::
     work (CallRecord + Reply) minus a raw ``httpx.AsyncClient`` post + JSON parse.
 (d) peak RSS of a pytest run making ``--memory-calls`` calls through the plugin (prefetch on,
     JSON report written).
+
+With ``--base REV``, (a) is also run with the plugin as it was at git revision REV (its
+``src/`` exported to a temporary directory and put first on ``PYTHONPATH``), alternating with
+the working tree's runs, and the ratio of the medians is printed: the machine's speed drifts
+between runs by more than most changes, so compare versions only within one run.
 
 Every pytest run gets a user's environment: bytecode caching on (unset
 PYTHONDONTWRITEBYTECODE) and the hypothesis plugin (a test dependency of this repository)
@@ -132,6 +138,18 @@ def write_project(root: Path, n: int, stable: str, candidate: str, naive: bool =
     (root / "test_suite.py").write_text(body, encoding="utf-8")
 
 
+def export_src(rev: str, dest: Path) -> Path:
+    """The plugin's ``src/`` at git revision ``rev``, exported under ``dest``."""
+    repo = Path(__file__).resolve().parent.parent
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "src"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--base {rev}: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
 def user_env(**extra: str) -> dict[str, str]:
     """The environment of a user's run: bytecode caching on (this sandbox sets
     PYTHONDONTWRITEBYTECODE, which makes every start-up recompile the plugin), CI=1 (no
@@ -185,10 +203,21 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     write_project(proj, args.cases, stable, candidate)
     run_pytest(proj, env, "--collect-only")  # warm the file system / bytecode caches
     # the median of --repeat runs: a shared machine's load drifts by seconds
-    runs = sorted(
-        (run_pytest(proj, env, "--rollout-report=report.json") for _ in range(args.repeat)),
-        key=lambda r: r[0],
-    )
+    base_env = None
+    if args.base:
+        base_src = export_src(args.base, work / "base")
+        base_env = {**env, "PYTHONPATH": os.pathsep.join(
+            [str(base_src), *filter(None, [env.get("PYTHONPATH")])])}
+        run_pytest(proj, base_env, "--collect-only")  # its bytecode caches
+    runs_list = []
+    base_runs = []
+    for _ in range(args.repeat):
+        if base_env is not None:  # alternating: both see the same drift
+            base_runs.append(run_pytest(proj, base_env, "--rollout-report=base.json")[0])
+        runs_list.append(run_pytest(proj, env, "--rollout-report=report.json"))
+    runs = sorted(runs_list, key=lambda r: r[0])
+    if base_runs:
+        out["a_base_walls"] = sorted(base_runs)
     out["a_wall_s"], out["a_tail"] = runs[len(runs) // 2]
     out["a_walls"] = [w for w, _ in runs]
     report = json.loads((proj / "report.json").read_text(encoding="utf-8"))
@@ -372,6 +401,8 @@ def main() -> None:
                     help="comma-separated worker counts to run (a) with as well; '' for none")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of (a) and of the start-up measurement; the median is reported")
+    ap.add_argument("--base", default="",
+                    help="git revision to run (a) with as well, alternating, for a same-run ratio")
     ap.add_argument("--in-process-sim", action="store_true")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
@@ -403,6 +434,13 @@ def main() -> None:
                   f"p50 latency {r['a_p50_ms']:.0f} ms; without prefetch {r['a_no_prefetch_s']:.2f} s")
             print(f"    median of {args.repeat} runs: "
                   + ", ".join(f"{w:.2f}" for w in r["a_walls"]) + " s")
+            if "a_base_walls" in r:
+                bw = r["a_base_walls"]
+                base_med = bw[len(bw) // 2]
+                print(f"    {args.base} (runs alternating with these): "
+                      + ", ".join(f"{w:.2f}" for w in bw)
+                      + f" s, median {base_med:.2f} s -> this tree takes "
+                      f"{r['a_wall_s'] / base_med:.2f}x the time of {args.base}")
             print(f"    pytest process: {r['a_tail']}; wall minus start-up "
                   f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
                   f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")

@@ -33,6 +33,7 @@ import httpcore
 import httpx
 
 SUPPORTED = sys.version_info >= (3, 11)
+HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 
@@ -172,7 +173,12 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         try:
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                 reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(local_address, 0) if local_address else None
+                    host,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                    # like anyio: try the next address (IPv4 after a dead IPv6 route) after
+                    # 250 ms instead of waiting for the connect timeout
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,
                 )
         except TimeoutError:
             raise httpcore.ConnectTimeout(

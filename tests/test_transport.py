@@ -253,3 +253,50 @@ def test_remote_calls_go_through_a_proxy_set_in_the_environment(
         httpd.server_close()
     assert result.ok and result.response is not None and result.response.text == "hello"
     assert seen == ["http://models.example.test/v1/chat/completions"]
+
+
+def test_closing_a_tls_connection_does_not_wait_for_the_servers_close_notify() -> None:
+    """A server that never answers TLS close_notify (many do not) must not hold up the client's
+    close: asyncio would wait for it up to 30 s per connection, at the end of every run."""
+    import socket
+    import threading
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    release = threading.Event()
+    server_done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += tls.recv(65536)
+            body = b'{"ok": true}'
+            tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            release.wait(30)  # reads nothing more: the client's close_notify goes unanswered
+        server_done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> dict[str, bool]:
+        client = _client(verify=trusting)
+        reply = await client.get(f"https://localhost:{listener.getsockname()[1]}/")
+        await client.aclose()
+        return dict(reply.json())
+
+    try:
+        assert asyncio.run(main()) == {"ok": True}
+        # the client closed while the server still held its end open
+        assert not server_done.is_set()
+    finally:
+        release.set()
+        listener.close()

@@ -115,6 +115,12 @@ class _Stream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
+        transport = self._writer.transport
+        if transport.get_extra_info("ssl_object") is not None:
+            # no TLS close_notify exchange (httpcore on anyio skips it too): asyncio would wait
+            # up to 30 s for a server that never answers it, at every connection's close
+            transport.abort()
+            return
         self._writer.close()
         # the peer may have gone away first: the connection is closed either way
         with contextlib.suppress(OSError, ssl.SSLError):

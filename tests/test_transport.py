@@ -300,3 +300,52 @@ def test_closing_a_tls_connection_does_not_wait_for_the_servers_close_notify() -
     finally:
         release.set()
         listener.close()
+
+
+@pytest.mark.parametrize("ending", ["close-delimited", "truncated"])
+def test_a_tls_server_closing_without_close_notify(ending: str) -> None:
+    """A ragged TLS end (TCP closed, no close_notify) ends a close-delimited body and is a
+    protocol error for a body shorter than its content-length, as with httpx's own transport."""
+    import socket
+    import threading
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    body = b'{"text": "' + "文本 text ".encode() * 5000 + b'"}'
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        tls = server_ctx.wrap_socket(conn, server_side=True)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += tls.recv(65536)
+        if ending == "close-delimited":
+            tls.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + body)
+        else:
+            head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (len(body) + 100)
+            tls.sendall(head + body)
+        tls.close()  # closes the socket without a close_notify
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main() -> bytes:
+        async with _client(verify=trusting) as client:
+            reply = await client.get(f"https://localhost:{listener.getsockname()[1]}/")
+            return reply.content
+
+    try:
+        if ending == "close-delimited":
+            assert asyncio.run(main()) == body
+        else:
+            with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
+                asyncio.run(main())
+    finally:
+        listener.close()

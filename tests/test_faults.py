@@ -116,6 +116,17 @@ MATRIX[("fault-choices-null", "anthropic")] = _c(
 )
 
 
+@pytest.fixture(autouse=True, params=["asyncio", "httpx"])
+def network_layer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every fault through both network layers: the asyncio transport (the default) and httpx's
+    own (used where a proxy is set, or with MODELROLLOUT_TRANSPORT=httpx)."""
+    if request.param == "httpx":
+        monkeypatch.setenv("MODELROLLOUT_TRANSPORT", "httpx")
+    else:
+        monkeypatch.delenv("MODELROLLOUT_TRANSPORT", raising=False)
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def runner() -> Iterator[Runner]:
     r = Runner()

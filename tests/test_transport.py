@@ -194,6 +194,8 @@ def test_a_proxy_in_the_environment_keeps_httpx_default_transport() -> None:
     assert tr.make_transport(trust_env=True, environ={"HTTPS_PROXY": ""}, **kw) is not None
     # loopback clients do not read the environment (trust_env=False): no proxy applies
     assert tr.make_transport(trust_env=False, environ={"HTTPS_PROXY": "http://p"}, **kw) is not None
+    # the escape hatch: httpx's own transport everywhere
+    assert tr.make_transport(trust_env=False, environ={"MODELROLLOUT_TRANSPORT": "httpx"}, **kw) is None
 
 
 def test_remote_calls_go_through_a_proxy_set_in_the_environment(

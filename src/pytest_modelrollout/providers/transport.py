@@ -15,7 +15,8 @@ seen the server close it (no system call), TLS is ``StreamWriter.start_tls``.
 
 Used on Python 3.11+ (``asyncio.timeout``, ``StreamWriter.start_tls``) when no proxy is set in
 the environment; otherwise :func:`make_transport` returns None and the client uses httpx's default
-transport, which honours ``HTTP(S)_PROXY`` / ``ALL_PROXY``.
+transport, which honours ``HTTP(S)_PROXY`` / ``ALL_PROXY``. ``MODELROLLOUT_TRANSPORT=httpx``
+chooses httpx's default transport everywhere.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SUPPORTED = sys.version_info >= (3, 11)
 HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
+TRANSPORT_ENV = "MODELROLLOUT_TRANSPORT"  # "httpx": httpx's default transport everywhere
 
 # httpcore exception -> httpx exception, most specific first (httpx's own transport maps the same)
 _EXC_MAP: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
@@ -69,8 +71,12 @@ def make_transport(
     trust_env: bool,
     environ: Mapping[str, str] | None = None,
 ) -> AsyncioTransport | None:
-    """The asyncio transport, or None where httpx's default transport is needed instead."""
-    if not SUPPORTED or (trust_env and proxy_in_env(environ)):
+    """The asyncio transport, or None where httpx's default transport is used instead: before
+    Python 3.11, where a proxy is set, or with ``MODELROLLOUT_TRANSPORT=httpx``."""
+    env = os.environ if environ is None else environ
+    if env.get(TRANSPORT_ENV, "").strip().lower() == "httpx":
+        return None
+    if not SUPPORTED or (trust_env and proxy_in_env(env)):
         return None
     return AsyncioTransport(verify=verify, limits=limits)
 

@@ -326,24 +326,38 @@ def test_a_check_gate_no_test_can_apply_is_reported(project: pytest.Pytester) ->
     assert "check.jsno:-2pp (cli) was not applied" in (project.path / "r.md").read_text()
 
 
-@pytest.mark.parametrize("configured", [True, False], ids=["configured", "plugin-unused"])
-def test_startup_objects_frozen_for_the_run_and_released_after(
-    pytester: pytest.Pytester, configured: bool
+@pytest.mark.parametrize(
+    ("configured", "tests", "frozen"),
+    [
+        (True, ["model"], True),
+        (True, ["model", "unit"], False),  # other test code runs: the collector stays as it is
+        (False, ["unit"], False),
+    ],
+    ids=["model-tests", "mixed-run", "plugin-unused"],
+)
+def test_startup_objects_frozen_only_for_a_run_of_model_tests_and_released_after(
+    pytester: pytest.Pytester, configured: bool, tests: list[str], frozen: bool
 ) -> None:
-    """Start-up objects are kept out of the collector's way during a modelrollout run only,
+    """Start-up objects are kept out of the collector's way during a run of model tests only,
     and nothing stays frozen after it."""
     import gc
 
     if configured:
         pytester.makepyprojecttoml(CONFIG)
-    pytester.makepyfile(
-        f"""
-        import gc
-
-        def test_frozen():
-            assert (gc.get_freeze_count() > 1000) is {configured}, gc.get_freeze_count()
-        """
-    )
+    body = ["import gc", "import pytest"]
+    if "model" in tests:
+        body += [
+            "@pytest.mark.workflow('support_chat')",
+            "def test_model(rollout):",
+            f"    assert (gc.get_freeze_count() > 1000) is {frozen}, gc.get_freeze_count()",
+            "    rollout.ask('Where is my order A-1?')",
+        ]
+    if "unit" in tests:
+        body += [
+            "def test_unit():",
+            f"    assert (gc.get_freeze_count() > 1000) is {frozen}, gc.get_freeze_count()",
+        ]
+    pytester.makepyfile("\n".join(body) + "\n")
     before = gc.get_freeze_count()
-    pytester.runpytest("--rollout-allow-inconclusive").assert_outcomes(passed=1)
+    pytester.runpytest("--rollout-allow-inconclusive").assert_outcomes(passed=len(tests))
     assert gc.get_freeze_count() == before

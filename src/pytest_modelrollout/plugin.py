@@ -171,7 +171,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     rs = config.stash.get(SESSION_KEY, None)
     if rs is None or config.option.collectonly or not rs.project_configured:
         return
-    _freeze_startup_objects(config)
+    # only a run of model tests alone: frozen objects are never collected during the run, and
+    # a unit test in the same run might rely on gc.collect() freeing something made at import
+    if session.items and all(_marker(item) is not None for item in session.items):
+        _freeze_startup_objects(config)
 
 
 def _freeze_startup_objects(config: pytest.Config) -> None:
@@ -182,8 +185,10 @@ def _freeze_startup_objects(config: pytest.Config) -> None:
     2-core CI machine, with the GIL held, so the calls in flight stall, and once more in
     pytest's own collection at unconfigure. ``gc.freeze()`` moves them to the permanent
     generation; they are unfrozen when the config is cleaned up (after pytest's collection), so
-    nothing stays frozen after the session. Not done when something else froze objects already
-    (a session inside a session, an application that manages the collector) or gc is off.
+    nothing stays frozen after the session. Done only where no other test code runs: in a run
+    whose items are all workflow tests, and in the xdist controller. Not done when something
+    else froze objects already (a session inside a session, an application that manages the
+    collector) or gc is off.
     """
     import gc
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -160,14 +162,43 @@ def test_a_streamed_body_arrives_whole() -> None:
     assert asyncio.run(main()) == big
 
 
-def test_tls_verifies_the_server_certificate() -> None:
+@pytest.fixture
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context with a certificate for localhost, client context trusting its CA)."""
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
     trusting = ssl.create_default_context()
     ca.configure_trust(trusting)
+    return server_ctx, trusting
+
+
+def _one_tls_connection(
+    server_ctx: ssl.SSLContext, answer: Callable[[ssl.SSLSocket], None]
+) -> tuple[socket.socket, threading.Event]:
+    """A blocking TLS server on loopback for one connection: it reads the request head, then
+    ``answer(tls_socket)`` does the rest. Returns the listener and an event set when done."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        tls_sock = server_ctx.wrap_socket(conn, server_side=True)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += tls_sock.recv(65536)
+        answer(tls_sock)
+        done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, done
+
+
+def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, trusting = tls
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = await _read_request(reader)
@@ -204,7 +235,6 @@ def test_remote_calls_go_through_a_proxy_set_in_the_environment(
     """A ModelClient for a remote provider honours HTTP(S)_PROXY: the request reaches the proxy
     in absolute form (httpx's default transport is used for it)."""
     import json
-    import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
@@ -257,37 +287,21 @@ def test_remote_calls_go_through_a_proxy_set_in_the_environment(
     assert seen == ["http://models.example.test/v1/chat/completions"]
 
 
-def test_closing_a_tls_connection_does_not_wait_for_the_servers_close_notify() -> None:
+def test_closing_a_tls_connection_does_not_wait_for_the_servers_close_notify(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
     """A server that never answers TLS close_notify (many do not) must not hold up the client's
     close: asyncio would wait for it up to 30 s per connection, at the end of every run."""
-    import socket
-    import threading
-
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    trusting = ssl.create_default_context()
-    ca.configure_trust(trusting)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    server_ctx, trusting = tls
     release = threading.Event()
-    server_done = threading.Event()
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with server_ctx.wrap_socket(conn, server_side=True) as tls:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += tls.recv(65536)
-            body = b'{"ok": true}'
-            tls.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
-            release.wait(30)  # reads nothing more: the client's close_notify goes unanswered
-        server_done.set()
+    def answer(tls_sock: ssl.SSLSocket) -> None:
+        body = b'{"ok": true}'
+        tls_sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        release.wait(30)  # reads nothing more: the client's close_notify goes unanswered
+        tls_sock.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    listener, server_done = _one_tls_connection(server_ctx, answer)
 
     async def main() -> dict[str, bool]:
         client = _client(verify=trusting)
@@ -305,38 +319,23 @@ def test_closing_a_tls_connection_does_not_wait_for_the_servers_close_notify() -
 
 
 @pytest.mark.parametrize("ending", ["close-delimited", "truncated"])
-def test_a_tls_server_closing_without_close_notify(ending: str) -> None:
+def test_a_tls_server_closing_without_close_notify(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], ending: str
+) -> None:
     """A ragged TLS end (TCP closed, no close_notify) ends a close-delimited body and is a
     protocol error for a body shorter than its content-length, as with httpx's own transport."""
-    import socket
-    import threading
-
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    trusting = ssl.create_default_context()
-    ca.configure_trust(trusting)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    server_ctx, trusting = tls
     body = b'{"text": "' + "文本 text ".encode() * 5000 + b'"}'
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        tls = server_ctx.wrap_socket(conn, server_side=True)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += tls.recv(65536)
+    def answer(tls_sock: ssl.SSLSocket) -> None:
         if ending == "close-delimited":
-            tls.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + body)
+            tls_sock.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + body)
         else:
             head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (len(body) + 100)
-            tls.sendall(head + body)
-        tls.close()  # closes the socket without a close_notify
+            tls_sock.sendall(head + body)
+        tls_sock.close()  # closes the socket without a close_notify
 
-    threading.Thread(target=serve, daemon=True).start()
+    listener, _ = _one_tls_connection(server_ctx, answer)
 
     async def main() -> bytes:
         async with _client(verify=trusting) as client:

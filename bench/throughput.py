@@ -252,7 +252,7 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
 
 def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
     """The same calls with nothing but asyncio + httpx (on the asyncio transport) at the same
-    concurrency (no pytest, no plugin): what the simulator itself allows, for reference."""
+    concurrency (no pytest, no plugin): what this machine allows, for reference."""
     stable, candidate = (f"{p}?latency_ms={latency_ms}&jitter=0" for p in ("stable", "good"))
     bodies = [
         {"model": model, "messages": [
@@ -450,7 +450,7 @@ def main() -> None:
             floor = bench_floor(url, args.cases, args.latency_ms)
             print(f"    floor: the same {r['calls']} calls from plain asyncio + httpx at concurrency "
                   f"{CONCURRENCY}, no pytest: {floor:.2f} s = {floor / r['ideal_s']:.2f}x ideal "
-                  f"(the simulator's own overhead); pytest + plugin = "
+                  f"(what this machine allows at this latency); pytest + plugin = "
                   f"{r['a_wall_s'] / floor:.2f}x the floor")
             if "b_wall_s" in r:
                 print(f"(b) naive pytest + httpx, sequential: {r['b_wall_s']:.2f} s -> "

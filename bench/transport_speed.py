@@ -4,16 +4,18 @@ Usage::
 
     python bench/transport_speed.py [--calls 2000] [--concurrency 1,4,16]
 
-Starts the simulator as its own process (zero latency) and sends the same chat requests through
-``httpx.AsyncClient`` twice per concurrency level: with httpx's default transport (anyio under
-httpcore) and with ``providers.transport.AsyncioTransport`` (asyncio streams under httpcore).
-Prints the CPU time per call of this process for both and their ratio (same run, same machine).
+Starts the simulator as its own process (zero latency) and sends the same chat requests three
+ways per concurrency level: ``httpx.AsyncClient`` with httpx's default transport (anyio under
+httpcore), ``httpx.AsyncClient`` on ``providers.transport.AsyncioTransport`` (asyncio streams
+under httpcore), and that transport's ``stream_post`` directly (what the model clients use).
+Prints the CPU time per call of this process for each and the ratios (same run, same machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,27 @@ BODY = {
     "model": "good?latency_ms=0&jitter=0",
     "messages": [{"role": "user", "content": "Where is my order A-10001? It has not arrived."}],
 }
+
+
+async def cpu_per_call_direct(url: str, calls: int, concurrency: int) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    transport = make_transport(verify=False, limits=limits, trust_env=False, timeout=30)
+    assert transport is not None
+    payload = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json"}
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with gate, transport.stream_post(url, payload, headers) as (status, _, chunks):
+            [chunk async for chunk in chunks]
+            assert status == 200
+
+    await asyncio.gather(*(one() for _ in range(min(100, calls))))  # connect, warm up
+    t0 = time.process_time()
+    await asyncio.gather(*(one() for _ in range(calls)))
+    spent = (time.process_time() - t0) / calls * 1000.0
+    await transport.aclose()
+    return spent
 
 
 async def cpu_per_call(url: str, calls: int, concurrency: int, fast: bool) -> float:
@@ -61,9 +84,11 @@ def main() -> None:
         for c in (int(x) for x in args.concurrency.split(",")):
             default = asyncio.run(cpu_per_call(url, args.calls, c, fast=False))
             fast = asyncio.run(cpu_per_call(url, args.calls, c, fast=True))
+            direct = asyncio.run(cpu_per_call_direct(url, args.calls, c))
             print(
-                f"concurrency {c:>3}: httpx default {default:.3f} ms CPU/call, "
-                f"asyncio transport {fast:.3f} ms -> {default / fast:.2f}x less CPU"
+                f"concurrency {c:>3}: httpx default {default:.3f} ms CPU/call; httpx on the "
+                f"asyncio transport {fast:.3f} ms ({default / fast:.2f}x less); the transport "
+                f"directly {direct:.3f} ms ({default / direct:.2f}x less)"
             )
     finally:
         proc.terminate()

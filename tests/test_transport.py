@@ -350,3 +350,120 @@ def test_a_tls_server_closing_without_close_notify(
                 asyncio.run(main())
     finally:
         listener.close()
+
+
+# -- stream_post: the model clients' direct path (no httpx client) -------------------------------
+def _direct(timeout: float = 5.0, verify: ssl.SSLContext | bool = False) -> tr.AsyncioTransport:
+    t = tr.make_transport(verify=verify, limits=LIMITS, trust_env=False, timeout=timeout)
+    assert isinstance(t, tr.AsyncioTransport)
+    return t
+
+
+async def _post(t: tr.AsyncioTransport, url: str, body: bytes = b"{}") -> tuple[int, dict[str, str], bytes]:
+    async with t.stream_post(url, body, {"content-type": "application/json"}) as (status, h, chunks):
+        return status, h, b"".join([c async for c in chunks])
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])
+def test_stream_post_returns_status_headers_and_the_decoded_body(encoding: str) -> None:
+    import gzip
+    import zlib
+
+    text = '{"text": "你好 hello"}'.encode() * 200
+    packed = {"identity": text, "gzip": gzip.compress(text), "deflate": zlib.compress(text)}[encoding]
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await _read_request(reader))
+        writer.write(
+            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n"
+            b"X-Request-Id: a\r\nx-request-id: b\r\nContent-Encoding: "
+            + encoding.encode() + b"\r\ncontent-length: %d\r\n\r\n" % len(packed) + packed
+        )
+        await writer.drain()
+        writer.close()
+
+    async def main() -> tuple[int, dict[str, str], bytes]:
+        server = await _serve(handler)
+        t = _direct()
+        async with server:
+            try:
+                return await _post(t, _url(server), b'{"q": 1}')
+            finally:
+                await t.aclose()
+
+    status, headers, body = asyncio.run(main())
+    assert status == 201 and body == text and seen == [b'{"q": 1}']
+    # names in lower case, repeated ones joined as httpx joins them
+    assert headers["x-request-id"] == "a, b" and headers["content-type"] == "application/json"
+
+
+def test_stream_post_refuses_an_encoding_it_cannot_decode() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 3\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await _serve(handler)
+        t = _direct()
+        async with server:
+            try:
+                await _post(t, _url(server))
+            finally:
+                await t.aclose()
+
+    with pytest.raises(httpx.DecodingError, match="br"):
+        asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "expected"),
+    [("refused", httpx.ConnectError), ("silent", httpx.ReadTimeout)],
+)
+def test_stream_post_failures_are_httpx_exceptions(
+    behaviour: str, expected: type[Exception]
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(2)
+        writer.close()
+
+    async def main() -> None:
+        server = await _serve(handler)
+        url = _url(server)
+        if behaviour == "refused":
+            server.close()
+            await server.wait_closed()
+        t = _direct(timeout=0.3)
+        try:
+            await _post(t, url)
+        finally:
+            await t.aclose()
+
+    with pytest.raises(expected):
+        asyncio.run(main())
+
+
+def test_stream_post_over_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, trusting = tls
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await _read_request(reader)
+        writer.write(_reply(body))
+        await writer.drain()
+        writer.close()
+
+    async def main(verify: ssl.SSLContext) -> tuple[int, dict[str, str], bytes]:
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=verify)
+        async with server:
+            try:
+                return await _post(t, _url(server, "https", "localhost"), b'{"tls": 1}')
+            finally:
+                await t.aclose()
+
+    assert asyncio.run(main(trusting))[2] == b'{"tls": 1}'
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(main(ssl.create_default_context()))

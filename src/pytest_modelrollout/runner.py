@@ -1,7 +1,7 @@
 """A background asyncio event loop in a daemon thread, driven from synchronous code.
 
-The plugin's fixtures are synchronous; all HTTP is async on one loop (one pooled
-``httpx.AsyncClient`` per model). :class:`Runner` owns that loop::
+The plugin's fixtures are synchronous; all HTTP is async on one loop (one pooled client per
+model). :class:`Runner` owns that loop::
 
     runner = Runner()
     result = runner.run(client.call(request), timeout=60)   # blocks this thread

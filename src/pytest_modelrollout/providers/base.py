@@ -1,8 +1,8 @@
 """The provider interface: one canonical request in, one parsed response out.
 
 A provider knows one wire format (OpenAI Chat Completions, Anthropic Messages). It builds the
-HTTP request from a :class:`ChatRequest`, sends it with the model's shared ``httpx.AsyncClient``
-and parses the body into a :class:`ProviderResponse`, or raises a classified
+HTTP request from a :class:`ChatRequest`, sends it with the model's shared HTTP client (see
+:mod:`.transport`) and parses the body into a :class:`ProviderResponse`, or raises a classified
 :class:`~pytest_modelrollout._exceptions.ProviderError`. Retries, back-off, concurrency limits,
 fallback, cost and the kill switch live one level up, in :mod:`.client`.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import httpx
+    from .transport import HTTPClient
 
 
 
@@ -160,7 +160,7 @@ class Provider(ABC):
     @abstractmethod
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         request: ChatRequest,
         *,
         api_key: str | None,

@@ -1,6 +1,7 @@
 """ModelClient: one model's calls with retries, limits, fallback, kill switch, cost and latency.
 
-* One pooled ``httpx.AsyncClient`` per model (created lazily on the event loop), a concurrency
+* One pooled HTTP client per model (created lazily on the event loop: the asyncio transport,
+  or ``httpx.AsyncClient`` where a proxy is set), a concurrency
   gate of ``max_concurrency`` calls in flight, optional ``rpm`` / ``tpm`` token buckets
   (tokens estimated from the request size). After a 429 the model's effective concurrency is
   halved and its rate slowed for a cool-down period (adaptive back-off).
@@ -49,7 +50,7 @@ from .anthropic import AnthropicProvider
 from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
-from .transport import make_transport
+from .transport import HTTPClient, make_transport
 
 _HAS_ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")
 BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
@@ -276,7 +277,7 @@ class ModelClient:
         self._killed: Collection[str] = killed if killed is not None else set()
         self._global = global_limit
         self._provider: Provider | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: HTTPClient | None = None
         self._provider_lock = asyncio.Lock()
         self._gate = AdaptiveGate(spec.max_concurrency)
         self._rpm = TokenBucket(spec.rpm) if spec.rpm else None
@@ -331,7 +332,7 @@ class ModelClient:
                 self._provider = make_provider(spec)
             return self._provider
 
-    def _http_client(self, base_url: str) -> httpx.AsyncClient:
+    def _http_client(self, base_url: str) -> HTTPClient:
         if self._http is None:
             n = max(1, self.spec.max_concurrency)
             loopback = _is_loopback(base_url)
@@ -340,14 +341,16 @@ class ModelClient:
             # everything else verifies with one shared context (loading the CA bundle
             # costs ~50 ms, per client if each built its own)
             verify = False if loopback and base_url.startswith("http://") else _ssl_context()
-            self._http = httpx.AsyncClient(
+            # the asyncio transport, used directly (transport.py); httpx's client with its
+            # own transport where a proxy is set
+            self._http = make_transport(
+                verify=verify, limits=limits, trust_env=not loopback, timeout=self.spec.timeout_s
+            ) or httpx.AsyncClient(
                 timeout=httpx.Timeout(self.spec.timeout_s),
                 limits=limits,
                 trust_env=not loopback,
                 follow_redirects=False,
                 verify=verify,
-                # asyncio connections under httpx (transport.py); None where a proxy is set
-                transport=make_transport(verify=verify, limits=limits, trust_env=not loopback),
             )
         return self._http
 
@@ -501,7 +504,7 @@ class ModelClient:
     async def _send_once(
         self,
         provider: Provider,
-        http: httpx.AsyncClient,
+        http: HTTPClient,
         request: ChatRequest,
         api_key: str | None,
         state: _CallState,

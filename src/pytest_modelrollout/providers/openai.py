@@ -10,12 +10,13 @@ replies can be tested without a network. This module does not import pytest.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from .._exceptions import (
 )
 from .._version import __version__
 from .base import ChatRequest, Provider, ProviderResponse, ToolCall, content_text
+from .transport import AsyncioTransport, HTTPClient
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
 MAX_MESSAGE_CHARS = 160
@@ -404,8 +406,16 @@ def build_body(model: str, request: ChatRequest, spec_params: Mapping[str, Any])
     return body
 
 
+@contextlib.asynccontextmanager
+async def _httpx_stream(
+    client: httpx.AsyncClient, url: str | httpx.URL, content: bytes, headers: Mapping[str, str]
+) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
+    async with client.stream("POST", url, content=content, headers=headers) as resp:
+        yield resp.status_code, dict(resp.headers.items()), resp.aiter_bytes()
+
+
 async def post_json(
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     url: str | httpx.URL,
     headers: Mapping[str, str],
     body: Mapping[str, Any],
@@ -417,26 +427,30 @@ async def post_json(
     secrets = tuple(secrets)
     payload = json.dumps(body, ensure_ascii=False, default=str).encode("utf-8")
     all_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **headers}
+    opened = (
+        client.stream_post(url, payload, all_headers)
+        if isinstance(client, AsyncioTransport)
+        else _httpx_stream(client, url, payload, all_headers)
+    )
     try:
-        async with client.stream("POST", url, content=payload, headers=all_headers) as resp:
-            resp_headers = dict(resp.headers.items())
+        async with opened as (status, resp_headers, body_chunks):
             declared = resp_headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise BadResponseError(
-                    f"HTTP {resp.status_code}: response body too large ({declared} bytes)",
-                    status_code=resp.status_code,
+                    f"HTTP {status}: response body too large ({declared} bytes)",
+                    status_code=status,
                 )
             chunks: list[bytes] = []
             size = 0
-            async for chunk in resp.aiter_bytes():
+            async for chunk in body_chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise BadResponseError(
-                        f"HTTP {resp.status_code}: response body larger than {max_bytes} bytes",
-                        status_code=resp.status_code,
+                        f"HTTP {status}: response body larger than {max_bytes} bytes",
+                        status_code=status,
                     )
                 chunks.append(chunk)
-            return resp.status_code, resp_headers, b"".join(chunks)
+            return status, resp_headers, b"".join(chunks)
     except ProviderError:
         raise
     except httpx.TimeoutException as exc:
@@ -509,7 +523,7 @@ class JSONHTTPProvider(Provider):
 
     async def send(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         request: ChatRequest,
         *,
         api_key: str | None,

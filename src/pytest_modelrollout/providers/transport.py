@@ -1,24 +1,27 @@
-"""An httpx transport whose connections are plain asyncio streams.
+"""The model clients' HTTP: httpcore's connection pool on plain asyncio streams.
 
 httpx's default transport reaches asyncio through anyio. For every request its connection pool
 asks each idle connection whether the server closed it (``has_expired``); through anyio that
 builds a dict of socket attributes and makes a ``poll`` system call per connection per request.
 With 8-16 keep-alive connections per model this was a quarter of the plugin's CPU per call, and
-that CPU is taken from the thread that runs the tests (bench/transport_speed.py: ~1 ms of CPU per
-call less at concurrency 16).
+that CPU is taken from the thread that runs the tests.
 
-This module keeps httpx (the client, its request and response models, its exceptions) and
-httpcore (HTTP/1.1 over h11, the pool, keep-alive) and replaces only the network layer below
-them, through httpcore's public ``AsyncNetworkBackend`` interface: connections are asyncio
-``StreamReader``/``StreamWriter`` pairs, an idle connection is "readable" when asyncio has already
-seen the server close it (no system call), TLS is ``StreamWriter.start_tls``.
+This module keeps httpcore (HTTP/1.1 over h11, the pool, keep-alive) and httpx's exceptions,
+and replaces the network layer below them through httpcore's public ``AsyncNetworkBackend``
+interface: connections are asyncio ``StreamReader``/``StreamWriter`` pairs, an idle connection is
+"readable" when asyncio has already seen the server close it (no system call), TLS is
+``StreamWriter.start_tls``. :class:`AsyncioTransport` is an httpx transport on that pool, and its
+:meth:`~AsyncioTransport.stream_post` is what the model clients call: the same pool without
+httpx's request and response models, cookie jar, auth and redirect flows, which cost as much
+CPU again (bench/transport_speed.py, concurrency 16: httpx default 3.2 ms per call, httpx on
+this transport 2.4 ms, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
+round arrive together and are handled one at a time, so CPU per reply becomes latency.
 
 Used on Python 3.11+ (``asyncio.timeout``, ``StreamWriter.start_tls``) when no proxy is set in
-the environment; otherwise :func:`make_transport` returns None and the client uses httpx's default
-transport, which honours ``HTTP(S)_PROXY`` / ``ALL_PROXY``. ``MODELROLLOUT_TRANSPORT=httpx``
-chooses httpx's default transport everywhere.
+the environment; otherwise :func:`make_transport` returns None and the model client uses
+``httpx.AsyncClient`` with httpx's default transport, which honours ``HTTP(S)_PROXY`` /
+``ALL_PROXY``. ``MODELROLLOUT_TRANSPORT=httpx`` chooses that everywhere.
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +31,7 @@ import socket
 import ssl
 import sys
 import typing
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 import httpcore
@@ -38,6 +42,9 @@ HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 TRANSPORT_ENV = "MODELROLLOUT_TRANSPORT"  # "httpx": httpx's default transport everywhere
+
+# what a model client sends requests with: the asyncio transport directly, or httpx's client
+HTTPClient = typing.Union[httpx.AsyncClient, "AsyncioTransport"]
 
 # httpcore exception -> httpx exception, most specific first (httpx's own transport maps the same)
 _EXC_MAP: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
@@ -70,6 +77,7 @@ def make_transport(
     limits: httpx.Limits,
     trust_env: bool,
     environ: Mapping[str, str] | None = None,
+    timeout: float | None = None,
 ) -> AsyncioTransport | None:
     """The asyncio transport, or None where httpx's default transport is used instead: before
     Python 3.11, where a proxy is set, or with ``MODELROLLOUT_TRANSPORT=httpx``."""
@@ -78,7 +86,7 @@ def make_transport(
         return None
     if not SUPPORTED or (trust_env and proxy_in_env(env)):
         return None
-    return AsyncioTransport(verify=verify, limits=limits)
+    return AsyncioTransport(verify=verify, limits=limits, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -241,9 +249,14 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 class AsyncioTransport(httpx.AsyncBaseTransport):
-    """An httpx transport: httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`."""
+    """httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`: an httpx transport, and,
+    through :meth:`stream_post`, the model clients' direct way to it."""
 
-    def __init__(self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits) -> None:
+    def __init__(
+        self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits, timeout: float | None = None
+    ) -> None:
+        self.timeout = timeout  # for stream_post (httpx passes its own with each request)
+        self._targets: dict[str, tuple[httpcore.URL, bytes]] = {}
         if isinstance(verify, ssl.SSLContext):
             context = verify
         elif verify:
@@ -290,3 +303,82 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+    # -- without httpx's client ------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def stream_post(
+        self, url: str | httpx.URL, content: bytes, headers: Mapping[str, str]
+    ) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
+        """POST ``content``; yield the status, the headers (lower-case names, repeated ones
+        joined with ", " as httpx joins them) and the body's chunks (gzip / deflate decoded).
+
+        The same pool, connections and exceptions (httpx's) as a request through
+        ``httpx.AsyncClient``, without its request and response models, cookie jar, auth and
+        redirect flows: about 0.8 ms less CPU per call at concurrency 16
+        (bench/transport_speed.py). Used by the model clients, which need none of those.
+        """
+        target, host = self._target(url)
+        raw = [
+            (b"host", host),
+            (b"accept", b"*/*"),
+            (b"content-length", str(len(content)).encode("ascii")),
+            *((k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()),
+        ]
+        t = self.timeout
+        ext = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
+        with _mapped():
+            async with self._pool.stream(
+                "POST", target, headers=raw, content=content, extensions=ext
+            ) as resp:
+                hdrs = _header_dict(resp.headers)
+                encoding = hdrs.get("content-encoding", "").strip().lower()
+                yield resp.status, hdrs, _decoded(resp.aiter_stream(), encoding)
+
+    def _target(self, url: str | httpx.URL) -> tuple[httpcore.URL, bytes]:
+        key = str(url)
+        found = self._targets.get(key)
+        if found is None:
+            u = httpx.URL(url)
+            found = self._targets[key] = (
+                httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path),
+                u.netloc,
+            )
+        return found
+
+
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in raw:
+        key = k.decode("latin-1").lower()
+        value = v.decode("latin-1")
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+async def _decoded(chunks: typing.AsyncIterable[bytes], encoding: str) -> AsyncIterator[bytes]:
+    """The body as sent, or decoded: no Accept-Encoding is sent, but a server may compress
+    anyway."""
+    if encoding in ("", "identity"):
+        decoder = None
+    elif encoding in ("gzip", "x-gzip"):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decoder = zlib.decompressobj()
+    else:
+        raise httpx.DecodingError(f"unsupported content-encoding {encoding!r}")
+    with _mapped():
+        async for chunk in chunks:
+            if decoder is None:
+                yield chunk
+                continue
+            try:
+                yield decoder.decompress(chunk)
+            except zlib.error as exc:
+                raise httpx.DecodingError(f"{encoding} body: {exc}") from None
+    if decoder is not None:
+        try:
+            tail = decoder.flush()
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"{encoding} body: {exc}") from None
+        if tail:
+            yield tail

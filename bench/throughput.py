@@ -466,7 +466,8 @@ def main() -> None:
                 print(f"    -n {n}: wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x the -n 0 run "
                       f"(same verdict/requests/tokens/checks: {same})")
             floor = bench_floor(url, args.cases, args.latency_ms)
-            print(f"    floor: the same {r['calls']} calls from plain asyncio + httpx at concurrency "
+            print(f"    floor: the same {r['calls']} calls from plain asyncio + the asyncio transport "
+                  f"at concurrency "
                   f"{CONCURRENCY}, no pytest: {floor:.2f} s = {floor / r['ideal_s']:.2f}x ideal "
                   f"(what this machine allows at this latency); pytest + plugin = "
                   f"{r['a_wall_s'] / floor:.2f}x the floor")

@@ -118,7 +118,12 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
         ("reset", httpx.RemoteProtocolError),
     ],
 )
-def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exception]) -> None:
+@pytest.mark.parametrize("path", ["httpx-client", "stream_post"])
+def test_failures_surface_as_httpx_exceptions(
+    behaviour: str, expected: type[Exception], path: str
+) -> None:
+    """Through httpx's client on the transport, and through the model clients' direct path."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         if behaviour == "silent":
@@ -134,6 +139,13 @@ def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exc
         if behaviour == "refused":
             server.close()
             await server.wait_closed()
+        if path == "stream_post":
+            t = _direct(timeout=0.3)
+            try:
+                await _post(t, url)
+            finally:
+                await t.aclose()
+            return
         async with _client(timeout=0.3) as client:
             await client.post(url, json={})
 
@@ -197,7 +209,10 @@ def _one_tls_connection(
     return listener, done
 
 
-def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+@pytest.mark.parametrize("path", ["httpx-client", "stream_post"])
+def test_tls_verifies_the_server_certificate(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], path: str
+) -> None:
     server_ctx, trusting = tls
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -206,12 +221,20 @@ def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLC
         await writer.drain()
         writer.close()
 
-    async def main(verify: ssl.SSLContext, host: str) -> httpx.Response:
+    async def main(verify: ssl.SSLContext, host: str) -> bytes:
         server = await _serve(handler, server_ctx)
-        async with server, _client(verify=verify) as client:
-            return await client.post(_url(server, "https", host), json={"tls": True})
+        url = _url(server, "https", host)
+        async with server:
+            if path == "stream_post":
+                t = _direct(verify=verify)
+                try:
+                    return (await _post(t, url, b'{"tls": 1}'))[2]
+                finally:
+                    await t.aclose()
+            async with _client(verify=verify) as client:
+                return (await client.post(url, content=b'{"tls": 1}')).content
 
-    assert asyncio.run(main(trusting, "localhost")).json() == {"tls": True}
+    assert asyncio.run(main(trusting, "localhost")) == b'{"tls": 1}'
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         asyncio.run(main(ssl.create_default_context(), "localhost"))  # CA not trusted
     with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
@@ -416,54 +439,3 @@ def test_stream_post_refuses_an_encoding_it_cannot_decode() -> None:
 
     with pytest.raises(httpx.DecodingError, match="br"):
         asyncio.run(main())
-
-
-@pytest.mark.parametrize(
-    ("behaviour", "expected"),
-    [("refused", httpx.ConnectError), ("silent", httpx.ReadTimeout)],
-)
-def test_stream_post_failures_are_httpx_exceptions(
-    behaviour: str, expected: type[Exception]
-) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        await asyncio.sleep(2)
-        writer.close()
-
-    async def main() -> None:
-        server = await _serve(handler)
-        url = _url(server)
-        if behaviour == "refused":
-            server.close()
-            await server.wait_closed()
-        t = _direct(timeout=0.3)
-        try:
-            await _post(t, url)
-        finally:
-            await t.aclose()
-
-    with pytest.raises(expected):
-        asyncio.run(main())
-
-
-def test_stream_post_over_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
-    server_ctx, trusting = tls
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        body = await _read_request(reader)
-        writer.write(_reply(body))
-        await writer.drain()
-        writer.close()
-
-    async def main(verify: ssl.SSLContext) -> tuple[int, dict[str, str], bytes]:
-        server = await _serve(handler, server_ctx)
-        t = _direct(verify=verify)
-        async with server:
-            try:
-                return await _post(t, _url(server, "https", "localhost"), b'{"tls": 1}')
-            finally:
-                await t.aclose()
-
-    assert asyncio.run(main(trusting))[2] == b'{"tls": 1}'
-    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        asyncio.run(main(ssl.create_default_context()))

@@ -1,8 +1,9 @@
-"""The asyncio transport under httpx (providers/transport.py), over real sockets on loopback."""
+"""The model clients' HTTP (providers/transport.py), over real sockets on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import threading
@@ -44,10 +45,17 @@ def _url(server: asyncio.Server, scheme: str = "http", host: str = "127.0.0.1") 
     return f"{scheme}://{host}:{server.sockets[0].getsockname()[1]}/v1/x"
 
 
-def _client(**kw: object) -> httpx.AsyncClient:
-    t = tr.make_transport(verify=kw.pop("verify", False), limits=LIMITS, trust_env=False)  # type: ignore[arg-type]
+def _direct(timeout: float = 5.0, verify: ssl.SSLContext | bool = False) -> tr.AsyncioTransport:
+    t = tr.make_transport(verify=verify, limits=LIMITS, trust_env=False, timeout=timeout)
     assert isinstance(t, tr.AsyncioTransport)
-    return httpx.AsyncClient(transport=t, timeout=kw.pop("timeout", 5.0))  # type: ignore[arg-type]
+    return t
+
+
+async def _post(
+    t: tr.AsyncioTransport, url: str, body: bytes = b"{}"
+) -> tuple[int, dict[str, str], bytes]:
+    async with t.stream_post(url, body, {"content-type": "application/json"}) as (status, h, chunks):
+        return status, h, b"".join([c async for c in chunks])
 
 
 def test_requests_reuse_connections_and_respect_the_pool_limit() -> None:
@@ -75,11 +83,15 @@ def test_requests_reuse_connections_and_respect_the_pool_limit() -> None:
 
     async def main() -> list[dict[str, object]]:
         server = await _serve(handler)
-        async with server, _client() as client:
-            replies = await asyncio.gather(
-                *(client.post(_url(server), json={"i": i}) for i in range(40))
-            )
-        return [r.json() for r in replies]
+        t = _direct()
+        async with server:
+            try:
+                replies = await asyncio.gather(
+                    *(_post(t, _url(server), b'{"i": %d}' % i) for i in range(40))
+                )
+            finally:
+                await t.aclose()
+        return [json.loads(body) for _, _, body in replies]
 
     out = asyncio.run(main())
     assert [r["echo"] for r in out] == [{"i": i} for i in range(40)]
@@ -99,11 +111,15 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 
     async def main() -> list[int]:
         server = await _serve(handler)
-        async with server, _client() as client:
-            first = await client.post(_url(server), json={})
-            await asyncio.sleep(0.05)  # the close reaches the client while the connection idles
-            second = await client.post(_url(server), json={})
-        return [first.status_code, second.status_code]
+        t = _direct()
+        async with server:
+            try:
+                first = await _post(t, _url(server))
+                await asyncio.sleep(0.05)  # the close reaches the client while it idles
+                second = await _post(t, _url(server))
+            finally:
+                await t.aclose()
+        return [first[0], second[0]]
 
     assert asyncio.run(main()) == [200, 200]
     assert connections == 2
@@ -118,12 +134,7 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
         ("reset", httpx.RemoteProtocolError),
     ],
 )
-@pytest.mark.parametrize("path", ["httpx-client", "stream_post"])
-def test_failures_surface_as_httpx_exceptions(
-    behaviour: str, expected: type[Exception], path: str
-) -> None:
-    """Through httpx's client on the transport, and through the model clients' direct path."""
-
+def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exception]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         if behaviour == "silent":
@@ -139,15 +150,11 @@ def test_failures_surface_as_httpx_exceptions(
         if behaviour == "refused":
             server.close()
             await server.wait_closed()
-        if path == "stream_post":
-            t = _direct(timeout=0.3)
-            try:
-                await _post(t, url)
-            finally:
-                await t.aclose()
-            return
-        async with _client(timeout=0.3) as client:
-            await client.post(url, json={})
+        t = _direct(timeout=0.3)
+        try:
+            await _post(t, url)
+        finally:
+            await t.aclose()
 
     with pytest.raises(expected):
         asyncio.run(main())
@@ -164,12 +171,12 @@ def test_a_streamed_body_arrives_whole() -> None:
 
     async def main() -> bytes:
         server = await _serve(handler)
-        async with (
-            server,
-            _client() as client,
-            client.stream("POST", _url(server), json={}) as resp,
-        ):
-            return b"".join([chunk async for chunk in resp.aiter_bytes()])
+        t = _direct()
+        async with server:
+            try:
+                return (await _post(t, _url(server)))[2]
+            finally:
+                await t.aclose()
 
     assert asyncio.run(main()) == big
 
@@ -189,7 +196,7 @@ def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def _one_tls_connection(
     server_ctx: ssl.SSLContext, answer: Callable[[ssl.SSLSocket], None]
 ) -> tuple[socket.socket, threading.Event]:
-    """A blocking TLS server on loopback for one connection: it reads the request head, then
+    """A blocking TLS server on loopback for one connection: it reads the request, then
     ``answer(tls_socket)`` does the rest. Returns the listener and an event set when done."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -202,6 +209,14 @@ def _one_tls_connection(
         data = b""
         while b"\r\n\r\n" not in data:
             data += tls_sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+             if line.lower().startswith(b"content-length:")),
+            0,
+        )
+        while len(body) < length:  # read it all: closing with unread bytes would send a RST
+            body += tls_sock.recv(65536)
         answer(tls_sock)
         done.set()
 
@@ -209,10 +224,7 @@ def _one_tls_connection(
     return listener, done
 
 
-@pytest.mark.parametrize("path", ["httpx-client", "stream_post"])
-def test_tls_verifies_the_server_certificate(
-    tls: tuple[ssl.SSLContext, ssl.SSLContext], path: str
-) -> None:
+def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_ctx, trusting = tls
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -224,15 +236,12 @@ def test_tls_verifies_the_server_certificate(
     async def main(verify: ssl.SSLContext, host: str) -> bytes:
         server = await _serve(handler, server_ctx)
         url = _url(server, "https", host)
+        t = _direct(verify=verify)
         async with server:
-            if path == "stream_post":
-                t = _direct(verify=verify)
-                try:
-                    return (await _post(t, url, b'{"tls": 1}'))[2]
-                finally:
-                    await t.aclose()
-            async with _client(verify=verify) as client:
-                return (await client.post(url, content=b'{"tls": 1}')).content
+            try:
+                return (await _post(t, url, b'{"tls": 1}'))[2]
+            finally:
+                await t.aclose()
 
     assert asyncio.run(main(trusting, "localhost")) == b'{"tls": 1}'
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -257,7 +266,6 @@ def test_remote_calls_go_through_a_proxy_set_in_the_environment(
 ) -> None:
     """A ModelClient for a remote provider honours HTTP(S)_PROXY: the request reaches the proxy
     in absolute form (httpx's default transport is used for it)."""
-    import json
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
@@ -327,10 +335,10 @@ def test_closing_a_tls_connection_does_not_wait_for_the_servers_close_notify(
     listener, server_done = _one_tls_connection(server_ctx, answer)
 
     async def main() -> dict[str, bool]:
-        client = _client(verify=trusting)
-        reply = await client.get(f"https://localhost:{listener.getsockname()[1]}/")
-        await client.aclose()
-        return dict(reply.json())
+        t = _direct(verify=trusting)
+        _, _, body = await _post(t, f"https://localhost:{listener.getsockname()[1]}/")
+        await t.aclose()
+        return dict(json.loads(body))
 
     try:
         assert asyncio.run(main()) == {"ok": True}
@@ -361,9 +369,11 @@ def test_a_tls_server_closing_without_close_notify(
     listener, _ = _one_tls_connection(server_ctx, answer)
 
     async def main() -> bytes:
-        async with _client(verify=trusting) as client:
-            reply = await client.get(f"https://localhost:{listener.getsockname()[1]}/")
-            return reply.content
+        t = _direct(verify=trusting)
+        try:
+            return (await _post(t, f"https://localhost:{listener.getsockname()[1]}/"))[2]
+        finally:
+            await t.aclose()
 
     try:
         if ending == "close-delimited":
@@ -373,18 +383,6 @@ def test_a_tls_server_closing_without_close_notify(
                 asyncio.run(main())
     finally:
         listener.close()
-
-
-# -- stream_post: the model clients' direct path (no httpx client) -------------------------------
-def _direct(timeout: float = 5.0, verify: ssl.SSLContext | bool = False) -> tr.AsyncioTransport:
-    t = tr.make_transport(verify=verify, limits=LIMITS, trust_env=False, timeout=timeout)
-    assert isinstance(t, tr.AsyncioTransport)
-    return t
-
-
-async def _post(t: tr.AsyncioTransport, url: str, body: bytes = b"{}") -> tuple[int, dict[str, str], bytes]:
-    async with t.stream_post(url, body, {"content-type": "application/json"}) as (status, h, chunks):
-        return status, h, b"".join([c async for c in chunks])
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate"])

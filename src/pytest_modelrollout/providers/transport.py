@@ -10,11 +10,11 @@ This module keeps httpcore (HTTP/1.1 over h11, the pool, keep-alive) and httpx's
 and replaces the network layer below them through httpcore's public ``AsyncNetworkBackend``
 interface: connections are asyncio ``StreamReader``/``StreamWriter`` pairs, an idle connection is
 "readable" when asyncio has already seen the server close it (no system call), TLS is
-``StreamWriter.start_tls``. :class:`AsyncioTransport` is an httpx transport on that pool, and its
-:meth:`~AsyncioTransport.stream_post` is what the model clients call: the same pool without
-httpx's request and response models, cookie jar, auth and redirect flows, which cost as much
-CPU again (bench/transport_speed.py, concurrency 16: httpx default 3.2 ms per call, httpx on
-this transport 2.4 ms, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
+``StreamWriter.start_tls``. The model clients post through :class:`AsyncioTransport`'s
+:meth:`~AsyncioTransport.stream_post`, without httpx's client layer (request and response
+models, cookie jar, auth and redirect flows), which cost about as much CPU again
+(bench/transport_speed.py, concurrency 16: ``httpx.AsyncClient`` 3.2 ms per call, the anyio
+check alone ~0.8 ms of it, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
 round arrive together and are handled one at a time, so CPU per reply becomes latency.
 
 Used on Python 3.11+ (``asyncio.timeout``, ``StreamWriter.start_tls``) when no proxy is set in
@@ -89,6 +89,11 @@ def make_transport(
     return AsyncioTransport(verify=verify, limits=limits, timeout=timeout)
 
 
+def _within(timeout: float | None) -> str:
+    # the system's own timeouts (ETIMEDOUT is a TimeoutError too) come without ours
+    return f"within {timeout:g} s" if timeout is not None else "(the system's timeout)"
+
+
 @contextlib.contextmanager
 def _mapped() -> typing.Iterator[None]:
     try:
@@ -112,7 +117,7 @@ class _Stream(httpcore.AsyncNetworkStream):
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                 return await self._reader.read(max_bytes)
         except TimeoutError:
-            raise httpcore.ReadTimeout(f"no data within {timeout:g} s") from None
+            raise httpcore.ReadTimeout(f"no data {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
 
@@ -124,7 +129,7 @@ class _Stream(httpcore.AsyncNetworkStream):
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                 await self._writer.drain()
         except TimeoutError:
-            raise httpcore.WriteTimeout(f"could not send within {timeout:g} s") from None
+            raise httpcore.WriteTimeout(f"could not send {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
@@ -153,7 +158,7 @@ class _Stream(httpcore.AsyncNetworkStream):
                 )
         except TimeoutError:
             self._writer.close()
-            raise httpcore.ConnectTimeout(f"TLS handshake not done within {timeout:g} s") from None
+            raise httpcore.ConnectTimeout(f"TLS handshake not done {_within(timeout)}") from None
         except (OSError, ssl.SSLError) as exc:
             self._writer.close()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
@@ -201,9 +206,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                     happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,
                 )
         except TimeoutError:
-            raise httpcore.ConnectTimeout(
-                f"no connection to {host}:{port} within {timeout:g} s"
-            ) from None
+            raise httpcore.ConnectTimeout(f"no connection to {host}:{port} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         sock = writer.get_extra_info("socket")
@@ -223,7 +226,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                 reader, writer = await asyncio.open_unix_connection(path)
         except TimeoutError:
-            raise httpcore.ConnectTimeout(f"no connection to {path} within {timeout:g} s") from None
+            raise httpcore.ConnectTimeout(f"no connection to {path} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         return _Stream(reader, writer)
@@ -232,30 +235,14 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _mapped():
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        close = getattr(self._stream, "aclose", None)
-        if close is not None:
-            with _mapped():
-                await close()
-
-
-class AsyncioTransport(httpx.AsyncBaseTransport):
-    """httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`: an httpx transport, and,
-    through :meth:`stream_post`, the model clients' direct way to it."""
+class AsyncioTransport:
+    """httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`, posted to with
+    :meth:`stream_post`: one per model client."""
 
     def __init__(
         self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits, timeout: float | None = None
     ) -> None:
-        self.timeout = timeout  # for stream_post (httpx passes its own with each request)
+        self.timeout = timeout  # connect, read, write and pool timeout of every request
         self._targets: dict[str, tuple[httpcore.URL, bytes]] = {}
         if isinstance(verify, ssl.SSLContext):
             context = verify
@@ -277,34 +264,9 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             network_backend=AsyncioBackend(),
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _mapped():
-            response = await self._pool.handle_async_request(core_request)
-        assert isinstance(response.stream, typing.AsyncIterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
-        )
-
     async def aclose(self) -> None:
         await self._pool.aclose()
 
-    # -- without httpx's client ------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def stream_post(
         self, url: str | httpx.URL, content: bytes, headers: Mapping[str, str]
@@ -312,10 +274,9 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         """POST ``content``; yield the status, the headers (lower-case names, repeated ones
         joined with ", " as httpx joins them) and the body's chunks (gzip / deflate decoded).
 
-        The same pool, connections and exceptions (httpx's) as a request through
-        ``httpx.AsyncClient``, without its request and response models, cookie jar, auth and
-        redirect flows: about 0.8 ms less CPU per call at concurrency 16
-        (bench/transport_speed.py). Used by the model clients, which need none of those.
+        Failures raise httpx's exceptions, as ``httpx.AsyncClient`` would; its request and
+        response models, cookie jar, auth and redirect flows are left out (the model clients
+        need none of them), which halves the CPU per call (bench/transport_speed.py).
         """
         target, host = self._target(url)
         raw = [

@@ -361,3 +361,53 @@ def test_startup_objects_frozen_only_for_a_run_of_model_tests_and_released_after
     before = gc.get_freeze_count()
     pytester.runpytest("--rollout-allow-inconclusive").assert_outcomes(passed=len(tests))
     assert gc.get_freeze_count() == before
+
+
+EXIT_PROBE = """
+import atexit, gc, os
+
+def _probe():  # registered before the plugin's exit hook, so it runs after it
+    name = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(f"freeze-at-exit-{name}.txt", "w") as f:
+        f.write(str(gc.get_freeze_count()))
+
+atexit.register(_probe)
+"""
+
+
+@pytest.mark.parametrize(
+    ("tests", "frozen"), [(["model"], True), (["model", "unit"], False)], ids=["model-tests", "mixed-run"]
+)
+@pytest.mark.parametrize("workers", [0, 2], ids=["n0", "n2"])
+def test_objects_frozen_at_exit_only_after_a_run_of_model_tests(
+    pytester: pytest.Pytester, tests: list[str], frozen: bool, workers: int
+) -> None:
+    """A run of model tests leaves its objects to the operating system at exit (the
+    interpreter's final collection took ~0.2 s of every process's exit, each xdist worker's
+    too); after a run with other test code the interpreter finalizes as usual (except in the
+    xdist controller, where no test code runs)."""
+    pytester.makepyprojecttoml(CONFIG)
+    pytester.makeconftest(EXIT_PROBE)
+    body = ["import pytest"]
+    if "model" in tests:
+        body += [
+            "@pytest.mark.workflow('support_chat')",
+            "@pytest.mark.parametrize('i', range(4))",
+            "def test_model(rollout, i):",
+            "    rollout.ask(f'Where is my order A-{i}?')",
+        ]
+    if "unit" in tests:
+        body += ["def test_unit():", "    pass"]
+    pytester.makepyfile("\n".join(body) + "\n")
+    args = ["--rollout-allow-inconclusive", "-p", "no:cacheprovider"]
+    if workers:
+        args += ["-n", str(workers)]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=4 + ("unit" in tests))
+    probes = {p.name: int(p.read_text()) for p in pytester.path.glob("freeze-at-exit-*.txt")}
+    expected = {"main"} | {f"gw{i}" for i in range(workers)}
+    assert {n.removeprefix("freeze-at-exit-").removesuffix(".txt") for n in probes} == expected
+    for name, count in probes.items():
+        # the xdist controller runs no test code: it freezes whatever its workers run
+        expect = frozen or (workers > 0 and name == "freeze-at-exit-main.txt")
+        assert (count > 1000) is expect, (name, count)

@@ -189,6 +189,8 @@ def _freeze_startup_objects(config: pytest.Config) -> None:
     whose items are all workflow tests, and in the xdist controller. Not done when something
     else froze objects already (a session inside a session, an application that manages the
     collector) or gc is off.
+
+    The same run also freezes everything at interpreter exit (:func:`_freeze_at_exit`).
     """
     import gc
 
@@ -196,6 +198,34 @@ def _freeze_startup_objects(config: pytest.Config) -> None:
         return
     gc.freeze()
     config.stash[FROZEN_KEY] = True
+    _freeze_at_exit()
+
+
+_exit_freeze_registered = False
+
+
+def _freeze_at_exit() -> None:
+    """At interpreter exit, move every object to the collector's permanent generation.
+
+    The interpreter's finalization collects and frees the cycles among modules, classes,
+    functions and items one by one: ~0.2 s of every pytest process's exit on a 2-core CI
+    machine (and in each xdist worker), after the last result is printed. Frozen, they are left
+    to the operating system like the rest of the process's memory. Registered (once per
+    process) when the session froze its start-up objects, so only where no other test code ran:
+    what is skipped is the final collection of cyclic garbage (``__del__`` of objects in
+    reference cycles still alive at exit, which Python does not promise to call). Non-cyclic
+    objects, ``atexit`` handlers, ``weakref.finalize`` and the flushing of ``sys.stdout`` /
+    ``sys.stderr`` are unaffected.
+    """
+    global _exit_freeze_registered
+
+    if _exit_freeze_registered:
+        return
+    _exit_freeze_registered = True
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
 
 
 def _unfreeze(config: pytest.Config) -> None:

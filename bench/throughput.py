@@ -267,9 +267,8 @@ def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
 
     async def run() -> float:
         sem = asyncio.Semaphore(CONCURRENCY)
-        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         # the cheapest client there is here: the plugin's asyncio transport, used directly
-        transport = make_transport(verify=False, limits=limits, trust_env=False, timeout=60)
+        transport = make_transport(verify=False, max_connections=CONCURRENCY, trust_env=False, timeout=60)
         assert transport is not None, "the asyncio transport needs Python 3.11+"
         url = sim_url + "/v1/chat/completions"
         headers = {"content-type": "application/json"}
@@ -341,8 +340,7 @@ def bench_overhead(sim_url: str, n: int) -> dict[str, float]:
         plug: list[float] = []
         raw: list[float] = []
         raw_fast: list[float] = []
-        limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
-        fast = make_transport(verify=False, limits=limits, trust_env=False, timeout=60)
+        fast = make_transport(verify=False, max_connections=8, trust_env=False, timeout=60)
         assert fast is not None, "the asyncio transport needs Python 3.11+"
         async with httpx.AsyncClient(timeout=60) as http:
             await raw_round(http, prompts[:20])

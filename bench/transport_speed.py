@@ -34,8 +34,7 @@ BODY = {
 
 
 async def cpu_per_call_direct(url: str, calls: int, concurrency: int) -> float:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    transport = make_transport(verify=False, limits=limits, trust_env=False, timeout=30)
+    transport = make_transport(verify=False, max_connections=concurrency, trust_env=False, timeout=30)
     assert transport is not None
     payload = json.dumps(BODY).encode()
     headers = {"content-type": "application/json"}

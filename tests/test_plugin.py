@@ -380,7 +380,11 @@ atexit.register(_probe)
 )
 @pytest.mark.parametrize("workers", [0, 2], ids=["n0", "n2"])
 def test_objects_frozen_at_exit_only_after_a_run_of_model_tests(
-    pytester: pytest.Pytester, tests: list[str], frozen: bool, workers: int
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    tests: list[str],
+    frozen: bool,
+    workers: int,
 ) -> None:
     """A run of model tests leaves its objects to the operating system at exit (the
     interpreter's final collection took ~0.2 s of every process's exit, each xdist worker's
@@ -388,6 +392,9 @@ def test_objects_frozen_at_exit_only_after_a_run_of_model_tests(
     xdist controller, where no test code runs)."""
     pytester.makepyprojecttoml(CONFIG)
     pytester.makeconftest(EXIT_PROBE)
+    # this test may itself run in an xdist worker: the inner controller must not look like one
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
     body = ["import pytest"]
     if "model" in tests:
         body += [

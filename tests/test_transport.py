@@ -6,8 +6,11 @@ import asyncio
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.skipif(not tr.SUPPORTED, reason="the asyncio transport 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+CONNECTIONS = 4
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
@@ -46,7 +49,9 @@ def _url(server: asyncio.Server, scheme: str = "http", host: str = "127.0.0.1") 
 
 
 def _direct(timeout: float = 5.0, verify: ssl.SSLContext | bool = False) -> tr.AsyncioTransport:
-    t = tr.make_transport(verify=verify, limits=LIMITS, trust_env=False, timeout=timeout)
+    t = tr.make_transport(
+        verify=verify, max_connections=CONNECTIONS, trust_env=False, timeout=timeout
+    )
     assert isinstance(t, tr.AsyncioTransport)
     return t
 
@@ -250,8 +255,87 @@ def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLC
         asyncio.run(main(trusting, "127.0.0.1"))  # certificate names another host
 
 
+def test_verification_uses_the_bundle_named_in_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify=True trusts what httpx's default context trusts: certifi's bundle, or the one
+    in SSL_CERT_FILE (a company's TLS-inspecting proxy CA, a private gateway)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await _read_request(reader)
+        writer.write(_reply(body))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=True)
+        async with server:
+            try:
+                return (await _post(t, _url(server, "https", "localhost"), b'{"ok": 1}'))[2]
+            finally:
+                await t.aclose()
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(main())  # certifi's bundle does not hold the test CA
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+    assert asyncio.run(main()) == b'{"ok": 1}'
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/v1/chat/completions",
+        "https://API.OpenAI.com:443/v1/chat/completions",
+        "https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions",
+        "https://h.example/openai/deployments/gpt/chat/completions?api-version=2024-10-21",
+        "http://[::1]:9000/v1/x",
+        "http://user:pw@host:81/p",
+        "http://h",
+        "http://h?x=1",
+        "http://h/p#frag",
+        "http://h/p?",
+        "http://h/a/../b",
+        "https://h/p?q=a b",
+        "http://h/a%2Fb",
+        "http://h/p?x=1&y=[2]",
+        "https://bücher.example/v1",
+        "http://h/é",
+        "HTTP://H/X",
+        "http://h:99999/x",
+        "http://h:0/x",
+        "ftp://h/x",
+        "http:///x",
+    ],
+)
+def test_request_target_and_host_header_are_what_httpx_sends(url: str) -> None:
+    """The transport splits plain provider URLs itself (httpx is not imported at start-up);
+    every URL still goes out with the request target and Host header httpx would send."""
+    u = httpx.URL(url)
+    target, host_header = tr._parse_target(url)
+    assert (target.scheme, target.host, target.port, target.target, host_header) == (
+        u.raw_scheme, u.raw_host, u.port, u.raw_path, u.netloc
+    )
+
+
+def test_loading_the_plugin_does_not_import_httpx() -> None:
+    """httpx is ~30 ms of every start-up (and of every xdist worker's): the plugin imports it
+    only for a proxy, a failure or an unusual URL."""
+    code = "import sys, pytest_modelrollout.plugin; print('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_a_proxy_in_the_environment_keeps_httpx_default_transport() -> None:
-    kw = {"verify": False, "limits": LIMITS}
+    kw = {"verify": False, "max_connections": CONNECTIONS}
     assert tr.make_transport(trust_env=True, environ={"HTTPS_PROXY": "http://p:3128"}, **kw) is None
     assert tr.make_transport(trust_env=True, environ={"all_proxy": "socks5://p"}, **kw) is None
     assert tr.make_transport(trust_env=True, environ={"HTTPS_PROXY": ""}, **kw) is not None

@@ -34,9 +34,8 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Literal
-
-import httpx
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from .._exceptions import (
     AuthError,
@@ -50,7 +49,12 @@ from .anthropic import AnthropicProvider
 from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
-from .transport import HTTPClient, make_transport
+from .transport import default_ssl_context, make_transport
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .transport import HTTPClient
 
 _HAS_ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")
 BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
@@ -205,13 +209,28 @@ class AdaptiveGate:
 @functools.lru_cache(maxsize=1)
 def _ssl_context() -> ssl.SSLContext:
     """The TLS context every model client shares (httpx's default: certifi's CA bundle)."""
-    return httpx.create_ssl_context()
+    return default_ssl_context()
+
+
+def _httpx_client(
+    connections: int, timeout_s: float, verify: ssl.SSLContext | bool, *, trust_env: bool
+) -> httpx.AsyncClient:
+    """httpx's client with its default transport (which honours the proxy variables)."""
+    import httpx
+
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        trust_env=trust_env,
+        follow_redirects=False,
+        verify=verify,
+    )
 
 
 def _is_loopback(url: str) -> bool:
     try:
-        host = httpx.URL(url).host
-    except Exception:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
         return False
     return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
@@ -336,7 +355,6 @@ class ModelClient:
         if self._http is None:
             n = max(1, self.spec.max_concurrency)
             loopback = _is_loopback(base_url)
-            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
             # plain HTTP on loopback (the simulator, a local server) never uses TLS;
             # everything else verifies with one shared context (loading the CA bundle
             # costs ~50 ms, per client if each built its own)
@@ -344,14 +362,9 @@ class ModelClient:
             # the asyncio transport, used directly (transport.py); httpx's client with its
             # own transport where a proxy is set
             self._http = make_transport(
-                verify=verify, limits=limits, trust_env=not loopback, timeout=self.spec.timeout_s
-            ) or httpx.AsyncClient(
-                timeout=httpx.Timeout(self.spec.timeout_s),
-                limits=limits,
-                trust_env=not loopback,
-                follow_redirects=False,
-                verify=verify,
-            )
+                verify=verify, max_connections=n, trust_env=not loopback,
+                timeout=self.spec.timeout_s,
+            ) or _httpx_client(n, self.spec.timeout_s, verify, trust_env=not loopback)
         return self._http
 
     async def warm(self) -> None:

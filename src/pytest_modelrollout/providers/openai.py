@@ -17,9 +17,8 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .._exceptions import (
     AuthError,
@@ -33,7 +32,12 @@ from .._exceptions import (
 )
 from .._version import __version__
 from .base import ChatRequest, Provider, ProviderResponse, ToolCall, content_text
-from .transport import AsyncioTransport, HTTPClient
+from .transport import AsyncioTransport
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .transport import HTTPClient
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
 MAX_MESSAGE_CHARS = 160
@@ -428,7 +432,7 @@ async def post_json(
     payload = json.dumps(body, ensure_ascii=False, default=str).encode("utf-8")
     all_headers = {"content-type": "application/json", "user-agent": USER_AGENT, **headers}
     opened = (
-        client.stream_post(url, payload, all_headers)
+        client.stream_post(str(url), payload, all_headers)
         if isinstance(client, AsyncioTransport)
         else _httpx_stream(client, url, payload, all_headers)
     )
@@ -453,26 +457,39 @@ async def post_json(
             return status, resp_headers, b"".join(chunks)
     except ProviderError:
         raise
-    except httpx.TimeoutException as exc:
+    except Exception as exc:
+        mapped = _transport_error(exc, url, secrets)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def _transport_error(
+    exc: Exception, url: str | httpx.URL, secrets: tuple[str | None, ...]
+) -> ProviderError | None:
+    """The ProviderError for an httpx failure (None: not httpx's, let it propagate). httpx is
+    imported here, on the first failure, not at start-up."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
         kind = type(exc).__name__
-        raise TimeoutError_(
-            safe_message(f"{kind} after waiting for {_host(url)}", secrets)
-        ) from None
-    except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+        return TimeoutError_(safe_message(f"{kind} after waiting for {_host(url)}", secrets))
+    if isinstance(exc, (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)):
         detail = str(exc) or type(exc).__name__
-        raise ConnectionError_(safe_message(f"{_host(url)}: {detail}", secrets)) from None
-    except httpx.DecodingError as exc:
-        raise BadResponseError(safe_message(f"cannot decode response: {exc}", secrets)) from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return ConnectionError_(safe_message(f"{_host(url)}: {detail}", secrets))
+    if isinstance(exc, httpx.DecodingError):
+        return BadResponseError(safe_message(f"cannot decode response: {exc}", secrets))
+    if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL)):
         detail = str(exc) or type(exc).__name__
-        raise ClientError(safe_message(f"{_host(url)}: {detail}", secrets)) from None
+        return ClientError(safe_message(f"{_host(url)}: {detail}", secrets))
+    return None
 
 
 def _host(url: str | httpx.URL) -> str:
     try:
-        u = httpx.URL(url)
-        return f"{u.host}:{u.port}" if u.port else str(u.host)
-    except Exception:  # pragma: no cover - defensive
+        u = urlsplit(str(url))
+        return f"{u.hostname}:{u.port}" if u.port else str(u.hostname)
+    except Exception:
         return "server"
 
 
@@ -488,6 +505,7 @@ class JSONHTTPProvider(Provider):
     """
 
     _url_parsed: httpx.URL | None = None
+    _url_str: str | None = None
 
     @staticmethod
     def build(
@@ -504,10 +522,17 @@ class JSONHTTPProvider(Provider):
     def url(self, base_url: str | None = None) -> str:
         raise NotImplementedError
 
-    def _parsed_url(self) -> httpx.URL:
-        """``url()`` parsed once: httpx would parse the string on every request (~30 µs)."""
+    def _target_url(self, client: HTTPClient) -> str | httpx.URL:
+        """``url()``, built once; for httpx's client also parsed once (it would parse the
+        string on every request, ~30 µs)."""
+        if self._url_str is None:
+            self._url_str = self.url()
+        if isinstance(client, AsyncioTransport):
+            return self._url_str
         if self._url_parsed is None:
-            self._url_parsed = httpx.URL(self.url())
+            import httpx
+
+            self._url_parsed = httpx.URL(self._url_str)
         return self._url_parsed
 
     def headers(self, api_key: str | None, attempt: int) -> dict[str, str]:
@@ -531,7 +556,7 @@ class JSONHTTPProvider(Provider):
     ) -> ProviderResponse:
         status, headers, body = await post_json(
             client,
-            self._parsed_url(),
+            self._target_url(client),
             self.headers(api_key, attempt),
             self.build_body(request),
             secrets=(api_key,),

@@ -21,6 +21,9 @@ Used on Python 3.11+ (``asyncio.timeout``, ``StreamWriter.start_tls``) when no p
 the environment; otherwise :func:`make_transport` returns None and the model client uses
 ``httpx.AsyncClient`` with httpx's default transport, which honours ``HTTP(S)_PROXY`` /
 ``ALL_PROXY``. ``MODELROLLOUT_TRANSPORT=httpx`` chooses that everywhere.
+
+httpx itself is imported only where it is used (a proxy, a failure, a URL that is not plain
+ASCII): it is ~30 ms of every pytest start-up (and of every xdist worker's) otherwise.
 """
 from __future__ import annotations
 
@@ -33,9 +36,12 @@ import sys
 import typing
 import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
+from urllib.parse import urlsplit
 
 import httpcore
-import httpx
+
+if typing.TYPE_CHECKING:
+    import httpx
 
 SUPPORTED = sys.version_info >= (3, 11)
 HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
@@ -43,26 +49,50 @@ HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 TRANSPORT_ENV = "MODELROLLOUT_TRANSPORT"  # "httpx": httpx's default transport everywhere
 
-# what a model client sends requests with: the asyncio transport directly, or httpx's client
-HTTPClient = typing.Union[httpx.AsyncClient, "AsyncioTransport"]
+if typing.TYPE_CHECKING:
+    # what a model client sends requests with: the asyncio transport directly, or httpx's client
+    HTTPClient: typing.TypeAlias = "httpx.AsyncClient | AsyncioTransport"
 
-# httpcore exception -> httpx exception, most specific first (httpx's own transport maps the same)
-_EXC_MAP: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.ProxyError, httpx.ProxyError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-)
+
+def _exc_map() -> tuple[tuple[type[Exception], type[httpx.HTTPError]], ...]:
+    """httpcore exception -> httpx exception, most specific first (httpx's own transport maps
+    the same)."""
+    import httpx
+
+    return (
+        (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+        (httpcore.ReadTimeout, httpx.ReadTimeout),
+        (httpcore.WriteTimeout, httpx.WriteTimeout),
+        (httpcore.PoolTimeout, httpx.PoolTimeout),
+        (httpcore.TimeoutException, httpx.TimeoutException),
+        (httpcore.ConnectError, httpx.ConnectError),
+        (httpcore.ReadError, httpx.ReadError),
+        (httpcore.WriteError, httpx.WriteError),
+        (httpcore.NetworkError, httpx.NetworkError),
+        (httpcore.ProxyError, httpx.ProxyError),
+        (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+        (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+        (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+        (httpcore.ProtocolError, httpx.ProtocolError),
+    )
+
+
+def _decoding_error(message: str) -> Exception:
+    import httpx
+
+    return httpx.DecodingError(message)
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """A verifying TLS context as httpx builds by default: the CA bundle in ``SSL_CERT_FILE``
+    or ``SSL_CERT_DIR`` when set, certifi's otherwise."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def proxy_in_env(environ: Mapping[str, str] | None = None) -> bool:
@@ -74,7 +104,7 @@ def proxy_in_env(environ: Mapping[str, str] | None = None) -> bool:
 def make_transport(
     *,
     verify: ssl.SSLContext | bool,
-    limits: httpx.Limits,
+    max_connections: int,
     trust_env: bool,
     environ: Mapping[str, str] | None = None,
     timeout: float | None = None,
@@ -86,7 +116,7 @@ def make_transport(
         return None
     if not SUPPORTED or (trust_env and proxy_in_env(env)):
         return None
-    return AsyncioTransport(verify=verify, limits=limits, timeout=timeout)
+    return AsyncioTransport(verify=verify, max_connections=max_connections, timeout=timeout)
 
 
 def _within(timeout: float | None) -> str:
@@ -99,7 +129,7 @@ def _mapped() -> typing.Iterator[None]:
     try:
         yield
     except Exception as exc:
-        for core, mapped in _EXC_MAP:
+        for core, mapped in _exc_map():
             if isinstance(exc, core):
                 raise mapped(str(exc)) from exc
         raise
@@ -240,14 +270,19 @@ class AsyncioTransport:
     :meth:`stream_post`: one per model client."""
 
     def __init__(
-        self, *, verify: ssl.SSLContext | bool, limits: httpx.Limits, timeout: float | None = None
+        self,
+        *,
+        verify: ssl.SSLContext | bool,
+        max_connections: int,
+        keepalive_expiry: float = 5.0,
+        timeout: float | None = None,
     ) -> None:
         self.timeout = timeout  # connect, read, write and pool timeout of every request
         self._targets: dict[str, tuple[httpcore.URL, bytes]] = {}
         if isinstance(verify, ssl.SSLContext):
             context = verify
         elif verify:
-            context = httpx.create_ssl_context()
+            context = default_ssl_context()
         else:
             # no verification: no CA bundle to load (create_default_context() reads the
             # system's, ~50 ms per client, for a context plain-HTTP loopback clients never use)
@@ -256,9 +291,9 @@ class AsyncioTransport:
             context.verify_mode = ssl.CERT_NONE
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=keepalive_expiry,
             http1=True,
             http2=False,
             network_backend=AsyncioBackend(),
@@ -269,7 +304,7 @@ class AsyncioTransport:
 
     @contextlib.asynccontextmanager
     async def stream_post(
-        self, url: str | httpx.URL, content: bytes, headers: Mapping[str, str]
+        self, url: str, content: bytes, headers: Mapping[str, str]
     ) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
         """POST ``content``; yield the status, the headers (lower-case names, repeated ones
         joined with ", " as httpx joins them) and the body's chunks (gzip / deflate decoded).
@@ -295,16 +330,58 @@ class AsyncioTransport:
                 encoding = hdrs.get("content-encoding", "").strip().lower()
                 yield resp.status, hdrs, _decoded(resp.aiter_stream(), encoding)
 
-    def _target(self, url: str | httpx.URL) -> tuple[httpcore.URL, bytes]:
-        key = str(url)
-        found = self._targets.get(key)
+    def _target(self, url: str) -> tuple[httpcore.URL, bytes]:
+        found = self._targets.get(url)
         if found is None:
-            u = httpx.URL(url)
-            found = self._targets[key] = (
-                httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path),
-                u.netloc,
-            )
+            found = self._targets[url] = _parse_target(url)
         return found
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _parse_target(url: str) -> tuple[httpcore.URL, bytes]:
+    """The request target and the ``Host`` header of ``url``, as httpx sends them.
+
+    A plain ``http(s)://host[:port]/path[?query]`` URL (every provider's) is split here;
+    anything else (international host names, characters to percent-encode, dot segments, other
+    schemes, odd ports) is left to httpx's URL, so that it is sent exactly as before.
+    """
+    parts = _plain_url(url)
+    if parts is None:
+        import httpx
+
+        u = httpx.URL(url)
+        url_ = httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port, target=u.raw_path)
+        return url_, u.netloc
+    scheme, host, port, target = parts
+    netloc = b"[" + host + b"]" if b":" in host else host
+    if port is not None:
+        netloc += b":%d" % port
+    return httpcore.URL(scheme=scheme, host=host, port=port, target=target), netloc
+
+
+def _plain_url(url: str) -> tuple[bytes, bytes, int | None, bytes] | None:
+    if not url.isascii() or "/." in url or url.endswith("?"):
+        return None
+    if any(c in url for c in ' <>\\"{}|^`%'):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    default = _DEFAULT_PORTS.get(scheme)
+    if default is None or not parts.hostname or (port is not None and not 0 < port < 65536):
+        return None
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    return (
+        scheme.encode("ascii"),
+        parts.hostname.encode("ascii"),
+        None if port == default else port,
+        target.encode("ascii"),
+    )
 
 
 def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -326,7 +403,7 @@ async def _decoded(chunks: typing.AsyncIterable[bytes], encoding: str) -> AsyncI
     elif encoding == "deflate":
         decoder = zlib.decompressobj()
     else:
-        raise httpx.DecodingError(f"unsupported content-encoding {encoding!r}")
+        raise _decoding_error(f"unsupported content-encoding {encoding!r}")
     with _mapped():
         async for chunk in chunks:
             if decoder is None:
@@ -335,11 +412,11 @@ async def _decoded(chunks: typing.AsyncIterable[bytes], encoding: str) -> AsyncI
             try:
                 yield decoder.decompress(chunk)
             except zlib.error as exc:
-                raise httpx.DecodingError(f"{encoding} body: {exc}") from None
+                raise _decoding_error(f"{encoding} body: {exc}") from None
     if decoder is not None:
         try:
             tail = decoder.flush()
         except zlib.error as exc:
-            raise httpx.DecodingError(f"{encoding} body: {exc}") from None
+            raise _decoding_error(f"{encoding} body: {exc}") from None
         if tail:
             yield tail

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,8 @@ class CountingSim:
     def __init__(self) -> None:
         self.server = SimServer().start()
         self.seen: Counter[tuple[str, str, str]] = Counter()
+        self.arrivals: list[tuple[float, str]] = []  # (monotonic time, messages) per request
+        self.slow: dict[str, float] = {}  # text in the messages -> reply delay in seconds
         self._lock = threading.Lock()
         inner = self.server.simulator.handle
 
@@ -67,7 +70,12 @@ class CountingSim:
                 key = ("?", "?", "?")
             with self._lock:
                 self.seen[key] += 1
-            return inner(wire, raw, headers)
+                self.arrivals.append((time.monotonic(), key[1]))
+                delay = next((d for text, d in self.slow.items() if text in key[1]), None)
+            resp = inner(wire, raw, headers)
+            if delay is not None:
+                resp.delay_s = delay
+            return resp
 
         self.server.simulator.handle = handle  # type: ignore[method-assign]
 
@@ -87,6 +95,8 @@ class CountingSim:
     def reset(self) -> None:
         with self._lock:
             self.seen.clear()
+            self.arrivals.clear()
+            self.slow.clear()
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +194,36 @@ def test_prefetch_is_used_and_reported(
         [f"modelrollout prefetch: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
     )
     assert sim.total() == 2 * N_CASES
+
+
+def test_a_test_waiting_for_a_slow_reply_does_not_stall_the_calls_behind_it(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """Head-of-line blocking: while a test waits for a slow reply (a provider's timeout, a
+    very long answer), the requests of the tests after it keep going out, up to 4 windows
+    sent ahead in all, instead of stopping once one window of replies waits for its tests."""
+    n = 40
+    lines = [
+        json.dumps({"id": f"c{i:02d}", "prompt": f"Where is my order A-{1000 + i}? It is late."})
+        for i in range(n)
+    ]
+    project.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    project.makepyfile(test_suite=SUITE)
+    delay = 2.0
+    sim.slow["A-1003?"] = delay  # both models, the fourth test
+    # concurrency 4: two slots stay free while the slow pair is out; a window of 16
+    # requests, at most 64 sent ahead
+    _run(project, "-v", "--rollout-concurrency=4").assert_outcomes(passed=n)
+    assert sim.total() == 2 * n
+    slow_at = min(t for t, msgs in sim.arrivals if "A-1003?" in msgs)
+    # sent while the slow pair was out (the last 0.3 s left out: its reply may be a little
+    # early against this clock, and the next test's requests follow it)
+    during = sum(
+        1 for t, msgs in sim.arrivals if slow_at < t < slow_at + delay - 0.3 and "A-1003?" not in msgs
+    )
+    # one window would have been 16 requests; 4 windows: 64 (+1: an item's two requests go
+    # out together, the last one may cross the line)
+    assert 16 < during <= 65, during
 
 
 def test_config_prefetch_false(project: pytest.Pytester, sim: CountingSim) -> None:

@@ -126,6 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                  config_path=path)
     except ConfigError as exc:
         raise pytest.UsageError(f"modelrollout: {exc}") from None
+    session.xdist_worker = _is_worker(config)
     config.stash[SESSION_KEY] = session
     # registered now, before pytest's own cleanups: it runs after them (and their gc pass)
     config.add_cleanup(lambda: _unfreeze(config))

@@ -40,7 +40,7 @@ import os
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +59,10 @@ if TYPE_CHECKING:
 Outcome = tuple[CallResult, str]
 AskKwargs = dict[str, Any]  # system, tools, response_format, params of a first ask(case, ...)
 ContextFactory = Callable[[pytest.Item], "TestContext"]
-WINDOW_FACTOR = 4
+WINDOW_FACTOR = 4  # requests in flight (or queued for a slot) ahead of the tests: × concurrency
+# requests sent ahead in all, replies waiting for their tests included: × the window. A test
+# stuck on a slow reply no longer stalls the calls behind it until this many are done.
+AHEAD_FACTOR = 4
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
 MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
 
@@ -70,6 +73,8 @@ class Slot:
     ref: str
     key: str
     future: concurrent.futures.Future[Outcome]
+    held: bool = True  # not yet taken by its test, released or dropped
+    ready: bool = False  # its reply is in
 
 
 @dataclass
@@ -251,12 +256,18 @@ class Prefetcher:
         self.session = session
         self.context_for = context_for
         self.window = max(1, window)
+        self.max_ahead = AHEAD_FACTOR * self.window
         self.progress = progress
+        # set by the plugin for the running test: plans the next items (pytest's thread only)
+        self.refill: Callable[[], None] | None = None
+        self.refill_thread: int | None = None
         self.stats = PrefetchStats()
         if progress is not None:
             progress.stats = self.stats
         self._slots: dict[str, list[Slot]] = {}
-        self._held = 0
+        self._held = 0  # slots sent ahead and not yet taken by their tests
+        self._ready = 0  # of those, the ones whose replies are in
+        self._wake: concurrent.futures.Future[None] | None = None  # a waiting test's alarm
         self._planned: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -273,27 +284,36 @@ class Prefetcher:
         self._finished: set[str] = set()  # tests that have run: never planned again
         self._roles: dict[str, frozenset[str]] = {}  # function -> the models its tests ask
         self._taken: dict[str, set[str]] = {}  # test id -> roles of its slots it took
+        self._settled: set[str] = set()  # functions one of whose tests has finished
 
     # window -------------------------------------------------------------------------------
     @property
     def held(self) -> int:
         return self._held
 
-    def advance(self, upcoming: Iterator[pytest.Item]) -> None:
+    def room(self) -> int:
+        """How many more requests may be sent ahead now: at most ``window`` whose replies are
+        not in yet, and at most ``max_ahead`` in all (replies waiting for their tests
+        included)."""
+        return min(self.window - (self._held - self._ready), self.max_ahead - self._held)
+
+    def advance(self, upcoming: Iterator[pytest.Item], *, while_waiting: bool = False) -> None:
         """Plan and submit upcoming items (in run order) until the window is full, or until an
-        item has to wait for its function's probe."""
+        item has to wait for its function's probe. ``while_waiting`` (a test is waiting for its
+        replies): only items of functions one of whose tests has finished, so that what was
+        learned from it (which models it asks, with which arguments) applies to them."""
         # check the window before pulling the next item: a pulled item is never skipped
-        while not self._closed and self._held < self.window:
+        while not self._closed and self.room() > 0:
             if not self._pending:
                 item = next(upcoming, None)
                 if item is None:
                     return
                 self._pending.append(item)
-            if self.submit_item(self._pending[0]) == "wait":
+            if self.submit_item(self._pending[0], while_waiting=while_waiting) == "wait":
                 return
             self._pending.popleft()
 
-    def submit_item(self, item: pytest.Item) -> str:
+    def submit_item(self, item: pytest.Item, *, while_waiting: bool = False) -> str:
         """Plan the item's calls and send them: ``"sent"``, ``"skip"`` (nothing to send, or
         already planned) or ``"wait"`` (its function's probe has not asked yet)."""
         nodeid = item.nodeid
@@ -303,6 +323,8 @@ class Prefetcher:
         if fkey in self._off:
             self._planned.add(nodeid)
             return "skip"
+        if while_waiting and fkey not in self._settled:
+            return "wait"
         if fkey not in self._confirmed:
             param = _case_param(item)
             func = getattr(item, "function", None)
@@ -327,22 +349,24 @@ class Prefetcher:
         self.stats.planned_items += 1
         runner = self.session.runner
         slots = []
+        where = Path(str(item.path)).parent  # cassettes beside the test file
         for role, ref, request in calls:
-            where = Path(str(item.path)).parent  # cassettes beside the test file
             future = runner.submit(self.session.acall(ref, request, role, where))
-            future.add_done_callback(self._on_done)
             slots.append(Slot(role, ref, request.key(ref), future))
         with self._lock:
             self._slots[nodeid] = slots
             self._held += len(slots)
             self.stats.submitted += len(slots)
+        for slot in slots:  # held before counted as ready (a done future calls back at once)
+            slot.future.add_done_callback(functools.partial(self._on_done, slot))
         return "sent"
 
-    def _on_done(self, future: concurrent.futures.Future[Outcome]) -> None:
+    def _on_done(self, slot: Slot, future: concurrent.futures.Future[Outcome]) -> None:
         if future.cancelled():
             return
         now = time.perf_counter()
         exc = future.exception()
+        wake = None
         with self._lock:
             st = self.stats
             st.done += 1
@@ -351,6 +375,67 @@ class Prefetcher:
             if st.first_done is None:
                 st.first_done = now
             st.last_done = now
+            slot.ready = True
+            if slot.held:
+                self._ready += 1
+            # a test waiting for its own replies plans more once a quarter of the window is
+            # free (waking it for every reply would take the GIL from the loop ~100 times/s)
+            if self._wake is not None and self.room() >= max(1, self.window // 4):
+                wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def _drop(self, slots: Iterable[Slot]) -> int:
+        """No longer held (taken, released or dropped); under the lock. Returns the count."""
+        n = 0
+        for slot in slots:
+            if slot.held:
+                slot.held = False
+                n += 1
+                if slot.ready:
+                    self._ready -= 1
+        self._held -= n
+        return n
+
+    def wait(
+        self, futures: Sequence[concurrent.futures.Future[Any]], timeout: float | None = None
+    ) -> list[concurrent.futures.Future[Any]]:
+        """Wait up to ``timeout`` for ``futures`` (a test's own prefetched replies) and return
+        those not done. Meanwhile the calls behind keep flowing: whenever the window has room,
+        the next items are planned and sent, as far as ``max_ahead`` allows. Only on the
+        thread that runs the tests; elsewhere this is ``concurrent.futures.wait``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = [f for f in futures if not f.done()]
+        if self.refill is None or threading.get_ident() != self.refill_thread:
+            return list(concurrent.futures.wait(pending, timeout=timeout)[1])
+        while pending and not self._closed:
+            if self.room() > 0:
+                self.refill()
+            wake: concurrent.futures.Future[None] = concurrent.futures.Future()
+            with self._lock:
+                self._wake = wake
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            concurrent.futures.wait(
+                [*pending, wake], timeout=left, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            with self._lock:
+                self._wake = None
+            pending = [f for f in pending if not f.done()]
+        return pending
+
+    def waiter(self) -> Callable[[Sequence[concurrent.futures.Future[Any]]], None]:
+        """What a test waits for its prefetched replies with: :meth:`wait`, through the
+        progress display on a terminal."""
+        progress = self.progress
+        if progress is not None:
+            return lambda futures: progress.wait(futures, self.wait)
+
+        def wait(futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+            self.wait(futures)
+
+        return wait
 
     # consuming ----------------------------------------------------------------------------
     def take(
@@ -375,7 +460,7 @@ class Prefetcher:
                 for slot in slots:
                     if slot.role == role and slot.ref == ref and slot.key == key:
                         slots.remove(slot)
-                        self._held -= 1
+                        self._drop((slot,))
                         self.stats.used += 1
                         out[i] = slot.future
                         self._taken.setdefault(test_id, set()).add(slot.role)
@@ -410,8 +495,7 @@ class Prefetcher:
             tests = [t for t, f in self._function.items() if f == fkey and t in self._slots]
             dropped = [self._slots.pop(t) for t in tests]
             for slots in dropped:
-                self._held -= len(slots)
-                self.stats.unused += len(slots)
+                self.stats.unused += self._drop(slots)
         for slots in dropped:
             for slot in slots:
                 slot.future.cancel()
@@ -424,6 +508,8 @@ class Prefetcher:
         """
         self._finished.add(test_id)
         fkey = self._function.pop(test_id, None)
+        if fkey is not None:
+            self._settled.add(fkey)
         taken = self._taken.pop(test_id, None)
         if fkey is not None and self._probe.get(fkey) == test_id:
             del self._probe[fkey]  # it never asked: the next item of its function probes
@@ -431,8 +517,7 @@ class Prefetcher:
             slots = self._slots.pop(test_id, None)
             if not slots:
                 return
-            self._held -= len(slots)
-            self.stats.unused += len(slots)
+            self.stats.unused += self._drop(slots)
         if fkey is not None and taken:
             # it asked some of the planned models and never the others: plan only those
             self._roles[fkey] = frozenset(taken)
@@ -448,9 +533,11 @@ class Prefetcher:
         self._closed = True
         with self._lock:
             slots = [s for group in self._slots.values() for s in group]
-            self.stats.unused += len(slots)
+            self.stats.unused += self._drop(slots)
             self._slots.clear()
-            self._held = 0
+            wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
         for slot in slots:
             slot.future.cancel()
 
@@ -631,12 +718,19 @@ class PrefetchPlugin:
         if self._worker:
             pf.submit_item(item)  # the running item first, whatever the window
             pf.advance(self._upcoming_worker(item, nextitem))
-            self._warm_checks()
+            pf.refill = lambda: pf.advance(
+                self._upcoming_worker(item, nextitem), while_waiting=True
+            )
         else:
             pf.advance(self._sequential())
+            pf.refill = lambda: pf.advance(self._sequential(), while_waiting=True)
+        pf.refill_thread = threading.get_ident()
+        if self._worker:
+            self._warm_checks()
         try:
             yield
         finally:
+            pf.refill = None
             pf.release(item.nodeid)
 
     @pytest.hookimpl(trylast=True)

@@ -18,7 +18,7 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -31,6 +31,19 @@ REDRAW_S = 0.1
 WAIT_SHOW_S = 1.0  # a test waiting this long for its results shows the counts while it waits
 WAIT_REDRAW_S = 0.25
 MIN_STATUS_WIDTH = 24  # less room than this left on pytest's line: show nothing
+
+
+# wait_some(pending, timeout) -> the futures still pending
+WaitSome = Callable[
+    [Sequence["concurrent.futures.Future[Any]"], "float | None"],
+    Sequence["concurrent.futures.Future[Any]"],
+]
+
+
+def _wait_some(
+    pending: Sequence[concurrent.futures.Future[Any]], timeout: float | None
+) -> Sequence[concurrent.futures.Future[Any]]:
+    return list(concurrent.futures.wait(pending, timeout=timeout)[1])
 
 
 def progress_wanted(config: pytest.Config) -> bool:
@@ -84,9 +97,16 @@ class Progress:
         self.tr.rewrite(self.line(prefetcher.stats), erase=True)
 
     # -- while a test waits --------------------------------------------------------------------
-    def wait(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+    def wait(
+        self,
+        futures: Sequence[concurrent.futures.Future[Any]],
+        wait_some: WaitSome | None = None,
+    ) -> None:
         """Wait for ``futures``; after :data:`WAIT_SHOW_S`, show the counts on pytest's current
-        line until they are done, then erase them. Returns when all are done."""
+        line until they are done, then erase them. Returns when all are done. ``wait_some(
+        pending, timeout)`` waits and returns those still pending (``Prefetcher.wait``, which
+        keeps the calls behind flowing)."""
+        wait_some = wait_some or _wait_some
         pending = [f for f in futures if not f.done()]
         if not pending:
             return
@@ -96,8 +116,7 @@ class Progress:
             while pending:
                 now = time.monotonic()
                 timeout = WAIT_REDRAW_S if now >= show_at else show_at - now
-                _, not_done = concurrent.futures.wait(pending, timeout=timeout)
-                pending = list(not_done)
+                pending = list(wait_some(pending, timeout))
                 if pending and time.monotonic() >= show_at and self.stats is not None:
                     shown = self._draw(shown, self._status(self.stats))
         finally:

@@ -83,6 +83,9 @@ class RolloutSession:
         self._runner: Runner | None = None
         self._registry: ModelRegistry | None = None
         self.started = time.time()
+        # an xdist worker (set by the plugin): its limits are its share of the run's. Not read
+        # from PYTEST_XDIST_WORKER alone, which a pytest run inside a worker inherits
+        self.xdist_worker = False
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._preloaded = False
         self.workflows: dict[str, WorkflowModels] = {}
@@ -182,7 +185,7 @@ class RolloutSession:
                     limit = self.options.concurrency or self.cfg.concurrency
                     self._registry = ModelRegistry(
                         self.spec, self.killed, self.env, max_in_flight=limit,
-                        share=worker_share(self.env),
+                        share=worker_share(self.env) if self.xdist_worker else None,
                     )
                     runner = Runner()
                     runner.register(self._registry)
@@ -273,10 +276,11 @@ class RolloutSession:
             pf.take(test_id, calls, first_ask) if pf is not None and test_id is not None else None
         )
         if ahead and all(fut is not None for fut in ahead):
-            # everything was sent ahead: wait for those futures here, no trip through the loop
-            # on a terminal, a long wait shows the prefetch counts while it lasts
-            waiter = pf.progress.wait if pf is not None and pf.progress is not None else None
-            return _results([fut for fut in ahead if fut is not None], waiter)
+            # everything was sent ahead: wait for those futures here, no trip through the loop,
+            # sending the next items meanwhile (Prefetcher.wait); on a terminal, a long wait
+            # shows the prefetch counts while it lasts
+            assert pf is not None
+            return _results([fut for fut in ahead if fut is not None], pf.waiter())
 
         async def gather() -> list[tuple[CallResult, str] | BaseException]:
             from .prefetch import awaitable

@@ -409,33 +409,32 @@ class Prefetcher:
         if self.refill is None or threading.get_ident() != self.refill_thread:
             return list(concurrent.futures.wait(pending, timeout=timeout)[1])
         while pending and not self._closed:
-            if self.room() > 0:
-                self.refill()
-            wake: concurrent.futures.Future[None] = concurrent.futures.Future()
-            with self._lock:
-                self._wake = wake
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            concurrent.futures.wait(
-                [*pending, wake], timeout=left, return_when=concurrent.futures.FIRST_COMPLETED
-            )
+            # armed before planning: a reply that frees room from now on wakes this wait
+            wake: concurrent.futures.Future[None] = concurrent.futures.Future()
             with self._lock:
-                self._wake = None
+                self._wake = wake
+            try:
+                if self.room() > 0:
+                    self.refill()
+                concurrent.futures.wait(
+                    [*pending, wake], timeout=left, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+            finally:
+                with self._lock:
+                    self._wake = None
             pending = [f for f in pending if not f.done()]
         return pending
 
-    def waiter(self) -> Callable[[Sequence[concurrent.futures.Future[Any]]], None]:
+    def waiter(self) -> Callable[[Sequence[concurrent.futures.Future[Any]]], object]:
         """What a test waits for its prefetched replies with: :meth:`wait`, through the
         progress display on a terminal."""
         progress = self.progress
         if progress is not None:
             return lambda futures: progress.wait(futures, self.wait)
-
-        def wait(futures: Sequence[concurrent.futures.Future[Any]]) -> None:
-            self.wait(futures)
-
-        return wait
+        return self.wait
 
     # consuming ----------------------------------------------------------------------------
     def take(

@@ -506,7 +506,7 @@ class RolloutSession:
 
 def _results(
     futures: list[concurrent.futures.Future[tuple[CallResult, str]]],
-    waiter: Callable[[list[concurrent.futures.Future[tuple[CallResult, str]]]], None]
+    waiter: Callable[[list[concurrent.futures.Future[tuple[CallResult, str]]]], object]
     | None = None,
 ) -> list[tuple[CallResult, str] | BaseException]:
     """The outcomes of prefetched calls, like ``asyncio.gather(..., return_exceptions=True)``;

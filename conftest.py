@@ -7,6 +7,7 @@ set these variables themselves.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("MODELROLLOUT_BACKOFF_SCALE", "0.01")
@@ -39,14 +40,19 @@ def _warm_up_lazy_imports() -> None:
                 f"{base}/v1/chat/completions",
                 json={"model": "stable", "messages": [{"role": "user", "content": "hi"}]},
             )
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 await client.get("http://127.0.0.1:9/")
-            except httpx.HTTPError:
-                pass
 
     asyncio.run(go())
     with httpx.Client(timeout=5) as sync_client:
         sync_client.get(f"{base}/v1/models")
+
+    # pytest's hook for exceptions raised in ``__del__`` (an unclosed socket's ResourceWarning)
+    # imports tracemalloc on its first use, in whatever thread the garbage collector ran in: an
+    # import under way in another thread (a simulator's handler) when a pytester run restores
+    # sys.modules loses its module, and the hook fails whichever test is running ("Failed to
+    # process unraisable exception", KeyError: 'pickle')
+    import tracemalloc  # noqa: F401
 
 
 _warm_up_lazy_imports()

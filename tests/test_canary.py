@@ -293,6 +293,8 @@ def test_provider_prefixed_reference_matches_log_model(
     assert "50 stable, 50 candidate requests" in out
 
 
+# a log left open (a ResourceWarning raised in __del__) fails the test
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_gzip_and_several_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a = write_log(tmp_path / "stable.jsonl.gz", requests(STABLE, 60, seed=1), gz=True)
     b = write_log(tmp_path / "canary.log", requests(CANDIDATE, 60, seed=2), gz=True)  # by magic

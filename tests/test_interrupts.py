@@ -89,6 +89,8 @@ def test_sigint_writes_incomplete_report_with_calls_so_far(pytester: pytest.Pyte
         if proc.poll() is None:  # pragma: no cover - only when something hangs
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     out = "".join(lines)
     assert passed == 3, out
     assert ret == pytest.ExitCode.INTERRUPTED, out

@@ -160,6 +160,7 @@ def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exc
             await _post(t, url)
         finally:
             await t.aclose()
+            server.close()
 
     with pytest.raises(expected):
         asyncio.run(main())

@@ -684,11 +684,14 @@ def _open(path: str) -> IO[bytes]:
         raise CanaryError(f"{path}: not a file")
     try:
         fh = open(p, "rb")  # noqa: SIM115 - closed by the caller
+        if fh.peek(2)[:2] != b"\x1f\x8b":  # gzip magic, whatever the file is called
+            return fh
+        fh.close()
+        # opened by name, so that closing the GzipFile closes the file too (one given as
+        # fileobj= stays open, one descriptor per log until the garbage collector finds it)
+        return cast(IO[bytes], gzip.open(p, "rb"))
     except OSError as exc:
         raise CanaryError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if fh.peek(2)[:2] == b"\x1f\x8b":  # gzip magic, whatever the file is called
-        return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb"))
-    return fh
 
 
 @dataclass

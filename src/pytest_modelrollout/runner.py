@@ -49,6 +49,10 @@ class Runner:
         finally:
             with contextlib.suppress(Exception):
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            # join the threads of asyncio.to_thread(): close() alone leaves them to finish
+            # (and be collected) on their own, after the session
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._loop.shutdown_default_executor())
             self._loop.close()
 
     @property

@@ -17,6 +17,7 @@ until its stdin closes.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,11 +41,24 @@ def _start(scale: str) -> tuple[subprocess.Popen[bytes], str]:
         env=env,
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline().decode("ascii", "replace").strip()
+    with proc.stdout:  # the port is all the child says on it
+        line = proc.stdout.readline().decode("ascii", "replace").strip()
     if not line.startswith("PORT "):
-        proc.kill()
+        _stop(proc, timeout=0)
         raise RuntimeError(f"the simulator process did not start (said {line!r})")
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Close the child's stdin (it stops on that), wait for it, kill it if it lingers."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=timeout)
+    except Exception:  # best effort: at interpreter exit, or a child that will not stop
+        proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=2)
 
 
 def simulator_url() -> str:
@@ -56,8 +70,10 @@ def simulator_url() -> str:
     scale = os.environ.get(LATENCY_SCALE_ENV, "").strip() or "1"
     with _lock:
         known = _children.get(scale)
-        if known is not None and known[0].poll() is None:
-            return known[1]
+        if known is not None:
+            if known[0].poll() is None:
+                return known[1]
+            _stop(known[0], timeout=0)  # gone: release its pipe before starting another
         proc, url = _start(scale)
         _children[scale] = (proc, url)
         return url
@@ -65,13 +81,7 @@ def simulator_url() -> str:
 
 def _stop_all() -> None:
     for proc, _ in list(_children.values()):
-        if proc.poll() is None:
-            try:
-                if proc.stdin is not None:
-                    proc.stdin.close()
-                proc.wait(timeout=2)
-            except Exception:  # best effort at interpreter exit
-                proc.kill()
+        _stop(proc, timeout=2)
     _children.clear()
 
 

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -522,3 +523,92 @@ def test_stream_post_refuses_an_encoding_it_cannot_decode() -> None:
 
     with pytest.raises(httpx.DecodingError, match="br"):
         asyncio.run(main())
+
+
+def _completion(text: str) -> bytes:
+    return json.dumps({
+        "id": "c-1", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize("transport", ["asyncio", "httpx"])
+def test_opening_a_connection_is_not_part_of_a_replys_latency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    """A run at concurrency 16 opens 16 connections per model where a sequential run opens one;
+    with a distant provider each TLS handshake is a few round trips. The first round's replies
+    must not carry them, or the concurrent run's p95 is not the sequential run's."""
+    from pytest_modelrollout.providers import client as client_mod
+    from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    if transport == "httpx":
+        monkeypatch.setenv(tr.TRANSPORT_ENV, "httpx")
+    else:
+        monkeypatch.delenv(tr.TRANSPORT_ENV, raising=False)
+    client_mod._ssl_context.cache_clear()  # read SSL_CERT_FILE now
+    handshake_s, reply_s = 0.6, 0.05
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        time.sleep(handshake_s)  # a distant server: the handshake's round trips
+        with server_ctx.wrap_socket(conn, server_side=True) as tls_sock:
+            data = b""
+            for n in range(2):  # two requests on the one keep-alive connection
+                while b"\r\n\r\n" not in data:
+                    data += tls_sock.recv(65536)
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))  # fmt: skip
+                while len(data) < length:
+                    data += tls_sock.recv(65536)
+                data = data[length:]
+                time.sleep(reply_s)
+                tls_sock.sendall(_reply(_completion(f"reply {n}")))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    spec = ModelSpec(ref="far", provider="openai", wire="openai", model="m",
+                     base_url=f"https://localhost:{port}/v1", api_key_env="FAR_KEY",
+                     max_retries=0, timeout_s=10)  # fmt: skip
+    model = client_mod.ModelClient(spec, env={"FAR_KEY": "k"}, killed=set())
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+
+    async def main() -> tuple[client_mod.CallResult, float, client_mod.CallResult]:
+        try:
+            started = time.perf_counter()
+            first = await model.call(request)
+            wall = time.perf_counter() - started
+            return first, wall, await model.call(request)
+        finally:
+            await model.aclose()
+
+    try:
+        first, wall, second = asyncio.run(main())
+    finally:
+        listener.close()
+        server.join(5)
+        client_mod._ssl_context.cache_clear()
+    assert first.ok and second.ok, (first.error, second.error)
+    assert first.response is not None and first.response.text == "reply 0"
+    assert wall >= handshake_s  # the handshake was waited for ...
+    assert reply_s * 1000 <= first.latency_ms < handshake_s * 1000, first.latency_ms  # ... not here
+    assert reply_s * 1000 <= second.latency_ms < handshake_s * 1000, second.latency_ms

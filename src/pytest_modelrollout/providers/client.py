@@ -11,7 +11,9 @@
 * Then the ``fallback`` model (its own spec, key and base URL) unless it is killed.
 * A killed reference is never called: the result is an error with :class:`KilledError`.
 * ``latency_ms`` runs from the first send (not from queueing for a slot) to the final answer,
-  including retries and fallback. ``cost_usd`` = spec prices x tokens (None when unpriced).
+  including retries and fallback, less the time spent opening connections (TCP connect, TLS
+  handshake: :class:`~.transport.SetupClock`). ``cost_usd`` = spec prices x tokens (None when
+  unpriced).
 
 :meth:`ModelClient.call` never raises a ProviderError: failures are in the :class:`CallResult`.
 The retry attempt (0 for the first send, 1 for the first retry, ...) goes out as header
@@ -49,7 +51,7 @@ from .anthropic import AnthropicProvider
 from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
-from .transport import default_ssl_context, make_transport
+from .transport import SETUP_CLOCK, SetupClock, default_ssl_context, make_transport
 
 if TYPE_CHECKING:
     import httpx
@@ -72,7 +74,7 @@ class CallResult:
     status: CallStatus
     response: ProviderResponse | None
     error: ProviderError | None  # str(error) is short and secret-free
-    latency_ms: float  # from first send to final answer (incl. retries/fallback)
+    latency_ms: float  # first send to final answer (incl. retries/fallback), less connecting
     attempts: int
     fallback: bool  # the fallback model answered
     served_by: str  # reference that produced the response
@@ -261,6 +263,7 @@ class _CallState:
     attempts: int = 0
     first_send: float | None = None  # perf_counter of the first send
     sent_at: float | None = None  # epoch seconds of the first send
+    setup_s: float = 0.0  # opening connections, left out of the latency (SetupClock)
 
     def mark_sent(self) -> None:
         self.attempts += 1
@@ -275,7 +278,7 @@ class _CallState:
     def latency_ms(self) -> float:
         if self.first_send is None:
             return 0.0
-        return (time.perf_counter() - self.first_send) * 1000.0
+        return max(0.0, time.perf_counter() - self.first_send - self.setup_s) * 1000.0
 
 
 class ModelClient:
@@ -526,6 +529,8 @@ class ModelClient:
         self.requests_sent += 1
         secrets = (api_key,)
         send = provider.send(http, request, api_key=api_key, attempt=state.attempts - 1)
+        clock = SetupClock()
+        token = SETUP_CLOCK.set(clock)
         try:
             # a deadline on the whole attempt (httpx's timeouts are per operation); on 3.11+
             # asyncio.timeout does it without the extra task wait_for creates per call
@@ -539,6 +544,9 @@ class ModelClient:
             return _sanitized(exc, secrets)
         except Exception as exc:  # a bug or an unexpected library error: never escape
             return ClientError(safe_message(f"unexpected {type(exc).__name__}: {exc}", secrets))
+        finally:
+            SETUP_CLOCK.reset(token)
+            state.setup_s += clock.seconds
 
     def _penalize(self, retry_after: float | None, scale: float) -> None:
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale

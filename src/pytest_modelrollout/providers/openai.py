@@ -32,7 +32,7 @@ from .._exceptions import (
 )
 from .._version import __version__
 from .base import ChatRequest, Provider, ProviderResponse, ToolCall, content_text
-from .transport import AsyncioTransport
+from .transport import AsyncioTransport, trace_setup
 
 if TYPE_CHECKING:
     import httpx
@@ -414,7 +414,9 @@ def build_body(model: str, request: ChatRequest, spec_params: Mapping[str, Any])
 async def _httpx_stream(
     client: httpx.AsyncClient, url: str | httpx.URL, content: bytes, headers: Mapping[str, str]
 ) -> AsyncIterator[tuple[int, dict[str, str], AsyncIterator[bytes]]]:
-    async with client.stream("POST", url, content=content, headers=headers) as resp:
+    async with client.stream(
+        "POST", url, content=content, headers=headers, extensions={"trace": trace_setup}
+    ) as resp:
         yield resp.status_code, dict(resp.headers.items()), resp.aiter_bytes()
 
 

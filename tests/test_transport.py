@@ -200,6 +200,18 @@ def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server_ctx, trusting
 
 
+@pytest.fixture
+def tls_ca_file(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """(server context with a certificate for localhost, a PEM file holding its CA)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    return server_ctx, pem
+
+
 def _one_tls_connection(
     server_ctx: ssl.SSLContext, answer: Callable[[ssl.SSLSocket], None]
 ) -> tuple[socket.socket, threading.Event]:
@@ -258,16 +270,11 @@ def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLC
 
 
 def test_verification_uses_the_bundle_named_in_ssl_cert_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tls_ca_file: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """verify=True trusts what httpx's default context trusts: certifi's bundle, or the one
     in SSL_CERT_FILE (a company's TLS-inspecting proxy CA, a private gateway)."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    pem = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(pem))
+    server_ctx, pem = tls_ca_file
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = await _read_request(reader)
@@ -536,7 +543,7 @@ def _completion(text: str) -> bytes:
 
 @pytest.mark.parametrize("transport", ["asyncio", "httpx"])
 def test_opening_a_connection_is_not_part_of_a_replys_latency(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+    tls_ca_file: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
     """A run at concurrency 16 opens 16 connections per model where a sequential run opens one;
     with a distant provider each TLS handshake is a few round trips. The first round's replies
@@ -544,12 +551,7 @@ def test_opening_a_connection_is_not_part_of_a_replys_latency(
     from pytest_modelrollout.providers import client as client_mod
     from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
 
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    pem = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(pem))
+    server_ctx, pem = tls_ca_file
     monkeypatch.setenv("SSL_CERT_FILE", str(pem))
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",

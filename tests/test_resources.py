@@ -23,6 +23,7 @@ stable = "sim:stable?latency_ms=20&jitter=0"
 candidate = "sim:good?latency_ms=20&jitter=0"
 record = "new"
 
+# times out: its calls and its smoke probe fail, and failures must close what they opened too
 [tool.modelrollout.models.slow]
 provider = "sim"
 model = "good?latency_ms=3000&jitter=0"

@@ -65,7 +65,9 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
-def test_a_rollout_run_closes_what_it_opens(pytester: pytest.Pytester, xdist: list[str]) -> None:
+def test_a_rollout_run_closes_what_it_opens(
+    pytester: pytest.Pytester, xdist: list[str], one_heavy_run_at_a_time: None
+) -> None:
     pytester.makepyprojecttoml(CONFIG)
     pytester.makepyfile(test_suite=SUITE)
     proc = _run(pytester.path, "-m", "pytest", "-p", "no:cacheprovider", "--rollout-smoke",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -142,13 +143,15 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 )
 def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exception]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        if behaviour == "silent":
-            await asyncio.sleep(2)
-        elif behaviour == "truncated":
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"partial\":")
-            await writer.drain()
-        writer.close()
+        try:
+            await _read_request(reader)
+            if behaviour == "silent":
+                await asyncio.sleep(2)  # cancelled when the test's loop ends
+            elif behaviour == "truncated":
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"partial\":")
+                await writer.drain()
+        finally:
+            writer.close()
 
     async def main() -> None:
         server = await _serve(handler)
@@ -186,6 +189,83 @@ def test_a_streamed_body_arrives_whole() -> None:
                 await t.aclose()
 
     assert asyncio.run(main()) == big
+
+
+def test_an_address_that_does_not_answer_costs_a_quarter_second_not_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Happy eyeballs: a name that resolves first to an address nothing answers on (a dead IPv6
+    route, a stale DNS entry) connects to the next one after 250 ms, not after the connect
+    timeout. Resolution is the only thing replaced (no DNS here); the connects are real."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await _read_request(reader)
+        writer.write(_reply(body))
+        await writer.drain()
+        writer.close()
+
+    # an address nothing answers on: a listener whose backlog is full drops further SYNs
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    silent_port = silent.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", silent_port))
+        fillers.append(filler)
+
+    async def main() -> tuple[bytes, float]:
+        server = await _serve(handler)
+        port = server.sockets[0].getsockname()[1]
+
+        async def resolve(host: str, port_: int) -> list[tuple[object, ...]]:
+            assert host == "models.example.test"
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", silent_port)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            ]
+
+        monkeypatch.setattr(tr, "_resolve", resolve)
+        t = _direct(timeout=10.0)
+        async with server:
+            try:
+                started = time.perf_counter()
+                body = (await _post(t, f"http://models.example.test:{port}/v1/x", b'{"he": 1}'))[2]
+                return body, time.perf_counter() - started
+            finally:
+                await t.aclose()
+
+    try:
+        body, took = asyncio.run(main())
+    finally:
+        for sock in (*fillers, silent):
+            sock.close()
+    assert body == b'{"he": 1}'
+    assert 0.2 <= took < 3.0, took  # 0.25 s on the silent address; the connect timeout is 10 s
+
+
+def test_connecting_to_a_name_resolves_it() -> None:
+    """``localhost`` goes through the resolver (in a thread), an IP address does not."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await _read_request(reader)
+        writer.write(_reply(body))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        server = await _serve(handler)
+        t = _direct()
+        async with server:
+            try:
+                return (await _post(t, _url(server, host="localhost"), b'{"name": 1}'))[2]
+            finally:
+                await t.aclose()
+
+    assert asyncio.run(main()) == b'{"name": 1}'
 
 
 @pytest.fixture

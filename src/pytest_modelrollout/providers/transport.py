@@ -41,6 +41,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import httpcore
 
 if typing.TYPE_CHECKING:
@@ -162,6 +163,19 @@ def make_transport(
     return AsyncioTransport(verify=verify, max_connections=max_connections, timeout=timeout)
 
 
+async def _resolve(host: str, port: int) -> list[tuple[typing.Any, ...]]:
+    """``getaddrinfo`` for a TCP connection: at once for an IP address, in a thread otherwise
+    (as asyncio resolves)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:  # a name, not an address
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"getaddrinfo() returned no address for {host}")
+    return infos
+
+
 def _within(timeout: float | None) -> str:
     # the system's own timeouts (ETIMEDOUT is a TimeoutError too) come without ours
     return f"within {timeout:g} s" if timeout is not None else "(the system's timeout)"
@@ -270,23 +284,27 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    local_addr=(local_address, 0) if local_address else None,
-                    # like anyio: try the next address (IPv4 after a dead IPv6 route) after
-                    # 250 ms instead of waiting for the connect timeout
-                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S,
+                addresses = await _resolve(host, port)
+                local = await _resolve(local_address, 0) if local_address else None
+                # like anyio: try the next address (IPv4 after a dead IPv6 route) after 250 ms
+                # instead of waiting for the connect timeout. aiohappyeyeballs (aiohttp's), not
+                # asyncio's own: on Python 3.11 a connect cancelled at the wrong moment (a
+                # timeout, the end of a session) left its socket open to the garbage collector
+                sock = await aiohappyeyeballs.start_connection(
+                    addresses, local_addr_infos=local, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S
                 )
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for option in socket_options or ():
+                        sock.setsockopt(*option)
+                    reader, writer = await asyncio.open_connection(sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"no connection to {host}:{port} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for option in socket_options or ():
-                sock.setsockopt(*option)
         return _Stream(reader, writer)
 
     async def connect_unix_socket(

@@ -95,3 +95,16 @@ def one_heavy_run_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def one_heavy_module_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with _heavy_run_lock(tmp_path_factory):
         yield
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """The environment for a pytest started in a subprocess as a user would start it: without
+    this suite's simulator scaling, xdist worker identity or GitHub summary file."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTEST_", "MODELROLLOUT_")) and k != "GITHUB_STEP_SUMMARY"
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -39,16 +38,6 @@ def test_slow(rollout, i):
 """
 
 
-def _clean_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_", "MODELROLLOUT_")) and k != "GITHUB_STEP_SUMMARY"
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _cassettes_intact(root: Path) -> int:
     files = [p for p in root.rglob("*") if p.is_file()]
     for path in files:
@@ -60,13 +49,15 @@ def _cassettes_intact(root: Path) -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigint_writes_incomplete_report_with_calls_so_far(pytester: pytest.Pytester) -> None:
+def test_sigint_writes_incomplete_report_with_calls_so_far(
+    pytester: pytest.Pytester, subprocess_env: dict[str, str]
+) -> None:
     pytester.makepyprojecttoml(SLOW_CONFIG)
     pytester.makepyfile(test_slow=SLOW_SUITE)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
          "--rollout-report=report.json"],
-        cwd=pytester.path, env=_clean_env(), stdout=subprocess.PIPE,
+        cwd=pytester.path, env=subprocess_env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     watchdog = threading.Timer(90, proc.kill)  # never hang the suite

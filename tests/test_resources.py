@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,30 +46,23 @@ def test_times_out(rollout):
 LEAK_SIGNS = ("ResourceWarning", "Exception ignored in")
 
 
-def _env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTEST_", "MODELROLLOUT_")) and k != "GITHUB_STEP_SUMMARY"
-    }
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", *args],
-        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
 def test_a_rollout_run_closes_what_it_opens(
-    pytester: pytest.Pytester, xdist: list[str], one_heavy_run_at_a_time: None
+    pytester: pytest.Pytester,
+    xdist: list[str],
+    subprocess_env: dict[str, str],
+    one_heavy_run_at_a_time: None,
 ) -> None:
     pytester.makepyprojecttoml(CONFIG)
     pytester.makepyfile(test_suite=SUITE)
-    proc = _run(pytester.path, "-m", "pytest", "-p", "no:cacheprovider", "--rollout-smoke",
+    proc = _run(pytester.path, subprocess_env, "-m", "pytest", "-p", "no:cacheprovider", "--rollout-smoke",
                 "--rollout-report=r.json", *xdist)  # fmt: skip
     out = proc.stdout + proc.stderr
     assert "INTERNALERROR" not in out, out
@@ -81,7 +73,7 @@ def test_a_rollout_run_closes_what_it_opens(
     assert leaks == [], out
 
 
-def test_the_canary_gate_closes_every_log(tmp_path: Path) -> None:
+def test_the_canary_gate_closes_every_log(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.modelrollout]\nstable = "sim:stable"\ncandidate = "sim:good"\n', encoding="utf-8"
     )
@@ -91,7 +83,7 @@ def test_the_canary_gate_closes_every_log(tmp_path: Path) -> None:
             for i in range(30)
         ]
         (tmp_path / name).write_bytes(gzip.compress("\n".join(lines).encode()))
-    proc = _run(tmp_path, "-m", "pytest_modelrollout.cli", "gate", "a.jsonl.gz", "b.log")
+    proc = _run(tmp_path, subprocess_env, "-m", "pytest_modelrollout.cli", "gate", "a.jsonl.gz", "b.log")
     out = proc.stdout + proc.stderr
     assert "30 stable, 30 candidate requests" in out, out
     leaks = [line for line in out.splitlines() if any(s in line for s in LEAK_SIGNS)]

@@ -46,6 +46,14 @@ async def _serve(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> asy
     return await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ssl_ctx)
 
 
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one request with its own body."""
+    body = await _read_request(reader)
+    writer.write(_reply(body))
+    await writer.drain()
+    writer.close()
+
+
 def _url(server: asyncio.Server, scheme: str = "http", host: str = "127.0.0.1") -> str:
     return f"{scheme}://{host}:{server.sockets[0].getsockname()[1]}/v1/x"
 
@@ -198,12 +206,6 @@ def test_an_address_that_does_not_answer_costs_a_quarter_second_not_the_timeout(
     route, a stale DNS entry) connects to the next one after 250 ms, not after the connect
     timeout. Resolution is the only thing replaced (no DNS here); the connects are real."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        body = await _read_request(reader)
-        writer.write(_reply(body))
-        await writer.drain()
-        writer.close()
-
     # an address nothing answers on: a listener whose backlog is full drops further SYNs
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -218,7 +220,7 @@ def test_an_address_that_does_not_answer_costs_a_quarter_second_not_the_timeout(
         fillers.append(filler)
 
     async def main() -> tuple[bytes, float]:
-        server = await _serve(handler)
+        server = await _serve(_echo)
         port = server.sockets[0].getsockname()[1]
 
         async def resolve(host: str, port_: int) -> list[tuple[object, ...]]:
@@ -248,16 +250,10 @@ def test_an_address_that_does_not_answer_costs_a_quarter_second_not_the_timeout(
 
 
 def test_connecting_to_a_name_resolves_it() -> None:
-    """``localhost`` goes through the resolver (in a thread), an IP address does not."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        body = await _read_request(reader)
-        writer.write(_reply(body))
-        await writer.drain()
-        writer.close()
+    """A host name (``localhost``) is resolved before connecting, as an IP address is used as is."""
 
     async def main() -> bytes:
-        server = await _serve(handler)
+        server = await _serve(_echo)
         t = _direct()
         async with server:
             try:
@@ -326,14 +322,8 @@ def _one_tls_connection(
 def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_ctx, trusting = tls
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        body = await _read_request(reader)
-        writer.write(_reply(body))
-        await writer.drain()
-        writer.close()
-
     async def main(verify: ssl.SSLContext, host: str) -> bytes:
-        server = await _serve(handler, server_ctx)
+        server = await _serve(_echo, server_ctx)
         url = _url(server, "https", host)
         t = _direct(verify=verify)
         async with server:
@@ -356,14 +346,8 @@ def test_verification_uses_the_bundle_named_in_ssl_cert_file(
     in SSL_CERT_FILE (a company's TLS-inspecting proxy CA, a private gateway)."""
     server_ctx, pem = tls_ca_file
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        body = await _read_request(reader)
-        writer.write(_reply(body))
-        await writer.drain()
-        writer.close()
-
     async def main() -> bytes:
-        server = await _serve(handler, server_ctx)
+        server = await _serve(_echo, server_ctx)
         t = _direct(verify=True)
         async with server:
             try:

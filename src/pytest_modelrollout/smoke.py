@@ -34,7 +34,7 @@ import pytest
 
 from ._exceptions import ConfigError, ModelRolloutError
 from .providers.base import ChatRequest, ModelSpec
-from .providers.client import CallResult, ModelClient
+from .providers.client import CallResult, ModelClient, is_loopback
 from .providers.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -181,8 +181,7 @@ class SmokeRunner:
     def check_reachable(self, spec: ModelSpec) -> None:
         url = self.base_url(spec)
         timeout = min(max(spec.timeout_s, 1.0), 15.0)
-        host = httpx.URL(url).host
-        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        loopback = is_loopback(url)
         try:
             with httpx.Client(timeout=timeout, trust_env=not loopback) as client:
                 client.get(url)  # any HTTP answer proves the base URL is reachable

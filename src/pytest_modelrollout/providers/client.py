@@ -210,7 +210,8 @@ class AdaptiveGate:
 
 @functools.lru_cache(maxsize=1)
 def _ssl_context() -> ssl.SSLContext:
-    """The TLS context every model client shares (httpx's default: certifi's CA bundle)."""
+    """The TLS context every model client shares (httpx's default: certifi's CA bundle, or the
+    one in ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, read on first use)."""
     return default_ssl_context()
 
 
@@ -229,12 +230,13 @@ def _httpx_client(
     )
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback(url: str) -> bool:
+    """The URL's host is this machine (no proxy applies, plain HTTP is expected)."""
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return False
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _with_note(err: ProviderError, note: str, secrets: tuple[str | None, ...]) -> ProviderError:
@@ -357,7 +359,7 @@ class ModelClient:
     def _http_client(self, base_url: str) -> HTTPClient:
         if self._http is None:
             n = max(1, self.spec.max_concurrency)
-            loopback = _is_loopback(base_url)
+            loopback = is_loopback(base_url)
             # plain HTTP on loopback (the simulator, a local server) never uses TLS;
             # everything else verifies with one shared context (loading the CA bundle
             # costs ~50 ms, per client if each built its own)

@@ -334,6 +334,7 @@ def test_timeout(runner: Runner, server: Server) -> None:
     assert res.status == "timeout" and res.error is not None and res.error.kind == "timeout"
     assert res.attempts == 2
     assert time.monotonic() - t0 < 1.8
+    assert res.latency_ms >= 2 * 300 * 0.95  # a timeout's latency runs until the client gave up
 
 
 def test_connection_refused(runner: Runner, server: Server) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -605,6 +606,64 @@ def _completion(text: str) -> bytes:
     }).encode()  # fmt: skip
 
 
+def _keep_alive_server(
+    server_ctx: ssl.SSLContext | None, replies: int, reply_s: float, handshake_s: float = 0.0
+) -> tuple[socket.socket, threading.Thread]:
+    """A blocking server on loopback, in a thread of its own (it keeps time while the client's
+    event loop is busy): one connection, ``replies`` requests on it, each answered after
+    ``reply_s``; TLS with ``server_ctx``, whose handshake waits ``handshake_s`` first."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        time.sleep(handshake_s)  # a distant server: the handshake's round trips
+        with conn if server_ctx is None else server_ctx.wrap_socket(conn, server_side=True) as c:
+            data = b""
+            for n in range(replies):
+                while b"\r\n\r\n" not in data:
+                    data += c.recv(65536)
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))  # fmt: skip
+                while len(data) < length:
+                    data += c.recv(65536)
+                data = data[length:]
+                time.sleep(reply_s)
+                c.sendall(_reply(_completion(f"reply {n}")))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    return listener, server
+
+
+def _model_at(
+    monkeypatch: pytest.MonkeyPatch, port: int, *, pem: Path | None, transport: str = "asyncio"
+) -> tuple[typing.Any, typing.Any]:
+    """(a ModelClient for the server on ``port``, https trusting ``pem`` or plain http; the
+    request to send it)."""
+    from pytest_modelrollout.providers import client as client_mod
+    from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    if transport == "httpx":
+        monkeypatch.setenv(tr.TRANSPORT_ENV, "httpx")
+    else:
+        monkeypatch.delenv(tr.TRANSPORT_ENV, raising=False)
+    if pem is not None:
+        monkeypatch.setenv("SSL_CERT_FILE", str(pem))
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        client_mod._ssl_context.cache_clear()  # read SSL_CERT_FILE now
+    base = f"https://localhost:{port}/v1" if pem is not None else f"http://127.0.0.1:{port}/v1"
+    spec = ModelSpec(ref="far", provider="openai", wire="openai", model="m", base_url=base,
+                     api_key_env="FAR_KEY", max_retries=0, timeout_s=10)  # fmt: skip
+    model = client_mod.ModelClient(spec, env={"FAR_KEY": "k"}, killed=set())
+    return model, ChatRequest(messages=[{"role": "user", "content": "hi"}])
+
+
 @pytest.mark.parametrize("transport", ["asyncio", "httpx"])
 def test_opening_a_connection_is_not_part_of_a_replys_latency(
     tls_ca_file: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch, transport: str
@@ -613,50 +672,12 @@ def test_opening_a_connection_is_not_part_of_a_replys_latency(
     with a distant provider each TLS handshake is a few round trips. The first round's replies
     must not carry them, or the concurrent run's p95 is not the sequential run's."""
     from pytest_modelrollout.providers import client as client_mod
-    from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
 
     server_ctx, pem = tls_ca_file
-    monkeypatch.setenv("SSL_CERT_FILE", str(pem))
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    if transport == "httpx":
-        monkeypatch.setenv(tr.TRANSPORT_ENV, "httpx")
-    else:
-        monkeypatch.delenv(tr.TRANSPORT_ENV, raising=False)
-    client_mod._ssl_context.cache_clear()  # read SSL_CERT_FILE now
     handshake_s, reply_s = 0.6, 0.05
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        time.sleep(handshake_s)  # a distant server: the handshake's round trips
-        with server_ctx.wrap_socket(conn, server_side=True) as tls_sock:
-            data = b""
-            for n in range(2):  # two requests on the one keep-alive connection
-                while b"\r\n\r\n" not in data:
-                    data += tls_sock.recv(65536)
-                head, _, data = data.partition(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))  # fmt: skip
-                while len(data) < length:
-                    data += tls_sock.recv(65536)
-                data = data[length:]
-                time.sleep(reply_s)
-                tls_sock.sendall(_reply(_completion(f"reply {n}")))
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    port = listener.getsockname()[1]
-    spec = ModelSpec(ref="far", provider="openai", wire="openai", model="m",
-                     base_url=f"https://localhost:{port}/v1", api_key_env="FAR_KEY",
-                     max_retries=0, timeout_s=10)  # fmt: skip
-    model = client_mod.ModelClient(spec, env={"FAR_KEY": "k"}, killed=set())
-    request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    listener, server = _keep_alive_server(server_ctx, 2, reply_s, handshake_s)
+    model, request = _model_at(monkeypatch, listener.getsockname()[1], pem=pem,
+                               transport=transport)  # fmt: skip
 
     async def main() -> tuple[client_mod.CallResult, float, client_mod.CallResult]:
         try:
@@ -678,3 +699,83 @@ def test_opening_a_connection_is_not_part_of_a_replys_latency(
     assert wall >= handshake_s  # the handshake was waited for ...
     assert reply_s * 1000 <= first.latency_ms < handshake_s * 1000, first.latency_ms  # ... not here
     assert reply_s * 1000 <= second.latency_ms < handshake_s * 1000, second.latency_ms
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's receive timestamps: Linux")
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_replys_latency_ends_when_it_arrived_not_when_a_busy_client_read_it(
+    tls_ca_file: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """At concurrency 16 the replies of a round arrive together and are handled one at a time,
+    while the test thread takes the GIL in between: the last one is read well after it came
+    in. Its latency must end when it came in, as in a sequential run. Here the event loop is
+    busy for 0.4 s while a 50 ms reply arrives."""
+    from pytest_modelrollout.providers import client as client_mod
+
+    server_ctx, pem = tls_ca_file
+    reply_s, busy_s = 0.05, 0.4
+    listener, server = _keep_alive_server(server_ctx if scheme == "https" else None, 2, reply_s)
+    model, request = _model_at(monkeypatch, listener.getsockname()[1],
+                               pem=pem if scheme == "https" else None)  # fmt: skip
+
+    async def main() -> tuple[client_mod.CallResult, float, client_mod.CallResult]:
+        try:
+            warm = await model.call(request)  # the connection is open: only the reply is timed
+            asyncio.get_running_loop().call_later(0.01, time.sleep, busy_s)  # a busy loop
+            started = time.perf_counter()
+            busy = await model.call(request)
+            return warm, time.perf_counter() - started, busy
+        finally:
+            await model.aclose()
+
+    try:
+        warm, wall, busy = asyncio.run(main())
+    finally:
+        listener.close()
+        server.join(5)
+        client_mod._ssl_context.cache_clear()
+    assert warm.ok and busy.ok, (warm.error, busy.error)
+    assert busy.response is not None and busy.response.text == "reply 1"
+    assert wall >= busy_s  # the reply was read after the loop was free again ...
+    assert reply_s * 1000 <= busy.latency_ms < busy_s * 1000 * 0.75, busy.latency_ms  # ... not here
+
+
+def test_a_request_waiting_for_a_connection_is_timed_from_when_it_went_out() -> None:
+    """Latency runs from when a request's first bytes are written: a request that waited for a
+    free connection (or for a busy event loop) does not count the wait."""
+    reply_s = 0.1
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await _read_request(reader)
+                await asyncio.sleep(reply_s)
+                writer.write(_reply(b"{}"))
+                await writer.drain()
+
+    async def timed(t: tr.AsyncioTransport, url: str) -> tr.SetupClock:
+        clock = tr.SetupClock()
+        token = tr.SETUP_CLOCK.set(clock)
+        try:
+            await _post(t, url)
+        finally:
+            tr.SETUP_CLOCK.reset(token)
+        return clock
+
+    async def main() -> tuple[tr.SetupClock, tr.SetupClock]:
+        server = await _serve(slow)
+        t = tr.make_transport(verify=False, max_connections=1, trust_env=False, timeout=5)
+        assert isinstance(t, tr.AsyncioTransport)
+        async with server:
+            try:
+                first, second = await asyncio.gather(timed(t, _url(server)), timed(t, _url(server)))
+            finally:
+                await t.aclose()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.sent is not None and second.sent is not None
+    assert first.arrived is not None and second.arrived is not None
+    assert second.sent - first.sent >= reply_s * 0.9  # it went out when the connection was free
+    for clock in (first, second):
+        assert reply_s * 0.9 <= clock.arrived - clock.sent < reply_s * 1.9

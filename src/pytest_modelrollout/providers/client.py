@@ -34,7 +34,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
@@ -266,12 +266,28 @@ class _CallState:
     first_send: float | None = None  # perf_counter of the first send
     sent_at: float | None = None  # epoch seconds of the first send
     setup_s: float = 0.0  # opening connections, left out of the latency (SetupClock)
+    arrived: float | None = None  # perf_counter of the answer's arrival (SetupClock), if known
 
     def mark_sent(self) -> None:
         self.attempts += 1
         if self.first_send is None:
             self.first_send = time.perf_counter()
             self.sent_at = time.time()
+
+    def measured(self, clock: SetupClock, answered: bool) -> None:
+        """Take in what the transport measured of the attempt just made (:class:`SetupClock`)."""
+        if self.attempts == 1 and clock.sent is not None and self.first_send is not None:
+            # the first request left when its first bytes were written, after any connection
+            # was opened for it (and any wait for the event loop or the GIL): start there
+            assert self.sent_at is not None
+            self.sent_at += clock.sent - self.first_send
+            self.first_send = clock.sent
+            self.setup_s += clock.seconds - clock.before_send
+        else:
+            self.setup_s += clock.seconds
+        # the latency ends when the answer arrived: this attempt's, if the server answered (a
+        # timeout or a broken connection ends when the client gave up)
+        self.arrived = clock.arrived if answered else None
 
     def started(self, queued_at: float) -> float:
         """When the request was first sent; when it was asked for if it never was."""
@@ -280,7 +296,8 @@ class _CallState:
     def latency_ms(self) -> float:
         if self.first_send is None:
             return 0.0
-        return max(0.0, time.perf_counter() - self.first_send - self.setup_s) * 1000.0
+        end = time.perf_counter() if self.arrived is None else self.arrived
+        return max(0.0, end - self.first_send - self.setup_s) * 1000.0
 
 
 class ModelClient:
@@ -534,6 +551,17 @@ class ModelClient:
         clock = SetupClock()
         token = SETUP_CLOCK.set(clock)
         try:
+            result = await self._deadline(send, secrets)
+        finally:
+            SETUP_CLOCK.reset(token)
+        answered = isinstance(result, ProviderResponse) or result.status_code is not None
+        state.measured(clock, answered)
+        return result
+
+    async def _deadline(
+        self, send: Awaitable[ProviderResponse], secrets: tuple[str | None, ...]
+    ) -> ProviderResponse | ProviderError:
+        try:
             # a deadline on the whole attempt (httpx's timeouts are per operation); on 3.11+
             # asyncio.timeout does it without the extra task wait_for creates per call
             if _HAS_ASYNCIO_TIMEOUT:
@@ -546,9 +574,6 @@ class ModelClient:
             return _sanitized(exc, secrets)
         except Exception as exc:  # a bug or an unexpected library error: never escape
             return ClientError(safe_message(f"unexpected {type(exc).__name__}: {exc}", secrets))
-        finally:
-            SETUP_CLOCK.reset(token)
-            state.setup_s += clock.seconds
 
     def _penalize(self, retry_after: float | None, scale: float) -> None:
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale

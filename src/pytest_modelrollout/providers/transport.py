@@ -34,6 +34,7 @@ import contextvars
 import os
 import socket
 import ssl
+import struct
 import sys
 import time
 import typing
@@ -58,19 +59,39 @@ TRANSPORT_ENV = "MODELROLLOUT_TRANSPORT"  # "httpx": httpx's default transport e
 
 
 class SetupClock:
-    """Time spent opening the connections the requests sent while it is current
-    (:data:`SETUP_CLOCK`) went out on: TCP connect and TLS handshake, each one that succeeded.
+    """What the transport measured of the request sent while it is current (:data:`SETUP_CLOCK`),
+    so that a model client measures a reply's latency the same at any concurrency: from when the
+    request went out to when its answer came in, nothing else.
 
-    A model client leaves it out of a reply's latency. A run at concurrency *c* opens up to *c*
-    connections per model in its first round where a sequential run opens one, and a TLS
-    handshake to a distant provider takes two or three round trips: counted, they would put the
-    first round's requests in the p95 of a concurrent run, and not of a sequential one.
+    ``sent``: ``perf_counter`` time of the request's first write to a connection, or None (httpx's
+    transport, behind a proxy, does not say; the client's own time of sending counts then).
+    Between the client deciding to send and the bytes leaving there may be a connection to open
+    and, in a concurrent run, other replies to handle or the test thread holding the GIL.
+
+    ``arrived``: ``perf_counter`` time at which the last bytes read for it reached this machine
+    (the kernel's receive timestamp on Linux), or None. The latency ends there, not when the
+    event loop got round to reading them: with 16 replies arriving together, the last one waits
+    for the other 15 to be handled.
+
+    ``seconds``: time spent opening the connections it went out on (TCP connect and TLS
+    handshake, each one that succeeded); ``before_send`` the part of it before ``sent``. The
+    rest (a connection reopened after the first write failed) is left out of the latency. A run
+    at concurrency *c* opens up to *c* connections per model in its first round where a
+    sequential run opens one, and a TLS handshake to a distant provider takes two or three round
+    trips: counted, they would put the first round's requests in the p95 of a concurrent run.
+
+    Measured this way, at concurrency 16 and a fixed 100 ms the p95 latency of a suite run by
+    pytest was 20-30 ms above a sequential run's when measured from the client's decision to
+    the event loop's read (bench/throughput.py prints both).
     """
 
-    __slots__ = ("_since", "seconds")
+    __slots__ = ("_since", "arrived", "before_send", "seconds", "sent")
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.before_send = 0.0
+        self.sent: float | None = None
+        self.arrived: float | None = None
         self._since: float | None = None
 
 
@@ -94,7 +115,10 @@ async def trace_setup(name: str, info: Mapping[str, typing.Any]) -> None:
         clock = SETUP_CLOCK.get()
         if clock is not None and clock._since is not None:
             if name.endswith(".complete"):  # a failed attempt's wait stays in the latency
-                clock.seconds += time.perf_counter() - clock._since
+                took = time.perf_counter() - clock._since
+                clock.seconds += took
+                if clock.sent is None:
+                    clock.before_send += took
             clock._since = None
 
 
@@ -192,45 +216,206 @@ def _mapped() -> typing.Iterator[None]:
         raise
 
 
-class _Stream(httpcore.AsyncNetworkStream):
-    __slots__ = ("_reader", "_writer")
+# the kernel's receive timestamp of each read (Linux): a reply's latency ends when its last bytes
+# reached this machine, not when the event loop got round to reading them
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35) if sys.platform == "linux" else None
+_TIMESPEC = struct.Struct("@ll")  # struct timespec, as SO_TIMESTAMPNS delivers it
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if _SO_TIMESTAMPNS is not None else 0
+READ_SIZE = 65536
+HIGH_WATER = 1 << 20  # buffered bytes nobody has read yet: stop reading the socket above this
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """``perf_counter`` time at which the bytes just read arrived: the kernel's timestamp of
+    their last packet when there is one, now otherwise."""
+    now = time.perf_counter()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            waited: float = time.time() - (sec + nsec * 1e-9)  # the stamp is wall-clock time
+            if 0.0 <= waited < 60.0:  # else the clock was set meanwhile: no correction
+                return now - waited
+    return now
+
+
+class _Wire:
+    """A connected non-blocking socket, read whenever data arrives (as asyncio's own transports
+    do) so that a server's close of an idle connection is seen without a system call, but with
+    ``recvmsg`` and the kernel's receive timestamp of every read."""
+
+    __slots__ = ("_loop", "_reading", "_stamped", "_waiter", "arrived", "buffer", "eof", "error",
+                 "fd", "sock")  # fmt: skip
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: OSError | None = None
+        self.arrived = 0.0  # perf_counter when the newest buffered bytes arrived
+        self._waiter: asyncio.Future[None] | None = None
+        self._stamped = False
+        if _SO_TIMESTAMPNS is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                self._stamped = True
+            except OSError:
+                pass
+        self._reading = False
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self._reading and not self.eof and self.error is None:
+            self._loop.add_reader(self.fd, self._on_readable)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self.fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            if self._stamped:
+                data, ancillary, _, _ = self.sock.recvmsg(READ_SIZE, _ANCILLARY)
+                arrived = _arrival(ancillary)
+            else:
+                data = self.sock.recv(READ_SIZE)
+                arrived = time.perf_counter()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.error = exc
+            self._pause()
+        else:
+            if data:
+                self.buffer += data
+                self.arrived = arrived
+                if len(self.buffer) >= HIGH_WATER:
+                    self._pause()
+            else:
+                self.eof = True
+                self._pause()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def recv(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of what arrived; b"" once the peer has closed."""
+        while not self.buffer:
+            if self.error is not None:
+                raise self.error
+            if self.eof:
+                return b""
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if len(self.buffer) <= max_bytes:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        else:
+            data = bytes(self.buffer[:max_bytes])
+            del self.buffer[:max_bytes]
+        if not self._reading and len(self.buffer) < HIGH_WATER:
+            self._resume()
+        return data
+
+    async def sendall(self, data: bytes) -> None:
+        await self._loop.sock_sendall(self.sock, data)
+
+    def close(self) -> None:
+        self._pause()
+        self.eof = True
+        self.sock.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+_NO_BIO = ssl.MemoryBIO()
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    """A connection for httpcore: plain TCP on a :class:`_Wire`, or TLS through an
+    ``ssl.SSLObject`` on memory buffers above it. Each read that returns bytes sets
+    :attr:`SetupClock.arrived` of the request it serves."""
+
+    __slots__ = ("_incoming", "_outgoing", "_plain", "_tls", "_wire")
+
+    def __init__(self, wire: _Wire) -> None:
+        self._wire = wire
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = self._outgoing = _NO_BIO  # TLS's, from start_tls
+        self._plain = b""  # decrypted bytes read ahead (an idle connection's readability check)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
-                return await self._reader.read(max_bytes)
+                data = await (self._wire.recv(max_bytes) if self._tls is None
+                              else self._tls_read(max_bytes))  # fmt: skip
         except TimeoutError:
             raise httpcore.ReadTimeout(f"no data {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+        except ssl.SSLError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+        if data:
+            clock = SETUP_CLOCK.get()
+            if clock is not None:
+                clock.arrived = self._wire.arrived
+        return data
+
+    async def _tls_read(self, max_bytes: int) -> bytes:
+        assert self._tls is not None
+        if self._plain:
+            data, self._plain = self._plain[:max_bytes], self._plain[max_bytes:]
+            return data
+        while True:
+            try:
+                return self._tls.read(max_bytes)
+            except ssl.SSLWantReadError:
+                await self._flush()  # a post-handshake message may want an answer
+                raw = await self._wire.recv(READ_SIZE)
+                if raw:
+                    self._incoming.write(raw)
+                else:
+                    self._incoming.write_eof()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # the peer's close_notify, or a close without one (common, and harmless
+                # for HTTP/1.1 with Content-Length or chunked bodies: h11 sees a short body)
+                return b""
+
+    async def _flush(self) -> None:
+        pending = self._outgoing.read()
+        if pending:
+            await self._wire.sendall(pending)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        clock = SETUP_CLOCK.get()
+        if clock is not None and clock.sent is None:
+            clock.sent = time.perf_counter()
         try:
-            self._writer.write(buffer)
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
-                await self._writer.drain()
+                if self._tls is None:
+                    await self._wire.sendall(buffer)
+                else:
+                    self._tls.write(buffer)
+                    await self._flush()
         except TimeoutError:
             raise httpcore.WriteTimeout(f"could not send {_within(timeout)}") from None
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        transport = self._writer.transport
-        if transport.get_extra_info("ssl_object") is not None:
-            # no TLS close_notify exchange (httpcore on anyio skips it too): asyncio would wait
-            # up to 30 s for a server that never answers it, at every connection's close
-            transport.abort()
-            return
-        self._writer.close()
-        # the peer may have gone away first: the connection is closed either way
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self._writer.wait_closed()
+        # no TLS close_notify exchange (httpcore on anyio skips it too): a server that never
+        # answers it would hold every connection's close
+        self._wire.close()
 
     async def start_tls(
         self,
@@ -238,36 +423,67 @@ class _Stream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         try:
+            tls = ssl_context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+            self._incoming, self._outgoing = incoming, outgoing
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
-                await self._writer.start_tls(  # type: ignore[attr-defined,unused-ignore]
-                    ssl_context, server_hostname=server_hostname
-                )
+                while True:
+                    try:
+                        tls.do_handshake()
+                        break
+                    except ssl.SSLWantReadError:
+                        await self._flush()
+                        raw = await self._wire.recv(READ_SIZE)
+                        if not raw:
+                            raise ConnectionResetError("the server closed the connection "
+                                                       "during the TLS handshake") from None
+                        incoming.write(raw)
+                await self._flush()
         except TimeoutError:
-            self._writer.close()
+            self._wire.close()
             raise httpcore.ConnectTimeout(f"TLS handshake not done {_within(timeout)}") from None
-        except (OSError, ssl.SSLError) as exc:
-            self._writer.close()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._wire.close()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        self._tls = tls
         return self
 
+    def _tls_readable(self) -> bool:
+        """Whether an idle TLS connection has anything to say: decrypts what arrived (a late
+        session ticket is not application data; a close_notify or stray bytes are)."""
+        assert self._tls is not None
+        if self._wire.buffer:
+            self._incoming.write(bytes(self._wire.buffer))
+            self._wire.buffer.clear()
+        if self._wire.eof:
+            self._incoming.write_eof()
+        try:
+            self._plain += self._tls.read(READ_SIZE)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError:
+            return True
+        return bool(self._plain) or self._wire.eof
+
     def get_extra_info(self, info: str) -> typing.Any:
+        wire = self._wire
         if info == "is_readable":
-            # asyncio reads whatever arrives: an idle connection the server closed has seen EOF
+            # read whenever data arrives: an idle connection the server closed has seen EOF
             # (or has unexpected bytes buffered); either way it must not be reused
-            return (
-                self._reader.at_eof()
-                or self._writer.transport.is_closing()
-                or bool(getattr(self._reader, "_buffer", b""))
-            )
+            if wire.error is not None:
+                return True
+            if self._tls is not None:
+                return self._tls_readable()
+            return wire.eof or bool(wire.buffer)
         if info == "ssl_object":
-            return self._writer.get_extra_info("ssl_object")
+            return self._tls
         if info == "client_addr":
-            return self._writer.get_extra_info("sockname")
+            return wire.sock.getsockname()
         if info == "server_addr":
-            return self._writer.get_extra_info("peername")
+            return wire.sock.getpeername()
         if info == "socket":
-            return self._writer.get_extra_info("socket")
+            return wire.sock
         return None
 
 
@@ -297,7 +513,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     for option in socket_options or ():
                         sock.setsockopt(*option)
-                    reader, writer = await asyncio.open_connection(sock=sock)
+                    wire = _Wire(sock)
                 except BaseException:
                     sock.close()
                     raise
@@ -305,7 +521,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"no connection to {host}:{port} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Stream(reader, writer)
+        return _Stream(wire)
 
     async def connect_unix_socket(
         self,
@@ -314,13 +530,22 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
-                reader, writer = await asyncio.open_unix_connection(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
+                    await asyncio.get_running_loop().sock_connect(sock, path)
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                wire = _Wire(sock)
+            except BaseException:
+                sock.close()
+                raise
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"no connection to {path} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Stream(reader, writer)
+        return _Stream(wire)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -6,7 +6,7 @@ Usage::
 
 Starts the simulator as its own process (zero latency) and sends the same chat requests two
 ways per concurrency level: ``httpx.AsyncClient`` (its default transport, anyio under httpcore)
-and ``providers.transport.AsyncioTransport.stream_post`` (httpcore's pool on asyncio streams,
+and ``providers.transport.AsyncioTransport.stream_post`` (httpcore's pool on the plugin's own sockets,
 what the model clients use). Prints the CPU time per call of this process for both and their
 ratio (same run, same machine).
 """

@@ -1,4 +1,4 @@
-"""The model clients' HTTP: httpcore's connection pool on plain asyncio streams.
+"""The model clients' HTTP: httpcore's connection pool on the event loop's own sockets.
 
 httpx's default transport reaches asyncio through anyio. For every request its connection pool
 asks each idle connection whether the server closed it (``has_expired``); through anyio that
@@ -8,16 +8,21 @@ that CPU is taken from the thread that runs the tests.
 
 This module keeps httpcore (HTTP/1.1 over h11, the pool, keep-alive) and httpx's exceptions,
 and replaces the network layer below them through httpcore's public ``AsyncNetworkBackend``
-interface: connections are asyncio ``StreamReader``/``StreamWriter`` pairs, an idle connection is
-"readable" when asyncio has already seen the server close it (no system call), TLS is
-``StreamWriter.start_tls``. The model clients post through :class:`AsyncioTransport`'s
+interface: each connection is a non-blocking socket that the event loop reads whenever data
+arrives (so an idle connection is "readable" when the server has closed it, with no system call
+to find out), with ``recvmsg`` and the kernel's receive timestamp of each read on Linux; TLS is
+an ``ssl.SSLObject`` on memory buffers above it. The timestamps, and the time of each request's
+first write, are what a reply's latency is measured between (:class:`SetupClock`): not the
+moments the event loop got round to the request and to its answer, which at concurrency 16 lag
+by whatever else it and the test thread were doing. The model clients post through
+:class:`AsyncioTransport`'s
 :meth:`~AsyncioTransport.stream_post`, without httpx's client layer (request and response
 models, cookie jar, auth and redirect flows), which cost about as much CPU again
 (bench/transport_speed.py, concurrency 16: ``httpx.AsyncClient`` 3.2 ms per call, the anyio
 check alone ~0.8 ms of it, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
 round arrive together and are handled one at a time, so CPU per reply becomes latency.
 
-Used on Python 3.11+ (``asyncio.timeout``, ``StreamWriter.start_tls``) when no proxy is set in
+Used on Python 3.11+ (``asyncio.timeout``) when no proxy is set in
 the environment; otherwise :func:`make_transport` returns None and the model client uses
 ``httpx.AsyncClient`` with httpx's default transport, which honours ``HTTP(S)_PROXY`` /
 ``ALL_PROXY``. ``MODELROLLOUT_TRANSPORT=httpx`` chooses that everywhere.
@@ -488,7 +493,7 @@ class _Stream(httpcore.AsyncNetworkStream):
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network layer on asyncio streams."""
+    """httpcore's network layer on asyncio: :class:`_Stream` connections."""
 
     async def connect_tcp(
         self,

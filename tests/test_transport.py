@@ -67,6 +67,13 @@ def _direct(timeout: float = 5.0, verify: ssl.SSLContext | bool = False) -> tr.A
     return t
 
 
+def _tls_for(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> tuple[ssl.SSLContext | None, ssl.SSLContext | bool]:
+    """(the server's TLS context or None, what the client verifies with) for ``scheme``."""
+    return (tls[0], tls[1]) if scheme == "https" else (None, False)
+
+
 async def _post(
     t: tr.AsyncioTransport, url: str, body: bytes = b"{}"
 ) -> tuple[int, dict[str, str], bytes]:
@@ -74,7 +81,11 @@ async def _post(
         return status, h, b"".join([c async for c in chunks])
 
 
-def test_requests_reuse_connections_and_respect_the_pool_limit() -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_requests_reuse_connections_and_respect_the_pool_limit(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_ctx, trusting = _tls_for(scheme, tls)
     opened = 0
     active = 0
     peak = 0
@@ -98,12 +109,13 @@ def test_requests_reuse_connections_and_respect_the_pool_limit() -> None:
             writer.close()
 
     async def main() -> list[dict[str, object]]:
-        server = await _serve(handler)
-        t = _direct()
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=trusting)
         async with server:
             try:
+                url = _url(server, scheme, "localhost")
                 replies = await asyncio.gather(
-                    *(_post(t, _url(server), b'{"i": %d}' % i) for i in range(40))
+                    *(_post(t, url, b'{"i": %d}' % i) for i in range(40))
                 )
             finally:
                 await t.aclose()
@@ -114,7 +126,11 @@ def test_requests_reuse_connections_and_respect_the_pool_limit() -> None:
     assert peak <= 4 and opened <= 4  # 40 requests over at most 4 kept-alive connections
 
 
-def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_idle_connection_the_server_closed_is_not_reused(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_ctx, trusting = _tls_for(scheme, tls)
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -126,13 +142,14 @@ def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
         writer.close()
 
     async def main() -> list[int]:
-        server = await _serve(handler)
-        t = _direct()
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=trusting)
         async with server:
             try:
-                first = await _post(t, _url(server))
+                url = _url(server, scheme, "localhost")
+                first = await _post(t, url)
                 await asyncio.sleep(0.05)  # the close reaches the client while it idles
-                second = await _post(t, _url(server))
+                second = await _post(t, url)
             finally:
                 await t.aclose()
         return [first[0], second[0]]
@@ -179,8 +196,14 @@ def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exc
         asyncio.run(main())
 
 
-def test_a_streamed_body_arrives_whole() -> None:
-    big = b'{"text": "' + "长文本 long text ".encode() * 50_000 + b'"}'
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_streamed_body_arrives_whole(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """3 MB, more than the transport buffers before it stops reading the socket."""
+    server_ctx, trusting = _tls_for(scheme, tls)
+    big = b'{"text": "' + "长文本 long text ".encode() * 150_000 + b'"}'
+    assert len(big) > 2 * tr.HIGH_WATER
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
@@ -189,11 +212,18 @@ def test_a_streamed_body_arrives_whole() -> None:
         writer.close()
 
     async def main() -> bytes:
-        server = await _serve(handler)
-        t = _direct()
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=trusting)
         async with server:
             try:
-                return (await _post(t, _url(server)))[2]
+                async with t.stream_post(_url(server, scheme, "localhost"), b"{}", {}) as (
+                    _, _, chunks
+                ):
+                    parts = []
+                    async for chunk in chunks:
+                        parts.append(chunk)
+                        await asyncio.sleep(0.001)  # a slow reader: the socket backs up
+                    return b"".join(parts)
             finally:
                 await t.aclose()
 

@@ -464,12 +464,13 @@ class _Stream(httpcore.AsyncNetworkStream):
         if self._wire.eof:
             self._incoming.write_eof()
         try:
-            self._plain += self._tls.read(READ_SIZE)
+            data = self._tls.read(READ_SIZE)
         except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError:
+            return self._wire.eof
+        except ssl.SSLError:  # a close without close_notify, a broken record
             return True
-        return bool(self._plain) or self._wire.eof
+        self._plain += data
+        return True  # bytes nobody asked for, or b"": the server's close_notify
 
     def get_extra_info(self, info: str) -> typing.Any:
         wire = self._wire

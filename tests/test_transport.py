@@ -167,7 +167,13 @@ def test_an_idle_connection_the_server_closed_is_not_reused(
         ("reset", httpx.RemoteProtocolError),
     ],
 )
-def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exception]) -> None:
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_failures_surface_as_httpx_exceptions(
+    behaviour: str, expected: type[Exception], scheme: str,
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, trusting = _tls_for(scheme, tls)
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await _read_request(reader)
@@ -180,12 +186,12 @@ def test_failures_surface_as_httpx_exceptions(behaviour: str, expected: type[Exc
             writer.close()
 
     async def main() -> None:
-        server = await _serve(handler)
-        url = _url(server)
+        server = await _serve(handler, server_ctx)
+        url = _url(server, scheme, "localhost")
         if behaviour == "refused":
             server.close()
             await server.wait_closed()
-        t = _direct(timeout=0.3)
+        t = _direct(timeout=0.3, verify=trusting)
         try:
             await _post(t, url)
         finally:

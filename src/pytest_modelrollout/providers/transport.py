@@ -20,9 +20,10 @@ by whatever else it and the test thread were doing. The model clients post throu
 models, cookie jar, auth and redirect flows), which cost about as much CPU again
 (bench/transport_speed.py, concurrency 16: ``httpx.AsyncClient`` 3.2 ms per call, the anyio
 check alone ~0.8 ms of it, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
-round arrive together and are handled one at a time, so CPU per reply becomes latency.
+round arrive together and are handled one at a time, so CPU per reply delays the next
+requests (not the replies' measured latency, which is timed on the wire: :class:`SetupClock`).
 
-Used on Python 3.11+ (``asyncio.timeout``) when no proxy is set in
+Used on Python 3.11+ (``asyncio.timeout``), outside Windows, when no proxy is set in
 the environment; otherwise :func:`make_transport` returns None and the model client uses
 ``httpx.AsyncClient`` with httpx's default transport, which honours ``HTTP(S)_PROXY`` /
 ``ALL_PROXY``. ``MODELROLLOUT_TRANSPORT=httpx`` chooses that everywhere.
@@ -56,7 +57,8 @@ if typing.TYPE_CHECKING:
     # what a model client sends requests with: the asyncio transport directly, or httpx's client
     HTTPClient: typing.TypeAlias = "httpx.AsyncClient | AsyncioTransport"
 
-SUPPORTED = sys.version_info >= (3, 11)
+# asyncio.timeout; and loop.add_reader, which Windows' default (proactor) event loop lacks
+SUPPORTED = sys.version_info >= (3, 11) and sys.platform != "win32"
 HAPPY_EYEBALLS_DELAY_S = 0.25  # RFC 8305's recommended connection attempt delay
 
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")

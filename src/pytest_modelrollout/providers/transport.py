@@ -87,9 +87,10 @@ class SetupClock:
     sequential run opens one, and a TLS handshake to a distant provider takes two or three round
     trips: counted, they would put the first round's requests in the p95 of a concurrent run.
 
-    Measured this way, at concurrency 16 and a fixed 100 ms the p95 latency of a suite run by
-    pytest was 20-30 ms above a sequential run's when measured from the client's decision to
-    the event loop's read (bench/throughput.py prints both).
+    Timed from the client's decision to send to the event loop's read instead, the p95 latency
+    of a suite prefetched at concurrency 16 against a fixed 100 ms was 110-135 ms where the same
+    suite run sequentially had 103 ms; timed on the wire both are 102-104 ms
+    (bench/throughput.py prints the two runs' p50 and p95).
     """
 
     __slots__ = ("_since", "arrived", "before_send", "seconds", "sent")

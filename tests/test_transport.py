@@ -700,6 +700,35 @@ def _model_at(
     return model, ChatRequest(messages=[{"role": "user", "content": "hi"}])
 
 
+def _twice(
+    model: typing.Any, request: typing.Any, listener: socket.socket, server: threading.Thread,
+    before_second: Callable[[], None] = lambda: None,
+) -> list[tuple[typing.Any, float]]:
+    """Calls ``model`` twice, ``before_second()`` in between (in the event loop); each call's
+    result and wall time. Closes the model, the listener and the server thread."""
+    from pytest_modelrollout.providers import client as client_mod
+
+    async def main() -> list[tuple[typing.Any, float]]:
+        out = []
+        try:
+            for n in range(2):
+                if n:
+                    before_second()
+                started = time.perf_counter()
+                result = await model.call(request)
+                out.append((result, time.perf_counter() - started))
+            return out
+        finally:
+            await model.aclose()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        listener.close()
+        server.join(5)
+        client_mod._ssl_context.cache_clear()
+
+
 @pytest.mark.parametrize("transport", ["asyncio", "httpx"])
 def test_opening_a_connection_is_not_part_of_a_replys_latency(
     tls_ca_file: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch, transport: str
@@ -707,29 +736,13 @@ def test_opening_a_connection_is_not_part_of_a_replys_latency(
     """A run at concurrency 16 opens 16 connections per model where a sequential run opens one;
     with a distant provider each TLS handshake is a few round trips. The first round's replies
     must not carry them, or the concurrent run's p95 is not the sequential run's."""
-    from pytest_modelrollout.providers import client as client_mod
-
     server_ctx, pem = tls_ca_file
     handshake_s, reply_s = 0.6, 0.05
     listener, server = _keep_alive_server(server_ctx, 2, reply_s, handshake_s)
     model, request = _model_at(monkeypatch, listener.getsockname()[1], pem=pem,
                                transport=transport)  # fmt: skip
 
-    async def main() -> tuple[client_mod.CallResult, float, client_mod.CallResult]:
-        try:
-            started = time.perf_counter()
-            first = await model.call(request)
-            wall = time.perf_counter() - started
-            return first, wall, await model.call(request)
-        finally:
-            await model.aclose()
-
-    try:
-        first, wall, second = asyncio.run(main())
-    finally:
-        listener.close()
-        server.join(5)
-        client_mod._ssl_context.cache_clear()
+    (first, wall), (second, _) = _twice(model, request, listener, server)
     assert first.ok and second.ok, (first.error, second.error)
     assert first.response is not None and first.response.text == "reply 0"
     assert wall >= handshake_s  # the handshake was waited for ...
@@ -746,30 +759,17 @@ def test_a_replys_latency_ends_when_it_arrived_not_when_a_busy_client_read_it(
     while the test thread takes the GIL in between: the last one is read well after it came
     in. Its latency must end when it came in, as in a sequential run. Here the event loop is
     busy for 0.4 s while a 50 ms reply arrives."""
-    from pytest_modelrollout.providers import client as client_mod
-
     server_ctx, pem = tls_ca_file
     reply_s, busy_s = 0.05, 0.4
     listener, server = _keep_alive_server(server_ctx if scheme == "https" else None, 2, reply_s)
     model, request = _model_at(monkeypatch, listener.getsockname()[1],
                                pem=pem if scheme == "https" else None)  # fmt: skip
 
-    async def main() -> tuple[client_mod.CallResult, float, client_mod.CallResult]:
-        try:
-            warm = await model.call(request)  # the connection is open: only the reply is timed
-            asyncio.get_running_loop().call_later(0.01, time.sleep, busy_s)  # a busy loop
-            started = time.perf_counter()
-            busy = await model.call(request)
-            return warm, time.perf_counter() - started, busy
-        finally:
-            await model.aclose()
+    def block_the_loop() -> None:
+        asyncio.get_running_loop().call_later(0.01, time.sleep, busy_s)
 
-    try:
-        warm, wall, busy = asyncio.run(main())
-    finally:
-        listener.close()
-        server.join(5)
-        client_mod._ssl_context.cache_clear()
+    # the first call opens the connection: only the second one's reply is timed
+    (warm, _), (busy, wall) = _twice(model, request, listener, server, block_the_loop)
     assert warm.ok and busy.ok, (warm.error, busy.error)
     assert busy.response is not None and busy.response.text == "reply 1"
     assert wall >= busy_s  # the reply was read after the loop was free again ...

@@ -496,6 +496,18 @@ class _Stream(httpcore.AsyncNetworkStream):
         return None
 
 
+def _wired(sock: socket.socket, options: Iterable[typing.Any]) -> _Stream:
+    """A connected socket with ``options`` set, as a connection for httpcore; closed if that
+    fails."""
+    try:
+        for option in options:
+            sock.setsockopt(*option)
+        return _Stream(_Wire(sock))
+    except BaseException:
+        sock.close()
+        raise
+
+
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network layer on asyncio: :class:`_Stream` connections."""
 
@@ -518,19 +530,12 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                 sock = await aiohappyeyeballs.start_connection(
                     addresses, local_addr_infos=local, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY_S
                 )
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    for option in socket_options or ():
-                        sock.setsockopt(*option)
-                    wire = _Wire(sock)
-                except BaseException:
-                    sock.close()
-                    raise
+            nodelay = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return _wired(sock, [nodelay, *(socket_options or ())])
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"no connection to {host}:{port} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Stream(wire)
 
     async def connect_unix_socket(
         self,
@@ -544,17 +549,14 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                 sock.setblocking(False)
                 async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                     await asyncio.get_running_loop().sock_connect(sock, path)
-                for option in socket_options or ():
-                    sock.setsockopt(*option)
-                wire = _Wire(sock)
             except BaseException:
                 sock.close()
                 raise
+            return _wired(sock, socket_options or ())
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"no connection to {path} {_within(timeout)}") from None
         except OSError as exc:
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Stream(wire)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

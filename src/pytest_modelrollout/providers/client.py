@@ -12,7 +12,9 @@
 * A killed reference is never called: the result is an error with :class:`KilledError`.
 * ``latency_ms`` runs from the first send (not from queueing for a slot) to the final answer,
   including retries and fallback, less the time spent opening connections (TCP connect, TLS
-  handshake: :class:`~.transport.SetupClock`). ``cost_usd`` = spec prices x tokens (None when
+  handshake). On the asyncio transport the send is the request's first write and the answer's
+  time its arrival (the kernel's receive timestamp on Linux), not when the event loop got to
+  them (:class:`~.transport.SetupClock`). ``cost_usd`` = spec prices x tokens (None when
   unpriced).
 
 :meth:`ModelClient.call` never raises a ProviderError: failures are in the :class:`CallResult`.

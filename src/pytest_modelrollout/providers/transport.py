@@ -461,6 +461,10 @@ class _Stream(httpcore.AsyncNetworkStream):
         """Whether an idle TLS connection has anything to say: decrypts what arrived (a late
         session ticket is not application data; a close_notify or stray bytes are)."""
         assert self._tls is not None
+        if self._plain:
+            return True
+        if not (self._wire.buffer or self._wire.eof or self._incoming.pending or self._tls.pending()):
+            return False  # nothing arrived since the last look (httpcore asks on every request)
         if self._wire.buffer:
             self._incoming.write(bytes(self._wire.buffer))
             self._wire.buffer.clear()

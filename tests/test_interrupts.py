@@ -48,6 +48,12 @@ def _cassettes_intact(root: Path) -> int:
     return len(files)
 
 
+def _sigint_default() -> None:
+    """In the child: Ctrl-C as a terminal delivers it, even when this suite runs as a background
+    job of a non-interactive shell (which starts its commands with SIGINT ignored, inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigint_writes_incomplete_report_with_calls_so_far(
     pytester: pytest.Pytester, subprocess_env: dict[str, str]
@@ -58,7 +64,7 @@ def test_sigint_writes_incomplete_report_with_calls_so_far(
         [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider",
          "--rollout-report=report.json"],
         cwd=pytester.path, env=subprocess_env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        stderr=subprocess.STDOUT, text=True, preexec_fn=_sigint_default,
     )  # fmt: skip
     watchdog = threading.Timer(90, proc.kill)  # never hang the suite
     watchdog.start()

@@ -158,6 +158,26 @@ def test_an_idle_connection_the_server_closed_is_not_reused(
     assert connections == 2
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_large_request_body_is_sent_whole(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """A long prompt (a document, an image as base64): more than the socket takes at once."""
+    server_ctx, trusting = _tls_for(scheme, tls)
+    body = json.dumps({"prompt": "长文本 long text " * 200_000}).encode()
+
+    async def main() -> bytes:
+        server = await _serve(_echo, server_ctx)
+        t = _direct(verify=trusting)
+        async with server:
+            try:
+                return (await _post(t, _url(server, scheme, "localhost"), body))[2]
+            finally:
+                await t.aclose()
+
+    assert asyncio.run(main()) == body
+
+
 @pytest.mark.parametrize(
     ("behaviour", "expected"),
     [

@@ -10,7 +10,12 @@ Usage::
     pytest in a subprocess, including pytest start-up, as a ratio to the ideal
     ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
     the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
-    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist.
+    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist, and xdist's own cost:
+    the same suite with tests that call no model, at ``-n 0`` and ``-n N``. Printed with it:
+    the candidate's p50 / p95 latency against the same suite run sequentially
+    (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
+    transport, no pytest); and the bound for (a) on this machine, pytest's start-up and
+    collection alone plus the floor.
 (b) the same suite written the way teams write it today (plain pytest, an ``httpx.Client``
     calling the two models one after the other in each test); the ratio b / a.
 (c) per-call CPU overhead on a zero-latency endpoint: ``ModelClient.call`` plus the per-reply

@@ -809,16 +809,16 @@ def test_a_request_waiting_for_a_connection_is_timed_from_when_it_went_out() -> 
                 writer.write(_reply(b"{}"))
                 await writer.drain()
 
-    async def timed(t: tr.AsyncioTransport, url: str) -> tr.SetupClock:
-        clock = tr.SetupClock()
-        token = tr.SETUP_CLOCK.set(clock)
+    async def timed(t: tr.AsyncioTransport, url: str) -> tr.WireClock:
+        clock = tr.WireClock()
+        token = tr.WIRE_CLOCK.set(clock)
         try:
             await _post(t, url)
         finally:
-            tr.SETUP_CLOCK.reset(token)
+            tr.WIRE_CLOCK.reset(token)
         return clock
 
-    async def main() -> tuple[tr.SetupClock, tr.SetupClock]:
+    async def main() -> tuple[tr.WireClock, tr.WireClock]:
         server = await _serve(slow)
         t = tr.make_transport(verify=False, max_connections=1, trust_env=False, timeout=5)
         assert isinstance(t, tr.AsyncioTransport)

@@ -14,7 +14,7 @@
   including retries and fallback, less the time spent opening connections (TCP connect, TLS
   handshake). On the asyncio transport the send is the request's first write and the answer's
   time its arrival (the kernel's receive timestamp on Linux), not when the event loop got to
-  them (:class:`~.transport.SetupClock`). ``cost_usd`` = spec prices x tokens (None when
+  them (:class:`~.transport.WireClock`). ``cost_usd`` = spec prices x tokens (None when
   unpriced).
 
 :meth:`ModelClient.call` never raises a ProviderError: failures are in the :class:`CallResult`.
@@ -53,7 +53,7 @@ from .anthropic import AnthropicProvider
 from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
-from .transport import SETUP_CLOCK, SetupClock, default_ssl_context, make_transport
+from .transport import WIRE_CLOCK, WireClock, default_ssl_context, make_transport
 
 if TYPE_CHECKING:
     import httpx
@@ -267,8 +267,8 @@ class _CallState:
     attempts: int = 0
     first_send: float | None = None  # perf_counter of the first send
     sent_at: float | None = None  # epoch seconds of the first send
-    setup_s: float = 0.0  # opening connections, left out of the latency (SetupClock)
-    arrived: float | None = None  # perf_counter of the answer's arrival (SetupClock), if known
+    setup_s: float = 0.0  # opening connections, left out of the latency (WireClock)
+    arrived: float | None = None  # perf_counter of the answer's arrival (WireClock), if known
 
     def mark_sent(self) -> None:
         self.attempts += 1
@@ -276,8 +276,8 @@ class _CallState:
             self.first_send = time.perf_counter()
             self.sent_at = time.time()
 
-    def measured(self, clock: SetupClock, answered: bool) -> None:
-        """Take in what the transport measured of the attempt just made (:class:`SetupClock`)."""
+    def measured(self, clock: WireClock, answered: bool) -> None:
+        """Take in what the transport measured of the attempt just made (:class:`WireClock`)."""
         if self.attempts == 1 and clock.sent is not None and self.first_send is not None:
             # the first request left when its first bytes were written, after any connection
             # was opened for it (and any wait for the event loop or the GIL): start there
@@ -550,12 +550,12 @@ class ModelClient:
         self.requests_sent += 1
         secrets = (api_key,)
         send = provider.send(http, request, api_key=api_key, attempt=state.attempts - 1)
-        clock = SetupClock()
-        token = SETUP_CLOCK.set(clock)
+        clock = WireClock()
+        token = WIRE_CLOCK.set(clock)
         try:
             result = await self._deadline(send, secrets)
         finally:
-            SETUP_CLOCK.reset(token)
+            WIRE_CLOCK.reset(token)
         answered = isinstance(result, ProviderResponse) or result.status_code is not None
         state.measured(clock, answered)
         return result

@@ -12,7 +12,7 @@ interface: each connection is a non-blocking socket that the event loop reads wh
 arrives (so an idle connection is "readable" when the server has closed it, with no system call
 to find out), with ``recvmsg`` and the kernel's receive timestamp of each read on Linux; TLS is
 an ``ssl.SSLObject`` on memory buffers above it. The timestamps, and the time of each request's
-first write, are what a reply's latency is measured between (:class:`SetupClock`): not the
+first write, are what a reply's latency is measured between (:class:`WireClock`): not the
 moments the event loop got round to the request and to its answer, which at concurrency 16 lag
 by whatever else it and the test thread were doing. The model clients post through
 :class:`AsyncioTransport`'s
@@ -21,7 +21,7 @@ models, cookie jar, auth and redirect flows), which cost about as much CPU again
 (bench/transport_speed.py, concurrency 16: ``httpx.AsyncClient`` 3.2 ms per call, the anyio
 check alone ~0.8 ms of it, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
 round arrive together and are handled one at a time, so CPU per reply delays the next
-requests (not the replies' measured latency, which is timed on the wire: :class:`SetupClock`).
+requests (not the replies' measured latency, which is timed on the wire: :class:`WireClock`).
 
 Used on Python 3.11+ (``asyncio.timeout``), outside Windows, when no proxy is set in
 the environment; otherwise :func:`make_transport` returns None and the model client uses
@@ -65,8 +65,8 @@ _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 TRANSPORT_ENV = "MODELROLLOUT_TRANSPORT"  # "httpx": httpx's default transport everywhere
 
 
-class SetupClock:
-    """What the transport measured of the request sent while it is current (:data:`SETUP_CLOCK`),
+class WireClock:
+    """What the transport measured of the request sent while it is current (:data:`WIRE_CLOCK`),
     so that a model client measures a reply's latency the same at any concurrency: from when the
     request went out to when its answer came in, nothing else.
 
@@ -103,8 +103,8 @@ class SetupClock:
         self._since: float | None = None
 
 
-SETUP_CLOCK: contextvars.ContextVar[SetupClock | None] = contextvars.ContextVar(
-    "modelrollout_setup_clock", default=None
+WIRE_CLOCK: contextvars.ContextVar[WireClock | None] = contextvars.ContextVar(
+    "modelrollout_wire_clock", default=None
 )
 # httpcore's trace events that open a connection ("<logger>.<step>.<phase>")
 _SETUP_STEPS = ("connection.connect_tcp", "connection.connect_unix_socket",
@@ -114,13 +114,13 @@ _SETUP_DONE = frozenset(f"{step}.{end}" for step in _SETUP_STEPS for end in ("co
 
 
 async def trace_setup(name: str, info: Mapping[str, typing.Any]) -> None:
-    """httpcore's ``trace`` extension: adds connection set-up time to :data:`SETUP_CLOCK`."""
+    """httpcore's ``trace`` extension: adds connection set-up time to :data:`WIRE_CLOCK`."""
     if name in _SETUP_STARTED:
-        clock = SETUP_CLOCK.get()
+        clock = WIRE_CLOCK.get()
         if clock is not None:
             clock._since = time.perf_counter()
     elif name in _SETUP_DONE:
-        clock = SETUP_CLOCK.get()
+        clock = WIRE_CLOCK.get()
         if clock is not None and clock._since is not None:
             if name.endswith(".complete"):  # a failed attempt's wait stays in the latency
                 took = time.perf_counter() - clock._since
@@ -350,7 +350,7 @@ _NO_BIO = ssl.MemoryBIO()
 class _Stream(httpcore.AsyncNetworkStream):
     """A connection for httpcore: plain TCP on a :class:`_Wire`, or TLS through an
     ``ssl.SSLObject`` on memory buffers above it. Each read that returns bytes sets
-    :attr:`SetupClock.arrived` of the request it serves."""
+    :attr:`WireClock.arrived` of the request it serves."""
 
     __slots__ = ("_incoming", "_outgoing", "_plain", "_tls", "_wire")
 
@@ -372,7 +372,7 @@ class _Stream(httpcore.AsyncNetworkStream):
         except ssl.SSLError as exc:
             raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
         if data:
-            clock = SETUP_CLOCK.get()
+            clock = WIRE_CLOCK.get()
             if clock is not None:
                 clock.arrived = self._wire.arrived
         return data
@@ -405,7 +405,7 @@ class _Stream(httpcore.AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
-        clock = SETUP_CLOCK.get()
+        clock = WIRE_CLOCK.get()
         if clock is not None and clock.sent is None:
             clock.sent = time.perf_counter()
         try:

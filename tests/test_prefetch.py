@@ -78,6 +78,16 @@ class CountingSim:
             return resp
 
         self.server.simulator.handle = handle  # type: ignore[method-assign]
+        self.accepted: list[float] = []  # monotonic time of each connection accepted
+        httpd = self.server._httpd
+        accept = httpd.process_request
+
+        def process_request(request: Any, client_address: Any) -> None:
+            with self._lock:
+                self.accepted.append(time.monotonic())
+            accept(request, client_address)
+
+        httpd.process_request = process_request  # type: ignore[method-assign]
 
     def first_attempts(self, model: str | None = None) -> Counter[tuple[str, str, str]]:
         with self._lock:
@@ -94,6 +104,7 @@ class CountingSim:
 
     def reset(self) -> None:
         with self._lock:
+            self.accepted.clear()
             self.seen.clear()
             self.arrivals.clear()
             self.slow.clear()
@@ -375,10 +386,43 @@ def test_cassettes_record_then_replay(project: pytest.Pytester, sim: CountingSim
         passed=N_CASES
     )
     assert sim.total() == 0
+    assert sim.accepted == []  # nothing opened ahead for models that are only replayed
     replay = _report(project.path / "replay.json")["workflows"]["support"]
     assert replay["candidate"]["replayed"] == N_CASES
     new = _essentials(_report(project.path / "new.json"))
     assert _essentials(_report(project.path / "replay.json")) == new
+
+
+@XDIST
+def test_the_first_connections_are_opened_while_the_run_collects(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """As many connections per model as calls may be in flight to it (its max_concurrency, 8,
+    within the run's concurrency, 16; each xdist worker its share), opened when the run starts,
+    before the first request: the requests go out on them, none opens its own."""
+    project.makepyfile(test_suite=SUITE)
+    project.makeconftest(
+        "import time\n\n"
+        "def pytest_collection_modifyitems(items):\n"
+        "    time.sleep(0.5)  # a large suite, collecting\n"
+    )
+    _run(project, *xdist).assert_outcomes(passed=N_CASES)
+    assert sim.total() == 2 * N_CASES
+    assert len(sim.accepted) == 16
+    assert max(sim.accepted) < min(t for t, _ in sim.arrivals)
+
+
+def test_a_model_replayed_from_cassettes_gets_no_connection_opened_ahead(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    project.makepyfile(test_suite=SUITE)
+    _run(project, "--rollout-record=new").assert_outcomes(passed=N_CASES)
+    sim.reset()
+    project.makepyprojecttoml(CONFIG + 'record = { stable = "replay", candidate = "all" }\n')
+    _run(project).assert_outcomes(passed=N_CASES)
+    assert sim.total(STABLE.removeprefix("sim:")) == 0
+    assert sim.total(CANDIDATE.removeprefix("sim:")) == N_CASES
+    assert len(sim.accepted) == 8  # the candidate's
 
 
 @XDIST

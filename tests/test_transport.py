@@ -835,3 +835,185 @@ def test_a_request_waiting_for_a_connection_is_timed_from_when_it_went_out() -> 
     assert second.sent - first.sent >= reply_s * 0.9  # it went out when the connection was free
     for clock in (first, second):
         assert reply_s * 0.9 <= clock.arrived - clock.sent < reply_s * 1.9
+
+
+# -- connections opened ahead (while a run collects its tests) -------------------------------
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_requests_go_out_on_the_connections_opened_ahead(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_ctx, trusting = _tls_for(scheme, tls)
+    served: list[int] = []  # requests served, per connection
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = len(served)
+        served.append(0)
+        try:
+            while True:
+                try:
+                    body = await _read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                served[n] += 1
+                await asyncio.sleep(0.02)
+                writer.write(_reply(body))
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=trusting)
+        async with server:
+            try:
+                url = _url(server, scheme, "localhost")
+                assert t.preconnect(url, CONNECTIONS)
+                # at once: it takes a connection that is still opening, it does not open one
+                assert (await _post(t, url))[0] == 200
+                replies = await asyncio.gather(*(_post(t, url) for _ in range(CONNECTIONS)))
+                assert [status for status, _, _ in replies] == [200] * CONNECTIONS
+            finally:
+                await t.aclose()
+
+    asyncio.run(main())
+    # the requests used the connections opened ahead, and no others
+    assert len(served) == CONNECTIONS and all(served), served
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_connection_opened_ahead_that_the_server_closed_is_not_used(
+    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_ctx, trusting = _tls_for(scheme, tls)
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:  # the one opened ahead: closed before any request came
+            writer.close()
+            return
+        await _echo(reader, writer)
+
+    async def main() -> int:
+        server = await _serve(handler, server_ctx)
+        t = _direct(verify=trusting)
+        async with server:
+            try:
+                url = _url(server, scheme, "localhost")
+                assert t.preconnect(url, 1)
+                await asyncio.sleep(0.1)  # the close reaches the client
+                return (await _post(t, url, b'{"a": 1}'))[0]
+            finally:
+                await t.aclose()
+
+    assert asyncio.run(main()) == 200
+    assert connections == 2
+
+
+def test_a_connection_opened_ahead_and_unused_past_the_keep_alive_expiry_is_closed_not_used() -> None:
+    ended: list[bool] = []  # per connection: the client closed it before sending anything
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = len(ended)
+        ended.append(False)
+        try:
+            body = await _read_request(reader)
+        except asyncio.IncompleteReadError as exc:
+            ended[n] = exc.partial == b""
+            writer.close()
+            return
+        writer.write(_reply(body))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> int:
+        server = await _serve(handler)
+        t = tr.AsyncioTransport(verify=False, max_connections=2, keepalive_expiry=0.05, timeout=5)
+        async with server:
+            try:
+                url = _url(server)
+                assert t.preconnect(url, 1)
+                await asyncio.sleep(0.3)  # a long collection: the server may have dropped it
+                status = (await _post(t, url))[0]
+                for _ in range(100):
+                    if ended[0]:
+                        break
+                    await asyncio.sleep(0.01)
+                return status
+            finally:
+                await t.aclose()
+
+    assert asyncio.run(main()) == 200
+    assert ended == [True, False]
+
+
+def test_closing_the_transport_closes_the_connections_opened_ahead(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Also those still in their TLS handshake (a server that never answers it)."""
+    accepted = 0
+    closed = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted, closed
+        accepted += 1
+        await reader.read()  # until the client closes
+        closed += 1
+        writer.close()
+
+    async def until(done: Callable[[], bool]) -> None:
+        for _ in range(300):
+            if done():
+                return
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        server = await _serve(handler)  # plain TCP: the client's handshake waits forever
+        t = _direct(verify=tls[1])
+        async with server:
+            assert t.preconnect(_url(server, "https", "localhost"), 3)
+            await until(lambda: accepted == 3)
+            await t.aclose()
+            await until(lambda: closed == 3)
+
+    asyncio.run(main())
+    assert (accepted, closed) == (3, 3)
+
+
+def test_a_url_that_is_not_plain_opens_nothing_ahead() -> None:
+    t = _direct()
+    assert not t.preconnect("http://xn--nxasmq6b.example:80/v1/../x", 2)
+    assert not t.preconnect("http://127.0.0.1:9/v1", 0)
+
+
+def test_a_call_after_the_client_warmed_does_not_wait_for_the_tls_handshake(
+    tls_ca_file: tuple[ssl.SSLContext, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distant provider's handshake takes two or three round trips: a run opens its first
+    connections while it collects, and its first calls go out without them."""
+    from pytest_modelrollout.providers import client as client_mod
+
+    server_ctx, pem = tls_ca_file
+    handshake_s, reply_s = 0.5, 0.05
+    listener, server = _keep_alive_server(server_ctx, 1, reply_s, handshake_s)
+    model, request = _model_at(monkeypatch, listener.getsockname()[1], pem=pem)
+
+    async def main() -> tuple[typing.Any, float]:
+        try:
+            await model.warm(connections=1)
+            await asyncio.sleep(handshake_s + 0.2)  # pytest collecting meanwhile
+            started = time.perf_counter()
+            result = await model.call(request)
+            return result, time.perf_counter() - started
+        finally:
+            await model.aclose()
+
+    try:
+        result, wall = asyncio.run(main())
+    finally:
+        listener.close()
+        server.join(5)
+        client_mod._ssl_context.cache_clear()
+    assert result.ok, result.error
+    assert wall < handshake_s, wall  # the handshake was over before the call

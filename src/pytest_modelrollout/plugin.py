@@ -162,8 +162,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not prefetch_enabled(config, rs):  # --rollout-no-prefetch
         return
     # the models every workflow uses unless it says otherwise
-    rs.warm([r for r in (rs.options.stable or rs.cfg.stable,
-                         rs.options.candidate or rs.cfg.candidate) if r])
+    rs.warm({"stable": rs.options.stable or rs.cfg.stable,
+             "candidate": rs.options.candidate or rs.cfg.candidate})
 
 
 @pytest.hookimpl(trylast=True)

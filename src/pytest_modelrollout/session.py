@@ -192,26 +192,34 @@ class RolloutSession:
                     self._runner = runner
         return self._runner
 
-    def warm(self, refs: list[str]) -> None:
-        """Build the clients of ``refs`` on the event loop now, in the background.
+    def warm(self, roles: Mapping[str, str | None]) -> None:
+        """Build the clients of the models of ``roles`` (role -> reference) on the event loop
+        now, in the background, and start opening their first connections.
 
-        Called when the run starts: resolving the providers, starting the loop thread and
-        building the connection pools then overlaps with collection instead of delaying the
-        first calls. Never raises and never calls a model; a reference that cannot be resolved
-        is reported later, where it is used.
+        Called when the run starts: resolving the providers, starting the loop thread, building
+        the connection pools and connecting (TCP and TLS: two or three round trips to a distant
+        provider) then overlap with collection instead of delaying the first calls. As many
+        connections as calls may be in flight at once to each model (its ``max_concurrency``
+        and the run's ``concurrency``), none for a role that replays cassettes only. Never
+        raises and never calls a model; a reference that cannot be resolved, or a connection
+        that cannot be opened, is reported later, where it is used.
         """
-        wanted = [r for r in dict.fromkeys(refs) if r and not self.is_killed(r)]
+        wanted: dict[str, bool] = {}  # reference -> whether it may be called live
+        for role, ref in roles.items():
+            if ref and not self.is_killed(ref):
+                wanted[ref] = wanted.get(ref, False) or self.record_modes.get(role) != "replay"
         if not wanted:
             return
         try:
             registry = self.registry
         except Exception:  # a broken config is reported at collection, one line
             return
+        connections = registry.max_in_flight or 1 << 16  # the model's max_concurrency caps it
 
         async def build() -> None:
-            for ref in wanted:
+            for ref, live in wanted.items():
                 with contextlib.suppress(Exception):
-                    await registry.client(ref).warm()
+                    await registry.client(ref).warm(connections if live else 0)
 
         with contextlib.suppress(Exception):
             self.runner.submit(build())

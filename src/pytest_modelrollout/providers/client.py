@@ -53,7 +53,13 @@ from .anthropic import AnthropicProvider
 from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
-from .transport import WIRE_CLOCK, WireClock, default_ssl_context, make_transport
+from .transport import (
+    WIRE_CLOCK,
+    AsyncioTransport,
+    WireClock,
+    default_ssl_context,
+    make_transport,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -391,10 +397,15 @@ class ModelClient:
             ) or _httpx_client(n, self.spec.timeout_s, verify, trust_env=not loopback)
         return self._http
 
-    async def warm(self) -> None:
-        """Resolve the provider and build the connection pool now, not on the first call."""
+    async def warm(self, connections: int = 0) -> None:
+        """Resolve the provider and build the connection pool now, not on the first call; with
+        ``connections``, also start opening that many connections (at most
+        ``max_concurrency``) for the first calls to use (:meth:`AsyncioTransport.preconnect`;
+        not through httpx's transport, behind a proxy)."""
         provider = await self._get_provider()
-        self._http_client(provider.spec.base_url)
+        http = self._http_client(provider.spec.base_url)
+        if connections > 0 and isinstance(http, AsyncioTransport):
+            http.preconnect(provider.spec.base_url, min(connections, self.spec.max_concurrency))
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -650,6 +661,7 @@ class ModelRegistry:
         self.share = share
         if max_in_flight and share is not None:
             max_in_flight = split_limit(max_in_flight, *share)
+        self.max_in_flight = max_in_flight  # this process's bound on calls in flight, or None
         self.killed: Collection[str] = killed if killed is not None else set()
         self.env: Mapping[str, str] = env if env is not None else os.environ
         self._clients: dict[str, ModelClient] = {}

@@ -35,6 +35,7 @@ xdist worker's) otherwise.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import os
@@ -352,10 +353,12 @@ class _Stream(httpcore.AsyncNetworkStream):
     ``ssl.SSLObject`` on memory buffers above it. Each read that returns bytes sets
     :attr:`WireClock.arrived` of the request it serves."""
 
-    __slots__ = ("_incoming", "_outgoing", "_plain", "_tls", "_wire")
+    __slots__ = ("_ahead", "_incoming", "_outgoing", "_plain", "_tls", "_wire")
 
     def __init__(self, wire: _Wire) -> None:
         self._wire = wire
+        # opened ahead with TLS: (id of the context, server name) that start_tls must match
+        self._ahead: tuple[int, str | None] | None = None
         self._tls: ssl.SSLObject | None = None
         self._incoming = self._outgoing = _NO_BIO  # TLS's, from start_tls
         self._plain = b""  # decrypted bytes read ahead (an idle connection's readability check)
@@ -431,6 +434,12 @@ class _Stream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:  # opened ahead (AsyncioBackend.open_ahead): TLS is up already
+            if ahead == (id(ssl_context), server_hostname):
+                return self
+            self._wire.close()
+            raise httpcore.ConnectError("a connection opened ahead does not match its request")
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         try:
             tls = ssl_context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
@@ -454,6 +463,9 @@ class _Stream(httpcore.AsyncNetworkStream):
         except (OSError, ssl.SSLError, ValueError) as exc:
             self._wire.close()
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        except BaseException:  # cancelled: httpcore drops the stream without closing it
+            self._wire.close()
+            raise
         self._tls = tls
         return self
 
@@ -512,8 +524,82 @@ def _wired(sock: socket.socket, options: Iterable[typing.Any]) -> _Stream:
         raise
 
 
+class _Ahead(typing.NamedTuple):
+    """A connection being opened before any request asked for it (:meth:`AsyncioBackend.open_ahead`)."""
+
+    opening: asyncio.Task[tuple[_Stream, float] | None]  # the stream and when it was ready
+    expiry: float  # seconds it may stay unused once open
+
+
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network layer on asyncio: :class:`_Stream` connections."""
+    """httpcore's network layer on asyncio: :class:`_Stream` connections, some of them opened
+    ahead of the requests that will use them (:meth:`open_ahead`)."""
+
+    def __init__(self) -> None:
+        self._ahead: dict[tuple[str, int], collections.deque[_Ahead]] = {}
+
+    def open_ahead(
+        self,
+        host: str,
+        port: int,
+        count: int,
+        *,
+        tls: tuple[ssl.SSLContext, str] | None,
+        timeout: float | None,
+        expiry: float,
+    ) -> None:
+        """Start opening up to ``count`` connections to ``host:port`` (with ``tls``: the
+        context and server name httpcore will ask :meth:`_Stream.start_tls` for), for the
+        pool's next :meth:`connect_tcp` calls to take instead of connecting then. A connection
+        a request is waiting for is taken while still opening; one unused ``expiry`` seconds
+        after it opened, or that the server closed meanwhile, is closed instead. Failures are
+        not reported here: the request then connects itself and reports its own."""
+        queue = self._ahead.setdefault((host, port), collections.deque())
+        loop = asyncio.get_running_loop()
+        for _ in range(count - len(queue)):
+            queue.append(_Ahead(loop.create_task(self._open(host, port, tls, timeout)), expiry))
+
+    async def _open(
+        self, host: str, port: int, tls: tuple[ssl.SSLContext, str] | None, timeout: float | None
+    ) -> tuple[_Stream, float] | None:
+        try:
+            stream = await self._connect(host, port, timeout)
+        except Exception:
+            return None
+        if tls is not None:
+            context, server_hostname = tls
+            try:
+                await stream.start_tls(context, server_hostname, timeout)
+            except Exception:  # it closed its socket
+                return None
+            stream._ahead = (id(context), server_hostname)
+        return stream, time.monotonic()
+
+    async def _take_ahead(self, host: str, port: int) -> _Stream | None:
+        queue = self._ahead.get((host, port))
+        while queue:
+            ahead = queue.popleft()
+            if ahead.opening.cancelled():
+                continue
+            opened = await ahead.opening  # the caller's cancellation cancels the opening too
+            if opened is None:
+                continue
+            stream, ready_at = opened
+            if time.monotonic() - ready_at > ahead.expiry or stream.get_extra_info("is_readable"):
+                await stream.aclose()  # unused too long, or the server closed it
+                continue
+            return stream
+        return None
+
+    async def aclose(self) -> None:
+        """Close the connections opened ahead that no request took."""
+        pending = [ahead.opening for queue in self._ahead.values() for ahead in queue]
+        self._ahead.clear()
+        for task in pending:
+            task.cancel()
+        for opened in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(opened, tuple):
+                await opened[0].aclose()
 
     async def connect_tcp(
         self,
@@ -523,6 +609,20 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        if self._ahead and local_address is None and not socket_options:
+            stream = await self._take_ahead(host, port)
+            if stream is not None:
+                return stream
+        return await self._connect(host, port, timeout, local_address, socket_options)
+
+    async def _connect(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None = None,
+        socket_options: Iterable[typing.Any] | None = None,
+    ) -> _Stream:
         try:
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                 addresses = await _resolve(host, port)
@@ -590,6 +690,12 @@ class AsyncioTransport:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        # what httpcore sets on the context of each connection it opens itself, set before a
+        # connection is opened ahead of it
+        context.set_alpn_protocols(["http/1.1"])
+        self._context = context
+        self._keepalive_expiry = keepalive_expiry
+        self._backend = AsyncioBackend()
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=context,
             max_connections=max_connections,
@@ -597,11 +703,30 @@ class AsyncioTransport:
             keepalive_expiry=keepalive_expiry,
             http1=True,
             http2=False,
-            network_backend=AsyncioBackend(),
+            network_backend=self._backend,
         )
+
+    def preconnect(self, url: str, count: int) -> bool:
+        """Start opening ``count`` connections (TCP, and TLS for ``https``) to ``url``'s origin
+        in the background, for the next requests to use instead of opening their own: while a
+        run collects its tests, so that the first round of calls goes out at once. Like the
+        pool's own, a connection left unused ``keepalive_expiry`` seconds is closed, not used.
+        False for a URL that is not a plain ``http(s)://host[:port]/...`` (nothing opened)."""
+        parts = _plain_url(url)
+        if parts is None or count <= 0:
+            return False
+        scheme, host, port, _ = parts
+        name = host.decode("ascii")
+        tls = (self._context, name) if scheme == b"https" else None
+        self._backend.open_ahead(
+            name, port or _DEFAULT_PORTS[scheme.decode("ascii")], count,
+            tls=tls, timeout=self.timeout, expiry=self._keepalive_expiry,
+        )
+        return True
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+        await self._backend.aclose()
 
     @contextlib.asynccontextmanager
     async def stream_post(

@@ -63,6 +63,8 @@ WINDOW_FACTOR = 4  # requests in flight (or queued for a slot) ahead of the test
 # requests sent ahead in all, replies waiting for their tests included: × the window. A test
 # stuck on a slow reply no longer stalls the calls behind it until this many are done.
 AHEAD_FACTOR = 4
+# how long the first requests may take to go out before the language model is loaded
+SETTLE_S = 0.25
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
 MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
 
@@ -681,6 +683,9 @@ class PrefetchPlugin:
         if self._warmed or self.prefetcher is None or not self.prefetcher.stats.submitted:
             return
         self._warmed = True
+        # loading the language model holds the GIL throughout (~40 ms): let the first
+        # requests go out before, not after it
+        self.session.runner.settle(SETTLE_S)
         from . import language
 
         language.warm()

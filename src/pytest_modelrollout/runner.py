@@ -24,6 +24,10 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 
+async def _nothing() -> None:
+    pass
+
+
 class _AsyncClosable(Protocol):
     async def aclose(self) -> None: ...
 
@@ -77,6 +81,25 @@ class Runner:
             coro.close()
             raise RuntimeError("runner is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until the loop has started what was submitted before, each coroutine running
+        until it first has to wait (a call: its request written, or queued behind a limit);
+        at most ``timeout`` seconds. False on timeout (or when closed, or called from the loop).
+
+        For a thread about to keep the GIL for a while (a C extension loading a model holds it
+        through the whole call): without this, the loop would get to the calls only after it.
+        """
+        if self._closed or self.in_loop_thread():
+            return False
+        # its first step is queued behind theirs: the loop runs callbacks in order
+        future = asyncio.run_coroutine_threadsafe(_nothing(), self._loop)
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return False
+        return True
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and wait for its result (from a non-loop thread).

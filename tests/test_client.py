@@ -567,6 +567,25 @@ def test_runner_run_submit_timeout() -> None:
         r.close()  # idempotent
 
 
+def test_runner_settle_returns_once_what_was_submitted_has_started() -> None:
+    """Each coroutine submitted before has run up to its first wait (a call: its request is
+    out) when settle() returns: a thread that then holds the GIL does not hold them back."""
+    with Runner() as r:
+        started: list[int] = []
+
+        async def call(i: int) -> None:
+            started.append(i)
+            await asyncio.sleep(0.5)
+
+        futures = [r.submit(call(i)) for i in range(50)]
+        assert r.settle(5)
+        assert started == list(range(50))
+        assert not any(f.done() for f in futures)
+        r.loop.call_soon_threadsafe(time.sleep, 0.3)  # a loop busy longer than the wait
+        assert not r.settle(0.05)
+    assert not r.settle(1)  # closed
+
+
 def test_runner_close_closes_registry(server: Server) -> None:
     r = Runner()
     reg = registry(r, [spec("m", server, "ok")])

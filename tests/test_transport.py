@@ -1017,3 +1017,31 @@ def test_a_call_after_the_client_warmed_does_not_wait_for_the_tls_handshake(
         client_mod._ssl_context.cache_clear()
     assert result.ok, result.error
     assert wall < handshake_s, wall  # the handshake was over before the call
+
+
+def test_a_request_waiting_for_a_connection_opened_ahead_times_out_once() -> None:
+    """A provider that does not answer (here: a TLS handshake never answered): the request that
+    waited for the connection being opened ahead fails when its own connect timeout is up, not
+    after a second timeout of its own connecting."""
+    import httpx
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    async def main() -> float:
+        server = await _serve(silent)
+        t = _direct(timeout=0.5)
+        async with server:
+            try:
+                url = _url(server, "https", "localhost")
+                assert t.preconnect(url, 1)
+                started = time.perf_counter()
+                with pytest.raises(httpx.ConnectTimeout):
+                    await _post(t, url)
+                return time.perf_counter() - started
+            finally:
+                await t.aclose()
+
+    took = asyncio.run(main())
+    assert 0.4 <= took < 0.9, took  # one timeout (0.5 s), not two

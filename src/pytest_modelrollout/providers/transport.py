@@ -575,13 +575,23 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
             stream._ahead = (id(context), server_hostname)
         return stream, time.monotonic()
 
-    async def _take_ahead(self, host: str, port: int) -> _Stream | None:
+    async def _take_ahead(self, host: str, port: int, deadline: float | None) -> _Stream | None:
+        """A connection opened ahead to ``host:port``, waiting for one still opening until
+        ``deadline`` (loop time) at most: the request's own connect timeout is not spent twice
+        (on a connection opened ahead that failed, then on its own)."""
         queue = self._ahead.get((host, port))
         while queue:
             ahead = queue.popleft()
             if ahead.opening.cancelled():
                 continue
-            opened = await ahead.opening  # the caller's cancellation cancels the opening too
+            try:
+                # the caller's cancellation, or its time running out, cancels the opening too
+                async with asyncio.timeout_at(deadline):  # type: ignore[attr-defined,unused-ignore]
+                    opened = await ahead.opening
+            except TimeoutError:
+                raise httpcore.ConnectTimeout(
+                    f"no connection to {host}:{port} within the timeout"
+                ) from None
             if opened is None:
                 continue
             stream, ready_at = opened
@@ -610,9 +620,13 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[typing.Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         if self._ahead and local_address is None and not socket_options:
-            stream = await self._take_ahead(host, port)
+            loop = asyncio.get_running_loop()
+            deadline = None if timeout is None else loop.time() + timeout
+            stream = await self._take_ahead(host, port, deadline)
             if stream is not None:
                 return stream
+            if deadline is not None:  # what is left of it
+                timeout = max(0.0, deadline - loop.time())
         return await self._connect(host, port, timeout, local_address, socket_options)
 
     async def _connect(

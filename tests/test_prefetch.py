@@ -315,6 +315,68 @@ def test_a_function_whose_arguments_vary_is_not_prefetched_after_two_probes(
     assert 2 <= wasted <= (4 if not xdist else 8), wasted
 
 
+@XDIST
+def test_a_function_whose_first_ask_is_not_its_case_stops_being_prefetched(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """Its first ask sends something built from the case, never the case's own request: the
+    probes are wasted, two per model (per worker) at most, not one per test."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_rephrased(rollout, case):
+            pair = rollout.ask(case.prompt + " Please hurry.")
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    _run(project, *xdist, "--rollout-report=r.json").assert_outcomes(passed=N_CASES)
+    wf = _report(project.path / "r.json")["workflows"]["support"]
+    assert wf["stable"]["requests"] == wf["candidate"]["requests"] == N_CASES
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    wasted = sum(seen.values()) - 2 * N_CASES
+    assert wasted <= (4 if not xdist else 8), wasted  # was 24: every test's probe
+
+
+def test_a_function_whose_tests_often_do_not_ask_stops_being_prefetched(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """Read from the source, its first ask is ``ask(case)``, but every other test does not
+    ask: once two tests (and one in ten) took nothing, no more is sent ahead for it."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_sometimes(rollout, case):
+            if int(case.id[1:]) % 2:
+                pytest.skip("not this one")
+            pair = rollout.ask(case)
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    n = 40
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+                for i in range(n)),
+        encoding="utf-8",
+    )  # fmt: skip
+    # a window of 4 calls (2 tests) ahead: what is in flight when it stops is small
+    _run(project, "--rollout-concurrency=1").assert_outcomes(passed=n // 2, skipped=n // 2)
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    wasted = sum(seen.values()) - n  # half the tests ask, 2 models each
+    # two skipped tests' calls, and those of the tests in flight when it stopped (before: a
+    # share of every skipped test's, 20-30 calls)
+    assert wasted <= 8, wasted
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")

@@ -65,6 +65,10 @@ WINDOW_FACTOR = 4  # requests in flight (or queued for a slot) ahead of the test
 AHEAD_FACTOR = 4
 # how long the first requests may take to go out before the language model is loaded
 SETTLE_S = 0.25
+# a function stops being prefetched once this many of its tests took nothing sent ahead for
+# them, and they are at least one in UNUSED_SHARE of its tests that finished
+UNUSED_LIMIT = 2
+UNUSED_SHARE = 10
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
 MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
 
@@ -287,6 +291,9 @@ class Prefetcher:
         self._roles: dict[str, frozenset[str]] = {}  # function -> the models its tests ask
         self._taken: dict[str, set[str]] = {}  # test id -> roles of its slots it took
         self._settled: set[str] = set()  # functions one of whose tests has finished
+        # planned tests of each function that finished, and those that took none of their calls
+        self._finished_of: collections.Counter[str] = collections.Counter()
+        self._unused_of: collections.Counter[str] = collections.Counter()
 
     # window -------------------------------------------------------------------------------
     @property
@@ -511,6 +518,7 @@ class Prefetcher:
         fkey = self._function.pop(test_id, None)
         if fkey is not None:
             self._settled.add(fkey)
+            self._finished_of[fkey] += 1
         taken = self._taken.pop(test_id, None)
         if fkey is not None and self._probe.get(fkey) == test_id:
             del self._probe[fkey]  # it never asked: the next item of its function probes
@@ -522,8 +530,21 @@ class Prefetcher:
         if fkey is not None and taken:
             # it asked some of the planned models and never the others: plan only those
             self._roles[fkey] = frozenset(taken)
+        elif fkey is not None:
+            self._unused(fkey)
         for slot in slots:
             slot.future.cancel()
+
+    def _unused(self, fkey: str) -> None:
+        """A test of the function took none of the calls sent ahead for it: its first ask is
+        not the planned one (``ask(f"...{case.prompt}")``, an ask under a condition) or it
+        did not ask (skipped inside the test). From the second such test, once they are one in
+        ten of the function's, nothing more is sent ahead for it (what is in flight stays for
+        its tests)."""
+        self._unused_of[fkey] += 1
+        unused = self._unused_of[fkey]
+        if unused >= UNUSED_LIMIT and unused * UNUSED_SHARE >= self._finished_of[fkey]:
+            self._off.add(fkey)
 
     def pending(self, test_id: str) -> list[concurrent.futures.Future[Outcome]]:
         """The test's prefetched futures that are not done yet."""

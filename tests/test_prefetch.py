@@ -207,6 +207,104 @@ def test_prefetch_is_used_and_reported(
     assert sim.total() == 2 * N_CASES
 
 
+PROMPTS = [f"Where is my order A-{1000 + i}? It is late." for i in range(N_CASES // 2)] + [
+    f"你好，我的订单 B-{2000 + i} 什么时候到？" for i in range(N_CASES // 2)
+]
+
+
+@pytest.mark.parametrize(
+    ("signature", "ask"),
+    [
+        ('"prompt", PROMPTS', "rollout.ask(prompt)"),  # prompt strings in the test file
+        ('"messages", [[{"role": "user", "content": p}] for p in PROMPTS]',
+         "rollout.ask(messages)"),  # chat message lists
+        ('"row", cases("cases.jsonl")', "rollout.ask(row)"),  # a case under another name
+    ],
+    ids=["strings", "messages", "case-named-row"],
+)  # fmt: skip
+@XDIST
+def test_prompts_the_tests_are_parametrized_with_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, signature: str, ask: str, xdist: list[str]
+) -> None:
+    """Known at collection as much as a case from cases(): a prompt string or message list
+    the test passes to ask(), or a case under any parameter name. Same requests and results as
+    without prefetch, each sent once, all of them ahead of their tests."""
+    body = f"""
+import pytest
+from pytest_modelrollout import cases
+
+PROMPTS = {PROMPTS!r}
+
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+@pytest.mark.parametrize({signature})
+def test_asks(rollout, {signature.split('"')[1]}):
+    pair = {ask}
+    pair.expect_language("same_as_prompt")
+"""
+    project.makepyfile(test_suite=body)
+    off = _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json")
+    off.assert_outcomes(passed=N_CASES)
+    off_counts = sim.first_attempts()
+    sim.reset()
+    on = _run(project, *xdist, "-v", "--rollout-report=on.json")
+    on.assert_outcomes(passed=N_CASES)
+    assert sim.first_attempts() == off_counts and set(off_counts.values()) == {1}
+    assert len(off_counts) == 2 * N_CASES
+    if not xdist:  # the workers' summaries are not shown
+        on.stdout.fnmatch_lines(
+            [f"modelrollout prefetch: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
+        )
+    assert _essentials(_report(project.path / "on.json")) == _essentials(
+        _report(project.path / "off.json")
+    )
+
+
+def test_a_prompt_asked_with_other_arguments_is_learned_after_one_probe(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("prompt", {PROMPTS!r})
+        def test_asks(rollout, prompt):
+            pair = rollout.ask(prompt, system="You are a concise support agent.")
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    assert sum(seen.values()) - 2 * N_CASES <= 2  # the probe with the marker's system
+    # the rest went ahead with the learned system prompt
+    result.stdout.fnmatch_lines([f"*calls sent ahead*{2 * (N_CASES - 1)} used*"])
+
+
+def test_a_prompt_the_test_changes_before_asking_is_not_sent_ahead_for_long(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """``prompt = prompt + ...`` before ``ask(prompt)``: what was planned is never asked; two
+    probes per model are wasted, not a window of calls."""
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("prompt", {PROMPTS!r})
+        def test_asks(rollout, prompt):
+            prompt = prompt + " Please hurry."
+            pair = rollout.ask(prompt)
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    _run(project).assert_outcomes(passed=N_CASES)
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    assert sum(seen.values()) - 2 * N_CASES <= 4
+
+
 def test_a_test_waiting_for_a_slow_reply_does_not_stall_the_calls_behind_it(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:
@@ -740,10 +838,15 @@ def _through_a_helper(rollout, item):
     return _plain(rollout, item)
 
 
+def _rebinding(rollout, prompt):
+    prompt = prompt.strip()
+    return rollout.ask(prompt)
+
+
 @pytest.mark.parametrize(
     ("func", "param", "plain"),
     [(_plain, "case", True), (_with_format, "case", False), (_through_a_helper, "item", False),
-     (_plain, "row", False), (len, "case", False)],
+     (_plain, "row", False), (len, "case", False), (_rebinding, "prompt", False)],
 )
 def test_first_ask_is_read_from_the_source(func: Any, param: str, plain: bool) -> None:
     """Only a function whose first ask on the case passes nothing else is prefetched without a

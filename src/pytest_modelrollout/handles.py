@@ -61,6 +61,8 @@ class TestContext:
     tools: list[dict[str, Any]] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     test_dir: Path | None = None  # cassettes live beside the test file
+    # the prompt string / message list prefetch plans the test's first ask with, if any
+    planned_prompt: Any = None
     counters: dict[str, int] = field(default_factory=lambda: {"stable": 0, "candidate": 0})
     replies: list[tuple[Role, Reply]] = field(default_factory=list)
 
@@ -166,7 +168,10 @@ class TestContext:
             prompt, system=system, tools=tools, response_format=response_format, params=kwargs
         )
         first_ask = None
-        if case is not None and not any(self.counters.values()):
+        planned = case is not None or (
+            self.planned_prompt is not None and prompt == self.planned_prompt
+        )
+        if planned and not any(self.counters.values()):
             # what this test function's first ask passes besides the case: prefetch learns it
             first_ask = {"system": system, "tools": tools, "response_format": response_format,
                          "params": dict(kwargs)}

@@ -345,7 +345,18 @@ def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
         tools=mark.kwargs.get("tools"),
         params=dict(mark.kwargs.get("params") or {}),
         test_dir=Path(str(node.path)).parent,
+        planned_prompt=_planned_prompt(node),
     )
+
+
+def _planned_prompt(node: pytest.Item) -> Any:
+    """The prompt string or message list prefetch plans the item's first ask with (a case is
+    recognised as such), or None."""
+    if getattr(node, "callspec", None) is None:
+        return None
+    from .prefetch import planned_prompt
+
+    return planned_prompt(node)
 
 
 @pytest.fixture

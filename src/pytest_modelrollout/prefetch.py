@@ -127,14 +127,52 @@ def _roles(item: pytest.Item) -> list[Role]:
     return [r for r in MODEL_FIXTURES if r in names]
 
 
-def _case_of(item: pytest.Item) -> Any:
+def _is_case(value: Any) -> bool:
+    return hasattr(value, "request_messages") and hasattr(value, "id")
+
+
+def _is_prompt(value: Any) -> bool:
+    """A prompt string or a list of chat messages (what ``ask`` takes besides a case)."""
+    if isinstance(value, str):
+        return bool(value)
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(m, dict) for m in value)
+    )
+
+
+def _prompt_param(item: pytest.Item) -> str | None:
+    """The parameter whose value the item's first ask sends, when known before it runs.
+
+    A case from ``cases()``, under any parameter name (the first one asked in the function's
+    source when there are several). Otherwise a prompt string or message list the item is
+    parametrized with, if the function's source passes that parameter to ``.ask(...)``; the
+    one asked first.
+    """
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None
-    case = callspec.params.get("case")
-    if case is None or not (hasattr(case, "request_messages") and hasattr(case, "id")):
-        return None
-    return case
+    params: dict[str, Any] = callspec.params
+    func = getattr(item, "function", None)
+    asked = _asked_params(func) if func is not None else ()
+    cases = [name for name, value in params.items() if _is_case(value)]
+    if len(cases) == 1:
+        return cases[0]
+    candidates = cases or [name for name, value in params.items() if _is_prompt(value)]
+    return next((name for name in asked if name in candidates), None)
+
+
+def planned_prompt(item: pytest.Item) -> Any:
+    """The prompt string or message list (not a case) the item's first ask is planned with."""
+    prompt = _case_of(item)
+    return None if prompt is None or _is_case(prompt) else prompt
+
+
+def _case_of(item: pytest.Item) -> Any:
+    """The case (or prompt) the item's first ask sends, or None (:func:`_prompt_param`)."""
+    name = _prompt_param(item)
+    return None if name is None else item.callspec.params[name]  # type: ignore[attr-defined]
 
 
 def prefetchable(item: pytest.Item) -> int:
@@ -206,22 +244,15 @@ def plan_item(
 
 
 # -- the prefetcher ------------------------------------------------------------------------
-def _case_param(item: pytest.Item) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    case = _case_of(item)
-    if callspec is None or case is None:
-        return None
-    return next((k for k, v in callspec.params.items() if v is case), None)
-
-
 @functools.lru_cache(maxsize=256)
-def _first_ask_is_plain(func: Any, param: str) -> bool:
-    """Whether the first ``.ask(...)`` on ``param`` in the test function's source is
-    ``ask(param)`` with nothing else (then the planned request is the one it sends)."""
+def _source_asks(func: Any) -> tuple[tuple[tuple[str, bool], ...], frozenset[str]]:
+    """From the test function's source: each name passed first to an ``.ask(...)``, in source
+    order (once, with whether that first ask on it passes nothing else), and the names the
+    function assigns."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     except (OSError, TypeError, SyntaxError):
-        return False
+        return (), frozenset()
     asks = sorted(
         (
             node
@@ -231,11 +262,31 @@ def _first_ask_is_plain(func: Any, param: str) -> bool:
             and node.func.attr == "ask"
             and node.args
             and isinstance(node.args[0], ast.Name)
-            and node.args[0].id == param
         ),
         key=lambda node: (node.lineno, node.col_offset),
     )
-    return bool(asks) and len(asks[0].args) == 1 and not asks[0].keywords
+    first: dict[str, bool] = {}
+    for node in asks:
+        name = node.args[0].id  # type: ignore[attr-defined]
+        first.setdefault(name, len(node.args) == 1 and not node.keywords)
+    assigned = frozenset(
+        node.id for node in ast.walk(tree) if isinstance(node, ast.Name)
+        and isinstance(node.ctx, ast.Store)
+    )  # fmt: skip
+    return tuple(first.items()), assigned
+
+
+def _asked_params(func: Any) -> list[str]:
+    """The names passed first to ``.ask(...)`` in the function's source, in source order."""
+    return [name for name, _ in _source_asks(func)[0]]
+
+
+def _first_ask_is_plain(func: Any, param: str) -> bool:
+    """Whether the first ``.ask(...)`` on ``param`` in the test function's source is
+    ``ask(param)`` with nothing else, and the function never assigns ``param`` (then the
+    planned request is the one it sends)."""
+    asks, assigned = _source_asks(func)
+    return dict(asks).get(param, False) and param not in assigned
 
 
 class Prefetcher:
@@ -335,7 +386,7 @@ class Prefetcher:
         if while_waiting and fkey not in self._settled:
             return "wait"
         if fkey not in self._confirmed:
-            param = _case_param(item)
+            param = _prompt_param(item)
             func = getattr(item, "function", None)
             if (
                 fkey not in self._learned

@@ -219,16 +219,20 @@ PROMPTS = [f"Where is my order A-{1000 + i}? It is late." for i in range(N_CASES
         ('"messages", [[{"role": "user", "content": p}] for p in PROMPTS]',
          "rollout.ask(messages)"),  # chat message lists
         ('"row", cases("cases.jsonl")', "rollout.ask(row)"),  # a case under another name
+        ('"example", [{"prompt": p, "expect": "order"} for p in PROMPTS]',
+         'rollout.ask(example["prompt"])'),  # an item of a dict parameter
+        ('"case", cases("cases.jsonl")', "rollout.ask(case.prompt)"),  # a case's field
     ],
-    ids=["strings", "messages", "case-named-row"],
+    ids=["strings", "messages", "case-named-row", "dict-item", "case-field"],
 )  # fmt: skip
 @XDIST
 def test_prompts_the_tests_are_parametrized_with_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, signature: str, ask: str, xdist: list[str]
 ) -> None:
     """Known at collection as much as a case from cases(): a prompt string or message list
-    the test passes to ask(), or a case under any parameter name. Same requests and results as
-    without prefetch, each sent once, all of them ahead of their tests."""
+    the test passes to ask() (a parameter, or an item or field read from one), or a case under
+    any parameter name. Same requests and results as without prefetch, each sent once, all of
+    them ahead of their tests."""
     body = f"""
 import pytest
 from pytest_modelrollout import cases
@@ -843,17 +847,50 @@ def _rebinding(rollout, prompt):
     return rollout.ask(prompt)
 
 
+def _reading(rollout, example, case):
+    rollout.ask(example["turns"][0], system="x")
+    rollout.ask(case.prompt)
+    return rollout.ask(example["turns"][0])
+
+
 @pytest.mark.parametrize(
     ("func", "param", "plain"),
     [(_plain, "case", True), (_with_format, "case", False), (_through_a_helper, "item", False),
-     (_plain, "row", False), (len, "case", False), (_rebinding, "prompt", False)],
-)
+     (_plain, "row", False), (len, "case", False), (_rebinding, "prompt", False),
+     (_reading, ("case", (("attr", "prompt"),)), True),
+     (_reading, ("example", (("item", "turns"), ("item", 0))), False),  # its first ask on it
+     (_reading, "case", False)],
+)  # fmt: skip
 def test_first_ask_is_read_from_the_source(func: Any, param: str, plain: bool) -> None:
     """Only a function whose first ask on the case passes nothing else is prefetched without a
     probe; anything unclear is probed (never wrong, at worst one latency slower)."""
     from pytest_modelrollout.prefetch import _first_ask_is_plain
 
     assert _first_ask_is_plain(func, param) is plain
+
+
+def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -> None:
+    from pytest_modelrollout.prefetch import _resolve
+
+    ran: list[str] = []
+
+    class Row:
+        def __init__(self) -> None:
+            self.prompt = "plain attribute"
+
+        @property
+        def computed(self) -> str:
+            ran.append("property")
+            return "computed"
+
+    params = {"ex": {"turns": ["first", "second"]}, "row": Row()}
+    assert _resolve(params, ("ex", (("item", "turns"), ("item", 1)))) == "second"
+    assert _resolve(params, ("row", (("attr", "prompt"),))) == "plain attribute"
+    assert _resolve(params, ("row", (("attr", "computed"),))) is None
+    assert _resolve(params, ("ex", (("item", "missing"),))) is None
+    assert _resolve(params, ("ex", (("item", "turns"), ("item", 5)))) is None
+    assert _resolve(params, ("nope", ())) is None
+    assert ran == []  # the property was never called
 
 
 def test_models_a_function_never_asks_are_not_prefetched(

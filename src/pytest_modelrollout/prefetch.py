@@ -142,25 +142,51 @@ def _is_prompt(value: Any) -> bool:
     )
 
 
-def _prompt_param(item: pytest.Item) -> str | None:
-    """The parameter whose value the item's first ask sends, when known before it runs.
+# a test parameter and what the first ask reads from it: ("example", (("item", "prompt"),)) is
+# ask(example["prompt"]); ("case", ()) is ask(case)
+Access = tuple[str, tuple[tuple[str, Any], ...]]
 
-    A case from ``cases()``, under any parameter name (the first one asked in the function's
-    source when there are several). Otherwise a prompt string or message list the item is
-    parametrized with, if the function's source passes that parameter to ``.ask(...)``; the
-    one asked first.
+
+def _prompt_access(item: pytest.Item) -> Access | None:
+    """What the item's first ask sends, when known before it runs.
+
+    The first ``.ask(...)`` in the function's source whose first argument is a parameter, or an
+    item or attribute read from one (``ask(prompt)``, ``ask(example["prompt"])``,
+    ``ask(case.prompt)``), where that is a case from ``cases()``, a prompt string or a chat
+    message list for this item. Otherwise the item's case from ``cases()``, under any parameter
+    name, if it has exactly one (sent as a probe: see :class:`Prefetcher`).
     """
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return None
     params: dict[str, Any] = callspec.params
     func = getattr(item, "function", None)
-    asked = _asked_params(func) if func is not None else ()
+    for access in _asked_accesses(func) if func is not None else ():
+        if access[0] in params:
+            value = _resolve(params, access)
+            if _is_case(value) or _is_prompt(value):
+                return access
     cases = [name for name, value in params.items() if _is_case(value)]
-    if len(cases) == 1:
-        return cases[0]
-    candidates = cases or [name for name, value in params.items() if _is_prompt(value)]
-    return next((name for name in asked if name in candidates), None)
+    return (cases[0], ()) if len(cases) == 1 else None
+
+
+def _resolve(params: dict[str, Any], access: Access) -> Any:
+    """The value ``access`` reads from the item's parameters, or None. Reads dict and list
+    items and instance attributes only (never a property or ``__getattr__``: no code runs)."""
+    value = params.get(access[0])
+    for kind, key in access[1]:
+        if kind == "item" and isinstance(value, (dict, list, tuple)):
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                return None
+        elif kind == "attr" and isinstance(getattr(value, "__dict__", None), dict):
+            if key not in value.__dict__:
+                return None
+            value = value.__dict__[key]
+        else:
+            return None
+    return value
 
 
 def planned_prompt(item: pytest.Item) -> Any:
@@ -170,9 +196,9 @@ def planned_prompt(item: pytest.Item) -> Any:
 
 
 def _case_of(item: pytest.Item) -> Any:
-    """The case (or prompt) the item's first ask sends, or None (:func:`_prompt_param`)."""
-    name = _prompt_param(item)
-    return None if name is None else item.callspec.params[name]  # type: ignore[attr-defined]
+    """The case (or prompt) the item's first ask sends, or None (:func:`_prompt_access`)."""
+    access = _prompt_access(item)
+    return None if access is None else _resolve(item.callspec.params, access)  # type: ignore[attr-defined]
 
 
 def prefetchable(item: pytest.Item) -> int:
@@ -243,12 +269,32 @@ def plan_item(
     return calls
 
 
-# -- the prefetcher ------------------------------------------------------------------------
+# -- reading the test function's source --------------------------------------------------------
+def _access(node: ast.expr) -> Access | None:
+    """``name``, ``name["key"]``, ``name[0]``, ``name.attr`` (and chains of them) as an Access."""
+    path: list[tuple[str, Any]] = []
+    while True:
+        if isinstance(node, ast.Name):
+            return node.id, tuple(reversed(path))
+        if isinstance(node, ast.Attribute):
+            path.append(("attr", node.attr))
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, (str, int))
+            and not isinstance(node.slice.value, bool)
+        ):
+            path.append(("item", node.slice.value))
+        else:
+            return None
+        node = node.value
+
+
 @functools.lru_cache(maxsize=256)
-def _source_asks(func: Any) -> tuple[tuple[tuple[str, bool], ...], frozenset[str]]:
-    """From the test function's source: each name passed first to an ``.ask(...)``, in source
-    order (once, with whether that first ask on it passes nothing else), and the names the
-    function assigns."""
+def _source_asks(func: Any) -> tuple[tuple[tuple[Access, bool], ...], frozenset[str]]:
+    """From the test function's source: what each ``.ask(...)`` passes first (when it is a name
+    or read from one), in source order, once each with whether that first ask on it passes
+    nothing else; and the names the function assigns."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     except (OSError, TypeError, SyntaxError):
@@ -261,14 +307,14 @@ def _source_asks(func: Any) -> tuple[tuple[tuple[str, bool], ...], frozenset[str
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "ask"
             and node.args
-            and isinstance(node.args[0], ast.Name)
         ),
         key=lambda node: (node.lineno, node.col_offset),
     )
-    first: dict[str, bool] = {}
+    first: dict[Access, bool] = {}
     for node in asks:
-        name = node.args[0].id  # type: ignore[attr-defined]
-        first.setdefault(name, len(node.args) == 1 and not node.keywords)
+        access = _access(node.args[0])
+        if access is not None:
+            first.setdefault(access, len(node.args) == 1 and not node.keywords)
     assigned = frozenset(
         node.id for node in ast.walk(tree) if isinstance(node, ast.Name)
         and isinstance(node.ctx, ast.Store)
@@ -276,19 +322,22 @@ def _source_asks(func: Any) -> tuple[tuple[tuple[str, bool], ...], frozenset[str
     return tuple(first.items()), assigned
 
 
-def _asked_params(func: Any) -> list[str]:
-    """The names passed first to ``.ask(...)`` in the function's source, in source order."""
-    return [name for name, _ in _source_asks(func)[0]]
+def _asked_accesses(func: Any) -> list[Access]:
+    """What ``.ask(...)`` calls pass first in the function's source, in source order."""
+    return [access for access, _ in _source_asks(func)[0]]
 
 
-def _first_ask_is_plain(func: Any, param: str) -> bool:
-    """Whether the first ``.ask(...)`` on ``param`` in the test function's source is
-    ``ask(param)`` with nothing else, and the function never assigns ``param`` (then the
-    planned request is the one it sends)."""
+def _first_ask_is_plain(func: Any, access: Access | str) -> bool:
+    """Whether the first ``.ask(...)`` on ``access`` in the test function's source passes
+    nothing else, and the function never assigns its parameter (then the planned request is
+    the one it sends)."""
+    if isinstance(access, str):
+        access = (access, ())
     asks, assigned = _source_asks(func)
-    return dict(asks).get(param, False) and param not in assigned
+    return dict(asks).get(access, False) and access[0] not in assigned
 
 
+# -- the prefetcher ------------------------------------------------------------------------
 class Prefetcher:
     """Owns the slots; driven from the pytest main thread, results land on the runner loop.
 
@@ -386,7 +435,7 @@ class Prefetcher:
         if while_waiting and fkey not in self._settled:
             return "wait"
         if fkey not in self._confirmed:
-            param = _prompt_param(item)
+            param = _prompt_access(item)
             func = getattr(item, "function", None)
             if (
                 fkey not in self._learned

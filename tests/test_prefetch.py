@@ -222,8 +222,9 @@ PROMPTS = [f"Where is my order A-{1000 + i}? It is late." for i in range(N_CASES
         ('"example", [{"prompt": p, "expect": "order"} for p in PROMPTS]',
          'rollout.ask(example["prompt"])'),  # an item of a dict parameter
         ('"case", cases("cases.jsonl")', "rollout.ask(case.prompt)"),  # a case's field
+        ('"text", PROMPTS', 'rollout.ask(f"Customer message: {text}")'),  # an f-string
     ],
-    ids=["strings", "messages", "case-named-row", "dict-item", "case-field"],
+    ids=["strings", "messages", "case-named-row", "dict-item", "case-field", "f-string"],
 )  # fmt: skip
 @XDIST
 def test_prompts_the_tests_are_parametrized_with_are_sent_ahead(
@@ -867,6 +868,25 @@ def test_first_ask_is_read_from_the_source(func: Any, param: str, plain: bool) -
     from pytest_modelrollout.prefetch import _first_ask_is_plain
 
     assert _first_ask_is_plain(func, param) is plain
+
+
+def _templated(rollout, text, n, row):
+    rollout.ask(f"{text!r} is not planned")  # a conversion
+    rollout.ask(f"{text:>20} is not planned")  # a format spec
+    rollout.ask(f"{len(text)} is not planned")  # a call
+    return rollout.ask(f"Say {row['word']} {n} times: {text}")
+
+
+def test_f_strings_of_parameters_are_read_from_the_source() -> None:
+    from pytest_modelrollout.prefetch import _asked_accesses, _first_ask_is_plain, _resolve
+
+    fstring = ("", ("Say ", ("row", (("item", "word"),)), " ", ("n", ()), " times: ",
+                    ("text", ())))  # fmt: skip
+    assert _asked_accesses(_templated) == [fstring]
+    assert _first_ask_is_plain(_templated, fstring)
+    params = {"text": "hello", "n": 3, "row": {"word": "hi"}}
+    assert _resolve(params, fstring) == "Say hi 3 times: hello"
+    assert _resolve({**params, "n": [3]}, fstring) is None  # strings and numbers only
 
 
 def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -> None:

@@ -142,9 +142,10 @@ def _is_prompt(value: Any) -> bool:
     )
 
 
-# a test parameter and what the first ask reads from it: ("example", (("item", "prompt"),)) is
-# ask(example["prompt"]); ("case", ()) is ask(case)
-Access = tuple[str, tuple[tuple[str, Any], ...]]
+# what a test's first ask passes, read from its source: a parameter and what is read from it,
+# ("example", (("item", "prompt"),)) for ask(example["prompt"]), ("case", ()) for ask(case); or
+# an f-string of them, ("", ("Translate: ", ("text", ()))) for ask(f"Translate: {text}")
+Access = tuple[str, tuple[Any, ...]]
 
 
 def _prompt_access(item: pytest.Item) -> Access | None:
@@ -162,7 +163,7 @@ def _prompt_access(item: pytest.Item) -> Access | None:
     params: dict[str, Any] = callspec.params
     func = getattr(item, "function", None)
     for access in _asked_accesses(func) if func is not None else ():
-        if access[0] in params:
+        if all(name in params for name in _names(access)):
             value = _resolve(params, access)
             if _is_case(value) or _is_prompt(value):
                 return access
@@ -170,9 +171,25 @@ def _prompt_access(item: pytest.Item) -> Access | None:
     return (cases[0], ()) if len(cases) == 1 else None
 
 
+def _names(access: Access) -> list[str]:
+    """The parameters ``access`` reads."""
+    if access[0]:
+        return [access[0]]
+    return [part[0] for part in access[1] if isinstance(part, tuple)]
+
+
 def _resolve(params: dict[str, Any], access: Access) -> Any:
     """The value ``access`` reads from the item's parameters, or None. Reads dict and list
-    items and instance attributes only (never a property or ``__getattr__``: no code runs)."""
+    items and instance attributes only (never a property or ``__getattr__``: no code runs);
+    an f-string takes strings and numbers only."""
+    if not access[0]:  # an f-string
+        out: list[str] = []
+        for part in access[1]:
+            value = part if isinstance(part, str) else _resolve(params, part)
+            if not isinstance(value, (str, int, float)):
+                return None
+            out.append(format(value))
+        return "".join(out)
     value = params.get(access[0])
     for kind, key in access[1]:
         if kind == "item" and isinstance(value, (dict, list, tuple)):
@@ -290,6 +307,25 @@ def _access(node: ast.expr) -> Access | None:
         node = node.value
 
 
+def _fstring(node: ast.JoinedStr) -> Access | None:
+    """``f"Translate: {text}"`` (replacement fields that read parameters, no conversion or
+    format spec) as an Access."""
+    parts: list[Any] = []
+    for value in node.values:
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            parts.append(value.value)
+        elif (
+            isinstance(value, ast.FormattedValue)
+            and value.conversion == -1
+            and value.format_spec is None
+            and (access := _access(value.value)) is not None
+        ):
+            parts.append(access)
+        else:
+            return None
+    return ("", tuple(parts)) if any(isinstance(p, tuple) for p in parts) else None
+
+
 @functools.lru_cache(maxsize=256)
 def _source_asks(func: Any) -> tuple[tuple[tuple[Access, bool], ...], frozenset[str]]:
     """From the test function's source: what each ``.ask(...)`` passes first (when it is a name
@@ -312,7 +348,8 @@ def _source_asks(func: Any) -> tuple[tuple[tuple[Access, bool], ...], frozenset[
     )
     first: dict[Access, bool] = {}
     for node in asks:
-        access = _access(node.args[0])
+        arg = node.args[0]
+        access = _fstring(arg) if isinstance(arg, ast.JoinedStr) else _access(arg)
         if access is not None:
             first.setdefault(access, len(node.args) == 1 and not node.keywords)
     assigned = frozenset(
@@ -334,7 +371,7 @@ def _first_ask_is_plain(func: Any, access: Access | str) -> bool:
     if isinstance(access, str):
         access = (access, ())
     asks, assigned = _source_asks(func)
-    return dict(asks).get(access, False) and access[0] not in assigned
+    return dict(asks).get(access, False) and not assigned.intersection(_names(access))
 
 
 # -- the prefetcher ------------------------------------------------------------------------

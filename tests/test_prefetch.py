@@ -264,6 +264,34 @@ def test_asks(rollout, {signature.split('"')[1]}):
     )
 
 
+def test_prompts_written_in_the_tests_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """Hand-written tests, one prompt each: they run concurrently, not one after the other."""
+    tests = "\n".join(
+        f"""
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+def test_{i}(rollout):
+    pair = rollout.ask({prompt!r}{{more}})
+    assert pair.stable.ok and pair.candidate.ok
+"""
+        for i, prompt in enumerate(PROMPTS)
+    )
+    project.makepyfile(test_suite="import pytest\n" + tests.format(more=""))
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
+    )
+    assert set(sim.first_attempts().values()) == {1}
+    # asked with other arguments than the marker's: not probed, a probe would only be wasted
+    sim.reset()
+    project.makepyfile(test_suite="import pytest\n" + tests.format(more=", system='x'"))
+    _run(project).assert_outcomes(passed=N_CASES)
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+
+
 def test_a_prompt_asked_with_other_arguments_is_learned_after_one_probe(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:

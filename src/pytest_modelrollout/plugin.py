@@ -352,8 +352,6 @@ def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
 def _planned_prompt(node: pytest.Item) -> Any:
     """The prompt string or message list prefetch plans the item's first ask with (a case is
     recognised as such), or None."""
-    if getattr(node, "callspec", None) is None:
-        return None
     from .prefetch import planned_prompt
 
     return planned_prompt(node)

@@ -151,16 +151,14 @@ Access = tuple[str, tuple[Any, ...]]
 def _prompt_access(item: pytest.Item) -> Access | None:
     """What the item's first ask sends, when known before it runs.
 
-    The first ``.ask(...)`` in the function's source whose first argument is a parameter, or an
-    item or attribute read from one (``ask(prompt)``, ``ask(example["prompt"])``,
-    ``ask(case.prompt)``), where that is a case from ``cases()``, a prompt string or a chat
-    message list for this item. Otherwise the item's case from ``cases()``, under any parameter
+    The first ``.ask(...)`` in the function's source whose first argument is a parameter, an
+    item or attribute read from one, an f-string of them or a string (``ask(prompt)``,
+    ``ask(example["prompt"])``, ``ask(case.prompt)``, ``ask(f"Translate: {text}")``,
+    ``ask("Hello")``), where that is a case from ``cases()``, a prompt string or a chat message
+    list for this item. Otherwise the item's case from ``cases()``, under any parameter
     name, if it has exactly one (sent as a probe: see :class:`Prefetcher`).
     """
-    callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return None
-    params: dict[str, Any] = callspec.params
+    params = _params(item)
     func = getattr(item, "function", None)
     for access in _asked_accesses(func) if func is not None else ():
         if all(name in params for name in _names(access)):
@@ -169,6 +167,11 @@ def _prompt_access(item: pytest.Item) -> Access | None:
                 return access
     cases = [name for name, value in params.items() if _is_case(value)]
     return (cases[0], ()) if len(cases) == 1 else None
+
+
+def _params(item: pytest.Item) -> dict[str, Any]:
+    callspec = getattr(item, "callspec", None)
+    return dict(callspec.params) if callspec is not None else {}
 
 
 def _names(access: Access) -> list[str]:
@@ -215,7 +218,7 @@ def planned_prompt(item: pytest.Item) -> Any:
 def _case_of(item: pytest.Item) -> Any:
     """The case (or prompt) the item's first ask sends, or None (:func:`_prompt_access`)."""
     access = _prompt_access(item)
-    return None if access is None else _resolve(item.callspec.params, access)  # type: ignore[attr-defined]
+    return None if access is None else _resolve(_params(item), access)
 
 
 def prefetchable(item: pytest.Item) -> int:
@@ -349,7 +352,12 @@ def _source_asks(func: Any) -> tuple[tuple[tuple[Access, bool], ...], frozenset[
     first: dict[Access, bool] = {}
     for node in asks:
         arg = node.args[0]
-        access = _fstring(arg) if isinstance(arg, ast.JoinedStr) else _access(arg)
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            access: Access | None = ("", (arg.value,))  # a prompt written in the test
+        elif isinstance(arg, ast.JoinedStr):
+            access = _fstring(arg)
+        else:
+            access = _access(arg)
         if access is not None:
             first.setdefault(access, len(node.args) == 1 and not node.keywords)
     assigned = frozenset(
@@ -483,6 +491,10 @@ class Prefetcher:
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
                 return "wait"
+            elif getattr(item, "callspec", None) is None:
+                # a test on its own: a probe would teach nothing for later tests, only cost
+                self._planned.add(nodeid)
+                return "skip"
         self._planned.add(nodeid)
         calls = plan_item(
             item, self.session, self.context_for, self._learned.get(fkey), self._roles.get(fkey)

@@ -331,9 +331,10 @@ def _fstring(node: ast.JoinedStr) -> Access | None:
 
 @functools.lru_cache(maxsize=256)
 def _source_asks(func: Any) -> tuple[tuple[tuple[Access, bool], ...], frozenset[str]]:
-    """From the test function's source: what each ``.ask(...)`` passes first (when it is a name
-    or read from one), in source order, once each with whether that first ask on it passes
-    nothing else; and the names the function assigns."""
+    """From the test function's source: what each ``.ask(...)`` passes first when it is an
+    :data:`Access` (a name or what is read from one, an f-string of them, a string), in source
+    order, once each with whether that first ask on it passes nothing else; and the names the
+    function assigns."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     except (OSError, TypeError, SyntaxError):
@@ -386,14 +387,18 @@ def _first_ask_is_plain(func: Any, access: Access | str) -> bool:
 class Prefetcher:
     """Owns the slots; driven from the pytest main thread, results land on the runner loop.
 
-    A test function whose first ``ask(case)`` passes nothing else (read from its source) is
-    prefetched as far as the window allows. For any other function only its first item is sent
-    ahead (the *probe*), and planning stops at its next item until that test has asked: if the
-    probe was the request it asked for, the function is confirmed; if not, the arguments of its
-    ``ask(case, ...)`` (``response_format``, ``system``, ``tools``, params) are learned and the
-    next item is the probe; a learned plan that is wrong again turns prefetch off for the
-    function. So a function that asks differently from the plan costs one wasted call per model
-    (two if its arguments differ from case to case), never a window of them.
+    What an item's first ask sends is read from the function's source and the item's
+    parameters (:func:`_prompt_access`). A function whose first ask on it passes nothing else
+    (``ask(case)``, ``ask(prompt)``) is prefetched as far as the window allows. For any other
+    parametrized function only its first item is sent ahead (the *probe*), and planning stops at
+    its next item until that test has asked: if the probe was the request it asked for, the
+    function is confirmed; if not, the arguments of its ``ask(case, ...)`` (``response_format``,
+    ``system``, ``tools``, params) are learned and the next item is the probe; a learned plan
+    that is wrong again turns prefetch off for the function. So a function that asks
+    differently from the plan costs one wasted call per model (two if its arguments differ from
+    case to case), never a window of them. A test that is not parametrized is never probed.
+    A function whose tests keep taking nothing sent for them is turned off too
+    (:meth:`_unused`).
     """
 
     def __init__(
@@ -480,13 +485,13 @@ class Prefetcher:
         if while_waiting and fkey not in self._settled:
             return "wait"
         if fkey not in self._confirmed:
-            param = _prompt_access(item)
+            access = _prompt_access(item)
             func = getattr(item, "function", None)
             if (
                 fkey not in self._learned
-                and param is not None
+                and access is not None
                 and func is not None
-                and _first_ask_is_plain(func, param)
+                and _first_ask_is_plain(func, access)
             ):
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
@@ -686,7 +691,7 @@ class Prefetcher:
 
     def _unused(self, fkey: str) -> None:
         """A test of the function took none of the calls sent ahead for it: its first ask is
-        not the planned one (``ask(f"...{case.prompt}")``, an ask under a condition) or it
+        not the planned one (``ask(case.prompt + "...")``, an ask under a condition) or it
         did not ask (skipped inside the test). From the second such test, once they are one in
         ten of the function's, nothing more is sent ahead for it (what is in flight stays for
         its tests)."""

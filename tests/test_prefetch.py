@@ -292,17 +292,27 @@ def test_{i}(rollout):
     assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
 
 
+@pytest.mark.parametrize(
+    ("parameter", "prompt"),
+    [(f'"prompt", {PROMPTS!r}', "prompt"),
+     ('"case", cases("cases.jsonl")', "case.prompt")],  # the contract's own example
+    ids=["string", "case-field"],
+)  # fmt: skip
 def test_a_prompt_asked_with_other_arguments_is_learned_after_one_probe(
-    project: pytest.Pytester, sim: CountingSim
+    project: pytest.Pytester, sim: CountingSim, parameter: str, prompt: str
 ) -> None:
+    """``rollout.ask(case.prompt, system="Reply with JSON only.")``: one probe per model with
+    the marker's arguments, then the learned ones, for every other test (before, for the
+    case's field, every test's probe was wasted)."""
     project.makepyfile(
         test_suite=f"""
         import pytest
+        from pytest_modelrollout import cases
 
         @pytest.mark.workflow("support", system="Be brief.")
-        @pytest.mark.parametrize("prompt", {PROMPTS!r})
-        def test_asks(rollout, prompt):
-            pair = rollout.ask(prompt, system="You are a concise support agent.")
+        @pytest.mark.parametrize({parameter})
+        def test_asks(rollout, {parameter.split('"')[1]}):
+            pair = rollout.ask({prompt}, system="You are a concise support agent.")
             assert pair.stable.ok and pair.candidate.ok
         """
     )

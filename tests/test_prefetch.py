@@ -286,10 +286,19 @@ def test_{i}(rollout):
     assert set(sim.first_attempts().values()) == {1}
     # asked with other arguments than the marker's: not probed, a probe would only be wasted
     sim.reset()
-    project.makepyfile(test_suite="import pytest\n" + tests.format(more=", system='x'"))
-    _run(project).assert_outcomes(passed=N_CASES)
+    single = """
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+@pytest.mark.parametrize("prompt", ["Where is my order A-1?"])
+def test_single(rollout, prompt):
+    pair = rollout.ask(prompt, system="x")
+    assert pair.stable.ok and pair.candidate.ok
+"""  # parametrized, but with one test: no probe either
+    project.makepyfile(
+        test_suite="import pytest\n" + tests.format(more=", system='x'") + single
+    )
+    _run(project).assert_outcomes(passed=N_CASES + 1)
     seen = sim.first_attempts()
-    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+    assert sum(seen.values()) == 2 * (N_CASES + 1) and set(seen.values()) == {1}
 
 
 @pytest.mark.parametrize(

@@ -408,6 +408,7 @@ class Prefetcher:
         *,
         window: int,
         progress: Progress | None = None,
+        items: Iterable[pytest.Item] = (),
     ) -> None:
         self.session = session
         self.context_for = context_for
@@ -444,6 +445,10 @@ class Prefetcher:
         # planned tests of each function that finished, and those that took none of their calls
         self._finished_of: collections.Counter[str] = collections.Counter()
         self._unused_of: collections.Counter[str] = collections.Counter()
+        # parametrized tests per function in the run (a function with one has no use for a probe)
+        self._size = collections.Counter(
+            function_key(item) for item in items if getattr(item, "callspec", None) is not None
+        )
 
     # window -------------------------------------------------------------------------------
     @property
@@ -496,7 +501,7 @@ class Prefetcher:
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
                 return "wait"
-            elif getattr(item, "callspec", None) is None:
+            elif getattr(item, "callspec", None) is None or self._size.get(fkey, 2) < 2:
                 # a test on its own: a probe would teach nothing for later tests, only cost
                 self._planned.add(nodeid)
                 return "skip"
@@ -838,7 +843,8 @@ class PrefetchPlugin:
         elif progress_wanted(self.config):
             self.progress = Progress(self.config, total=sum(prefetchable(i) for i in self._items))
         self.prefetcher = Prefetcher(
-            self.session, self.context_for, window=self.window(), progress=self.progress
+            self.session, self.context_for, window=self.window(), progress=self.progress,
+            items=self._items,
         )
         self.session.prefetch = self.prefetcher
         try:

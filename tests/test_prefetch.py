@@ -334,6 +334,44 @@ def test_a_prompt_asked_with_other_arguments_is_learned_after_one_probe(
     result.stdout.fnmatch_lines([f"*calls sent ahead*{2 * (N_CASES - 1)} used*"])
 
 
+def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
+    project: pytest.Pytester,
+) -> None:
+    from pytest_modelrollout.prefetch import prefetchable
+
+    source = """
+        import pytest
+
+        @pytest.mark.workflow("support")
+        def test_plain(rollout):
+            rollout.ask("Hello")
+
+        @pytest.mark.workflow("support")
+        def test_other_arguments(rollout):
+            rollout.ask("Hello", system="x")  # on its own: never probed
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("p", ["a", "b"])
+        def test_probed(candidate, p):
+            candidate.ask(p, system="x")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_not_a_prompt(rollout, n):
+            rollout.ask(n)
+
+        def test_no_workflow():
+            pass
+        """
+    # syrupy's session hooks do not run on pytester's bare collection
+    module = project.getmodulecol(source, configargs=("-p", "no:syrupy"))
+    items = project.genitems([module])
+    assert {item.name: prefetchable(item) for item in items} == {
+        "test_plain": 2, "test_other_arguments": 0, "test_probed[a]": 1, "test_probed[b]": 1,
+        "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_no_workflow": 0,
+    }  # fmt: skip
+
+
 def test_a_prompt_the_test_changes_before_asking_is_not_sent_ahead_for_long(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:

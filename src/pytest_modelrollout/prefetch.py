@@ -226,12 +226,18 @@ def prefetchable(item: pytest.Item) -> int:
 
     Cheap (no request is built): used for the progress total.
     """
-    if item.get_closest_marker("workflow") is None or _case_of(item) is None:
+    access = _prompt_access(item)
+    if item.get_closest_marker("workflow") is None or access is None:
         return 0
     roles = _roles(item)
     if not roles or _skipped_statically(item):
         return 0
-    case = _case_of(item)
+    func = getattr(item, "function", None)
+    if getattr(item, "callspec", None) is None and not (
+        func is not None and _first_ask_is_plain(func, access)
+    ):
+        return 0  # a test on its own is not probed (Prefetcher.submit_item)
+    case = _resolve(_params(item), access)
     if getattr(case, "stable_reply", None) is not None and "stable" in roles:
         return len(roles) - 1
     return len(roles)

@@ -74,6 +74,26 @@ def _tls_for(
     return (tls[0], tls[1]) if scheme == "https" else (None, False)
 
 
+@contextlib.asynccontextmanager
+async def _served(
+    handler: Handler,
+    server_ctx: ssl.SSLContext | None = None,
+    scheme: str = "http",
+    host: str = "127.0.0.1",
+    transport: tr.AsyncioTransport | None = None,
+    **direct: typing.Any,
+) -> typing.AsyncIterator[tuple[tr.AsyncioTransport, str]]:
+    """A server for ``handler`` on loopback and a transport (``_direct(**direct)`` unless
+    given); yields the transport and the server's URL, closes both."""
+    server = await _serve(handler, server_ctx)
+    t = transport or _direct(**direct)
+    async with server:
+        try:
+            yield t, _url(server, scheme, host)
+        finally:
+            await t.aclose()
+
+
 async def _post(
     t: tr.AsyncioTransport, url: str, body: bytes = b"{}"
 ) -> tuple[int, dict[str, str], bytes]:
@@ -82,23 +102,29 @@ async def _post(
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("ahead", [False, True], ids=["on-demand", "opened-ahead"])
 def test_requests_reuse_connections_and_respect_the_pool_limit(
-    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+    scheme: str, ahead: bool, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
+    """40 requests over at most 4 kept-alive connections. With 4 opened ahead (as a run opens
+    them while it collects), the requests go out on those and no others; the first, sent at
+    once, takes one that is still opening."""
     server_ctx, trusting = _tls_for(scheme, tls)
-    opened = 0
+    served: list[int] = []  # requests served, per connection
     active = 0
     peak = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal opened, active, peak
-        opened += 1
+        nonlocal active, peak
+        n = len(served)
+        served.append(0)
         try:
             while True:
                 try:
                     body = await _read_request(reader)
                 except asyncio.IncompleteReadError:
                     return
+                served[n] += 1
                 active += 1
                 peak = max(peak, active)
                 await asyncio.sleep(0.01)
@@ -109,52 +135,53 @@ def test_requests_reuse_connections_and_respect_the_pool_limit(
             writer.close()
 
     async def main() -> list[dict[str, object]]:
-        server = await _serve(handler, server_ctx)
-        t = _direct(verify=trusting)
-        async with server:
-            try:
-                url = _url(server, scheme, "localhost")
-                replies = await asyncio.gather(
-                    *(_post(t, url, b'{"i": %d}' % i) for i in range(40))
-                )
-            finally:
-                await t.aclose()
+        async with _served(handler, server_ctx, scheme, "localhost", verify=trusting) as (t, url):
+            if ahead:
+                assert t.preconnect(url, CONNECTIONS)
+                assert (await _post(t, url, b'{"i": -1}'))[0] == 200
+            replies = await asyncio.gather(*(_post(t, url, b'{"i": %d}' % i) for i in range(40)))
         return [json.loads(body) for _, _, body in replies]
 
     out = asyncio.run(main())
     assert [r["echo"] for r in out] == [{"i": i} for i in range(40)]
-    assert peak <= 4 and opened <= 4  # 40 requests over at most 4 kept-alive connections
+    assert peak <= CONNECTIONS and len(served) <= CONNECTIONS, served
+    if ahead:  # every connection opened ahead served requests
+        assert len(served) == CONNECTIONS and all(served), served
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_an_idle_connection_the_server_closed_is_not_reused(
-    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+@pytest.mark.parametrize("kept", ["idle in the pool", "opened ahead"])
+def test_a_connection_the_server_closed_is_not_used(
+    scheme: str, kept: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
+    """Kept after a reply, or opened ahead of the requests (while a run collects): closed by
+    the server meanwhile, it is not used; the next request opens another."""
     server_ctx, trusting = _tls_for(scheme, tls)
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
+        if kept == "opened ahead" and connections == 1:  # closed before any request came
+            writer.close()
+            return
         await _read_request(reader)
         writer.write(_reply(b"{}"))  # keep-alive reply, then the server closes anyway
         await writer.drain()
         writer.close()
 
     async def main() -> list[int]:
-        server = await _serve(handler, server_ctx)
-        t = _direct(verify=trusting)
-        async with server:
-            try:
-                url = _url(server, scheme, "localhost")
-                first = await _post(t, url)
-                await asyncio.sleep(0.05)  # the close reaches the client while it idles
-                second = await _post(t, url)
-            finally:
-                await t.aclose()
-        return [first[0], second[0]]
+        async with _served(handler, server_ctx, scheme, "localhost", verify=trusting) as (t, url):
+            statuses = []
+            if kept == "opened ahead":
+                assert t.preconnect(url, 1)
+            else:
+                statuses.append((await _post(t, url))[0])
+            await asyncio.sleep(0.05)  # the close reaches the client while it idles
+            statuses.append((await _post(t, url))[0])
+        return statuses
 
-    assert asyncio.run(main()) == [200, 200]
+    assert set(asyncio.run(main())) == {200}
     assert connections == 2
 
 
@@ -167,13 +194,8 @@ def test_a_large_request_body_is_sent_whole(
     body = json.dumps({"prompt": "长文本 long text " * 200_000}).encode()
 
     async def main() -> bytes:
-        server = await _serve(_echo, server_ctx)
-        t = _direct(verify=trusting)
-        async with server:
-            try:
-                return (await _post(t, _url(server, scheme, "localhost"), body))[2]
-            finally:
-                await t.aclose()
+        async with _served(_echo, server_ctx, scheme, "localhost", verify=trusting) as (t, url):
+            return (await _post(t, url, body))[2]
 
     assert asyncio.run(main()) == body
 
@@ -238,20 +260,15 @@ def test_a_streamed_body_arrives_whole(
         writer.close()
 
     async def main() -> bytes:
-        server = await _serve(handler, server_ctx)
-        t = _direct(verify=trusting)
-        async with server:
-            try:
-                async with t.stream_post(_url(server, scheme, "localhost"), b"{}", {}) as (
-                    _, _, chunks
-                ):
-                    parts = []
-                    async for chunk in chunks:
-                        parts.append(chunk)
-                        await asyncio.sleep(0.001)  # a slow reader: the socket backs up
-                    return b"".join(parts)
-            finally:
-                await t.aclose()
+        async with (
+            _served(handler, server_ctx, scheme, "localhost", verify=trusting) as (t, url),
+            t.stream_post(url, b"{}", {}) as (_, _, chunks),
+        ):
+            parts = []
+            async for chunk in chunks:
+                parts.append(chunk)
+                await asyncio.sleep(0.001)  # a slow reader: the socket backs up
+            return b"".join(parts)
 
     assert asyncio.run(main()) == big
 
@@ -310,13 +327,8 @@ def test_connecting_to_a_name_resolves_it() -> None:
     """A host name (``localhost``) is resolved before connecting, as an IP address is used as is."""
 
     async def main() -> bytes:
-        server = await _serve(_echo)
-        t = _direct()
-        async with server:
-            try:
-                return (await _post(t, _url(server, host="localhost"), b'{"name": 1}'))[2]
-            finally:
-                await t.aclose()
+        async with _served(_echo, host="localhost") as (t, url):
+            return (await _post(t, url, b'{"name": 1}'))[2]
 
     assert asyncio.run(main()) == b'{"name": 1}'
 
@@ -380,14 +392,8 @@ def test_tls_verifies_the_server_certificate(tls: tuple[ssl.SSLContext, ssl.SSLC
     server_ctx, trusting = tls
 
     async def main(verify: ssl.SSLContext, host: str) -> bytes:
-        server = await _serve(_echo, server_ctx)
-        url = _url(server, "https", host)
-        t = _direct(verify=verify)
-        async with server:
-            try:
-                return (await _post(t, url, b'{"tls": 1}'))[2]
-            finally:
-                await t.aclose()
+        async with _served(_echo, server_ctx, "https", host, verify=verify) as (t, url):
+            return (await _post(t, url, b'{"tls": 1}'))[2]
 
     assert asyncio.run(main(trusting, "localhost")) == b'{"tls": 1}'
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -404,13 +410,8 @@ def test_verification_uses_the_bundle_named_in_ssl_cert_file(
     server_ctx, pem = tls_ca_file
 
     async def main() -> bytes:
-        server = await _serve(_echo, server_ctx)
-        t = _direct(verify=True)
-        async with server:
-            try:
-                return (await _post(t, _url(server, "https", "localhost"), b'{"ok": 1}'))[2]
-            finally:
-                await t.aclose()
+        async with _served(_echo, server_ctx, "https", "localhost", verify=True) as (t, url):
+            return (await _post(t, url, b'{"ok": 1}'))[2]
 
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
@@ -619,13 +620,8 @@ def test_stream_post_returns_status_headers_and_the_decoded_body(encoding: str) 
         writer.close()
 
     async def main() -> tuple[int, dict[str, str], bytes]:
-        server = await _serve(handler)
-        t = _direct()
-        async with server:
-            try:
-                return await _post(t, _url(server), b'{"q": 1}')
-            finally:
-                await t.aclose()
+        async with _served(handler) as (t, url):
+            return await _post(t, url, b'{"q": 1}')
 
     status, headers, body = asyncio.run(main())
     assert status == 201 and body == text and seen == [b'{"q": 1}']
@@ -641,13 +637,8 @@ def test_stream_post_refuses_an_encoding_it_cannot_decode() -> None:
         writer.close()
 
     async def main() -> None:
-        server = await _serve(handler)
-        t = _direct()
-        async with server:
-            try:
-                await _post(t, _url(server))
-            finally:
-                await t.aclose()
+        async with _served(handler) as (t, url):
+            await _post(t, url)
 
     with pytest.raises(httpx.DecodingError, match="br"):
         asyncio.run(main())
@@ -720,20 +711,21 @@ def _model_at(
     return model, ChatRequest(messages=[{"role": "user", "content": "hi"}])
 
 
-def _twice(
+def _timed_calls(
     model: typing.Any, request: typing.Any, listener: socket.socket, server: threading.Thread,
-    before_second: Callable[[], None] = lambda: None,
+    *, calls: int = 2, before: Callable[[int], Awaitable[None]] | None = None,
 ) -> list[tuple[typing.Any, float]]:
-    """Calls ``model`` twice, ``before_second()`` in between (in the event loop); each call's
-    result and wall time. Closes the model, the listener and the server thread."""
+    """Calls ``model`` ``calls`` times, awaiting ``before(n)`` (in the event loop) before call
+    ``n``; each call's result and wall time. Closes the model, the listener and the server
+    thread."""
     from pytest_modelrollout.providers import client as client_mod
 
     async def main() -> list[tuple[typing.Any, float]]:
         out = []
         try:
-            for n in range(2):
-                if n:
-                    before_second()
+            for n in range(calls):
+                if before is not None:
+                    await before(n)
                 started = time.perf_counter()
                 result = await model.call(request)
                 out.append((result, time.perf_counter() - started))
@@ -762,7 +754,7 @@ def test_opening_a_connection_is_not_part_of_a_replys_latency(
     model, request = _model_at(monkeypatch, listener.getsockname()[1], pem=pem,
                                transport=transport)  # fmt: skip
 
-    (first, wall), (second, _) = _twice(model, request, listener, server)
+    (first, wall), (second, _) = _timed_calls(model, request, listener, server)
     assert first.ok and second.ok, (first.error, second.error)
     assert first.response is not None and first.response.text == "reply 0"
     assert wall >= handshake_s  # the handshake was waited for ...
@@ -785,11 +777,12 @@ def test_a_replys_latency_ends_when_it_arrived_not_when_a_busy_client_read_it(
     model, request = _model_at(monkeypatch, listener.getsockname()[1],
                                pem=pem if scheme == "https" else None)  # fmt: skip
 
-    def block_the_loop() -> None:
-        asyncio.get_running_loop().call_later(0.01, time.sleep, busy_s)
+    async def block_the_loop(n: int) -> None:
+        if n:
+            asyncio.get_running_loop().call_later(0.01, time.sleep, busy_s)
 
     # the first call opens the connection: only the second one's reply is timed
-    (warm, _), (busy, wall) = _twice(model, request, listener, server, block_the_loop)
+    (warm, _), (busy, wall) = _timed_calls(model, request, listener, server, before=block_the_loop)
     assert warm.ok and busy.ok, (warm.error, busy.error)
     assert busy.response is not None and busy.response.text == "reply 1"
     assert wall >= busy_s  # the reply was read after the loop was free again ...
@@ -838,79 +831,6 @@ def test_a_request_waiting_for_a_connection_is_timed_from_when_it_went_out() -> 
 
 
 # -- connections opened ahead (while a run collects its tests) -------------------------------
-@pytest.mark.parametrize("scheme", ["http", "https"])
-def test_requests_go_out_on_the_connections_opened_ahead(
-    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
-) -> None:
-    server_ctx, trusting = _tls_for(scheme, tls)
-    served: list[int] = []  # requests served, per connection
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        n = len(served)
-        served.append(0)
-        try:
-            while True:
-                try:
-                    body = await _read_request(reader)
-                except asyncio.IncompleteReadError:
-                    return
-                served[n] += 1
-                await asyncio.sleep(0.02)
-                writer.write(_reply(body))
-                await writer.drain()
-        finally:
-            writer.close()
-
-    async def main() -> None:
-        server = await _serve(handler, server_ctx)
-        t = _direct(verify=trusting)
-        async with server:
-            try:
-                url = _url(server, scheme, "localhost")
-                assert t.preconnect(url, CONNECTIONS)
-                # at once: it takes a connection that is still opening, it does not open one
-                assert (await _post(t, url))[0] == 200
-                replies = await asyncio.gather(*(_post(t, url) for _ in range(CONNECTIONS)))
-                assert [status for status, _, _ in replies] == [200] * CONNECTIONS
-            finally:
-                await t.aclose()
-
-    asyncio.run(main())
-    # the requests used the connections opened ahead, and no others
-    assert len(served) == CONNECTIONS and all(served), served
-
-
-@pytest.mark.parametrize("scheme", ["http", "https"])
-def test_a_connection_opened_ahead_that_the_server_closed_is_not_used(
-    scheme: str, tls: tuple[ssl.SSLContext, ssl.SSLContext]
-) -> None:
-    server_ctx, trusting = _tls_for(scheme, tls)
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        if connections == 1:  # the one opened ahead: closed before any request came
-            writer.close()
-            return
-        await _echo(reader, writer)
-
-    async def main() -> int:
-        server = await _serve(handler, server_ctx)
-        t = _direct(verify=trusting)
-        async with server:
-            try:
-                url = _url(server, scheme, "localhost")
-                assert t.preconnect(url, 1)
-                await asyncio.sleep(0.1)  # the close reaches the client
-                return (await _post(t, url, b'{"a": 1}'))[0]
-            finally:
-                await t.aclose()
-
-    assert asyncio.run(main()) == 200
-    assert connections == 2
-
-
 def test_a_connection_opened_ahead_and_unused_past_the_keep_alive_expiry_is_closed_not_used() -> None:
     ended: list[bool] = []  # per connection: the client closed it before sending anything
 
@@ -928,21 +848,17 @@ def test_a_connection_opened_ahead_and_unused_past_the_keep_alive_expiry_is_clos
         writer.close()
 
     async def main() -> int:
-        server = await _serve(handler)
-        t = tr.AsyncioTransport(verify=False, max_connections=2, keepalive_expiry=0.05, timeout=5)
-        async with server:
-            try:
-                url = _url(server)
-                assert t.preconnect(url, 1)
-                await asyncio.sleep(0.3)  # a long collection: the server may have dropped it
-                status = (await _post(t, url))[0]
-                for _ in range(100):
-                    if ended[0]:
-                        break
-                    await asyncio.sleep(0.01)
-                return status
-            finally:
-                await t.aclose()
+        expiring = tr.AsyncioTransport(verify=False, max_connections=2, keepalive_expiry=0.05,
+                                       timeout=5)  # fmt: skip
+        async with _served(handler, transport=expiring) as (t, url):
+            assert t.preconnect(url, 1)
+            await asyncio.sleep(0.3)  # a long collection: the server may have dropped it
+            status = (await _post(t, url))[0]
+            for _ in range(100):
+                if ended[0]:
+                    break
+                await asyncio.sleep(0.01)
+            return status
 
     assert asyncio.run(main()) == 200
     assert ended == [True, False]
@@ -992,29 +908,16 @@ def test_a_call_after_the_client_warmed_does_not_wait_for_the_tls_handshake(
 ) -> None:
     """A distant provider's handshake takes two or three round trips: a run opens its first
     connections while it collects, and its first calls go out without them."""
-    from pytest_modelrollout.providers import client as client_mod
-
     server_ctx, pem = tls_ca_file
     handshake_s, reply_s = 0.5, 0.05
     listener, server = _keep_alive_server(server_ctx, 1, reply_s, handshake_s)
     model, request = _model_at(monkeypatch, listener.getsockname()[1], pem=pem)
 
-    async def main() -> tuple[typing.Any, float]:
-        try:
-            await model.warm(connections=1)
-            await asyncio.sleep(handshake_s + 0.2)  # pytest collecting meanwhile
-            started = time.perf_counter()
-            result = await model.call(request)
-            return result, time.perf_counter() - started
-        finally:
-            await model.aclose()
+    async def warm(n: int) -> None:
+        await model.warm(connections=1)
+        await asyncio.sleep(handshake_s + 0.2)  # pytest collecting meanwhile
 
-    try:
-        result, wall = asyncio.run(main())
-    finally:
-        listener.close()
-        server.join(5)
-        client_mod._ssl_context.cache_clear()
+    [(result, wall)] = _timed_calls(model, request, listener, server, calls=1, before=warm)
     assert result.ok, result.error
     assert wall < handshake_s, wall  # the handshake was over before the call
 
@@ -1030,18 +933,12 @@ def test_a_request_waiting_for_a_connection_opened_ahead_times_out_once() -> Non
         writer.close()
 
     async def main() -> float:
-        server = await _serve(silent)
-        t = _direct(timeout=0.5)
-        async with server:
-            try:
-                url = _url(server, "https", "localhost")
-                assert t.preconnect(url, 1)
-                started = time.perf_counter()
-                with pytest.raises(httpx.ConnectTimeout):
-                    await _post(t, url)
-                return time.perf_counter() - started
-            finally:
-                await t.aclose()
+        async with _served(silent, None, "https", "localhost", timeout=0.5) as (t, url):
+            assert t.preconnect(url, 1)
+            started = time.perf_counter()
+            with pytest.raises(httpx.ConnectTimeout):
+                await _post(t, url)
+            return time.perf_counter() - started
 
     took = asyncio.run(main())
     assert 0.4 <= took < 0.9, took  # one timeout (0.5 s), not two

@@ -360,6 +360,15 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
         def test_not_a_prompt(rollout, n):
             rollout.ask(n)
 
+        @pytest.fixture
+        def prompt(request):
+            return request.param + " (rephrased by a fixture)"
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("prompt", ["a", "b"], indirect=True)
+        def test_indirect(rollout, prompt):
+            rollout.ask(prompt)  # the fixture's value, not the parameter's
+
         def test_no_workflow():
             pass
         """
@@ -368,7 +377,8 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     items = project.genitems([module])
     assert {item.name: prefetchable(item) for item in items} == {
         "test_plain": 2, "test_other_arguments": 0, "test_probed[a]": 1, "test_probed[b]": 1,
-        "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_no_workflow": 0,
+        "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_indirect[a]": 0,
+        "test_indirect[b]": 0, "test_no_workflow": 0,
     }  # fmt: skip
 
 

@@ -170,8 +170,20 @@ def _prompt_access(item: pytest.Item) -> Access | None:
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
+    """The item's parameters as its test function receives them: not those parametrized
+    ``indirect``-ly (a fixture turns the value into what the test gets)."""
     callspec = getattr(item, "callspec", None)
-    return dict(callspec.params) if callspec is not None else {}
+    if callspec is None:
+        return {}
+    params = dict(callspec.params)
+    for mark in item.iter_markers("parametrize"):
+        indirect = mark.kwargs.get("indirect", False)
+        if indirect is True:
+            names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+            indirect = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+        for name in indirect or ():
+            params.pop(name, None)
+    return params
 
 
 def _names(access: Access) -> list[str]:

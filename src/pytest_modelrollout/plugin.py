@@ -90,7 +90,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--rollout-concurrency", type=_positive_int, default=None, metavar="N",
                 help="bound on model calls in flight")
     g.addoption("--rollout-no-prefetch", action="store_true", default=False,
-                help="do not send dataset-driven requests ahead of their tests (config prefetch)")
+                help="do not send requests ahead of their tests (config prefetch)")
 
 
 def _options(config: pytest.Config) -> Options:

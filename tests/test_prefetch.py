@@ -8,6 +8,7 @@ requests) and the pytester runs, in-process or as ``-n 2`` workers, reach it thr
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import threading
@@ -998,14 +999,25 @@ def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -
             ran.append("property")
             return "computed"
 
-    params = {"ex": {"turns": ["first", "second"]}, "row": Row()}
+    class Lazy:
+        __slots__ = ()
+
+        def __getattr__(self, name: str) -> str:
+            ran.append("__getattr__")
+            return "made up"
+
+    defaults: collections.defaultdict[str, str] = collections.defaultdict(lambda: "made up")
+    params = {"ex": {"turns": ["first", "second"]}, "row": Row(), "lazy": Lazy(),
+              "defaults": defaults}  # fmt: skip
     assert _resolve(params, ("ex", (("item", "turns"), ("item", 1)))) == "second"
     assert _resolve(params, ("row", (("attr", "prompt"),))) == "plain attribute"
     assert _resolve(params, ("row", (("attr", "computed"),))) is None
+    assert _resolve(params, ("lazy", (("attr", "prompt"),))) is None
+    assert _resolve(params, ("defaults", (("item", "prompt"),))) is None and not defaults
     assert _resolve(params, ("ex", (("item", "missing"),))) is None
     assert _resolve(params, ("ex", (("item", "turns"), ("item", 5)))) is None
     assert _resolve(params, ("nope", ())) is None
-    assert ran == []  # the property was never called
+    assert ran == []  # no property, no __getattr__ was called
 
 
 def test_models_a_function_never_asks_are_not_prefetched(

@@ -142,14 +142,17 @@ def _is_prompt(value: Any) -> bool:
     )
 
 
+_MISSING = object()
+
 # what a test's first ask passes, read from its source: a parameter and what is read from it,
 # ("example", (("item", "prompt"),)) for ask(example["prompt"]), ("case", ()) for ask(case); or
 # an f-string of them, ("", ("Translate: ", ("text", ()))) for ask(f"Translate: {text}")
 Access = tuple[str, tuple[Any, ...]]
 
 
-def _prompt_access(item: pytest.Item) -> Access | None:
-    """What the item's first ask sends, when known before it runs.
+def _planned(item: pytest.Item) -> tuple[Access, Any] | None:
+    """What the item's first ask sends, when known before it runs: how it is read, and the
+    value read (a case, a prompt string or a message list).
 
     The first ``.ask(...)`` in the function's source whose first argument is a parameter, an
     item or attribute read from one, an f-string of them or a string (``ask(prompt)``,
@@ -164,9 +167,9 @@ def _prompt_access(item: pytest.Item) -> Access | None:
         if all(name in params for name in _names(access)):
             value = _resolve(params, access)
             if _is_case(value) or _is_prompt(value):
-                return access
+                return access, value
     cases = [name for name, value in params.items() if _is_case(value)]
-    return (cases[0], ()) if len(cases) == 1 else None
+    return ((cases[0], ()), params[cases[0]]) if len(cases) == 1 else None
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
@@ -207,30 +210,32 @@ def _resolve(params: dict[str, Any], access: Access) -> Any:
         return "".join(out)
     value = params.get(access[0])
     for kind, key in access[1]:
-        if kind == "item" and isinstance(value, (dict, list, tuple)):
-            try:
-                value = value[key]
-            except (KeyError, IndexError, TypeError):
+        if kind == "item" and isinstance(value, dict):
+            value = dict.get(value, key, _MISSING)  # no __missing__, no __getitem__ override
+        elif kind == "item" and isinstance(value, (list, tuple)) and isinstance(key, int):
+            if not -len(value) <= key < len(value):
                 return None
-        elif kind == "attr" and isinstance(getattr(value, "__dict__", None), dict):
-            if key not in value.__dict__:
+            # the built-in's own indexing, not a subclass's __getitem__
+            if isinstance(value, list):
+                value = list.__getitem__(value, key)
+            else:
+                value = tuple.__getitem__(value, key)
+        elif kind == "attr":
+            try:  # the instance's own attributes: not a property, not a class's __getattr__
+                value = object.__getattribute__(value, "__dict__").get(key, _MISSING)
+            except (AttributeError, TypeError):
                 return None
-            value = value.__dict__[key]
         else:
+            return None
+        if value is _MISSING:
             return None
     return value
 
 
 def planned_prompt(item: pytest.Item) -> Any:
     """The prompt string or message list (not a case) the item's first ask is planned with."""
-    prompt = _case_of(item)
-    return None if prompt is None or _is_case(prompt) else prompt
-
-
-def _case_of(item: pytest.Item) -> Any:
-    """The case (or prompt) the item's first ask sends, or None (:func:`_prompt_access`)."""
-    access = _prompt_access(item)
-    return None if access is None else _resolve(_params(item), access)
+    planned = _planned(item)
+    return None if planned is None or _is_case(planned[1]) else planned[1]
 
 
 def prefetchable(item: pytest.Item) -> int:
@@ -238,9 +243,10 @@ def prefetchable(item: pytest.Item) -> int:
 
     Cheap (no request is built): used for the progress total.
     """
-    access = _prompt_access(item)
-    if item.get_closest_marker("workflow") is None or access is None:
+    planned = _planned(item)
+    if item.get_closest_marker("workflow") is None or planned is None:
         return 0
+    access, case = planned
     roles = _roles(item)
     if not roles or _skipped_statically(item):
         return 0
@@ -249,7 +255,6 @@ def prefetchable(item: pytest.Item) -> int:
         func is not None and _first_ask_is_plain(func, access)
     ):
         return 0  # a test on its own is not probed (Prefetcher.submit_item)
-    case = _resolve(_params(item), access)
     if getattr(case, "stable_reply", None) is not None and "stable" in roles:
         return len(roles) - 1
     return len(roles)
@@ -276,9 +281,10 @@ def plan_item(
     the same test function passed to its first ``ask(case, ...)`` (None: none, the marker's).
     ``only_roles``: the models the function's tests turned out to ask (None: its fixtures').
     """
-    case = _case_of(item)
-    if case is None or item.get_closest_marker("workflow") is None:
+    planned = _planned(item)
+    if planned is None or item.get_closest_marker("workflow") is None:
         return []
+    case = planned[1]
     roles = _roles(item)
     if not roles or _skipped_statically(item):
         return []
@@ -406,7 +412,7 @@ class Prefetcher:
     """Owns the slots; driven from the pytest main thread, results land on the runner loop.
 
     What an item's first ask sends is read from the function's source and the item's
-    parameters (:func:`_prompt_access`). A function whose first ask on it passes nothing else
+    parameters (:func:`_planned`). A function whose first ask on it passes nothing else
     (``ask(case)``, ``ask(prompt)``) is prefetched as far as the window allows. For any other
     parametrized function only its first item is sent ahead (the *probe*), and planning stops at
     its next item until that test has asked: if the probe was the request it asked for, the
@@ -508,13 +514,13 @@ class Prefetcher:
         if while_waiting and fkey not in self._settled:
             return "wait"
         if fkey not in self._confirmed:
-            access = _prompt_access(item)
+            planned = _planned(item)
             func = getattr(item, "function", None)
             if (
                 fkey not in self._learned
-                and access is not None
+                and planned is not None
                 and func is not None
-                and _first_ask_is_plain(func, access)
+                and _first_ask_is_plain(func, planned[0])
             ):
                 self._confirmed.add(fkey)
             elif fkey in self._probe:

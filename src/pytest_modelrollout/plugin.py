@@ -331,6 +331,8 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
 # -- fixtures --------------------------------------------------------------------------------
 def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
     """The test's context from its workflow marker (the fixture and prefetch both use this)."""
+    from .prefetch import planned_prompt
+
     mark = _marker(node)
     assert mark is not None
     name = _workflow_name(mark, node.nodeid)
@@ -345,16 +347,8 @@ def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
         tools=mark.kwargs.get("tools"),
         params=dict(mark.kwargs.get("params") or {}),
         test_dir=Path(str(node.path)).parent,
-        planned_prompt=_planned_prompt(node),
+        planned_prompt=planned_prompt(node),
     )
-
-
-def _planned_prompt(node: pytest.Item) -> Any:
-    """The prompt string or message list prefetch plans the item's first ask with (a case is
-    recognised as such), or None."""
-    from .prefetch import planned_prompt
-
-    return planned_prompt(node)
 
 
 @pytest.fixture

@@ -383,6 +383,55 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     }  # fmt: skip
 
 
+def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_ahead(rollout, case):
+            rollout.ask(case)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("prompt", {PROMPTS!r})
+        def test_computed(rollout, prompt):
+            rollout.ask(prompt.upper())
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_rephrased(rollout, case):
+            rollout.ask(case.prompt + " Please hurry.")
+
+        @pytest.mark.workflow("support")
+        def test_alone(rollout):
+            rollout.ask("Hello", system="Be brief.")
+
+        @pytest.mark.workflow("support")
+        def test_built_here(rollout):
+            prompt = "Hello " * 2
+            rollout.ask(prompt)
+        """
+    )
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=3 * N_CASES + 2)
+    result.stdout.fnmatch_lines([
+        "modelrollout prefetch: * calls sent ahead of their tests*",
+        "  run live: test_suite.py::test_alone (its first ask passes other arguments than the "
+        "marker's, and no other test learns them)",
+        "  run live: test_suite.py::test_built_here (its first ask's request is not known before "
+        "the test runs)",
+        "  run live: test_suite.py::test_computed (its first ask's request is not known before "
+        "the test runs)",
+        "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
+        "for them)",
+    ])  # fmt: skip
+    assert "run live: test_suite.py::test_ahead" not in result.stdout.str()
+
+
 def test_a_prompt_the_test_changes_before_asking_is_not_sent_ahead_for_long(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:

@@ -69,6 +69,12 @@ SETTLE_S = 0.25
 # them, and they are at least one in UNUSED_SHARE of its tests that finished
 UNUSED_LIMIT = 2
 UNUSED_SHARE = 10
+# why a test function runs live (the -v summary)
+LIVE_UNKNOWN = "its first ask's request is not known before the test runs"
+LIVE_LONE = "its first ask passes other arguments than the marker's, and no other test learns them"
+LIVE_MISMATCH = "its first ask is not the same from one test to the next"
+LIVE_UNUSED = "its tests took none of what was sent ahead for them"
+SHOWN_LIVE = 10  # functions listed in the summary
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
 MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
 
@@ -258,6 +264,15 @@ def prefetchable(item: pytest.Item) -> int:
     if getattr(case, "stable_reply", None) is not None and "stable" in roles:
         return len(roles) - 1
     return len(roles)
+
+
+def _asks_models(item: pytest.Item) -> bool:
+    """A workflow test with a model fixture, that is not skipped before it runs."""
+    return (
+        item.get_closest_marker("workflow") is not None
+        and bool(_roles(item))
+        and not _skipped_statically(item)
+    )
 
 
 def function_key(item: pytest.Item) -> str:
@@ -469,6 +484,8 @@ class Prefetcher:
         # planned tests of each function that finished, and those that took none of their calls
         self._finished_of: collections.Counter[str] = collections.Counter()
         self._unused_of: collections.Counter[str] = collections.Counter()
+        # test functions that run live, and why (shown with -v)
+        self.live: dict[str, str] = {}
         # parametrized tests per function in the run (a function with one has no use for a probe)
         self._size = collections.Counter(
             function_key(item) for item in items if getattr(item, "callspec", None) is not None
@@ -528,12 +545,18 @@ class Prefetcher:
             elif getattr(item, "callspec", None) is None or self._size.get(fkey, 2) < 2:
                 # a test on its own: a probe would teach nothing for later tests, only cost
                 self._planned.add(nodeid)
+                if planned is not None:
+                    self._live(fkey, LIVE_LONE)
+                elif _asks_models(item):
+                    self._live(fkey, LIVE_UNKNOWN)
                 return "skip"
         self._planned.add(nodeid)
         calls = plan_item(
             item, self.session, self.context_for, self._learned.get(fkey), self._roles.get(fkey)
         )
         if not calls:
+            if _asks_models(item) and _planned(item) is None:
+                self._live(fkey, LIVE_UNKNOWN)
             return "skip"
         if fkey not in self._confirmed:
             self._probe[fkey] = nodeid
@@ -674,6 +697,7 @@ class Prefetcher:
         elif first_ask is None:
             return
         elif fkey in self._learned or fkey in self._confirmed:
+            self._live(fkey, LIVE_MISMATCH)
             self._turn_off(fkey)  # even the learned plan is not what the tests ask
         else:
             self._learned[fkey] = first_ask  # the next item is the probe of the learned plan
@@ -727,7 +751,11 @@ class Prefetcher:
         self._unused_of[fkey] += 1
         unused = self._unused_of[fkey]
         if unused >= UNUSED_LIMIT and unused * UNUSED_SHARE >= self._finished_of[fkey]:
+            self._live(fkey, LIVE_UNUSED)
             self._off.add(fkey)
+
+    def _live(self, fkey: str, reason: str) -> None:
+        self.live.setdefault(fkey, reason)
 
     def pending(self, test_id: str) -> list[concurrent.futures.Future[Outcome]]:
         """The test's prefetched futures that are not done yet."""
@@ -945,10 +973,17 @@ class PrefetchPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         pf = self.prefetcher
-        if pf is None or pf.stats.submitted == 0:
+        if pf is None or (pf.stats.submitted == 0 and not pf.live):
             return
         if self.progress is not None or self.config.getoption("verbose") > 0:
             terminalreporter.write_line(Progress.summary_line(pf.stats))
+            live = sorted(pf.live.items())
+            for fkey, reason in live[:SHOWN_LIVE]:
+                terminalreporter.write_line(f"  run live: {fkey} ({reason})")
+            if len(live) > SHOWN_LIVE:
+                terminalreporter.write_line(
+                    f"  run live: {len(live) - SHOWN_LIVE} more test functions"
+                )
 
 
 __all__ = [

@@ -250,12 +250,10 @@ def prefetchable(item: pytest.Item) -> int:
     Cheap (no request is built): used for the progress total.
     """
     planned = _planned(item)
-    if item.get_closest_marker("workflow") is None or planned is None:
+    if planned is None or not _asks_models(item):
         return 0
     access, case = planned
     roles = _roles(item)
-    if not roles or _skipped_statically(item):
-        return 0
     func = getattr(item, "function", None)
     if getattr(item, "callspec", None) is None and not (
         func is not None and _first_ask_is_plain(func, access)
@@ -297,12 +295,10 @@ def plan_item(
     ``only_roles``: the models the function's tests turned out to ask (None: its fixtures').
     """
     planned = _planned(item)
-    if planned is None or item.get_closest_marker("workflow") is None:
+    if planned is None or not _asks_models(item):
         return []
     case = planned[1]
     roles = _roles(item)
-    if not roles or _skipped_statically(item):
-        return []
     try:
         ctx = context_for(item)
         kw = ask_kwargs or {}

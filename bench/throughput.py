@@ -10,7 +10,8 @@ Usage::
     pytest in a subprocess, including pytest start-up, as a ratio to the ideal
     ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
     the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
-    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist, and xdist's own cost:
+    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist; and the same suite with
+    its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``); xdist's own cost:
     the same suite with tests that call no model, at ``-n 0`` and ``-n N``. Printed with it:
     the candidate's p50 / p95 latency against the same suite run sequentially
     (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
@@ -67,6 +68,20 @@ from pytest_modelrollout import cases
 @pytest.mark.parametrize("case", cases("cases.jsonl"))
 def test_support(rollout, case):
     pair = rollout.ask(case)
+    pair.expect_language("same_as_prompt")
+    pair.expect_length(max_chars=2000)
+"""
+
+# the same suite with the prompts as strings in the test file instead of a cases() dataset
+PROMPT_SUITE = """
+import pytest
+
+PROMPTS = {prompts!r}
+
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_support(rollout, prompt):
+    pair = rollout.ask(prompt)
     pair.expect_language("same_as_prompt")
     pair.expect_length(max_chars=2000)
 """
@@ -250,6 +265,14 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     seq = json.loads((proj / "seq.json").read_text(encoding="utf-8"))["workflows"]["support"]
     out["seq_p50_ms"] = seq["candidate"]["latency_p50_ms"]
     out["seq_p95_ms"] = seq["candidate"]["latency_p95_ms"]
+    # prefetch is not only for cases(): prompt strings the tests are parametrized with
+    strings = work / "strings"
+    prompts = [json.loads(line)["prompt"] for line in
+               (proj / "cases.jsonl").read_text(encoding="utf-8").splitlines()]  # fmt: skip
+    write_project(strings, args.cases, stable, candidate,
+                  body=PROMPT_SUITE.format(prompts=prompts))  # fmt: skip
+    run_pytest(strings, env, "--collect-only")
+    out["a_strings_s"] = sorted(run_pytest(strings, env)[0] for _ in range(3))[1]
     out["a_xdist"] = {}
     for n in args.xdist:
         wall_x, _ = run_pytest(proj, env, "-n", str(n), "--rollout-report=report_x.json")
@@ -529,6 +552,9 @@ def main() -> None:
                       + ", ".join(f"{w:.2f}" for w in bw)
                       + f" s, median {base_med:.2f} s -> this tree takes "
                       f"{r['a_wall_s'] / base_med:.2f}x the time of {args.base}")
+            print(f"    the same suite with its prompts as strings in the test file "
+                  f"(parametrize('prompt', PROMPTS), rollout.ask(prompt)): {r['a_strings_s']:.2f} s "
+                  f"= {r['a_strings_s'] / r['ideal_s']:.2f}x ideal (median of 3)")
             print(f"    pytest process: {r['a_tail']}; wall minus start-up "
                   f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
                   f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")

@@ -256,10 +256,9 @@ def test_asks(rollout, {signature.split('"')[1]}):
     on.assert_outcomes(passed=N_CASES)
     assert sim.first_attempts() == off_counts and set(off_counts.values()) == {1}
     assert len(off_counts) == 2 * N_CASES
-    if not xdist:  # the workers' summaries are not shown
-        on.stdout.fnmatch_lines(
-            [f"modelrollout prefetch: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
-        )
+    on.stdout.fnmatch_lines(
+        [f"modelrollout prefetch*: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
+    )
     assert _essentials(_report(project.path / "on.json")) == _essentials(
         _report(project.path / "off.json")
     )
@@ -383,9 +382,11 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     }  # fmt: skip
 
 
+@XDIST
 def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
-    project: pytest.Pytester, sim: CountingSim
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
+    """Under xdist too: the workers' counts and lists, added up by the controller."""
     project.makepyfile(
         test_suite=f"""
         import pytest
@@ -416,10 +417,11 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
             rollout.ask(prompt)
         """
     )
-    result = _run(project, "-v")
+    result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=3 * N_CASES + 2)
+    workers = " (2 xdist workers)" if xdist else ""
     result.stdout.fnmatch_lines([
-        "modelrollout prefetch: * calls sent ahead of their tests*",
+        f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes other arguments than the "
         "marker's, and no other test learns them)",
         "  run live: test_suite.py::test_built_here (its first ask's request is not known before "

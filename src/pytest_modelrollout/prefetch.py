@@ -75,6 +75,7 @@ LIVE_LONE = "its first ask passes other arguments than the marker's, and no othe
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
 LIVE_UNUSED = "its tests took none of what was sent ahead for them"
 SHOWN_LIVE = 10  # functions listed in the summary
+WORKER_STATS_KEY = "modelrollout_prefetch"  # an xdist worker's counts, in its workeroutput
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
 MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
 
@@ -866,6 +867,7 @@ class PrefetchPlugin:
         self._dist = str(workerinput.get("modelrollout_dist") or "no")
         self.progress: Progress | None = None
         self._warmed = False
+        self._workers: list[dict[str, Any]] = []  # the xdist controller: each worker's counts
 
     def enabled(self) -> bool:
         if not prefetch_enabled(self.config, self.session):
@@ -966,19 +968,50 @@ class PrefetchPlugin:
             pf.refill = None
             pf.release(item.nodeid)
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """An xdist worker hands its counts and its run-live list to the controller."""
+        pf = self.prefetcher
+        output = getattr(self.config, "workeroutput", None)
+        if pf is None or output is None:
+            return
+        st = pf.stats
+        output[WORKER_STATS_KEY] = {
+            "submitted": st.submitted, "used": st.used, "unused": st.unused,
+            "errors": st.errors, "rate": st.rate(), "live": dict(pf.live),
+        }  # fmt: skip
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = (getattr(node, "workeroutput", None) or {}).get(WORKER_STATS_KEY)
+        if data:
+            self._workers.append(dict(data))
+
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         pf = self.prefetcher
-        if pf is None or (pf.stats.submitted == 0 and not pf.live):
+        if pf is not None:
+            stats, rate, live, workers = pf.stats, pf.stats.rate(), pf.live, 0
+        elif self._workers:  # the xdist controller: its workers' counts, added up
+            stats = PrefetchStats(**{k: sum(int(w.get(k, 0)) for w in self._workers)
+                                     for k in ("submitted", "used", "unused", "errors")})  # fmt: skip
+            rate = sum(float(w.get("rate", 0.0)) for w in self._workers)
+            live = {}
+            for w in self._workers:
+                for fkey, reason in dict(w.get("live", {})).items():
+                    live.setdefault(str(fkey), str(reason))
+            workers = len(self._workers)
+        else:
+            return
+        if stats.submitted == 0 and not live:
             return
         if self.progress is not None or self.config.getoption("verbose") > 0:
-            terminalreporter.write_line(Progress.summary_line(pf.stats))
-            live = sorted(pf.live.items())
-            for fkey, reason in live[:SHOWN_LIVE]:
+            terminalreporter.write_line(Progress.summary_line(stats, rate=rate, workers=workers))
+            shown = sorted(live.items())
+            for fkey, reason in shown[:SHOWN_LIVE]:
                 terminalreporter.write_line(f"  run live: {fkey} ({reason})")
-            if len(live) > SHOWN_LIVE:
+            if len(shown) > SHOWN_LIVE:
                 terminalreporter.write_line(
-                    f"  run live: {len(live) - SHOWN_LIVE} more test functions"
+                    f"  run live: {len(shown) - SHOWN_LIVE} more test functions"
                 )
 
 

@@ -77,11 +77,17 @@ class Progress:
         return ", ".join(parts)
 
     @staticmethod
-    def summary_line(stats: PrefetchStats) -> str:
+    def summary_line(
+        stats: PrefetchStats, *, rate: float | None = None, workers: int = 0
+    ) -> str:
+        """The counts at the end of the run (``workers``: added up over that many xdist
+        workers, ``rate`` theirs together)."""
+        rate = stats.rate() if rate is None else rate
+        who = f" ({workers} xdist workers)" if workers else ""
         return (
-            f"modelrollout prefetch: {stats.submitted} calls sent ahead of their tests, "
+            f"modelrollout prefetch{who}: {stats.submitted} calls sent ahead of their tests, "
             f"{stats.used} used, {stats.unused} unused (not recorded), "
-            f"{stats.errors} error{'s' if stats.errors != 1 else ''}, {stats.rate():.0f} calls/s"
+            f"{stats.errors} error{'s' if stats.errors != 1 else ''}, {rate:.0f} calls/s"
         )
 
     def show_until_first(self, prefetcher: Prefetcher, first_test: str) -> None:

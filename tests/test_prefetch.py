@@ -104,11 +104,27 @@ class CountingSim:
         return sum(self.first_attempts(model).values())
 
     def reset(self) -> None:
+        self.settle_accepts()
         with self._lock:
             self.accepted.clear()
             self.seen.clear()
             self.arrivals.clear()
             self.slow.clear()
+
+    def settle_accepts(self, quiet_s: float = 0.15, limit_s: float = 5.0) -> None:
+        """Let the server accept what a run left in its listener's backlog (connections opened
+        ahead and closed unused, with no request on them: the server thread, in the process
+        that ran the tests, may get to them only after the run), so that they are counted in
+        that run and not in the next."""
+        deadline = time.monotonic() + limit_s
+        last = -1
+        while time.monotonic() < deadline:
+            with self._lock:
+                count = len(self.accepted)
+            if count == last:
+                return
+            last = count
+            time.sleep(quiet_s)
 
 
 @pytest.fixture(scope="module")
@@ -698,6 +714,7 @@ def test_cassettes_record_then_replay(project: pytest.Pytester, sim: CountingSim
         passed=N_CASES
     )
     assert sim.total() == 0
+    sim.settle_accepts()
     assert sim.accepted == []  # nothing opened ahead for models that are only replayed
     replay = _report(project.path / "replay.json")["workflows"]["support"]
     assert replay["candidate"]["replayed"] == N_CASES
@@ -720,6 +737,7 @@ def test_the_first_connections_are_opened_while_the_run_collects(
     )
     _run(project, *xdist).assert_outcomes(passed=N_CASES)
     assert sim.total() == 2 * N_CASES
+    sim.settle_accepts()
     assert len(sim.accepted) == 16
     assert max(sim.accepted) < min(t for t, _ in sim.arrivals)
 
@@ -734,6 +752,7 @@ def test_a_model_replayed_from_cassettes_gets_no_connection_opened_ahead(
     _run(project).assert_outcomes(passed=N_CASES)
     assert sim.total(STABLE.removeprefix("sim:")) == 0
     assert sim.total(CANDIDATE.removeprefix("sim:")) == N_CASES
+    sim.settle_accepts()  # those opened ahead and left unused may be accepted after the run
     assert len(sim.accepted) == 8  # the candidate's
 
 
@@ -1090,9 +1109,10 @@ def test_models_a_function_never_asks_are_not_prefetched(
     )
     _run(project, "--rollout-no-gate", "--rollout-concurrency=1").assert_outcomes(passed=N_CASES)
     assert sim.total(CANDIDATE.removeprefix("sim:")) == N_CASES
-    # concurrency 1: a window of 4 calls; the stable calls sent before the first test ended
-    # are the only ones
-    assert 1 <= sim.total(STABLE.removeprefix("sim:")) <= 2
+    # concurrency 1: a window of 4 calls (2 tests); the stable calls sent before the first test
+    # ended are the only ones: the first window, and at most one more when the first test
+    # starts after its replies came in (while it runs, nothing more of its function is sent)
+    assert 1 <= sim.total(STABLE.removeprefix("sim:")) <= 4
 
 
 def _rendered(raw: str) -> str:

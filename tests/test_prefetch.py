@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -240,27 +241,36 @@ PROMPTS = [f"Where is my order A-{1000 + i}? It is late." for i in range(N_CASES
          'rollout.ask(example["prompt"])'),  # an item of a dict parameter
         ('"case", cases("cases.jsonl")', "rollout.ask(case.prompt)"),  # a case's field
         ('"text", PROMPTS', 'rollout.ask(f"Customer message: {text}")'),  # an f-string
+        # built in a local name, from the module's constants
+        ('"text", PROMPTS', 'prompt = PREFIX + text\n    pair = rollout.ask(prompt)'),
+        ('"case", cases("cases.jsonl")',
+         'prompt = TEMPLATE.format(lang="en", text=case.prompt)\n    pair = rollout.ask(prompt)'),
+        ('"text", PROMPTS', 'messages = [{"role": "user", "content": PREFIX + text}]\n'
+         '    pair = rollout.ask(messages)'),
     ],
-    ids=["strings", "messages", "case-named-row", "dict-item", "case-field", "f-string"],
+    ids=["strings", "messages", "case-named-row", "dict-item", "case-field", "f-string",
+         "local-sum", "local-template", "local-messages"],
 )  # fmt: skip
 @XDIST
 def test_prompts_the_tests_are_parametrized_with_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, signature: str, ask: str, xdist: list[str]
 ) -> None:
     """Known at collection as much as a case from cases(): a prompt string or message list
-    the test passes to ask() (a parameter, or an item or field read from one), or a case under
-    any parameter name. Same requests and results as without prefetch, each sent once, all of
+    the test passes to ask() (a parameter, or an item or field read from one, or built from
+    them in the test), or a case under any parameter name. Same requests and results as without prefetch, each sent once, all of
     them ahead of their tests."""
     body = f"""
 import pytest
 from pytest_modelrollout import cases
 
 PROMPTS = {PROMPTS!r}
+PREFIX = "Customer message: "
+TEMPLATE = "Customer message ({{lang}}): {{text}}"
 
 @pytest.mark.workflow("support", system="You are a concise support agent.")
 @pytest.mark.parametrize({signature})
 def test_asks(rollout, {signature.split('"')[1]}):
-    pair = {ask}
+    {ask if "pair = " in ask else "pair = " + ask}
     pair.expect_language("same_as_prompt")
 """
     project.makepyfile(test_suite=body)
@@ -421,7 +431,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_rephrased(rollout, case):
-            rollout.ask(case.prompt + " Please hurry.")
+            rollout.ask(case.prompt.strip() + " Please hurry.")
 
         @pytest.mark.workflow("support")
         def test_alone(rollout):
@@ -453,8 +463,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
 def test_a_prompt_the_test_changes_before_asking_is_not_sent_ahead_for_long(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:
-    """``prompt = prompt + ...`` before ``ask(prompt)``: what was planned is never asked; two
-    probes per model are wasted, not a window of calls."""
+    """``prompt = prompt + ...`` under a condition before ``ask(prompt)``: what was planned (the
+    parameter) is never asked; two probes per model are wasted, not a window of calls."""
     project.makepyfile(
         test_suite=f"""
         import pytest
@@ -462,7 +472,8 @@ def test_a_prompt_the_test_changes_before_asking_is_not_sent_ahead_for_long(
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("prompt", {PROMPTS!r})
         def test_asks(rollout, prompt):
-            prompt = prompt + " Please hurry."
+            if prompt:
+                prompt = prompt + " Please hurry."
             pair = rollout.ask(prompt)
             assert pair.stable.ok and pair.candidate.ok
         """
@@ -595,7 +606,7 @@ def test_a_function_whose_first_ask_is_not_its_case_stops_being_prefetched(
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_rephrased(rollout, case):
-            pair = rollout.ask(case.prompt + " Please hurry.")
+            pair = rollout.ask(case.prompt.strip() + " Please hurry.")
             assert pair.stable.ok and pair.candidate.ok
         """
     )
@@ -1021,19 +1032,20 @@ def _reading(rollout, example, case):
 
 
 @pytest.mark.parametrize(
-    ("func", "param", "plain"),
-    [(_plain, "case", True), (_with_format, "case", False), (_through_a_helper, "item", False),
-     (_plain, "row", False), (len, "case", False), (_rebinding, "prompt", False),
-     (_reading, ("case", (("attr", "prompt"),)), True),
-     (_reading, ("example", (("item", "turns"), ("item", 0))), False),  # its first ask on it
-     (_reading, "case", False)],
+    ("func", "expr", "plain"),
+    [(_plain, ("param", "case"), True), (_with_format, ("param", "case"), False),
+     (_through_a_helper, ("param", "item"), False), (_plain, ("param", "row"), False),
+     (len, ("param", "case"), False), (_rebinding, ("param", "prompt"), False),
+     (_reading, ("attr", ("param", "case"), "prompt"), True),
+     (_reading, ("item", ("item", ("param", "example"), "turns"), 0), False),  # its first ask
+     (_reading, ("param", "case"), False)],
 )  # fmt: skip
-def test_first_ask_is_read_from_the_source(func: Any, param: str, plain: bool) -> None:
+def test_first_ask_is_read_from_the_source(func: Any, expr: Any, plain: bool) -> None:
     """Only a function whose first ask on the case passes nothing else is prefetched without a
     probe; anything unclear is probed (never wrong, at worst one latency slower)."""
-    from pytest_modelrollout.prefetch import _first_ask_is_plain
+    from pytest_modelrollout.asked import first_ask_is_plain
 
-    assert _first_ask_is_plain(func, param) is plain
+    assert first_ask_is_plain(func, expr) is plain
 
 
 def _templated(rollout, text, n, row):
@@ -1044,19 +1056,69 @@ def _templated(rollout, text, n, row):
 
 
 def test_f_strings_of_parameters_are_read_from_the_source() -> None:
-    from pytest_modelrollout.prefetch import _asked_accesses, _first_ask_is_plain, _resolve
+    from pytest_modelrollout.asked import MISSING, asked, evaluate, first_ask_is_plain
 
-    fstring = ("", ("Say ", ("row", (("item", "word"),)), " ", ("n", ()), " times: ",
-                    ("text", ())))  # fmt: skip
-    assert _asked_accesses(_templated) == [fstring]
-    assert _first_ask_is_plain(_templated, fstring)
+    fstring = ("fstr", (("const", "Say "), ("item", ("param", "row"), "word"), ("const", " "),
+                        ("param", "n"), ("const", " times: "), ("param", "text")))  # fmt: skip
+    assert asked(_templated) == [fstring]
+    assert first_ask_is_plain(_templated, fstring)
     params = {"text": "hello", "n": 3, "row": {"word": "hi"}}
-    assert _resolve(params, fstring) == "Say hi 3 times: hello"
-    assert _resolve({**params, "n": [3]}, fstring) is None  # strings and numbers only
+    assert evaluate(fstring, params, {}) == "Say hi 3 times: hello"
+    assert evaluate(fstring, {**params, "n": [3]}, {}) is MISSING  # strings and numbers only
+
+
+TEMPLATE = "Answer in {lang}: {question}"
+PREFIX = "Customer message: "
+
+
+def _built(rollout, case, row, n):
+    intro: str = PREFIX + case.prompt
+    prompt = f"{intro} (ticket {n})"
+    for turn in row["turns"]:
+        rollout.ask(turn)  # a loop variable: not read
+    rollout.ask(undefined)  # noqa: F821 (neither a parameter nor the module's)
+    rollout.ask(TEMPLATE.format(question=row["q"], lang="English"))
+    rollout.ask(TEMPLATE.format(*row["turns"]))  # *args: not read
+    rollout.ask([{"role": "system", "content": PREFIX}, {"role": "user", "content": prompt}])
+    return rollout.ask(prompt)
+
+
+def _late(rollout, prompt, case):
+    rollout.ask(answer)  # noqa: F821 (read before it is assigned: not read)
+    answer = "x"
+    prompt = prompt + "!"  # the parameter, read where it is assigned again
+    again = f"{case}"
+    again += "?"  # bound twice: not read
+    rollout.ask(again)
+    return rollout.ask(prompt), answer
+
+
+def test_local_names_module_names_sums_and_templates_are_read_from_the_source() -> None:
+    """What a demanding user writes before asking: a prompt built in a local variable, from a
+    template or a constant of the module, or a message list."""
+    from pytest_modelrollout.asked import MISSING, asked, evaluate, first_ask_is_plain
+
+    case = SimpleNamespace(prompt="Where is my order?")
+    params = {"case": case, "row": {"q": "Why?", "turns": ["a", "b"]}, "n": 7}
+    got = [evaluate(e, params, globals()) for e in asked(_built)]
+    assert got == [
+        MISSING,  # `undefined`: not a name of the module
+        "Answer in English: Why?",
+        [{"role": "system", "content": PREFIX},
+         {"role": "user", "content": "Customer message: Where is my order? (ticket 7)"}],
+        "Customer message: Where is my order? (ticket 7)",
+    ]  # fmt: skip
+    assert all(first_ask_is_plain(_built, e) for e in asked(_built))
+    assert evaluate(asked(_built)[1], {**params, "row": {}}, globals()) is MISSING
+    plus = ("add", ("param", "prompt"), ("const", "!"))
+    assert asked(_late) == [plus]
+    assert not first_ask_is_plain(_late, plus)  # the parameter is bound again: probed
+    assert evaluate(plus, {"prompt": "Hi"}, {}) == "Hi!"
+    assert evaluate(plus, {"prompt": 3}, {}) is MISSING  # str + str only
 
 
 def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -> None:
-    from pytest_modelrollout.prefetch import _resolve
+    from pytest_modelrollout.asked import MISSING, evaluate
 
     ran: list[str] = []
 
@@ -1076,18 +1138,36 @@ def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -
             ran.append("__getattr__")
             return "made up"
 
+    class Loud(str):
+        def __format__(self, spec: str) -> str:
+            ran.append("__format__")
+            return "loud"
+
+        def __add__(self, other: str) -> str:
+            ran.append("__add__")
+            return "loud"
+
     defaults: collections.defaultdict[str, str] = collections.defaultdict(lambda: "made up")
     params = {"ex": {"turns": ["first", "second"]}, "row": Row(), "lazy": Lazy(),
-              "defaults": defaults}  # fmt: skip
-    assert _resolve(params, ("ex", (("item", "turns"), ("item", 1)))) == "second"
-    assert _resolve(params, ("row", (("attr", "prompt"),))) == "plain attribute"
-    assert _resolve(params, ("row", (("attr", "computed"),))) is None
-    assert _resolve(params, ("lazy", (("attr", "prompt"),))) is None
-    assert _resolve(params, ("defaults", (("item", "prompt"),))) is None and not defaults
-    assert _resolve(params, ("ex", (("item", "missing"),))) is None
-    assert _resolve(params, ("ex", (("item", "turns"), ("item", 5)))) is None
-    assert _resolve(params, ("nope", ())) is None
-    assert ran == []  # no property, no __getattr__ was called
+              "defaults": defaults, "loud": Loud("x")}  # fmt: skip
+
+    def ev(expr: Any) -> Any:
+        return evaluate(expr, params, {})
+
+    turns = ("item", ("param", "ex"), "turns")
+    assert ev(("item", turns, 1)) == "second"
+    assert ev(("attr", ("param", "row"), "prompt")) == "plain attribute"
+    assert ev(("attr", ("param", "row"), "computed")) is MISSING
+    assert ev(("attr", ("param", "lazy"), "prompt")) is MISSING
+    assert ev(("item", ("param", "defaults"), "prompt")) is MISSING and not defaults
+    assert ev(("item", ("param", "ex"), "missing")) is MISSING
+    assert ev(("item", turns, 5)) is MISSING
+    assert ev(("param", "nope")) is MISSING
+    assert ev(("fstr", (("param", "loud"),))) is MISSING
+    assert ev(("add", ("param", "loud"), ("const", "y"))) is MISSING
+    assert ev(("format", ("const", "{0.__class__}"), (("param", "loud"),), ())) is MISSING
+    assert ev(("format", ("const", "{missing}"), (), ())) is MISSING  # a KeyError: not known
+    assert ran == []  # no property, __getattr__, __format__ or __add__ was called
 
 
 def test_models_a_function_never_asks_are_not_prefetched(

@@ -30,14 +30,11 @@ so no request is sent twice.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import collections
 import concurrent.futures
 import functools
-import inspect
 import os
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -48,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._records import Role
+from .asked import Expr, asked, evaluate, first_ask_is_plain, is_case, is_prompt
 from .progress import Progress, progress_wanted
 from .providers.base import ChatRequest
 from .providers.client import CallResult, split_limit, worker_share
@@ -134,49 +132,27 @@ def _roles(item: pytest.Item) -> list[Role]:
     return [r for r in MODEL_FIXTURES if r in names]
 
 
-def _is_case(value: Any) -> bool:
-    return hasattr(value, "request_messages") and hasattr(value, "id")
+def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
+    """What the item's first ask sends, when known before it runs: the expression read from
+    the test's source, and its value for this item (a case, a prompt string or a message list).
 
-
-def _is_prompt(value: Any) -> bool:
-    """A prompt string or a list of chat messages (what ``ask`` takes besides a case)."""
-    if isinstance(value, str):
-        return bool(value)
-    return (
-        isinstance(value, (list, tuple))
-        and bool(value)
-        and all(isinstance(m, dict) for m in value)
-    )
-
-
-_MISSING = object()
-
-# what a test's first ask passes, read from its source: a parameter and what is read from it,
-# ("example", (("item", "prompt"),)) for ask(example["prompt"]), ("case", ()) for ask(case); or
-# an f-string of them, ("", ("Translate: ", ("text", ()))) for ask(f"Translate: {text}")
-Access = tuple[str, tuple[Any, ...]]
-
-
-def _planned(item: pytest.Item) -> tuple[Access, Any] | None:
-    """What the item's first ask sends, when known before it runs: how it is read, and the
-    value read (a case, a prompt string or a message list).
-
-    The first ``.ask(...)`` in the function's source whose first argument is a parameter, an
-    item or attribute read from one, an f-string of them or a string (``ask(prompt)``,
-    ``ask(example["prompt"])``, ``ask(case.prompt)``, ``ask(f"Translate: {text}")``,
-    ``ask("Hello")``), where that is a case from ``cases()``, a prompt string or a chat message
-    list for this item. Otherwise the item's case from ``cases()``, under any parameter
-    name, if it has exactly one (sent as a probe: see :class:`Prefetcher`).
+    The first ``.ask(...)`` in the function's source whose first argument can be read (see
+    :mod:`.asked`: a parameter, an item or attribute of one, a string or a name of the module,
+    an f-string, a sum or a ``.format`` of those, a message list, a local name assigned once
+    from one) and is, for this item, a case from ``cases()``, a prompt string or a chat message
+    list. Otherwise the item's case from ``cases()``, under any parameter name, if it has
+    exactly one (sent as a probe: see :class:`Prefetcher`).
     """
     params = _params(item)
     func = getattr(item, "function", None)
-    for access in _asked_accesses(func) if func is not None else ():
-        if all(name in params for name in _names(access)):
-            value = _resolve(params, access)
-            if _is_case(value) or _is_prompt(value):
-                return access, value
-    cases = [name for name, value in params.items() if _is_case(value)]
-    return ((cases[0], ()), params[cases[0]]) if len(cases) == 1 else None
+    if func is not None:
+        names = getattr(func, "__globals__", None)
+        for expr in asked(func):
+            value = evaluate(expr, params, names)
+            if is_case(value) or is_prompt(value):
+                return expr, value
+    cases = [name for name, value in params.items() if is_case(value)]
+    return (("param", cases[0]), params[cases[0]]) if len(cases) == 1 else None
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
@@ -196,53 +172,10 @@ def _params(item: pytest.Item) -> dict[str, Any]:
     return params
 
 
-def _names(access: Access) -> list[str]:
-    """The parameters ``access`` reads."""
-    if access[0]:
-        return [access[0]]
-    return [part[0] for part in access[1] if isinstance(part, tuple)]
-
-
-def _resolve(params: dict[str, Any], access: Access) -> Any:
-    """The value ``access`` reads from the item's parameters, or None. Reads dict and list
-    items and instance attributes only (never a property or ``__getattr__``: no code runs);
-    an f-string takes strings and numbers only."""
-    if not access[0]:  # an f-string
-        out: list[str] = []
-        for part in access[1]:
-            value = part if isinstance(part, str) else _resolve(params, part)
-            if not isinstance(value, (str, int, float)):
-                return None
-            out.append(format(value))
-        return "".join(out)
-    value = params.get(access[0])
-    for kind, key in access[1]:
-        if kind == "item" and isinstance(value, dict):
-            value = dict.get(value, key, _MISSING)  # no __missing__, no __getitem__ override
-        elif kind == "item" and isinstance(value, (list, tuple)) and isinstance(key, int):
-            if not -len(value) <= key < len(value):
-                return None
-            # the built-in's own indexing, not a subclass's __getitem__
-            if isinstance(value, list):
-                value = list.__getitem__(value, key)
-            else:
-                value = tuple.__getitem__(value, key)
-        elif kind == "attr":
-            try:  # the instance's own attributes: not a property, not a class's __getattr__
-                value = object.__getattribute__(value, "__dict__").get(key, _MISSING)
-            except (AttributeError, TypeError):
-                return None
-        else:
-            return None
-        if value is _MISSING:
-            return None
-    return value
-
-
 def planned_prompt(item: pytest.Item) -> Any:
     """The prompt string or message list (not a case) the item's first ask is planned with."""
     planned = _planned(item)
-    return None if planned is None or _is_case(planned[1]) else planned[1]
+    return None if planned is None or is_case(planned[1]) else planned[1]
 
 
 def prefetchable(item: pytest.Item) -> int:
@@ -253,11 +186,11 @@ def prefetchable(item: pytest.Item) -> int:
     planned = _planned(item)
     if planned is None or not _asks_models(item):
         return 0
-    access, case = planned
+    expr, case = planned
     roles = _roles(item)
     func = getattr(item, "function", None)
     if getattr(item, "callspec", None) is None and not (
-        func is not None and _first_ask_is_plain(func, access)
+        func is not None and first_ask_is_plain(func, expr)
     ):
         return 0  # a test on its own is not probed (Prefetcher.submit_item)
     if getattr(case, "stable_reply", None) is not None and "stable" in roles:
@@ -323,100 +256,6 @@ def plan_item(
             continue  # e.g. rollout.candidate.ask(case): the stable is never asked
         calls.append((role, ref, request))
     return calls
-
-
-# -- reading the test function's source --------------------------------------------------------
-def _access(node: ast.expr) -> Access | None:
-    """``name``, ``name["key"]``, ``name[0]``, ``name.attr`` (and chains of them) as an Access."""
-    path: list[tuple[str, Any]] = []
-    while True:
-        if isinstance(node, ast.Name):
-            return node.id, tuple(reversed(path))
-        if isinstance(node, ast.Attribute):
-            path.append(("attr", node.attr))
-        elif (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.slice, ast.Constant)
-            and isinstance(node.slice.value, (str, int))
-            and not isinstance(node.slice.value, bool)
-        ):
-            path.append(("item", node.slice.value))
-        else:
-            return None
-        node = node.value
-
-
-def _fstring(node: ast.JoinedStr) -> Access | None:
-    """``f"Translate: {text}"`` (replacement fields that read parameters, no conversion or
-    format spec) as an Access."""
-    parts: list[Any] = []
-    for value in node.values:
-        if isinstance(value, ast.Constant) and isinstance(value.value, str):
-            parts.append(value.value)
-        elif (
-            isinstance(value, ast.FormattedValue)
-            and value.conversion == -1
-            and value.format_spec is None
-            and (access := _access(value.value)) is not None
-        ):
-            parts.append(access)
-        else:
-            return None
-    return ("", tuple(parts)) if any(isinstance(p, tuple) for p in parts) else None
-
-
-@functools.lru_cache(maxsize=256)
-def _source_asks(func: Any) -> tuple[tuple[tuple[Access, bool], ...], frozenset[str]]:
-    """From the test function's source: what each ``.ask(...)`` passes first when it is an
-    :data:`Access` (a name or what is read from one, an f-string of them, a string), in source
-    order, once each with whether that first ask on it passes nothing else; and the names the
-    function assigns."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    except (OSError, TypeError, SyntaxError):
-        return (), frozenset()
-    asks = sorted(
-        (
-            node
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "ask"
-            and node.args
-        ),
-        key=lambda node: (node.lineno, node.col_offset),
-    )
-    first: dict[Access, bool] = {}
-    for node in asks:
-        arg = node.args[0]
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            access: Access | None = ("", (arg.value,))  # a prompt written in the test
-        elif isinstance(arg, ast.JoinedStr):
-            access = _fstring(arg)
-        else:
-            access = _access(arg)
-        if access is not None:
-            first.setdefault(access, len(node.args) == 1 and not node.keywords)
-    assigned = frozenset(
-        node.id for node in ast.walk(tree) if isinstance(node, ast.Name)
-        and isinstance(node.ctx, ast.Store)
-    )  # fmt: skip
-    return tuple(first.items()), assigned
-
-
-def _asked_accesses(func: Any) -> list[Access]:
-    """What ``.ask(...)`` calls pass first in the function's source, in source order."""
-    return [access for access, _ in _source_asks(func)[0]]
-
-
-def _first_ask_is_plain(func: Any, access: Access | str) -> bool:
-    """Whether the first ``.ask(...)`` on ``access`` in the test function's source passes
-    nothing else, and the function never assigns its parameter (then the planned request is
-    the one it sends)."""
-    if isinstance(access, str):
-        access = (access, ())
-    asks, assigned = _source_asks(func)
-    return dict(asks).get(access, False) and not assigned.intersection(_names(access))
 
 
 # -- the prefetcher ------------------------------------------------------------------------
@@ -534,7 +373,7 @@ class Prefetcher:
                 fkey not in self._learned
                 and planned is not None
                 and func is not None
-                and _first_ask_is_plain(func, planned[0])
+                and first_ask_is_plain(func, planned[0])
             ):
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
@@ -741,7 +580,7 @@ class Prefetcher:
 
     def _unused(self, fkey: str) -> None:
         """A test of the function took none of the calls sent ahead for it: its first ask is
-        not the planned one (``ask(case.prompt + "...")``, an ask under a condition) or it
+        not the planned one (``ask(case.prompt.strip())``, an ask under a condition) or it
         did not ask (skipped inside the test). From the second such test, once they are one in
         ten of the function's, nothing more is sent ahead for it (what is in flight stays for
         its tests)."""
@@ -893,7 +732,10 @@ class PrefetchPlugin:
         elif progress_wanted(self.config):
             self.progress = Progress(self.config, total=sum(prefetchable(i) for i in self._items))
         self.prefetcher = Prefetcher(
-            self.session, self.context_for, window=self.window(), progress=self.progress,
+            self.session,
+            self.context_for,
+            window=self.window(),
+            progress=self.progress,
             items=self._items,
         )
         self.session.prefetch = self.prefetcher

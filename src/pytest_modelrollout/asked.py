@@ -1,0 +1,346 @@
+"""What a test function's first ``ask`` sends, read from its source without running it.
+
+Prefetch sends an item's first request before the test runs, so it has to know that request
+at collection time. This module reads the first argument of each ``.ask(...)`` in the test
+function's source into an :data:`Expr`, a small hashable expression over the test's
+parameters and its module's names, and evaluates it against one item's parameters. Nothing
+the user wrote runs: items are read with the built-in types' own methods, attributes from an
+instance's ``__dict__`` (never a property or ``__getattr__``), and strings are only built
+from ``str``, ``int``, ``float`` and ``bool`` values.
+
+What is read::
+
+    rollout.ask(case)                                     a parameter
+    rollout.ask(example["prompt"]), ask(case.prompt)      an item or attribute read from one
+    rollout.ask("Hello"), ask(PROMPT)                     a string; a name of the test's module
+    rollout.ask(f"Translate: {text}")                     an f-string of those
+    rollout.ask("Summarize: " + case.prompt)              strings added together
+    rollout.ask(TEMPLATE.format(question=row["q"]))       str.format
+    rollout.ask([{"role": "user", "content": text}])      a message list written in the test
+    prompt = f"Translate: {text}"                         a local name assigned once, at the
+    rollout.ask(prompt)                                   top of the body, before the ask
+
+Anything else (a call, a conversion or format spec in an f-string, a name bound in a loop or
+under a condition) is not read: that ask is not planned.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import textwrap
+import types
+from typing import Any
+
+# An expression, as nested tuples:
+#   ("param", name)                a parameter of the test function
+#   ("global", name)               a name of the test's module (PROMPT, TEMPLATE)
+#   ("const", value)               a str, int, float or bool literal
+#   ("attr", expr, name)           expr.name: an instance attribute
+#   ("item", expr, key)            expr[key]: a dict's item, a list's or tuple's element
+#   ("fstr", (expr, ...))          an f-string: its parts, joined
+#   ("add", expr, expr)            str + str
+#   ("format", expr, (expr, ...), ((name, expr), ...))    template.format(*args, **kwargs)
+#   ("list", (expr, ...))          a list or tuple display
+#   ("dict", ((key, expr), ...))   a dict display with string keys
+Expr = tuple[Any, ...]
+
+MISSING: Any = object()
+_TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
+_DEPTH = 64  # how deep an expression (with the local names it reads) may nest
+
+
+def is_case(value: Any) -> bool:
+    """A case from ``cases()`` (or anything shaped like one, as ``ask`` takes it)."""
+    return hasattr(type(value), "request_messages") and hasattr(value, "id")
+
+
+def is_prompt(value: Any) -> bool:
+    """A prompt string or a list of chat messages (what ``ask`` takes besides a case)."""
+    if isinstance(value, str):
+        return bool(value)
+    return (
+        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(m, dict) for m in value)
+    )
+
+
+# -- reading -----------------------------------------------------------------------------------
+class _Reader:
+    """Turns expressions of one test function into :data:`Expr`."""
+
+    def __init__(self, func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        a = func.args
+        self.args = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)} | {
+            x.arg for x in (a.vararg, a.kwarg) if x is not None
+        }
+        self.bound = _binding_counts(func)
+        # a local name assigned once, by a statement at the top of the body: its value
+        self.single: dict[str, tuple[int, ast.expr]] = {}
+        for stmt in func.body:
+            target, value = _simple_assignment(stmt)
+            if target is not None and value is not None and self.bound.get(target) == 1:
+                self.single[target] = (stmt.end_lineno or stmt.lineno, value)
+
+    def read(self, node: ast.expr, line: int, depth: int = 0) -> Expr | None:
+        """``node`` (at source line ``line``) as an Expr, or None when it is not readable."""
+        if depth > _DEPTH:
+            return None
+        sub = functools.partial(self.read, line=line, depth=depth + 1)
+        if isinstance(node, ast.Name):
+            return self._name(node.id, line, depth)
+        if isinstance(node, ast.Constant):
+            ok = type(node.value) in _TEXT
+            return ("const", node.value) if ok else None
+        if isinstance(node, ast.Attribute):
+            base = sub(node.value)
+            return None if base is None else ("attr", base, node.attr)
+        if isinstance(node, ast.Subscript):
+            key = node.slice
+            if not (isinstance(key, ast.Constant) and type(key.value) in (str, int)):
+                return None
+            base = sub(node.value)
+            return None if base is None else ("item", base, key.value)
+        if isinstance(node, ast.JoinedStr):
+            return self._fstring(node, sub)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            left, right = sub(node.left), sub(node.right)
+            return None if left is None or right is None else ("add", left, right)
+        if isinstance(node, ast.Call):
+            return self._format(node, sub)
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [sub(x) for x in node.elts]  # a *starred one is not read
+            return ("list", tuple(items)) if all(x is not None for x in items) else None
+        if isinstance(node, ast.Dict):
+            pairs = []
+            for k, v in zip(node.keys, node.values, strict=True):
+                if not (isinstance(k, ast.Constant) and isinstance(k.value, str)):
+                    return None  # a ** expansion or a computed key
+                value = sub(v)
+                if value is None:
+                    return None
+                pairs.append((k.value, value))
+            return ("dict", tuple(pairs))
+        return None
+
+    def _name(self, name: str, line: int, depth: int) -> Expr | None:
+        single = self.single.get(name)
+        if single is not None and single[0] < line:
+            value = single[1]  # what it reads, it reads where it is assigned
+            return self.read(value, value.lineno, depth + 1)
+        if name in self.args:
+            return ("param", name)
+        if name in self.bound:
+            return None  # a local name bound some other way (a loop, a condition, ...)
+        return ("global", name)
+
+    def _fstring(self, node: ast.JoinedStr, sub: Any) -> Expr | None:
+        parts: list[Expr] = []
+        for value in node.values:
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                parts.append(("const", value.value))
+            elif (
+                isinstance(value, ast.FormattedValue)
+                and value.conversion == -1
+                and value.format_spec is None
+                and (part := sub(value.value)) is not None
+            ):
+                parts.append(part)
+            else:
+                return None
+        return ("fstr", tuple(parts))
+
+    def _format(self, node: ast.Call, sub: Any) -> Expr | None:
+        """``template.format(...)``: positional and keyword arguments, no ``*`` / ``**``."""
+        func = node.func
+        if not (isinstance(func, ast.Attribute) and func.attr == "format"):
+            return None
+        template = sub(func.value)
+        args = [sub(a) for a in node.args]
+        kwargs = [(k.arg, sub(k.value)) for k in node.keywords]
+        if (
+            template is None
+            or any(a is None for a in args)  # a *args among them too
+            or any(k is None or v is None for k, v in kwargs)  # k None: a **kwargs
+        ):
+            return None
+        return ("format", template, tuple(args), tuple(kwargs))
+
+
+def _simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """``name = value`` / ``name: T = value``: (name, value); otherwise (None, None)."""
+    if (
+        isinstance(stmt, ast.Assign)
+        and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Name)
+    ):
+        return stmt.targets[0].id, stmt.value
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+        return stmt.target.id, stmt.value
+    return None, None
+
+
+def _binding_counts(func: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, int]:
+    """How many times the function's body binds each name: assigned (``=``, ``+=``, ``for``,
+    ``with ... as``, ``:=``, ``del``), imported, defined, caught, matched, declared global, or
+    a parameter of a function or lambda defined in it."""
+    counts: dict[str, int] = {}
+    for node in (n for stmt in func.body for n in ast.walk(stmt)):
+        names: list[str] = []
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names = [node.id]
+        elif isinstance(node, ast.arg):
+            names = [node.arg]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names = list(node.names)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names = [node.name]
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names = [node.rest]
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _children(expr: Expr) -> tuple[Expr, ...]:
+    kind = expr[0]
+    if kind in ("attr", "item"):
+        return (expr[1],)
+    if kind in ("fstr", "list"):
+        return tuple(expr[1])
+    if kind == "add":
+        return (expr[1], expr[2])
+    if kind == "format":
+        return (expr[1], *expr[2], *(value for _, value in expr[3]))
+    if kind == "dict":
+        return tuple(value for _, value in expr[1])
+    return ()  # param, global, const
+
+
+def params_read(expr: Expr) -> set[str]:
+    """The parameters ``expr`` reads."""
+    if expr[0] == "param":
+        return {expr[1]}
+    return set().union(*(params_read(child) for child in _children(expr)))
+
+
+@functools.lru_cache(maxsize=256)
+def source_asks(func: Any) -> tuple[tuple[tuple[Expr, bool], ...], frozenset[str]]:
+    """From the test function's source: what each ``.ask(...)`` passes first when it can be
+    read, in source order, once each with whether that first ask on it passes nothing else;
+    and the parameters the function binds again (then what it asks may not be what was read)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return (), frozenset()
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not defs:
+        return (), frozenset()
+    reader = _Reader(defs[0])
+    asks = sorted(
+        (
+            node
+            for stmt in defs[0].body
+            for node in ast.walk(stmt)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "ask"
+            and node.args
+        ),
+        key=lambda node: (node.lineno, node.col_offset),
+    )
+    first: dict[Expr, bool] = {}
+    for node in asks:
+        expr = reader.read(node.args[0], node.lineno)
+        if expr is not None:
+            first.setdefault(expr, len(node.args) == 1 and not node.keywords)
+    rebound = frozenset(reader.args & reader.bound.keys())
+    return tuple(first.items()), rebound
+
+
+def asked(func: Any) -> list[Expr]:
+    """What ``.ask(...)`` calls pass first in the function's source, in source order."""
+    return [expr for expr, _ in source_asks(func)[0]]
+
+
+def first_ask_is_plain(func: Any, expr: Expr) -> bool:
+    """Whether the first ``.ask(...)`` on ``expr`` in the test function's source passes
+    nothing else, and the function never binds again a parameter it reads (then the planned
+    request is the one it sends)."""
+    asks, rebound = source_asks(func)
+    return dict(asks).get(expr, False) and not rebound.intersection(params_read(expr))
+
+
+# -- evaluating --------------------------------------------------------------------------------
+def evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """The value of ``expr`` for an item with these parameters, the test's module's names
+    being ``names`` (its ``__globals__``); :data:`MISSING` when it cannot be known without
+    running code."""
+    try:
+        return _evaluate(expr, params, names)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return MISSING  # str.format with a field its arguments do not have, say
+
+
+def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    kind = expr[0]
+    if kind == "param":
+        return params.get(expr[1], MISSING)
+    if kind == "global":
+        return dict.get(names, expr[1], MISSING) if type(names) is dict else MISSING
+    if kind == "const":
+        return expr[1]
+    if kind in ("list", "dict"):
+        keys = [k for k, _ in expr[1]] if kind == "dict" else None
+        values = [_evaluate(child, params, names) for child in _children(expr)]
+        if any(v is MISSING for v in values):
+            return MISSING
+        return dict(zip(keys, values, strict=True)) if keys is not None else values
+    if kind in ("attr", "item"):
+        base = _evaluate(expr[1], params, names)
+        if base is MISSING:
+            return MISSING
+        return _item(base, expr[2]) if kind == "item" else _attribute(base, expr[2])
+    texts = [_evaluate(child, params, names) for child in _children(expr)]
+    if any(type(t) not in _TEXT for t in texts):
+        return MISSING  # strings and numbers only: their formatting runs no user code
+    if kind == "fstr":
+        return "".join(format(t) for t in texts)
+    if kind == "add":
+        return str.__add__(*texts) if all(type(t) is str for t in texts) else MISSING
+    # "format": the template, then its positional and keyword arguments
+    template, args = texts[0], texts[1 : 1 + len(expr[2])]
+    kwargs = dict(zip((k for k, _ in expr[3]), texts[1 + len(expr[2]) :], strict=True))
+    return str.format(template, *args, **kwargs) if type(template) is str else MISSING
+
+
+def _attribute(base: Any, name: str) -> Any:
+    """``base.name`` from the object's own ``__dict__``: not a property, not a class's
+    ``__getattr__`` (a module's names and a class's own attributes included)."""
+    try:
+        own = object.__getattribute__(base, "__dict__")
+    except AttributeError:
+        return MISSING
+    if type(own) is dict:
+        return dict.get(own, name, MISSING)
+    if type(own) is types.MappingProxyType:  # a class's
+        return own.get(name, MISSING)
+    return MISSING
+
+
+def _item(base: Any, key: Any) -> Any:
+    """``base[key]`` with the built-in's own lookup: no ``__missing__``, no subclass's
+    ``__getitem__``."""
+    if isinstance(base, dict):
+        return dict.get(base, key, MISSING)
+    if isinstance(base, (list, tuple)) and type(key) is int:
+        if not -len(base) <= key < len(base):
+            return MISSING
+        return (
+            list.__getitem__(base, key) if isinstance(base, list) else tuple.__getitem__(base, key)
+        )
+    return MISSING

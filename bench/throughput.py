@@ -11,7 +11,8 @@ Usage::
     ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
     the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
     ``--xdist`` (default 2 and 4), as a ratio to the run without xdist; and the same suite with
-    its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``); xdist's own cost:
+    its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``), and with each
+    prompt built in the test from a template (``prompt = TEMPLATE.format(...)``); xdist's own cost:
     the same suite with tests that call no model, at ``-n 0`` and ``-n N``. Printed with it:
     the candidate's p50 / p95 latency against the same suite run sequentially
     (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
@@ -83,6 +84,21 @@ PROMPTS = {prompts!r}
 def test_support(rollout, prompt):
     pair = rollout.ask(prompt)
     pair.expect_language("same_as_prompt")
+    pair.expect_length(max_chars=2000)
+"""
+
+# the same suite with the prompt built in the test, in a local name, from the module's template
+BUILT_SUITE = """
+import pytest
+from pytest_modelrollout import cases
+
+TEMPLATE = "Customer message: {message}"
+
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_support(rollout, case):
+    prompt = TEMPLATE.format(message=case.prompt)
+    pair = rollout.ask(prompt)
     pair.expect_length(max_chars=2000)
 """
 
@@ -273,6 +289,11 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
                   body=PROMPT_SUITE.format(prompts=prompts))  # fmt: skip
     run_pytest(strings, env, "--collect-only")
     out["a_strings_s"] = sorted(run_pytest(strings, env)[0] for _ in range(3))[1]
+    # and with the prompt built in the test from a template of the module, in a local name
+    built = work / "built"
+    write_project(built, args.cases, stable, candidate, body=BUILT_SUITE)
+    run_pytest(built, env, "--collect-only")
+    out["a_built_s"] = sorted(run_pytest(built, env)[0] for _ in range(3))[1]
     out["a_xdist"] = {}
     for n in args.xdist:
         wall_x, _ = run_pytest(proj, env, "-n", str(n), "--rollout-report=report_x.json")
@@ -555,6 +576,9 @@ def main() -> None:
             print(f"    the same suite with its prompts as strings in the test file "
                   f"(parametrize('prompt', PROMPTS), rollout.ask(prompt)): {r['a_strings_s']:.2f} s "
                   f"= {r['a_strings_s'] / r['ideal_s']:.2f}x ideal (median of 3)")
+            print("    the same suite with each prompt built in the test (prompt = "
+                  "TEMPLATE.format(message=case.prompt), rollout.ask(prompt)): "
+                  f"{r['a_built_s']:.2f} s = {r['a_built_s'] / r['ideal_s']:.2f}x ideal (median of 3)")
             print(f"    pytest process: {r['a_tail']}; wall minus start-up "
                   f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
                   f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")

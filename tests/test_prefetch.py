@@ -418,6 +418,9 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         import pytest
         from pytest_modelrollout import cases
 
+        def urgent(prompt):
+            return prompt + " Please hurry."
+
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_ahead(rollout, case):
@@ -426,12 +429,12 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("prompt", {PROMPTS!r})
         def test_computed(rollout, prompt):
-            rollout.ask(prompt.upper())
+            rollout.ask(urgent(prompt))
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_rephrased(rollout, case):
-            rollout.ask(case.prompt.strip() + " Please hurry.")
+            rollout.ask(urgent(case.prompt))
 
         @pytest.mark.workflow("support")
         def test_alone(rollout):
@@ -603,10 +606,13 @@ def test_a_function_whose_first_ask_is_not_its_case_stops_being_prefetched(
         import pytest
         from pytest_modelrollout import cases
 
+        def urgent(prompt):
+            return prompt + " Please hurry."
+
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_rephrased(rollout, case):
-            pair = rollout.ask(case.prompt.strip() + " Please hurry.")
+            pair = rollout.ask(urgent(case.prompt))
             assert pair.stable.ok and pair.candidate.ok
         """
     )
@@ -1080,6 +1086,8 @@ def _built(rollout, case, row, n):
     rollout.ask(TEMPLATE.format(question=row["q"], lang="English"))
     rollout.ask(TEMPLATE.format(*row["turns"]))  # *args: not read
     rollout.ask([{"role": "system", "content": PREFIX}, {"role": "user", "content": prompt}])
+    rollout.ask("\n".join([PREFIX.strip(), case.prompt.lower()]))
+    rollout.ask(case.prompt.split())  # not a str method that builds a string: not read
     return rollout.ask(prompt)
 
 
@@ -1106,6 +1114,7 @@ def test_local_names_module_names_sums_and_templates_are_read_from_the_source() 
         "Answer in English: Why?",
         [{"role": "system", "content": PREFIX},
          {"role": "user", "content": "Customer message: Where is my order? (ticket 7)"}],
+        "Customer message:\nwhere is my order?",
         "Customer message: Where is my order? (ticket 7)",
     ]  # fmt: skip
     assert all(first_ask_is_plain(_built, e) for e in asked(_built))
@@ -1165,8 +1174,10 @@ def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -
     assert ev(("param", "nope")) is MISSING
     assert ev(("fstr", (("param", "loud"),))) is MISSING
     assert ev(("add", ("param", "loud"), ("const", "y"))) is MISSING
-    assert ev(("format", ("const", "{0.__class__}"), (("param", "loud"),), ())) is MISSING
-    assert ev(("format", ("const", "{missing}"), (), ())) is MISSING  # a KeyError: not known
+    assert ev(("method", ("const", "{0}"), "format", (("param", "loud"),), ())) is MISSING
+    assert ev(("method", ("const", "-"), "join", (("list", (("param", "loud"),)),), ())) is MISSING
+    assert ev(("method", ("param", "loud"), "strip", (), ())) is MISSING
+    assert ev(("method", ("const", "{missing}"), "format", (), ())) is MISSING  # a KeyError
     assert ran == []  # no property, __getattr__, __format__ or __add__ was called
 
 

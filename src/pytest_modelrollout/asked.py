@@ -15,13 +15,14 @@ What is read::
     rollout.ask("Hello"), ask(PROMPT)                     a string; a name of the test's module
     rollout.ask(f"Translate: {text}")                     an f-string of those
     rollout.ask("Summarize: " + case.prompt)              strings added together
-    rollout.ask(TEMPLATE.format(question=row["q"]))       str.format
+    rollout.ask(TEMPLATE.format(question=row["q"]))       str.format and other str methods
+    rollout.ask("\\n".join([INTRO, case.prompt]))         ("\\n".join, .strip(), .lower(), ...)
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
     prompt = f"Translate: {text}"                         a local name assigned once, at the
     rollout.ask(prompt)                                   top of the body, before the ask
 
-Anything else (a call, a conversion or format spec in an f-string, a name bound in a loop or
-under a condition) is not read: that ask is not planned.
+Anything else (a call of a function or of another method, a conversion or format spec in an
+f-string, a name bound in a loop or under a condition) is not read: that ask is not planned.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from typing import Any
 #   ("item", expr, key)            expr[key]: a dict's item, a list's or tuple's element
 #   ("fstr", (expr, ...))          an f-string: its parts, joined
 #   ("add", expr, expr)            str + str
-#   ("format", expr, (expr, ...), ((name, expr), ...))    template.format(*args, **kwargs)
+#   ("method", expr, name, (expr, ...), ((name, expr), ...))
+#                                  a str method: template.format(...), "\n".join([...]),
+#                                  text.strip(), ... (STR_METHODS)
 #   ("list", (expr, ...))          a list or tuple display
 #   ("dict", ((key, expr), ...))   a dict display with string keys
 Expr = tuple[Any, ...]
@@ -49,6 +52,11 @@ Expr = tuple[Any, ...]
 MISSING: Any = object()
 _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
 _DEPTH = 64  # how deep an expression (with the local names it reads) may nest
+# str methods read from the source: they build a string from strings and numbers only
+STR_METHODS = frozenset({
+    "format", "join", "strip", "lstrip", "rstrip", "lower", "upper", "replace", "removeprefix",
+    "removesuffix", "capitalize", "title",
+})  # fmt: skip
 
 
 def is_case(value: Any) -> bool:
@@ -107,7 +115,7 @@ class _Reader:
             left, right = sub(node.left), sub(node.right)
             return None if left is None or right is None else ("add", left, right)
         if isinstance(node, ast.Call):
-            return self._format(node, sub)
+            return self._method(node, sub)
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [sub(x) for x in node.elts]  # a *starred one is not read
             return ("list", tuple(items)) if all(x is not None for x in items) else None
@@ -150,10 +158,11 @@ class _Reader:
                 return None
         return ("fstr", tuple(parts))
 
-    def _format(self, node: ast.Call, sub: Any) -> Expr | None:
-        """``template.format(...)``: positional and keyword arguments, no ``*`` / ``**``."""
+    def _method(self, node: ast.Call, sub: Any) -> Expr | None:
+        """``text.method(...)`` for a method in :data:`STR_METHODS`: positional and keyword
+        arguments, no ``*`` / ``**``."""
         func = node.func
-        if not (isinstance(func, ast.Attribute) and func.attr == "format"):
+        if not (isinstance(func, ast.Attribute) and func.attr in STR_METHODS):
             return None
         template = sub(func.value)
         args = [sub(a) for a in node.args]
@@ -164,7 +173,7 @@ class _Reader:
             or any(k is None or v is None for k, v in kwargs)  # k None: a **kwargs
         ):
             return None
-        return ("format", template, tuple(args), tuple(kwargs))
+        return ("method", template, func.attr, tuple(args), tuple(kwargs))
 
 
 def _simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
@@ -214,8 +223,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return tuple(expr[1])
     if kind == "add":
         return (expr[1], expr[2])
-    if kind == "format":
-        return (expr[1], *expr[2], *(value for _, value in expr[3]))
+    if kind == "method":
+        return (expr[1], *expr[3], *(value for _, value in expr[4]))
     if kind == "dict":
         return tuple(value for _, value in expr[1])
     return ()  # param, global, const
@@ -306,16 +315,22 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
             return MISSING
         return _item(base, expr[2]) if kind == "item" else _attribute(base, expr[2])
     texts = [_evaluate(child, params, names) for child in _children(expr)]
+    if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) is list:
+        # "sep".join([...]) of strings
+        ok = type(texts[0]) is str and all(type(t) is str for t in texts[1])
+        return str.join(texts[0], texts[1]) if ok else MISSING
     if any(type(t) not in _TEXT for t in texts):
         return MISSING  # strings and numbers only: their formatting runs no user code
     if kind == "fstr":
         return "".join(format(t) for t in texts)
     if kind == "add":
         return str.__add__(*texts) if all(type(t) is str for t in texts) else MISSING
-    # "format": the template, then its positional and keyword arguments
-    template, args = texts[0], texts[1 : 1 + len(expr[2])]
-    kwargs = dict(zip((k for k, _ in expr[3]), texts[1 + len(expr[2]) :], strict=True))
-    return str.format(template, *args, **kwargs) if type(template) is str else MISSING
+    # "method": the string, then the method's positional and keyword arguments
+    text, n = texts[0], len(expr[3])
+    kwargs = dict(zip((k for k, _ in expr[4]), texts[1 + n :], strict=True))
+    return (
+        getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
+    )
 
 
 def _attribute(base: Any, name: str) -> Any:

@@ -1126,6 +1126,24 @@ def test_local_names_module_names_sums_and_templates_are_read_from_the_source() 
     assert evaluate(plus, {"prompt": 3}, {}) is MISSING  # str + str only
 
 
+def _prefixed(rollout, text):
+    return rollout.ask(PREFIX + text)
+
+
+def test_a_decorated_test_reads_the_names_of_its_own_module() -> None:
+    """The wrapper a decorator returns has its own module's names (here contextlib's): the
+    prompt is read where the test is written."""
+    import contextlib
+
+    from pytest_modelrollout.asked import asked, evaluate, module_names
+
+    wrapped = contextlib.contextmanager(_prefixed)
+    assert wrapped.__globals__ is not globals()  # type: ignore[attr-defined]
+    assert module_names(wrapped) is globals()
+    (expr,) = asked(wrapped)
+    assert evaluate(expr, {"text": "Hi"}, module_names(wrapped)) == "Customer message: Hi"
+
+
 def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -> None:
     from pytest_modelrollout.asked import MISSING, evaluate
 

@@ -285,6 +285,15 @@ def first_ask_is_plain(func: Any, expr: Expr) -> bool:
 
 
 # -- evaluating --------------------------------------------------------------------------------
+def module_names(func: Any) -> Any:
+    """The names of the module the test function's source is in (a decorated function's own,
+    as :func:`inspect.getsource` reads the function it wraps)."""
+    try:
+        return getattr(inspect.unwrap(func), "__globals__", None)
+    except ValueError:  # a cycle of __wrapped__
+        return None
+
+
 def evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     """The value of ``expr`` for an item with these parameters, the test's module's names
     being ``names`` (its ``__globals__``); :data:`MISSING` when it cannot be known without

@@ -45,7 +45,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._records import Role
-from .asked import Expr, asked, evaluate, first_ask_is_plain, is_case, is_prompt
+from .asked import (
+    Expr,
+    asked,
+    evaluate,
+    first_ask_is_plain,
+    is_case,
+    is_prompt,
+    module_names,
+)
 from .progress import Progress, progress_wanted
 from .providers.base import ChatRequest
 from .providers.client import CallResult, split_limit, worker_share
@@ -146,7 +154,7 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
     params = _params(item)
     func = getattr(item, "function", None)
     if func is not None:
-        names = getattr(func, "__globals__", None)
+        names = module_names(func)
         for expr in asked(func):
             value = evaluate(expr, params, names)
             if is_case(value) or is_prompt(value):

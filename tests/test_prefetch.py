@@ -290,6 +290,48 @@ def test_asks(rollout, {signature.split('"')[1]}):
     )
 
 
+@pytest.mark.parametrize(
+    ("fixture", "ahead"),
+    [("return request.param", True),  # the usual parametrized fixture
+     ('"""A customer message."""\n    return "Customer message: " + request.param', True),
+     ("yield request.param", True),
+     ("return rephrase(request.param)", False)],  # not known: run live, nothing wasted
+    ids=["identity", "built", "yield", "unread"],
+)  # fmt: skip
+@XDIST
+def test_prompts_a_parametrized_fixture_gives_the_tests_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, fixture: str, ahead: bool, xdist: list[str]
+) -> None:
+    """``@pytest.fixture(params=PROMPTS)``: the test gets what the fixture returns, read from
+    its source when that is all it does; before, the parameter itself was sent ahead, and every
+    call was wasted and sent again by the test."""
+    project.makepyfile(
+        test_suite=f"""
+import pytest
+
+def rephrase(text):
+    return "Customer message: " + text
+
+@pytest.fixture(params={PROMPTS!r})
+def prompt(request):
+    {fixture}
+
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+def test_asks(rollout, prompt):
+    pair = rollout.ask(prompt)
+    assert pair.stable.ok and pair.candidate.ok
+"""
+    )
+    result = _run(project, *xdist, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+    sent = 2 * N_CASES if ahead else 0
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch*: {sent} calls sent ahead*{sent} used, 0 unused*"]
+    )
+
+
 def test_prompts_written_in_the_tests_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:
@@ -393,7 +435,19 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("prompt", ["a", "b"], indirect=True)
         def test_indirect(rollout, prompt):
-            rollout.ask(prompt)  # the fixture's value, not the parameter's
+            rollout.ask(prompt)  # the fixture's value, read from its source
+
+        def rephrase(text):
+            return text + "?"
+
+        @pytest.fixture
+        def question(request):
+            return rephrase(request.param)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", ["a", "b"], indirect=True)
+        def test_unread(rollout, question):
+            rollout.ask(question)  # what the fixture makes of it is not known
 
         def test_no_workflow():
             pass
@@ -403,8 +457,8 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     items = project.genitems([module])
     assert {item.name: prefetchable(item) for item in items} == {
         "test_plain": 2, "test_other_arguments": 0, "test_probed[a]": 1, "test_probed[b]": 1,
-        "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_indirect[a]": 0,
-        "test_indirect[b]": 0, "test_no_workflow": 0,
+        "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_indirect[a]": 2,
+        "test_indirect[b]": 2, "test_unread[a]": 0, "test_unread[b]": 0, "test_no_workflow": 0,
     }  # fmt: skip
 
 

@@ -284,6 +284,50 @@ def first_ask_is_plain(func: Any, expr: Expr) -> bool:
     return dict(asks).get(expr, False) and not rebound.intersection(params_read(expr))
 
 
+class _Request:
+    """What a parametrized fixture's ``request`` is read as: its ``param`` only."""
+
+    def __init__(self, param: Any) -> None:
+        self.param = param
+
+
+@functools.lru_cache(maxsize=256)
+def _fixture_returns(func: Any) -> Expr | None:
+    """What a fixture returns, when its body is only ``return ...`` or ``yield ...`` (after a
+    docstring) and that reads nothing but ``request.param`` and the module's names."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not defs:
+        return None
+    body = defs[0].body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    if len(body) != 1:
+        return None
+    stmt = body[0]
+    if isinstance(stmt, ast.Return):
+        node = stmt.value
+    elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Yield):
+        node = stmt.value.value
+    else:
+        return None
+    expr = None if node is None else _Reader(defs[0]).read(node, stmt.lineno)
+    return expr if expr is not None and params_read(expr) <= {"request"} else None
+
+
+def fixture_value(func: Any, param: Any) -> Any:
+    """What the fixture ``func`` gives a test for ``request.param == param`` (``return
+    request.param``, ``return "Q: " + request.param["text"]``, ...), or :data:`MISSING` when
+    that cannot be known without running it."""
+    expr = _fixture_returns(func)
+    if expr is None:
+        return MISSING
+    return evaluate(expr, {"request": _Request(param)}, module_names(func))
+
+
 # -- evaluating --------------------------------------------------------------------------------
 def module_names(func: Any) -> Any:
     """The names of the module the test function's source is in (a decorated function's own,

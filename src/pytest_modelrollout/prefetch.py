@@ -46,10 +46,12 @@ import pytest
 
 from ._records import Role
 from .asked import (
+    MISSING,
     Expr,
     asked,
     evaluate,
     first_ask_is_plain,
+    fixture_value,
     is_case,
     is_prompt,
     module_names,
@@ -84,6 +86,8 @@ SHOWN_LIVE = 10  # functions listed in the summary
 WORKER_STATS_KEY = "modelrollout_prefetch"  # an xdist worker's counts, in its workeroutput
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")
 MODEL_FIXTURES: tuple[Role, ...] = ("stable", "candidate")
+# the function of the fixture pytest makes for a directly parametrized argument (7.4 to 9)
+DIRECT_PARAM_FIXTURE = "get_direct_param_fixture_func"
 
 
 @dataclass
@@ -164,19 +168,33 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
-    """The item's parameters as its test function receives them: not those parametrized
-    ``indirect``-ly (a fixture turns the value into what the test gets)."""
+    """The item's parameters as its test function receives them. One that a fixture turns into
+    what the test gets (parametrized ``indirect``-ly, or a fixture's own ``params``) is what
+    that fixture returns when that can be read from its source (``return request.param``),
+    and is left out otherwise."""
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return {}
     params = dict(callspec.params)
+    indirect_names: set[str] = set()  # what a fixture makes when pytest's fixture info is gone
     for mark in item.iter_markers("parametrize"):
         indirect = mark.kwargs.get("indirect", False)
         if indirect is True:
             names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
             indirect = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
-        for name in indirect or ():
-            params.pop(name, None)
+        indirect_names.update(indirect or ())
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", None) or {}
+    for name, value in list(params.items()):
+        fixturedefs = defs.get(name)
+        func = getattr(fixturedefs[-1], "func", None) if fixturedefs else None
+        # pytest turns a direct parameter into a fixture of its own that returns it as it is
+        direct = getattr(func, "__name__", "") == DIRECT_PARAM_FIXTURE
+        if (func is None and name in indirect_names) or (func is not None and not direct):
+            made = MISSING if func is None else fixture_value(func, value)
+            if made is MISSING:
+                del params[name]
+            else:
+                params[name] = made
     return params
 
 

@@ -375,21 +375,38 @@ def test_single(rollout, prompt):
      ('"case", cases("cases.jsonl")', "case.prompt")],  # the contract's own example
     ids=["string", "case-field"],
 )  # fmt: skip
-def test_a_prompt_asked_with_other_arguments_is_learned_after_one_probe(
-    project: pytest.Pytester, sim: CountingSim, parameter: str, prompt: str
+@pytest.mark.parametrize(
+    ("system", "read"),
+    [('"You are a concise support agent."', True), ("SYSTEM", True),
+     ("support_prompt()", False)],
+    ids=["literal", "constant", "call"],
+)  # fmt: skip
+def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
+    project: pytest.Pytester,
+    sim: CountingSim,
+    parameter: str,
+    prompt: str,
+    system: str,
+    read: bool,
 ) -> None:
-    """``rollout.ask(case.prompt, system="Reply with JSON only.")``: one probe per model with
-    the marker's arguments, then the learned ones, for every other test (before, for the
-    case's field, every test's probe was wasted)."""
+    """``rollout.ask(case.prompt, system=...)``: arguments read from the source go with every
+    test's request, no probe; arguments that cannot be read (a call) are learned after one
+    probe per model with the marker's arguments (before, for the case's field, every test's
+    probe was wasted)."""
     project.makepyfile(
         test_suite=f"""
         import pytest
         from pytest_modelrollout import cases
 
+        SYSTEM = "You are a concise support agent."
+
+        def support_prompt():
+            return SYSTEM
+
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize({parameter})
         def test_asks(rollout, {parameter.split('"')[1]}):
-            pair = rollout.ask({prompt}, system="You are a concise support agent.")
+            pair = rollout.ask({prompt}, system={system}, temperature=0)
             assert pair.stable.ok and pair.candidate.ok
         """
     )
@@ -397,9 +414,14 @@ def test_a_prompt_asked_with_other_arguments_is_learned_after_one_probe(
     result.assert_outcomes(passed=N_CASES)
     seen = sim.first_attempts()
     assert set(seen.values()) == {1}
-    assert sum(seen.values()) - 2 * N_CASES <= 2  # the probe with the marker's system
-    # the rest went ahead with the learned system prompt
-    result.stdout.fnmatch_lines([f"*calls sent ahead*{2 * (N_CASES - 1)} used*"])
+    wasted = sum(seen.values()) - 2 * N_CASES
+    if read:
+        assert wasted == 0
+        result.stdout.fnmatch_lines([f"*calls sent ahead*{2 * N_CASES} used, 0 unused*"])
+    else:
+        assert wasted <= 2  # the probe with the marker's system
+        # the rest went ahead with the learned system prompt
+        result.stdout.fnmatch_lines([f"*calls sent ahead*{2 * (N_CASES - 1)} used*"])
 
 
 def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
@@ -416,7 +438,11 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
 
         @pytest.mark.workflow("support")
         def test_other_arguments(rollout):
-            rollout.ask("Hello", system="x")  # on its own: never probed
+            rollout.ask("Hello", system="x")  # read from the source
+
+        @pytest.mark.workflow("support")
+        def test_unknown_arguments(rollout):
+            rollout.ask("Hello", system=str(rollout))  # on its own: never probed
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("p", ["a", "b"])
@@ -456,7 +482,8 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     module = project.getmodulecol(source, configargs=("-p", "no:syrupy"))
     items = project.genitems([module])
     assert {item.name: prefetchable(item) for item in items} == {
-        "test_plain": 2, "test_other_arguments": 0, "test_probed[a]": 1, "test_probed[b]": 1,
+        "test_plain": 2, "test_other_arguments": 2, "test_unknown_arguments": 0,
+        "test_probed[a]": 1, "test_probed[b]": 1,
         "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_indirect[a]": 2,
         "test_indirect[b]": 2, "test_unread[a]": 0, "test_unread[b]": 0, "test_no_workflow": 0,
     }  # fmt: skip
@@ -490,9 +517,12 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         def test_rephrased(rollout, case):
             rollout.ask(urgent(case.prompt))
 
+        def brief():
+            return "Be brief."
+
         @pytest.mark.workflow("support")
         def test_alone(rollout):
-            rollout.ask("Hello", system="Be brief.")
+            rollout.ask("Hello", system=brief())
 
         @pytest.mark.workflow("support")
         def test_built_here(rollout):
@@ -505,8 +535,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     workers = " (2 xdist workers)" if xdist else ""
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
-        "  run live: test_suite.py::test_alone (its first ask passes other arguments than the "
-        "marker's, and no other test learns them)",
+        "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
+        "the test runs, and no other test learns them)",
         "  run live: test_suite.py::test_built_here (its first ask's request is not known before "
         "the test runs)",
         "  run live: test_suite.py::test_computed (its first ask's request is not known before "
@@ -591,9 +621,14 @@ def test_unused_prefetch_is_not_recorded(
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def one_sentence():
+            return "Answer in one sentence."
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_other_request(rollout, case):
             # not the marker-default request: the prefetched one must go unused
-            pair = rollout.ask(case, system="Answer in one sentence.")
+            pair = rollout.ask(case, system=one_sentence())
             assert pair.stable.ok and pair.candidate.ok
         """
     )
@@ -630,10 +665,13 @@ def test_a_function_whose_arguments_vary_is_not_prefetched_after_two_probes(
         import pytest
         from pytest_modelrollout import cases
 
+        def answer_for(case):
+            return f"You answer case {case.id}."
+
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_varying(rollout, case):
-            pair = rollout.ask(case, system=f"You answer case {case.id}.")
+            pair = rollout.ask(case, system=answer_for(case))
             assert pair.stable.ok and pair.candidate.ok
         """
     )
@@ -1072,8 +1110,12 @@ def _plain(rollout, case):
 
 def _with_format(rollout, case):
     if case:
-        return rollout.ask(case, response_format={"type": "json_object"})
+        return rollout.ask(case, response_format={"type": "json_object"}, temperature=0)
     return rollout.ask(case)
+
+
+def _unreadable(rollout, case):
+    return rollout.ask(case, system=str(case))
 
 
 def _through_a_helper(rollout, item):
@@ -1086,26 +1128,31 @@ def _rebinding(rollout, prompt):
 
 
 def _reading(rollout, example, case):
-    rollout.ask(example["turns"][0], system="x")
+    rollout.ask(example["turns"][0], system=PREFIX)
     rollout.ask(case.prompt)
     return rollout.ask(example["turns"][0])
 
 
 @pytest.mark.parametrize(
-    ("func", "expr", "plain"),
-    [(_plain, ("param", "case"), True), (_with_format, ("param", "case"), False),
-     (_through_a_helper, ("param", "item"), False), (_plain, ("param", "row"), False),
-     (len, ("param", "case"), False), (_rebinding, ("param", "prompt"), False),
-     (_reading, ("attr", ("param", "case"), "prompt"), True),
-     (_reading, ("item", ("item", ("param", "example"), "turns"), 0), False),  # its first ask
-     (_reading, ("param", "case"), False)],
+    ("func", "expr", "keywords"),
+    [(_plain, ("param", "case"), ()),
+     (_with_format, ("param", "case"),
+      (("response_format", ("dict", (("type", ("const", "json_object")),))),
+       ("temperature", ("const", 0)))),
+     (_unreadable, ("param", "case"), None),  # a call: not known before the test runs
+     (_through_a_helper, ("param", "item"), None), (_plain, ("param", "row"), None),
+     (len, ("param", "case"), None), (_rebinding, ("param", "prompt"), None),
+     (_reading, ("attr", ("param", "case"), "prompt"), ()),
+     (_reading, ("item", ("item", ("param", "example"), "turns"), 0),
+      (("system", ("global", "PREFIX")),)),  # its first ask on it
+     (_reading, ("param", "case"), None)],
 )  # fmt: skip
-def test_first_ask_is_read_from_the_source(func: Any, expr: Any, plain: bool) -> None:
-    """Only a function whose first ask on the case passes nothing else is prefetched without a
-    probe; anything unclear is probed (never wrong, at worst one latency slower)."""
-    from pytest_modelrollout.asked import first_ask_is_plain
+def test_first_ask_is_read_from_the_source(func: Any, expr: Any, keywords: Any) -> None:
+    """A function whose first ask's arguments are all read from the source is prefetched
+    without a probe; anything unclear is probed (never wrong, at worst one latency slower)."""
+    from pytest_modelrollout.asked import first_ask_keywords
 
-    assert first_ask_is_plain(func, expr) is plain
+    assert first_ask_keywords(func, expr) == keywords
 
 
 def _templated(rollout, text, n, row):
@@ -1116,12 +1163,12 @@ def _templated(rollout, text, n, row):
 
 
 def test_f_strings_of_parameters_are_read_from_the_source() -> None:
-    from pytest_modelrollout.asked import MISSING, asked, evaluate, first_ask_is_plain
+    from pytest_modelrollout.asked import MISSING, asked, evaluate, first_ask_keywords
 
     fstring = ("fstr", (("const", "Say "), ("item", ("param", "row"), "word"), ("const", " "),
                         ("param", "n"), ("const", " times: "), ("param", "text")))  # fmt: skip
     assert asked(_templated) == [fstring]
-    assert first_ask_is_plain(_templated, fstring)
+    assert first_ask_keywords(_templated, fstring) == ()
     params = {"text": "hello", "n": 3, "row": {"word": "hi"}}
     assert evaluate(fstring, params, {}) == "Say hi 3 times: hello"
     assert evaluate(fstring, {**params, "n": [3]}, {}) is MISSING  # strings and numbers only
@@ -1158,7 +1205,7 @@ def _late(rollout, prompt, case):
 def test_local_names_module_names_sums_and_templates_are_read_from_the_source() -> None:
     """What a demanding user writes before asking: a prompt built in a local variable, from a
     template or a constant of the module, or a message list."""
-    from pytest_modelrollout.asked import MISSING, asked, evaluate, first_ask_is_plain
+    from pytest_modelrollout.asked import MISSING, asked, evaluate, first_ask_keywords
 
     case = SimpleNamespace(prompt="Where is my order?")
     params = {"case": case, "row": {"q": "Why?", "turns": ["a", "b"]}, "n": 7}
@@ -1171,11 +1218,11 @@ def test_local_names_module_names_sums_and_templates_are_read_from_the_source() 
         "Customer message:\nwhere is my order?",
         "Customer message: Where is my order? (ticket 7)",
     ]  # fmt: skip
-    assert all(first_ask_is_plain(_built, e) for e in asked(_built))
+    assert all(first_ask_keywords(_built, e) == () for e in asked(_built))
     assert evaluate(asked(_built)[1], {**params, "row": {}}, globals()) is MISSING
     plus = ("add", ("param", "prompt"), ("const", "!"))
     assert asked(_late) == [plus]
-    assert not first_ask_is_plain(_late, plus)  # the parameter is bound again: probed
+    assert first_ask_keywords(_late, plus) is None  # the parameter is bound again: probed
     assert evaluate(plus, {"prompt": "Hi"}, {}) == "Hi!"
     assert evaluate(plus, {"prompt": 3}, {}) is MISSING  # str + str only
 

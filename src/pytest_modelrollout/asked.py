@@ -48,6 +48,7 @@ from typing import Any
 #   ("list", (expr, ...))          a list or tuple display
 #   ("dict", ((key, expr), ...))   a dict display with string keys
 Expr = tuple[Any, ...]
+Keywords = tuple[tuple[str, Expr], ...]  # an ask's keyword arguments: (name, value), ...
 
 MISSING: Any = object()
 _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
@@ -98,7 +99,7 @@ class _Reader:
         if isinstance(node, ast.Name):
             return self._name(node.id, line, depth)
         if isinstance(node, ast.Constant):
-            ok = type(node.value) in _TEXT
+            ok = type(node.value) in _TEXT or node.value is None
             return ("const", node.value) if ok else None
         if isinstance(node, ast.Attribute):
             base = sub(node.value)
@@ -237,23 +238,30 @@ def params_read(expr: Expr) -> set[str]:
     return set().union(*(params_read(child) for child in _children(expr)))
 
 
-@functools.lru_cache(maxsize=256)
-def source_asks(func: Any) -> tuple[tuple[tuple[Expr, bool], ...], frozenset[str]]:
-    """From the test function's source: what each ``.ask(...)`` passes first when it can be
-    read, in source order, once each with whether that first ask on it passes nothing else;
-    and the parameters the function binds again (then what it asks may not be what was read)."""
+def _function_def(func: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The function's definition, parsed from its source."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     except (OSError, TypeError, SyntaxError):
-        return (), frozenset()
+        return None
     defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    if not defs:
+    return defs[0] if defs else None
+
+
+@functools.lru_cache(maxsize=256)
+def source_asks(func: Any) -> tuple[tuple[tuple[Expr, Keywords | None], ...], frozenset[str]]:
+    """From the test function's source: what each ``.ask(...)`` passes first when it can be
+    read, in source order, once each with the keyword arguments of the first ask on it (None
+    when it passes more than the prompt and keywords, or a keyword that cannot be read); and
+    the parameters the function binds again (then what it asks may not be what was read)."""
+    fdef = _function_def(func)
+    if fdef is None:
         return (), frozenset()
-    reader = _Reader(defs[0])
+    reader = _Reader(fdef)
     asks = sorted(
         (
             node
-            for stmt in defs[0].body
+            for stmt in fdef.body
             for node in ast.walk(stmt)
             if isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -262,13 +270,27 @@ def source_asks(func: Any) -> tuple[tuple[tuple[Expr, bool], ...], frozenset[str
         ),
         key=lambda node: (node.lineno, node.col_offset),
     )
-    first: dict[Expr, bool] = {}
+    first: dict[Expr, Keywords | None] = {}
     for node in asks:
         expr = reader.read(node.args[0], node.lineno)
-        if expr is not None:
-            first.setdefault(expr, len(node.args) == 1 and not node.keywords)
+        if expr is not None and expr not in first:
+            first[expr] = _keywords(reader, node)
     rebound = frozenset(reader.args & reader.bound.keys())
     return tuple(first.items()), rebound
+
+
+def _keywords(reader: _Reader, node: ast.Call) -> Keywords | None:
+    """An ask's keyword arguments, or None when it passes more than one positional argument,
+    a ``**kwargs`` or a keyword that cannot be read."""
+    if len(node.args) != 1:
+        return None
+    out = []
+    for keyword in node.keywords:
+        value = reader.read(keyword.value, node.lineno)
+        if keyword.arg is None or value is None:
+            return None
+        out.append((keyword.arg, value))
+    return tuple(out)
 
 
 def asked(func: Any) -> list[Expr]:
@@ -276,12 +298,17 @@ def asked(func: Any) -> list[Expr]:
     return [expr for expr, _ in source_asks(func)[0]]
 
 
-def first_ask_is_plain(func: Any, expr: Expr) -> bool:
-    """Whether the first ``.ask(...)`` on ``expr`` in the test function's source passes
-    nothing else, and the function never binds again a parameter it reads (then the planned
-    request is the one it sends)."""
+def first_ask_keywords(func: Any, expr: Expr) -> Keywords | None:
+    """The keyword arguments (``system=``, ``response_format=``, ``temperature=``, ...) of the
+    first ``.ask(...)`` on ``expr`` in the test function's source, ``()`` for none; None when
+    they cannot all be read, or the function binds again a parameter they or ``expr`` read
+    (then the planned request may not be the one it sends)."""
     asks, rebound = source_asks(func)
-    return dict(asks).get(expr, False) and not rebound.intersection(params_read(expr))
+    keywords = dict(asks).get(expr)
+    if keywords is None:
+        return None
+    reads = params_read(expr).union(*(params_read(value) for _, value in keywords))
+    return None if rebound & reads else keywords
 
 
 class _Request:
@@ -295,14 +322,10 @@ class _Request:
 def _fixture_returns(func: Any) -> Expr | None:
     """What a fixture returns, when its body is only ``return ...`` or ``yield ...`` (after a
     docstring) and that reads nothing but ``request.param`` and the module's names."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    except (OSError, TypeError, SyntaxError):
+    fdef = _function_def(func)
+    if fdef is None:
         return None
-    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    if not defs:
-        return None
-    body = defs[0].body
+    body = fdef.body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]  # the docstring
     if len(body) != 1:
@@ -314,7 +337,7 @@ def _fixture_returns(func: Any) -> Expr | None:
         node = stmt.value.value
     else:
         return None
-    expr = None if node is None else _Reader(defs[0]).read(node, stmt.lineno)
+    expr = None if node is None else _Reader(fdef).read(node, stmt.lineno)
     return expr if expr is not None and params_read(expr) <= {"request"} else None
 
 

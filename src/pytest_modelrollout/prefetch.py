@@ -50,7 +50,7 @@ from .asked import (
     Expr,
     asked,
     evaluate,
-    first_ask_is_plain,
+    first_ask_keywords,
     fixture_value,
     is_case,
     is_prompt,
@@ -79,7 +79,9 @@ UNUSED_LIMIT = 2
 UNUSED_SHARE = 10
 # why a test function runs live (the -v summary)
 LIVE_UNKNOWN = "its first ask's request is not known before the test runs"
-LIVE_LONE = "its first ask passes other arguments than the marker's, and no other test learns them"
+LIVE_LONE = (
+    "its first ask passes arguments not known before the test runs, and no other test learns them"
+)
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
 LIVE_UNUSED = "its tests took none of what was sent ahead for them"
 SHOWN_LIVE = 10  # functions listed in the summary
@@ -212,16 +214,38 @@ def prefetchable(item: pytest.Item) -> int:
     planned = _planned(item)
     if planned is None or not _asks_models(item):
         return 0
-    expr, case = planned
+    case = planned[1]
     roles = _roles(item)
-    func = getattr(item, "function", None)
-    if getattr(item, "callspec", None) is None and not (
-        func is not None and first_ask_is_plain(func, expr)
-    ):
+    if getattr(item, "callspec", None) is None and _source_kwargs(item, planned) is None:
         return 0  # a test on its own is not probed (Prefetcher.submit_item)
     if getattr(case, "stable_reply", None) is not None and "stable" in roles:
         return len(roles) - 1
     return len(roles)
+
+
+def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKwargs | None:
+    """What the item's first ask passes besides the prompt (``system``, ``tools``,
+    ``response_format``, ``params``), when it is all read from the test's source and known for
+    this item (none: the marker's); None otherwise."""
+    func = getattr(item, "function", None)
+    if planned is None or func is None:
+        return None
+    keywords = first_ask_keywords(func, planned[0])
+    if keywords is None:
+        return None
+    params, names = _params(item), module_names(func)
+    kw = {}
+    for name, expr in keywords:
+        value = evaluate(expr, params, names)
+        if value is MISSING:
+            return None
+        kw[name] = value
+    return {
+        "system": kw.pop("system", None),
+        "tools": kw.pop("tools", None),
+        "response_format": kw.pop("response_format", None),
+        "params": kw,
+    }
 
 
 def _asks_models(item: pytest.Item) -> bool:
@@ -250,8 +274,9 @@ def plan_item(
 ) -> list[tuple[Role, str, ChatRequest]]:
     """The calls of the item's first ``ask(case)``: ``(role, ref, request)``; [] if unknown.
 
-    ``ask_kwargs``: the ``system`` / ``tools`` / ``response_format`` / params another item of
-    the same test function passed to its first ``ask(case, ...)`` (None: none, the marker's).
+    ``ask_kwargs``: the ``system`` / ``tools`` / ``response_format`` / params of its first
+    ``ask(case, ...)``, read from the source or learned from another item of the same test
+    function (None: none, the marker's).
     ``only_roles``: the models the function's tests turned out to ask (None: its fixtures').
     """
     planned = _planned(item)
@@ -392,15 +417,12 @@ class Prefetcher:
             return "skip"
         if while_waiting and fkey not in self._settled:
             return "wait"
+        learned = self._learned.get(fkey)
+        # what the first ask passes besides the prompt: learned from a test, or read
+        ask_kwargs = learned if learned is not None else _source_kwargs(item, _planned(item))
         if fkey not in self._confirmed:
             planned = _planned(item)
-            func = getattr(item, "function", None)
-            if (
-                fkey not in self._learned
-                and planned is not None
-                and func is not None
-                and first_ask_is_plain(func, planned[0])
-            ):
+            if learned is None and ask_kwargs is not None:
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
                 return "wait"
@@ -413,9 +435,7 @@ class Prefetcher:
                     self._live(fkey, LIVE_UNKNOWN)
                 return "skip"
         self._planned.add(nodeid)
-        calls = plan_item(
-            item, self.session, self.context_for, self._learned.get(fkey), self._roles.get(fkey)
-        )
+        calls = plan_item(item, self.session, self.context_for, ask_kwargs, self._roles.get(fkey))
         if not calls:
             if _asks_models(item) and _planned(item) is None:
                 self._live(fkey, LIVE_UNKNOWN)

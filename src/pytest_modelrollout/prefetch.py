@@ -156,20 +156,38 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
     from one) and is, for this item, a case from ``cases()``, a prompt string or a chat message
     list. Otherwise the item's case from ``cases()``, under any parameter name, if it has
     exactly one (sent as a probe: see :class:`Prefetcher`).
+
+    Worked out once per item, when it is first planned (the test compares what it asks with it).
     """
+    if _PLANNED in item.stash:
+        return item.stash[_PLANNED]
     params = _params(item)
     func = getattr(item, "function", None)
-    if func is not None:
-        names = module_names(func)
-        for expr in asked(func):
-            value = evaluate(expr, params, names)
-            if is_case(value) or is_prompt(value):
-                return expr, value
-    cases = [name for name, value in params.items() if is_case(value)]
-    return (("param", cases[0]), params[cases[0]]) if len(cases) == 1 else None
+    planned: tuple[Expr, Any] | None = None
+    for expr in asked(func) if func is not None else ():
+        value = evaluate(expr, params, module_names(func))
+        if is_case(value) or is_prompt(value):
+            planned = expr, value
+            break
+    else:
+        cases = [name for name, value in params.items() if is_case(value)]
+        planned = (("param", cases[0]), params[cases[0]]) if len(cases) == 1 else None
+    item.stash[_PLANNED] = planned
+    return planned
+
+
+_PLANNED = pytest.StashKey[tuple[Expr, Any] | None]()
+_PARAMS = pytest.StashKey[dict[str, Any]]()
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
+    """The item's parameters as its test function receives them (worked out once per item)."""
+    if _PARAMS not in item.stash:
+        item.stash[_PARAMS] = _read_params(item)
+    return item.stash[_PARAMS]
+
+
+def _read_params(item: pytest.Item) -> dict[str, Any]:
     """The item's parameters as its test function receives them. One that a fixture turns into
     what the test gets (parametrized ``indirect``-ly, or a fixture's own ``params``) is what
     that fixture returns when that can be read from its source (``return request.param``),

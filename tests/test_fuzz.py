@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelrollout._exceptions import ConfigError, DatasetError, ProviderError
@@ -359,3 +359,87 @@ def test_csv_files_raise_only_dataset_errors(header: list[str], body: list[list[
         _check_cases(_load(".csv", buf.getvalue().encode()))
     except DatasetError as exc:
         assert "\n" not in str(exc)
+
+
+# ------------------------------------------------------- what prefetch reads from a test's source
+class _Row:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Asker:
+    """A ``rollout`` that keeps what the first ``ask`` was given."""
+
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+        self.reached = False
+
+    def reach(self) -> None:
+        self.reached = True
+
+    def ask(self, prompt: Any, **kwargs: Any) -> None:
+        self.asked.append(prompt)
+
+
+_LEAVES = ["p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
+           "p_list[3]", "p_obj.text", "p_obj.missing", "G_STR", "G_TEMPLATE", "'lit'", "3", "1.5",
+           "True", "None", "local"]  # fmt: skip
+_expr_sources = st.recursive(
+    st.sampled_from(_LEAVES),
+    lambda inner: st.one_of(
+        st.builds(lambda e: f'f"<{{{e}}}>"', inner),
+        st.builds(lambda a, b: f"({a} + {b})", inner, inner),
+        st.builds(lambda a, b, c: f"{a}.format({b}, x={c})", inner, inner, inner),
+        st.builds(lambda a, b: f"'-'.join([{a}, {b}])", inner, inner),
+        st.builds(lambda a, m: f"{a}.{m}", inner, st.sampled_from(
+            ["strip()", "upper()", "replace('a', 'b')", "split()", "casefold()"])),
+        st.builds(lambda a: f"[{{'role': 'user', 'content': {a}}}]", inner),
+    ),
+    max_leaves=6,
+)
+_texts = st.text(alphabet=st.sampled_from(list("ab {}x0_.!中文")), max_size=8)
+
+
+@SETTINGS
+@given(local=_expr_sources, asked=_expr_sources, p_str=_texts, template=_texts,
+       p_int=st.integers(-5, 5), p_float=st.floats(allow_nan=False), p_bool=st.booleans(),
+       p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
+       p_list=st.lists(_texts, max_size=4))  # fmt: skip
+def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
+    local: str, asked: str, p_str: str, template: str, p_int: int, p_float: float,
+    p_bool: bool, p_dict: dict[str, str], p_list: list[str],
+) -> None:  # fmt: skip
+    """For any test built from the forms prefetch reads, the value it plans is exactly what the
+    test passes to ``ask`` when it runs (a planned request the test would not send is a wasted
+    call); forms it cannot know are left unplanned, never guessed."""
+    import ast
+
+    from pytest_modelrollout.asked import MISSING, evaluate, read_asks
+
+    source = (
+        "def test_x(rollout, p_str, p_int, p_float, p_bool, p_dict, p_list, p_obj):\n"
+        f"    local = {local}\n"
+        "    rollout.reach()\n"
+        f"    rollout.ask({asked})\n"
+    )
+    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template}
+    params = {"p_str": p_str, "p_int": p_int, "p_float": p_float, "p_bool": p_bool,
+              "p_dict": p_dict, "p_list": p_list, "p_obj": _Row(p_str)}  # fmt: skip
+    try:
+        fdef = ast.parse(source).body[0]
+    except SyntaxError:  # an f-string in an f-string with the same quotes (Python < 3.12)
+        assume(False)
+    assert isinstance(fdef, ast.FunctionDef)
+    reads = read_asks(fdef)[0]
+    planned = evaluate(reads[0][0], params, names) if reads else MISSING
+    exec(compile(source, "<test>", "exec"), names)
+    rollout = _Asker()
+    try:
+        names["test_x"](rollout, **params)
+    except Exception:
+        # building what it asks failed: the test never asks, nothing may be sent for it (a
+        # test that fails before it gets there, like any failing test, is not known ahead)
+        assert planned is MISSING or not rollout.reached
+        return
+    if planned is not MISSING:
+        assert rollout.asked == [planned]

@@ -248,13 +248,20 @@ def _function_def(func: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
     return defs[0] if defs else None
 
 
+Asks = tuple[tuple[tuple[Expr, Keywords | None], ...], frozenset[str]]
+
+
 @functools.lru_cache(maxsize=256)
-def source_asks(func: Any) -> tuple[tuple[tuple[Expr, Keywords | None], ...], frozenset[str]]:
-    """From the test function's source: what each ``.ask(...)`` passes first when it can be
+def source_asks(func: Any) -> Asks:
+    """:func:`read_asks` of the test function's source."""
+    return read_asks(_function_def(func))
+
+
+def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
+    """From a test function's definition: what each ``.ask(...)`` passes first when it can be
     read, in source order, once each with the keyword arguments of the first ask on it (None
     when it passes more than the prompt and keywords, or a keyword that cannot be read); and
     the parameters the function binds again (then what it asks may not be what was read)."""
-    fdef = _function_def(func)
     if fdef is None:
         return (), frozenset()
     reader = _Reader(fdef)

@@ -37,7 +37,7 @@ from typing import Any
 # An expression, as nested tuples:
 #   ("param", name)                a parameter of the test function
 #   ("global", name)               a name of the test's module (PROMPT, TEMPLATE)
-#   ("const", value)               a str, int, float or bool literal
+#   ("const", value)               a str, int, float, bool or None literal
 #   ("attr", expr, name)           expr.name: an instance attribute
 #   ("item", expr, key)            expr[key]: a dict's item, a list's or tuple's element
 #   ("fstr", (expr, ...))          an f-string: its parts, joined

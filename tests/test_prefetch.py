@@ -528,19 +528,44 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         def test_built_here(rollout):
             prompt = "Hello " * 2
             rollout.ask(prompt)
+
+        def ask_twice(rollout, text):
+            return rollout.ask(text), rollout.ask(text)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("text", ["a", "b"])
+        def test_in_a_helper(rollout, text):
+            ask_twice(rollout, text)
+
+        @pytest.fixture
+        def greeting():
+            return "Hello"
+
+        @pytest.mark.workflow("support")
+        def test_from_a_fixture(rollout, greeting):
+            rollout.ask(greeting)
         """
     )
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES + 2)
+    result.assert_outcomes(passed=3 * N_CASES + 5)
     workers = " (2 xdist workers)" if xdist else ""
+    lines = project.path.joinpath("test_suite.py").read_text(encoding="utf-8").splitlines()
+    unknown = "its first ask's request is not known before the test runs"
+    # what to change, with the line in the test file
+    built = lines.index('    prompt = "Hello " * 2') + 1
+    computed = lines.index("    rollout.ask(urgent(prompt))") + 1
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
         "the test runs, and no other test learns them)",
-        "  run live: test_suite.py::test_built_here (its first ask's request is not known before "
-        "the test runs)",
-        "  run live: test_suite.py::test_computed (its first ask's request is not known before "
-        "the test runs)",
+        f"  run live: test_suite.py::test_built_here ({unknown}: `'Hello ' * 2` at line {built} "
+        "cannot be read without running it)",
+        f"  run live: test_suite.py::test_computed ({unknown}: `urgent(prompt)` at line "
+        f"{computed} cannot be read without running it)",
+        f"  run live: test_suite.py::test_from_a_fixture ({unknown}: `greeting` is what a fixture "
+        "returns, not known without running it)",
+        f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source (an "
+        "ask inside a helper function is not read))",
         "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
         "for them)",
     ])  # fmt: skip

@@ -265,7 +265,18 @@ def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
     if fdef is None:
         return (), frozenset()
     reader = _Reader(fdef)
-    asks = sorted(
+    first: dict[Expr, Keywords | None] = {}
+    for node in _ask_calls(fdef):
+        expr = reader.read(node.args[0], node.lineno)
+        if expr is not None and expr not in first:
+            first[expr] = _keywords(reader, node)
+    rebound = frozenset(reader.args & reader.bound.keys())
+    return tuple(first.items()), rebound
+
+
+def _ask_calls(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
+    """The function body's ``.ask(...)`` calls with a positional argument, in source order."""
+    return sorted(
         (
             node
             for stmt in fdef.body
@@ -277,13 +288,40 @@ def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
         ),
         key=lambda node: (node.lineno, node.col_offset),
     )
-    first: dict[Expr, Keywords | None] = {}
-    for node in asks:
-        expr = reader.read(node.args[0], node.lineno)
-        if expr is not None and expr not in first:
-            first[expr] = _keywords(reader, node)
-    rebound = frozenset(reader.args & reader.bound.keys())
-    return tuple(first.items()), rebound
+
+
+def first_ask_unread(func: Any) -> tuple[str, int] | None:
+    """What in the prompt of the function's first ``.ask(...)`` cannot be read: its source
+    and its line in the file (``("build_prompt(case)", 12)``); None when it can be read, or
+    the function has no ask. Tells a user what to change for the test to be sent ahead."""
+    fdef = _function_def(func)
+    asks = _ask_calls(fdef) if fdef is not None else []
+    if fdef is None or not asks:
+        return None
+    node = _unread(_Reader(fdef), asks[0].args[0], asks[0].lineno)
+    if node is None:
+        return None
+    try:
+        code = inspect.unwrap(func).__code__
+    except (AttributeError, ValueError):
+        return ast.unparse(node), node.lineno
+    return ast.unparse(node), code.co_firstlineno + node.lineno - 1
+
+
+def _unread(reader: _Reader, node: ast.expr, line: int) -> ast.expr | None:
+    """The innermost part of ``node`` that cannot be read (inside the value of a local name
+    it reads, too); None when all of it can."""
+    if reader.read(node, line) is not None:
+        return None
+    if isinstance(node, ast.Name):
+        single = reader.single.get(node.id)
+        if single is not None and single[0] < line:
+            return _unread(reader, single[1], single[1].lineno) or node
+        return node
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.expr) and (found := _unread(reader, child, line)) is not None:
+            return found
+    return node
 
 
 def _keywords(reader: _Reader, node: ast.Call) -> Keywords | None:

@@ -51,10 +51,12 @@ from .asked import (
     asked,
     evaluate,
     first_ask_keywords,
+    first_ask_unread,
     fixture_value,
     is_case,
     is_prompt,
     module_names,
+    params_read,
 )
 from .progress import Progress, progress_wanted
 from .providers.base import ChatRequest
@@ -266,6 +268,24 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
     }
 
 
+def _why_unknown(item: pytest.Item) -> str:
+    """Why the item's first request is not known before it runs, as the end of the -v line:
+    what a user can change for it to be sent ahead ("" when there is nothing more to say)."""
+    func = getattr(item, "function", None)
+    if func is None:
+        return ""
+    unread = first_ask_unread(func)
+    if unread is not None:
+        return f": `{unread[0]}` at line {unread[1]} cannot be read without running it"
+    exprs = asked(func)
+    if not exprs:
+        return ": no `.ask(...)` in its source (an ask inside a helper function is not read)"
+    missing = sorted(params_read(exprs[0]) - _params(item).keys())
+    if missing:
+        return f": `{missing[0]}` is what a fixture returns, not known without running it"
+    return ""
+
+
 def _asks_models(item: pytest.Item) -> bool:
     """A workflow test with a model fixture, that is not skipped before it runs."""
     return (
@@ -450,13 +470,13 @@ class Prefetcher:
                 if planned is not None:
                     self._live(fkey, LIVE_LONE)
                 elif _asks_models(item):
-                    self._live(fkey, LIVE_UNKNOWN)
+                    self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
                 return "skip"
         self._planned.add(nodeid)
         calls = plan_item(item, self.session, self.context_for, ask_kwargs, self._roles.get(fkey))
         if not calls:
             if _asks_models(item) and _planned(item) is None:
-                self._live(fkey, LIVE_UNKNOWN)
+                self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
             return "skip"
         if fkey not in self._confirmed:
             self._probe[fkey] = nodeid

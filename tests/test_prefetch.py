@@ -544,20 +544,26 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         @pytest.mark.workflow("support")
         def test_from_a_fixture(rollout, greeting):
             rollout.ask(greeting)
+
+        @pytest.mark.workflow("support")
+        def test_styled(rollout, greeting):
+            rollout.ask("Hi", system=greeting)
         """
     )
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES + 5)
+    result.assert_outcomes(passed=3 * N_CASES + 6)
     workers = " (2 xdist workers)" if xdist else ""
     lines = project.path.joinpath("test_suite.py").read_text(encoding="utf-8").splitlines()
     unknown = "its first ask's request is not known before the test runs"
     # what to change, with the line in the test file
     built = lines.index('    prompt = "Hello " * 2') + 1
     computed = lines.index("    rollout.ask(urgent(prompt))") + 1
+    alone = lines.index('    rollout.ask("Hello", system=brief())') + 1
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
-        "the test runs, and no other test learns them)",
+        f"the test runs, and no other test learns them: `brief()` at line {alone} cannot be read "
+        "without running it)",
         f"  run live: test_suite.py::test_built_here ({unknown}: `'Hello ' * 2` at line {built} "
         "cannot be read without running it)",
         f"  run live: test_suite.py::test_computed ({unknown}: `urgent(prompt)` at line "
@@ -568,6 +574,9 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         "ask inside a helper function is not read))",
         "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
         "for them)",
+        "  run live: test_suite.py::test_styled (its first ask passes arguments not known before "
+        "the test runs, and no other test learns them: `greeting` is what a fixture returns, not "
+        "known without running it)",
     ])  # fmt: skip
     assert "run live: test_suite.py::test_ahead" not in result.stdout.str()
 

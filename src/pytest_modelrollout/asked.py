@@ -291,16 +291,22 @@ def _ask_calls(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
 
 
 def first_ask_unread(func: Any) -> tuple[str, int] | None:
-    """What in the prompt of the function's first ``.ask(...)`` cannot be read: its source
-    and its line in the file (``("build_prompt(case)", 12)``); None when it can be read, or
-    the function has no ask. Tells a user what to change for the test to be sent ahead."""
+    """What in the function's first ``.ask(...)`` cannot be read — in its prompt, else in its
+    other arguments: its source and its line in the file (``("build_prompt(case)", 12)``);
+    None when all of it can be read, or the function has no ask. Tells a user what to change
+    for the test to be sent ahead."""
     fdef = _function_def(func)
     asks = _ask_calls(fdef) if fdef is not None else []
     if fdef is None or not asks:
         return None
-    node = _unread(_Reader(fdef), asks[0].args[0], asks[0].lineno)
+    reader, ask = _Reader(fdef), asks[0]
+    parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
+    node = next((n for p in parts if (n := _unread(reader, p, ask.lineno)) is not None), None)
     if node is None:
-        return None
+        starred = next((k for k in ask.keywords if k.arg is None), None)
+        if starred is None:
+            return None
+        node = starred.value  # a **kwargs
     try:
         code = inspect.unwrap(func).__code__
     except (AttributeError, ValueError):

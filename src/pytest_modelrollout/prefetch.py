@@ -57,6 +57,7 @@ from .asked import (
     is_prompt,
     module_names,
     params_read,
+    source_asks,
 )
 from .progress import Progress, progress_wanted
 from .providers.base import ChatRequest
@@ -277,10 +278,12 @@ def _why_unknown(item: pytest.Item) -> str:
     unread = first_ask_unread(func)
     if unread is not None:
         return f": `{unread[0]}` at line {unread[1]} cannot be read without running it"
-    exprs = asked(func)
-    if not exprs:
+    asks = source_asks(func)[0]
+    if not asks:
         return ": no `.ask(...)` in its source (an ask inside a helper function is not read)"
-    missing = sorted(params_read(exprs[0]) - _params(item).keys())
+    expr, keywords = asks[0]
+    reads = params_read(expr).union(*(params_read(value) for _, value in keywords or ()))
+    missing = sorted(reads - _params(item).keys())
     if missing:
         return f": `{missing[0]}` is what a fixture returns, not known without running it"
     return ""
@@ -468,7 +471,7 @@ class Prefetcher:
                 # a test on its own: a probe would teach nothing for later tests, only cost
                 self._planned.add(nodeid)
                 if planned is not None:
-                    self._live(fkey, LIVE_LONE)
+                    self._live(fkey, LIVE_LONE + _why_unknown(item))
                 elif _asks_models(item):
                     self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
                 return "skip"

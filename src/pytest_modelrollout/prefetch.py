@@ -155,8 +155,8 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
 
     The first ``.ask(...)`` in the function's source whose first argument can be read (see
     :mod:`.asked`: a parameter, an item or attribute of one, a string or a name of the module,
-    an f-string, a sum or a ``.format`` of those, a message list, a local name assigned once
-    from one) and is, for this item, a case from ``cases()``, a prompt string or a chat message
+    an f-string, a sum, ``str.format`` or another str method of those, a message list, a local
+    name assigned once from one) and is, for this item, a case from ``cases()``, a prompt string or a chat message
     list. Otherwise the item's case from ``cases()``, under any parameter name, if it has
     exactly one (sent as a probe: see :class:`Prefetcher`).
 

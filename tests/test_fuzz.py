@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -363,8 +364,28 @@ def test_csv_files_raise_only_dataset_errors(header: list[str], body: list[list[
 
 # ------------------------------------------------------- what prefetch reads from a test's source
 class _Row:
+    TEXT = "class attribute"
+
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+class _Tuple(NamedTuple):
+    text: str
+
+
+@dataclasses.dataclass(slots=True)
+class _Slots:
+    text: str
+
+
+class _Computed:
+    def __init__(self, text: str) -> None:
+        self.__dict__["text"] = text
+
+    @property
+    def text(self) -> str:  # what the test reads, not the instance's __dict__
+        return "computed"
 
 
 class _Asker:
@@ -383,7 +404,8 @@ class _Asker:
 
 _LEAVES = ["p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
            "p_list[3]", "p_obj.text", "p_obj.missing", "G_STR", "G_TEMPLATE", "'lit'", "3", "1.5",
-           "True", "None", "local"]  # fmt: skip
+           "True", "None", "local", "p_tuple.text", "p_slots.text", "p_computed.text", "p_obj.TEXT",
+           "G_CLASS.TEXT"]  # fmt: skip
 _expr_sources = st.recursive(
     st.sampled_from(_LEAVES),
     lambda inner: st.one_of(
@@ -417,14 +439,16 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
     from pytest_modelrollout.asked import MISSING, evaluate, read_asks
 
     source = (
-        "def test_x(rollout, p_str, p_int, p_float, p_bool, p_dict, p_list, p_obj):\n"
+        "def test_x(rollout, p_str, p_int, p_float, p_bool, p_dict, p_list, p_obj, p_tuple,"
+        " p_slots, p_computed):\n"
         f"    local = {local}\n"
         "    rollout.reach()\n"
         f"    rollout.ask({asked})\n"
     )
-    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template}
+    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template, "G_CLASS": _Row}
     params = {"p_str": p_str, "p_int": p_int, "p_float": p_float, "p_bool": p_bool,
-              "p_dict": p_dict, "p_list": p_list, "p_obj": _Row(p_str)}  # fmt: skip
+              "p_dict": p_dict, "p_list": p_list, "p_obj": _Row(p_str), "p_tuple": _Tuple(p_str),
+              "p_slots": _Slots(p_str), "p_computed": _Computed(p_str)}  # fmt: skip
     try:
         fdef = ast.parse(source).body[0]
     except SyntaxError:  # an f-string in an f-string with the same quotes (Python < 3.12)

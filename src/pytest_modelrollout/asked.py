@@ -32,7 +32,7 @@ import functools
 import inspect
 import textwrap
 import types
-from typing import Any
+from typing import Any, NamedTuple
 
 # An expression, as nested tuples:
 #   ("param", name)                a parameter of the test function
@@ -66,12 +66,14 @@ def is_case(value: Any) -> bool:
 
 
 def is_prompt(value: Any) -> bool:
-    """A prompt string or a list of chat messages (what ``ask`` takes besides a case)."""
-    if isinstance(value, str):
-        return bool(value)
-    return (
-        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(m, dict) for m in value)
-    )
+    """A prompt string or a list of chat messages (what ``ask`` takes besides a case). Told by
+    the value's type, with the built-ins' own methods: no subclass's code runs (``isinstance``
+    may read an object's ``__class__``)."""
+    kind = type(value)
+    if issubclass(kind, str):
+        return str.__len__(value) > 0
+    items = _elements(value)
+    return items is not None and bool(items) and all(issubclass(type(m), dict) for m in items)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -460,29 +462,87 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     )
 
 
+class _Row(NamedTuple):
+    field: str
+
+
+# fields kept in the object and read by C code: __slots__ and namedtuple fields
+_FIELDS: tuple[type, ...] = (types.MemberDescriptorType, type(_Row.__dict__["field"]))
+
+
 def _attribute(base: Any, name: str) -> Any:
-    """``base.name`` from the object's own ``__dict__``: not a property, not a class's
-    ``__getattr__`` (a module's names and a class's own attributes included)."""
+    """``base.name`` as Python reads it, where that runs none of the user's code: an instance
+    attribute, a ``__slots__`` or namedtuple field, a module's name, a plain class attribute.
+    Never a property or another descriptor, never ``__getattr__``, and nothing of an object
+    whose class reads its attributes its own way (a ``__getattribute__`` in Python)."""
+    if issubclass(type(base), type):  # not isinstance: it may read base.__class__
+        return _class_attribute(base, name)
+    cls = type(base)
+    if not isinstance(cls.__getattribute__, types.WrapperDescriptorType):
+        return MISSING  # the class reads attributes its own way: a Python __getattribute__
+    found = _lookup(cls, name)
+    if issubclass(type(found), _FIELDS):
+        field: Any = found
+        try:
+            return field.__get__(base, cls)
+        except AttributeError:  # a slot that was never set
+            return MISSING
+    if found is not MISSING and _is_data_descriptor(found):
+        return MISSING  # a property: it would run code
     try:
         own = object.__getattribute__(base, "__dict__")
     except AttributeError:
-        return MISSING
-    if type(own) is dict:
-        return dict.get(own, name, MISSING)
-    if type(own) is types.MappingProxyType:  # a class's
-        return own.get(name, MISSING)
+        own = None
+    if type(own) is dict and name in own:
+        return dict.__getitem__(own, name)
+    if found is MISSING or hasattr(type(found), "__get__"):
+        return MISSING  # not there, or a method
+    return found  # a plain attribute of its class
+
+
+def _class_attribute(cls: type, name: str) -> Any:
+    """``cls.name`` for a plain (not a descriptor) attribute of the class or a base class."""
+    meta = type(cls)
+    if (
+        not isinstance(meta.__getattribute__, types.WrapperDescriptorType)
+        or _lookup(meta, name) is not MISSING
+    ):
+        return MISSING  # a metaclass's own lookup, or one of its attributes (__name__, ...)
+    found = _lookup(cls, name)
+    return MISSING if found is MISSING or hasattr(type(found), "__get__") else found
+
+
+def _lookup(cls: type, name: str) -> Any:
+    """What the class or a base class defines under ``name`` (its ``__dict__`` entry)."""
+    for klass in cls.__mro__:
+        namespace = klass.__dict__
+        if name in namespace:
+            return namespace[name]
     return MISSING
+
+
+def _is_data_descriptor(value: Any) -> bool:
+    kind = type(value)
+    return hasattr(kind, "__set__") or hasattr(kind, "__delete__")
 
 
 def _item(base: Any, key: Any) -> Any:
     """``base[key]`` with the built-in's own lookup: no ``__missing__``, no subclass's
     ``__getitem__``."""
-    if isinstance(base, dict):
+    if issubclass(type(base), dict):
         return dict.get(base, key, MISSING)
-    if isinstance(base, (list, tuple)) and type(key) is int:
-        if not -len(base) <= key < len(base):
-            return MISSING
-        return (
-            list.__getitem__(base, key) if isinstance(base, list) else tuple.__getitem__(base, key)
-        )
-    return MISSING
+    items = _elements(base)
+    if items is None or type(key) is not int or not -len(items) <= key < len(items):
+        return MISSING
+    return items[key]
+
+
+def _elements(value: Any) -> list[Any] | None:
+    """A list's or tuple's elements, read with the built-in's own methods (not a subclass's
+    ``__iter__``, ``__len__`` or ``__getitem__``); None for anything else."""
+    kind = type(value)
+    if issubclass(kind, list):
+        return list(list.__iter__(value))
+    if issubclass(kind, tuple):
+        return list(tuple.__iter__(value))
+    return None

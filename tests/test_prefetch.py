@@ -247,9 +247,10 @@ PROMPTS = [f"Where is my order A-{1000 + i}? It is late." for i in range(N_CASES
          'prompt = TEMPLATE.format(lang="en", text=case.prompt)\n    pair = rollout.ask(prompt)'),
         ('"text", PROMPTS', 'messages = [{"role": "user", "content": PREFIX + text}]\n'
          '    pair = rollout.ask(messages)'),
+        ('"row", [Row(p) for p in PROMPTS]', "rollout.ask(row.prompt)"),  # a NamedTuple's field
     ],
     ids=["strings", "messages", "case-named-row", "dict-item", "case-field", "f-string",
-         "local-sum", "local-template", "local-messages"],
+         "local-sum", "local-template", "local-messages", "namedtuple-field"],
 )  # fmt: skip
 @XDIST
 def test_prompts_the_tests_are_parametrized_with_are_sent_ahead(
@@ -260,12 +261,17 @@ def test_prompts_the_tests_are_parametrized_with_are_sent_ahead(
     them in the test), or a case under any parameter name. Same requests and results as without prefetch, each sent once, all of
     them ahead of their tests."""
     body = f"""
+from typing import NamedTuple
+
 import pytest
 from pytest_modelrollout import cases
 
 PROMPTS = {PROMPTS!r}
 PREFIX = "Customer message: "
 TEMPLATE = "Customer message ({{lang}}): {{text}}"
+
+class Row(NamedTuple):
+    prompt: str
 
 @pytest.mark.workflow("support", system="You are a concise support agent.")
 @pytest.mark.parametrize({signature})

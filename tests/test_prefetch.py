@@ -296,6 +296,83 @@ def test_asks(rollout, {signature.split('"')[1]}):
     )
 
 
+BOTH = 'rollout.ask(case.prompt, system="Answer in Chinese.")'
+
+
+@pytest.mark.parametrize(
+    ("second", "ahead", "xdist"),
+    [(BOTH, 2, []), (BOTH, 2, ["-n", "2"]),  # another ask, both models
+     ('rollout.candidate.ask(case.prompt + " Be brief.")', 1, []),  # the candidate only
+     ("rollout.ask(first.candidate.text)", 0, []),  # reads a reply: asked after it, live
+     ("rollout.ask(case)", 0, [])],  # the same ask again, to compare: after the first reply
+    ids=["both", "both-xdist-2", "candidate", "reads-a-reply", "repeat"],
+)  # fmt: skip
+def test_later_asks_the_test_always_makes_are_sent_ahead_too(
+    project: pytest.Pytester, sim: CountingSim, second: str, ahead: int, xdist: list[str]
+) -> None:
+    """A test that asks twice: the second ask goes ahead with the first when it is read in full
+    and nothing before it may end the test (an assert still can); one that reads a reply, or
+    the same ask again, is asked after the first reply, as the test does. Same requests and
+    results as without prefetch, each sent as often."""
+    # a reply as the prompt makes the candidate's p95 latency close to its gate, where this
+    # machine's scheduling noise decides the verdict: the latency gate is left out here
+    project.makepyprojecttoml(
+        CONFIG + "\n[tool.modelrollout.gates]\nmax_p95_latency_increase = 10.0\n"
+    )
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_twice(rollout, case):
+            first = rollout.ask(case)
+            assert first.stable.ok and first.candidate.ok
+            {second}
+        """
+    )
+    off = _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json")
+    off.assert_outcomes(passed=N_CASES)
+    off_counts = sim.first_attempts()
+    sim.reset()
+    on = _run(project, *xdist, "-v", "--rollout-report=on.json")
+    on.assert_outcomes(passed=N_CASES)
+    assert sim.first_attempts() == off_counts
+    sent = (2 + ahead) * N_CASES
+    on.stdout.fnmatch_lines([f"modelrollout prefetch*: {sent} calls sent ahead*{sent} used, 0 unused*"])
+    assert _essentials(_report(project.path / "on.json")) == _essentials(
+        _report(project.path / "off.json")
+    )
+
+
+def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """An assert that fails before the second ask: that call is wasted, for two tests, then
+    only the first asks of the function are sent ahead."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_twice(rollout, case):
+            first = rollout.ask(case)
+            assert first.candidate.text == "never"
+            rollout.ask(case.prompt, system="Answer in Chinese.")
+        """
+    )
+    _run(project, "--rollout-concurrency=1", "--rollout-allow-inconclusive").assert_outcomes(
+        failed=N_CASES
+    )
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    wasted = sum(seen.values()) - 2 * N_CASES
+    assert 0 < wasted <= 2 * 4, wasted  # two tests' later asks, and those already in flight
+
+
 @pytest.mark.parametrize(
     ("fixture", "ahead"),
     [("return request.param", True),  # the usual parametrized fixture

@@ -34,6 +34,8 @@ import textwrap
 import types
 from typing import Any, NamedTuple
 
+from ._records import Role
+
 # An expression, as nested tuples:
 #   ("param", name)                a parameter of the test function
 #   ("global", name)               a name of the test's module (PROMPT, TEMPLATE)
@@ -290,6 +292,80 @@ def _ask_calls(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
         ),
         key=lambda node: (node.lineno, node.col_offset),
     )
+
+
+# which models an ask's receiver asks: rollout.ask, rollout.stable.ask, candidate.ask, ...
+_RECEIVERS: dict[str, tuple[Role, ...]] = {
+    "rollout": ("stable", "candidate"),
+    "stable": ("stable",),
+    "candidate": ("candidate",),
+}
+LaterAsk = tuple[tuple[Role, ...], Expr, Keywords]  # (models asked, prompt, keyword arguments)
+
+
+@functools.lru_cache(maxsize=256)
+def later_asks(func: Any) -> tuple[LaterAsk, ...]:
+    """The asks after the test function's first one that it always makes once it gets there,
+    read in full from its source: statements of the body itself (not under a condition or in a
+    loop), with nothing before them that may end the test early (``return``, ``raise``,
+    ``pytest.skip``; a failing ``assert`` still can), on a model fixture (``rollout.ask``,
+    ``rollout.candidate.ask``, ``stable.ask``). An ask whose prompt reads an earlier reply is
+    not read (its local name's value is a call)."""
+    fdef = _function_def(func)
+    calls = _ask_calls(fdef) if fdef is not None else []
+    if fdef is None or not calls:
+        return ()
+    reader, first, out = _Reader(fdef), calls[0], []
+    for stmt in fdef.body:
+        call = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else None
+        if call is not None and call is not first and call in calls and call.lineno > first.lineno:
+            roles = _receiver_roles(call.func, reader)
+            prompt = reader.read(call.args[0], call.lineno)
+            keywords = _keywords(reader, call)
+            if roles and prompt is not None and keywords is not None:
+                out.append((roles, prompt, keywords))
+        if _may_end_early(stmt):
+            break
+    return tuple(out)
+
+
+_STATEMENTS = (ast.Expr, ast.Assign, ast.AnnAssign)
+
+
+def _receiver_roles(func: ast.expr, reader: _Reader) -> tuple[Role, ...]:
+    """The models ``<receiver>.ask`` asks, when the receiver is a model fixture itself."""
+    receiver = func.value if isinstance(func, ast.Attribute) else None
+    if (
+        isinstance(receiver, ast.Name)
+        and receiver.id in reader.args
+        and receiver.id not in reader.bound
+    ):
+        return _RECEIVERS.get(receiver.id, ())
+    if (
+        isinstance(receiver, ast.Attribute)
+        and receiver.attr in ("stable", "candidate")
+        and isinstance(receiver.value, ast.Name)
+        and receiver.value.id == "rollout"
+        and "rollout" in reader.args
+        and "rollout" not in reader.bound
+    ):
+        return _RECEIVERS[receiver.attr]
+    return ()
+
+
+def _may_end_early(stmt: ast.stmt) -> bool:
+    """Whether the statement may end the test (``return``, ``raise``, ``pytest.skip/xfail/
+    fail``) or leave the body some other way (``break`` does not reach here)."""
+    for node in ast.walk(stmt):
+        if isinstance(node, (ast.Return, ast.Raise)):
+            return True
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("skip", "xfail", "fail", "exit")
+        ):
+            return True
+    return False
 
 
 def first_ask_unread(func: Any) -> tuple[str, int] | None:

@@ -55,6 +55,7 @@ from .asked import (
     fixture_value,
     is_case,
     is_prompt,
+    later_asks,
     module_names,
     params_read,
     source_asks,
@@ -103,6 +104,7 @@ class Slot:
     future: concurrent.futures.Future[Outcome]
     held: bool = True  # not yet taken by its test, released or dropped
     ready: bool = False  # its reply is in
+    first: bool = True  # of the test's first ask (else of a later one: :func:`plan_later`)
 
 
 @dataclass
@@ -239,9 +241,10 @@ def prefetchable(item: pytest.Item) -> int:
     roles = _roles(item)
     if getattr(item, "callspec", None) is None and _source_kwargs(item, planned) is None:
         return 0  # a test on its own is not probed (Prefetcher.submit_item)
+    later = _later_count(item)
     if getattr(case, "stable_reply", None) is not None and "stable" in roles:
-        return len(roles) - 1
-    return len(roles)
+        return len(roles) - 1 + later
+    return len(roles) + later
 
 
 def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKwargs | None:
@@ -350,6 +353,64 @@ def plan_item(
     return calls
 
 
+def plan_later(
+    item: pytest.Item,
+    session: RolloutSession,
+    context_for: ContextFactory,
+    first: Sequence[tuple[Role, str, ChatRequest]],
+) -> list[tuple[Role, str, ChatRequest]]:
+    """The calls of the asks after the item's first one that the test always makes and that
+    are read in full from its source (:func:`.asked.later_asks`): ``(role, ref, request)``.
+    A request the test already makes before (the same ask again, to compare the replies) is
+    left out: it is asked after the first reply, as the test does."""
+    func = getattr(item, "function", None)
+    asks = later_asks(func) if func is not None else ()
+    if not asks:
+        return []
+    params, names = _params(item), module_names(func)
+    seen = {(role, ref, request.key(ref)) for role, ref, request in first}
+    try:
+        ctx = context_for(item)
+    except Exception:
+        return []
+    calls: list[tuple[Role, str, ChatRequest]] = []
+    for roles, expr, keywords in asks:
+        value = evaluate(expr, params, names)
+        kw = {name: evaluate(e, params, names) for name, e in keywords}
+        if not (is_case(value) or is_prompt(value)) or MISSING in kw.values():
+            continue
+        try:
+            request, _ = ctx.build_request(
+                value,
+                system=kw.pop("system", None),
+                tools=kw.pop("tools", None),
+                response_format=kw.pop("response_format", None),
+                params=kw,
+            )
+        except Exception:  # the test reports it when it asks
+            continue
+        for role in roles:
+            ref = ctx.ref(role)
+            key = (role, ref, request.key(ref))
+            shadow = role == "stable" and getattr(value, "stable_reply", None) is not None
+            if session.is_killed(ref) or shadow or key in seen:
+                continue
+            seen.add(key)
+            calls.append((role, ref, request))
+    return calls
+
+
+def _later_count(item: pytest.Item) -> int:
+    """How many calls :func:`plan_later` may send for the item (for the progress total)."""
+    func = getattr(item, "function", None)
+    planned = _planned(item)
+    if func is None or planned is None or _source_kwargs(item, planned) is None:
+        return 0
+    first = (planned[0], first_ask_keywords(func, planned[0]))
+    asks = {(expr, keywords) for _, expr, keywords in later_asks(func)} - {first}
+    return sum(len(roles) for roles, expr, keywords in later_asks(func) if (expr, keywords) in asks)
+
+
 # -- the prefetcher ------------------------------------------------------------------------
 class Prefetcher:
     """Owns the slots; driven from the pytest main thread, results land on the runner loop.
@@ -412,6 +473,9 @@ class Prefetcher:
         # planned tests of each function that finished, and those that took none of their calls
         self._finished_of: collections.Counter[str] = collections.Counter()
         self._unused_of: collections.Counter[str] = collections.Counter()
+        # functions whose later asks (plan_later) went unused too often: first asks only
+        self._no_later: set[str] = set()
+        self._later_unused_of: collections.Counter[str] = collections.Counter()
         # test functions that run live, and why (shown with -v)
         self.live: dict[str, str] = {}
         # parametrized tests per function in the run (a function with one has no use for a probe)
@@ -481,6 +545,11 @@ class Prefetcher:
             if _asks_models(item) and _planned(item) is None:
                 self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
             return "skip"
+        later = (
+            plan_later(item, self.session, self.context_for, calls)
+            if fkey in self._confirmed and fkey not in self._no_later
+            else []
+        )
         if fkey not in self._confirmed:
             self._probe[fkey] = nodeid
         self._function[nodeid] = fkey
@@ -488,9 +557,9 @@ class Prefetcher:
         runner = self.session.runner
         slots = []
         where = Path(str(item.path)).parent  # cassettes beside the test file
-        for role, ref, request in calls:
+        for i, (role, ref, request) in enumerate([*calls, *later]):
             future = runner.submit(self.session.acall(ref, request, role, where))
-            slots.append(Slot(role, ref, request.key(ref), future))
+            slots.append(Slot(role, ref, request.key(ref), future, first=i < len(calls)))
         with self._lock:
             self._slots[nodeid] = slots
             self._held += len(slots)
@@ -600,7 +669,8 @@ class Prefetcher:
                         self._drop((slot,))
                         self.stats.used += 1
                         out[i] = slot.future
-                        self._taken.setdefault(test_id, set()).add(slot.role)
+                        if slot.first:  # what its first ask asks: the roles to plan
+                            self._taken.setdefault(test_id, set()).add(slot.role)
                         matched = True
                         break
             if not slots:
@@ -657,13 +727,24 @@ class Prefetcher:
             if not slots:
                 return
             self.stats.unused += self._drop(slots)
-        if fkey is not None and taken:
+        if fkey is not None and any(not slot.first for slot in slots):
+            self._later_unused(fkey)
+        if fkey is not None and taken and any(slot.first for slot in slots):
             # it asked some of the planned models and never the others: plan only those
             self._roles[fkey] = frozenset(taken)
-        elif fkey is not None:
+        elif fkey is not None and not taken:
             self._unused(fkey)
         for slot in slots:
             slot.future.cancel()
+
+    def _later_unused(self, fkey: str) -> None:
+        """A test of the function did not make one of the later asks sent ahead for it (an
+        assert failed before it, say): from the second such test, once they are one in ten of
+        the function's, only its first asks are sent ahead."""
+        self._later_unused_of[fkey] += 1
+        unused = self._later_unused_of[fkey]
+        if unused >= UNUSED_LIMIT and unused * UNUSED_SHARE >= self._finished_of[fkey]:
+            self._no_later.add(fkey)
 
     def _unused(self, fkey: str) -> None:
         """A test of the function took none of the calls sent ahead for it: its first ask is

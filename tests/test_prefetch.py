@@ -280,20 +280,30 @@ def test_asks(rollout, {signature.split('"')[1]}):
     pair.expect_language("same_as_prompt")
 """
     project.makepyfile(test_suite=body)
+    off_counts, on = _without_and_with_prefetch(project, sim, xdist)
+    assert set(off_counts.values()) == {1} and len(off_counts) == 2 * N_CASES
+    on.stdout.fnmatch_lines(
+        [f"modelrollout prefetch*: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
+    )
+
+
+def _without_and_with_prefetch(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> tuple[Counter[tuple[str, str, str]], pytest.RunResult]:
+    """The suite run sequentially, then with prefetch (``-v``): every test passes both times,
+    each request is sent as often, and the results are the same. Returns the requests the
+    sequential run sent, and the prefetched run."""
     off = _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json")
     off.assert_outcomes(passed=N_CASES)
     off_counts = sim.first_attempts()
     sim.reset()
     on = _run(project, *xdist, "-v", "--rollout-report=on.json")
     on.assert_outcomes(passed=N_CASES)
-    assert sim.first_attempts() == off_counts and set(off_counts.values()) == {1}
-    assert len(off_counts) == 2 * N_CASES
-    on.stdout.fnmatch_lines(
-        [f"modelrollout prefetch*: {2 * N_CASES} calls sent ahead*{2 * N_CASES} used, 0 unused*"]
-    )
+    assert sim.first_attempts() == off_counts
     assert _essentials(_report(project.path / "on.json")) == _essentials(
         _report(project.path / "off.json")
     )
+    return off_counts, on
 
 
 BOTH = 'rollout.ask(case.prompt, system="Answer in Chinese.")'
@@ -332,18 +342,9 @@ def test_later_asks_the_test_always_makes_are_sent_ahead_too(
             {second}
         """
     )
-    off = _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json")
-    off.assert_outcomes(passed=N_CASES)
-    off_counts = sim.first_attempts()
-    sim.reset()
-    on = _run(project, *xdist, "-v", "--rollout-report=on.json")
-    on.assert_outcomes(passed=N_CASES)
-    assert sim.first_attempts() == off_counts
+    _, on = _without_and_with_prefetch(project, sim, xdist)
     sent = (2 + ahead) * N_CASES
     on.stdout.fnmatch_lines([f"modelrollout prefetch*: {sent} calls sent ahead*{sent} used, 0 unused*"])
-    assert _essentials(_report(project.path / "on.json")) == _essentials(
-        _report(project.path / "off.json")
-    )
 
 
 def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(

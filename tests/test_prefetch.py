@@ -544,6 +544,12 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
             rollout.ask("Hello", system="x")  # read from the source
 
         @pytest.mark.workflow("support")
+        def test_twice(rollout):
+            rollout.ask("Hello")
+            rollout.candidate.ask("Hi")  # a later ask, the candidate only
+            rollout.ask("Hello")  # a repeat: asked after the first reply
+
+        @pytest.mark.workflow("support")
         def test_unknown_arguments(rollout):
             rollout.ask("Hello", system=str(rollout))  # on its own: never probed
 
@@ -585,7 +591,7 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     module = project.getmodulecol(source, configargs=("-p", "no:syrupy"))
     items = project.genitems([module])
     assert {item.name: prefetchable(item) for item in items} == {
-        "test_plain": 2, "test_other_arguments": 2, "test_unknown_arguments": 0,
+        "test_plain": 2, "test_other_arguments": 2, "test_twice": 3, "test_unknown_arguments": 0,
         "test_probed[a]": 1, "test_probed[b]": 1,
         "test_not_a_prompt[1]": 0, "test_not_a_prompt[2]": 0, "test_indirect[a]": 2,
         "test_indirect[b]": 2, "test_unread[a]": 0, "test_unread[b]": 0, "test_no_workflow": 0,

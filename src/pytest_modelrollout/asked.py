@@ -242,8 +242,9 @@ def params_read(expr: Expr) -> set[str]:
     return set().union(*(params_read(child) for child in _children(expr)))
 
 
+@functools.lru_cache(maxsize=256)
 def _function_def(func: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
-    """The function's definition, parsed from its source."""
+    """The function's definition, parsed from its source (once: every reading shares it)."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
     except (OSError, TypeError, SyntaxError):

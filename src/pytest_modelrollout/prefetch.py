@@ -48,6 +48,7 @@ from ._records import Role
 from .asked import (
     MISSING,
     Expr,
+    Keywords,
     asked,
     evaluate,
     first_ask_keywords,
@@ -257,7 +258,12 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
     keywords = first_ask_keywords(func, planned[0])
     if keywords is None:
         return None
-    params, names = _params(item), module_names(func)
+    return _evaluated_kwargs(keywords, _params(item), module_names(func))
+
+
+def _evaluated_kwargs(keywords: Keywords, params: dict[str, Any], names: Any) -> AskKwargs | None:
+    """An ask's keyword arguments read from the source, evaluated for an item, in the form
+    ``TestContext.ask`` splits them into; None when one is not known."""
     kw = {}
     for name, expr in keywords:
         value = evaluate(expr, params, names)
@@ -270,6 +276,19 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
         "response_format": kw.pop("response_format", None),
         "params": kw,
     }
+
+
+def _request(ctx: TestContext, prompt: Any, ask_kwargs: AskKwargs | None) -> ChatRequest:
+    """The request ``ask(prompt, **ask_kwargs)`` builds in the test (None: no arguments)."""
+    kw = ask_kwargs or {}
+    request, _ = ctx.build_request(
+        prompt,
+        system=kw.get("system"),
+        tools=kw.get("tools"),
+        response_format=kw.get("response_format"),
+        params=dict(kw.get("params") or {}),
+    )
+    return request
 
 
 def _why_unknown(item: pytest.Item) -> str:
@@ -330,14 +349,7 @@ def plan_item(
     roles = _roles(item)
     try:
         ctx = context_for(item)
-        kw = ask_kwargs or {}
-        request, _ = ctx.build_request(
-            case,
-            system=kw.get("system"),
-            tools=kw.get("tools"),
-            response_format=kw.get("response_format"),
-            params=dict(kw.get("params") or {}),
-        )
+        request = _request(ctx, case, ask_kwargs)
     except Exception:  # a marker or case problem: the test reports it when it runs
         return []
     calls: list[tuple[Role, str, ChatRequest]] = []
@@ -376,17 +388,11 @@ def plan_later(
     calls: list[tuple[Role, str, ChatRequest]] = []
     for roles, expr, keywords in asks:
         value = evaluate(expr, params, names)
-        kw = {name: evaluate(e, params, names) for name, e in keywords}
-        if not (is_case(value) or is_prompt(value)) or MISSING in kw.values():
+        kw = _evaluated_kwargs(keywords, params, names)
+        if not (is_case(value) or is_prompt(value)) or kw is None:
             continue
         try:
-            request, _ = ctx.build_request(
-                value,
-                system=kw.pop("system", None),
-                tools=kw.pop("tools", None),
-                response_format=kw.pop("response_format", None),
-                params=kw,
-            )
+            request = _request(ctx, value, kw)
         except Exception:  # the test reports it when it asks
             continue
         for role in roles:
@@ -406,9 +412,13 @@ def _later_count(item: pytest.Item) -> int:
     planned = _planned(item)
     if func is None or planned is None or _source_kwargs(item, planned) is None:
         return 0
-    first = (planned[0], first_ask_keywords(func, planned[0]))
-    asks = {(expr, keywords) for _, expr, keywords in later_asks(func)} - {first}
-    return sum(len(roles) for roles, expr, keywords in later_asks(func) if (expr, keywords) in asks)
+    seen = {(planned[0], first_ask_keywords(func, planned[0]))}
+    count = 0
+    for roles, expr, keywords in later_asks(func):
+        if (expr, keywords) not in seen:  # a repeat is asked after the first reply
+            seen.add((expr, keywords))
+            count += len(roles)
+    return count
 
 
 # -- the prefetcher ------------------------------------------------------------------------
@@ -522,11 +532,11 @@ class Prefetcher:
             return "skip"
         if while_waiting and fkey not in self._settled:
             return "wait"
+        planned = _planned(item)
         learned = self._learned.get(fkey)
         # what the first ask passes besides the prompt: learned from a test, or read
-        ask_kwargs = learned if learned is not None else _source_kwargs(item, _planned(item))
+        ask_kwargs = learned if learned is not None else _source_kwargs(item, planned)
         if fkey not in self._confirmed:
-            planned = _planned(item)
             if learned is None and ask_kwargs is not None:
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
@@ -542,7 +552,7 @@ class Prefetcher:
         self._planned.add(nodeid)
         calls = plan_item(item, self.session, self.context_for, ask_kwargs, self._roles.get(fkey))
         if not calls:
-            if _asks_models(item) and _planned(item) is None:
+            if _asks_models(item) and planned is None:
                 self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
             return "skip"
         later = (

@@ -127,6 +127,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"modelrollout: {exc}") from None
     session.xdist_worker = _is_worker(config)
+    if session.xdist_worker:
+        address = config.workerinput.get(SLOTS_KEY)  # type: ignore[attr-defined]
+        session.slots_address = str(address) if address else None
     config.stash[SESSION_KEY] = session
     # registered now, before pytest's own cleanups: it runs after them (and their gc pass)
     config.add_cleanup(lambda: _unfreeze(config))
@@ -408,6 +411,8 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 REPORT_ATTR = "modelrollout_records"
 DIST_KEY = "modelrollout_dist"
+SLOTS_KEY = "modelrollout_slots"
+_BROKER = pytest.StashKey[Any]()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -454,8 +459,32 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """Tell each xdist worker how items are distributed: workers see ``dist = "no"``."""
-    node.workerinput[DIST_KEY] = str(node.config.getvalue("dist"))
+    """Tell each xdist worker how items are distributed (workers see ``dist = "no"``) and
+    where the run's limits are kept: the controller serves them to every worker
+    (:mod:`.providers.slots`), so that one worker alone may use all of them."""
+    config = node.config
+    node.workerinput[DIST_KEY] = str(config.getvalue("dist"))
+    rs = config.stash.get(SESSION_KEY, None)
+    if rs is None or not rs.project_configured:
+        return
+    broker = config.stash.get(_BROKER, None)
+    if broker is None:
+        from .providers.slots import SlotBroker
+
+        broker = SlotBroker()
+        try:
+            broker.start()
+        except Exception as exc:  # the workers keep to their shares of the limits
+            config.stash[_BROKER] = False
+            tr = config.pluginmanager.get_plugin("terminalreporter")
+            if tr is not None:
+                tr.write_line(f"modelrollout: cannot start the slot broker ({exc}); each "
+                              "worker keeps to its share of the limits", yellow=True)
+            return
+        config.stash[_BROKER] = broker
+        config.add_cleanup(broker.close)
+    if broker:
+        node.workerinput[SLOTS_KEY] = broker.address
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -895,7 +895,7 @@ class PrefetchPlugin:
     def window(self) -> int:
         concurrency = self.session.options.concurrency or self.session.cfg.concurrency
         share = worker_share(os.environ) if self._worker else None
-        if share is not None:
+        if share is not None and not self.session.slots_address:
             concurrency = split_limit(concurrency, *share)  # the worker's part of the bound
         return WINDOW_FACTOR * concurrency
 

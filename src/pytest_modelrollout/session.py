@@ -86,6 +86,8 @@ class RolloutSession:
         # an xdist worker (set by the plugin): its limits are its share of the run's. Not read
         # from PYTEST_XDIST_WORKER alone, which a pytest run inside a worker inherits
         self.xdist_worker = False
+        # the xdist controller's slot broker (providers/slots.py), given to a worker
+        self.slots_address: str | None = None
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._preloaded = False
         self.workflows: dict[str, WorkflowModels] = {}
@@ -183,9 +185,15 @@ class RolloutSession:
             with self._lock:
                 if self._runner is None:
                     limit = self.options.concurrency or self.cfg.concurrency
+                    share = worker_share(self.env) if self.xdist_worker else None
+                    slots = None
+                    if share is not None and self.slots_address:
+                        from .providers.slots import SlotClient
+
+                        slots = SlotClient(self.slots_address)
                     self._registry = ModelRegistry(
-                        self.spec, self.killed, self.env, max_in_flight=limit,
-                        share=worker_share(self.env) if self.xdist_worker else None,
+                        self.spec, self.killed, self.env, max_in_flight=limit, share=share,
+                        slots=slots,
                     )
                     runner = Runner()
                     runner.register(self._registry)

@@ -64,6 +64,7 @@ from .transport import (
 if TYPE_CHECKING:
     import httpx
 
+    from .slots import SlotClient, Step
     from .transport import HTTPClient
 
 _HAS_ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")
@@ -72,6 +73,7 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 20.0
 RETRY_AFTER_CAP_S = 60.0
 ADAPTIVE_COOLDOWN_S = 10.0
+RUN_SLOTS = "run"  # the broker's key of the bound on calls in flight across all models
 
 CallStatus = Literal["ok", "error", "timeout"]
 
@@ -206,6 +208,14 @@ class AdaptiveGate:
         finally:
             self._waiting -= 1
 
+    async def wake(self) -> None:
+        """Wake as many waiters as there are free slots (a wake-up that went to a waiter
+        cancelled before it ran is not lost)."""
+        free = self.current_limit() - self.in_flight
+        if self._waiting and free > 0:
+            async with self._cond:
+                self._cond.notify(free)
+
     async def release(self) -> None:
         self.in_flight -= 1
         if not self._waiting:
@@ -319,8 +329,17 @@ class ModelClient:
         env: Mapping[str, str] | None = None,
         killed: Collection[str] | None = None,
         global_limit: asyncio.Semaphore | None = None,
+        share: tuple[int, int] | None = None,
+        slots: SlotClient | None = None,
+        run_limit: int | None = None,
     ) -> None:
-        self.spec = spec
+        # under xdist (``share``) the limits are the run's: with ``slots`` every attempt takes
+        # them from the controller's broker (run_limit: the bound across all models) and the
+        # worker's own share below is the fallback; without, the worker keeps to its share
+        local = share_spec(spec, share)
+        self.spec = spec if slots is not None else local
+        self._slots = slots
+        self._run_limit = run_limit
         self._registry = registry
         self._env: Mapping[str, str] = env if env is not None else os.environ
         self._killed: Collection[str] = killed if killed is not None else set()
@@ -328,11 +347,10 @@ class ModelClient:
         self._provider: Provider | None = None
         self._http: HTTPClient | None = None
         self._provider_lock = asyncio.Lock()
-        self._gate = AdaptiveGate(spec.max_concurrency)
-        self._rpm = TokenBucket(spec.rpm) if spec.rpm else None
-        self._tpm = (
-            TokenBucket(spec.tpm, capacity=max(1.0, spec.tpm / 60.0 * 10)) if spec.tpm else None
-        )
+        self._warm_cap = local.max_concurrency
+        self._gate = AdaptiveGate(local.max_concurrency)
+        self._rpm = TokenBucket(local.rpm) if local.rpm else None
+        self._tpm = TokenBucket(local.tpm, capacity=_tpm_capacity(local.tpm)) if local.tpm else None
         self.requests_sent = 0
 
     # -- state --------------------------------------------------------------------------------
@@ -405,7 +423,7 @@ class ModelClient:
         provider = await self._get_provider()
         http = self._http_client(provider.spec.base_url)
         if connections > 0 and isinstance(http, AsyncioTransport):
-            http.preconnect(provider.spec.base_url, min(connections, self.spec.max_concurrency))
+            http.preconnect(provider.spec.base_url, min(connections, self._warm_cap))
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -524,19 +542,19 @@ class ModelClient:
         tokens = estimate_tokens(request, self.spec.params) if self._tpm else 0.0
         last: ProviderError | None = None
         for i in range(max(0, self.spec.max_retries) + 1):
-            if self._tpm is not None:
-                await self._tpm.acquire(tokens)
-            if self._rpm is not None:
-                await self._rpm.acquire(1.0)
-            await self._gate.acquire()
+            shared = await self._take_limits(tokens)
             try:
-                if self._global is not None:
+                if self._global is not None and not shared:
                     async with self._global:
                         err = await self._send_once(provider, http, request, api_key, state)
                 else:
                     err = await self._send_once(provider, http, request, api_key, state)
             finally:
-                await self._gate.release()
+                if shared:
+                    assert self._slots is not None
+                    self._slots.release(self._slot_keys())
+                else:
+                    await self._gate.release()
             if isinstance(err, ProviderResponse):
                 return err, None, secrets
             last = err
@@ -548,6 +566,40 @@ class ModelClient:
             if delay > 0:
                 await asyncio.sleep(delay)
         return None, last, secrets
+
+    async def _take_limits(self, tokens: float) -> bool:
+        """Wait for this attempt's turn under the limits: the run's, from the xdist
+        controller's broker (True), or this process's own (False)."""
+        if (
+            self._slots is not None
+            and self._slots.usable
+            and await self._slots.acquire(self._slot_steps(tokens))
+        ):
+            return True
+        if self._tpm is not None:
+            await self._tpm.acquire(tokens)
+        if self._rpm is not None:
+            await self._rpm.acquire(1.0)
+        await self._gate.acquire()
+        return False
+
+    def _slot_steps(self, tokens: float) -> list[Step]:
+        spec, ref = self.spec, self.spec.ref
+        steps: list[Step] = []
+        if spec.tpm:  # the same order as without the broker: rates, the model, the run
+            steps.append(["b", f"tpm {ref}", spec.tpm, _tpm_capacity(spec.tpm), tokens])
+        if spec.rpm:
+            steps.append(["b", f"rpm {ref}", spec.rpm, max(1.0, spec.rpm / 60.0), 1.0])
+        return [*steps, *(["g", key, limit] for key, limit in self._slot_limits())]
+
+    def _slot_limits(self) -> list[tuple[str, int]]:
+        limits = [(f"model {self.spec.ref}", self.spec.max_concurrency)]
+        if self._run_limit:
+            limits.append((RUN_SLOTS, self._run_limit))
+        return limits
+
+    def _slot_keys(self) -> list[str]:
+        return [key for key, _ in self._slot_limits()]
 
     async def _send_once(
         self,
@@ -590,11 +642,21 @@ class ModelClient:
 
     def _penalize(self, retry_after: float | None, scale: float) -> None:
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale
+        if self._slots is not None and self._slots.usable:  # every worker's, at the broker
+            self._slots.penalize(f"model {self.spec.ref}", cooldown)
+            for kind, rate in (("rpm", self.spec.rpm), ("tpm", self.spec.tpm)):
+                if rate:
+                    self._slots.slow_down(f"{kind} {self.spec.ref}", cooldown)
         self._gate.penalize(cooldown)
         until = time.monotonic() + cooldown
         for bucket in (self._rpm, self._tpm):
             if bucket is not None:
                 bucket.slow_down(until)
+
+
+def _tpm_capacity(tpm: float) -> float:
+    """A tokens-per-minute bucket banks up to 10 seconds' worth."""
+    return max(1.0, tpm / 60.0 * 10)
 
 
 def _ref_killed(spec: ModelSpec, killed: Collection[str]) -> bool:
@@ -644,8 +706,10 @@ class ModelRegistry:
     ``killed`` is consulted at call time (it may be the session's live set). ``env`` is where
     API keys are read (default: ``os.environ``). ``max_in_flight`` bounds calls in flight
     across all models (``--rollout-concurrency``). ``share`` is ``(worker index, worker
-    count)`` under pytest-xdist: every limit (``max_in_flight``, each model's
-    ``max_concurrency``, ``rpm``, ``tpm``) is split so that the workers together keep to it.
+    count)`` under pytest-xdist: with ``slots`` (the xdist controller's broker,
+    :mod:`.slots`) every limit (``max_in_flight``, each model's ``max_concurrency``, ``rpm``,
+    ``tpm``) is the run's and taken from the broker; without, or once the broker is lost, each
+    is split so that the workers together keep to it.
     """
 
     def __init__(
@@ -656,9 +720,12 @@ class ModelRegistry:
         *,
         max_in_flight: int | None = None,
         share: tuple[int, int] | None = None,
+        slots: SlotClient | None = None,
     ) -> None:
         self._resolve = resolve
         self.share = share
+        self.slots = slots if share is not None else None
+        self.run_limit = max_in_flight  # the bound across all models for the whole run
         if max_in_flight and share is not None:
             max_in_flight = split_limit(max_in_flight, *share)
         self.max_in_flight = max_in_flight  # this process's bound on calls in flight, or None
@@ -680,11 +747,14 @@ class ModelRegistry:
             client = self._clients.get(ref)
             if client is None:
                 client = ModelClient(
-                    share_spec(self._resolve(ref), self.share),
+                    self._resolve(ref),
                     registry=self,
                     env=self.env,
                     killed=self.killed,
                     global_limit=self._global,
+                    share=self.share,
+                    slots=self.slots,
+                    run_limit=self.run_limit if self.slots is not None else None,
                 )
                 self._clients[ref] = client
             return client
@@ -713,6 +783,8 @@ class ModelRegistry:
     async def aclose(self) -> None:
         for client in self.clients():
             await client.aclose()
+        if self.slots is not None:
+            await self.slots.aclose()
 
 
 __all__ = [

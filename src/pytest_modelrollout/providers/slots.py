@@ -1,0 +1,328 @@
+"""The run's limits shared by the workers of ``pytest -n N`` (the controller's slot broker).
+
+Every pytest-xdist worker is a process of its own with its own clients. Split evenly, each
+worker could keep 1/N of every limit (``--rollout-concurrency``, a model's
+``max_concurrency``, ``rpm``, ``tpm``), but then a worker that has most of the tests (one big
+file under ``--dist loadfile`` or ``loadscope``, the end of any run, the first worker up while
+the others still start) calls at 1/N of what the team is allowed: ``-n 4 --dist loadfile`` on a
+one-file suite ran 3.4 times slower than ``-n 0``. So the xdist controller holds the limits
+(:class:`SlotBroker`, a small server on loopback) and each worker asks it before every send
+(:class:`SlotClient`): the workers together keep to each limit, and one worker alone may use
+all of it.
+
+The broker keeps one :class:`~.client.AdaptiveGate` per concurrency limit and one
+:class:`~.client.TokenBucket` per rate, the same objects a run without xdist uses; a 429 seen by
+any worker halves the model's concurrency and slows its rates for all of them.
+
+Protocol: JSON lines over one TCP connection per worker, on 127.0.0.1; the first line carries
+the token the worker got from the controller (``workerinput``).
+
+=====================================================  =====================================
+worker -> broker                                        meaning
+=====================================================  =====================================
+``{"h": token}``                                        first line
+``{"a": id, "s": [step, ...]}``                         take the steps in order, then answer
+``["g", key, limit]``                                   a step: one slot of a concurrency limit
+``["b", key, per_minute, capacity, amount]``            a step: ``amount`` of a rate's tokens
+``{"r": [key, ...]}``                                   give the slots back
+``{"p": key, "c": seconds}``                            halve that limit for ``seconds`` (429)
+``{"w": key, "c": seconds}``                            halve that rate for ``seconds`` (429)
+=====================================================  =====================================
+
+The broker answers ``{"a": id}`` once every step of request ``id`` is taken. A connection that
+closes (a worker that ends or crashes) gives back the slots it held; its requests still waiting
+are dropped. A worker that cannot reach the broker, or loses it, falls back to its 1/N share
+of every limit (:meth:`SlotClient.acquire` returns False) and says so once on stderr.
+
+This module does not import pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import secrets
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from .client import AdaptiveGate, TokenBucket
+
+CONNECT_TIMEOUT_S = 5.0
+Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount]
+
+
+class SlotBroker:
+    """The controller's side: the run's limits, served on 127.0.0.1 from a thread of its own."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(16)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="modelrollout-slots", daemon=True
+        )
+        self._server: asyncio.AbstractServer | None = None
+        self._gates: dict[str, AdaptiveGate] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self.peak: Counter[str] = Counter()  # the most slots of each limit held at once
+        self.address = ""
+
+    def start(self) -> str:
+        """Start serving; the address to give the workers (``host:port:token``)."""
+        self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        port = started.result(timeout=30)
+        self.address = f"127.0.0.1:{port}:{self.token}"
+        return self.address
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- serving ----------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held: Counter[str] = Counter()
+        waiting: set[asyncio.Task[None]] = set()
+        try:
+            hello = await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT_S)
+            if _message(hello).get("h") != self.token:
+                return
+            while line := await reader.readline():
+                msg = _message(line)
+                if "a" in msg:
+                    task = asyncio.create_task(self._grant(msg, held, writer))
+                    waiting.add(task)
+                    task.add_done_callback(waiting.discard)
+                elif "r" in msg:
+                    for key in _keys(msg["r"]):
+                        if held[key] > 0:
+                            held[key] -= 1
+                            await self._gates[key].release()
+                elif "p" in msg and str(msg["p"]) in self._gates:
+                    self._gates[str(msg["p"])].penalize(_seconds(msg.get("c")))
+                elif "w" in msg and str(msg["w"]) in self._buckets:
+                    self._buckets[str(msg["w"])].slow_down(time.monotonic() + _seconds(msg.get("c")))
+        except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass  # a worker that went away, or a line that is not ours: drop the connection
+        finally:
+            for task in list(waiting):
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            for key, count in held.items():
+                for _ in range(count):
+                    await self._gates[key].release()
+            for gate in self._gates.values():
+                await gate.wake()  # a waiter woken for a request just dropped passes it on
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _grant(
+        self, msg: dict[str, Any], held: Counter[str], writer: asyncio.StreamWriter
+    ) -> None:
+        taken: list[str] = []
+        try:
+            for step in _steps(msg.get("s")):
+                kind, key = step[0], step[1]
+                if kind == "g":
+                    gate = self._gates.get(key)
+                    if gate is None:
+                        gate = self._gates[key] = AdaptiveGate(int(step[2]))
+                    await gate.acquire()
+                    taken.append(key)
+                    self.peak[key] = max(self.peak[key], gate.in_flight)
+                else:
+                    bucket = self._buckets.get(key)
+                    if bucket is None:
+                        per_minute, capacity = float(step[2]), float(step[3])
+                        bucket = self._buckets[key] = TokenBucket(per_minute, capacity=capacity)
+                    await bucket.acquire(float(step[4]))
+            held.update(taken)
+            taken = []
+            writer.write(json.dumps({"a": msg["a"]}).encode() + b"\n")
+        finally:
+            for key in taken:  # dropped half-way: give back what was taken
+                await self._gates[key].release()
+
+
+def _message(line: bytes) -> dict[str, Any]:
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError("not a message")
+    return msg
+
+
+def _keys(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError("not a list of keys")
+    return [str(k) for k in value]
+
+
+def _steps(value: Any) -> list[Step]:
+    if not isinstance(value, list):
+        raise ValueError("not a list of steps")
+    steps: list[Step] = []
+    for step in value:
+        if not isinstance(step, list) or len(step) < 3 or step[0] not in ("g", "b"):
+            raise ValueError(f"bad step {step!r}")
+        if step[0] == "b" and len(step) < 5:
+            raise ValueError(f"bad step {step!r}")
+        steps.append([step[0], str(step[1]), *step[2:]])
+    return steps
+
+
+def _seconds(value: Any) -> float:
+    seconds = float(value or 0.0)
+    return seconds if 0.0 <= seconds < 86_400.0 else 0.0
+
+
+class SlotClient:
+    """A worker's side: asks the controller's broker for slots, on the worker's event loop.
+
+    ``address`` is :attr:`SlotBroker.address`. Connects on first use. :meth:`acquire` returns
+    True once the broker granted every step, False if the broker cannot be reached or was lost
+    (the caller then keeps to its own share of the limits); :attr:`lost` says why.
+    """
+
+    def __init__(self, address: str) -> None:
+        host, _, rest = address.partition(":")
+        port, _, token = rest.partition(":")
+        self._host, self._port, self._token = host, int(port), token
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._pending: dict[int, asyncio.Future[bool]] = {}
+        self._abandoned: dict[int, list[str]] = {}  # granted after the caller gave up: release
+        self._ids = itertools.count(1)
+        self.lost: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.lost is None
+
+    async def _connect(self) -> bool:
+        if self._writer is not None or self.lost is not None:
+            return self.lost is None
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._writer is not None or self.lost is not None:
+                return self.lost is None
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT_S
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                self._lose(f"cannot reach the xdist controller's slot broker ({exc})")
+                return False
+            writer.write(json.dumps({"h": self._token}).encode() + b"\n")
+            self._writer = writer
+            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+            return True
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        why = "the xdist controller's slot broker closed the connection"
+        try:
+            while line := await reader.readline():
+                i = int(_message(line)["a"])
+                fut = self._pending.pop(i, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(True)
+                keys = self._abandoned.pop(i, None)
+                if keys:
+                    self.release(keys)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = f"the xdist controller's slot broker failed ({exc})"
+        except asyncio.CancelledError:
+            why = "closed"
+            raise
+        finally:
+            self._lose(why, quiet=why == "closed")
+
+    def _lose(self, why: str, *, quiet: bool = False) -> None:
+        if self.lost is None:
+            self.lost = why
+            if not quiet:
+                print(f"modelrollout: {why}; this worker keeps to its share of the limits",
+                      file=sys.stderr)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_result(False)
+        self._pending.clear()
+        self._abandoned.clear()
+        if self._writer is not None:
+            self._writer.close()
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        if self._writer is None or self.lost is not None:
+            return
+        try:
+            self._writer.write(json.dumps(msg, ensure_ascii=False).encode() + b"\n")
+        except (OSError, RuntimeError) as exc:
+            self._lose(f"the xdist controller's slot broker is gone ({exc})")
+
+    async def acquire(self, steps: Sequence[Step]) -> bool:
+        """Take ``steps`` (in order) from the run's limits; False: keep to the worker's share."""
+        if not await self._connect():
+            return False
+        i = next(self._ids)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[i] = fut
+        self._send({"a": i, "s": list(steps)})
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            keys = [str(s[1]) for s in steps if s[0] == "g"]
+            if fut.done() and not fut.cancelled() and fut.result():
+                self.release(keys)  # granted as the caller gave up
+            elif self._pending.pop(i, None) is not None:
+                self._abandoned[i] = keys  # released when the grant arrives
+            raise
+
+    def release(self, keys: Sequence[str]) -> None:
+        if keys:
+            self._send({"r": list(keys)})
+
+    def penalize(self, key: str, seconds: float) -> None:
+        self._send({"p": key, "c": seconds})
+
+    def slow_down(self, key: str, seconds: float) -> None:
+        self._send({"w": key, "c": seconds})
+
+    async def aclose(self) -> None:
+        self._lose("closed", quiet=True)
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+
+
+__all__ = ["SlotBroker", "SlotClient"]

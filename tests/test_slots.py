@@ -1,0 +1,254 @@
+"""The run's limits under pytest-xdist: the controller's slot broker and the workers' clients.
+
+Each test starts a real :class:`SlotBroker` (its own thread, a TCP server on loopback) and talks
+to it with :class:`SlotClient`\\ s, one per simulated worker, over real connections. The
+end-to-end case (two xdist workers, one with every test, against the simulator) is in
+test_prefetch.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
+from pytest_modelrollout.providers.client import ModelRegistry
+from pytest_modelrollout.providers.slots import SlotBroker, SlotClient
+
+
+@pytest.fixture
+def broker() -> Iterator[SlotBroker]:
+    b = SlotBroker()
+    b.start()
+    yield b
+    b.close()
+
+
+def run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(main(), 20))
+
+
+async def granted_soon(aw: Awaitable[bool], within: float = 0.3) -> bool | None:
+    """What ``aw`` returned, or None if it was still waiting after ``within`` seconds."""
+    task = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({task}, timeout=within)
+    if not done:
+        task.cancel()
+        return None
+    return task.result()
+
+
+GATE = [["g", "model m", 2], ["g", "run", 3]]
+
+
+def test_slots_are_shared_by_the_workers_and_given_back(broker: SlotBroker) -> None:
+    async def main() -> None:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        assert await a.acquire(GATE) and await a.acquire(GATE)  # the model's limit is 2
+        assert await granted_soon(b.acquire(GATE)) is None  # ... for both workers together
+        waiting = asyncio.ensure_future(b.acquire(GATE))
+        await asyncio.sleep(0.05)
+        a.release(["model m", "run"])
+        assert await asyncio.wait_for(waiting, 2) is True  # the slot a gave back
+        assert broker.peak["model m"] == 2 and broker.peak["run"] == 2
+        await a.aclose()
+        await b.aclose()
+
+    run(main)
+
+
+def test_the_run_bound_holds_across_models(broker: SlotBroker) -> None:
+    async def main() -> None:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        for client, model in ((a, "x"), (b, "y"), (a, "z")):
+            assert await client.acquire([["g", f"model {model}", 8], ["g", "run", 3]])
+        assert await granted_soon(b.acquire([["g", "model w", 8], ["g", "run", 3]])) is None
+        await a.aclose()
+        await b.aclose()
+
+    run(main)
+
+
+def test_a_worker_that_goes_away_gives_its_slots_back(broker: SlotBroker) -> None:
+    async def main() -> None:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        assert await a.acquire(GATE) and await a.acquire(GATE)
+        waiting = asyncio.ensure_future(b.acquire(GATE))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await a.aclose()  # a crashed worker's connection closes the same way
+        assert await asyncio.wait_for(waiting, 2) is True
+        await b.aclose()
+
+    run(main)
+
+
+def test_a_request_given_up_while_waiting_takes_no_slot(broker: SlotBroker) -> None:
+    """A call cancelled while it waits for a slot (a test's timeout) must not keep the slot
+    it is granted later: the slot goes on to the next worker."""
+
+    async def main() -> None:
+        a, b, c = (SlotClient(broker.address) for _ in range(3))
+        assert await a.acquire(GATE) and await a.acquire(GATE)
+        assert await granted_soon(b.acquire(GATE), 0.1) is None  # b gives up
+        a.release(["model m", "run"])
+        a.release(["model m", "run"])
+        assert await granted_soon(c.acquire(GATE), 2) is True
+        assert await granted_soon(c.acquire(GATE), 2) is True  # b's grant came back too
+        for client in (a, b, c):
+            await client.aclose()
+
+    run(main)
+
+
+def test_a_429_halves_the_models_limit_for_every_worker(broker: SlotBroker) -> None:
+    async def main() -> None:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        steps = [["g", "model m", 4]]
+        assert await a.acquire(steps)
+        a.penalize("model m", 30.0)
+        assert await b.acquire(steps)  # 2 of the halved 4
+        assert await granted_soon(b.acquire(steps)) is None
+        await a.aclose()
+        await b.aclose()
+
+    run(main)
+
+
+def test_a_rate_is_shared_by_the_workers(broker: SlotBroker) -> None:
+    """600 rpm with one token banked: the workers together get one request per 0.1 s."""
+
+    async def main() -> float:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        step = [["b", "rpm m", 600.0, 1.0, 1.0]]
+        t0 = time.monotonic()
+        for _ in range(3):
+            assert await a.acquire(step) and await b.acquire(step)
+        await a.aclose()
+        await b.aclose()
+        return time.monotonic() - t0
+
+    assert run(main) >= 0.45  # 6 requests: the banked one, then 5 at 0.1 s each
+
+
+def test_a_broker_that_cannot_be_reached_leaves_each_worker_its_share(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+
+    async def main() -> None:
+        client = SlotClient(f"127.0.0.1:{port}:token")
+        assert await client.acquire(GATE) is False
+        assert not client.usable and "cannot reach" in str(client.lost)
+        assert await client.acquire(GATE) is False  # said once, not retried per call
+
+    run(main)
+    err = capsys.readouterr().err
+    assert err.count("modelrollout: cannot reach the xdist controller's slot broker") == 1
+
+
+def test_a_connection_without_the_token_is_refused(broker: SlotBroker) -> None:
+    async def main() -> None:
+        host, port, _ = broker.address.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(json.dumps({"h": "wrong"}).encode() + b"\n")
+        writer.write(json.dumps({"a": 1, "s": GATE}).encode() + b"\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing granted
+        writer.close()
+        wrong = SlotClient(f"{host}:{port}:wrong")
+        assert await wrong.acquire(GATE) is False
+        await wrong.aclose()
+
+    run(main)
+    assert broker.peak["model m"] == 0
+
+
+def test_the_broker_survives_a_line_that_is_not_ours(broker: SlotBroker) -> None:
+    async def main() -> None:
+        host, port, token = broker.address.split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(json.dumps({"h": token}).encode() + b"\n" + b"{not json\n")
+        await writer.drain()
+        writer.close()
+        client = SlotClient(broker.address)
+        assert await client.acquire(GATE) is True
+        await client.aclose()
+
+    run(main)
+
+
+# -- the model clients of two workers, over real HTTP ----------------------------------------
+
+
+@pytest.fixture
+def sim_url() -> Iterator[str]:
+    from pytest_modelrollout.sim import SimServer
+
+    server = SimServer().start()
+    yield server.base_url
+    server.stop()
+
+
+def _registries(sim_url: str, address: str | None) -> list[ModelRegistry]:
+    spec = ModelSpec(ref="m", provider="sim", wire="openai", model="stable?latency_ms=200&jitter=0",
+                     base_url=sim_url + "/v1", max_concurrency=8)
+    return [
+        ModelRegistry(lambda ref: spec, max_in_flight=4, share=(i, 2),
+                      slots=SlotClient(address) if address else None)
+        for i in range(2)
+    ]
+
+
+def _calls(registry: ModelRegistry, n: int) -> list[Awaitable[Any]]:
+    return [
+        registry.call("m", ChatRequest(messages=[{"role": "user", "content": f"question {i}"}]))
+        for i in range(n)
+    ]
+
+
+def test_one_worker_alone_uses_the_whole_run_bound(sim_url: str, broker: SlotBroker) -> None:
+    """Worker 0 has all 8 calls: with the broker 4 go out at once (the run's bound), not 2."""
+
+    async def main() -> None:
+        first, second = _registries(sim_url, broker.address)
+        results = await asyncio.gather(*_calls(first, 8))
+        assert all(r.ok for r in results)
+        assert broker.peak["run"] == 4
+        await first.aclose()
+        await second.aclose()
+
+    run(main)
+
+
+def test_two_workers_together_keep_to_the_run_bound(sim_url: str, broker: SlotBroker) -> None:
+    async def main() -> None:
+        first, second = _registries(sim_url, broker.address)
+        results = await asyncio.gather(*_calls(first, 8), *_calls(second, 8))
+        assert all(r.ok for r in results)
+        assert broker.peak["run"] == 4
+        await first.aclose()
+        await second.aclose()
+
+    run(main)
+
+
+def test_without_the_broker_each_worker_keeps_to_its_share(sim_url: str) -> None:
+    async def main() -> float:
+        first, _ = _registries(sim_url, None)
+        assert first.client("m").spec.max_concurrency == 4  # 8 over 2 workers
+        assert first.max_in_flight == 2  # 4 over 2 workers
+        t0 = time.monotonic()
+        results = await asyncio.gather(*_calls(first, 4))
+        assert all(r.ok for r in results)
+        await first.aclose()
+        return time.monotonic() - t0
+
+    assert run(main) >= 0.39  # two at a time, 200 ms each

@@ -10,7 +10,8 @@ Usage::
     pytest in a subprocess, including pytest start-up, as a ratio to the ideal
     ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
     the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
-    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist; and the same suite with
+    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist, and with the largest N
+    and ``--dist loadfile`` (the suite is one file: one worker runs every test); the same suite with
     its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``), and with each
     prompt built in the test from a template (``prompt = TEMPLATE.format(...)``); xdist's own cost:
     the same suite with tests that call no model, at ``-n 0`` and ``-n N``. Printed with it:
@@ -295,8 +296,9 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     run_pytest(built, env, "--collect-only")
     out["a_built_s"] = sorted(run_pytest(built, env)[0] for _ in range(3))[1]
     out["a_xdist"] = {}
-    for n in args.xdist:
-        wall_x, _ = run_pytest(proj, env, "-n", str(n), "--rollout-report=report_x.json")
+
+    def xdist_run(*xargs: str) -> tuple[float, bool]:
+        wall_x, _ = run_pytest(proj, env, *xargs, "--rollout-report=report_x.json")
         rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
         wx = rx["workflows"]["support"]
         same = (
@@ -305,7 +307,13 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
             and wx["candidate"]["output_tokens"] == wf["candidate"]["output_tokens"]
             and wx["checks"] == wf["checks"]
         )
-        out["a_xdist"][n] = (wall_x, same)
+        return wall_x, same
+
+    for n in args.xdist:
+        out["a_xdist"][n] = xdist_run("-n", str(n))
+    if args.xdist:  # the suite is one file: under --dist loadfile one worker runs every test
+        n = max(args.xdist)
+        out["a_loadfile"] = (n, *xdist_run("-n", str(n), "--dist=loadfile"))
     if args.xdist:  # xdist's own cost: the same suite without a model call, -n 0 against -n N
         quiet = work / "no_calls"
         write_project(quiet, args.cases, stable, candidate, body=NO_CALLS)
@@ -585,6 +593,11 @@ def main() -> None:
             for n, (wall_x, same) in r["a_xdist"].items():
                 print(f"    -n {n}: wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x the -n 0 run "
                       f"(same verdict/requests/tokens/checks: {same})")
+            if "a_loadfile" in r:
+                n, wall_x, same = r["a_loadfile"]
+                print(f"    -n {n} --dist loadfile (one worker runs every test: the run's limits "
+                      f"are shared, not split): wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x "
+                      f"the -n 0 run (same verdict/requests/tokens/checks: {same})")
             if "no_calls" in r:
                 nc = r["no_calls"]
                 print(f"    xdist's own cost: the same suite with tests that call no model takes "

@@ -991,10 +991,11 @@ def test_the_first_connections_are_opened_while_the_run_collects(
     _run(project, *xdist).assert_outcomes(passed=N_CASES)
     assert sim.total() == 2 * N_CASES
     sim.settle_accepts()
-    first_request = min(t for t, _ in sim.arrivals)
-    assert len([t for t in sim.accepted if t < first_request]) == 16
     if not xdist:
         assert len(sim.accepted) == 16
+        assert max(sim.accepted) < min(t for t, _ in sim.arrivals)
+    else:  # each worker opens its 4 per model; one with more in flight opens more (up to 8)
+        assert 16 <= len(sim.accepted) <= 2 * 2 * 8
 
 
 def test_a_model_replayed_from_cassettes_gets_no_connection_opened_ahead(
@@ -1165,7 +1166,8 @@ def test_load_scheduler_keeps_worker_queues_as_deep_as_the_window(
 ) -> None:
     """xdist's own load scheduler would hand each of 2 workers 25 of 200 items, then top up only
     at 2 left once tests take 0.1 s; ours keeps 2 x 4 x 16 / 2 = 64 queued, in collection order,
-    and still hands every item out exactly once."""
+    and still hands every item out exactly once. The first worker to have collected starts at
+    once; the other joins when xdist has both collections."""
     from pytest_modelrollout.prefetch import make_load_scheduler
 
     config = pytester.parseconfig("--tx=2*popen")
@@ -1174,14 +1176,20 @@ def test_load_scheduler_keeps_worker_queues_as_deep_as_the_window(
     collection = [f"test_x.py::test[{i}]" for i in range(200)]
     for node in nodes:
         sched.add_node(node)
-        sched.add_node_collection(node, collection)
+    sched.add_node_collection(nodes[0], collection)
+    assert nodes[0].sent == list(range(64)) and nodes[1].sent == []
+    sched.check_schedule(nodes[1])  # not collected yet: nothing for it
+    assert nodes[1].sent == []
+    sched.mark_test_complete(nodes[0], 0, duration=2.0)  # gw0 runs meanwhile
+    assert nodes[0].sent == list(range(65))
+    sched.add_node_collection(nodes[1], collection)
+    assert sched.collection_is_completed
     sched.schedule()
-    assert [len(n.sent) for n in nodes] == [64, 64]
-    assert nodes[0].sent[:25] == list(range(25)) and nodes[1].sent[:25] == list(range(25, 50))
-    # a slow test finishes on gw0: its queue is topped up to 64 again at once
-    done = nodes[0].sent[0]
-    sched.mark_test_complete(nodes[0], done, duration=2.0)
-    assert len(sched.node2pending[nodes[0]]) == 64
+    assert [len(n.sent) for n in nodes] == [65, 64]
+    assert nodes[1].sent == list(range(65, 129))
+    # a slow test finishes on gw1: its queue is topped up to 64 again at once
+    sched.mark_test_complete(nodes[1], nodes[1].sent[0], duration=2.0)
+    assert len(sched.node2pending[nodes[1]]) == 64
     # run everything to the end, slow tests throughout
     while any(sched.node2pending[n] for n in nodes):
         for node in nodes:
@@ -1190,6 +1198,37 @@ def test_load_scheduler_keeps_worker_queues_as_deep_as_the_window(
     sent = nodes[0].sent + nodes[1].sent
     assert sorted(sent) == list(range(200))
     assert all(n.shutting_down for n in nodes)
+
+
+def test_a_worker_that_collected_other_tests_gets_none_after_an_early_start(
+    pytester: pytest.Pytester,
+) -> None:
+    """The first worker started before the second had collected; the second collected other
+    tests: it is reported (as xdist reports it) and shut down, and every test runs on the
+    first, once."""
+    from pytest_modelrollout.prefetch import make_load_scheduler
+
+    reports: list[Any] = []
+
+    class Collect:
+        def pytest_collectreport(self, report: Any) -> None:
+            reports.append(report)
+
+    config = pytester.parseconfig("--tx=2*popen")
+    config.pluginmanager.register(Collect())
+    sched = make_load_scheduler(config, None, concurrency=2)
+    nodes = [_Node("gw0"), _Node("gw1")]
+    for node in nodes:
+        sched.add_node(node)
+    sched.add_node_collection(nodes[0], [f"t.py::test[{i}]" for i in range(20)])
+    sched.add_node_collection(nodes[1], [f"t.py::test[{i}]" for i in range(21)])
+    sched.schedule()
+    assert nodes[1].sent == [] and nodes[1].shutting_down
+    assert [r.nodeid for r in reports if r.failed] == ["gw1"]
+    while sched.node2pending[nodes[0]]:
+        sched.mark_test_complete(nodes[0], sched.node2pending[nodes[0]][0], duration=0.5)
+    assert nodes[0].sent == list(range(20)) and nodes[0].shutting_down
+    assert sched.tests_finished
 
 
 def test_xdist_workers_prefetch_their_queue(
@@ -1212,12 +1251,18 @@ def pytest_runtest_teardown(item):
 """
     )
     _run(project, "-n", "2", "--rollout-report=r.json").assert_outcomes(passed=N_CASES)
-    for worker in ("gw0", "gw1"):
-        counts = [int(x) for x in (project.path / f"submitted-{worker}.txt").read_text().split()]
-        # 12 items over 2 workers: each worker is handed its 6 (in two messages sent together)
-        # and has sent all 12 calls by the end of its second test; with xdist's own scheduling
-        # and only the running and next item known, that would be 6
-        assert len(counts) == N_CASES // 2 and counts[1] == N_CASES, counts
+    counts = {
+        worker: [int(x) for x in path.read_text().split()]
+        for worker in ("gw0", "gw1")
+        if (path := project.path / f"submitted-{worker}.txt").exists()
+    }
+    assert sum(len(c) for c in counts.values()) == N_CASES
+    # 12 items over 2 workers: the first worker to have collected is handed its 6 at once
+    # (and may take the rest if it is done before the other has collected), and has sent all
+    # 12 of their calls by the end of its second test; with xdist's own scheduling and only
+    # the running and next item known, that would be 6
+    busiest = max(counts.values(), key=len)
+    assert len(busiest) >= N_CASES // 2 and busiest[1] >= N_CASES, counts
     assert sim.total() == 2 * N_CASES
 
 

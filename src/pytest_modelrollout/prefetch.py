@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
@@ -837,14 +838,73 @@ def make_load_scheduler(config: pytest.Config, log: Any, concurrency: int) -> An
             super().__init__(config, log)
             nodes = max(1, int(self.numnodes))
             self.depth = max(2, -(-2 * WINDOW_FACTOR * concurrency // nodes))
+            self.collection: list[str] | None
+            self.early: Any = None  # the worker that started before the others had collected
+            self.refused: set[Any] = set()  # workers that collected other tests
+
+        def add_node_collection(self, node: Any, collection: Sequence[str]) -> None:
+            super().add_node_collection(node, collection)
+            if self.collection is None and not self.collection_is_completed and collection:
+                # the first worker to have collected starts at once, while the others are
+                # still starting (0.1-0.4 s of a -n 4 run here): with the run's limits shared
+                # (providers/slots.py) its calls may use all of them meanwhile. The others
+                # join once xdist has every collection (schedule), if theirs is the same.
+                self.early = node
+                self.collection = list(collection)
+                self.pending[:] = range(len(self.collection))
+                self._announce()
+                self._top_up(node, min(self.depth, self._fair()), initial=True)
+
+        def _announce(self) -> None:
+            """The line xdist writes when output is not a terminal once every worker has
+            collected ("4 workers [200 items]"), but not when tests are already out: written
+            here, before the first test's outcome."""
+            dsession = self.config.pluginmanager.getplugin("dsession")
+            trdist: Any = getattr(dsession, "trdist", None)
+            if getattr(dsession, "terminal", None) is None or getattr(trdist, "_isatty", True):
+                return
+            with contextlib.suppress(Exception):
+                from xdist.dsession import WorkerStatus, get_workers_status_line
+
+                assert self.collection is not None
+                done = [(WorkerStatus.CollectionDone, len(self.collection))] * int(self.numnodes)
+                verbose = self.config.option.verbose >= 0
+                trdist.write_line(get_workers_status_line(done) if verbose else trdist.getstatus())
+                dsession.terminal.write_line("")
+
+        def _fair(self) -> int:
+            assert self.collection is not None
+            return -(-len(self.collection) // max(1, int(self.numnodes), len(self.nodes)))
 
         def schedule(self) -> None:
+            if self.early is not None:
+                self._join_the_early_start()
+                return
             first = self.collection is None
             super().schedule()
             if first and self.collection is not None and self.pending:
-                fair = -(-len(self.collection) // max(1, len(self.nodes)))
+                fair = self._fair()
                 for node in self.nodes:  # the same depth for every worker from the start
                     self._top_up(node, min(self.depth, fair), initial=True)
+
+        def _join_the_early_start(self) -> None:
+            """Every worker has collected: the others join the one that started, each with
+            the same tests or none (a worker that collected others is reported, as xdist
+            does, and shut down; the tests run on the rest)."""
+            early, self.early = self.early, None
+            others = [n for n in self.node2collection if n is not early]
+            differ = [n for n in others if self.node2collection[n] != self.collection]
+            if differ:
+                self._check_nodes_have_same_collection()  # reports each difference
+                for node in differ:
+                    self.refused.add(node)
+                    node.shutdown()
+            fair = self._fair()
+            for node in self.nodes:
+                if node is not early and node not in self.refused:
+                    self._top_up(node, min(self.depth, fair), initial=True)
+            for node in self.nodes:
+                self.check_schedule(node)
 
         def _top_up(self, node: Any, target: int, initial: bool = False) -> bool:
             if node.shutting_down or not self.pending:
@@ -858,6 +918,10 @@ def make_load_scheduler(config: pytest.Config, log: Any, concurrency: int) -> An
             return True
 
         def check_schedule(self, node: Any, duration: float = 0) -> None:
+            if node in self.refused or (
+                node not in self.node2collection and not self.collection_is_completed
+            ):
+                return  # not collected yet: it gets its tests once every worker has
             if not self._top_up(node, self.depth):
                 super().check_schedule(node, duration)
 

@@ -296,9 +296,19 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     run_pytest(built, env, "--collect-only")
     out["a_built_s"] = sorted(run_pytest(built, env)[0] for _ in range(3))[1]
     out["a_xdist"] = {}
+    out["a_xdist_base"] = {}
 
     def xdist_run(*xargs: str) -> tuple[float, bool]:
-        wall_x, _ = run_pytest(proj, env, *xargs, "--rollout-report=report_x.json")
+        """The median wall of the runs (with --base, of as many runs as (a), alternating with
+        the base's, whose median goes in out["a_xdist_base"][xargs]); whether the last run
+        gave the same verdict, requests, tokens and checks as (a)."""
+        walls, base_walls = [], []
+        for _ in range(args.repeat if base_env is not None else 1):
+            if base_env is not None:
+                base_walls.append(run_pytest(proj, base_env, *xargs)[0])
+            walls.append(run_pytest(proj, env, *xargs, "--rollout-report=report_x.json")[0])
+        if base_walls:
+            out["a_xdist_base"][" ".join(xargs)] = sorted(base_walls)[len(base_walls) // 2]
         rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
         wx = rx["workflows"]["support"]
         same = (
@@ -307,7 +317,7 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
             and wx["candidate"]["output_tokens"] == wf["candidate"]["output_tokens"]
             and wx["checks"] == wf["checks"]
         )
-        return wall_x, same
+        return sorted(walls)[len(walls) // 2], same
 
     for n in args.xdist:
         out["a_xdist"][n] = xdist_run("-n", str(n))
@@ -590,14 +600,23 @@ def main() -> None:
             print(f"    pytest process: {r['a_tail']}; wall minus start-up "
                   f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
                   f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")
+            def against_base(key: str, wall_x: float) -> str:
+                base_x = r["a_xdist_base"].get(key)
+                if base_x is None:
+                    return ""
+                return (f"; {args.base}: {base_x:.2f} s, this tree {wall_x / base_x:.2f}x its "
+                        f"time (medians of {args.repeat}, alternating)")
+
             for n, (wall_x, same) in r["a_xdist"].items():
                 print(f"    -n {n}: wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x the -n 0 run "
-                      f"(same verdict/requests/tokens/checks: {same})")
+                      f"(same verdict/requests/tokens/checks: {same})"
+                      + against_base(f"-n {n}", wall_x))
             if "a_loadfile" in r:
                 n, wall_x, same = r["a_loadfile"]
                 print(f"    -n {n} --dist loadfile (one worker runs every test: the run's limits "
                       f"are shared, not split): wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x "
-                      f"the -n 0 run (same verdict/requests/tokens/checks: {same})")
+                      f"the -n 0 run (same verdict/requests/tokens/checks: {same})"
+                      + against_base(f"-n {n} --dist=loadfile", wall_x))
             if "no_calls" in r:
                 nc = r["no_calls"]
                 print(f"    xdist's own cost: the same suite with tests that call no model takes "

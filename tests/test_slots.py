@@ -155,6 +155,28 @@ def test_a_broker_that_cannot_be_reached_leaves_each_worker_its_share(
     assert err.count("modelrollout: cannot reach the xdist controller's slot broker") == 1
 
 
+def test_a_worker_that_loses_the_broker_goes_on_with_its_share(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The controller's broker goes away mid-run: a call waiting for a slot is not left
+    waiting; it and every later one keep to the worker's own share."""
+    b = SlotBroker()
+    b.start()
+
+    async def main() -> None:
+        a = SlotClient(b.address)
+        assert await a.acquire(GATE) and await a.acquire(GATE)
+        waiting = asyncio.ensure_future(a.acquire(GATE))  # the model's 2 are taken
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(b.close)
+        assert await asyncio.wait_for(waiting, 5) is False
+        assert await a.acquire(GATE) is False and not a.usable
+        await a.aclose()
+
+    run(main)
+    assert "slot broker closed the connection" in capsys.readouterr().err
+
+
 def test_a_connection_without_the_token_is_refused(broker: SlotBroker) -> None:
     async def main() -> None:
         host, port, _ = broker.address.split(":")
@@ -238,6 +260,22 @@ def test_two_workers_together_keep_to_the_run_bound(sim_url: str, broker: SlotBr
         await second.aclose()
 
     run(main)
+
+
+def test_model_calls_go_on_when_the_broker_cannot_be_reached(sim_url: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def main() -> float:
+        first, _ = _registries(sim_url, f"127.0.0.1:{port}:token")
+        t0 = time.monotonic()
+        results = await asyncio.gather(*_calls(first, 4))
+        assert all(r.ok for r in results)
+        await first.aclose()
+        return time.monotonic() - t0
+
+    assert run(main) >= 0.39  # at the worker's share: two at a time, 200 ms each
 
 
 def test_without_the_broker_each_worker_keeps_to_its_share(sim_url: str) -> None:

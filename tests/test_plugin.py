@@ -90,7 +90,11 @@ def test_allow_inconclusive_and_no_gate(project: pytest.Pytester) -> None:
 @XDIST
 def test_ready_verdict_and_report(project: pytest.Pytester, xdist: list[str]) -> None:
     project.makepyfile(TWENTY_CASES)
-    result = project.runpytest(*xdist, "--rollout-report=report.json")
+    # "good" answers ~10 % slower than "stable" (the default p95 gate: +25 %); with 24 samples
+    # a p95 is the second slowest reply, and a busy CI machine can stall one by 100 ms or
+    # more: the latency gate is widened so that this test is about the verdict and the report
+    result = project.runpytest(*xdist, "--rollout-report=report.json",
+                               "--rollout-gate=p95_latency:+100%")
     result.assert_outcomes(passed=24)
     result.stdout.fnmatch_lines(["rollout verdict: READY"])
     assert result.ret == 0

@@ -9,10 +9,11 @@ test_prefetch.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -34,6 +35,17 @@ def run(main: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(main(), 20))
 
 
+@contextlib.asynccontextmanager
+async def workers(broker: SlotBroker, n: int = 2) -> AsyncIterator[list[SlotClient]]:
+    """``n`` workers' clients of ``broker``, each with its own connection, closed after."""
+    clients = [SlotClient(broker.address) for _ in range(n)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
 async def granted_soon(aw: Awaitable[bool], within: float = 0.3) -> bool | None:
     """What ``aw`` returned, or None if it was still waiting after ``within`` seconds."""
     task = asyncio.ensure_future(aw)
@@ -49,42 +61,37 @@ GATE = [["g", "model m", 2], ["g", "run", 3]]
 
 def test_slots_are_shared_by_the_workers_and_given_back(broker: SlotBroker) -> None:
     async def main() -> None:
-        a, b = SlotClient(broker.address), SlotClient(broker.address)
-        assert await a.acquire(GATE) and await a.acquire(GATE)  # the model's limit is 2
-        assert await granted_soon(b.acquire(GATE)) is None  # ... for both workers together
-        waiting = asyncio.ensure_future(b.acquire(GATE))
-        await asyncio.sleep(0.05)
-        a.release(["model m", "run"])
-        assert await asyncio.wait_for(waiting, 2) is True  # the slot a gave back
+        async with workers(broker) as (a, b):
+            assert await a.acquire(GATE) and await a.acquire(GATE)  # the model's limit is 2
+            assert await granted_soon(b.acquire(GATE)) is None  # ... for both together
+            waiting = asyncio.ensure_future(b.acquire(GATE))
+            await asyncio.sleep(0.05)
+            a.release(["model m", "run"])
+            assert await asyncio.wait_for(waiting, 2) is True  # the slot a gave back
         assert broker.peak["model m"] == 2 and broker.peak["run"] == 2
-        await a.aclose()
-        await b.aclose()
 
     run(main)
 
 
 def test_the_run_bound_holds_across_models(broker: SlotBroker) -> None:
     async def main() -> None:
-        a, b = SlotClient(broker.address), SlotClient(broker.address)
-        for client, model in ((a, "x"), (b, "y"), (a, "z")):
-            assert await client.acquire([["g", f"model {model}", 8], ["g", "run", 3]])
-        assert await granted_soon(b.acquire([["g", "model w", 8], ["g", "run", 3]])) is None
-        await a.aclose()
-        await b.aclose()
+        async with workers(broker) as (a, b):
+            for client, model in ((a, "x"), (b, "y"), (a, "z")):
+                assert await client.acquire([["g", f"model {model}", 8], ["g", "run", 3]])
+            assert await granted_soon(b.acquire([["g", "model w", 8], ["g", "run", 3]])) is None
 
     run(main)
 
 
 def test_a_worker_that_goes_away_gives_its_slots_back(broker: SlotBroker) -> None:
     async def main() -> None:
-        a, b = SlotClient(broker.address), SlotClient(broker.address)
-        assert await a.acquire(GATE) and await a.acquire(GATE)
-        waiting = asyncio.ensure_future(b.acquire(GATE))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        await a.aclose()  # a crashed worker's connection closes the same way
-        assert await asyncio.wait_for(waiting, 2) is True
-        await b.aclose()
+        async with workers(broker) as (a, b):
+            assert await a.acquire(GATE) and await a.acquire(GATE)
+            waiting = asyncio.ensure_future(b.acquire(GATE))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await a.aclose()  # a crashed worker's connection closes the same way
+            assert await asyncio.wait_for(waiting, 2) is True
 
     run(main)
 
@@ -94,29 +101,25 @@ def test_a_request_given_up_while_waiting_takes_no_slot(broker: SlotBroker) -> N
     it is granted later: the slot goes on to the next worker."""
 
     async def main() -> None:
-        a, b, c = (SlotClient(broker.address) for _ in range(3))
-        assert await a.acquire(GATE) and await a.acquire(GATE)
-        assert await granted_soon(b.acquire(GATE), 0.1) is None  # b gives up
-        a.release(["model m", "run"])
-        a.release(["model m", "run"])
-        assert await granted_soon(c.acquire(GATE), 2) is True
-        assert await granted_soon(c.acquire(GATE), 2) is True  # b's grant came back too
-        for client in (a, b, c):
-            await client.aclose()
+        async with workers(broker, 3) as (a, b, c):
+            assert await a.acquire(GATE) and await a.acquire(GATE)
+            assert await granted_soon(b.acquire(GATE), 0.1) is None  # b gives up
+            a.release(["model m", "run"])
+            a.release(["model m", "run"])
+            assert await granted_soon(c.acquire(GATE), 2) is True
+            assert await granted_soon(c.acquire(GATE), 2) is True  # b's grant came back too
 
     run(main)
 
 
 def test_a_429_halves_the_models_limit_for_every_worker(broker: SlotBroker) -> None:
     async def main() -> None:
-        a, b = SlotClient(broker.address), SlotClient(broker.address)
-        steps = [["g", "model m", 4]]
-        assert await a.acquire(steps)
-        a.penalize("model m", 30.0)
-        assert await b.acquire(steps)  # 2 of the halved 4
-        assert await granted_soon(b.acquire(steps)) is None
-        await a.aclose()
-        await b.aclose()
+        async with workers(broker) as (a, b):
+            steps = [["g", "model m", 4]]
+            assert await a.acquire(steps)
+            a.penalize("model m", 30.0)
+            assert await b.acquire(steps)  # 2 of the halved 4
+            assert await granted_soon(b.acquire(steps)) is None
 
     run(main)
 
@@ -125,14 +128,12 @@ def test_a_rate_is_shared_by_the_workers(broker: SlotBroker) -> None:
     """600 rpm with one token banked: the workers together get one request per 0.1 s."""
 
     async def main() -> float:
-        a, b = SlotClient(broker.address), SlotClient(broker.address)
-        step = [["b", "rpm m", 600.0, 1.0, 1.0]]
-        t0 = time.monotonic()
-        for _ in range(3):
-            assert await a.acquire(step) and await b.acquire(step)
-        await a.aclose()
-        await b.aclose()
-        return time.monotonic() - t0
+        async with workers(broker) as (a, b):
+            step = [["b", "rpm m", 600.0, 1.0, 1.0]]
+            t0 = time.monotonic()
+            for _ in range(3):
+                assert await a.acquire(step) and await b.acquire(step)
+            return time.monotonic() - t0
 
     assert run(main) >= 0.45  # 6 requests: the banked one, then 5 at 0.1 s each
 

@@ -339,7 +339,13 @@ class ModelClient:
         local = share_spec(spec, share)
         self.spec = spec if slots is not None else local
         self._slots = slots
-        self._run_limit = run_limit
+        # the broker's keys of this model's limits, and the gates an attempt takes there
+        self._slot_key = {kind: f"{kind} {spec.ref}" for kind in ("model", "rpm", "tpm")}
+        gates = [(self._slot_key["model"], spec.max_concurrency)]
+        if run_limit:
+            gates.append((RUN_SLOTS, run_limit))
+        self._slot_gates: list[Step] = [["g", key, limit] for key, limit in gates]
+        self._slot_gate_keys = [key for key, _ in gates]
         self._registry = registry
         self._env: Mapping[str, str] = env if env is not None else os.environ
         self._killed: Collection[str] = killed if killed is not None else set()
@@ -552,7 +558,7 @@ class ModelClient:
             finally:
                 if shared:
                     assert self._slots is not None
-                    self._slots.release(self._slot_keys())
+                    self._slots.release(self._slot_gate_keys)
                 else:
                     await self._gate.release()
             if isinstance(err, ProviderResponse):
@@ -584,22 +590,15 @@ class ModelClient:
         return False
 
     def _slot_steps(self, tokens: float) -> list[Step]:
-        spec, ref = self.spec, self.spec.ref
+        spec, key = self.spec, self._slot_key
+        if not spec.tpm and not spec.rpm:
+            return self._slot_gates
         steps: list[Step] = []
         if spec.tpm:  # the same order as without the broker: rates, the model, the run
-            steps.append(["b", f"tpm {ref}", spec.tpm, _tpm_capacity(spec.tpm), tokens])
+            steps.append(["b", key["tpm"], spec.tpm, _tpm_capacity(spec.tpm), tokens])
         if spec.rpm:
-            steps.append(["b", f"rpm {ref}", spec.rpm, max(1.0, spec.rpm / 60.0), 1.0])
-        return [*steps, *(["g", key, limit] for key, limit in self._slot_limits())]
-
-    def _slot_limits(self) -> list[tuple[str, int]]:
-        limits = [(f"model {self.spec.ref}", self.spec.max_concurrency)]
-        if self._run_limit:
-            limits.append((RUN_SLOTS, self._run_limit))
-        return limits
-
-    def _slot_keys(self) -> list[str]:
-        return [key for key, _ in self._slot_limits()]
+            steps.append(["b", key["rpm"], spec.rpm, max(1.0, spec.rpm / 60.0), 1.0])
+        return [*steps, *self._slot_gates]
 
     async def _send_once(
         self,
@@ -643,10 +642,10 @@ class ModelClient:
     def _penalize(self, retry_after: float | None, scale: float) -> None:
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale
         if self._slots is not None and self._slots.usable:  # every worker's, at the broker
-            self._slots.penalize(f"model {self.spec.ref}", cooldown)
+            self._slots.penalize(self._slot_key["model"], cooldown)
             for kind, rate in (("rpm", self.spec.rpm), ("tpm", self.spec.tpm)):
                 if rate:
-                    self._slots.slow_down(f"{kind} {self.spec.ref}", cooldown)
+                    self._slots.slow_down(self._slot_key[kind], cooldown)
         self._gate.penalize(cooldown)
         until = time.monotonic() + cooldown
         for bucket in (self._rpm, self._tpm):

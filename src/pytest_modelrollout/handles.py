@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import CassetteError, KilledError
 from ._records import Role
-from .providers.base import ChatRequest
-from .providers.client import CallResult
+from .providers.base import CallResult, ChatRequest
 from .replies import CheckContext, Pair, Reply
 from .session import call_record, reply_fields
 

@@ -63,8 +63,7 @@ from .asked import (
     source_asks,
 )
 from .progress import Progress, progress_wanted
-from .providers.base import ChatRequest
-from .providers.client import CallResult, split_limit, worker_share
+from .providers.base import CallResult, ChatRequest, split_limit, worker_share
 
 if TYPE_CHECKING:
     from .handles import TestContext

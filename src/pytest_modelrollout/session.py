@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 from ._exceptions import ConfigError, KilledError, ModelRolloutError
 from ._records import CallRecord, CheckRecord, RecordSet, Role, shared
 from .config import RolloutConfig, check_api_key, resolve_model
-from .providers.base import ChatRequest, ModelSpec, ProviderResponse
-from .providers.client import CallResult, ModelRegistry, worker_share
+from .providers.base import CallResult, ChatRequest, ModelSpec, ProviderResponse, worker_share
 from .runner import Runner
 
 if TYPE_CHECKING:
     from .prefetch import Prefetcher
+    from .providers.client import ModelRegistry
 
 
 @dataclass
@@ -185,6 +185,10 @@ class RolloutSession:
             with self._lock:
                 if self._runner is None:
                     limit = self.options.concurrency or self.cfg.concurrency
+                    # the HTTP stack is imported here, where calls are to be made (not on the
+                    # xdist controller, whose start-up delays its workers')
+                    from .providers.client import ModelRegistry
+
                     share = worker_share(self.env) if self.xdist_worker else None
                     slots = None
                     if share is not None and self.slots_address:

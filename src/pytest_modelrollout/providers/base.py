@@ -11,13 +11,16 @@ This layer does not import pytest.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from .._exceptions import ProviderError
     from .transport import HTTPClient
 
 
@@ -167,3 +170,66 @@ class Provider(ABC):
         attempt: int = 0,
     ) -> ProviderResponse:
         """Send one attempt; return the parsed response or raise a ProviderError."""
+
+
+# -- one call's outcome, and a worker's share of the limits (no HTTP stack needed) --------
+CallStatus = Literal["ok", "error", "timeout"]
+
+
+@dataclass
+class CallResult:
+    ref: str  # reference asked
+    status: CallStatus
+    response: ProviderResponse | None
+    error: ProviderError | None  # str(error) is short and secret-free
+    latency_ms: float  # first send to final answer (incl. retries/fallback), less connecting
+    attempts: int
+    fallback: bool  # the fallback model answered
+    served_by: str  # reference that produced the response
+    cost_usd: float | None
+    started_at: float  # epoch seconds of the first send (of the call, if none was sent)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error_kind(self) -> str | None:
+        return self.error.kind if self.error is not None else None
+
+
+def split_limit(value: int, index: int, count: int) -> int:
+    """Worker ``index``'s share of an integer limit split over ``count`` workers (at least 1).
+
+    ``split_limit(8, i, 3)`` is 3, 3, 2 for i = 0, 1, 2: the shares add up to the limit.
+    """
+    if count <= 1:
+        return value
+    base, extra = divmod(value, count)
+    return max(1, base + (1 if index < extra else 0))
+
+
+def worker_share(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """``(index, count)`` on a pytest-xdist worker (``gw2`` of 4 -> ``(2, 4)``), else None."""
+    name, count = env.get("PYTEST_XDIST_WORKER", ""), env.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not name.startswith("gw") or not count.isdigit() or not name[2:].isdigit():
+        return None
+    n, i = int(count), int(name[2:])
+    return (i, n) if n > 1 and 0 <= i < n else None
+
+
+def share_spec(spec: ModelSpec, share: tuple[int, int] | None) -> ModelSpec:
+    """The spec a worker uses: its share of ``max_concurrency``, ``rpm`` and ``tpm``.
+
+    The limits in the config are the team's limits with the provider, for the whole run; under
+    ``pytest -n N`` each worker gets 1/N of them, so N workers together stay within them.
+    """
+    if share is None:
+        return spec
+    index, count = share
+    return dataclasses.replace(
+        spec,
+        max_concurrency=split_limit(spec.max_concurrency, index, count),
+        rpm=spec.rpm / count if spec.rpm else spec.rpm,
+        tpm=spec.tpm / count if spec.tpm else spec.tpm,
+    )

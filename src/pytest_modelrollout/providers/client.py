@@ -26,7 +26,6 @@ This module does not import pytest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
@@ -38,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .._exceptions import (
@@ -50,7 +49,17 @@ from .._exceptions import (
     TimeoutError_,
 )
 from .anthropic import AnthropicProvider
-from .base import ChatRequest, ModelSpec, Provider, ProviderResponse
+from .base import (
+    CallResult,
+    ChatRequest,
+    ModelSpec,
+    Provider,
+    ProviderResponse,
+    share_spec,
+    split_limit,
+    worker_share,
+)
+from .limits import AdaptiveGate, TokenBucket
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
 from .transport import (
@@ -74,31 +83,6 @@ BACKOFF_CAP_S = 20.0
 RETRY_AFTER_CAP_S = 60.0
 ADAPTIVE_COOLDOWN_S = 10.0
 RUN_SLOTS = "run"  # the broker's key of the bound on calls in flight across all models
-
-CallStatus = Literal["ok", "error", "timeout"]
-
-
-@dataclass
-class CallResult:
-    ref: str  # reference asked
-    status: CallStatus
-    response: ProviderResponse | None
-    error: ProviderError | None  # str(error) is short and secret-free
-    latency_ms: float  # first send to final answer (incl. retries/fallback), less connecting
-    attempts: int
-    fallback: bool  # the fallback model answered
-    served_by: str  # reference that produced the response
-    cost_usd: float | None
-    started_at: float  # epoch seconds of the first send (of the call, if none was sent)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def error_kind(self) -> str | None:
-        return self.error.kind if self.error is not None else None
-
 
 def make_provider(spec: ModelSpec) -> Provider:
     """The provider for a spec's wire format."""
@@ -138,92 +122,6 @@ def estimate_tokens(request: ChatRequest, params: Mapping[str, object] | None = 
     merged = {**(params or {}), **request.params}
     out = merged.get("max_tokens") or merged.get("max_completion_tokens") or 0
     return chars / 4.0 + (float(out) if isinstance(out, (int, float)) else 0.0)
-
-
-class TokenBucket:
-    """An async token bucket: ``rate`` tokens per second, up to ``capacity`` banked."""
-
-    def __init__(self, per_minute: float, capacity: float | None = None) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = capacity if capacity is not None else max(1.0, self.rate)
-        self._tokens = self.capacity
-        self._last = time.monotonic()
-        self._slow_until = 0.0
-        self._lock = asyncio.Lock()
-
-    def slow_down(self, until: float) -> None:
-        self._slow_until = max(self._slow_until, until)
-
-    def _effective_rate(self, now: float) -> float:
-        return self.rate / 2.0 if now < self._slow_until else self.rate
-
-    async def acquire(self, amount: float = 1.0) -> None:
-        amount = min(max(amount, 0.0), self.capacity)
-        async with self._lock:  # first come, first served
-            while True:
-                now = time.monotonic()
-                rate = self._effective_rate(now)
-                self._tokens = min(self.capacity, self._tokens + (now - self._last) * rate)
-                self._last = now
-                if self._tokens >= amount:
-                    self._tokens -= amount
-                    return
-                await asyncio.sleep((amount - self._tokens) / rate)
-
-
-class AdaptiveGate:
-    """At most ``limit`` holders; after :meth:`penalize` the limit is halved for a while."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.in_flight = 0
-        self._reduced = self.limit
-        self._reduced_until = 0.0
-        self._cond = asyncio.Condition()
-        self._waiting = 0  # callers inside acquire() that found no free slot
-
-    def current_limit(self) -> int:
-        return self._reduced if time.monotonic() < self._reduced_until else self.limit
-
-    def penalize(self, cooldown_s: float) -> None:
-        now = time.monotonic()
-        self._reduced = max(1, self.current_limit() // 2)
-        self._reduced_until = max(self._reduced_until, now + cooldown_s)
-
-    async def acquire(self) -> None:
-        # a free slot and nobody queued: take it (one event loop, so no await between the
-        # check and the increment); otherwise queue behind the others
-        if not self._waiting and self.in_flight < self.current_limit():
-            self.in_flight += 1
-            return
-        self._waiting += 1
-        try:
-            async with self._cond:
-                while self.in_flight >= self.current_limit():
-                    now = time.monotonic()
-                    timeout = self._reduced_until - now if now < self._reduced_until else None
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._cond.wait(), timeout)
-                self.in_flight += 1
-        finally:
-            self._waiting -= 1
-
-    async def wake(self) -> None:
-        """Wake as many waiters as there are free slots (a wake-up that went to a waiter
-        cancelled before it ran is not lost)."""
-        free = self.current_limit() - self.in_flight
-        if self._waiting and free > 0:
-            async with self._cond:
-                self._cond.notify(free)
-
-    async def release(self) -> None:
-        self.in_flight -= 1
-        if not self._waiting:
-            return
-        async with self._cond:
-            # wake only as many waiters as there are free slots: notify_all() woke every
-            # waiter on every release (quadratic with thousands of queued calls)
-            self._cond.notify(max(1, self.current_limit() - self.in_flight))
 
 
 @functools.lru_cache(maxsize=1)
@@ -660,43 +558,6 @@ def _tpm_capacity(tpm: float) -> float:
 
 def _ref_killed(spec: ModelSpec, killed: Collection[str]) -> bool:
     return spec.ref in killed or f"{spec.provider}:{spec.model}" in killed
-
-
-def split_limit(value: int, index: int, count: int) -> int:
-    """Worker ``index``'s share of an integer limit split over ``count`` workers (at least 1).
-
-    ``split_limit(8, i, 3)`` is 3, 3, 2 for i = 0, 1, 2: the shares add up to the limit.
-    """
-    if count <= 1:
-        return value
-    base, extra = divmod(value, count)
-    return max(1, base + (1 if index < extra else 0))
-
-
-def worker_share(env: Mapping[str, str]) -> tuple[int, int] | None:
-    """``(index, count)`` on a pytest-xdist worker (``gw2`` of 4 -> ``(2, 4)``), else None."""
-    name, count = env.get("PYTEST_XDIST_WORKER", ""), env.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if not name.startswith("gw") or not count.isdigit() or not name[2:].isdigit():
-        return None
-    n, i = int(count), int(name[2:])
-    return (i, n) if n > 1 and 0 <= i < n else None
-
-
-def share_spec(spec: ModelSpec, share: tuple[int, int] | None) -> ModelSpec:
-    """The spec a worker uses: its share of ``max_concurrency``, ``rpm`` and ``tpm``.
-
-    The limits in the config are the team's limits with the provider, for the whole run; under
-    ``pytest -n N`` each worker gets 1/N of them, so N workers together stay within them.
-    """
-    if share is None:
-        return spec
-    index, count = share
-    return dataclasses.replace(
-        spec,
-        max_concurrency=split_limit(spec.max_concurrency, index, count),
-        rpm=spec.rpm / count if spec.rpm else spec.rpm,
-        tpm=spec.tpm / count if spec.tpm else spec.tpm,
-    )
 
 
 class ModelRegistry:

@@ -10,8 +10,8 @@ one-file suite ran 3.4 times slower than ``-n 0``. So the xdist controller holds
 (:class:`SlotClient`): the workers together keep to each limit, and one worker alone may use
 all of it.
 
-The broker keeps one :class:`~.client.AdaptiveGate` per concurrency limit and one
-:class:`~.client.TokenBucket` per rate, the same objects a run without xdist uses; a 429 seen by
+The broker keeps one :class:`~.limits.AdaptiveGate` per concurrency limit and one
+:class:`~.limits.TokenBucket` per rate, the same objects a run without xdist uses; a 429 seen by
 any worker halves the model's concurrency and slows its rates for all of them.
 
 Protocol: JSON lines over one TCP connection per worker, on 127.0.0.1; the first line carries
@@ -51,7 +51,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .client import AdaptiveGate, TokenBucket
+from .limits import AdaptiveGate, TokenBucket
 
 CONNECT_TIMEOUT_S = 5.0
 Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount]

@@ -194,6 +194,18 @@ def test_a_connection_without_the_token_is_refused(broker: SlotBroker) -> None:
     assert broker.peak["model m"] == 0
 
 
+def test_a_request_the_broker_cannot_serve_does_not_leave_the_worker_waiting(
+    broker: SlotBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> None:
+        async with workers(broker, 1) as (a,):
+            assert await a.acquire([["g", "model m", "not a number"]]) is False
+            assert not a.usable
+
+    run(main)
+    assert "slot broker closed the connection" in capsys.readouterr().err
+
+
 def test_the_broker_survives_a_line_that_is_not_ours(broker: SlotBroker) -> None:
     async def main() -> None:
         host, port, token = broker.address.split(":")

@@ -164,6 +164,10 @@ class SlotBroker:
             held.update(taken)
             taken = []
             writer.write(json.dumps({"a": msg["a"]}).encode() + b"\n")
+        except (ValueError, TypeError, IndexError, OSError):
+            # a request it cannot serve: close the connection rather than leave the worker
+            # waiting for a grant that never comes (it falls back to its share)
+            writer.close()
         finally:
             for key in taken:  # dropped half-way: give back what was taken
                 await self._gates[key].release()

@@ -1073,12 +1073,19 @@ def test_xdist_workers_share_the_runs_limits(
     the workers together never go over it."""
     project.makepyprojecttoml(CONFIG.replace("latency_ms=20", "latency_ms=300"))
     project.makepyfile(test_suite=SUITE)
-    _run(
+    result = _run(
         project, "-n", "2", f"--dist={dist}", "--rollout-concurrency=4",
-        "--rollout-allow-inconclusive",
-    ).assert_outcomes(passed=N_CASES)
+        "--rollout-allow-inconclusive", "-v",
+    )
+    result.assert_outcomes(passed=N_CASES)
     assert sim.total() == 2 * N_CASES
     assert _peak_in_flight(sim.arrivals, 0.29) == 4
+    # -v says how much of each limit the workers used at once
+    result.stdout.fnmatch_lines([
+        "modelrollout limits, shared by the xdist workers: at most 4 calls in flight at once "
+        "(concurrency 4); sim:good?latency_ms=300&jitter=0 * (max_concurrency 8), "
+        "sim:stable?latency_ms=300&jitter=0 * (8)"
+    ])
 
 
 @pytest.mark.parametrize("dist", ["load", "worksteal"])

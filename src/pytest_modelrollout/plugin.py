@@ -538,6 +538,30 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"modelrollout: {err}", red=True)
     for line in rs.terminal_lines(verbose=config.getoption("verbose") > 0):
         tr.write_line(line)
+    broker = config.stash.get(_BROKER, None)
+    if broker and config.getoption("verbose") > 0:
+        line = _limits_line(broker.usage())
+        if line:
+            tr.write_line(line)
+
+
+def _limits_line(usage: list[tuple[str, int, int]]) -> str:
+    """With ``-v`` under xdist: how much of each limit the workers used at once, e.g.
+    ``modelrollout limits, shared by the xdist workers: at most 16 calls in flight at once
+    (concurrency 16); sim:stable 8 (max_concurrency 8), sim:good 8 (8)``."""
+    run = [(peak, limit) for key, peak, limit in usage if key == "run"]
+    models = [(key.removeprefix("model "), peak, limit) for key, peak, limit in usage
+              if key.startswith("model ")]  # fmt: skip
+    if not run and not models:
+        return ""
+    parts = []
+    if run:
+        parts.append(f"at most {run[0][0]} calls in flight at once (concurrency {run[0][1]})")
+    parts.append(", ".join(
+        f"{ref} {peak} ({'max_concurrency ' if i == 0 else ''}{limit})"
+        for i, (ref, peak, limit) in enumerate(sorted(models))
+    ))
+    return "modelrollout limits, shared by the xdist workers: " + "; ".join(p for p in parts if p)
 
 
 __all__ = [

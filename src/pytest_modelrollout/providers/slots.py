@@ -80,6 +80,10 @@ class SlotBroker:
         self.address = f"127.0.0.1:{port}:{self.token}"
         return self.address
 
+    def usage(self) -> list[tuple[str, int, int]]:
+        """``(key, most held at once, limit)`` of each concurrency limit the workers used."""
+        return [(key, self.peak[key], gate.limit) for key, gate in list(self._gates.items())]
+
     async def _start(self) -> int:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         return int(self._server.sockets[0].getsockname()[1])

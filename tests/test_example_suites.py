@@ -91,6 +91,28 @@ def _run(name: str, out: Path) -> Run:
     return Run(proc.returncode, proc.stdout + proc.stderr, data)
 
 
+def _latency_unconfirmed_only(run: Run) -> bool:
+    """The run is INCONCLUSIVE only because a latency gate's breach was not confirmed (the
+    interval reaches back across the threshold), every other gate passing."""
+    if run.report.get("verdict") != "INCONCLUSIVE":
+        return False
+    reasons = [
+        r
+        for w in run.report.get("workflows", {}).values()
+        if w.get("verdict") != "READY"
+        for r in w.get("reasons", [])
+    ]
+    return bool(reasons) and all(
+        str(r.get("gate", "")).startswith(("p95_latency", "p50_latency"))
+        and r.get("status") == "unconfirmed"
+        for r in reasons
+    )
+
+
+# the runs that assert READY, whose p95 gate also measures this machine's scheduling
+READY_RUNS = ("default", "xdist")
+
+
 @pytest.fixture(scope="module")
 def runs(
     tmp_path_factory: pytest.TempPathFactory, one_heavy_module_at_a_time: None
@@ -98,7 +120,16 @@ def runs(
     out = tmp_path_factory.mktemp("example_suites")
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {name: pool.submit(_run, name, out) for name in RUNS}
-        return {name: f.result() for name, f in futures.items()}
+        results = {name: f.result() for name, f in futures.items()}
+    # The simulator's latencies are deterministic, but it shares the CI box's 2 cores with the
+    # run and with the rest of this suite: a stall of 100 ms or more on one of ~35 replies
+    # moves a p95, and the gate then says "exceeds +25 %, not confirmed" (INCONCLUSIVE; seen
+    # about once in five full CI runs, on agent_planning). Such a run, and only such a run, is
+    # made once more; a second INCONCLUSIVE, or any other reason, fails the test.
+    for name in READY_RUNS:
+        if _latency_unconfirmed_only(results[name]):
+            results[name] = _run(name, out)
+    return results
 
 
 def _tail(run: Run) -> str:

@@ -223,8 +223,9 @@ class SlotClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock | None = None
-        self._pending: dict[int, asyncio.Future[bool]] = {}
-        self._abandoned: dict[int, list[str]] = {}  # granted after the caller gave up: release
+        # request id -> (the caller's future, the gates it asked for: given back if the grant
+        # comes after the caller gave up)
+        self._pending: dict[int, tuple[asyncio.Future[bool], list[str]]] = {}
         self._ids = itertools.count(1)
         self.lost: str | None = None
 
@@ -256,12 +257,10 @@ class SlotClient:
         why = "the xdist controller's slot broker closed the connection"
         try:
             while line := await reader.readline():
-                i = int(_message(line)["a"])
-                fut = self._pending.pop(i, None)
+                fut, keys = self._pending.pop(int(_message(line)["a"]), (None, []))
                 if fut is not None and not fut.done():
                     fut.set_result(True)
-                keys = self._abandoned.pop(i, None)
-                if keys:
+                elif fut is not None:  # the caller gave up waiting: give the slots back
                     self.release(keys)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             why = f"the xdist controller's slot broker failed ({exc})"
@@ -277,11 +276,10 @@ class SlotClient:
             if not quiet:
                 print(f"modelrollout: {why}; this worker keeps to its share of the limits",
                       file=sys.stderr)
-        for fut in self._pending.values():
+        for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_result(False)
         self._pending.clear()
-        self._abandoned.clear()
         if self._writer is not None:
             self._writer.close()
 
@@ -299,16 +297,15 @@ class SlotClient:
             return False
         i = next(self._ids)
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending[i] = fut
+        keys = [str(s[1]) for s in steps if s[0] == "g"]
+        self._pending[i] = (fut, keys)
         self._send({"a": i, "s": list(steps)})
         try:
             return await fut
         except asyncio.CancelledError:
-            keys = [str(s[1]) for s in steps if s[0] == "g"]
             if fut.done() and not fut.cancelled() and fut.result():
-                self.release(keys)  # granted as the caller gave up
-            elif self._pending.pop(i, None) is not None:
-                self._abandoned[i] = keys  # released when the grant arrives
+                self.release(keys)  # granted just as the caller gave up
+            # still pending: the reader gives the slots back when the grant comes
             raise
 
     def release(self, keys: Sequence[str]) -> None:

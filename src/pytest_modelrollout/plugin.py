@@ -549,9 +549,12 @@ def _limits_line(usage: list[tuple[str, int, int]]) -> str:
     """With ``-v`` under xdist: how much of each limit the workers used at once, e.g.
     ``modelrollout limits, shared by the xdist workers: at most 16 calls in flight at once
     (concurrency 16); sim:stable 8 (max_concurrency 8), sim:good 8 (8)``."""
-    run = [(peak, limit) for key, peak, limit in usage if key == "run"]
-    models = [(key.removeprefix("model "), peak, limit) for key, peak, limit in usage
-              if key.startswith("model ")]  # fmt: skip
+    from .providers.slots import RUN_KEY, limit_key
+
+    prefix = limit_key("model", "")
+    run = [(peak, limit) for key, peak, limit in usage if key == RUN_KEY]
+    models = [(key.removeprefix(prefix), peak, limit) for key, peak, limit in usage
+              if key.startswith(prefix)]  # fmt: skip
     if not run and not models:
         return ""
     parts = []

@@ -62,6 +62,7 @@ from .base import (
 from .limits import AdaptiveGate, TokenBucket
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
+from .slots import LIMIT_KINDS, RUN_KEY, limit_key
 from .transport import (
     WIRE_CLOCK,
     AsyncioTransport,
@@ -82,7 +83,6 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 20.0
 RETRY_AFTER_CAP_S = 60.0
 ADAPTIVE_COOLDOWN_S = 10.0
-RUN_SLOTS = "run"  # the broker's key of the bound on calls in flight across all models
 
 def make_provider(spec: ModelSpec) -> Provider:
     """The provider for a spec's wire format."""
@@ -238,10 +238,10 @@ class ModelClient:
         self.spec = spec if slots is not None else local
         self._slots = slots
         # the broker's keys of this model's limits, and the gates an attempt takes there
-        self._slot_key = {kind: f"{kind} {spec.ref}" for kind in ("model", "rpm", "tpm")}
+        self._slot_key = {kind: limit_key(kind, spec.ref) for kind in LIMIT_KINDS}
         gates = [(self._slot_key["model"], spec.max_concurrency)]
         if run_limit:
-            gates.append((RUN_SLOTS, run_limit))
+            gates.append((RUN_KEY, run_limit))
         self._slot_gates: list[Step] = [["g", key, limit] for key, limit in gates]
         self._slot_gate_keys = [key for key, _ in gates]
         self._registry = registry

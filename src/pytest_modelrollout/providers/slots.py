@@ -55,6 +55,13 @@ from .limits import AdaptiveGate, TokenBucket
 
 CONNECT_TIMEOUT_S = 5.0
 Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount]
+RUN_KEY = "run"  # the bound on calls in flight across all models
+LIMIT_KINDS = ("model", "rpm", "tpm")  # a model's keys: its max_concurrency, rpm, tpm
+
+
+def limit_key(kind: str, ref: str) -> str:
+    """The broker's key of one of a model's limits (``kind`` in :data:`LIMIT_KINDS`)."""
+    return f"{kind} {ref}"
 
 
 class SlotBroker:
@@ -330,4 +337,4 @@ class SlotClient:
                 await self._writer.wait_closed()
 
 
-__all__ = ["SlotBroker", "SlotClient"]
+__all__ = ["LIMIT_KINDS", "RUN_KEY", "SlotBroker", "SlotClient", "limit_key"]

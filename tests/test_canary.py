@@ -623,7 +623,10 @@ def test_metrics_equal_the_plugin_session(
             pair.expect_language("same_as_prompt")
         """
     )
-    result = pytester.runpytest("--rollout-report=report.json")
+    # the latency gate is off on both sides: 24 samples of a simulator sharing a loaded 2-core
+    # machine can put one model's p95 past +25 % by scheduling stalls (INCONCLUSIVE); this test
+    # is about the log giving the session's metrics, latency percentiles included
+    result = pytester.runpytest("--rollout-report=report.json", "--rollout-gate=p95_latency:off")
     assert result.ret == 0, result.stdout.str()
     report = json.loads((pytester.path / "report.json").read_text(encoding="utf-8"))
     records = RecordSet.from_dict(report["records"])
@@ -655,6 +658,8 @@ def test_metrics_equal_the_plugin_session(
         str(log),
         "--stable=sim:stable",
         "--candidate=sim:good",
+        "--gate",
+        "p95_latency:off",
         "--report",
         str(pytester.path / "canary.json"),
     )

@@ -14,7 +14,9 @@ Usage::
     and ``--dist loadfile`` (the suite is one file: one worker runs every test); the same suite with
     its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``), and with each
     prompt built in the test from a template (``prompt = TEMPLATE.format(...)``); xdist's own cost:
-    the same suite with tests that call no model, at ``-n 0`` and ``-n N``. Printed with it:
+    the same suite with tests that call no model, at ``-n 0`` and ``-n N``; when the calls run
+    in the last run at ``-n 0`` and at each ``-n N`` (the first send and the last reply after
+    the process's start, from the JSON report's call times). Printed with it:
     the candidate's p50 / p95 latency against the same suite run sequentially
     (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
     transport, no pytest); and the bound for (a) on this machine, pytest's start-up and
@@ -225,19 +227,36 @@ def _has_hypothesis() -> bool:
     return importlib.util.find_spec("hypothesis") is not None
 
 
+# root -> (epoch at the start, epoch at the end) of its last pytest run
+_RUN_SPAN: dict[Path, tuple[float, float]] = {}
+
+
 def run_pytest(root: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
     plugin = "-p no:modelrollout" not in env.get("PYTEST_ADDOPTS", "")
     cmd = pytest_cmd(*args, plugin=plugin)
+    epoch = time.time()
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    _RUN_SPAN[root] = (epoch, epoch + wall)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     tail = f"cpu {cpu:.2f} s; " + (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode != 0:
         raise SystemExit(f"pytest failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
     return wall, tail
+
+
+def call_timeline(root: Path, report: Path) -> tuple[float, float, float]:
+    """Of ``root``'s last run, which wrote ``report``: seconds from the process's start to the
+    first call's send and to the last reply (the report's call times: each call's first send
+    plus its latency), and from the last reply to the process's exit."""
+    start, end = _RUN_SPAN[root]
+    calls = json.loads(report.read_text(encoding="utf-8"))["records"]["calls"]
+    first = min(c["ts"] for c in calls) - start
+    last = max(c["ts"] + (c.get("latency_ms") or 0.0) / 1000.0 for c in calls) - start
+    return first, last, end - start - last
 
 
 def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> dict[str, Any]:
@@ -271,6 +290,7 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     if base_runs:
         out["a_base_walls"] = sorted(base_runs)
     out["a_wall_s"], out["a_tail"] = runs[len(runs) // 2]
+    out["timeline"] = {"-n 0": call_timeline(proj, proj / "report.json")}
     out["a_walls"] = [w for w, _ in runs]
     report = json.loads((proj / "report.json").read_text(encoding="utf-8"))
     wf = report["workflows"]["support"]
@@ -309,6 +329,7 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
             walls.append(run_pytest(proj, env, *xargs, "--rollout-report=report_x.json")[0])
         if base_walls:
             out["a_xdist_base"][" ".join(xargs)] = sorted(base_walls)[len(base_walls) // 2]
+        out["timeline"][" ".join(xargs)] = call_timeline(proj, proj / "report_x.json")
         rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
         wx = rx["workflows"]["support"]
         same = (
@@ -617,6 +638,9 @@ def main() -> None:
                       f"are shared, not split): wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x "
                       f"the -n 0 run (same verdict/requests/tokens/checks: {same})"
                       + against_base(f"-n {n} --dist=loadfile", wall_x))
+            print("    when the calls run (the last run of each; from the report's call times): "
+                  + "; ".join(f"{k}: first send {a:.2f} s after the start, last reply {b:.2f} s, "
+                              f"exit {c:.2f} s after it" for k, (a, b, c) in r["timeline"].items()))
             if "no_calls" in r:
                 nc = r["no_calls"]
                 print(f"    xdist's own cost: the same suite with tests that call no model takes "

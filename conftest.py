@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,23 +68,60 @@ def _warm_up_lazy_imports() -> None:
 _warm_up_lazy_imports()
 
 
+HEAVY_FIXTURES = ("one_heavy_run_at_a_time", "one_heavy_module_at_a_time")
+
+# the lock file this process holds shared for the running test, if it does
+_shared: list[Any] = []
+
+
+def _lock_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # the parent of this worker's temporary directory is shared by all xdist workers
+    return tmp_path_factory.getbasetemp().parent / "heavy-runs.lock"
+
+
+def _release_shared() -> None:
+    while _shared:
+        lock = _shared.pop()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
 @contextlib.contextmanager
 def _heavy_run_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Tests that start pytest sessions of their own in subprocesses (with xdist, with real
-    simulated latencies) take turns across xdist workers: two of them at once put five or more
-    busy processes on a 2-core CI machine, and the example suites' p95 latency gate then sees
+    simulated latencies) have the machine to themselves: every other test holds the same lock
+    shared while it runs (`_machine_shared` below), and a heavy run takes it exclusively, so it
+    waits for the other xdist worker's running test and that worker waits for it. Two heavy runs
+    at once, or one next to a CPU-bound test, put the simulator and the run's event loop on one
+    of a 2-core CI machine's cores, and the example suites' p95 latency gate then sees
     scheduling stalls as latency (INCONCLUSIVE where READY is documented)."""
     if fcntl is None:  # pragma: no cover - Windows: no lock
         yield
         return
-    # the parent of this worker's temporary directory is shared by all xdist workers
-    lock_path = tmp_path_factory.getbasetemp().parent / "heavy-runs.lock"
-    with open(lock_path, "w") as lock:
+    _release_shared()  # a test that asks for a heavy run once it has started holds it shared
+    with open(_lock_path(tmp_path_factory), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _machine_shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Every test but the heavy runs holds the heavy-run lock shared while it runs."""
+    if fcntl is None or any(name in request.fixturenames for name in HEAVY_FIXTURES):
+        yield
+        return
+    lock = open(_lock_path(tmp_path_factory), "w")  # noqa: SIM115 - closed by _release_shared
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    _shared.append(lock)
+    try:
+        yield
+    finally:
+        _release_shared()
 
 
 @pytest.fixture

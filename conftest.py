@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import pytest
 
@@ -71,7 +71,7 @@ _warm_up_lazy_imports()
 HEAVY_FIXTURES = ("one_heavy_run_at_a_time", "one_heavy_module_at_a_time")
 
 # the lock file this process holds shared for the running test, if it does
-_shared: list[Any] = []
+_shared: list[IO[str]] = []
 
 
 def _lock_path(tmp_path_factory: pytest.TempPathFactory) -> Path:

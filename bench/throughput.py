@@ -16,7 +16,10 @@ Usage::
     prompt built in the test from a template (``prompt = TEMPLATE.format(...)``); xdist's own cost:
     the same suite with tests that call no model, at ``-n 0`` and ``-n N``; when the calls run
     in the last run at ``-n 0`` and at each ``-n N`` (the first send and the last reply after
-    the process's start, from the JSON report's call times). Printed with it:
+    the process's start, from the JSON report's call times); and whether calls made by the
+    xdist controller before any worker is up would close the gap: the floor's calls (below)
+    made next to a ``-n N`` run of the suite without model calls, started together. Printed
+    with it:
     the candidate's p50 / p95 latency against the same suite run sequentially
     (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
     transport, no pytest); and the bound for (a) on this machine, pytest's start-up and
@@ -440,6 +443,27 @@ def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
 
 
 # -- (c) per-call overhead ------------------------------------------------------------------
+def bench_overlap(sim_url: str, work: Path, n: int, args: argparse.Namespace) -> list[tuple[float, float, float]]:
+    """Whether calls that the xdist controller sent itself, before any worker is up, would make
+    ``-n N`` as fast as ``-n 0``: the floor's calls (:func:`bench_floor`) made from this process
+    while a ``-n N`` run of the suite with tests that call no model starts next to them (the
+    calls 0.3 s after it, about when its controller is up). Per round: the floor alone, the
+    floor next to that run, and that run's wall time."""
+    quiet = work / "no_calls"
+    env = user_env(MODELROLLOUT_SIM_URL=sim_url)
+    rows = []
+    for _ in range(args.repeat):
+        alone = bench_floor(sim_url, args.cases, args.latency_ms)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(pytest_cmd("-n", str(n)), cwd=quiet, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        together = bench_floor(sim_url, args.cases, args.latency_ms)
+        proc.wait()
+        rows.append((alone, together, time.perf_counter() - t0))
+    return rows
+
+
 def bench_overhead(sim_url: str, n: int) -> dict[str, float]:
     from pytest_modelrollout._records import CallRecord
     from pytest_modelrollout.config import parse_config, resolve_model
@@ -656,6 +680,16 @@ def main() -> None:
                   f"{CONCURRENCY}, no pytest: {floor:.2f} s = {floor / r['ideal_s']:.2f}x ideal "
                   f"(what this machine allows at this latency); pytest + plugin = "
                   f"{r['a_wall_s'] / floor:.2f}x the floor")
+            if "no_calls" in r and not args.in_process_sim:
+                n = max(args.xdist)
+                rows = sorted(bench_overlap(url, work, n, args), key=lambda row: row[1])
+                alone, together, wall = rows[len(rows) // 2]
+                print(f"    calls sent before any worker is up, would they do? the floor's calls made "
+                      f"next to a -n {n} run of the no-calls suite starting with them: "
+                      f"{together:.2f} s (alone {alone:.2f} s), and that run then takes "
+                      f"{wall:.2f} s (alone {r['no_calls'][n]:.2f} s): so about {wall:.2f} s for -n {n} "
+                      f"with its calls made by the controller, against {r['a_wall_s']:.2f} s at "
+                      f"-n 0 (median of {len(rows)} by the calls' time)")
             bound = r["startup_s"] + floor
             print(f"    bound for (a) here: start-up + collection ({r['startup_s']:.2f} s) + the "
                   f"floor = {bound:.2f} s = {bound / r['ideal_s']:.2f}x ideal (the target "

@@ -184,7 +184,10 @@ def test_a_connection_without_the_token_is_refused(broker: SlotBroker) -> None:
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(json.dumps({"h": "wrong"}).encode() + b"\n")
         writer.write(json.dumps({"a": 1, "s": GATE}).encode() + b"\n")
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing granted
+        # closed, nothing granted; a reset when the request line reached the broker after it
+        # had closed on the token (the peak below shows that no slot was granted either way)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         wrong = SlotClient(f"{host}:{port}:wrong")
         assert await wrong.acquire(GATE) is False

@@ -68,15 +68,13 @@ def _warm_up_lazy_imports() -> None:
 _warm_up_lazy_imports()
 
 
-HEAVY_FIXTURES = ("one_heavy_run_at_a_time", "one_heavy_module_at_a_time")
-
 # the lock file this process holds shared for the running test, if it does
 _shared: list[IO[str]] = []
 
 
-def _lock_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _lock_path(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     # the parent of this worker's temporary directory is shared by all xdist workers
-    return tmp_path_factory.getbasetemp().parent / "heavy-runs.lock"
+    return tmp_path_factory.getbasetemp().parent / f"{name}.lock"
 
 
 def _release_shared() -> None:
@@ -87,19 +85,11 @@ def _release_shared() -> None:
 
 
 @contextlib.contextmanager
-def _heavy_run_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Tests that start pytest sessions of their own in subprocesses (with xdist, with real
-    simulated latencies) have the machine to themselves: every other test holds the same lock
-    shared while it runs (`_machine_shared` below), and a heavy run takes it exclusively, so it
-    waits for the other xdist worker's running test and that worker waits for it. Two heavy runs
-    at once, or one next to a CPU-bound test, put the simulator and the run's event loop on one
-    of a 2-core CI machine's cores, and the example suites' p95 latency gate then sees
-    scheduling stalls as latency (INCONCLUSIVE where READY is documented)."""
+def _exclusive(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
     if fcntl is None:  # pragma: no cover - Windows: no lock
         yield
         return
-    _release_shared()  # a test that asks for a heavy run once it has started holds it shared
-    with open(_lock_path(tmp_path_factory), "w") as lock:
+    with open(_lock_path(tmp_path_factory, name), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -111,11 +101,17 @@ def _heavy_run_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def _machine_shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
-    """Every test but the heavy runs holds the heavy-run lock shared while it runs."""
-    if fcntl is None or any(name in request.fixturenames for name in HEAVY_FIXTURES):
+    """Every test holds the machine lock shared while it runs, but those of a module that has
+    the machine to itself (`the_machine_to_itself`)."""
+    if fcntl is None or "the_machine_to_itself" in request.fixturenames:
         yield
         return
-    lock = open(_lock_path(tmp_path_factory), "w")  # noqa: SIM115 - closed by _release_shared
+    # past the gate first: a module waiting for the machine holds it, so the tests of the other
+    # worker stop taking turns ahead of it
+    with open(_lock_path(tmp_path_factory, "machine-gate"), "w") as gate:
+        fcntl.flock(gate, fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+    lock = open(_lock_path(tmp_path_factory, "machine"), "w")  # noqa: SIM115 - closed below
     fcntl.flock(lock, fcntl.LOCK_SH)
     _shared.append(lock)
     try:
@@ -124,15 +120,25 @@ def _machine_shared(
         _release_shared()
 
 
-@pytest.fixture
-def one_heavy_run_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with _heavy_run_lock(tmp_path_factory):
+@pytest.fixture(scope="module")
+def the_machine_to_itself(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For the example suites, whose default runs must be READY, p95 latency gate included: no
+    other test of this suite runs meanwhile (every other test holds the machine lock shared,
+    this takes it exclusively, waiting for the other xdist worker's running test, which then
+    waits in turn). Next to the other worker's CPU-bound tests or a heavy run, the simulator and
+    the run's event loop share one of a 2-core CI machine's cores, and the p95 gate sees
+    scheduling stalls as latency (INCONCLUSIVE where READY is documented)."""
+    with _exclusive(tmp_path_factory, "machine-gate"), _exclusive(tmp_path_factory, "machine"):
         yield
 
 
-@pytest.fixture(scope="module")
-def one_heavy_module_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with _heavy_run_lock(tmp_path_factory):
+@pytest.fixture
+def one_heavy_run_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests that start pytest sessions of their own in subprocesses (with xdist, with real
+    simulated latencies) take turns across xdist workers: two at once put five or more busy
+    processes on a 2-core machine. They run next to other tests, never next to the example
+    suites (they hold the machine lock shared, as every test does)."""
+    with _exclusive(tmp_path_factory, "heavy-runs"):
         yield
 
 

@@ -2,7 +2,7 @@
 documented in the README ("What a worse candidate does to the verdict") still hold.
 
 Every run is a real ``python -m pytest`` subprocess in ``example_suites/``, made by a module
-fixture that holds the heavy-run lock (no other test of the suite runs meanwhile): the two runs
+fixture that has the machine to itself (no other test of the suite runs meanwhile): the two runs
 that must be READY first, one at a time, then the others three at a time, which keeps this file
 under a minute.
 """
@@ -116,7 +116,7 @@ READY_RUNS = ("default", "xdist")
 
 @pytest.fixture(scope="module")
 def runs(
-    tmp_path_factory: pytest.TempPathFactory, one_heavy_module_at_a_time: None
+    tmp_path_factory: pytest.TempPathFactory, the_machine_to_itself: None
 ) -> dict[str, Run]:
     out = tmp_path_factory.mktemp("example_suites")
     results: dict[str, Run] = {}

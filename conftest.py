@@ -11,7 +11,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
@@ -68,29 +67,21 @@ def _warm_up_lazy_imports() -> None:
 _warm_up_lazy_imports()
 
 
-# the lock file this process holds shared for the running test, if it does
-_shared: list[IO[str]] = []
-
-
 def _lock_path(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     # the parent of this worker's temporary directory is shared by all xdist workers
     return tmp_path_factory.getbasetemp().parent / f"{name}.lock"
 
 
-def _release_shared() -> None:
-    while _shared:
-        lock = _shared.pop()
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
-
-
 @contextlib.contextmanager
-def _exclusive(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[None]:
+def _locked(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, shared: bool = False
+) -> Iterator[None]:
+    """Hold the lock file ``name``, shared by the xdist workers of this run."""
     if fcntl is None:  # pragma: no cover - Windows: no lock
         yield
         return
     with open(_lock_path(tmp_path_factory, name), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -103,21 +94,15 @@ def _machine_shared(
 ) -> Iterator[None]:
     """Every test holds the machine lock shared while it runs, but those of a module that has
     the machine to itself (`the_machine_to_itself`)."""
-    if fcntl is None or "the_machine_to_itself" in request.fixturenames:
+    if "the_machine_to_itself" in request.fixturenames:
         yield
         return
     # past the gate first: a module waiting for the machine holds it, so the tests of the other
     # worker stop taking turns ahead of it
-    with open(_lock_path(tmp_path_factory, "machine-gate"), "w") as gate:
-        fcntl.flock(gate, fcntl.LOCK_SH)
-        fcntl.flock(gate, fcntl.LOCK_UN)
-    lock = open(_lock_path(tmp_path_factory, "machine"), "w")  # noqa: SIM115 - closed below
-    fcntl.flock(lock, fcntl.LOCK_SH)
-    _shared.append(lock)
-    try:
+    with _locked(tmp_path_factory, "machine-gate", shared=True):
+        pass
+    with _locked(tmp_path_factory, "machine", shared=True):
         yield
-    finally:
-        _release_shared()
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +113,7 @@ def the_machine_to_itself(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     waits in turn). Next to the other worker's CPU-bound tests or a heavy run, the simulator and
     the run's event loop share one of a 2-core CI machine's cores, and the p95 gate sees
     scheduling stalls as latency (INCONCLUSIVE where READY is documented)."""
-    with _exclusive(tmp_path_factory, "machine-gate"), _exclusive(tmp_path_factory, "machine"):
+    with _locked(tmp_path_factory, "machine-gate"), _locked(tmp_path_factory, "machine"):
         yield
 
 
@@ -138,7 +123,7 @@ def one_heavy_run_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     simulated latencies) take turns across xdist workers: two at once put five or more busy
     processes on a 2-core machine. They run next to other tests, never next to the example
     suites (they hold the machine lock shared, as every test does)."""
-    with _exclusive(tmp_path_factory, "heavy-runs"):
+    with _locked(tmp_path_factory, "heavy-runs"):
         yield
 
 

@@ -442,7 +442,6 @@ def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
     return asyncio.run(run())
 
 
-# -- (c) per-call overhead ------------------------------------------------------------------
 def bench_overlap(sim_url: str, work: Path, n: int, args: argparse.Namespace) -> list[tuple[float, float, float]]:
     """Whether calls that the xdist controller sent itself, before any worker is up, would make
     ``-n N`` as fast as ``-n 0``: the floor's calls (:func:`bench_floor`) made from this process
@@ -464,6 +463,7 @@ def bench_overlap(sim_url: str, work: Path, n: int, args: argparse.Namespace) ->
     return rows
 
 
+# -- (c) per-call overhead ------------------------------------------------------------------
 def bench_overhead(sim_url: str, n: int) -> dict[str, float]:
     from pytest_modelrollout._records import CallRecord
     from pytest_modelrollout.config import parse_config, resolve_model

@@ -640,7 +640,7 @@ def test_against_the_simulator_when_available(runner: Runner) -> None:
     [(8, 1, [8]), (8, 2, [4, 4]), (8, 3, [3, 3, 2]), (16, 5, [4, 3, 3, 3, 3]), (2, 4, [1, 1, 1, 1])],
 )
 def test_split_limit_adds_up(value: int, count: int, shares: list[int]) -> None:
-    from pytest_modelrollout.providers.client import split_limit
+    from pytest_modelrollout.providers.base import split_limit
 
     assert [split_limit(value, i, count) for i in range(count)] == shares
 
@@ -658,7 +658,7 @@ def test_split_limit_adds_up(value: int, count: int, shares: list[int]) -> None:
 def test_worker_share_from_the_xdist_environment(
     env: dict[str, str], share: tuple[int, int] | None
 ) -> None:
-    from pytest_modelrollout.providers.client import worker_share
+    from pytest_modelrollout.providers.base import worker_share
 
     assert worker_share(env) == share
 

@@ -57,7 +57,6 @@ from .base import (
     ProviderResponse,
     share_spec,
     split_limit,
-    worker_share,
 )
 from .limits import AdaptiveGate, TokenBucket
 from .openai import OpenAIProvider, safe_message, scrub
@@ -659,7 +658,4 @@ __all__ = [
     "estimate_tokens",
     "make_provider",
     "scrub",
-    "share_spec",
-    "split_limit",
-    "worker_share",
 ]

@@ -10,15 +10,16 @@ Usage::
     pytest in a subprocess, including pytest start-up, as a ratio to the ideal
     ``calls x latency / concurrency`` at concurrency 16 (the default ``concurrency`` and twice
     the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
-    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist, and with the largest N
-    and ``--dist loadfile`` (the suite is one file: one worker runs every test); the same suite with
+    ``--xdist`` (default 2 and 4), as a ratio to the run without xdist and to the same run
+    without the controller's head start (``MODELROLLOUT_HEADSTART=0``, alternating), and with
+    the largest N and ``--dist loadfile`` (the suite is one file: one worker runs every test); the same suite with
     its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``), and with each
     prompt built in the test from a template (``prompt = TEMPLATE.format(...)``); xdist's own cost:
     the same suite with tests that call no model, at ``-n 0`` and ``-n N``; when the calls run
     in the last run at ``-n 0`` and at each ``-n N`` (the first send and the last reply after
-    the process's start, from the JSON report's call times); and whether calls made by the
-    xdist controller before any worker is up would close the gap: the floor's calls (below)
-    made next to a ``-n N`` run of the suite without model calls, started together. Printed
+    the process's start, from the JSON report's call times); and the best the controller's head
+    start could do: the floor's calls (below) made next to a ``-n N`` run of the suite without
+    model calls, started together. Printed
     with it:
     the candidate's p50 / p95 latency against the same suite run sequentially
     (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
@@ -320,18 +321,24 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     out["a_built_s"] = sorted(run_pytest(built, env)[0] for _ in range(3))[1]
     out["a_xdist"] = {}
     out["a_xdist_base"] = {}
+    out["a_xdist_off"] = {}
+    off_env = {**env, "MODELROLLOUT_HEADSTART": "0"}
 
     def xdist_run(*xargs: str) -> tuple[float, bool]:
-        """The median wall of the runs (with --base, of as many runs as (a), alternating with
-        the base's, whose median goes in out["a_xdist_base"][xargs]); whether the last run
-        gave the same verdict, requests, tokens and checks as (a)."""
-        walls, base_walls = [], []
-        for _ in range(args.repeat if base_env is not None else 1):
+        """The median wall of ``--repeat`` runs, alternating with as many runs without the
+        controller's head start (their median in out["a_xdist_off"][xargs]) and, with --base,
+        with the base's (out["a_xdist_base"][xargs]); whether the last run gave the same
+        verdict, requests, tokens and checks as (a)."""
+        walls, base_walls, off_walls = [], [], []
+        for _ in range(args.repeat):
             if base_env is not None:
                 base_walls.append(run_pytest(proj, base_env, *xargs)[0])
+            off_walls.append(run_pytest(proj, off_env, *xargs)[0])
             walls.append(run_pytest(proj, env, *xargs, "--rollout-report=report_x.json")[0])
+        key = " ".join(xargs)
+        out["a_xdist_off"][key] = sorted(off_walls)[len(off_walls) // 2]
         if base_walls:
-            out["a_xdist_base"][" ".join(xargs)] = sorted(base_walls)[len(base_walls) // 2]
+            out["a_xdist_base"][key] = sorted(base_walls)[len(base_walls) // 2]
         out["timeline"][" ".join(xargs)] = call_timeline(proj, proj / "report_x.json")
         rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
         wx = rx["workflows"]["support"]
@@ -443,11 +450,11 @@ def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
 
 
 def bench_overlap(sim_url: str, work: Path, n: int, args: argparse.Namespace) -> list[tuple[float, float, float]]:
-    """Whether calls that the xdist controller sent itself, before any worker is up, would make
-    ``-n N`` as fast as ``-n 0``: the floor's calls (:func:`bench_floor`) made from this process
-    while a ``-n N`` run of the suite with tests that call no model starts next to them (the
-    calls 0.3 s after it, about when its controller is up). Per round: the floor alone, the
-    floor next to that run, and that run's wall time."""
+    """What the xdist controller's head start could give at best: the floor's calls
+    (:func:`bench_floor`) made from this process while a ``-n N`` run of the suite with tests
+    that call no model starts next to them (the calls 0.3 s after it, about when its
+    controller is up), so the calls made with no pytest and no claims. Per round: the floor
+    alone, the floor next to that run, and that run's wall time."""
     quiet = work / "no_calls"
     env = user_env(MODELROLLOUT_SIM_URL=sim_url)
     rows = []
@@ -646,11 +653,15 @@ def main() -> None:
                   f"{r['a_wall_s'] - r['startup_s']:.2f} s -> "
                   f"{(r['a_wall_s'] - r['startup_s']) / r['ideal_s']:.2f}x ideal")
             def against_base(key: str, wall_x: float) -> str:
+                off = r["a_xdist_off"][key]
+                said = (f"; without the controller's head start (MODELROLLOUT_HEADSTART=0): "
+                        f"{off:.2f} s = {off / r['a_wall_s']:.2f}x, so the head start takes "
+                        f"{wall_x / off:.2f}x its time (medians of {args.repeat}, alternating)")
                 base_x = r["a_xdist_base"].get(key)
                 if base_x is None:
-                    return ""
-                return (f"; {args.base}: {base_x:.2f} s, this tree {wall_x / base_x:.2f}x its "
-                        f"time (medians of {args.repeat}, alternating)")
+                    return said
+                return said + (f"; {args.base}: {base_x:.2f} s, this tree {wall_x / base_x:.2f}x "
+                               f"its time")
 
             for n, (wall_x, same) in r["a_xdist"].items():
                 print(f"    -n {n}: wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x the -n 0 run "
@@ -684,12 +695,12 @@ def main() -> None:
                 n = max(args.xdist)
                 rows = sorted(bench_overlap(url, work, n, args), key=lambda row: row[1])
                 alone, together, wall = rows[len(rows) // 2]
-                print(f"    calls sent before any worker is up, would they do? the floor's calls made "
-                      f"next to a -n {n} run of the no-calls suite starting with them: "
-                      f"{together:.2f} s (alone {alone:.2f} s), and that run then takes "
-                      f"{wall:.2f} s (alone {r['no_calls'][n]:.2f} s): so about {wall:.2f} s for -n {n} "
-                      f"with its calls made by the controller, against {r['a_wall_s']:.2f} s at "
-                      f"-n 0 (median of {len(rows)} by the calls' time)")
+                print(f"    bound for -n {n} with the controller's head start: the floor's calls "
+                      f"made next to a -n {n} run of the no-calls suite starting with them take "
+                      f"{together:.2f} s (alone {alone:.2f} s), and that run {wall:.2f} s (alone "
+                      f"{r['no_calls'][n]:.2f} s): {wall / r['a_wall_s']:.2f}x the -n 0 run, "
+                      f"against {r['a_xdist'][n][0] / r['a_wall_s']:.2f}x measured (median of "
+                      f"{len(rows)} by the calls' time)")
             bound = r["startup_s"] + floor
             print(f"    bound for (a) here: start-up + collection ({r['startup_s']:.2f} s) + the "
                   f"floor = {bound:.2f} s = {bound / r['ideal_s']:.2f}x ideal (the target "

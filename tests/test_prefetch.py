@@ -1105,6 +1105,102 @@ def test_xdist_modes_send_nothing_twice(
     assert len(seen) == 2 * N_CASES and set(seen.values()) == {2}
 
 
+# -- the xdist controller's head start -------------------------------------------------------
+HEADSTART_LINE = re.compile(
+    r"  xdist controller: (\d+) of them sent while its workers started, (\d+) taken by the "
+    r"workers, (\d+) unused"
+)
+
+
+def _headstart(result: pytest.RunResult) -> tuple[int, int, int]:
+    """The -v line's counts: sent by the controller, taken by the workers, unused."""
+    for line in result.outlines:
+        m = HEADSTART_LINE.fullmatch(line)
+        if m:
+            sent, taken, unused = (int(g) for g in m.groups())
+            return sent, taken, unused
+    raise AssertionError("no head start line in:\n" + "\n".join(result.outlines[-20:]))
+
+
+def test_xdist_controller_sends_while_its_workers_start(
+    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+) -> None:
+    """Under -n the controller sends the requests it reads in full before its workers are up;
+    each test takes its result from the controller's call (claimed by test id and request
+    key): every request reaches the provider once, and the records, checks and verdict are
+    those of a run without xdist."""
+    project.makepyfile(test_suite=SUITE)
+    _run(project, "--rollout-report=plain.json").assert_outcomes(passed=N_CASES)
+    sim.reset()
+    result = _run(project, "-n", "2", "-v", "--rollout-report=xdist.json")
+    result.assert_outcomes(passed=N_CASES)
+    sent, taken, unused = _headstart(result)
+    # the controller plans before it starts the workers: its first calls are out before any
+    # worker can claim anything
+    assert sent >= 2 and taken == sent and unused == 0
+    seen = sim.first_attempts()
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
+    assert _essentials(_report(project.path / "xdist.json")) == _essentials(
+        _report(project.path / "plain.json")
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        # an option of a plugin the controller's own collection does not load (syrupy's)
+        (["--snapshot-update"], {}, "sent nothing ahead (the controller's collection did not "
+         "succeed (unrecognized arguments: --snapshot-update))"),
+        ([], {"MODELROLLOUT_HEADSTART": "0"}, None),
+    ],
+    ids=["unknown-option", "turned-off"],
+)
+def test_without_a_head_start_the_workers_send_everything(
+    project: pytest.Pytester,
+    sim: CountingSim,
+    monkeypatch: pytest.MonkeyPatch,
+    one_heavy_run_at_a_time: None,
+    args: list[str],
+    env: dict[str, str],
+    said: str | None,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    project.makepyfile(test_suite=SUITE)
+    result = _run(project, "-n", "2", "-v", *args)
+    result.assert_outcomes(passed=N_CASES)
+    if said is None:
+        result.stdout.no_fnmatch_line("*xdist controller:*")
+    else:
+        result.stdout.fnmatch_lines([f"  xdist controller: {said}"])
+    seen = sim.first_attempts()
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
+
+
+def test_what_no_test_asks_for_is_unused_and_never_recorded_with_a_head_start(
+    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+) -> None:
+    """A test that does not make the ask planned for it (here: under a condition it does not
+    meet) leaves what was sent for it unused, whether the controller or its worker sent it:
+    counted once, never recorded, never sent twice."""
+    project.makepyfile(test_suite=SUITE.replace(
+        "    pair = rollout.ask(case)\n",
+        "    if case.id == \"c03\":\n        return\n    pair = rollout.ask(case)\n",
+    ))
+    result = _run(project, "-n", "2", "-v", "--rollout-report=r.json")
+    result.assert_outcomes(passed=N_CASES)
+    sent, taken, unused = _headstart(result)
+    assert sent >= 2 and taken + unused == sent
+    result.stdout.fnmatch_lines([
+        f"modelrollout prefetch (2 xdist workers): {2 * N_CASES} calls sent ahead of their "
+        f"tests, {2 * N_CASES - 2} used, 2 unused (not recorded), 0 errors, * calls/s"
+    ])
+    report = _report(project.path / "r.json")
+    assert report["workflows"]["support"]["candidate"]["requests"] == N_CASES - 1
+    seen = sim.first_attempts()
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
+
+
 # -- units ---------------------------------------------------------------------------------
 def test_skipped_statically(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(

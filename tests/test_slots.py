@@ -306,3 +306,95 @@ def test_without_the_broker_each_worker_keeps_to_its_share(sim_url: str) -> None
         return time.monotonic() - t0
 
     assert run(main) >= 0.39  # two at a time, 200 ms each
+
+
+# -- claims: the controller's head start (headstart.py) --------------------------------------
+def _result(**kw: Any) -> Any:
+    from pytest_modelrollout.providers.base import CallResult, ProviderResponse, ToolCall
+
+    response = ProviderResponse(
+        text="订单 A-1 已发货。" + "x" * 100_000,  # a long reply: more than asyncio's 64 KiB line
+        tool_calls=[ToolCall("lookup", {"id": "A-1"}, '{"id": "A-1"}', "call_1"),
+                    ToolCall("broken", None, "{not json", None)],
+        finish_reason="stop", input_tokens=12, output_tokens=3456, model_id="good-2",
+        raw={"choices": [{"message": {"content": "..."}}], "usage": {"total_tokens": 3468}},
+    )
+    fields: dict[str, Any] = {
+        "ref": "sim:good", "status": "ok", "response": response, "error": None,
+        "latency_ms": 101.25, "attempts": 2, "fallback": False, "served_by": "sim:good",
+        "cost_usd": 0.000123, "started_at": 1_795_000_000.123456,
+    }
+    fields.update(kw)
+    return CallResult(**fields)
+
+
+@pytest.mark.parametrize("kind", ["timeout", "rate_limit", "server", "connection", "auth",
+                                  "client", "bad_response", "killed", "something_new"])
+def test_a_failed_call_crosses_the_wire_as_it_was(kind: str) -> None:
+    from pytest_modelrollout import _exceptions
+    from pytest_modelrollout.providers.base import result_from_wire, result_to_wire
+
+    classes = {c.kind: c for c in _exceptions.ProviderError.__subclasses__()}
+    error = classes.get(kind, _exceptions.ProviderError)(
+        "HTTP 429: slow down", status_code=429, retry_after=1.5
+    )
+    if kind not in classes:
+        error.kind = kind
+    sent = _result(status="timeout" if kind == "timeout" else "error", response=None,
+                   error=error, cost_usd=None)
+    got = result_from_wire(json.loads(json.dumps(result_to_wire(sent))))
+    assert got.error is not None and type(got.error) is type(error)
+    assert (got.error.kind, str(got.error), got.error.status_code, got.error.retry_after) == (
+        kind, str(error), 429, 1.5)
+    assert (got.status, got.ok, got.error_kind, got.latency_ms, got.cost_usd) == (
+        sent.status, False, kind, 101.25, None)
+
+
+def test_a_claim_takes_the_controllers_result(broker: SlotBroker) -> None:
+    """A worker's claim gets the controller's result, exactly (a reply longer than a line
+    asyncio reads by default included); a claim of what the controller did not send, or with
+    no head start, gets nothing at once."""
+    from pytest_modelrollout.providers.base import result_from_wire, result_to_wire
+
+    sent = _result()
+    asked: list[tuple[str, str, str, str, bool]] = []
+
+    async def claims(test: str, role: str, ref: str, key: str, ahead: bool) -> Any:
+        asked.append((test, role, ref, key, ahead))
+        return result_to_wire(sent) if key == "k1" else None
+
+    async def main() -> tuple[Any, Any, Any]:
+        async with workers(broker, 1) as (client,):
+            got = await client.claim("t.py::test[c1]", "candidate", "sim:good", "k1", True)
+            other = await granted_soon(
+                client.claim("t.py::test[c2]", "candidate", "sim:good", "k2", False))
+            broker.claims = None
+            off = await granted_soon(
+                client.claim("t.py::test[c3]", "stable", "sim:stable", "k3", False))
+            return got, other, off
+
+    broker.claims = claims
+    got, other, off = run(main)
+    assert result_from_wire(got) == sent
+    assert other is None and off is None  # answered (None), not left waiting
+    assert asked == [("t.py::test[c1]", "candidate", "sim:good", "k1", True),
+                     ("t.py::test[c2]", "candidate", "sim:good", "k2", False)]
+
+
+def test_a_claim_on_a_lost_broker_is_answered_with_nothing(broker: SlotBroker) -> None:
+    """The worker then sends the request itself."""
+    waiting = asyncio.Event()
+
+    async def claims(test: str, role: str, ref: str, key: str, ahead: bool) -> Any:
+        waiting.set()
+        await asyncio.sleep(60)  # the controller's call still in flight
+
+    async def main() -> Any:
+        async with workers(broker, 1) as (client,):
+            task = asyncio.ensure_future(client.claim("t::a", "candidate", "m", "k", True))
+            await asyncio.sleep(0.2)
+            broker.close()
+            return await asyncio.wait_for(task, 5)
+
+    broker.claims = claims
+    assert run(main) is None

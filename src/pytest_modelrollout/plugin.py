@@ -130,6 +130,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if session.xdist_worker:
         address = config.workerinput.get(SLOTS_KEY)  # type: ignore[attr-defined]
         session.slots_address = str(address) if address else None
+        from .headstart import HEADSTART_KEY
+
+        session.headstart = bool(
+            address and config.workerinput.get(HEADSTART_KEY)  # type: ignore[attr-defined]
+        )
     config.stash[SESSION_KEY] = session
     # registered now, before pytest's own cleanups: it runs after them (and their gc pass)
     config.add_cleanup(lambda: _unfreeze(config))
@@ -145,6 +150,19 @@ def pytest_configure(config: pytest.Config) -> None:
         PrefetchPlugin(config, session, lambda item: _test_context(item, session)),
         "modelrollout-prefetch",
     )
+    if _is_xdist_controller(config):
+        from .headstart import HeadStartPlugin, headstart_wanted
+
+        if headstart_wanted(config, session):
+            config.pluginmanager.register(
+                HeadStartPlugin(
+                    config,
+                    session,
+                    lambda item: _test_context(item, session),
+                    lambda: _slot_broker(config),
+                ),
+                HEADSTART_PLUGIN,
+            )
 
 
 @pytest.hookimpl(trylast=True)
@@ -412,6 +430,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 REPORT_ATTR = "modelrollout_records"
 DIST_KEY = "modelrollout_dist"
 SLOTS_KEY = "modelrollout_slots"
+HEADSTART_PLUGIN = "modelrollout-headstart"
 _BROKER = pytest.StashKey[Any]()
 
 
@@ -467,6 +486,20 @@ def pytest_configure_node(node: Any) -> None:
     rs = config.stash.get(SESSION_KEY, None)
     if rs is None or not rs.project_configured:
         return
+    broker = _slot_broker(config)
+    if broker is None:
+        return
+    node.workerinput[SLOTS_KEY] = broker.address
+    headstart = config.pluginmanager.get_plugin(HEADSTART_PLUGIN)
+    if headstart is not None and headstart.headstart is not None:
+        from .headstart import HEADSTART_KEY
+
+        node.workerinput[HEADSTART_KEY] = True
+
+
+def _slot_broker(config: pytest.Config) -> Any:
+    """The controller's slot broker, started on first use; None if it cannot start (said
+    once: the workers then keep to their shares of the limits)."""
     broker = config.stash.get(_BROKER, None)
     if broker is None:
         from .providers.slots import SlotBroker
@@ -480,11 +513,10 @@ def pytest_configure_node(node: Any) -> None:
             if tr is not None:
                 tr.write_line(f"modelrollout: cannot start the slot broker ({exc}); each "
                               "worker keeps to its share of the limits", yellow=True)
-            return
+            return None
         config.stash[_BROKER] = broker
         config.add_cleanup(broker.close)
-    if broker:
-        node.workerinput[SLOTS_KEY] = broker.address
+    return broker or None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -568,7 +568,9 @@ class Prefetcher:
         slots = []
         where = Path(str(item.path)).parent  # cassettes beside the test file
         for i, (role, ref, request) in enumerate([*calls, *later]):
-            future = runner.submit(self.session.acall(ref, request, role, where))
+            future = runner.submit(
+                self.session.acall(ref, request, role, where, test_id=nodeid, ahead=True)
+            )
             slots.append(Slot(role, ref, request.key(ref), future, first=i < len(calls)))
         with self._lock:
             self._slots[nodeid] = slots
@@ -1085,10 +1087,18 @@ class PrefetchPlugin:
             workers = len(self._workers)
         else:
             return
+        headstart = self.config.pluginmanager.get_plugin("modelrollout-headstart")
+        hs = getattr(headstart, "headstart", None)
+        if hs is not None:  # the controller's own calls: the ones its workers did not send
+            stats.submitted += hs.stats.taken_live + hs.stats.unused
+            stats.used += hs.stats.taken_live
+            stats.unused += hs.stats.unused
         if stats.submitted == 0 and not live:
             return
         if self.progress is not None or self.config.getoption("verbose") > 0:
             terminalreporter.write_line(Progress.summary_line(stats, rate=rate, workers=workers))
+            if headstart is not None:
+                terminalreporter.write_line(_headstart_line(headstart))
             shown = sorted(live.items())
             for fkey, reason in shown[:SHOWN_LIVE]:
                 terminalreporter.write_line(f"  run live: {fkey} ({reason})")
@@ -1096,6 +1106,18 @@ class PrefetchPlugin:
                 terminalreporter.write_line(
                     f"  run live: {len(shown) - SHOWN_LIVE} more test functions"
                 )
+
+
+def _headstart_line(plugin: Any) -> str:
+    """With -v under xdist: what the controller sent while its workers started, or why not."""
+    hs = plugin.headstart
+    if hs is None:
+        return f"  xdist controller: sent nothing ahead ({plugin.off or 'not started'})"
+    st = hs.stats
+    return (
+        f"  xdist controller: {st.sent} of them sent while its workers started, "
+        f"{st.taken + st.taken_live} taken by the workers, {st.unused} unused"
+    )
 
 
 __all__ = [

@@ -88,6 +88,12 @@ class RolloutSession:
         self.xdist_worker = False
         # the xdist controller's slot broker (providers/slots.py), given to a worker
         self.slots_address: str | None = None
+        # an xdist worker whose controller sends requests while it starts (headstart.py): every
+        # call of a test is claimed from the controller first
+        self.headstart = False
+        # the xdist controller making those calls (its limits are the broker's, as a worker's)
+        self.headstart_controller = False
+        self._slot_client: Any = None
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._preloaded = False
         self.workflows: dict[str, WorkflowModels] = {}
@@ -190,11 +196,14 @@ class RolloutSession:
                     from .providers.client import ModelRegistry
 
                     share = worker_share(self.env) if self.xdist_worker else None
+                    if self.headstart_controller:
+                        share = (0, 1)  # all of every limit, taken from the broker
                     slots = None
                     if share is not None and self.slots_address:
                         from .providers.slots import SlotClient
 
                         slots = SlotClient(self.slots_address)
+                    self._slot_client = slots
                     self._registry = ModelRegistry(
                         self.spec, self.killed, self.env, max_in_flight=limit, share=share,
                         slots=slots,
@@ -264,20 +273,52 @@ class RolloutSession:
         return (where if where is not None else self.rootdir) / root
 
     async def acall(
-        self, ref: str, request: ChatRequest, role: str, where: Path | None = None
+        self,
+        ref: str,
+        request: ChatRequest,
+        role: str,
+        where: Path | None = None,
+        *,
+        test_id: str | None = None,
+        ahead: bool = False,
     ) -> tuple[CallResult, str]:
-        """One call through the cassette store beside the test file (``where``)."""
+        """One call through the cassette store beside the test file (``where``).
+
+        On an xdist worker whose controller has a head start (:mod:`.headstart`), a call of a
+        test (``test_id``; ``ahead``: sent ahead of it) is first claimed from the controller:
+        if the controller sent that very request, its result is this call's."""
         store = self.store(role, where)
         if store is not None:
             entry = store.lookup(ref, request)  # a miss in replay mode raises CassetteError
             if entry is not None:
                 return _result_from_entry(ref, entry), "replay"
+        if self.headstart and test_id is not None:
+            claimed = await self._claim(test_id, role, ref, request, ahead)
+            if claimed is not None:
+                return claimed, "live"
         result = await self.registry.client(ref).call(request)
         if store is not None and store.records and result.error is None:
             from .cassettes import CassetteEntry
 
             store.put(ref, request, CassetteEntry.from_call_result(result))
         return result, "live"
+
+    async def _claim(
+        self, test_id: str, role: str, ref: str, request: ChatRequest, ahead: bool
+    ) -> CallResult | None:
+        _ = self.runner  # the client that speaks to the controller
+        client = self._slot_client
+        if client is None or not client.usable:
+            return None
+        data = await client.claim(test_id, role, ref, request.key(ref), ahead)
+        if data is None:
+            return None
+        from .providers.base import result_from_wire
+
+        try:
+            return result_from_wire(data)
+        except ValueError:  # not from this version of the plugin: the request is sent here
+            return None
 
     def call_many(
         self,
@@ -307,7 +348,9 @@ class RolloutSession:
 
             return await asyncio.gather(
                 *(
-                    self.acall(ref, req, role, where) if fut is None else awaitable(fut)
+                    self.acall(ref, req, role, where, test_id=test_id)
+                    if fut is None
+                    else awaitable(fut)
                     for fut, (ref, req, role) in zip(ahead or [None] * len(calls), calls, strict=True)
                 ),
                 return_exceptions=True,

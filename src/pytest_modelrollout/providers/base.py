@@ -198,6 +198,94 @@ class CallResult:
         return self.error.kind if self.error is not None else None
 
 
+def result_to_wire(result: CallResult) -> dict[str, Any]:
+    """A call's result as JSON-able data (:func:`result_from_wire` rebuilds it exactly): how
+    the xdist controller hands a call it made to the worker whose test asks for it."""
+    response = result.response
+    error = result.error
+    return {
+        "ref": result.ref,
+        "status": result.status,
+        "response": None if response is None else {
+            "text": response.text,
+            "tool_calls": [call.to_dict() for call in response.tool_calls],
+            "finish_reason": response.finish_reason,
+            "input_tokens": response.input_tokens,
+            "output_tokens": response.output_tokens,
+            "model_id": response.model_id,
+            "raw": response.raw,
+        },
+        "error": None if error is None else {
+            "kind": error.kind,
+            "message": str(error.args[0]) if error.args else "",
+            "status_code": error.status_code,
+            "retry_after": error.retry_after,
+        },
+        "latency_ms": result.latency_ms,
+        "attempts": result.attempts,
+        "fallback": result.fallback,
+        "served_by": result.served_by,
+        "cost_usd": result.cost_usd,
+        "started_at": result.started_at,
+    }  # fmt: skip
+
+
+def result_from_wire(data: Mapping[str, Any]) -> CallResult:
+    """The :class:`CallResult` that :func:`result_to_wire` gave; ValueError if malformed."""
+    try:
+        r = data.get("response")
+        response = None if r is None else ProviderResponse(
+            text=str(r["text"]),
+            tool_calls=[ToolCall.from_dict(dict(c)) for c in r.get("tool_calls") or ()],
+            finish_reason=r.get("finish_reason"),
+            input_tokens=r.get("input_tokens"),
+            output_tokens=r.get("output_tokens"),
+            model_id=r.get("model_id"),
+            raw=r.get("raw"),
+        )
+        e = data.get("error")
+        error = None if e is None else _provider_error(
+            str(e["kind"]), str(e.get("message") or ""), e.get("status_code"), e.get("retry_after")
+        )
+        status = str(data["status"])
+        if status not in ("ok", "error", "timeout"):
+            raise ValueError(f"unknown status {status!r}")
+        return CallResult(
+            ref=str(data["ref"]),
+            status=status,  # type: ignore[arg-type]
+            response=response,
+            error=error,
+            latency_ms=float(data["latency_ms"]),
+            attempts=int(data["attempts"]),
+            fallback=bool(data["fallback"]),
+            served_by=str(data["served_by"]),
+            cost_usd=None if data.get("cost_usd") is None else float(data["cost_usd"]),
+            started_at=float(data["started_at"]),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a call result ({exc!r})") from None
+
+
+def _provider_error(
+    kind: str, message: str, status_code: Any, retry_after: Any
+) -> ProviderError:
+    from .. import _exceptions
+
+    # the subclasses first: the base class's own kind is "client", ClientError's too
+    classes: list[type[ProviderError]] = [
+        *_exceptions.ProviderError.__subclasses__(), _exceptions.ProviderError
+    ]
+    cls = next((c for c in classes if c.kind == kind), _exceptions.ProviderError)
+    error = cls(
+        message,
+        status_code=None if status_code is None else int(status_code),
+        retry_after=None if retry_after is None else float(retry_after),
+    )
+    if error.kind != kind:
+        error.kind = kind  # a kind this version does not know: kept as it was
+    return error
+
+
 def split_limit(value: int, index: int, count: int) -> int:
     """Worker ``index``'s share of an integer limit split over ``count`` workers (at least 1).
 

@@ -27,9 +27,14 @@ worker -> broker                                        meaning
 ``{"r": [key, ...]}``                                   give the slots back
 ``{"p": key, "c": seconds}``                            halve that limit for ``seconds`` (429)
 ``{"w": key, "c": seconds}``                            halve that rate for ``seconds`` (429)
+``{"q": id, "t": test, "k": [role, ref, key]}``         claim a request of test ``test``
 =====================================================  =====================================
 
-The broker answers ``{"a": id}`` once every step of request ``id`` is taken. A connection that
+The broker answers ``{"a": id}`` once every step of request ``id`` is taken, and a claim with
+``{"q": id, "r": result}``: the result of the controller's own call for that request
+(:mod:`..headstart`; ``result`` as :func:`.base.result_to_wire` gives it), or ``null`` at once
+when the controller did not send it (the worker sends it itself). A claim also says whether
+the worker sent that request ahead of its test (``"p": true``), for the counts. A connection that
 closes (a worker that ends or crashes) gives back the slots it held; its requests still waiting
 are dropped. A worker that cannot reach the broker, or loses it, falls back to its 1/N share
 of every limit (:meth:`SlotClient.acquire` returns False) and says so once on stderr.
@@ -48,7 +53,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .limits import AdaptiveGate, TokenBucket
@@ -57,6 +62,9 @@ CONNECT_TIMEOUT_S = 5.0
 Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount]
 RUN_KEY = "run"  # the bound on calls in flight across all models
 LIMIT_KINDS = ("model", "rpm", "tpm")  # a model's keys: its max_concurrency, rpm, tpm
+READ_LIMIT = 1 << 26  # a claim's answer carries a reply's body: longer lines than asyncio's 64 KiB
+# test id, role, model reference, request key, sent ahead -> the controller's result or None
+Claims = Callable[[str, str, str, str, bool], Awaitable[dict[str, Any] | None]]
 
 
 def limit_key(kind: str, ref: str) -> str:
@@ -78,6 +86,7 @@ class SlotBroker:
         self._buckets: dict[str, TokenBucket] = {}
         self.peak: Counter[str] = Counter()  # the most slots of each limit held at once
         self.address = ""
+        self.claims: Claims | None = None  # the controller's head start, when it has one
 
     def start(self) -> str:
         """Start serving; the address to give the workers (``host:port:token``)."""
@@ -137,6 +146,10 @@ class SlotBroker:
                     self._gates[str(msg["p"])].penalize(_seconds(msg.get("c")))
                 elif "w" in msg and str(msg["w"]) in self._buckets:
                     self._buckets[str(msg["w"])].slow_down(time.monotonic() + _seconds(msg.get("c")))
+                elif "q" in msg:
+                    task = asyncio.create_task(self._claim(msg, writer))
+                    waiting.add(task)
+                    task.add_done_callback(waiting.discard)
         except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             pass  # a worker that went away, or a line that is not ours: drop the connection
         finally:
@@ -182,6 +195,20 @@ class SlotBroker:
         finally:
             for key in taken:  # dropped half-way: give back what was taken
                 await self._gates[key].release()
+
+
+    async def _claim(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        result: dict[str, Any] | None = None
+        claims = self.claims
+        if claims is not None:
+            try:
+                role, ref, key = (str(k) for k in msg["k"])
+                result = await claims(str(msg["t"]), role, ref, key, bool(msg.get("p")))
+            except (KeyError, TypeError, ValueError):
+                result = None  # a claim it cannot read: the worker sends the request itself
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(json.dumps({"q": msg["q"], "r": result}, ensure_ascii=False).encode()
+                         + b"\n")
 
 
 def _message(line: bytes) -> dict[str, Any]:
@@ -233,6 +260,7 @@ class SlotClient:
         # request id -> (the caller's future, the gates it asked for: given back if the grant
         # comes after the caller gave up)
         self._pending: dict[int, tuple[asyncio.Future[bool], list[str]]] = {}
+        self._claims: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
         self._ids = itertools.count(1)
         self.lost: str | None = None
 
@@ -250,7 +278,8 @@ class SlotClient:
                 return self.lost is None
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT_S
+                    asyncio.open_connection(self._host, self._port, limit=READ_LIMIT),
+                    CONNECT_TIMEOUT_S,
                 )
             except (OSError, asyncio.TimeoutError) as exc:
                 self._lose(f"cannot reach the xdist controller's slot broker ({exc})")
@@ -264,7 +293,14 @@ class SlotClient:
         why = "the xdist controller's slot broker closed the connection"
         try:
             while line := await reader.readline():
-                fut, keys = self._pending.pop(int(_message(line)["a"]), (None, []))
+                msg = _message(line)
+                if "q" in msg:
+                    claim = self._claims.pop(int(msg["q"]), None)
+                    if claim is not None and not claim.done():
+                        result = msg.get("r")
+                        claim.set_result(result if isinstance(result, dict) else None)
+                    continue
+                fut, keys = self._pending.pop(int(msg["a"]), (None, []))
                 if fut is not None and not fut.done():
                     fut.set_result(True)
                 elif fut is not None:  # the caller gave up waiting: give the slots back
@@ -287,6 +323,10 @@ class SlotClient:
             if not fut.done():
                 fut.set_result(False)
         self._pending.clear()
+        for claim in self._claims.values():
+            if not claim.done():
+                claim.set_result(None)
+        self._claims.clear()
         if self._writer is not None:
             self._writer.close()
 
@@ -314,6 +354,22 @@ class SlotClient:
                 self.release(keys)  # granted just as the caller gave up
             # still pending: the reader gives the slots back when the grant comes
             raise
+
+    async def claim(
+        self, test_id: str, role: str, ref: str, key: str, prefetched: bool
+    ) -> dict[str, Any] | None:
+        """Before sending a request of ``test_id``: the controller's result for it, if the
+        controller sent it (:mod:`..headstart`); None: send it (also when the broker is lost)."""
+        if not await self._connect():
+            return None
+        i = next(self._ids)
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._claims[i] = fut
+        self._send({"q": i, "t": test_id, "k": [role, ref, key], "p": prefetched})
+        try:
+            return await fut
+        finally:
+            self._claims.pop(i, None)
 
     def release(self, keys: Sequence[str]) -> None:
         if keys:

@@ -1,0 +1,340 @@
+"""The xdist controller's head start: the first requests leave while the workers start.
+
+Under ``pytest -n N`` nothing is called before a worker has started, imported pytest, the
+plugins and the config, and collected the suite: half a second with a core to itself, more
+with more processes than cores, while the controller waits for them (xdist's controller never
+collects). So the controller collects the suite itself, once, right after it has started its
+workers, and sends the requests that are read in full from the tests' sources (the ones a run
+without xdist sends ahead at once: see :mod:`.prefetch`), in run order, while the workers start.
+
+The workers ask for what they need from the controller before they send a request: each call
+of a test (prefetched or not) first *claims* its request from the controller, by test id,
+model role, reference and request key (:mod:`.providers.slots`, the ``c`` message). A claim
+for a request the controller sent takes its result (the call's own result, latency included,
+as :func:`~.providers.base.result_to_wire` carries it); any other claim is answered at once
+with nothing, and the controller never sends anything for that test afterwards. So every
+request is sent once, by the controller or by the worker that runs its test, and what a test
+gets is what it would have got from its own call.
+
+The controller's collection runs ``pytest --collect-only`` in the controller's process with
+the run's own arguments and ini file, its conftest files, and only this plugin and xdist among
+the installed plugins (a plugin loaded from the environment could write files or start
+services at the end of a session); ``-p`` plugins and ``pytest_plugins`` are loaded as usual.
+Anything that makes that collection fail or differ from the run's — an option of another
+installed plugin on the command line (``--cov``, ``--asyncio-mode``), a collection error, a
+working directory changed since start-up — turns the head start off for the run: the workers
+then call everything themselves, as before. Calls that no test claims (a test deselected by a
+plugin the controller did not load, a run stopped early) are at most the controller's window
+ahead: ``AHEAD_FACTOR`` x ``WINDOW_FACTOR`` x concurrency.
+
+Not used with cassettes (a role that records or replays), with ``--dist each`` (every worker
+runs every test), with prefetch off, or with ``MODELROLLOUT_HEADSTART=0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .prefetch import (
+    AHEAD_FACTOR,
+    WINDOW_FACTOR,
+    ContextFactory,
+    Outcome,
+    _planned,
+    _source_kwargs,
+    plan_item,
+)
+from .providers.base import result_to_wire
+
+if TYPE_CHECKING:
+    from .session import RolloutSession
+
+HEADSTART_KEY = "modelrollout_headstart"  # in a worker's workerinput: claim from the controller
+HEADSTART_ENV = "MODELROLLOUT_HEADSTART"
+# the installed plugins the controller's own collection loads (the others are not loaded)
+COLLECTION_PLUGINS = ("xdist.plugin", "xdist.looponfail", "pytest_modelrollout.plugin")
+Key = tuple[str, str, str, str]  # test id, role, model reference, request key
+
+
+def headstart_wanted(config: pytest.Config, session: RolloutSession) -> bool:
+    """Whether the xdist controller should send requests while its workers start."""
+    from .prefetch import prefetch_enabled
+
+    if os.environ.get(HEADSTART_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not session.project_configured or not prefetch_enabled(config, session):
+        return False
+    if str(config.getvalue("dist")) in ("no", "each"):
+        return False
+    # a cassette is read and written where its test runs
+    return all(mode == "off" for mode in session.record_modes.values())
+
+
+class _Items:
+    """Takes the items of the controller's own collection (after every plugin's reordering
+    and deselection)."""
+
+    def __init__(self) -> None:
+        self.items: list[pytest.Item] | None = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        self.items = list(items)
+
+
+def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]:
+    """The run's items, collected in this process as a run without xdist collects them; or
+    None and why not (one line)."""
+    params = config.invocation_params
+    try:
+        if Path.cwd() != Path(params.dir):
+            return None, "the working directory changed since pytest started"
+    except OSError as exc:
+        return None, f"no working directory ({exc})"
+    args = [*params.args, "-n", "0", "--collect-only", "-q", "--capture=no",
+            "-p", "no:cacheprovider"]  # fmt: skip
+    for plugin in COLLECTION_PLUGINS:
+        args += ["-p", plugin]
+    if config.getoption("xmlpath", None):
+        args.append(f"--junitxml={os.devnull}")  # it writes its file at the session's end
+    grab = _Items()
+    out = io.StringIO()
+    saved = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            code = pytest.main(args, plugins=[grab])
+    except Exception as exc:  # never the run's problem: its workers collect as before
+        return None, f"the controller's collection failed ({type(exc).__name__}: {exc})"
+    finally:
+        if saved is None:
+            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+        else:
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = saved
+    if code != 0 or grab.items is None:
+        return None, f"the controller's collection did not succeed ({_why(out.getvalue(), code)})"
+    return grab.items, ""
+
+
+def _why(output: str, code: Any) -> str:
+    """One line on why a collection failed, from its output."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for line in lines:
+        if "error:" in line:  # a usage error: "prog: error: unrecognized arguments: --cov"
+            return line.split("error:", 1)[1].strip()
+    for line in reversed(lines):  # "Interrupted: 1 error during collection", "1 error in 0.1s"
+        if "error" in line.lower():
+            return line.strip("= ")
+    return f"exit status {int(code)}"
+
+
+@dataclass
+class HeadStartStats:
+    sent: int = 0  # requests the controller sent
+    taken: int = 0  # results a worker took for a request it sent ahead itself
+    taken_live: int = 0  # results a worker took for a test's own ask
+    errors: int = 0  # of the results taken, failed calls
+    unused: int = 0  # sent, and no test asked for them
+
+
+class HeadStart:
+    """The controller's calls: planned in run order on a thread of their own, sent on the
+    session's event loop, handed to the workers' claims (on the slot broker's loop)."""
+
+    def __init__(
+        self,
+        session: RolloutSession,
+        items: Sequence[pytest.Item],
+        context_for: ContextFactory,
+        concurrency: int,
+        roles: dict[str, str | None] | None = None,
+    ) -> None:
+        self.session = session
+        self.roles = roles or {}
+        self.items = list(items)
+        self.context_for = context_for
+        self.window = max(1, WINDOW_FACTOR * concurrency)  # in flight
+        self.max_ahead = AHEAD_FACTOR * self.window  # in flight or waiting for a claim
+        self.stats = HeadStartStats()
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._calls: dict[Key, concurrent.futures.Future[Outcome]] = {}
+        self._claimed: set[str] = set()  # tests a worker has claimed: never sent for
+        self._in_flight = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="modelrollout-headstart",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # -- the controller's side --------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            # the HTTP stack is imported and the first connections opened here, off the
+            # thread that serves the workers
+            self.session.warm(self.roles)
+            for item in self.items:
+                with self._lock:
+                    while not self._closed and (
+                        self._in_flight >= self.window or len(self._calls) >= self.max_ahead
+                    ):
+                        self._room.wait()
+                    if self._closed:
+                        return
+                    if item.nodeid in self._claimed:
+                        continue
+                calls = self._plan(item)
+                if calls:
+                    self._send(item, calls)
+        except Exception:  # never the run's problem: the workers call what is not sent
+            return
+
+    def _plan(self, item: pytest.Item) -> list[tuple[str, str, Any]]:
+        """The item's first ask, when it is read in full from the test's source (what a run
+        without xdist sends ahead without a probe)."""
+        planned = _planned(item)
+        if planned is None:
+            return []
+        ask_kwargs = _source_kwargs(item, planned)
+        if ask_kwargs is None:
+            return []
+        return list(plan_item(item, self.session, self.context_for, ask_kwargs))
+
+    def _send(self, item: pytest.Item, calls: list[tuple[str, str, Any]]) -> None:
+        runner = self.session.runner
+        where = Path(str(item.path)).parent
+        with self._lock:
+            if self._closed or item.nodeid in self._claimed:
+                return  # a worker got there first
+            for role, ref, request in calls:
+                key = (item.nodeid, role, ref, request.key(ref))
+                if key in self._calls:
+                    continue  # the same request twice in one test: asked after the first
+                future = runner.submit(self.session.acall(ref, request, role, where))
+                self._calls[key] = future
+                self._in_flight += 1
+                self.stats.sent += 1
+                future.add_done_callback(self._done)
+
+    def _done(self, future: concurrent.futures.Future[Outcome]) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._room.notify()
+
+    # -- the workers' side --------------------------------------------------------------------
+    async def claim(
+        self, test_id: str, role: str, ref: str, key: str, prefetched: bool
+    ) -> dict[str, Any] | None:
+        """A worker is about to send a request of ``test_id``: the result of the controller's
+        call for it, or None (the worker sends it, and nothing more is sent for that test)."""
+        with self._lock:
+            self._claimed.add(test_id)
+            future = self._calls.pop((test_id, role, ref, key), None)
+            if future is not None:
+                self._room.notify()
+        if future is None:
+            return None
+        try:
+            result, _ = await asyncio.wrap_future(future)
+        except Exception:  # the call itself failed to run (not a failed call): the worker's
+            return None
+        with self._lock:
+            if prefetched:
+                self.stats.taken += 1
+            else:
+                self.stats.taken_live += 1
+            if not result.ok:
+                self.stats.errors += 1
+        return result_to_wire(result)
+
+    def close(self) -> None:
+        """The run is over: cancel what is still in flight; what no test took is unused."""
+        with self._lock:
+            self._closed = True
+            left = list(self._calls.values())
+            self.stats.unused += len(left)
+            self._calls.clear()
+            self._room.notify_all()
+        for future in left:
+            future.cancel()
+        self._thread.join(timeout=5)
+
+
+class HeadStartPlugin:
+    """Registered on the xdist controller when :func:`headstart_wanted`."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        session: RolloutSession,
+        context_for: ContextFactory,
+        broker: Callable[[], Any],
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.context_for = context_for
+        self._broker = broker  # the slot broker, started on first use (None: it cannot start)
+        self.broker: Any = None
+        self.headstart: HeadStart | None = None
+        self.off: str = ""  # why the head start is off, when it is (said with -v)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> Any:
+        # before xdist starts its workers (its pytest_sessionstart: half a second and more,
+        # the controller waiting for each new interpreter in turn): the calls then go out
+        # while the workers start. Collecting the suite here delays them by that much
+        # (0.1 s for 200 tests here), not their calls.
+        self.start()
+        return (yield)
+
+    def start(self) -> None:
+        broker = self._broker()
+        if broker is None:
+            self.off = "the slot broker is not running"
+            return
+        items, why = collect_items(self.config)
+        if items is None:
+            self.off = why
+            return
+        rs = self.session
+        concurrency = rs.options.concurrency or rs.cfg.concurrency
+        roles = {"stable": rs.options.stable or rs.cfg.stable,
+                 "candidate": rs.options.candidate or rs.cfg.candidate}
+        headstart = HeadStart(rs, items, self.context_for, concurrency, roles)
+        # the controller's calls take the run's limits from the broker, as the workers' do
+        rs.slots_address = broker.address
+        rs.headstart_controller = True
+        broker.claims = headstart.claim
+        self.broker = broker
+        self.headstart = headstart
+        headstart.start()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        if self.broker is not None:
+            self.broker.claims = None
+        if self.headstart is not None:
+            self.headstart.close()
+
+
+__all__ = [
+    "HEADSTART_ENV",
+    "HEADSTART_KEY",
+    "HeadStart",
+    "HeadStartPlugin",
+    "HeadStartStats",
+    "collect_items",
+    "headstart_wanted",
+]

@@ -1122,13 +1122,25 @@ def _headstart(result: pytest.RunResult) -> tuple[int, int, int]:
     raise AssertionError("no head start line in:\n" + "\n".join(result.outlines[-20:]))
 
 
+@pytest.mark.parametrize("beside", [True, False], ids=["beside-the-workers-start", "before"])
 def test_xdist_controller_sends_while_its_workers_start(
-    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+    project: pytest.Pytester,
+    sim: CountingSim,
+    monkeypatch: pytest.MonkeyPatch,
+    one_heavy_run_at_a_time: None,
+    beside: bool,
 ) -> None:
     """Under -n the controller sends the requests it reads in full before its workers are up;
     each test takes its result from the controller's call (claimed by test id and request
     key): every request reaches the provider once, and the records, checks and verdict are
-    those of a run without xdist."""
+    those of a run without xdist. The controller collects beside xdist starting its workers
+    where pytest has ``--disable-plugin-autoload`` (8.4 on), before it otherwise."""
+    from pytest_modelrollout import headstart
+
+    if not beside:
+        monkeypatch.setattr(headstart, "autoload_flag", lambda: False)
+    elif not headstart.autoload_flag():
+        pytest.skip("pytest before 8.4 has no --disable-plugin-autoload")
     project.makepyfile(test_suite=SUITE)
     _run(project, "--rollout-report=plain.json").assert_outcomes(passed=N_CASES)
     sim.reset()
@@ -1143,6 +1155,20 @@ def test_xdist_controller_sends_while_its_workers_start(
     assert _essentials(_report(project.path / "xdist.json")) == _essentials(
         _report(project.path / "plain.json")
     )
+
+
+def test_the_only_worker_of_n1_takes_the_controllers_calls_too(
+    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+) -> None:
+    """With one worker (which has no share of the limits to split) the worker still claims
+    what the controller sent: nothing is sent twice."""
+    project.makepyfile(test_suite=SUITE)
+    result = _run(project, "-n", "1", "-v")
+    result.assert_outcomes(passed=N_CASES)
+    sent, taken, unused = _headstart(result)
+    assert sent >= 2 and taken == sent and unused == 0
+    seen = sim.first_attempts()
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,17 @@ class _Items:
         self.items = list(items)
 
 
+def autoload_flag() -> bool:
+    """pytest has ``--disable-plugin-autoload`` (8.4 and later): the controller's collection
+    can then run beside xdist starting its workers, whose environment the older way
+    (``PYTEST_DISABLE_PLUGIN_AUTOLOAD``, for the whole process) would reach."""
+    try:
+        major, minor = (int(x) for x in pytest.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (8, 4)
+
+
 def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]:
     """The run's items, collected in this process as a run without xdist collects them; or
     None and why not (one line)."""
@@ -110,15 +121,21 @@ def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]
         args.append(f"--junitxml={os.devnull}")  # it writes its file at the session's end
     grab = _Items()
     out = io.StringIO()
+    flag = autoload_flag()
     saved = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
-    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    if flag:
+        args.append("--disable-plugin-autoload")
+    else:
+        os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             code = pytest.main(args, plugins=[grab])
     except Exception as exc:  # never the run's problem: its workers collect as before
         return None, f"the controller's collection failed ({type(exc).__name__}: {exc})"
     finally:
-        if saved is None:
+        if flag:
+            pass
+        elif saved is None:
             os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
         else:
             os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = saved
@@ -289,21 +306,30 @@ class HeadStartPlugin:
         self.broker: Any = None
         self.headstart: HeadStart | None = None
         self.off: str = ""  # why the head start is off, when it is (said with -v)
+        self._collecting: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._finished = False
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionstart(self, session: pytest.Session) -> Any:
-        # before xdist starts its workers (its pytest_sessionstart: half a second and more,
-        # the controller waiting for each new interpreter in turn): the calls then go out
-        # while the workers start. Collecting the suite here delays them by that much
-        # (0.1 s for 200 tests here), not their calls.
-        self.start()
+        # started before xdist starts its workers (its pytest_sessionstart: half a second and
+        # more, the controller waiting for each new interpreter in turn), so that the calls go
+        # out while the workers start; beside it where pytest can keep the other plugins out
+        # of the collection without the environment the workers inherit
+        self.broker = self._broker()
+        if self.broker is None:
+            self.off = "the slot broker is not running"
+        elif autoload_flag():
+            self._collecting = threading.Thread(
+                target=self.start, name="modelrollout-headstart-collect", daemon=True
+            )
+            self._collecting.start()
+        else:
+            self.start()
         return (yield)
 
     def start(self) -> None:
-        broker = self._broker()
-        if broker is None:
-            self.off = "the slot broker is not running"
-            return
+        broker = self.broker
         items, why = collect_items(self.config)
         if items is None:
             self.off = why
@@ -316,13 +342,19 @@ class HeadStartPlugin:
         # the controller's calls take the run's limits from the broker, as the workers' do
         rs.slots_address = broker.address
         rs.headstart_controller = True
-        broker.claims = headstart.claim
-        self.broker = broker
-        self.headstart = headstart
-        headstart.start()
+        with self._lock:
+            if self._finished:
+                return
+            broker.claims = headstart.claim
+            self.headstart = headstart
+            headstart.start()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:
+        with self._lock:
+            self._finished = True
+        if self._collecting is not None:
+            self._collecting.join(timeout=30)
         if self.broker is not None:
             self.broker.claims = None
         if self.headstart is not None:

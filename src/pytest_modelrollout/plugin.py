@@ -491,7 +491,7 @@ def pytest_configure_node(node: Any) -> None:
         return
     node.workerinput[SLOTS_KEY] = broker.address
     headstart = config.pluginmanager.get_plugin(HEADSTART_PLUGIN)
-    if headstart is not None and headstart.headstart is not None:
+    if headstart is not None and headstart.broker is not None:  # its calls may be underway
         from .headstart import HEADSTART_KEY
 
         node.workerinput[HEADSTART_KEY] = True

@@ -196,8 +196,12 @@ class RolloutSession:
                     from .providers.client import ModelRegistry
 
                     share = worker_share(self.env) if self.xdist_worker else None
-                    if self.headstart_controller:
-                        share = (0, 1)  # all of every limit, taken from the broker
+                    if self.headstart_controller or (
+                        self.xdist_worker and share is None and self.slots_address
+                    ):
+                        # all of every limit, taken from the broker: the controller's head
+                        # start, or the only worker of -n 1 (whose calls it claims from there)
+                        share = (0, 1)
                     slots = None
                     if share is not None and self.slots_address:
                         from .providers.slots import SlotClient

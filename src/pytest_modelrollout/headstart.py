@@ -17,11 +17,12 @@ request is sent once, by the controller or by the worker that runs its test, and
 gets is what it would have got from its own call.
 
 The controller's collection runs ``pytest --collect-only`` in the controller's process with
-the run's own arguments and ini file, its conftest files, and only this plugin and xdist among
-the installed plugins (a plugin loaded from the environment could write files or start
-services at the end of a session); ``-p`` plugins and ``pytest_plugins`` are loaded as usual.
-Anything that makes that collection fail or differ from the run's — an option of another
-installed plugin on the command line (``--cov``, ``--asyncio-mode``), a collection error, a
+the run's own arguments and ini file, its conftest files, and among the installed plugins only
+this plugin, xdist and :data:`HARMLESS_PLUGINS` (another plugin loaded from the environment
+could write files or start services at the end of a session); ``-p`` plugins and
+``pytest_plugins`` are loaded as usual. Anything that makes that collection fail or differ from
+the run's — an option of another installed plugin on the command line (``--cov``), a
+collection error, a
 working directory changed since start-up — turns the head start off for the run: the workers
 then call everything themselves, as before. Calls that no test claims (a test deselected by a
 plugin the controller did not load, a run stopped early) are at most the controller's window
@@ -39,6 +40,7 @@ import contextlib
 import io
 import os
 import threading
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,9 @@ HEADSTART_KEY = "modelrollout_headstart"  # in a worker's workerinput: claim fro
 HEADSTART_ENV = "MODELROLLOUT_HEADSTART"
 # the installed plugins the controller's own collection loads (the others are not loaded)
 COLLECTION_PLUGINS = ("xdist.plugin", "xdist.looponfail", "pytest_modelrollout.plugin")
+# and those that only add markers, fixtures and options, loaded there when the run loaded them
+# (their options and markers are in many projects' addopts and tests)
+HARMLESS_PLUGINS = ("pytest_asyncio", "anyio", "pytest_mock", "pytest_timeout")
 Key = tuple[str, str, str, str]  # test id, role, model reference, request key
 
 
@@ -115,7 +120,7 @@ def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]
         return None, f"no working directory ({exc})"
     args = [*params.args, "-n", "0", "--collect-only", "-q", "--capture=no",
             "-p", "no:cacheprovider"]  # fmt: skip
-    for plugin in COLLECTION_PLUGINS:
+    for plugin in [*COLLECTION_PLUGINS, *_harmless_plugins(config)]:
         args += ["-p", plugin]
     if config.getoption("xmlpath", None):
         args.append(f"--junitxml={os.devnull}")  # it writes its file at the session's end
@@ -142,6 +147,16 @@ def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]
     if code != 0 or grab.items is None:
         return None, f"the controller's collection did not succeed ({_why(out.getvalue(), code)})"
     return grab.items, ""
+
+
+def _harmless_plugins(config: pytest.Config) -> list[str]:
+    """The modules of the run's plugins from :data:`HARMLESS_PLUGINS`."""
+    names = []
+    for _, plugin in config.pluginmanager.list_name_plugin():
+        module = getattr(plugin, "__name__", None) if isinstance(plugin, types.ModuleType) else None
+        if module and module.split(".")[0] in HARMLESS_PLUGINS:
+            names.append(module)
+    return sorted(set(names))
 
 
 def _why(output: str, code: Any) -> str:

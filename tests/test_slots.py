@@ -361,24 +361,30 @@ def test_a_claim_takes_the_controllers_result(broker: SlotBroker) -> None:
 
     async def claims(test: str, role: str, ref: str, key: str, ahead: bool) -> Any:
         asked.append((test, role, ref, key, ahead))
+        if key == "k9":
+            raise RuntimeError("the controller's side failed")
         return result_to_wire(sent) if key == "k1" else None
 
-    async def main() -> tuple[Any, Any, Any]:
+    async def main() -> tuple[Any, ...]:
         async with workers(broker, 1) as (client,):
             got = await client.claim("t.py::test[c1]", "candidate", "sim:good", "k1", True)
-            other = await granted_soon(
-                client.claim("t.py::test[c2]", "candidate", "sim:good", "k2", False))
+            other = await asyncio.wait_for(
+                client.claim("t.py::test[c2]", "candidate", "sim:good", "k2", False), 2)
+            failed = await asyncio.wait_for(
+                client.claim("t.py::test[c9]", "candidate", "sim:good", "k9", False), 2)
             broker.claims = None
-            off = await granted_soon(
-                client.claim("t.py::test[c3]", "stable", "sim:stable", "k3", False))
-            return got, other, off
+            off = await asyncio.wait_for(
+                client.claim("t.py::test[c3]", "stable", "sim:stable", "k3", False), 2)
+            return got, other, failed, off
 
     broker.claims = claims
-    got, other, off = run(main)
+    got, other, failed, off = run(main)
     assert result_from_wire(got) == sent
-    assert other is None and off is None  # answered (None), not left waiting
+    # answered (None) at once, not left waiting (wait_for would raise)
+    assert other is None and failed is None and off is None
     assert asked == [("t.py::test[c1]", "candidate", "sim:good", "k1", True),
-                     ("t.py::test[c2]", "candidate", "sim:good", "k2", False)]
+                     ("t.py::test[c2]", "candidate", "sim:good", "k2", False),
+                     ("t.py::test[c9]", "candidate", "sim:good", "k9", False)]
 
 
 def test_a_claim_on_a_lost_broker_is_answered_with_nothing(broker: SlotBroker) -> None:

@@ -280,6 +280,10 @@ class HeadStart:
             return None
         try:
             result, _ = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancelled():
+                raise  # the broker is closing
+            return None  # the run is over
         except Exception:  # the call itself failed to run (not a failed call): the worker's
             return None
         with self._lock:
@@ -368,8 +372,8 @@ class HeadStartPlugin:
     def pytest_sessionfinish(self) -> None:
         with self._lock:
             self._finished = True
-        if self._collecting is not None:
-            self._collecting.join(timeout=30)
+        if self._collecting is not None:  # a run that ends before its collection is done
+            self._collecting.join(timeout=5)
         if self.broker is not None:
             self.broker.claims = None
         if self.headstart is not None:

@@ -204,8 +204,8 @@ class SlotBroker:
             try:
                 role, ref, key = (str(k) for k in msg["k"])
                 result = await claims(str(msg["t"]), role, ref, key, bool(msg.get("p")))
-            except (KeyError, TypeError, ValueError):
-                result = None  # a claim it cannot read: the worker sends the request itself
+            except Exception:  # a claim it cannot read or serve: the worker sends the request
+                result = None
         with contextlib.suppress(OSError, RuntimeError):
             writer.write(json.dumps({"q": msg["q"], "r": result}, ensure_ascii=False).encode()
                          + b"\n")

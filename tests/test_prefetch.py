@@ -1275,6 +1275,50 @@ def test_take_requires_the_exact_request() -> None:
     assert pf.held == 0 and pf.stats.used == 1
 
 
+def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A controller's call can be done before its callback is added (one that fails at once):
+    the planner goes on to the next items, and a worker's claim still gets the result."""
+    import asyncio
+    import concurrent.futures
+
+    from pytest_modelrollout.headstart import HeadStart
+    from pytest_modelrollout.providers.base import CallResult, ChatRequest, result_from_wire
+
+    result = CallResult(ref="m", status="error", response=None, error=None, latency_ms=0.5,
+                        attempts=1, fallback=False, served_by="m", cost_usd=None,
+                        started_at=1.0)
+
+    class Runner:
+        def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+            coro.close()
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            done.set_result((result, "live"))
+            return done
+
+    class Session:
+        runner = Runner()
+
+        def warm(self, roles: Any) -> None:
+            pass
+
+        async def acall(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+            raise AssertionError("not awaited here")
+
+    items = [SimpleNamespace(nodeid=f"t.py::test[{i}]", path="t.py") for i in range(3)]
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
+    hs = HeadStart(Session(), items, lambda item: None, concurrency=1)  # type: ignore[arg-type]
+    monkeypatch.setattr(hs, "_plan", lambda item: [("candidate", "m", request)])
+    hs.start()
+    hs._thread.join(5)
+    assert not hs._thread.is_alive() and hs.stats.sent == 3
+    got = asyncio.run(hs.claim("t.py::test[1]", "candidate", "m", request.key("m"), True))
+    assert got is not None and result_from_wire(got) == result
+    hs.close()
+    assert (hs.stats.taken, hs.stats.unused) == (1, 2)
+
+
 # -- xdist scheduling ------------------------------------------------------------------------
 class _Node:
     """Enough of xdist's WorkerController for a scheduler."""

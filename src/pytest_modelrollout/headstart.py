@@ -138,12 +138,11 @@ def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]
     except Exception as exc:  # never the run's problem: its workers collect as before
         return None, f"the controller's collection failed ({type(exc).__name__}: {exc})"
     finally:
-        if flag:
-            pass
-        elif saved is None:
-            os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
-        else:
-            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = saved
+        if not flag:
+            if saved is None:
+                os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+            else:
+                os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = saved
     if code != 0 or grab.items is None:
         return None, f"the controller's collection did not succeed ({_why(out.getvalue(), code)})"
     return grab.items, ""
@@ -176,7 +175,6 @@ class HeadStartStats:
     sent: int = 0  # requests the controller sent
     taken: int = 0  # results a worker took for a request it sent ahead itself
     taken_live: int = 0  # results a worker took for a test's own ask
-    errors: int = 0  # of the results taken, failed calls
     unused: int = 0  # sent, and no test asked for them
 
 
@@ -247,6 +245,7 @@ class HeadStart:
     def _send(self, item: pytest.Item, calls: list[tuple[str, str, Any]]) -> None:
         runner = self.session.runner
         where = Path(str(item.path)).parent
+        sent = []
         with self._lock:
             if self._closed or item.nodeid in self._claimed:
                 return  # a worker got there first
@@ -258,7 +257,9 @@ class HeadStart:
                 self._calls[key] = future
                 self._in_flight += 1
                 self.stats.sent += 1
-                future.add_done_callback(self._done)
+                sent.append(future)
+        for future in sent:  # outside the lock: a call already done calls back at once, here
+            future.add_done_callback(self._done)
 
     def _done(self, future: concurrent.futures.Future[Outcome]) -> None:
         with self._lock:
@@ -291,8 +292,6 @@ class HeadStart:
                 self.stats.taken += 1
             else:
                 self.stats.taken_live += 1
-            if not result.ok:
-                self.stats.errors += 1
         return result_to_wire(result)
 
     def close(self) -> None:

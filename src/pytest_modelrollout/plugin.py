@@ -179,7 +179,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if _is_xdist_controller(config):
         _freeze_startup_objects(config)  # it collects nothing: its start-up is done here
-        return  # it runs no tests and calls nothing
+        return  # it runs no tests; its only calls are its head start's (headstart.py)
     if not prefetch_enabled(config, rs):  # --rollout-no-prefetch
         return
     # the models every workflow uses unless it says otherwise

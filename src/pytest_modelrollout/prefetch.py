@@ -19,7 +19,9 @@ consumed is never recorded; it is dropped (and cancelled if still in flight) whe
 Memory is bounded by a sliding window: at most ``window`` calls (default 4 x concurrency) are
 held ahead of the running test; the window advances as tests start.
 
-xdist: the controller never prefetches. A worker only knows the items already handed to it: at
+xdist: the controller's :class:`Prefetcher` never runs (it runs no tests); while its workers
+start, the controller sends what it reads in full itself (:mod:`.headstart`), and the workers
+claim those results before sending. A worker only knows the items already handed to it: at
 each ``pytest_runtest_protocol`` it prefetches the current item, ``nextitem`` and the indices in
 xdist's own pending queue (``WorkerInteractor.torun``), which under ``--dist load / loadscope /
 loadfile / loadgroup / each`` are never taken back (except when a worker crashes). Under

@@ -191,8 +191,8 @@ class RolloutSession:
             with self._lock:
                 if self._runner is None:
                     limit = self.options.concurrency or self.cfg.concurrency
-                    # the HTTP stack is imported here, where calls are to be made (not on the
-                    # xdist controller, whose start-up delays its workers')
+                    # the HTTP stack is imported here, where calls are to be made (on the xdist
+                    # controller only for its head start, on its thread, as the workers start)
                     from .providers.client import ModelRegistry
 
                     share = worker_share(self.env) if self.xdist_worker else None

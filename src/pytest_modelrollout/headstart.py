@@ -268,7 +268,7 @@ class HeadStart:
 
     # -- the workers' side --------------------------------------------------------------------
     async def claim(
-        self, test_id: str, role: str, ref: str, key: str, prefetched: bool
+        self, test_id: str, role: str, ref: str, key: str, ahead: bool
     ) -> dict[str, Any] | None:
         """A worker is about to send a request of ``test_id``: the result of the controller's
         call for it, or None (the worker sends it, and nothing more is sent for that test)."""
@@ -288,7 +288,7 @@ class HeadStart:
         except Exception:  # the call itself failed to run (not a failed call): the worker's
             return None
         with self._lock:
-            if prefetched:
+            if ahead:
                 self.stats.taken += 1
             else:
                 self.stats.taken_live += 1

@@ -196,7 +196,6 @@ class SlotBroker:
             for key in taken:  # dropped half-way: give back what was taken
                 await self._gates[key].release()
 
-
     async def _claim(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         result: dict[str, Any] | None = None
         claims = self.claims
@@ -356,7 +355,7 @@ class SlotClient:
             raise
 
     async def claim(
-        self, test_id: str, role: str, ref: str, key: str, prefetched: bool
+        self, test_id: str, role: str, ref: str, key: str, ahead: bool
     ) -> dict[str, Any] | None:
         """Before sending a request of ``test_id``: the controller's result for it, if the
         controller sent it (:mod:`..headstart`); None: send it (also when the broker is lost)."""
@@ -365,7 +364,7 @@ class SlotClient:
         i = next(self._ids)
         fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._claims[i] = fut
-        self._send({"q": i, "t": test_id, "k": [role, ref, key], "p": prefetched})
+        self._send({"q": i, "t": test_id, "k": [role, ref, key], "p": ahead})
         try:
             return await fut
         finally:

@@ -1107,8 +1107,8 @@ def test_xdist_modes_send_nothing_twice(
 
 # -- the xdist controller's head start -------------------------------------------------------
 HEADSTART_LINE = re.compile(
-    r"  xdist controller: (\d+) of them sent while its workers started, (\d+) taken by the "
-    r"workers, (\d+) unused"
+    r"  xdist controller's head start: (\d+) of them sent by the controller, (\d+) taken by "
+    r"its workers, (\d+) unused"
 )
 
 
@@ -1175,8 +1175,8 @@ def test_the_only_worker_of_n1_takes_the_controllers_calls_too(
     ("args", "env", "said"),
     [
         # an option of a plugin the controller's own collection does not load (syrupy's)
-        (["--snapshot-update"], {}, "sent nothing ahead (the controller's collection did not "
-         "succeed (unrecognized arguments: --snapshot-update))"),
+        (["--snapshot-update"], {}, "off (the controller's collection did not succeed "
+         "(unrecognized arguments: --snapshot-update))"),
         ([], {"MODELROLLOUT_HEADSTART": "0"}, None),
     ],
     ids=["unknown-option", "turned-off"],
@@ -1196,9 +1196,9 @@ def test_without_a_head_start_the_workers_send_everything(
     result = _run(project, "-n", "2", "-v", *args)
     result.assert_outcomes(passed=N_CASES)
     if said is None:
-        result.stdout.no_fnmatch_line("*xdist controller:*")
+        result.stdout.no_fnmatch_line("*head start*")
     else:
-        result.stdout.fnmatch_lines([f"  xdist controller: {said}"])
+        result.stdout.fnmatch_lines([f"  xdist controller's head start: {said}"])
     seen = sim.first_attempts()
     assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
 

@@ -1114,11 +1114,11 @@ def _headstart_line(plugin: Any) -> str:
     """With -v under xdist: what the controller sent while its workers started, or why not."""
     hs = plugin.headstart
     if hs is None:
-        return f"  xdist controller: sent nothing ahead ({plugin.off or 'not started'})"
+        return f"  xdist controller's head start: off ({plugin.off or 'not started'})"
     st = hs.stats
     return (
-        f"  xdist controller: {st.sent} of them sent while its workers started, "
-        f"{st.taken + st.taken_live} taken by the workers, {st.unused} unused"
+        f"  xdist controller's head start: {st.sent} of them sent by the controller, "
+        f"{st.taken + st.taken_live} taken by its workers, {st.unused} unused"
     )
 
 

@@ -993,9 +993,10 @@ def test_the_first_connections_are_opened_while_the_run_collects(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
     """As many connections per model as calls may be in flight to it (its max_concurrency, 8,
-    within the run's concurrency, 16; each xdist worker its share), opened when the run starts,
-    before the first request: the requests go out on them, none opens its own (under xdist, a
-    worker that has more than its share in flight at once opens more)."""
+    within the run's concurrency, 16), opened when the run starts, before the first request:
+    the requests go out on them, none opens its own. Under xdist the controller opens them for
+    its head start, and a worker opens its own only for the calls it makes itself (at most its
+    concurrency)."""
     project.makepyfile(test_suite=SUITE)
     project.makeconftest(
         "import time\n\n"
@@ -1008,8 +1009,8 @@ def test_the_first_connections_are_opened_while_the_run_collects(
     if not xdist:
         assert len(sim.accepted) == 16
         assert max(sim.accepted) < min(t for t, _ in sim.arrivals)
-    else:  # each worker opens its 4 per model; one with more in flight opens more (up to 8)
-        assert 16 <= len(sim.accepted) <= 2 * 2 * 8
+    else:  # the controller's 16, and at most 8 per model for each worker's own calls
+        assert 16 <= len(sim.accepted) <= 16 + 2 * 2 * 8
 
 
 def test_a_model_replayed_from_cassettes_gets_no_connection_opened_ahead(
@@ -1155,6 +1156,26 @@ def test_xdist_controller_sends_while_its_workers_start(
     assert _essentials(_report(project.path / "xdist.json")) == _essentials(
         _report(project.path / "plain.json")
     )
+
+
+def test_a_head_start_with_last_failed(
+    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+) -> None:
+    """``--lf`` selects what the workers run from pytest's cache: the controller's collection
+    reads the same cache, so the head start stays on and sends only what is run."""
+    project.makepyfile(test_suite=SUITE.replace(
+        "    pair = rollout.ask(case)\n",
+        "    pair = rollout.ask(case)\n    assert case.id not in ('c02', 'c07')\n",
+    ))
+    args = ("--rollout-allow-inconclusive", "-n", "2", "-v")
+    project.runpytest(*args).assert_outcomes(passed=N_CASES - 2, failed=2)
+    sim.reset()
+    result = project.runpytest(*args, "--lf")
+    result.assert_outcomes(failed=2)
+    sent, taken, unused = _headstart(result)  # on, not "off (... --lf)"
+    assert taken == sent <= 4 and unused == 0
+    seen = sim.first_attempts()
+    assert len(seen) == 4 and set(seen.values()) == {1}
 
 
 def test_the_only_worker_of_n1_takes_the_controllers_calls_too(

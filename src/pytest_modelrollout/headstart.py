@@ -118,8 +118,9 @@ def collect_items(config: pytest.Config) -> tuple[list[pytest.Item] | None, str]
             return None, "the working directory changed since pytest started"
     except OSError as exc:
         return None, f"no working directory ({exc})"
-    args = [*params.args, "-n", "0", "--collect-only", "-q", "--capture=no",
-            "-p", "no:cacheprovider"]  # fmt: skip
+    # the cache plugin stays: --lf / --ff / --sw select and order what the workers will run (a
+    # collection writes nothing to the cache that the run does not write at its end)
+    args = [*params.args, "-n", "0", "--collect-only", "-q", "--capture=no"]
     for plugin in [*COLLECTION_PLUGINS, *_harmless_plugins(config)]:
         args += ["-p", plugin]
     if config.getoption("xmlpath", None):

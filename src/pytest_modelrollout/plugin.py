@@ -182,6 +182,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return  # it runs no tests; its only calls are its head start's (headstart.py)
     if not prefetch_enabled(config, rs):  # --rollout-no-prefetch
         return
+    if rs.headstart:
+        return  # the controller opens the run's connections for its head start (most calls)
     # the models every workflow uses unless it says otherwise
     rs.warm({"stable": rs.options.stable or rs.cfg.stable,
              "candidate": rs.options.candidate or rs.cfg.candidate})

@@ -339,7 +339,7 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
         out["a_xdist_off"][key] = sorted(off_walls)[len(off_walls) // 2]
         if base_walls:
             out["a_xdist_base"][key] = sorted(base_walls)[len(base_walls) // 2]
-        out["timeline"][" ".join(xargs)] = call_timeline(proj, proj / "report_x.json")
+        out["timeline"][key] = call_timeline(proj, proj / "report_x.json")
         rx = json.loads((proj / "report_x.json").read_text(encoding="utf-8"))
         wx = rx["workflows"]["support"]
         same = (

@@ -1321,6 +1321,9 @@ def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
     class Session:
         runner = Runner()
 
+        def default_roles(self) -> dict[str, str]:
+            return {"stable": "s", "candidate": "m"}
+
         def warm(self, roles: Any) -> None:
             pass
 

@@ -3,13 +3,15 @@
 Under ``pytest -n N`` nothing is called before a worker has started, imported pytest, the
 plugins and the config, and collected the suite: half a second with a core to itself, more
 with more processes than cores, while the controller waits for them (xdist's controller never
-collects). So the controller collects the suite itself, once, right after it has started its
-workers, and sends the requests that are read in full from the tests' sources (the ones a run
-without xdist sends ahead at once: see :mod:`.prefetch`), in run order, while the workers start.
+collects). So the controller collects the suite itself, once, as it starts its workers
+(beside xdist starting them on pytest 8.4+, just before on older pytest), and sends each
+test's first ask that is read in full from the test's source (what a run without xdist sends
+ahead without a probe: see :mod:`.prefetch`), in run order, while the workers start, and on
+while its window has room.
 
 The workers ask for what they need from the controller before they send a request: each call
 of a test (prefetched or not) first *claims* its request from the controller, by test id,
-model role, reference and request key (:mod:`.providers.slots`, the ``c`` message). A claim
+model role, reference and request key (:mod:`.providers.slots`, the ``q`` message). A claim
 for a request the controller sent takes its result (the call's own result, latency included,
 as :func:`~.providers.base.result_to_wire` carries it); any other claim is answered at once
 with nothing, and the controller never sends anything for that test afterwards. So every
@@ -22,9 +24,8 @@ this plugin, xdist and :data:`HARMLESS_PLUGINS` (another plugin loaded from the 
 could write files or start services at the end of a session); ``-p`` plugins and
 ``pytest_plugins`` are loaded as usual. Anything that makes that collection fail or differ from
 the run's — an option of another installed plugin on the command line (``--cov``), a
-collection error, a
-working directory changed since start-up — turns the head start off for the run: the workers
-then call everything themselves, as before. Calls that no test claims (a test deselected by a
+collection error, a working directory changed since start-up — turns the head start off for
+the run: the workers then call everything themselves, as before. Calls that no test claims (a test deselected by a
 plugin the controller did not load, a run stopped early) are at most the controller's window
 ahead: ``AHEAD_FACTOR`` x ``WINDOW_FACTOR`` x concurrency.
 
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from .session import RolloutSession
 
 HEADSTART_KEY = "modelrollout_headstart"  # in a worker's workerinput: claim from the controller
+HEADSTART_PLUGIN = "modelrollout-headstart"  # its name in the controller's plugin manager
 HEADSTART_ENV = "MODELROLLOUT_HEADSTART"
 # the installed plugins the controller's own collection loads (the others are not loaded)
 COLLECTION_PLUGINS = ("xdist.plugin", "xdist.looponfail", "pytest_modelrollout.plugin")
@@ -189,10 +191,8 @@ class HeadStart:
         items: Sequence[pytest.Item],
         context_for: ContextFactory,
         concurrency: int,
-        roles: dict[str, str | None] | None = None,
     ) -> None:
         self.session = session
-        self.roles = roles or {}
         self.items = list(items)
         self.context_for = context_for
         self.window = max(1, WINDOW_FACTOR * concurrency)  # in flight
@@ -215,7 +215,7 @@ class HeadStart:
         try:
             # the HTTP stack is imported and the first connections opened here, off the
             # thread that serves the workers
-            self.session.warm(self.roles)
+            self.session.warm(self.session.default_roles())
             for item in self.items:
                 with self._lock:
                     while not self._closed and (
@@ -355,9 +355,7 @@ class HeadStartPlugin:
             return
         rs = self.session
         concurrency = rs.options.concurrency or rs.cfg.concurrency
-        roles = {"stable": rs.options.stable or rs.cfg.stable,
-                 "candidate": rs.options.candidate or rs.cfg.candidate}
-        headstart = HeadStart(rs, items, self.context_for, concurrency, roles)
+        headstart = HeadStart(rs, items, self.context_for, concurrency)
         # the controller's calls take the run's limits from the broker, as the workers' do
         rs.slots_address = broker.address
         rs.headstart_controller = True
@@ -383,6 +381,7 @@ class HeadStartPlugin:
 __all__ = [
     "HEADSTART_ENV",
     "HEADSTART_KEY",
+    "HEADSTART_PLUGIN",
     "HeadStart",
     "HeadStartPlugin",
     "HeadStartStats",

@@ -151,7 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "modelrollout-prefetch",
     )
     if _is_xdist_controller(config):
-        from .headstart import HeadStartPlugin, headstart_wanted
+        from .headstart import HEADSTART_PLUGIN, HeadStartPlugin, headstart_wanted
 
         if headstart_wanted(config, session):
             config.pluginmanager.register(
@@ -184,9 +184,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if rs.headstart:
         return  # the controller opens the run's connections for its head start (most calls)
-    # the models every workflow uses unless it says otherwise
-    rs.warm({"stable": rs.options.stable or rs.cfg.stable,
-             "candidate": rs.options.candidate or rs.cfg.candidate})
+    rs.warm(rs.default_roles())
 
 
 @pytest.hookimpl(trylast=True)
@@ -432,7 +430,6 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 REPORT_ATTR = "modelrollout_records"
 DIST_KEY = "modelrollout_dist"
 SLOTS_KEY = "modelrollout_slots"
-HEADSTART_PLUGIN = "modelrollout-headstart"
 _BROKER = pytest.StashKey[Any]()
 
 
@@ -492,9 +489,10 @@ def pytest_configure_node(node: Any) -> None:
     if broker is None:
         return
     node.workerinput[SLOTS_KEY] = broker.address
+    from .headstart import HEADSTART_KEY, HEADSTART_PLUGIN
+
     headstart = config.pluginmanager.get_plugin(HEADSTART_PLUGIN)
     if headstart is not None and headstart.broker is not None:  # its calls may be underway
-        from .headstart import HEADSTART_KEY
 
         node.workerinput[HEADSTART_KEY] = True
 

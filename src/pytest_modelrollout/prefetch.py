@@ -1089,7 +1089,9 @@ class PrefetchPlugin:
             workers = len(self._workers)
         else:
             return
-        headstart = self.config.pluginmanager.get_plugin("modelrollout-headstart")
+        from .headstart import HEADSTART_PLUGIN
+
+        headstart = self.config.pluginmanager.get_plugin(HEADSTART_PLUGIN)
         hs = getattr(headstart, "headstart", None)
         if hs is not None:  # the controller's own calls: the ones its workers did not send
             stats.submitted += hs.stats.taken_live + hs.stats.unused

@@ -217,6 +217,11 @@ class RolloutSession:
                     self._runner = runner
         return self._runner
 
+    def default_roles(self) -> dict[str, str | None]:
+        """The models every workflow uses unless it says otherwise (role -> reference)."""
+        return {"stable": self.options.stable or self.cfg.stable,
+                "candidate": self.options.candidate or self.cfg.candidate}
+
     def warm(self, roles: Mapping[str, str | None]) -> None:
         """Build the clients of the models of ``roles`` (role -> reference) on the event loop
         now, in the background, and start opening their first connections.

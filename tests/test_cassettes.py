@@ -330,6 +330,31 @@ def test_secret_values_and_scrub() -> None:
     assert scrub_secrets("unchanged", []) == "unchanged"
 
 
+def test_a_variable_deleted_while_the_secrets_are_read_is_skipped() -> None:
+    """Cassettes are written on the event loop's thread while pytest sets and deletes
+    PYTEST_CURRENT_TEST in ``os.environ`` on the main thread: a name listed and then gone
+    (what ``os.environ`` gives another thread then) is skipped, not a KeyError that fails the
+    test whose reply was being recorded (seen under ``-n 4 --rollout-record=new``)."""
+    from collections.abc import Iterator, Mapping
+
+    class Environ(Mapping[str, str]):
+        def __init__(self) -> None:
+            self.data = {"OPENAI_API_KEY": "sk-12345678", "PYTEST_CURRENT_TEST": "t (call)"}
+
+        def __getitem__(self, name: str) -> str:
+            return self.data[name]
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __iter__(self) -> Iterator[str]:
+            names = list(self.data)
+            del self.data["PYTEST_CURRENT_TEST"]  # the main thread, between listing and reading
+            return iter(names)
+
+    assert secret_values(Environ()) == ["sk-12345678"]
+
+
 # ------------------------------------------------------------------------------------------
 # atomic writes and concurrency
 

@@ -476,6 +476,32 @@ def test_a_proxy_in_the_environment_keeps_httpx_default_transport() -> None:
     assert tr.make_transport(trust_env=False, environ={"MODELROLLOUT_TRANSPORT": "httpx"}, **kw) is None
 
 
+def test_httpx_client_reads_the_proxy_variables_again_when_one_vanishes_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client behind a proxy is built on the event loop's thread; httpx reads the proxy
+    variables with ``os.environ.items()``, which raises KeyError when pytest deletes
+    PYTEST_CURRENT_TEST on the main thread in between. The client is built all the same."""
+    import httpx._utils
+
+    from pytest_modelrollout.providers.client import _httpx_client
+
+    calls = []
+
+    def getproxies() -> dict[str, str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("PYTEST_CURRENT_TEST")
+        return {"https": "http://proxy.invalid:3128"}
+
+    monkeypatch.setattr(httpx._utils, "getproxies", getproxies)
+    client = _httpx_client(4, 5.0, False, trust_env=True)
+    assert len(calls) == 2
+    mounted = [str(pattern.pattern) for pattern in client._mounts]
+    assert "https://" in mounted
+    asyncio.run(client.aclose())
+
+
 def test_remote_calls_go_through_a_proxy_set_in_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

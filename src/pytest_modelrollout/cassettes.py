@@ -189,8 +189,13 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """
     source = os.environ if env is None else env
     found: set[str] = set()
-    for name, value in source.items():
+    # the names first, then each value: a cassette is written on the event loop's thread while
+    # pytest sets and deletes PYTEST_CURRENT_TEST on the main one (items() would raise KeyError)
+    for name in list(source):
         if not name.upper().endswith(_SECRET_SUFFIXES):
+            continue
+        value = source.get(name)
+        if value is None:
             continue
         for v in (value, value.strip()):
             if len(v) >= _MIN_SECRET_LEN:

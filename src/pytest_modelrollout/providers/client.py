@@ -136,13 +136,24 @@ def _httpx_client(
     """httpx's client with its default transport (which honours the proxy variables)."""
     import httpx
 
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        trust_env=trust_env,
-        follow_redirects=False,
-        verify=verify,
-    )
+    for attempt in range(3):
+        try:
+            return httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout_s),
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+                trust_env=trust_env,
+                follow_redirects=False,
+                verify=verify,
+            )
+        except KeyError:
+            # built on the event loop's thread, it reads the proxy variables with
+            # os.environ.items(), which raises when pytest deletes PYTEST_CURRENT_TEST on the
+            # main thread in between: read them again
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def is_loopback(url: str) -> bool:

@@ -12,7 +12,9 @@ Usage::
     the default ``max_concurrency`` of 8 per model). Also with ``-n N`` for each N in
     ``--xdist`` (default 2 and 4), as a ratio to the run without xdist and to the same run
     without the controller's head start (``MODELROLLOUT_HEADSTART=0``, alternating), and with
-    the largest N and ``--dist loadfile`` (the suite is one file: one worker runs every test); the same suite with
+    the largest N and ``--dist loadfile`` (the suite is one file: one worker runs every test),
+    and with the largest N recording cassettes (``--rollout-record=all``, against ``-n 0``
+    recording them too); the same suite with
     its prompts as strings in the test file (``parametrize("prompt", PROMPTS)``), and with each
     prompt built in the test from a template (``prompt = TEMPLATE.format(...)``); xdist's own cost:
     the same suite with tests that call no model, at ``-n 0`` and ``-n N``; when the calls run
@@ -355,6 +357,11 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     if args.xdist:  # the suite is one file: under --dist loadfile one worker runs every test
         n = max(args.xdist)
         out["a_loadfile"] = (n, *xdist_run("-n", str(n), "--dist=loadfile"))
+    if args.xdist:  # recording cassettes (every call written): -n 0 against -n N
+        n = max(args.xdist)
+        rec = "--rollout-record=all"
+        rec_walls = sorted(run_pytest(proj, env, rec)[0] for _ in range(args.repeat))
+        out["a_record"] = (n, rec_walls[len(rec_walls) // 2], *xdist_run("-n", str(n), rec))
     if args.xdist:  # xdist's own cost: the same suite without a model call, -n 0 against -n N
         quiet = work / "no_calls"
         write_project(quiet, args.cases, stable, candidate, body=NO_CALLS)
@@ -673,6 +680,12 @@ def main() -> None:
                       f"are shared, not split): wall {wall_x:.2f} s = {wall_x / r['a_wall_s']:.2f}x "
                       f"the -n 0 run (same verdict/requests/tokens/checks: {same})"
                       + against_base(f"-n {n} --dist=loadfile", wall_x))
+            if "a_record" in r:
+                n, rec0, wall_x, same = r["a_record"]
+                print(f"    recording cassettes (--rollout-record=all): -n 0 {rec0:.2f} s; -n {n} "
+                      f"{wall_x:.2f} s = {wall_x / rec0:.2f}x the -n 0 run (same verdict/requests/"
+                      f"tokens/checks: {same})"
+                      + against_base(f"-n {n} --rollout-record=all", wall_x))
             print("    when the calls run (the last run of each; from the report's call times): "
                   + "; ".join(f"{k}: first send {a:.2f} s after the start, last reply {b:.2f} s, "
                               f"exit {c:.2f} s after it" for k, (a, b, c) in r["timeline"].items()))

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -1224,6 +1224,88 @@ def test_without_a_head_start_the_workers_send_everything(
     assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
 
 
+@pytest.mark.parametrize(
+    ("record", "sent_expected", "files_after"),
+    [
+        # the first half of the cases is recorded: the controller sends the other half's
+        ('record = "new"', 2 * (N_CASES - N_CASES // 2), 2 * N_CASES),
+        ('record = "all"', 2 * N_CASES, 2 * N_CASES),
+        # the stable replays and records misses, the candidate is live and never recorded
+        ('record = { stable = "new", candidate = "off" }',
+         N_CASES - N_CASES // 2 + N_CASES, N_CASES // 2 + N_CASES),
+    ],
+    ids=["new", "all", "per-role"],
+)
+def test_a_head_start_with_cassettes_sends_what_a_run_without_xdist_sends(
+    project: pytest.Pytester,
+    sim: CountingSim,
+    one_heavy_run_at_a_time: None,
+    record: str,
+    sent_expected: int,
+    files_after: int,
+) -> None:
+    """With cassettes the controller reads them as the workers will and writes none: a
+    request recorded already is replayed by its worker, a miss is sent once (by the
+    controller, or by the worker when it got to its test first), and the worker that takes the
+    controller's result records it. Records, sources and cassettes are those of a run without
+    xdist from the same cassettes."""
+    import shutil
+
+    project.makepyfile(test_suite=SUITE)
+    first = [f"c{i:02d}" for i in range(N_CASES // 2)]
+    _run(project, "--rollout-record=all", "-k", " or ".join(first)).assert_outcomes(
+        passed=len(first)
+    )
+    cassettes = project.path / "model_cassettes"
+    shutil.copytree(cassettes, project.path / "recorded")
+    before = {p.relative_to(cassettes) for p in cassettes.rglob("*.json")}
+    assert len(before) == 2 * len(first)
+    project.makepyprojecttoml(CONFIG + record + "\n")
+
+    def sources(path: Path) -> Counter[tuple[str, str]]:
+        return Counter((c["role"], c["source"]) for c in _report(path)["records"]["calls"])
+
+    def recorded() -> dict[Path, dict[str, Any]]:
+        """Each cassette's content, but when it was recorded and how long the call took."""
+        out = {}
+        for path in cassettes.rglob("*.json"):
+            doc = json.loads(path.read_text(encoding="utf-8"))  # complete, valid JSON
+            out[path.relative_to(cassettes)] = {
+                k: v for k, v in doc.items() if k not in ("recorded_at", "latency_ms")
+            }
+        return out
+
+    _run(project, "--rollout-report=plain.json").assert_outcomes(passed=N_CASES)
+    plain = recorded()
+    assert len(plain) == files_after
+    shutil.rmtree(cassettes)
+    shutil.copytree(project.path / "recorded", cassettes)
+    sim.reset()
+    result = _run(project, "-n", "2", "-v", "--rollout-report=xdist.json")
+    result.assert_outcomes(passed=N_CASES)
+    sent, taken, unused = _headstart(result)
+    assert 2 <= sent <= sent_expected and taken == sent and unused == 0
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == len(seen) == sent_expected  # each miss sent once
+    assert sources(project.path / "xdist.json") == sources(project.path / "plain.json")
+    assert _essentials(_report(project.path / "xdist.json")) == _essentials(
+        _report(project.path / "plain.json")
+    )
+    assert recorded() == plain
+
+
+def test_no_head_start_when_every_model_only_replays(
+    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+) -> None:
+    project.makepyfile(test_suite=SUITE)
+    _run(project, "--rollout-record=new").assert_outcomes(passed=N_CASES)
+    sim.reset()
+    result = _run(project, "-n", "2", "-v", "--rollout-record=replay")
+    result.assert_outcomes(passed=N_CASES)
+    result.stdout.no_fnmatch_line("*head start*")
+    assert not sim.first_attempts()
+
+
 def test_what_no_test_asks_for_is_unused_and_never_recorded_with_a_head_start(
     project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
 ) -> None:
@@ -1320,15 +1402,13 @@ def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
 
     class Session:
         runner = Runner()
+        record_modes: ClassVar[dict[str, str]] = {"stable": "off", "candidate": "off"}
 
         def default_roles(self) -> dict[str, str]:
             return {"stable": "s", "candidate": "m"}
 
         def warm(self, roles: Any) -> None:
             pass
-
-        async def acall(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover
-            raise AssertionError("not awaited here")
 
     items = [SimpleNamespace(nodeid=f"t.py::test[{i}]", path="t.py") for i in range(3)]
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}])

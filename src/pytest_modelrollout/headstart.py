@@ -29,8 +29,12 @@ the run: the workers then call everything themselves, as before. Calls that no t
 plugin the controller did not load, a run stopped early) are at most the controller's window
 ahead: ``AHEAD_FACTOR`` x ``WINDOW_FACTOR`` x concurrency.
 
-Not used with cassettes (a role that records or replays), with ``--dist each`` (every worker
-runs every test), with prefetch off, or with ``MODELROLLOUT_HEADSTART=0``.
+Cassettes: the controller reads them as the workers will, and writes none. A role that only
+replays (``replay``) is never sent; under ``new`` a request already recorded is not sent (the
+worker replays it), a miss is; under ``all`` every request is sent. The worker that claims a
+result records it in its cassette, as it records its own calls. Not used when every role only
+replays (nothing to send), with ``--dist each`` (every worker runs every test), with prefetch
+off, or with ``MODELROLLOUT_HEADSTART=0``.
 """
 
 from __future__ import annotations
@@ -84,8 +88,8 @@ def headstart_wanted(config: pytest.Config, session: RolloutSession) -> bool:
         return False
     if str(config.getvalue("dist")) in ("no", "each"):
         return False
-    # a cassette is read and written where its test runs
-    return all(mode == "off" for mode in session.record_modes.values())
+    # a run that only replays cassettes sends nothing
+    return any(mode != "replay" for mode in session.record_modes.values())
 
 
 class _Items:
@@ -243,9 +247,27 @@ class HeadStart:
             return []
         return list(plan_item(item, self.session, self.context_for, ask_kwargs))
 
+    def _recorded(self, item: pytest.Item, role: str, ref: str, request: Any) -> bool:
+        """Whether the test's worker replays this call from a cassette rather than sending it
+        (a role that only replays; under ``new``, a request already recorded)."""
+        mode = self.session.record_modes.get(role, "off")
+        if mode in ("off", "all"):
+            return False
+        if mode == "replay":
+            return True
+        try:
+            return bool(self.session.store(role, Path(str(item.path)).parent).get(ref, request))
+        except Exception:  # a corrupt cassette: its test reports it
+            return True
+
+    async def _live(self, ref: str, request: Any) -> Outcome:
+        """The controller's call: live, never written to a cassette (the worker that claims
+        the result records it, as it records its own calls)."""
+        return await self.session.registry.client(ref).call(request), "live"
+
     def _send(self, item: pytest.Item, calls: list[tuple[str, str, Any]]) -> None:
         runner = self.session.runner
-        where = Path(str(item.path)).parent
+        calls = [c for c in calls if not self._recorded(item, *c)]
         sent = []
         with self._lock:
             if self._closed or item.nodeid in self._claimed:
@@ -254,7 +276,7 @@ class HeadStart:
                 key = (item.nodeid, role, ref, request.key(ref))
                 if key in self._calls:
                     continue  # the same request twice in one test: asked after the first
-                future = runner.submit(self.session.acall(ref, request, role, where))
+                future = runner.submit(self._live(ref, request))
                 self._calls[key] = future
                 self._in_flight += 1
                 self.stats.sent += 1

@@ -1158,6 +1158,42 @@ def test_xdist_controller_sends_while_its_workers_start(
     )
 
 
+def test_the_controller_sends_the_later_asks_too(
+    project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
+) -> None:
+    """A test that always asks twice, both asks read in full: the controller sends both with
+    its head start (here all of them, its workers taking a second longer to start), and the
+    workers take them all; every request is sent once."""
+    project.makeconftest(
+        """
+        import os, time
+
+        def pytest_configure(config):
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                time.sleep(1.0)
+        """
+    )
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_twice(rollout, case):
+            first = rollout.ask(case)
+            assert first.stable.ok and first.candidate.ok
+            {BOTH}
+        """
+    )
+    result = _run(project, "-n", "2", "-v")
+    result.assert_outcomes(passed=N_CASES)
+    sent, taken, unused = _headstart(result)
+    assert (sent, taken, unused) == (4 * N_CASES, 4 * N_CASES, 0)
+    seen = sim.first_attempts()
+    assert len(seen) == 4 * N_CASES and set(seen.values()) == {1}
+
+
 def test_a_head_start_with_last_failed(
     project: pytest.Pytester, sim: CountingSim, one_heavy_run_at_a_time: None
 ) -> None:
@@ -1378,6 +1414,12 @@ def test_take_requires_the_exact_request() -> None:
     assert pf.held == 0 and pf.stats.used == 1
 
 
+def _item(name: str) -> Any:
+    """Enough of a test item for the head start's planner."""
+    return SimpleNamespace(nodeid=f"t.py::{name}", path="t.py", name=name,
+                           originalname=name.split("[")[0])
+
+
 def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1410,10 +1452,10 @@ def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
         def warm(self, roles: Any) -> None:
             pass
 
-    items = [SimpleNamespace(nodeid=f"t.py::test[{i}]", path="t.py") for i in range(3)]
+    items = [_item(f"test[{i}]") for i in range(3)]
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
     hs = HeadStart(Session(), items, lambda item: None, concurrency=1)  # type: ignore[arg-type]
-    monkeypatch.setattr(hs, "_plan", lambda item: [("candidate", "m", request)])
+    monkeypatch.setattr(hs, "_plan", lambda item: [("candidate", "m", request, True)])
     hs.start()
     hs._thread.join(5)
     assert not hs._thread.is_alive() and hs.stats.sent == 3
@@ -1421,6 +1463,135 @@ def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
     assert got is not None and result_from_wire(got) == result
     hs.close()
     assert (hs.stats.taken, hs.stats.unused) == (1, 2)
+
+
+class _Planner:
+    """A head start on items whose first ask (both models, or those learned) and, with
+    ``later``, a later candidate ask are planned as :func:`plan_item` / :func:`plan_later`
+    plan them; its calls are done at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, items: list[Any], later: bool) -> None:
+        import concurrent.futures
+
+        from pytest_modelrollout import headstart
+        from pytest_modelrollout.providers.base import CallResult, ChatRequest
+
+        result = CallResult(ref="m", status="ok", response=None, error=None, latency_ms=1.0,
+                            attempts=1, fallback=False, served_by="m", cost_usd=None,
+                            started_at=1.0)
+
+        def first(item: Any) -> ChatRequest:
+            return ChatRequest(messages=[{"role": "user", "content": item.name}])
+
+        def second(item: Any) -> ChatRequest:
+            return ChatRequest(messages=[{"role": "user", "content": item.name + " again"}])
+
+        def plan_item(item: Any, session: Any, ctx: Any, kwargs: Any, roles: Any) -> list[Any]:
+            return [(role, "m", first(item)) for role in ("stable", "candidate")
+                    if roles is None or role in roles]
+
+        def plan_later(item: Any, session: Any, ctx: Any, calls: Any) -> list[Any]:
+            return [("candidate", "m", second(item))] if later else []
+
+        monkeypatch.setattr(headstart, "_planned", lambda item: ("case", object()))
+        monkeypatch.setattr(headstart, "_source_kwargs", lambda item, planned: {})
+        monkeypatch.setattr(headstart, "plan_item", plan_item)
+        monkeypatch.setattr(headstart, "plan_later", plan_later)
+
+        class Runner:
+            def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+                coro.close()
+                done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                done.set_result((result, "live"))
+                return done
+
+        class Session:
+            runner = Runner()
+            record_modes: ClassVar[dict[str, str]] = {"stable": "off", "candidate": "off"}
+
+            def default_roles(self) -> dict[str, str]:
+                return {"stable": "m", "candidate": "m"}
+
+            def warm(self, roles: Any) -> None:
+                pass
+
+        # concurrency 1: at most 4 x 4 = 16 calls sent and not taken
+        self.hs = headstart.HeadStart(Session(), items, lambda item: None, concurrency=1)  # type: ignore[arg-type]
+        self.first, self.second = first, second
+
+    def sent(self, item: Any) -> set[tuple[str, str]]:
+        """The roles and prompts sent for the item and not yet taken."""
+        with self.hs._lock:
+            return {(k[1], "later" if later else "first")
+                    for k, later in ((k, k[3] != self.first(item).key("m"))
+                                     for k in self.hs._calls if k[0] == item.nodeid)}
+
+    def take(self, item: Any, role: str) -> None:
+        import asyncio
+
+        key = self.first(item).key("m")
+        assert asyncio.run(self.hs.claim(item.nodeid, role, "m", key, True)) is not None
+
+    def settle(self, sent: int) -> None:
+        """Wait until the planner has sent ``sent`` calls and waits for room."""
+        deadline = time.monotonic() + 10
+        while self.hs.stats.sent < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert self.hs.stats.sent == sent
+
+
+def test_the_controller_stops_sending_for_a_function_whose_tests_take_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a run without xdist learns it: from the second finished test of a function that took
+    none of the controller's calls (they are one in ten of its tests), nothing more is sent
+    for that function, and what those tests left frees the window for the next function's; a
+    test that took one model's reply and not the other's: the function's next tests get only
+    that model's."""
+    a = [_item(f"test_a[{i}]") for i in range(10)]
+    b = [_item(f"test_b[{i}]") for i in range(10)]
+    p = _Planner(monkeypatch, a + b, later=False)
+    p.hs.start()
+    p.settle(16)  # test_a[0..7], both models
+    assert p.sent(a[7]) == {("stable", "first"), ("candidate", "first")}
+    p.hs.finished(a[0].nodeid)
+    p.hs.finished(a[1].nodeid)  # two of two finished tests took nothing: test_a is off
+    p.settle(20)  # test_a[8], test_a[9] are not sent; test_b[0], test_b[1] are
+    assert not p.sent(a[8]) and not p.sent(a[9])
+    assert p.sent(b[1]) == {("stable", "first"), ("candidate", "first")}
+    p.take(b[0], "candidate")  # room for test_b[2], both models (nothing learned yet)
+    p.settle(22)
+    p.hs.finished(b[0].nodeid)  # it asked the candidate only
+    for item in a[2:8]:
+        p.hs.finished(item.nodeid)
+    p.settle(22 + 7)  # the 7 tests of test_b after it, the candidate only
+    assert [p.sent(item) for item in b[3:]] == [{("candidate", "first")}] * 7
+    p.hs.close()
+    assert (p.hs.stats.taken, p.hs.stats.unused) == (1, 16 + 1 + 2 + 2 + 7)
+
+
+def test_the_controller_stops_sending_later_asks_its_tests_leave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Later asks go with the first (the test always makes them, read in full from its source)
+    until two finished tests of the function, one in ten of them, left theirs (an assert
+    failed before them, say): then only first asks are sent for it."""
+    items = [_item(f"test_twice[{i}]") for i in range(12)]
+    p = _Planner(monkeypatch, items, later=True)
+    p.hs.start()
+    p.settle(18)  # 6 tests x (2 first + 1 later)
+    assert p.sent(items[0]) == {("stable", "first"), ("candidate", "first"),
+                                ("candidate", "later")}
+    for item in items[:6]:
+        p.take(item, "stable")
+        p.take(item, "candidate")
+        p.hs.finished(item.nodeid)  # it never made the later ask
+    deadline = time.monotonic() + 10
+    while not p.sent(items[-1]) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the tests planned after the second finished one: first asks only
+    assert p.sent(items[-1]) == {("stable", "first"), ("candidate", "first")}
+    p.hs.close()
 
 
 # -- xdist scheduling ------------------------------------------------------------------------

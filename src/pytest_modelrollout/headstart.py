@@ -6,8 +6,11 @@ with more processes than cores, while the controller waits for them (xdist's con
 collects). So the controller collects the suite itself, once, as it starts its workers
 (beside xdist starting them on pytest 8.4+, just before on older pytest), and sends each
 test's first ask that is read in full from the test's source (what a run without xdist sends
-ahead without a probe: see :mod:`.prefetch`), in run order, while the workers start, and on
-while its window has room.
+ahead without a probe: see :mod:`.prefetch`) with the later asks the test always makes that
+are read in full too, in run order, while the workers start, and on while its window has room.
+From each test's teardown report it learns what a run without xdist learns when a test ends:
+what the test did not take is unused (its room in the window freed), and a function whose
+tests take none of it (or not its later asks, or only some of the models) gets no more of it.
 
 The workers ask for what they need from the controller before they send a request: each call
 of a test (prefetched or not) first *claims* its request from the controller, by test id,
@@ -25,9 +28,10 @@ could write files or start services at the end of a session); ``-p`` plugins and
 ``pytest_plugins`` are loaded as usual. Anything that makes that collection fail or differ from
 the run's — an option of another installed plugin on the command line (``--cov``), a
 collection error, a working directory changed since start-up — turns the head start off for
-the run: the workers then call everything themselves, as before. Calls that no test claims (a test deselected by a
-plugin the controller did not load, a run stopped early) are at most the controller's window
-ahead: ``AHEAD_FACTOR`` x ``WINDOW_FACTOR`` x concurrency.
+the run: the workers then call everything themselves, as before. Calls that no test claims (a
+test deselected by a plugin the controller did not load, a run stopped early, an ask under a
+condition) are at most the controller's window ahead: ``AHEAD_FACTOR`` x ``WINDOW_FACTOR`` x
+concurrency, and for each test function at most what was sent before two of its tests ended.
 
 Cassettes: the controller reads them as the workers will, and writes none. A role that only
 replays (``replay``) is never sent; under ``new`` a request already recorded is not sent (the
@@ -40,6 +44,7 @@ off, or with ``MODELROLLOUT_HEADSTART=0``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import io
@@ -55,12 +60,16 @@ import pytest
 
 from .prefetch import (
     AHEAD_FACTOR,
+    UNUSED_LIMIT,
+    UNUSED_SHARE,
     WINDOW_FACTOR,
     ContextFactory,
     Outcome,
     _planned,
     _source_kwargs,
+    function_key,
     plan_item,
+    plan_later,
 )
 from .providers.base import result_to_wire
 
@@ -76,6 +85,7 @@ COLLECTION_PLUGINS = ("xdist.plugin", "xdist.looponfail", "pytest_modelrollout.p
 # (their options and markers are in many projects' addopts and tests)
 HARMLESS_PLUGINS = ("pytest_asyncio", "anyio", "pytest_mock", "pytest_timeout")
 Key = tuple[str, str, str, str]  # test id, role, model reference, request key
+Planned = tuple[str, str, Any, bool]  # role, model reference, request, of the first ask
 
 
 def headstart_wanted(config: pytest.Config, session: RolloutSession) -> bool:
@@ -207,6 +217,18 @@ class HeadStart:
         self._calls: dict[Key, concurrent.futures.Future[Outcome]] = {}
         self._claimed: set[str] = set()  # tests a worker has claimed: never sent for
         self._in_flight = 0
+        # what was learned from the tests that finished, as a run without xdist learns it
+        # (:class:`.prefetch.Prefetcher`): sent for each test (key, of its first ask?), the
+        # keys a worker took, each test's function
+        self._sent_for: dict[str, list[tuple[Key, bool]]] = {}
+        self._taken: dict[str, set[Key]] = {}
+        self._function: dict[str, str] = {}
+        self._off: set[str] = set()  # functions whose tests took nothing: nothing more sent
+        self._no_later: set[str] = set()  # functions whose later asks went unused: first only
+        self._roles: dict[str, frozenset[str]] = {}  # function -> the models its tests ask
+        self._finished_of: collections.Counter[str] = collections.Counter()
+        self._unused_of: collections.Counter[str] = collections.Counter()
+        self._later_unused_of: collections.Counter[str] = collections.Counter()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="modelrollout-headstart",
                                         daemon=True)
@@ -228,7 +250,7 @@ class HeadStart:
                         self._room.wait()
                     if self._closed:
                         return
-                    if item.nodeid in self._claimed:
+                    if item.nodeid in self._claimed or function_key(item) in self._off:
                         continue
                 calls = self._plan(item)
                 if calls:
@@ -236,16 +258,24 @@ class HeadStart:
         except Exception:  # never the run's problem: the workers call what is not sent
             return
 
-    def _plan(self, item: pytest.Item) -> list[tuple[str, str, Any]]:
+    def _plan(self, item: pytest.Item) -> list[Planned]:
         """The item's first ask, when it is read in full from the test's source (what a run
-        without xdist sends ahead without a probe)."""
+        without xdist sends ahead without a probe), and the later asks the test always makes
+        that are read in full too, unless its function's tests left them unused."""
         planned = _planned(item)
         if planned is None:
             return []
         ask_kwargs = _source_kwargs(item, planned)
         if ask_kwargs is None:
             return []
-        return list(plan_item(item, self.session, self.context_for, ask_kwargs))
+        fkey = function_key(item)
+        with self._lock:
+            roles = self._roles.get(fkey)
+            later_ok = fkey not in self._no_later
+        first = plan_item(item, self.session, self.context_for, ask_kwargs, roles)
+        later = plan_later(item, self.session, self.context_for, first) if first and later_ok else []
+        out: list[Planned] = [(role, ref, request, True) for role, ref, request in first]
+        return out + [(role, ref, request, False) for role, ref, request in later]
 
     def _recorded(self, item: pytest.Item, role: str, ref: str, request: Any) -> bool:
         """Whether the test's worker replays this call from a cassette rather than sending it
@@ -265,22 +295,26 @@ class HeadStart:
         the result records it, as it records its own calls)."""
         return await self.session.registry.client(ref).call(request), "live"
 
-    def _send(self, item: pytest.Item, calls: list[tuple[str, str, Any]]) -> None:
+    def _send(self, item: pytest.Item, calls: list[Planned]) -> None:
         runner = self.session.runner
-        calls = [c for c in calls if not self._recorded(item, *c)]
+        calls = [c for c in calls if not self._recorded(item, *c[:3])]
         sent = []
+        nodeid = item.nodeid
         with self._lock:
-            if self._closed or item.nodeid in self._claimed:
+            if self._closed or nodeid in self._claimed:
                 return  # a worker got there first
-            for role, ref, request in calls:
-                key = (item.nodeid, role, ref, request.key(ref))
+            for role, ref, request, first in calls:
+                key = (nodeid, role, ref, request.key(ref))
                 if key in self._calls:
                     continue  # the same request twice in one test: asked after the first
                 future = runner.submit(self._live(ref, request))
                 self._calls[key] = future
+                self._sent_for.setdefault(nodeid, []).append((key, first))
                 self._in_flight += 1
                 self.stats.sent += 1
                 sent.append(future)
+            if sent:
+                self._function[nodeid] = function_key(item)
         for future in sent:  # outside the lock: a call already done calls back at once, here
             future.add_done_callback(self._done)
 
@@ -299,6 +333,7 @@ class HeadStart:
             self._claimed.add(test_id)
             future = self._calls.pop((test_id, role, ref, key), None)
             if future is not None:
+                self._taken.setdefault(test_id, set()).add((test_id, role, ref, key))
                 self._room.notify()
         if future is None:
             return None
@@ -316,6 +351,45 @@ class HeadStart:
             else:
                 self.stats.taken_live += 1
         return result_to_wire(result)
+
+    def finished(self, test_id: str) -> None:
+        """A worker reported the test's teardown: what it did not take is unused (cancelled
+        if still in flight, its room in the window freed), and the controller learns from it
+        what a run without xdist learns (:meth:`.prefetch.Prefetcher.release`): from the
+        second test of a function that took none of its calls, once they are one in ten of
+        its tests, nothing more is sent for that function; likewise for its later asks; a
+        test that took some of the models of its first ask and not the others: only those."""
+        with self._lock:
+            self._claimed.add(test_id)
+            sent = self._sent_for.pop(test_id, None)
+            taken = self._taken.pop(test_id, set())
+            fkey = self._function.pop(test_id, None)
+            if not sent or fkey is None:
+                return
+            left = [self._calls.pop(key) for key, _ in sent if key in self._calls]
+            self.stats.unused += len(left)
+            self._finished_of[fkey] += 1
+            first_sent = {key[1] for key, first in sent if first}
+            first_taken = {key[1] for key, first in sent if first and key in taken}
+            if any(not first and key not in taken for key, first in sent):
+                self._later_unused_of[fkey] += 1
+                if self._learned_unused(self._later_unused_of, fkey):
+                    self._no_later.add(fkey)
+            if first_sent and not first_taken:
+                self._unused_of[fkey] += 1
+                if self._learned_unused(self._unused_of, fkey):
+                    self._off.add(fkey)
+            elif first_taken and first_taken != first_sent:
+                self._roles[fkey] = frozenset(first_taken)
+            if left:
+                self._room.notify_all()
+        for future in left:
+            future.cancel()
+
+    def _learned_unused(self, counts: collections.Counter[str], fkey: str) -> bool:
+        return counts[fkey] >= UNUSED_LIMIT and counts[fkey] * UNUSED_SHARE >= self._finished_of[
+            fkey
+        ]
 
     def close(self) -> None:
         """The run is over: cancel what is still in flight; what no test took is unused."""
@@ -387,6 +461,11 @@ class HeadStartPlugin:
             broker.claims = headstart.claim
             self.headstart = headstart
             headstart.start()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        headstart = self.headstart
+        if report.when == "teardown" and headstart is not None:
+            headstart.finished(report.nodeid)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self) -> None:

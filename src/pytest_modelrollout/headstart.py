@@ -286,7 +286,8 @@ class HeadStart:
         if mode == "replay":
             return True
         try:
-            return bool(self.session.store(role, Path(str(item.path)).parent).get(ref, request))
+            store = self.session.store(role, Path(str(item.path)).parent)
+            return store.get(ref, request) is not None
         except Exception:  # a corrupt cassette: its test reports it
             return True
 
@@ -387,9 +388,9 @@ class HeadStart:
             future.cancel()
 
     def _learned_unused(self, counts: collections.Counter[str], fkey: str) -> bool:
-        return counts[fkey] >= UNUSED_LIMIT and counts[fkey] * UNUSED_SHARE >= self._finished_of[
-            fkey
-        ]
+        """From the second such test, once they are one in ten of the function's that ended."""
+        n = counts[fkey]
+        return n >= UNUSED_LIMIT and n * UNUSED_SHARE >= self._finished_of[fkey]
 
     def close(self) -> None:
         """The run is over: cancel what is still in flight; what no test took is unused."""

@@ -326,18 +326,23 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     out["a_xdist_off"] = {}
     off_env = {**env, "MODELROLLOUT_HEADSTART": "0"}
 
-    def xdist_run(*xargs: str) -> tuple[float, bool]:
+    def xdist_run(*xargs: str, plain: tuple[str, ...] | None = None) -> tuple[float, bool]:
         """The median wall of ``--repeat`` runs, alternating with as many runs without the
-        controller's head start (their median in out["a_xdist_off"][xargs]) and, with --base,
-        with the base's (out["a_xdist_base"][xargs]); whether the last run gave the same
-        verdict, requests, tokens and checks as (a)."""
-        walls, base_walls, off_walls = [], [], []
+        controller's head start (their median in out["a_xdist_off"][xargs]), with --base with
+        the base's (out["a_xdist_base"][xargs]) and with ``plain``, runs without xdist
+        (out["a_plain"][xargs]); whether the last run gave the same verdict, requests, tokens
+        and checks as (a)."""
+        walls, base_walls, off_walls, plain_walls = [], [], [], []
         for _ in range(args.repeat):
+            if plain is not None:
+                plain_walls.append(run_pytest(proj, env, *plain)[0])
             if base_env is not None:
                 base_walls.append(run_pytest(proj, base_env, *xargs)[0])
             off_walls.append(run_pytest(proj, off_env, *xargs)[0])
             walls.append(run_pytest(proj, env, *xargs, "--rollout-report=report_x.json")[0])
         key = " ".join(xargs)
+        if plain_walls:
+            out.setdefault("a_plain", {})[key] = sorted(plain_walls)[len(plain_walls) // 2]
         out["a_xdist_off"][key] = sorted(off_walls)[len(off_walls) // 2]
         if base_walls:
             out["a_xdist_base"][key] = sorted(base_walls)[len(base_walls) // 2]
@@ -360,8 +365,8 @@ def bench_suite(args: argparse.Namespace, sim_url: str | None, work: Path) -> di
     if args.xdist:  # recording cassettes (every call written): -n 0 against -n N
         n = max(args.xdist)
         rec = "--rollout-record=all"
-        rec_walls = sorted(run_pytest(proj, env, rec)[0] for _ in range(args.repeat))
-        out["a_record"] = (n, rec_walls[len(rec_walls) // 2], *xdist_run("-n", str(n), rec))
+        wall_x, same = xdist_run("-n", str(n), rec, plain=(rec,))
+        out["a_record"] = (n, out["a_plain"][f"-n {n} {rec}"], wall_x, same)
     if args.xdist:  # xdist's own cost: the same suite without a model call, -n 0 against -n N
         quiet = work / "no_calls"
         write_project(quiet, args.cases, stable, candidate, body=NO_CALLS)

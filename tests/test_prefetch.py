@@ -333,6 +333,18 @@ def _without_and_with_prefetch(
 
 
 BOTH = 'rollout.ask(case.prompt, system="Answer in Chinese.")'
+# a test that asks twice: the first ask, then ``second``
+TWICE = """
+import pytest
+from pytest_modelrollout import cases
+
+@pytest.mark.workflow("support", system="Be brief.")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_twice(rollout, case):
+    first = rollout.ask(case)
+    assert first.stable.ok and first.candidate.ok
+    {second}
+"""
 
 
 @pytest.mark.parametrize(
@@ -360,19 +372,7 @@ def test_later_asks_the_test_always_makes_are_sent_ahead_too(
     project.makepyprojecttoml(
         CONFIG + "\n[tool.modelrollout.gates]\nmax_p95_latency_increase = 10.0\n"
     )
-    project.makepyfile(
-        test_suite=f"""
-        import pytest
-        from pytest_modelrollout import cases
-
-        @pytest.mark.workflow("support", system="Be brief.")
-        @pytest.mark.parametrize("case", cases("cases.jsonl"))
-        def test_twice(rollout, case):
-            first = rollout.ask(case)
-            assert first.stable.ok and first.candidate.ok
-            {second}
-        """
-    )
+    project.makepyfile(test_suite=TWICE.format(second=second))
     if workers:
         request.getfixturevalue("one_heavy_run_at_a_time")
     _, on = _without_and_with_prefetch(project, sim, workers)
@@ -1173,19 +1173,7 @@ def test_the_controller_sends_the_later_asks_too(
                 time.sleep(1.0)
         """
     )
-    project.makepyfile(
-        test_suite=f"""
-        import pytest
-        from pytest_modelrollout import cases
-
-        @pytest.mark.workflow("support", system="Be brief.")
-        @pytest.mark.parametrize("case", cases("cases.jsonl"))
-        def test_twice(rollout, case):
-            first = rollout.ask(case)
-            assert first.stable.ok and first.candidate.ok
-            {BOTH}
-        """
-    )
+    project.makepyfile(test_suite=TWICE.format(second=BOTH))
     result = _run(project, "-n", "2", "-v")
     result.assert_outcomes(passed=N_CASES)
     sent, taken, unused = _headstart(result)
@@ -1420,20 +1408,10 @@ def _item(name: str) -> Any:
                            originalname=name.split("[")[0])
 
 
-def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A controller's call can be done before its callback is added (one that fails at once):
-    the planner goes on to the next items, and a worker's claim still gets the result."""
-    import asyncio
+def _done_at_once(result: Any) -> Any:
+    """Enough of a session for the head start, whose calls are done with ``result`` as soon
+    as they are submitted, models ``m`` without cassettes."""
     import concurrent.futures
-
-    from pytest_modelrollout.headstart import HeadStart
-    from pytest_modelrollout.providers.base import CallResult, ChatRequest, result_from_wire
-
-    result = CallResult(ref="m", status="error", response=None, error=None, latency_ms=0.5,
-                        attempts=1, fallback=False, served_by="m", cost_usd=None,
-                        started_at=1.0)
 
     class Runner:
         def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
@@ -1447,14 +1425,30 @@ def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
         record_modes: ClassVar[dict[str, str]] = {"stable": "off", "candidate": "off"}
 
         def default_roles(self) -> dict[str, str]:
-            return {"stable": "s", "candidate": "m"}
+            return {"stable": "m", "candidate": "m"}
 
         def warm(self, roles: Any) -> None:
             pass
 
+    return Session()
+
+
+def test_a_head_start_call_done_at_once_neither_blocks_nor_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A controller's call can be done before its callback is added (one that fails at once):
+    the planner goes on to the next items, and a worker's claim still gets the result."""
+    import asyncio
+
+    from pytest_modelrollout.headstart import HeadStart
+    from pytest_modelrollout.providers.base import CallResult, ChatRequest, result_from_wire
+
+    result = CallResult(ref="m", status="error", response=None, error=None, latency_ms=0.5,
+                        attempts=1, fallback=False, served_by="m", cost_usd=None,
+                        started_at=1.0)
     items = [_item(f"test[{i}]") for i in range(3)]
     request = ChatRequest(messages=[{"role": "user", "content": "hi"}])
-    hs = HeadStart(Session(), items, lambda item: None, concurrency=1)  # type: ignore[arg-type]
+    hs = HeadStart(_done_at_once(result), items, lambda item: None, concurrency=1)
     monkeypatch.setattr(hs, "_plan", lambda item: [("candidate", "m", request, True)])
     hs.start()
     hs._thread.join(5)
@@ -1471,8 +1465,6 @@ class _Planner:
     plan them; its calls are done at once."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, items: list[Any], later: bool) -> None:
-        import concurrent.futures
-
         from pytest_modelrollout import headstart
         from pytest_modelrollout.providers.base import CallResult, ChatRequest
 
@@ -1497,26 +1489,9 @@ class _Planner:
         monkeypatch.setattr(headstart, "_source_kwargs", lambda item, planned: {})
         monkeypatch.setattr(headstart, "plan_item", plan_item)
         monkeypatch.setattr(headstart, "plan_later", plan_later)
-
-        class Runner:
-            def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-                coro.close()
-                done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-                done.set_result((result, "live"))
-                return done
-
-        class Session:
-            runner = Runner()
-            record_modes: ClassVar[dict[str, str]] = {"stable": "off", "candidate": "off"}
-
-            def default_roles(self) -> dict[str, str]:
-                return {"stable": "m", "candidate": "m"}
-
-            def warm(self, roles: Any) -> None:
-                pass
-
         # concurrency 1: at most 4 x 4 = 16 calls sent and not taken
-        self.hs = headstart.HeadStart(Session(), items, lambda item: None, concurrency=1)  # type: ignore[arg-type]
+        self.hs = headstart.HeadStart(_done_at_once(result), items, lambda item: None,
+                                      concurrency=1)
         self.first, self.second = first, second
 
     def sent(self, item: Any) -> set[tuple[str, str]]:

@@ -296,16 +296,16 @@ class RolloutSession:
         On an xdist worker whose controller has a head start (:mod:`.headstart`), a call of a
         test (``test_id``; ``ahead``: sent ahead of it) is first claimed from the controller:
         if the controller sent that very request, its result is this call's (and is recorded
-        as this call's would be). The controller read the cassettes before sending: what it
-        sent is what a run without xdist sends at that moment."""
+        as this call's would be). A cassette that has the request is read first: the
+        controller read the cassettes before sending and sent none of those."""
         store = self.store(role, where)
-        result: CallResult | None = None
-        if self.headstart and test_id is not None and self.record_modes.get(role) != "replay":
-            result = await self._claim(test_id, role, ref, request, ahead)
-        if result is None and store is not None:
+        if store is not None:
             entry = store.lookup(ref, request)  # a miss in replay mode raises CassetteError
             if entry is not None:
                 return _result_from_entry(ref, entry), "replay"
+        result: CallResult | None = None
+        if self.headstart and test_id is not None:
+            result = await self._claim(test_id, role, ref, request, ahead)
         if result is None:
             result = await self.registry.client(ref).call(request)
         if store is not None and store.records and result.error is None:

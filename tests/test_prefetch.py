@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from pytest_modelrollout.headstart import OFF_CASSETTES
 from pytest_modelrollout.prefetch import Prefetcher, _skipped_statically
 from pytest_modelrollout.sim import SimServer
 
@@ -1314,7 +1315,7 @@ def test_a_head_start_with_cassettes_sends_what_a_run_without_xdist_sends(
         sent, taken, unused = _headstart(result)
         assert 2 <= sent <= sent_expected and taken == sent and unused == 0
     else:
-        result.stdout.no_fnmatch_line("*head start*")
+        result.stdout.fnmatch_lines([f"  xdist controller's head start: off ({OFF_CASSETTES})"])
     seen = sim.first_attempts()
     assert sum(seen.values()) == len(seen) == sent_expected  # each miss sent once
     assert sources(project.path / "xdist.json") == sources(project.path / "plain.json")
@@ -1332,7 +1333,7 @@ def test_no_head_start_when_every_model_only_replays(
     sim.reset()
     result = _run(project, "-n", "2", "-v", "--rollout-record=replay")
     result.assert_outcomes(passed=N_CASES)
-    result.stdout.no_fnmatch_line("*head start*")
+    result.stdout.fnmatch_lines([f"  xdist controller's head start: off ({OFF_CASSETTES})"])
     assert not sim.first_attempts()
 
 

@@ -90,20 +90,39 @@ Key = tuple[str, str, str, str]  # test id, role, model reference, request key
 Planned = tuple[str, str, Any, bool]  # role, model reference, request, of the first ask
 
 
-def headstart_wanted(config: pytest.Config, session: RolloutSession) -> bool:
-    """Whether the xdist controller should send requests while its workers start."""
+OFF_CASSETTES = (
+    "every model replays its cassettes or records only its misses: it needs one that is live "
+    "or records everything, --rollout-record=all"
+)
+
+
+def headstart_off(config: pytest.Config, session: RolloutSession) -> str | None:
+    """None when the xdist controller should send requests while its workers start; else
+    why not, for ``-v`` ("": nothing to say, the user turned it off or it has no use)."""
     from .prefetch import prefetch_enabled
 
     if os.environ.get(HEADSTART_ENV, "").strip().lower() in ("0", "false", "no", "off"):
-        return False
+        return ""
     if not session.project_configured or not prefetch_enabled(config, session):
-        return False
+        return ""
     if str(config.getvalue("dist")) in ("no", "each"):
-        return False
+        return ""
     # a model that replays cassettes (``replay``; ``new``, where a suite's cassettes are mostly
     # recorded) sends little or nothing: for it, collecting the suite once more here costs
     # the workers' start-up more than it saves (-n 4 on 2 cores, all recorded: +0.15-0.3 s)
-    return any(mode in ("off", "all") for mode in session.record_modes.values())
+    if not any(mode in ("off", "all") for mode in session.record_modes.values()):
+        return OFF_CASSETTES
+    return None
+
+
+@dataclass
+class HeadStartOff:
+    """Registered on the xdist controller in the head start's place when it is off for a
+    reason ``-v`` says."""
+
+    off: str
+    headstart: None = None
+    broker: None = None
 
 
 class _Items:
@@ -410,7 +429,7 @@ class HeadStart:
 
 
 class HeadStartPlugin:
-    """Registered on the xdist controller when :func:`headstart_wanted`."""
+    """Registered on the xdist controller when :func:`headstart_off` says nothing against it."""
 
     def __init__(
         self,
@@ -488,9 +507,11 @@ __all__ = [
     "HEADSTART_ENV",
     "HEADSTART_KEY",
     "HEADSTART_PLUGIN",
+    "OFF_CASSETTES",
     "HeadStart",
+    "HeadStartOff",
     "HeadStartPlugin",
     "HeadStartStats",
     "collect_items",
-    "headstart_wanted",
+    "headstart_off",
 ]

@@ -151,9 +151,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "modelrollout-prefetch",
     )
     if _is_xdist_controller(config):
-        from .headstart import HEADSTART_PLUGIN, HeadStartPlugin, headstart_wanted
+        from .headstart import HEADSTART_PLUGIN, HeadStartOff, HeadStartPlugin, headstart_off
 
-        if headstart_wanted(config, session):
+        why = headstart_off(config, session)
+        if why is None:
             config.pluginmanager.register(
                 HeadStartPlugin(
                     config,
@@ -163,6 +164,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 ),
                 HEADSTART_PLUGIN,
             )
+        elif why:
+            config.pluginmanager.register(HeadStartOff(why), HEADSTART_PLUGIN)
 
 
 @pytest.hookimpl(trylast=True)

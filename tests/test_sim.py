@@ -842,3 +842,29 @@ def test_summary_and_classification(http: httpx.Client) -> None:
     system = "Classify the sentiment. Answer with one of: positive, negative, neutral"
     assert content(chat(http, "stable", "I love this phone, great battery!", system=system)) == "positive"
     assert content(chat(http, "good", "这个产品太差了，非常失望", system=system)) == "negative"
+
+
+def test_the_simulator_child_answers_each_wire_format_once_before_it_says_its_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh simulator process answered its first requests tens of ms after their latency:
+    the first calls of every run measured that as the model's latency (a p95 gate flapped).
+    The child answers one request of each wire format, over HTTP, before it is used."""
+    from pytest_modelrollout.sim import process
+    from pytest_modelrollout.sim.server import SimServer, Simulator
+
+    answered: list[tuple[str, int]] = []
+    handle = Simulator.handle
+
+    def counting(self: Simulator, wire: Any, raw: bytes, headers: dict[str, str]) -> Any:
+        resp = handle(self, wire, raw, headers)
+        answered.append((wire, resp.status))
+        return resp
+
+    monkeypatch.setattr(Simulator, "handle", counting)
+    server = SimServer().start()
+    try:
+        process._warm(server.port)
+    finally:
+        server.stop()
+    assert sorted(answered) == [("anthropic", 200), ("openai", 200)]

@@ -51,6 +51,12 @@ class Persona:
     transient_rate: float = 0.0  # HTTP 503 on attempt 0, fine on retry
     rate_limit_rate: float = 0.0  # HTTP 429 on attempt 0, fine on retry
     retry_after: float = -1.0  # seconds sent as retry-after on rate limits (<0: no header)
+    # a provider's quota on this model (0: none), kept per model string as a provider keeps
+    # it per key and model: requests per minute (a bucket refilled continuously, a second's
+    # worth banked) and requests in flight at once; over it, HTTP 429 with retry-after
+    rpm_limit: float = 0.0
+    concurrency_limit: float = 0.0
+    limit_headers: float = 1.0  # 0: a 429 over the quota says retry-after only, not the limit
     # JSON flaws (mutually exclusive buckets, per prompt)
     fence_rate: float = 0.0  # ```json fences
     prose_rate: float = 0.0  # prose before/after the JSON

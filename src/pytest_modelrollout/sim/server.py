@@ -95,6 +95,7 @@ class Simulator:
 
     def __init__(self, stop_event: threading.Event | None = None) -> None:
         self.stop_event = stop_event or threading.Event()
+        self.quotas = Quotas()
 
     # -- entry points ------------------------------------------------------------------------
     def handle(self, wire: Wire, raw_body: bytes, headers: dict[str, str]) -> Response:
@@ -118,7 +119,14 @@ class Simulator:
         failure = self._transport_failure(wire, req, settings, attempt)
         if failure is not None:
             return failure
-        return self._answer(wire, req, settings, attempt)
+        answer = self._answer(wire, req, settings, attempt)
+        p = settings.persona
+        if p.rpm_limit > 0 or p.concurrency_limit > 0:
+            over = self.quotas.admit(req.model, p.rpm_limit, int(p.concurrency_limit),
+                                     answer.delay_s, time.monotonic())
+            if over is not None:
+                return _over_quota(wire, req.model, p, *over)
+        return answer
 
     # -- normal replies ----------------------------------------------------------------------
     def draft(self, req: SimRequest, settings: Settings) -> Draft:
@@ -244,6 +252,82 @@ class Simulator:
         data = [{"id": name, "object": "model", "created": now, "owned_by": "modelrollout-sim",
                  "description": desc} for name, desc in PERSONAS.items()]
         return Response(200, _json_bytes({"object": "list", "data": data}))
+
+
+class Quotas:
+    """A provider's limits per model string (``rpm_limit``, ``concurrency_limit``), shared by
+    every connection: requests per minute as a bucket refilled continuously with a second's
+    worth banked, and requests in flight (from arrival to reply). As at OpenAI, a request
+    turned away counts against the rate too (the bucket owes at most a second's worth), so a
+    client that retries at once stays limited."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # model -> [tokens, last refill] and the reply times of the requests in flight
+        self._buckets: dict[str, list[float]] = {}
+        self._ends: dict[str, list[float]] = {}
+
+    def admit(self, model: str, rpm: float, concurrency: int, delay_s: float,
+              now: float) -> tuple[str, float] | None:
+        """None: admitted (and counted); else which limit turned it away and the seconds until
+        it admits a request again."""
+        with self._lock:
+            wait = 0.0
+            over = ""
+            if concurrency > 0:
+                ends = [e for e in self._ends.get(model, ()) if e > now]
+                self._ends[model] = ends
+                if len(ends) >= concurrency:
+                    over, wait = "concurrency", min(ends) - now
+            if rpm > 0:
+                rate = rpm / 60.0
+                capacity = max(1.0, rate)
+                bucket = self._buckets.setdefault(model, [capacity, now])
+                bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+                bucket[1] = now
+                limited = bucket[0] < 1.0
+                bucket[0] = max(-capacity, bucket[0] - 1.0)  # every request counts
+                if limited:
+                    return "rpm", max(wait, (1.0 - bucket[0]) / rate)
+            if over:
+                return over, wait
+            if concurrency > 0:
+                self._ends[model].append(now + delay_s)
+            return None
+
+
+def _over_quota(wire: Wire, model: str, p: Any, limit: str, wait_s: float) -> Response:
+    """A provider's 429 for a request over the model's quota, with its retry-after headers."""
+    ms = max(1, math.ceil(wait_s * 1000))
+    if limit == "rpm":
+        rpm = _fmt_seconds(p.rpm_limit)
+        if wire == "openai":
+            message = (f"Rate limit reached for {model} in organization org-sim on requests per "
+                       f"min (RPM): Limit {rpm}, Used {rpm}, Requested 1. Please try again in "
+                       f"{ms}ms. Visit https://platform.openai.com/account/rate-limits to learn "
+                       "more.")
+        else:
+            message = (f"This request would exceed the rate limit for your organization of {rpm} "
+                       f"requests per minute for {model}. Please try again later.")
+        if not p.limit_headers:
+            headers = {}
+        elif wire == "openai":
+            headers = {"x-ratelimit-limit-requests": rpm, "x-ratelimit-remaining-requests": "0",
+                       "x-ratelimit-reset-requests": f"{ms}ms"}
+        else:
+            headers = {"anthropic-ratelimit-requests-limit": rpm,
+                       "anthropic-ratelimit-requests-remaining": "0"}
+    else:
+        n = _fmt_seconds(p.concurrency_limit)
+        message = (f"Too many concurrent requests for {model}: your limit is {n} requests at a "
+                   f"time. Please try again in {ms}ms.")
+        headers = {}
+    if wire == "openai":
+        headers["retry-after-ms"] = str(ms)
+    headers["retry-after"] = str(math.ceil(ms / 1000))  # whole seconds, as providers send it
+    resp = _error(wire, 429, message, **headers)
+    resp.delay_s = min(0.02, wait_s)
+    return resp
 
 
 def _attempt(raw: str | None) -> int:

@@ -287,7 +287,8 @@ def test_retry_after_is_honoured(runner: Runner, server: Server) -> None:
     assert [s.attempt for s in server.seen] == ["0", "1"]
     gap = server.seen[1].t - server.seen[0].t
     assert gap >= 0.28, gap
-    assert res.latency_ms >= 280
+    # a rate limit is the account's, not the model's: the latency is the answered attempt's
+    assert res.latency_ms < 200
 
 
 def test_retry_on_503_and_backoff_scale(runner: Runner, server: Server) -> None:

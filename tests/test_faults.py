@@ -260,7 +260,8 @@ def test_retry_after_is_honoured(runner: Runner) -> None:
     elapsed = time.perf_counter() - t0
     assert res.ok and res.attempts == 2
     assert elapsed >= 0.29
-    assert res.latency_ms >= 290  # latency includes the wait for the retry
+    # the 429 and the wait it asked for are the account's rate limit, not the model's latency
+    assert res.latency_ms < 250
 
 
 @pytest.mark.parametrize("wire", list(WIRES))

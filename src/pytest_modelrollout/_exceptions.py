@@ -71,6 +71,7 @@ class TimeoutError_(ProviderError):
 class RateLimitError(ProviderError):
     kind = "rate_limit"
     retryable = True
+    stated_rpm: float | None = None  # the requests-per-minute limit the 429's headers state
 
 
 class ServerError(ProviderError):

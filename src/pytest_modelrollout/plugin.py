@@ -574,10 +574,27 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for line in rs.terminal_lines(verbose=config.getoption("verbose") > 0):
         tr.write_line(line)
     broker = config.stash.get(_BROKER, None)
+    for line in _pace_lines(rs, broker):
+        tr.write_line(line, yellow=True)
     if broker and config.getoption("verbose") > 0:
         line = _limits_line(broker.usage())
         if line:
             tr.write_line(line)
+
+
+def _pace_lines(rs: RolloutSession, broker: Any) -> list[str]:
+    """What each model's provider said with its 429s and the pace the run kept to: this
+    process's clients, and under xdist the pace the controller's broker learned from every
+    worker's replies."""
+    from .providers.slots import limit_key
+
+    paces = dict(rs.paces())
+    if broker:
+        prefix = limit_key("model", "")
+        for key, pace in list(broker.paces.items()):
+            if pace.limited and key.startswith(prefix):
+                paces[key.removeprefix(prefix)] = pace
+    return [line for ref, pace in sorted(paces.items()) if (line := pace.describe(ref))]
 
 
 def _limits_line(usage: list[tuple[str, int, int]]) -> str:

@@ -571,6 +571,12 @@ class RolloutSession:
             return 1
         return None
 
+    def paces(self) -> list[tuple[str, Any]]:
+        """Each model's pace learned from its provider's 429s in this process (none before a
+        call was made)."""
+        registry = self._registry
+        return registry.paces() if registry is not None else []
+
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()

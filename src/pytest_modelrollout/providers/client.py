@@ -29,7 +29,6 @@ import asyncio
 import dataclasses
 import functools
 import json
-import math
 import os
 import random
 import ssl
@@ -37,7 +36,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._exceptions import (
@@ -58,7 +57,7 @@ from .base import (
     share_spec,
     split_limit,
 )
-from .limits import AdaptiveGate, TokenBucket
+from .limits import BACKOFF_SCALE_ENV, AdaptiveGate, LearnedPace, TokenBucket, backoff_scale
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
 from .slots import LIMIT_KINDS, RUN_KEY, limit_key
@@ -77,7 +76,6 @@ if TYPE_CHECKING:
     from .transport import HTTPClient
 
 _HAS_ASYNCIO_TIMEOUT = hasattr(asyncio, "timeout")
-BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 20.0
 RETRY_AFTER_CAP_S = 60.0
@@ -90,16 +88,6 @@ def make_provider(spec: ModelSpec) -> Provider:
     if spec.wire == "openai":
         return OpenAIProvider(spec)
     raise ValueError(f"unknown wire format {spec.wire!r}")
-
-
-def backoff_scale(env: Mapping[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    raw = env.get(BACKOFF_SCALE_ENV, "")
-    try:
-        value = float(raw) if raw.strip() else 1.0
-    except ValueError:
-        return 1.0
-    return value if math.isfinite(value) and value >= 0 else 1.0
 
 
 def backoff_delay(
@@ -167,13 +155,7 @@ def is_loopback(url: str) -> bool:
 
 def _with_note(err: ProviderError, note: str, secrets: tuple[str | None, ...]) -> ProviderError:
     msg = Exception.__str__(err)
-    new = type(err)(
-        safe_message(f"{msg} ({note})", secrets),
-        status_code=err.status_code,
-        retry_after=err.retry_after,
-    )
-    new.retryable = err.retryable
-    return new
+    return _copy_error(err, safe_message(f"{msg} ({note})", secrets))
 
 
 def _sanitized(err: ProviderError, secrets: tuple[str | None, ...]) -> ProviderError:
@@ -181,8 +163,15 @@ def _sanitized(err: ProviderError, secrets: tuple[str | None, ...]) -> ProviderE
     clean = safe_message(msg, secrets)
     if clean == msg:
         return err
-    new = type(err)(clean, status_code=err.status_code, retry_after=err.retry_after)
+    return _copy_error(err, clean)
+
+
+def _copy_error(err: ProviderError, message: str) -> ProviderError:
+    """``err`` with another message, everything else as it was."""
+    new = type(err)(message, status_code=err.status_code, retry_after=err.retry_after)
     new.retryable = err.retryable
+    if isinstance(err, RateLimitError) and isinstance(new, RateLimitError):
+        new.stated_rpm = err.stated_rpm
     return new
 
 
@@ -191,13 +180,18 @@ class _CallState:
     attempts: int = 0
     first_send: float | None = None  # perf_counter of the first send
     sent_at: float | None = None  # epoch seconds of the first send
-    setup_s: float = 0.0  # opening connections, left out of the latency (WireClock)
+    setup_s: float = 0.0  # left out of the latency: opening connections (WireClock), ...
     arrived: float | None = None  # perf_counter of the answer's arrival (WireClock), if known
+    attempt_sent: float = 0.0  # perf_counter of the last attempt's send
+    # perf_counter of the send of an attempt the provider turned away with a 429: the time
+    # from there to the next attempt's send is left out of the latency too
+    limited_at: float | None = None
 
     def mark_sent(self) -> None:
         self.attempts += 1
+        self.attempt_sent = time.perf_counter()
         if self.first_send is None:
-            self.first_send = time.perf_counter()
+            self.first_send = self.attempt_sent
             self.sent_at = time.time()
 
     def measured(self, clock: WireClock, answered: bool) -> None:
@@ -209,8 +203,16 @@ class _CallState:
             self.sent_at += clock.sent - self.first_send
             self.first_send = clock.sent
             self.setup_s += clock.seconds - clock.before_send
+        elif self.limited_at is not None:
+            # a rate limit is the account's, not the model's: its 429, the wait it asked for
+            # and the queue for this run's limits before the retry are not the reply's latency
+            sent = clock.sent if clock.sent is not None else self.attempt_sent
+            self.setup_s += max(0.0, sent - self.limited_at) + clock.seconds - clock.before_send
         else:
             self.setup_s += clock.seconds
+        self.limited_at = None
+        if clock.sent is not None:
+            self.attempt_sent = clock.sent
         # the latency ends when the answer arrived: this attempt's, if the server answered (a
         # timeout or a broken connection ends when the client gave up)
         self.arrived = clock.arrived if answered else None
@@ -252,7 +254,9 @@ class ModelClient:
         gates = [(self._slot_key["model"], spec.max_concurrency)]
         if run_limit:
             gates.append((RUN_KEY, run_limit))
-        self._slot_gates: list[Step] = [["g", key, limit] for key, limit in gates]
+        self._slot_gates: list[Step] = [
+            ["l", self._slot_key["model"]], *(["g", key, limit] for key, limit in gates)
+        ]
         self._slot_gate_keys = [key for key, _ in gates]
         self._registry = registry
         self._env: Mapping[str, str] = env if env is not None else os.environ
@@ -265,6 +269,9 @@ class ModelClient:
         self._gate = AdaptiveGate(local.max_concurrency)
         self._rpm = TokenBucket(local.rpm) if local.rpm else None
         self._tpm = TokenBucket(local.tpm, capacity=_tpm_capacity(local.tpm)) if local.tpm else None
+        # the pace learned from the provider's 429s, this process's own (each xdist worker
+        # learns its part of a quota from the replies it gets)
+        self.pace = LearnedPace(backoff_scale(self._env))
         self.requests_sent = 0
 
     # -- state --------------------------------------------------------------------------------
@@ -456,7 +463,12 @@ class ModelClient:
         tokens = estimate_tokens(request, self.spec.params) if self._tpm else 0.0
         last: ProviderError | None = None
         for i in range(max(0, self.spec.max_retries) + 1):
+            queued = time.perf_counter()
             shared = await self._take_limits(tokens)
+            if i and state.limited_at is None:
+                # queueing for this run's own limits is not the provider's latency
+                state.setup_s += time.perf_counter() - queued
+            err: ProviderResponse | ProviderError | None = None
             try:
                 if self._global is not None and not shared:
                     async with self._global:
@@ -464,15 +476,13 @@ class ModelClient:
                 else:
                     err = await self._send_once(provider, http, request, api_key, state)
             finally:
-                if shared:
-                    assert self._slots is not None
-                    self._slots.release(self._slot_gate_keys)
-                else:
-                    await self._gate.release()
+                await self._give_back(shared, self._reply_seen(err, shared))
             if isinstance(err, ProviderResponse):
                 return err, None, secrets
+            assert err is not None
             last = err
             if isinstance(err, RateLimitError):
+                state.limited_at = state.attempt_sent
                 self._penalize(err.retry_after, scale)
             if not err.retryable or i >= self.spec.max_retries:
                 break
@@ -483,7 +493,45 @@ class ModelClient:
 
     async def _take_limits(self, tokens: float) -> bool:
         """Wait for this attempt's turn under the limits: the run's, from the xdist
-        controller's broker (True), or this process's own (False)."""
+        controller's broker (True), or this process's own (False); and under the pace learned
+        from the provider's 429s."""
+        pace = self.pace
+        while True:
+            paced = pace.paced
+            await pace.acquire()
+            shared = await self._take_run_limits(tokens)
+            if paced or not pace.paced:
+                return shared
+            # the model got a pace while this waited for a slot (the first 429s): give the
+            # slot back and keep to the pace like the requests after it (waiting for the pace
+            # while holding the slot would hold up those ahead in the pace's queue)
+            await self._give_back(shared)
+
+    async def _give_back(self, shared: bool, reply: list[Any] | None = None) -> None:
+        if shared:
+            assert self._slots is not None
+            self._slots.release(self._slot_gate_keys, reply)
+        else:
+            await self._gate.release()
+
+    def _reply_seen(
+        self, err: ProviderResponse | ProviderError | None, shared: bool
+    ) -> list[Any] | None:
+        """Tell the model's pace of the attempt's reply (a 429 or an answer; not a timeout or
+        a broken connection); with the broker's limits, the broker's pace (the reply goes
+        with the slots' release)."""
+        if isinstance(err, RateLimitError):
+            limited, stated = True, err.stated_rpm
+        elif isinstance(err, ProviderResponse) or (err is not None and err.status_code is not None):
+            limited, stated = False, None
+        else:
+            return None
+        if shared:
+            return [self._slot_key["model"], limited, stated]
+        self.pace.reply(time.monotonic(), limited, stated)
+        return None
+
+    async def _take_run_limits(self, tokens: float) -> bool:
         if (
             self._slots is not None
             and self._slots.usable
@@ -548,6 +596,10 @@ class ModelClient:
             return ClientError(safe_message(f"unexpected {type(exc).__name__}: {exc}", secrets))
 
     def _penalize(self, retry_after: float | None, scale: float) -> None:
+        if self.pace.paced:
+            # the pace keeps to the provider's quota from here: a concurrency halved again
+            # and again would only hold it back, then let a burst out when it ends
+            return
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale
         if self._slots is not None and self._slots.usable:  # every worker's, at the broker
             self._slots.penalize(self._slot_key["model"], cooldown)
@@ -604,6 +656,10 @@ class ModelRegistry:
         self._clients: dict[str, ModelClient] = {}
         self._lock = threading.Lock()
         self._global = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+
+    def paces(self) -> list[tuple[str, LearnedPace]]:
+        """Each model's pace learned from its 429s (this process's calls)."""
+        return [(ref, c.pace) for ref, c in list(self._clients.items()) if c.pace.limited]
 
     def is_killed(self, ref: str) -> bool:
         return ref in self.killed

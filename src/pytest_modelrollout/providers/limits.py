@@ -1,13 +1,31 @@
-"""Limits on calls: a token bucket for rates (``rpm``, ``tpm``) and an adaptive concurrency
-gate (``max_concurrency``, halved for a while after a 429). Plain asyncio, no HTTP stack: the
+"""Limits on calls: a token bucket for rates (``rpm``, ``tpm``), an adaptive concurrency
+gate (``max_concurrency``, halved for a while after a 429) and a pace learned from a provider's
+429s (:class:`LearnedPace`, for a model without ``rpm``). Plain asyncio, no HTTP stack: the
 model clients use them, and so does the xdist controller's slot broker (:mod:`.slots`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import math
+import os
 import time
+from collections.abc import Mapping
+
+BACKOFF_SCALE_ENV = "MODELROLLOUT_BACKOFF_SCALE"
+
+
+def backoff_scale(env: Mapping[str, str] | None = None) -> float:
+    """``MODELROLLOUT_BACKOFF_SCALE``: multiplies every wait after a 429 or an error (tests)."""
+    env = os.environ if env is None else env
+    raw = env.get(BACKOFF_SCALE_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else 1.0
+    except ValueError:
+        return 1.0
+    return value if math.isfinite(value) and value >= 0 else 1.0
 
 
 class TokenBucket:
@@ -96,4 +114,151 @@ class AdaptiveGate:
             self._cond.notify(max(1, self.current_limit() - self.in_flight))
 
 
-__all__ = ["AdaptiveGate", "TokenBucket"]
+class LearnedPace:
+    """The pace of a model whose provider turns requests away (HTTP 429) for going over a
+    quota the config does not state (no ``rpm``, or a key shared with other traffic): halving
+    the concurrency does not help there, as short requests at concurrency 1 still go over a
+    low requests-per-minute quota.
+
+    It watches the replies of the last :attr:`WINDOW_S` seconds. Once 429s are more than
+    :attr:`SHARE` of them (and at least :attr:`MIN_429`), the model is paced, one change a
+    second at most:
+
+    - at :attr:`STATED_SHARE` of the limit the provider states in its 429's headers
+      (``x-ratelimit-limit-requests``, ``anthropic-ratelimit-requests-limit``: requests per
+      minute), when that is below the pace so far; the pace never rises above it;
+    - else the first time at :attr:`CUT` x the rate the provider admitted (the replies that
+      were not 429s), and after that at :attr:`CUT` x the pace, or the rate sent if lower
+      (:attr:`HARD_CUT` x when most replies are 429s). The rate it was cut from is remembered
+      as too fast.
+
+    After :attr:`CALM_S` seconds without such a share, while requests go out at about the pace
+    (nothing else holds them back), the pace rises each second: by :attr:`RAISE` up to
+    :attr:`NEAR` x the rate last found too fast, by :attr:`PROBE` beyond it. A 429 now and then
+    (a provider's hiccup, a request just over the quota) changes nothing. ``scale``
+    (``MODELROLLOUT_BACKOFF_SCALE``) divides the waits like every other back-off; 0: no pacing.
+    """
+
+    WINDOW_S = 2.0
+    SHARE = 0.1
+    MIN_429 = 3
+    CUT = 0.8
+    HARD_CUT = 0.5
+    RAISE = 1.2
+    NEAR = 0.9
+    PROBE = 1.03
+    CALM_S = 2.0
+    BINDING = 0.8  # the pace rises only while requests go out at about that pace
+    STATED_SHARE = 0.95  # of a stated limit: room for the provider to recover from a burst
+    MIN_PER_S = 1.0 / 60.0
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        self.per_s: float | None = None  # the pace, requests per second (None: not paced)
+        self.stated_per_s: float | None = None  # the limit the provider stated
+        self.too_fast: float | None = None  # the rate the pace was last cut from
+        self.limited = 0  # 429s seen
+        self.cuts = 0
+        self._replies: collections.deque[tuple[float, bool]] = collections.deque()
+        self._n429 = 0  # 429s among _replies
+        self._first = -1.0
+        self._changed = 0.0
+        self._crowded = 0.0  # the last time the 429s were over SHARE
+        self._bucket: TokenBucket | None = None
+
+    @property
+    def paced(self) -> bool:
+        return self._bucket is not None
+
+    def reply(self, now: float, limited: bool, stated_rpm: float | None = None) -> None:
+        """A reply came: ``limited`` if it was a 429 (``stated_rpm``: the limit it states)."""
+        if self._first < 0:
+            self._first = now
+        replies = self._replies
+        replies.append((now, limited))
+        while replies[0][0] < now - self.WINDOW_S:
+            if replies.popleft()[1]:
+                self._n429 -= 1
+        if limited:
+            self.limited += 1
+            self._n429 += 1
+            if stated_rpm is not None and stated_rpm > 0:
+                self.stated_per_s = stated_rpm / 60.0
+            if self._n429 >= self.MIN_429 and self._n429 > self.SHARE * len(replies):
+                self._crowded = now
+                if now - self._changed >= 1.0:
+                    self._cut(now)
+        elif (
+            self.per_s is not None
+            and now - self._crowded >= self.CALM_S
+            and now - self._changed >= 1.0
+            and self._rate(now, admitted=True) >= self.BINDING * self.per_s
+        ):
+            self._raise(now, self.per_s)
+
+    def _cut(self, now: float) -> None:
+        stated = self.stated_per_s
+        if stated is not None and (self.per_s is None or self.STATED_SHARE * stated < self.per_s):
+            self.cuts += 1
+            self._set(max(self.MIN_PER_S, self.STATED_SHARE * stated), now)
+            return
+        if self.per_s is None:  # the first time: what the provider let through
+            base = self._rate(now, admitted=True)
+            if base <= 0:
+                return  # nothing got through: retry-after and the halved concurrency only
+            cut = self.CUT
+        else:  # too fast at this pace, or at the rate sent if lower
+            base = min(self.per_s, self._rate(now))
+            cut = self.HARD_CUT if 2 * self._n429 > len(self._replies) else self.CUT
+        self.cuts += 1
+        self.too_fast = base
+        self._set(max(self.MIN_PER_S, cut * base), now)
+
+    def _raise(self, now: float, pace: float) -> None:
+        near = self.NEAR * self.too_fast if self.too_fast is not None else None
+        raised = pace * (self.RAISE if near is None or pace < near else self.PROBE)
+        if near is not None and pace < near:
+            raised = min(raised, near)
+        if self.stated_per_s is not None:
+            raised = min(raised, max(pace, self.STATED_SHARE * self.stated_per_s))
+        if raised > pace:
+            self._set(raised, now)
+
+    def _rate(self, now: float, admitted: bool = False) -> float:
+        """Replies a second over the window (``admitted``: those that were not 429s)."""
+        span = max(1.0, min(self.WINDOW_S, now - self._first))
+        return (len(self._replies) - (self._n429 if admitted else 0)) / span
+
+    def _set(self, per_s: float, now: float) -> None:
+        self.per_s = per_s
+        self._changed = now
+        if self.scale <= 0:
+            return
+        if self._bucket is None:
+            self._bucket = TokenBucket(per_s * 60.0 / self.scale, capacity=1.0)
+        else:
+            self._bucket.rate = per_s / self.scale
+
+    async def acquire(self) -> None:
+        """Wait for this request's turn under the pace (at once when not paced)."""
+        if self._bucket is not None:
+            await self._bucket.acquire(1.0)
+
+    def describe(self, ref: str) -> str:
+        """One line for the run's summary (empty when no 429 came)."""
+        if not self.limited:
+            return ""
+        said = (f"modelrollout: {ref}: its provider turned {self.limited} "
+                f"request{'s' if self.limited != 1 else ''} away with HTTP 429 (rate limit; "
+                "retried as max_retries allows)")
+        if self.per_s is None:
+            return said
+        rpm = max(1, int(self.per_s * 60))
+        stated = ""
+        if self.stated_per_s is not None:
+            stated = f" (its provider states {self.stated_per_s * 60:g} a minute)"
+        return (f"{said}; the run kept to a pace from then on, {rpm} requests a minute at the "
+                f"end{stated}: rpm = {rpm} in its model config keeps to it from the start")
+
+
+__all__ = ["BACKOFF_SCALE_ENV", "AdaptiveGate", "LearnedPace", "TokenBucket", "backoff_scale"]

@@ -86,6 +86,27 @@ def safe_message(text: str, secrets: Iterable[str | None] = ()) -> str:
 # retry-after
 
 
+# the requests-per-minute limit a provider states with its replies (OpenAI and the APIs that
+# copy its headers; Anthropic)
+STATED_RPM_HEADERS = ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")
+
+
+def parse_stated_rpm(headers: Mapping[str, str]) -> float | None:
+    """The requests-per-minute limit the headers state, if they state one."""
+    h = {k.lower(): v for k, v in headers.items()}
+    for name in STATED_RPM_HEADERS:
+        raw = h.get(name)
+        if raw is None:
+            continue
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            continue
+        if math.isfinite(value) and value > 0:
+            return value
+    return None
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms``, ``retry-after`` (seconds or HTTP-date)."""
     h = {k.lower(): v for k, v in headers.items()}
@@ -199,7 +220,9 @@ def classify_http_error(
         return safe_message(f"{base}: {': '.join(parts)}" if parts else base, secrets)
 
     if status == 429:
-        err: ProviderError = RateLimitError(text(), status_code=status, retry_after=retry_after)
+        limited = RateLimitError(text(), status_code=status, retry_after=retry_after)
+        limited.stated_rpm = parse_stated_rpm(headers)
+        err: ProviderError = limited
         if code and "insufficient_quota" in code:
             err.retryable = False  # no amount of waiting helps an empty account
         return err
@@ -594,6 +617,7 @@ __all__ = [
     "error_text",
     "parse_response",
     "parse_retry_after",
+    "parse_stated_rpm",
     "parse_tool_call",
     "post_json",
     "scrub",

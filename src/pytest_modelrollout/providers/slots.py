@@ -24,11 +24,18 @@ worker -> broker                                        meaning
 ``{"a": id, "s": [step, ...]}``                         take the steps in order, then answer
 ``["g", key, limit]``                                   a step: one slot of a concurrency limit
 ``["b", key, per_minute, capacity, amount]``            a step: ``amount`` of a rate's tokens
+``["l", key]``                                          a step: a turn under the model's pace
+``{"o": [key, limited, stated_rpm]}``                   a reply came (a 429 if ``limited``)
 ``{"r": [key, ...]}``                                   give the slots back
 ``{"p": key, "c": seconds}``                            halve that limit for ``seconds`` (429)
 ``{"w": key, "c": seconds}``                            halve that rate for ``seconds`` (429)
 ``{"q": id, "t": test, "k": [role, ref, key]}``         claim a request of test ``test``
 =====================================================  =====================================
+
+The pace a model's provider imposes with its 429s (:class:`~.limits.LearnedPace`) is learned
+here too, from every worker's replies (``o``, sent with the release of the slots of the attempt
+the reply answered), and kept as the step ``l``: learned in each worker from its own replies,
+each would see its part of the quota and pace the run at the whole of it times the workers.
 
 The broker answers ``{"a": id}`` once every step of request ``id`` is taken, and a claim with
 ``{"q": id, "r": result}``: the result of the controller's own call for that request
@@ -56,7 +63,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .limits import AdaptiveGate, TokenBucket
+from .limits import AdaptiveGate, LearnedPace, TokenBucket, backoff_scale
 
 CONNECT_TIMEOUT_S = 5.0
 Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount]
@@ -84,6 +91,8 @@ class SlotBroker:
         self._server: asyncio.AbstractServer | None = None
         self._gates: dict[str, AdaptiveGate] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self.paces: dict[str, LearnedPace] = {}  # a model's key -> its pace, once it has 429s
+        self._scale = backoff_scale()
         self.peak: Counter[str] = Counter()  # the most slots of each limit held at once
         self.address = ""
         self.claims: Claims | None = None  # the controller's head start, when it has one
@@ -142,8 +151,14 @@ class SlotBroker:
                         if held[key] > 0:
                             held[key] -= 1
                             await self._gates[key].release()
+                    if "o" in msg:
+                        self._reply(msg["o"])
+                elif "o" in msg:
+                    self._reply(msg["o"])
                 elif "p" in msg and str(msg["p"]) in self._gates:
-                    self._gates[str(msg["p"])].penalize(_seconds(msg.get("c")))
+                    pace = self.paces.get(str(msg["p"]))
+                    if pace is None or not pace.paced:  # a paced model keeps its concurrency
+                        self._gates[str(msg["p"])].penalize(_seconds(msg.get("c")))
                 elif "w" in msg and str(msg["w"]) in self._buckets:
                     self._buckets[str(msg["w"])].slow_down(time.monotonic() + _seconds(msg.get("c")))
                 elif "q" in msg:
@@ -165,26 +180,35 @@ class SlotBroker:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _reply(self, value: Any) -> None:
+        """A worker's reply came: ``[model key, limited, stated rpm or None]``."""
+        try:
+            key, limited, stated = str(value[0]), bool(value[1]), value[2]
+            stated_rpm = float(stated) if stated is not None else None
+        except (TypeError, ValueError, IndexError):
+            return
+        pace = self.paces.get(key)
+        if pace is None:
+            if not limited:
+                return  # nothing to learn until the first 429
+            pace = self.paces[key] = LearnedPace(self._scale)
+        pace.reply(time.monotonic(), limited, stated_rpm)
+
     async def _grant(
         self, msg: dict[str, Any], held: Counter[str], writer: asyncio.StreamWriter
     ) -> None:
         taken: list[str] = []
         try:
-            for step in _steps(msg.get("s")):
-                kind, key = step[0], step[1]
-                if kind == "g":
-                    gate = self._gates.get(key)
-                    if gate is None:
-                        gate = self._gates[key] = AdaptiveGate(int(step[2]))
-                    await gate.acquire()
-                    taken.append(key)
-                    self.peak[key] = max(self.peak[key], gate.in_flight)
-                else:
-                    bucket = self._buckets.get(key)
-                    if bucket is None:
-                        per_minute, capacity = float(step[2]), float(step[3])
-                        bucket = self._buckets[key] = TokenBucket(per_minute, capacity=capacity)
-                    await bucket.acquire(float(step[4]))
+            steps = _steps(msg.get("s"))
+            while True:
+                unpaced = await self._take(steps, taken)
+                if not any(self.paces[key].paced for key in unpaced if key in self.paces):
+                    break
+                # the model got a pace while this waited for a slot (its first 429s): give
+                # the slots back and keep to the pace like the requests after it
+                for key in taken:
+                    await self._gates[key].release()
+                taken = []
             held.update(taken)
             taken = []
             writer.write(json.dumps({"a": msg["a"]}).encode() + b"\n")
@@ -195,6 +219,33 @@ class SlotBroker:
         finally:
             for key in taken:  # dropped half-way: give back what was taken
                 await self._gates[key].release()
+
+    async def _take(self, steps: list[Step], taken: list[str]) -> list[str]:
+        """Take the steps in order (the gates taken in ``taken``); the keys of the paces
+        passed that had no pace then."""
+        unpaced: list[str] = []
+        for step in steps:
+            kind, key = step[0], step[1]
+            if kind == "l":
+                pace = self.paces.get(key)
+                if pace is None or not pace.paced:
+                    unpaced.append(key)
+                else:
+                    await pace.acquire()
+            elif kind == "g":
+                gate = self._gates.get(key)
+                if gate is None:
+                    gate = self._gates[key] = AdaptiveGate(int(step[2]))
+                await gate.acquire()
+                taken.append(key)
+                self.peak[key] = max(self.peak[key], gate.in_flight)
+            else:
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    per_minute, capacity = float(step[2]), float(step[3])
+                    bucket = self._buckets[key] = TokenBucket(per_minute, capacity=capacity)
+                await bucket.acquire(float(step[4]))
+        return unpaced
 
     async def _claim(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         result: dict[str, Any] | None = None
@@ -228,7 +279,9 @@ def _steps(value: Any) -> list[Step]:
         raise ValueError("not a list of steps")
     steps: list[Step] = []
     for step in value:
-        if not isinstance(step, list) or len(step) < 3 or step[0] not in ("g", "b"):
+        if not isinstance(step, list) or len(step) < 2 or step[0] not in ("g", "b", "l"):
+            raise ValueError(f"bad step {step!r}")
+        if step[0] == "g" and len(step) < 3:
             raise ValueError(f"bad step {step!r}")
         if step[0] == "b" and len(step) < 5:
             raise ValueError(f"bad step {step!r}")
@@ -370,9 +423,14 @@ class SlotClient:
         finally:
             self._claims.pop(i, None)
 
-    def release(self, keys: Sequence[str]) -> None:
-        if keys:
-            self._send({"r": list(keys)})
+    def release(self, keys: Sequence[str], reply: list[Any] | None = None) -> None:
+        """Give the slots back; ``reply``: ``[model key, limited, stated rpm]`` of the reply
+        that ended the attempt, for the model's pace."""
+        if keys or reply is not None:
+            msg: dict[str, Any] = {"r": list(keys)}
+            if reply is not None:
+                msg["o"] = reply
+            self._send(msg)
 
     def penalize(self, key: str, seconds: float) -> None:
         self._send({"p": key, "c": seconds})

@@ -1,0 +1,308 @@
+"""A provider's quota and the pace the plugin learns from its 429s.
+
+The simulator keeps a quota per model string (``rpm_limit``, ``concurrency_limit``) as a
+provider keeps one per key and model, and answers 429 over it with the provider's headers.
+Without ``rpm`` in the config, a run that sends faster than the quota gets 429s: halving the
+concurrency does not help a requests-per-minute quota (short requests at concurrency 1 still go
+over it), so the clients learn a pace from the 429s (:class:`LearnedPace`), across the xdist
+workers at the controller's broker. What a user depends on: every call gets its answer within
+its retries, the rate limit is not the model's latency, and the verdict is the models'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pytest_modelrollout.config import parse_config, resolve_model
+from pytest_modelrollout.providers import openai
+from pytest_modelrollout.providers.base import ChatRequest
+from pytest_modelrollout.providers.client import ModelRegistry
+from pytest_modelrollout.providers.limits import LearnedPace
+from pytest_modelrollout.providers.slots import SlotBroker, SlotClient, _steps
+from pytest_modelrollout.sim import SimServer
+from pytest_modelrollout.sim.server import Quotas
+
+# ------------------------------------------------------------------------------- the pace alone
+
+
+def feed(pace: LearnedPace, start: float, seconds: float, per_s: float, limited_share: float,
+         stated: float | None = None) -> float:
+    """Replies at ``per_s`` for ``seconds`` from ``start``, ``limited_share`` of them 429s
+    (spread evenly)."""
+    n = int(seconds * per_s)
+    for i in range(n):
+        limited = int((i + 1) * limited_share) > int(i * limited_share)
+        pace.reply(start + i / per_s, limited, stated if limited else None)
+    return start + n / per_s
+
+
+def test_a_429_now_and_then_sets_no_pace() -> None:
+    pace = LearnedPace()
+    feed(pace, 0.0, 10.0, 50.0, 1 / 20)  # 5 %: a provider's hiccups
+    assert not pace.paced and pace.per_s is None and pace.limited == 25
+
+
+def test_over_a_quota_the_pace_is_what_the_provider_admitted() -> None:
+    """80 requests a second, 7 in 8 turned away: paced at 0.8 x the 10 a second admitted."""
+    pace = LearnedPace()
+    feed(pace, 0.0, 1.5, 80.0, 7 / 8)
+    assert pace.paced and pace.cuts == 1
+    assert pace.per_s == pytest.approx(0.8 * 10, rel=0.15)
+
+
+def test_a_stated_limit_is_taken_as_it_is_and_never_passed() -> None:
+    pace = LearnedPace()
+    t = feed(pace, 0.0, 1.5, 80.0, 1 / 2, stated=600.0)
+    assert pace.per_s == pytest.approx(0.95 * 10)
+    feed(pace, t, 30.0, 9.5, 0.0)  # calm at the pace: it stays under the stated limit
+    assert pace.per_s == pytest.approx(0.95 * 10)
+
+
+def test_the_pace_rises_after_calm_while_it_holds_requests_back() -> None:
+    pace = LearnedPace()
+    t = feed(pace, 0.0, 1.5, 80.0, 7 / 8)
+    cut = pace.per_s
+    assert cut is not None
+    t = feed(pace, t, 5.0, cut / 2, 0.0)  # something else holds the requests back: no rise
+    assert pace.per_s == cut
+    feed(pace, t, 6.0, cut, 0.0)
+    assert pace.per_s is not None and pace.per_s > cut and pace.too_fast is not None
+    # by 20 % up to 0.9 x the rate found too fast, then by 3 % a second (at most 6 rises)
+    assert pace.per_s <= 0.9 * pace.too_fast * 1.03 ** 5 + 1e-9
+
+
+def test_when_most_replies_are_429s_the_pace_is_halved() -> None:
+    pace = LearnedPace()
+    t = feed(pace, 0.0, 1.5, 80.0, 7 / 8)
+    before = pace.per_s
+    assert before is not None
+    feed(pace, t + 1.0, 1.2, before, 3 / 4)
+    assert pace.cuts == 2
+    assert pace.per_s is not None and 0 < pace.per_s <= 0.5 * before
+
+
+def test_no_pacing_when_waits_are_scaled_to_nothing() -> None:
+    pace = LearnedPace(scale=0.0)
+    feed(pace, 0.0, 1.5, 80.0, 7 / 8)
+    assert pace.per_s is not None and not pace.paced  # learned, but no wait
+
+
+def test_the_pace_spaces_requests() -> None:
+    pace = LearnedPace()
+    feed(pace, time.monotonic() - 1.5, 1.5, 80.0, 7 / 8)
+    per_s = pace.per_s
+    assert per_s is not None
+
+    async def five() -> float:
+        t0 = time.monotonic()
+        for _ in range(5):
+            await pace.acquire()
+        return time.monotonic() - t0
+
+    assert asyncio.run(five()) >= 3.5 / per_s  # one banked, then one per 1/pace
+
+
+# ------------------------------------------------------------------------ the simulator's quota
+
+
+def test_quota_rpm_and_concurrency() -> None:
+    q = Quotas()
+    # 120 rpm: 2 a second, 2 banked; a request turned away counts too
+    assert [q.admit("m", 120, 0, 0.1, 0.0) for _ in range(2)] == [None, None]
+    assert q.admit("m", 120, 0, 0.1, 0.0) == ("rpm", pytest.approx(1.0))
+    assert q.admit("m", 120, 0, 0.1, 0.0) == ("rpm", pytest.approx(1.5))
+    assert q.admit("m", 120, 0, 0.1, 2.0) is None
+    assert q.admit("other", 120, 0, 0.1, 0.0) is None  # kept per model string
+    # 2 in flight: a third waits until the first reply has gone
+    assert q.admit("c", 0, 2, 1.0, 0.0) is None and q.admit("c", 0, 2, 1.0, 0.5) is None
+    assert q.admit("c", 0, 2, 1.0, 0.6) == ("concurrency", pytest.approx(0.4))
+    assert q.admit("c", 0, 2, 1.0, 1.01) is None
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    server = SimServer().start()
+    yield server
+    server.stop()
+
+
+def _ask(client: httpx.Client, wire: str, model: str) -> httpx.Response:
+    if wire == "openai":
+        return client.post("/v1/chat/completions", json={
+            "model": model, "messages": [{"role": "user", "content": "hi"}]})
+    return client.post("/v1/messages", json={
+        "model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_the_simulator_answers_429_over_the_quota_as_providers_do(
+    sim: SimServer, wire: str
+) -> None:
+    model = f"stable?latency_ms=0&rpm_limit=120&jitter={'0' if wire == 'openai' else '0.0'}"
+    with httpx.Client(base_url=sim.base_url, timeout=10) as client:
+        codes = [_ask(client, wire, model) for _ in range(3)]
+        assert [r.status_code for r in codes] == [200, 200, 429]
+        limited = codes[2]
+        assert int(limited.headers["retry-after"]) >= 1  # whole seconds
+        if wire == "openai":
+            assert limited.headers["x-ratelimit-limit-requests"] == "120"
+            assert 900 <= int(limited.headers["retry-after-ms"]) <= 1000
+            error = limited.json()["error"]
+            assert error["code"] == "rate_limit_exceeded" and "(RPM): Limit 120" in error["message"]
+        else:
+            assert limited.headers["anthropic-ratelimit-requests-limit"] == "120"
+            assert limited.json()["error"]["type"] == "rate_limit_error"
+        err = openai.classify_http_error(429, dict(limited.headers), limited.content)
+        assert err.kind == "rate_limit" and getattr(err, "stated_rpm", None) == 120.0
+        quiet = _ask(client, wire, model.replace("stable?", "stable?limit_headers=0&"))
+        assert quiet.status_code == 200
+        quiet = [_ask(client, wire, model.replace("stable?", "stable?limit_headers=0&"))
+                 for _ in range(2)][-1]
+        assert quiet.status_code == 429 and "retry-after" in quiet.headers
+        assert openai.parse_stated_rpm(dict(quiet.headers)) is None
+
+
+def test_stated_rpm_headers() -> None:
+    assert openai.parse_stated_rpm({"X-RateLimit-Limit-Requests": "500"}) == 500.0
+    assert openai.parse_stated_rpm({"anthropic-ratelimit-requests-limit": "50"}) == 50.0
+    assert openai.parse_stated_rpm({"x-ratelimit-limit-requests": "many"}) is None
+    assert openai.parse_stated_rpm({"x-ratelimit-limit-requests": "0"}) is None
+
+
+# ------------------------------------------------------------------------------- a model client
+
+
+@pytest.mark.parametrize("headers", [1, 0], ids=["stated", "unstated"])
+def test_a_client_keeps_to_a_quota_it_was_not_told(
+    sim: SimServer, headers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 calls at concurrency 8 against a 600 rpm quota (10 a second): before the pace,
+    most of them failed after their retries; now each gets its answer, the 429s stay few, and
+    a call that got one has the latency of the attempt that was answered."""
+    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
+    model = f"sim:stable?latency_ms=20&jitter=0&rpm_limit=600&limit_headers={headers}"
+    cfg = parse_config({})
+    registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
+                             {"MODELROLLOUT_SIM_URL": sim.base_url})
+
+    async def main() -> list[Any]:
+        client = registry.client(model)
+        try:
+            return list(await asyncio.gather(*(
+                client.call(ChatRequest(messages=[{"role": "user", "content": f"order {i}"}]))
+                for i in range(60))))
+        finally:
+            await registry.aclose()
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    wall = time.monotonic() - t0
+    assert [r.status for r in results] == ["ok"] * 60
+    retried = [r for r in results if r.attempts > 1]
+    assert retried, "the quota turned some requests away"
+    assert len(retried) <= 30  # the first ones, sent at once before the first 429 came
+    assert max(r.latency_ms for r in retried) < 100  # not the 429 or the wait it asked for
+    assert wall >= 4.0  # 10 banked, then 50 at no more than 10 a second
+
+
+# ------------------------------------------------------------------------- the broker's pace
+
+
+def test_the_broker_learns_the_pace_from_every_workers_replies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
+    broker = SlotBroker()
+    broker.start()
+
+    async def main() -> float:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        try:
+            steps = [["l", "model m"], ["g", "model m", 8]]
+            assert await a.acquire(steps) and await b.acquire(steps)
+            # each worker sees half of the 429s, together over the share: 9.5 a second
+            for i in range(8):
+                (a if i % 2 else b).release([], ["model m", True, 600])
+            a.release(["model m"], ["model m", False, None])
+            b.release(["model m"], None)
+            for _ in range(20):
+                if "model m" in broker.paces and broker.paces["model m"].paced:
+                    break
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            for _ in range(4):
+                assert await a.acquire(steps)
+                a.release(["model m"])
+            return time.monotonic() - t0
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    try:
+        waited = asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        broker.close()
+    assert broker.paces["model m"].per_s == pytest.approx(9.5)
+    assert waited >= 3 / 9.5 - 0.02  # one banked, then one per 1/9.5 s
+    assert _steps([["l", "model m"]]) == [["l", "model m"]]
+    with pytest.raises(ValueError):
+        _steps([["g", "model m"]])
+
+
+# --------------------------------------------------------------------------- a suite, end to end
+
+QUOTA_SUITE = """
+import pytest
+from pytest_modelrollout import cases
+
+@pytest.mark.workflow("support", system="You are a concise support agent.")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_support(rollout, case):
+    pair = rollout.ask(case)
+    pair.expect_language("same_as_prompt")
+"""
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+def test_a_suite_against_a_quota_gets_the_models_verdict(
+    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    xdist: list[str], request: pytest.FixtureRequest,
+) -> None:
+    """The candidate's provider allows 600 requests a minute, the config does not say so:
+    every test passes, its error rate is 0 and its p95 latency is the model's (the 429s and
+    their waits are not in it), so no gate blocks it, as none blocks the same two models
+    without a quota (before the pace: most candidate calls failed, BLOCKED)."""
+    if xdist:
+        request.getfixturevalue("one_heavy_run_at_a_time")
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
+    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
+    monkeypatch.delenv("MODELROLLOUT_KILLED", raising=False)
+    pytester.makepyprojecttoml(
+        '[tool.modelrollout]\nstable = "sim:stable?latency_ms=100&jitter=0"\n'
+        'candidate = "sim:good?latency_ms=100&jitter=0&rpm_limit=600"\n'
+    )
+    lines = [json.dumps({"id": f"c{i:02d}", "prompt": f"Where is my order A-{1000 + i}?"})
+             for i in range(20)]
+    lines += [json.dumps({"id": f"c{i:02d}", "prompt": f"你好，我的订单 B-{2000 + i} 到哪了？"})
+              for i in range(20, 40)]
+    pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pytester.makepyfile(test_suite=QUOTA_SUITE)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
+    result.assert_outcomes(passed=40)
+    report = json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
+    wf = report["workflows"]["support"]
+    assert wf["candidate"]["error_rate"] == 0.0 and wf["candidate"]["requests"] == 40
+    calls = [c for c in report["records"]["calls"] if c["role"] == "candidate"]
+    assert any(c["attempts"] > 1 for c in calls), "the quota turned some requests away"
+    # a call that got a 429 waited 100 ms and more for its retry, plus the retry's 100 ms
+    assert wf["candidate"]["latency_p95_ms"] < 180
+    # no gate breached: READY, or INCONCLUSIVE where a loaded machine's noise reaches a gate
+    assert report["verdict"] != "BLOCKED", result.stdout.str()[-3000:]

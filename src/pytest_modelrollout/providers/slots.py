@@ -188,9 +188,7 @@ class SlotBroker:
         except (TypeError, ValueError, IndexError):
             return
         pace = self.paces.get(key)
-        if pace is None:
-            if not limited:
-                return  # nothing to learn until the first 429
+        if pace is None:  # from the first reply: the rate admitted before the first 429 counts
             pace = self.paces[key] = LearnedPace(self._scale)
         pace.reply(time.monotonic(), limited, stated_rpm)
 

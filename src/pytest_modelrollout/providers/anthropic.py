@@ -35,6 +35,7 @@ from .openai import (
     _int_or_none,
     classify_http_error,
     merged_params,
+    parse_stated_rpm,
     safe_message,
 )
 
@@ -349,6 +350,7 @@ def parse_response(
         output_tokens=output_tokens,
         model_id=str(data["model"]) if isinstance(data.get("model"), str) else None,
         raw=data,
+        stated_rpm=parse_stated_rpm(headers),
     )
 
 

@@ -121,6 +121,7 @@ class ProviderResponse:
     output_tokens: int | None = None
     model_id: str | None = None  # model id the provider reports
     raw: dict[str, Any] | None = None  # parsed body (never includes request headers)
+    stated_rpm: float | None = None  # the requests-per-minute limit the reply's headers state
 
 
 @dataclass

@@ -522,7 +522,9 @@ class ModelClient:
         with the slots' release)."""
         if isinstance(err, RateLimitError):
             limited, stated = True, err.stated_rpm
-        elif isinstance(err, ProviderResponse) or (err is not None and err.status_code is not None):
+        elif isinstance(err, ProviderResponse):
+            limited, stated = False, err.stated_rpm
+        elif err is not None and err.status_code is not None:
             limited, stated = False, None
         else:
             return None

@@ -120,13 +120,17 @@ class LearnedPace:
     the concurrency does not help there, as short requests at concurrency 1 still go over a
     low requests-per-minute quota.
 
+    A provider that states its limit in its replies' headers (``x-ratelimit-limit-requests``
+    from OpenAI and the APIs that copy its headers, ``anthropic-ratelimit-requests-limit``:
+    requests per minute; OpenAI and Anthropic send them with every answer) sets the pace at
+    :attr:`STATED_SHARE` of it from its first answer that says so, before any 429; the pace
+    never rises above it.
+
     It watches the replies of the last :attr:`WINDOW_S` seconds. Once 429s are more than
     :attr:`SHARE` of them (and at least :attr:`MIN_429`), the model is paced, one change a
     second at most:
 
-    - at :attr:`STATED_SHARE` of the limit the provider states in its 429's headers
-      (``x-ratelimit-limit-requests``, ``anthropic-ratelimit-requests-limit``: requests per
-      minute), when that is below the pace so far; the pace never rises above it;
+    - at :attr:`STATED_SHARE` of the stated limit, when that is below the pace so far;
     - else the first time at :attr:`CUT` x the rate the provider admitted (the replies that
       were not 429s), and after that at :attr:`CUT` x the pace, or the rate sent if lower
       (:attr:`HARD_CUT` x when most replies are 429s). The rate it was cut from is remembered
@@ -179,11 +183,15 @@ class LearnedPace:
         while replies[0][0] < now - self.WINDOW_S:
             if replies.popleft()[1]:
                 self._n429 -= 1
+        if stated_rpm is not None and stated_rpm > 0:
+            self.stated_per_s = stated_rpm / 60.0
+            if not limited and (self.per_s is None or self.per_s > self.STATED_SHARE * self.stated_per_s):
+                # the provider says its limit with its answers (OpenAI's and Anthropic's do):
+                # keep under it before the first 429
+                self._set(max(self.MIN_PER_S, self.STATED_SHARE * self.stated_per_s), now)
         if limited:
             self.limited += 1
             self._n429 += 1
-            if stated_rpm is not None and stated_rpm > 0:
-                self.stated_per_s = stated_rpm / 60.0
             if self._n429 >= self.MIN_429 and self._n429 > self.SHARE * len(replies):
                 self._crowded = now
                 if now - self._changed >= 1.0:
@@ -253,12 +261,14 @@ class LearnedPace:
                 "retried as max_retries allows)")
         if self.per_s is None:
             return said
-        rpm = max(1, int(self.per_s * 60))
-        stated = ""
+        said += (f"; the run kept to a pace from then on, {self.per_s * 60:.0f} requests a "
+                 "minute at the end")
         if self.stated_per_s is not None:
-            stated = f" (its provider states {self.stated_per_s * 60:g} a minute)"
-        return (f"{said}; the run kept to a pace from then on, {rpm} requests a minute at the "
-                f"end{stated}: rpm = {rpm} in its model config keeps to it from the start")
+            rpm = max(1, int(self.STATED_SHARE * self.stated_per_s * 60))
+            return (f"{said} (its provider states {self.stated_per_s * 60:g} a minute): rpm = "
+                    f"{rpm} in its model config keeps to it from the start")
+        return (f"{said}: set rpm in its model config to the provider's limit for this key and "
+                "the run keeps to it from the start")
 
 
 __all__ = ["BACKOFF_SCALE_ENV", "AdaptiveGate", "LearnedPace", "TokenBucket", "backoff_scale"]

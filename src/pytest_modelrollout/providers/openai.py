@@ -401,6 +401,7 @@ def parse_response(
         output_tokens=output_tokens,
         model_id=str(data["model"]) if isinstance(data.get("model"), str) else None,
         raw=data,
+        stated_rpm=parse_stated_rpm(headers),
     )
 
 

@@ -56,7 +56,7 @@ class Persona:
     # worth banked) and requests in flight at once; over it, HTTP 429 with retry-after
     rpm_limit: float = 0.0
     concurrency_limit: float = 0.0
-    limit_headers: float = 1.0  # 0: a 429 over the quota says retry-after only, not the limit
+    limit_headers: float = 1.0  # 0: neither the answers nor the 429s state the rpm limit
     # JSON flaws (mutually exclusive buckets, per prompt)
     fence_rate: float = 0.0  # ```json fences
     prose_rate: float = 0.0  # prose before/after the JSON

@@ -126,6 +126,8 @@ class Simulator:
                                      answer.delay_s, time.monotonic())
             if over is not None:
                 return _over_quota(wire, req.model, p, *over)
+            if p.rpm_limit > 0 and p.limit_headers:  # stated with every answer, as they do
+                answer.headers.update(_limit_headers(wire, p.rpm_limit))
         return answer
 
     # -- normal replies ----------------------------------------------------------------------
@@ -296,6 +298,21 @@ class Quotas:
             return None
 
 
+def _limit_headers(wire: Wire, rpm: float, reset_ms: int | None = None) -> dict[str, str]:
+    """The headers that state a requests-a-minute limit (``reset_ms``: on a 429)."""
+    limit = _fmt_seconds(rpm)
+    if wire == "openai":
+        headers = {"x-ratelimit-limit-requests": limit}
+        if reset_ms is not None:
+            headers["x-ratelimit-remaining-requests"] = "0"
+            headers["x-ratelimit-reset-requests"] = f"{reset_ms}ms"
+        return headers
+    headers = {"anthropic-ratelimit-requests-limit": limit}
+    if reset_ms is not None:
+        headers["anthropic-ratelimit-requests-remaining"] = "0"
+    return headers
+
+
 def _over_quota(wire: Wire, model: str, p: Any, limit: str, wait_s: float) -> Response:
     """A provider's 429 for a request over the model's quota, with its retry-after headers."""
     ms = max(1, math.ceil(wait_s * 1000))
@@ -309,14 +326,7 @@ def _over_quota(wire: Wire, model: str, p: Any, limit: str, wait_s: float) -> Re
         else:
             message = (f"This request would exceed the rate limit for your organization of {rpm} "
                        f"requests per minute for {model}. Please try again later.")
-        if not p.limit_headers:
-            headers = {}
-        elif wire == "openai":
-            headers = {"x-ratelimit-limit-requests": rpm, "x-ratelimit-remaining-requests": "0",
-                       "x-ratelimit-reset-requests": f"{ms}ms"}
-        else:
-            headers = {"anthropic-ratelimit-requests-limit": rpm,
-                       "anthropic-ratelimit-requests-remaining": "0"}
+        headers = _limit_headers(wire, p.rpm_limit, ms) if p.limit_headers else {}
     else:
         n = _fmt_seconds(p.concurrency_limit)
         message = (f"Too many concurrent requests for {model}: your limit is {n} requests at a "

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_prefetch import SUITE
 
 from pytest_modelrollout.config import parse_config, resolve_model
 from pytest_modelrollout.providers import openai
@@ -291,18 +292,6 @@ def test_the_broker_learns_the_pace_from_every_workers_replies(
 
 # --------------------------------------------------------------------------- a suite, end to end
 
-QUOTA_SUITE = """
-import pytest
-from pytest_modelrollout import cases
-
-@pytest.mark.workflow("support", system="You are a concise support agent.")
-@pytest.mark.parametrize("case", cases("cases.jsonl"))
-def test_support(rollout, case):
-    pair = rollout.ask(case)
-    pair.expect_language("same_as_prompt")
-"""
-
-
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
 def test_a_suite_against_a_quota_gets_the_models_verdict(
     pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
@@ -327,7 +316,7 @@ def test_a_suite_against_a_quota_gets_the_models_verdict(
     lines += [json.dumps({"id": f"c{i:02d}", "prompt": f"你好，我的订单 B-{2000 + i} 到哪了？"})
               for i in range(20, 40)]
     pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pytester.makepyfile(test_suite=QUOTA_SUITE)
+    pytester.makepyfile(test_suite=SUITE)  # the prefetch tests' suite
     result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
     result.assert_outcomes(passed=40)
     result.stdout.fnmatch_lines([

@@ -208,9 +208,10 @@ def test_stated_rpm_headers() -> None:
 # ------------------------------------------------------------------------------- a model client
 
 
-@pytest.mark.parametrize("headers", [1, 0], ids=["stated", "unstated"])
+@pytest.mark.parametrize(("provider", "headers"), [("sim", 1), ("sim-anthropic", 1), ("sim", 0)],
+                         ids=["stated", "stated-anthropic", "unstated"])
 def test_a_client_keeps_to_a_quota_it_was_not_told(
-    sim: SimServer, headers: int, monkeypatch: pytest.MonkeyPatch
+    sim: SimServer, provider: str, headers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """60 calls at concurrency 8 against a 600 rpm quota (10 a second): before the pace,
     most of them failed after their retries; now each gets its answer. Where the provider
@@ -218,7 +219,10 @@ def test_a_client_keeps_to_a_quota_it_was_not_told(
     first 8 requests fit in the provider's bank); where it does not, the 429s stay few and a
     call that got one has the latency of the attempt that was answered."""
     monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
-    model = f"sim:stable?latency_ms=20&jitter=0&rpm_limit=600&limit_headers={headers}"
+    # the simulator keeps a quota per model string: each case its own (latency_ms=20 / 20.0)
+    latency = "20" if provider == "sim" else "20.0"
+    model = (f"{provider}:stable?latency_ms={latency}&jitter=0&rpm_limit=600"
+             f"&limit_headers={headers}")
     cfg = parse_config({})
     registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
                              {"MODELROLLOUT_SIM_URL": sim.base_url})

@@ -1,6 +1,6 @@
 """Limits on calls: a token bucket for rates (``rpm``, ``tpm``), an adaptive concurrency
-gate (``max_concurrency``, halved for a while after a 429) and a pace learned from a provider's
-429s (:class:`LearnedPace`, for a model without ``rpm``). Plain asyncio, no HTTP stack: the
+gate (``max_concurrency``, halved for a while after a 429) and a pace learned from what a
+provider says of its quota: the limit its replies state, its 429s (:class:`LearnedPace`). Plain asyncio, no HTTP stack: the
 model clients use them, and so does the xdist controller's slot broker (:mod:`.slots`).
 """
 

@@ -32,8 +32,8 @@ worker -> broker                                        meaning
 ``{"q": id, "t": test, "k": [role, ref, key]}``         claim a request of test ``test``
 =====================================================  =====================================
 
-The pace a model's provider imposes with its 429s (:class:`~.limits.LearnedPace`) is learned
-here too, from every worker's replies (``o``, sent with the release of the slots of the attempt
+The pace a model's provider imposes, by the limit its replies state or by its 429s
+(:class:`~.limits.LearnedPace`), is learned here too, from every worker's replies (``o``, sent with the release of the slots of the attempt
 the reply answered), and kept as the step ``l``: learned in each worker from its own replies,
 each would see its part of the quota and pace the run at the whole of it times the workers.
 
@@ -66,7 +66,7 @@ from typing import Any
 from .limits import AdaptiveGate, LearnedPace, TokenBucket, backoff_scale
 
 CONNECT_TIMEOUT_S = 5.0
-Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount]
+Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount] | ["l", key]
 RUN_KEY = "run"  # the bound on calls in flight across all models
 LIMIT_KINDS = ("model", "rpm", "tpm")  # a model's keys: its max_concurrency, rpm, tpm
 READ_LIMIT = 1 << 26  # a claim's answer carries a reply's body: longer lines than asyncio's 64 KiB
@@ -91,7 +91,7 @@ class SlotBroker:
         self._server: asyncio.AbstractServer | None = None
         self._gates: dict[str, AdaptiveGate] = {}
         self._buckets: dict[str, TokenBucket] = {}
-        self.paces: dict[str, LearnedPace] = {}  # a model's key -> its pace, once it has 429s
+        self.paces: dict[str, LearnedPace] = {}  # a model's key -> its pace (from its replies)
         self._scale = backoff_scale()
         self.peak: Counter[str] = Counter()  # the most slots of each limit held at once
         self.address = ""

@@ -85,8 +85,23 @@ def test_the_pace_rises_after_calm_while_it_holds_requests_back() -> None:
     assert pace.per_s == cut
     feed(pace, t, 6.0, cut, 0.0)
     assert pace.per_s is not None and pace.per_s > cut and pace.too_fast is not None
-    # by 20 % up to 0.9 x the rate found too fast, then by 3 % a second (at most 6 rises)
-    assert pace.per_s <= 0.9 * pace.too_fast * 1.03 ** 5 + 1e-9
+    # by 30 % up to 0.9 x the rate found too fast, then by 5 % a second (at most 6 rises)
+    assert pace.per_s <= 0.9 * pace.too_fast * 1.05 ** 5 + 1e-9
+
+
+def test_429s_to_requests_sent_before_the_pace_changed_do_not_cut_it() -> None:
+    """A burst's retries land after the first cut: counted, but no evidence against it."""
+    pace = LearnedPace()
+    t = feed(pace, 0.0, 1.5, 80.0, 7 / 8)
+    set_at, cut = pace._changed, pace.per_s
+    for i in range(40):  # 2 s of 429s, each to a request sent before the cut
+        now = t + 0.05 * i
+        pace.reply(now, True, age=now - set_at + 0.01)
+    assert pace.per_s == cut and pace.cuts == 1 and pace.limited > 40
+    assert pace.too_fast is not None
+    found = pace.too_fast
+    feed(pace, t + 2.0, 2.0, 4.0, 1 / 2)  # then slowly, half turned away: a second cut
+    assert pace.cuts == 2 and pace.too_fast == pytest.approx(0.8 * found)
 
 
 def test_the_summary_line_says_what_to_set() -> None:

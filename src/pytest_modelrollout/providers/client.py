@@ -469,6 +469,7 @@ class ModelClient:
                 # queueing for this run's own limits is not the provider's latency
                 state.setup_s += time.perf_counter() - queued
             err: ProviderResponse | ProviderError | None = None
+            sent = time.monotonic()
             try:
                 if self._global is not None and not shared:
                     async with self._global:
@@ -476,7 +477,7 @@ class ModelClient:
                 else:
                     err = await self._send_once(provider, http, request, api_key, state)
             finally:
-                await self._give_back(shared, self._reply_seen(err, shared))
+                await self._give_back(shared, self._reply_seen(err, shared, sent))
             if isinstance(err, ProviderResponse):
                 return err, None, secrets
             assert err is not None
@@ -515,7 +516,7 @@ class ModelClient:
             await self._gate.release()
 
     def _reply_seen(
-        self, err: ProviderResponse | ProviderError | None, shared: bool
+        self, err: ProviderResponse | ProviderError | None, shared: bool, sent: float
     ) -> list[Any] | None:
         """Tell the model's pace of the attempt's reply (a 429 or an answer; not a timeout or
         a broken connection); with the broker's limits, the broker's pace (the reply goes
@@ -528,9 +529,10 @@ class ModelClient:
             limited, stated = False, None
         else:
             return None
+        now = time.monotonic()
         if shared:
-            return [self._slot_key["model"], limited, stated]
-        self.pace.reply(time.monotonic(), limited, stated)
+            return [self._slot_key["model"], limited, stated, now - sent]
+        self.pace.reply(now, limited, stated, now - sent)
         return None
 
     async def _take_run_limits(self, tokens: float) -> bool:

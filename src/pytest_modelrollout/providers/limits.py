@@ -126,7 +126,8 @@ class LearnedPace:
     :attr:`STATED_SHARE` of it from its first answer that says so, before any 429; the pace
     never rises above it.
 
-    It watches the replies of the last :attr:`WINDOW_S` seconds. Once 429s are more than
+    It watches the replies of the last :attr:`WINDOW_S` seconds to requests sent since the pace
+    last changed. Once 429s are more than
     :attr:`SHARE` of them (and at least :attr:`MIN_429`), the model is paced, one change a
     second at most:
 
@@ -134,7 +135,7 @@ class LearnedPace:
     - else the first time at :attr:`CUT` x the rate the provider admitted (the replies that
       were not 429s), and after that at :attr:`CUT` x the pace, or the rate sent if lower
       (:attr:`HARD_CUT` x when most replies are 429s). The rate it was cut from is remembered
-      as too fast.
+      as too fast (falling by :attr:`CUT` at most from one cut to the next).
 
     After :attr:`CALM_S` seconds without such a share, while requests go out at about the pace
     (nothing else holds them back), the pace rises each second: by :attr:`RAISE` up to
@@ -148,10 +149,10 @@ class LearnedPace:
     MIN_429 = 3
     CUT = 0.8
     HARD_CUT = 0.5
-    RAISE = 1.2
+    RAISE = 1.3
     NEAR = 0.9
-    PROBE = 1.03
-    CALM_S = 2.0
+    PROBE = 1.05
+    CALM_S = 1.0
     BINDING = 0.8  # the pace rises only while requests go out at about that pace
     STATED_SHARE = 0.95  # of a stated limit: room for the provider to recover from a burst
     MIN_PER_S = 1.0 / 60.0
@@ -174,8 +175,16 @@ class LearnedPace:
     def paced(self) -> bool:
         return self._bucket is not None
 
-    def reply(self, now: float, limited: bool, stated_rpm: float | None = None) -> None:
-        """A reply came: ``limited`` if it was a 429 (``stated_rpm``: the limit it states)."""
+    def reply(self, now: float, limited: bool, stated_rpm: float | None = None,
+              age: float = 0.0) -> None:
+        """A reply came to a request sent ``age`` seconds ago: ``limited`` if it was a 429
+        (``stated_rpm``: the limit it states)."""
+        if limited:
+            self.limited += 1
+        if now - age < self._changed:
+            # sent before the pace last changed: no evidence for or against it (the retries of
+            # a burst's 429s would cut the pace just set)
+            return
         if self._first < 0:
             self._first = now
         replies = self._replies
@@ -190,7 +199,6 @@ class LearnedPace:
                 # keep under it before the first 429
                 self._set(max(self.MIN_PER_S, self.STATED_SHARE * self.stated_per_s), now)
         if limited:
-            self.limited += 1
             self._n429 += 1
             if self._n429 >= self.MIN_429 and self._n429 > self.SHARE * len(replies):
                 self._crowded = now
@@ -219,7 +227,11 @@ class LearnedPace:
             base = min(self.per_s, self._rate(now))
             cut = self.HARD_CUT if 2 * self._n429 > len(self._replies) else self.CUT
         self.cuts += 1
-        self.too_fast = base
+        # a cut soon after another may come of what the last burst still owes (a provider
+        # that counts the requests it turned away): the rate found too fast falls by CUT at
+        # most, so the pace rises back quickly to near it
+        previous = self.too_fast
+        self.too_fast = base if previous is None else max(base, self.CUT * previous)
         self._set(max(self.MIN_PER_S, cut * base), now)
 
     def _raise(self, now: float, pace: float) -> None:
@@ -240,6 +252,11 @@ class LearnedPace:
     def _set(self, per_s: float, now: float) -> None:
         self.per_s = per_s
         self._changed = now
+        # what came before is no evidence against the new pace: the 429s of a burst sent
+        # before the first cut would cut it again a second later
+        self._replies.clear()
+        self._n429 = 0
+        self._first = now
         if self.scale <= 0:
             return
         if self._bucket is None:

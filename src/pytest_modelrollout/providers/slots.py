@@ -25,7 +25,8 @@ worker -> broker                                        meaning
 ``["g", key, limit]``                                   a step: one slot of a concurrency limit
 ``["b", key, per_minute, capacity, amount]``            a step: ``amount`` of a rate's tokens
 ``["l", key]``                                          a step: a turn under the model's pace
-``{"o": [key, limited, stated_rpm]}``                   a reply came (a 429 if ``limited``)
+``{"o": [key, limited, stated_rpm, age]}``              a reply came (a 429 if ``limited``) to a
+                                                        request sent ``age`` seconds before
 ``{"r": [key, ...]}``                                   give the slots back
 ``{"p": key, "c": seconds}``                            halve that limit for ``seconds`` (429)
 ``{"w": key, "c": seconds}``                            halve that rate for ``seconds`` (429)
@@ -181,16 +182,17 @@ class SlotBroker:
                 await writer.wait_closed()
 
     def _reply(self, value: Any) -> None:
-        """A worker's reply came: ``[model key, limited, stated rpm or None]``."""
+        """A worker's reply came: ``[model key, limited, stated rpm or None, age]``."""
         try:
             key, limited, stated = str(value[0]), bool(value[1]), value[2]
             stated_rpm = float(stated) if stated is not None else None
+            age = float(value[3]) if len(value) > 3 else 0.0
         except (TypeError, ValueError, IndexError):
             return
         pace = self.paces.get(key)
         if pace is None:  # from the first reply: the rate admitted before the first 429 counts
             pace = self.paces[key] = LearnedPace(self._scale)
-        pace.reply(time.monotonic(), limited, stated_rpm)
+        pace.reply(time.monotonic(), limited, stated_rpm, age)
 
     async def _grant(
         self, msg: dict[str, Any], held: Counter[str], writer: asyncio.StreamWriter

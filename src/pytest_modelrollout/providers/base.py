@@ -183,7 +183,8 @@ class CallResult:
     status: CallStatus
     response: ProviderResponse | None
     error: ProviderError | None  # str(error) is short and secret-free
-    latency_ms: float  # first send to final answer (incl. retries/fallback), less connecting
+    latency_ms: float  # first send to final answer (incl. retries/fallback), less connecting,
+    # queueing for the limits before a retry and the time lost to 429s (client.py)
     attempts: int
     fallback: bool  # the fallback model answered
     served_by: str  # reference that produced the response

@@ -12,7 +12,8 @@
 * A killed reference is never called: the result is an error with :class:`KilledError`.
 * ``latency_ms`` runs from the first send (not from queueing for a slot) to the final answer,
   including retries and fallback, less the time spent opening connections (TCP connect, TLS
-  handshake). On the asyncio transport the send is the request's first write and the answer's
+  handshake), queueing for the limits before a retry, and from a request turned away with a 429
+  to its retry's send (a rate limit is the account's, not the model's). On the asyncio transport the send is the request's first write and the answer's
   time its arrival (the kernel's receive timestamp on Linux), not when the event loop got to
   them (:class:`~.transport.WireClock`). ``cost_usd`` = spec prices x tokens (None when
   unpriced).

@@ -76,6 +76,16 @@ def test_a_stated_limit_is_taken_as_it_is_and_never_passed() -> None:
     assert pace.per_s == pytest.approx(0.95 * 10)
 
 
+def test_a_stated_limit_too_high_to_hold_back_still_gives_way_to_429s() -> None:
+    """Groq states requests a day in x-ratelimit-limit-requests: read as a minute's, the pace
+    from it holds nothing back, and the 429s of the real per-minute limit cut it."""
+    pace = LearnedPace()
+    pace.reply(0.0, False, 1000.0)
+    assert pace.per_s == pytest.approx(0.95 * 1000 / 60)
+    feed(pace, 1.0, 1.5, 15.0, 3 / 4, stated=1000.0)
+    assert pace.cuts >= 1 and pace.per_s is not None and pace.per_s < 0.95 * 1000 / 60 / 2
+
+
 def test_the_pace_rises_after_calm_while_it_holds_requests_back() -> None:
     pace = LearnedPace()
     t = feed(pace, 0.0, 1.5, 80.0, 7 / 8)

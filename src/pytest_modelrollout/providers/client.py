@@ -255,9 +255,10 @@ class ModelClient:
         gates = [(self._slot_key["model"], spec.max_concurrency)]
         if run_limit:
             gates.append((RUN_KEY, run_limit))
-        self._slot_gates: list[Step] = [
-            ["l", self._slot_key["model"]], *(["g", key, limit] for key, limit in gates)
-        ]
+        # an attempt's steps at the broker: the model's pace, its rates (if any), the gates
+        self._slot_pace: Step = ["l", self._slot_key["model"]]
+        self._slot_gates: list[Step] = [["g", key, limit] for key, limit in gates]
+        self._slot_plain: list[Step] = [self._slot_pace, *self._slot_gates]
         self._slot_gate_keys = [key for key, _ in gates]
         self._registry = registry
         self._env: Mapping[str, str] = env if env is not None else os.environ
@@ -508,6 +509,11 @@ class ModelClient:
             # slot back and keep to the pace like the requests after it (waiting for the pace
             # while holding the slot would hold up those ahead in the pace's queue)
             await self._give_back(shared)
+            if not shared:  # and the rates' tokens: the request did not go out
+                if self._tpm is not None:
+                    self._tpm.refund(tokens)
+                if self._rpm is not None:
+                    self._rpm.refund(1.0)
 
     async def _give_back(self, shared: bool, reply: list[Any] | None = None) -> None:
         if shared:
@@ -553,9 +559,9 @@ class ModelClient:
     def _slot_steps(self, tokens: float) -> list[Step]:
         spec, key = self.spec, self._slot_key
         if not spec.tpm and not spec.rpm:
-            return self._slot_gates
-        steps: list[Step] = []
-        if spec.tpm:  # the same order as without the broker: rates, the model, the run
+            return self._slot_plain
+        steps: list[Step] = [self._slot_pace]
+        if spec.tpm:  # the same order as without the broker: pace, rates, the model, the run
             steps.append(["b", key["tpm"], spec.tpm, _tpm_capacity(spec.tpm), tokens])
         if spec.rpm:
             steps.append(["b", key["rpm"], spec.rpm, max(1.0, spec.rpm / 60.0), 1.0])

@@ -42,6 +42,10 @@ class TokenBucket:
     def slow_down(self, until: float) -> None:
         self._slow_until = max(self._slow_until, until)
 
+    def refund(self, amount: float) -> None:
+        """Give back tokens taken for a request that did not go out."""
+        self._tokens = min(self.capacity, self._tokens + max(0.0, amount))
+
     def _effective_rate(self, now: float) -> float:
         return self.rate / 2.0 if now < self._slow_until else self.rate
 

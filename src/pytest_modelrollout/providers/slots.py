@@ -205,10 +205,14 @@ class SlotBroker:
                 if not any(self.paces[key].paced for key in unpaced if key in self.paces):
                     break
                 # the model got a pace while this waited for a slot (its first 429s): give
-                # the slots back and keep to the pace like the requests after it
+                # the slots and the rates' tokens back and keep to the pace like the requests
+                # after it
                 for key in taken:
                     await self._gates[key].release()
                 taken = []
+                for step in steps:
+                    if step[0] == "b":
+                        self._buckets[step[1]].refund(float(step[4]))
             held.update(taken)
             taken = []
             writer.write(json.dumps({"a": msg["a"]}).encode() + b"\n")

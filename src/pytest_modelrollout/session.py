@@ -28,6 +28,7 @@ from .runner import Runner
 if TYPE_CHECKING:
     from .prefetch import Prefetcher
     from .providers.client import ModelRegistry
+    from .providers.limits import LearnedPace
 
 
 @dataclass
@@ -571,9 +572,9 @@ class RolloutSession:
             return 1
         return None
 
-    def paces(self) -> list[tuple[str, Any]]:
-        """Each model's pace learned from its provider's 429s in this process (none before a
-        call was made)."""
+    def paces(self) -> list[tuple[str, LearnedPace]]:
+        """Each model's pace, where its provider turned requests away with 429s, in this
+        process (none before a call was made)."""
         registry = self._registry
         return registry.paces() if registry is not None else []
 

@@ -13,10 +13,10 @@
 * ``latency_ms`` runs from the first send (not from queueing for a slot) to the final answer,
   including retries and fallback, less the time spent opening connections (TCP connect, TLS
   handshake), queueing for the limits before a retry, and from a request turned away with a 429
-  to its retry's send (a rate limit is the account's, not the model's). On the asyncio transport the send is the request's first write and the answer's
-  time its arrival (the kernel's receive timestamp on Linux), not when the event loop got to
-  them (:class:`~.transport.WireClock`). ``cost_usd`` = spec prices x tokens (None when
-  unpriced).
+  to its retry's send (a rate limit is the account's, not the model's). On the asyncio
+  transport the send is the request's first write and the answer's time its arrival (the
+  kernel's receive timestamp on Linux), not when the event loop got to them
+  (:class:`~.transport.WireClock`). ``cost_usd`` = spec prices x tokens (None when unpriced).
 
 :meth:`ModelClient.call` never raises a ProviderError: failures are in the :class:`CallResult`.
 The retry attempt (0 for the first send, 1 for the first retry, ...) goes out as header
@@ -669,7 +669,8 @@ class ModelRegistry:
         self._global = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     def paces(self) -> list[tuple[str, LearnedPace]]:
-        """Each model's pace learned from its 429s (this process's calls)."""
+        """Each model's pace, where its provider turned requests away with 429s (this
+        process's calls)."""
         return [(ref, c.pace) for ref, c in list(self._clients.items()) if c.pace.limited]
 
     def is_killed(self, ref: str) -> bool:

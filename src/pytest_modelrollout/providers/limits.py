@@ -1,7 +1,8 @@
 """Limits on calls: a token bucket for rates (``rpm``, ``tpm``), an adaptive concurrency
 gate (``max_concurrency``, halved for a while after a 429) and a pace learned from what a
-provider says of its quota: the limit its replies state, its 429s (:class:`LearnedPace`). Plain asyncio, no HTTP stack: the
-model clients use them, and so does the xdist controller's slot broker (:mod:`.slots`).
+provider says of its quota: the limit its replies state, its 429s (:class:`LearnedPace`).
+Plain asyncio, no HTTP stack: the model clients use them, and so does the xdist controller's
+slot broker (:mod:`.slots`).
 """
 
 from __future__ import annotations
@@ -198,10 +199,11 @@ class LearnedPace:
                 self._n429 -= 1
         if stated_rpm is not None and stated_rpm > 0:
             self.stated_per_s = stated_rpm / 60.0
-            if not limited and (self.per_s is None or self.per_s > self.STATED_SHARE * self.stated_per_s):
+            below = self.STATED_SHARE * self.stated_per_s
+            if not limited and (self.per_s is None or self.per_s > below):
                 # the provider says its limit with its answers (OpenAI's and Anthropic's do):
                 # keep under it before the first 429
-                self._set(max(self.MIN_PER_S, self.STATED_SHARE * self.stated_per_s), now)
+                self._set(max(self.MIN_PER_S, below), now)
         if limited:
             self._n429 += 1
             if self._n429 >= self.MIN_429 and self._n429 > self.SHARE * len(replies):

@@ -34,9 +34,10 @@ worker -> broker                                        meaning
 =====================================================  =====================================
 
 The pace a model's provider imposes, by the limit its replies state or by its 429s
-(:class:`~.limits.LearnedPace`), is learned here too, from every worker's replies (``o``, sent with the release of the slots of the attempt
-the reply answered), and kept as the step ``l``: learned in each worker from its own replies,
-each would see its part of the quota and pace the run at the whole of it times the workers.
+(:class:`~.limits.LearnedPace`), is learned here too, from every worker's replies (``o``, sent
+with the release of the slots of the attempt the reply answered), and kept as the step ``l``:
+learned in each worker from its own replies, each would see its part of the quota and pace the
+run at the whole of it times the workers.
 
 The broker answers ``{"a": id}`` once every step of request ``id`` is taken, and a claim with
 ``{"q": id, "r": result}``: the result of the controller's own call for that request

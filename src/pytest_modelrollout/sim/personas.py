@@ -56,7 +56,13 @@ class Persona:
     # worth banked) and requests in flight at once; over it, HTTP 429 with retry-after
     rpm_limit: float = 0.0
     concurrency_limit: float = 0.0
-    limit_headers: float = 1.0  # 0: neither the answers nor the 429s state the rpm limit
+    # tokens a minute, a second's worth banked, counted as the providers count them: prompt
+    # plus the larger of the answer and max_tokens (OpenAI's TPM); the prompt (Anthropic's
+    # input tokens a minute); the answer (its output tokens a minute)
+    tpm_limit: float = 0.0
+    itpm_limit: float = 0.0
+    otpm_limit: float = 0.0
+    limit_headers: float = 1.0  # 0: neither the answers nor the 429s state the limits
     # JSON flaws (mutually exclusive buckets, per prompt)
     fence_rate: float = 0.0  # ```json fences
     prose_rate: float = 0.0  # prose before/after the JSON

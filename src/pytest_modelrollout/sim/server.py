@@ -119,15 +119,24 @@ class Simulator:
         failure = self._transport_failure(wire, req, settings, attempt)
         if failure is not None:
             return failure
-        answer = self._answer(wire, req, settings, attempt)
         p = settings.persona
-        if p.rpm_limit > 0 or p.concurrency_limit > 0:
-            over = self.quotas.admit(req.model, p.rpm_limit, int(p.concurrency_limit),
-                                     answer.delay_s, time.monotonic())
-            if over is not None:
-                return _over_quota(wire, req.model, p, *over)
-            if p.rpm_limit > 0 and p.limit_headers:  # stated with every answer, as they do
-                answer.headers.update(_limit_headers(wire, p.rpm_limit))
+        if not (p.rpm_limit > 0 or p.concurrency_limit > 0 or p.tpm_limit > 0
+                or p.itpm_limit > 0 or p.otpm_limit > 0):
+            return self._answer(wire, req, settings, attempt)
+        draft = self.draft(req, settings)
+        answer = self._answer(wire, req, settings, attempt, draft=draft)
+        prompt, out = req.prompt_tokens(), _out_tokens(draft)
+        tokens = {  # what each quota counts of this request, as the providers count it
+            "tpm": (p.tpm_limit, prompt + max(out, req.max_tokens or 0)),
+            "itpm": (p.itpm_limit, prompt),
+            "otpm": (p.otpm_limit, out),
+        }
+        over = self.quotas.admit(req.model, p.rpm_limit, int(p.concurrency_limit),
+                                 answer.delay_s, time.monotonic(), tokens)
+        if over is not None:
+            return _over_quota(wire, req.model, p, *over)
+        if p.limit_headers:  # stated with every answer, as they do
+            answer.headers.update(_limit_headers(wire, p))
         return answer
 
     # -- normal replies ----------------------------------------------------------------------
@@ -137,9 +146,7 @@ class Simulator:
     def _answer(self, wire: Wire, req: SimRequest, settings: Settings, attempt: int,
                 *, usage: bool = True, draft: Draft | None = None) -> Response:
         d = draft or self.draft(req, settings)
-        out_tokens = count_tokens(d.text) + sum(
-            count_tokens(tc.raw_arguments) + 8 for tc in d.tool_calls
-        )
+        out_tokens = _out_tokens(d)
         use = (req.prompt_tokens(), max(1, out_tokens)) if usage else None
         body = openai_reply(req, d, use) if wire == "openai" else anthropic_reply(req, d, use)
         delay = latency_seconds(settings, req.key(), attempt, out_tokens)
@@ -257,22 +264,34 @@ class Simulator:
 
 
 class Quotas:
-    """A provider's limits per model string (``rpm_limit``, ``concurrency_limit``), shared by
-    every connection: requests per minute as a bucket refilled continuously with a second's
-    worth banked, and requests in flight (from arrival to reply). As at OpenAI, a request
-    turned away counts against the rate too (the bucket owes at most a second's worth), so a
-    client that retries at once stays limited."""
+    """A provider's limits per model string (``rpm_limit``, ``concurrency_limit``,
+    ``tpm_limit``, ``itpm_limit``, ``otpm_limit``), shared by every connection: requests and
+    tokens per minute as buckets refilled continuously with a second's worth banked, and
+    requests in flight (from arrival to reply). As at OpenAI, a request turned away counts
+    against the requests a minute too (the bucket owes at most a second's worth), so a client
+    that retries at once stays limited; its tokens do not count (it was not processed). A
+    request of more tokens than a second's worth is let through when the bucket is full and
+    leaves it owing the rest."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # model -> [tokens, last refill] and the reply times of the requests in flight
-        self._buckets: dict[str, list[float]] = {}
+        # (model, kind) -> [tokens, last refill]; model -> the reply times of those in flight
+        self._buckets: dict[tuple[str, str], list[float]] = {}
         self._ends: dict[str, list[float]] = {}
 
-    def admit(self, model: str, rpm: float, concurrency: int, delay_s: float,
-              now: float) -> tuple[str, float] | None:
+    def _level(self, model: str, kind: str, per_minute: float, now: float) -> list[float]:
+        rate = per_minute / 60.0
+        capacity = max(1.0, rate)
+        bucket = self._buckets.setdefault((model, kind), [capacity, now])
+        bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        return bucket
+
+    def admit(self, model: str, rpm: float, concurrency: int, delay_s: float, now: float,
+              tokens: dict[str, tuple[float, int]] | None = None) -> tuple[str, float] | None:
         """None: admitted (and counted); else which limit turned it away and the seconds until
-        it admits a request again."""
+        it admits a request again. ``tokens``: per kind of tokens quota, its limit a minute
+        (0: none) and what this request counts against it."""
         with self._lock:
             wait = 0.0
             over = ""
@@ -282,56 +301,91 @@ class Quotas:
                 if len(ends) >= concurrency:
                     over, wait = "concurrency", min(ends) - now
             if rpm > 0:
-                rate = rpm / 60.0
-                capacity = max(1.0, rate)
-                bucket = self._buckets.setdefault(model, [capacity, now])
-                bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
-                bucket[1] = now
+                bucket = self._level(model, "rpm", rpm, now)
+                capacity = max(1.0, rpm / 60.0)
                 limited = bucket[0] < 1.0
                 bucket[0] = max(-capacity, bucket[0] - 1.0)  # every request counts
                 if limited:
-                    return "rpm", max(wait, (1.0 - bucket[0]) / rate)
+                    return "rpm", max(wait, (1.0 - bucket[0]) / (rpm / 60.0))
+            taking: list[tuple[list[float], int]] = []
+            for kind, (per_minute, amount) in (tokens or {}).items():
+                if per_minute <= 0:
+                    continue
+                bucket = self._level(model, kind, per_minute, now)
+                need = min(float(amount), max(1.0, per_minute / 60.0))
+                if bucket[0] < need:
+                    return kind, max(wait, (need - bucket[0]) / (per_minute / 60.0))
+                taking.append((bucket, amount))
             if over:
                 return over, wait
+            for bucket, amount in taking:
+                bucket[0] -= amount
             if concurrency > 0:
                 self._ends[model].append(now + delay_s)
             return None
 
 
-def _limit_headers(wire: Wire, rpm: float, reset_ms: int | None = None) -> dict[str, str]:
-    """The headers that state a requests-a-minute limit (``reset_ms``: on a 429)."""
-    limit = _fmt_seconds(rpm)
-    if wire == "openai":
-        headers = {"x-ratelimit-limit-requests": limit}
-        if reset_ms is not None:
-            headers["x-ratelimit-remaining-requests"] = "0"
-            headers["x-ratelimit-reset-requests"] = f"{reset_ms}ms"
-        return headers
-    headers = {"anthropic-ratelimit-requests-limit": limit}
-    if reset_ms is not None:
-        headers["anthropic-ratelimit-requests-remaining"] = "0"
+def _out_tokens(d: Draft) -> int:
+    """The answer's tokens, as its usage reports them."""
+    return max(1, count_tokens(d.text) + sum(
+        count_tokens(tc.raw_arguments) + 8 for tc in d.tool_calls))
+
+
+# the limits a reply states, per wire: (the persona's option, its header's name in the limit's
+# family: x-ratelimit-{limit,remaining,reset}-requests, anthropic-ratelimit-requests-{...})
+_STATED: dict[str, list[tuple[str, str, str]]] = {
+    "openai": [("rpm_limit", "x-ratelimit-", "-requests"),
+               ("tpm_limit", "x-ratelimit-", "-tokens")],
+    "anthropic": [("rpm_limit", "anthropic-ratelimit-requests-", ""),
+                  ("itpm_limit", "anthropic-ratelimit-input-tokens-", ""),
+                  ("otpm_limit", "anthropic-ratelimit-output-tokens-", "")],
+}
+
+
+def _limit_headers(wire: Wire, p: Any, over: str = "", reset_ms: int | None = None,
+                   ) -> dict[str, str]:
+    """The headers that state the persona's limits that the wire's provider states (on a
+    429, ``over`` is the limit it went over and ``reset_ms`` when it admits again)."""
+    headers: dict[str, str] = {}
+    for option, head, tail in _STATED[wire]:
+        limit = getattr(p, option)
+        if limit <= 0:
+            continue
+        headers[f"{head}limit{tail}" if wire == "openai" else f"{head}limit"] = _fmt_seconds(limit)
+        if reset_ms is not None and option.startswith(over):
+            if wire == "openai":
+                headers[f"{head}remaining{tail}"] = "0"
+                headers[f"{head}reset{tail}"] = f"{reset_ms}ms"
+            else:
+                headers[f"{head}remaining"] = "0"
     return headers
+
+
+_QUOTA_NAMES = {"tpm": ("tokens per min (TPM)", "tokens per minute"),
+                "itpm": ("input tokens per min", "input tokens per minute"),
+                "otpm": ("output tokens per min", "output tokens per minute")}
 
 
 def _over_quota(wire: Wire, model: str, p: Any, limit: str, wait_s: float) -> Response:
     """A provider's 429 for a request over the model's quota, with its retry-after headers."""
     ms = max(1, math.ceil(wait_s * 1000))
-    if limit == "rpm":
-        rpm = _fmt_seconds(p.rpm_limit)
-        if wire == "openai":
-            message = (f"Rate limit reached for {model} in organization org-sim on requests per "
-                       f"min (RPM): Limit {rpm}, Used {rpm}, Requested 1. Please try again in "
-                       f"{ms}ms. Visit https://platform.openai.com/account/rate-limits to learn "
-                       "more.")
-        else:
-            message = (f"This request would exceed the rate limit for your organization of {rpm} "
-                       f"requests per minute for {model}. Please try again later.")
-        headers = _limit_headers(wire, p.rpm_limit, ms) if p.limit_headers else {}
-    else:
+    if limit == "concurrency":
         n = _fmt_seconds(p.concurrency_limit)
         message = (f"Too many concurrent requests for {model}: your limit is {n} requests at a "
                    f"time. Please try again in {ms}ms.")
-        headers = {}
+        headers: dict[str, str] = {}
+    else:
+        n = _fmt_seconds(getattr(p, f"{limit}_limit"))
+        openai_name, anthropic_name = _QUOTA_NAMES.get(
+            limit, ("requests per min (RPM)", "requests per minute"))
+        if wire == "openai":
+            message = (f"Rate limit reached for {model} in organization org-sim on {openai_name}: "
+                       f"Limit {n}, Used {n}, Requested 1. Please try again in {ms}ms. Visit "
+                       "https://platform.openai.com/account/rate-limits to learn more.")
+        else:
+            message = (f"This request would exceed the rate limit for your organization of {n} "
+                       f"{anthropic_name} for {model}. Please try again later.")
+        headers = _limit_headers(wire, p, limit, ms) if p.limit_headers else {}
     if wire == "openai":
         headers["retry-after-ms"] = str(ms)
     headers["retry-after"] = str(math.ceil(ms / 1000))  # whole seconds, as providers send it

@@ -1,0 +1,287 @@
+"""Tokens-a-minute limits: the config's ``tpm`` and the limits a provider states.
+
+A provider counts a request's tokens with its own tokenizer; the plugin estimates them before
+the send (a token per CJK character, a quarter of one per other character), corrects the
+estimate by the usage the answers report and settles each request's difference with the
+limits when its answer comes. What a user depends on: with ``tpm`` set to the provider's quota
+(or the quota stated in the answers' headers), a suite of Chinese and English prompts gets no
+429, under xdist too, and the run still goes at about the quota's pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pytest_modelrollout.config import parse_config, resolve_model
+from pytest_modelrollout.providers import openai
+from pytest_modelrollout.providers.base import ChatRequest
+from pytest_modelrollout.providers.client import ModelRegistry
+from pytest_modelrollout.providers.limits import TokenBucket
+from pytest_modelrollout.providers.slots import SlotBroker, SlotClient
+from pytest_modelrollout.providers.tokens import TokenLimits, TokenMeter, raw_estimate
+from pytest_modelrollout.sim import SimServer
+from pytest_modelrollout.sim.server import Quotas
+
+ZH = "我们的退货政策规定，商品在签收后三十天内可以申请退款，但需要保持包装完好并附上购买凭证。"
+EN = ("Our return policy says that items can be refunded within thirty days of delivery, as "
+      "long as the packaging is intact and the receipt is included. ")
+
+
+def _req(text: str, **params: Any) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], params=params)
+
+
+# ------------------------------------------------------------------------------ the estimate
+
+def test_a_chinese_character_is_about_a_token_not_a_quarter_of_one() -> None:
+    zh, en = raw_estimate(_req(ZH * 4)), raw_estimate(_req(EN * 4))
+    han = sum("\u4e00" <= ch <= "\u9fff" for ch in ZH * 4)
+    assert han <= zh <= han + 60  # the Han characters, the punctuation and the JSON around them
+    assert len(EN * 4) / 4 <= en <= len(EN * 4) / 4 + 30
+
+
+def test_the_meter_learns_from_the_usage_the_answers_report() -> None:
+    meter = TokenMeter()
+    first = meter.reserve(_req(ZH), None)
+    # before any answer the reply is reserved as long as the prompt
+    assert first.amounts["otpm"] == first.amounts["itpm"] == pytest.approx(first.raw)
+    owed = meter.settle(first, input_tokens=int(first.raw * 2), output_tokens=40)
+    # the answer reported more input than estimated and a shorter reply: settled at once
+    assert owed["itpm"] == pytest.approx(first.raw)
+    assert owed["otpm"] == pytest.approx(40 - first.raw)
+    assert owed["tpm"] == pytest.approx(first.raw * 2 + 40 - 2 * first.raw)
+    nxt = meter.reserve(_req(ZH), None)
+    assert meter.ratio == pytest.approx(2.0)
+    assert nxt.amounts["itpm"] == pytest.approx(2 * nxt.raw)  # corrected by what it learned
+    assert nxt.amounts["otpm"] == pytest.approx(40)  # the mean reply so far
+    # never corrected below the estimate: an estimate too low sends bursts over the limit
+    low = TokenMeter()
+    low.settle(low.reserve(_req(EN), None), input_tokens=1, output_tokens=1)
+    assert low.ratio == 1.0
+    # max_tokens is the reply's reservation, and OpenAI's limit counts it in full
+    capped = meter.reserve(_req(ZH, max_tokens=300), None)
+    assert capped.amounts["otpm"] == 300
+    owed = meter.settle(capped, input_tokens=int(capped.amounts["itpm"]), output_tokens=50)
+    assert owed["tpm"] == pytest.approx(int(capped.amounts["itpm"]) - capped.amounts["itpm"])
+    assert owed["otpm"] == pytest.approx(50 - 300)
+    assert meter.settle(capped, None, 50) == {}  # no usage reported: nothing to settle
+
+
+def test_stated_limits_are_read_from_both_providers_headers() -> None:
+    assert openai.parse_stated_limits({"X-RateLimit-Limit-Tokens": "30000",
+                                       "x-ratelimit-limit-requests": "500"}) == (
+        500.0, {"tpm": 30000.0})
+    assert openai.parse_stated_limits({"anthropic-ratelimit-requests-limit": "50",
+                                       "anthropic-ratelimit-input-tokens-limit": "40000",
+                                       "anthropic-ratelimit-output-tokens-limit": "8000",
+                                       "anthropic-ratelimit-tokens-limit": "8000"}) == (
+        50.0, {"itpm": 40000.0, "otpm": 8000.0})
+    assert openai.parse_stated_limits({"x-ratelimit-limit-tokens": "lots"}) == (None, None)
+    limits = TokenLimits(configured_tpm=100_000)
+    assert limits.state({"tpm": 60_000}) and limits.rates == {"tpm": pytest.approx(57_000)}
+    assert not limits.state({"tpm": 60_000})  # said again: nothing changes
+    assert limits.state({"tpm": 1_000_000}) and limits.rates["tpm"] == 100_000  # the config's
+    limits.state({"itpm": 40_000, "otpm": 8_000})
+    assert limits.rates["otpm"] == pytest.approx(7_600)
+    # a limit learned from the answers starts with its bank spent: the requests before it
+    # (sent while the limit was unknown) took it at the provider
+    assert limits.buckets["otpm"]._tokens <= 0
+
+
+def test_a_request_larger_than_the_bank_waits_for_a_full_bucket_and_owes_the_rest() -> None:
+    async def main() -> tuple[float, float]:
+        bucket = TokenBucket(600, capacity=10)  # 10 a second, 10 banked
+        t0 = time.monotonic()
+        await bucket.acquire(30)  # at once (full), then owes 20
+        first = time.monotonic() - t0
+        await bucket.acquire(5)  # 20 owed + 5: 2.5 s at 10 a second
+        return first, time.monotonic() - t0
+
+    first, second = asyncio.run(main())
+    assert first < 0.1
+    assert second >= 2.4
+
+
+def test_the_simulators_tokens_quotas() -> None:
+    q = Quotas()
+    # 600 tokens a minute: 10 a second, 10 banked; a request over the bank goes when it is full
+    assert q.admit("m", 0, 0, 0.1, 0.0, {"tpm": (600, 25)}) is None
+    assert q.admit("m", 0, 0, 0.1, 0.0, {"tpm": (600, 5)}) == ("tpm", pytest.approx(2.0))
+    assert q.admit("m", 0, 0, 0.1, 2.0, {"tpm": (600, 5)}) is None  # the 429 cost nothing
+    # input and output apart: the output quota turns it away, the input one is not charged
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 8), "otpm": (60, 3)}) is None
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 1), "otpm": (60, 3)})[0] == "otpm"
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 2), "otpm": (0, 3)}) is None
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    server = SimServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_the_simulator_states_its_tokens_limits_as_providers_do(sim: SimServer, wire: str) -> None:
+    with httpx.Client(base_url=sim.base_url, timeout=10) as client:
+        if wire == "openai":
+            model = "stable?latency_ms=0&tpm_limit=600"
+            ask = [client.post("/v1/chat/completions", json={
+                "model": model, "messages": [{"role": "user", "content": ZH}]}) for _ in range(2)]
+            assert ask[0].status_code == 200
+            assert ask[0].headers["x-ratelimit-limit-tokens"] == "600"
+            limited = ask[1]
+            assert limited.status_code == 429
+            assert "tokens per min (TPM): Limit 600" in limited.json()["error"]["message"]
+            assert limited.headers["x-ratelimit-remaining-tokens"] == "0"
+        else:
+            model = "stable?latency_ms=0.0&itpm_limit=60000&otpm_limit=60"
+            ask = [client.post("/v1/messages", json={
+                "model": model, "max_tokens": 500,
+                "messages": [{"role": "user", "content": EN}]}) for _ in range(2)]
+            assert ask[0].status_code == 200
+            assert ask[0].headers["anthropic-ratelimit-input-tokens-limit"] == "60000"
+            assert ask[0].headers["anthropic-ratelimit-output-tokens-limit"] == "60"
+            limited = ask[1]
+            assert limited.status_code == 429
+            assert "60 output tokens per minute" in limited.json()["error"]["message"]
+        err = openai.classify_http_error(429, dict(limited.headers), limited.content)
+        assert err.kind == "rate_limit" and getattr(err, "stated_tokens", None)
+
+
+# ------------------------------------------------------------------------- a client, end to end
+
+def _prompts(n: int) -> list[str]:
+    return [f"{ZH * 3}请问订单 B-{2000 + i} 可以退款吗？" if i % 2 else
+            f"{EN * 3}Can order A-{1000 + i} be refunded?" for i in range(n)]
+
+
+@pytest.mark.parametrize("how", ["tpm", "stated"])
+def test_a_client_keeps_under_a_tokens_quota(
+    sim: SimServer, how: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """40 calls of Chinese and English prompts (about 250 tokens each, prompt and answer) at
+    concurrency 8 against a quota of 60,000 tokens a minute (1,000 a second): with ``tpm`` at
+    95 % of it in the config no request is turned away (counted as characters / 4, without
+    the answers, as before, the Chinese prompts went over it); with the quota stated in the
+    answers' headers only the first 8, sent before any answer said it, may be; and the calls
+    take about as long as the quota allows."""
+    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
+    headers = 1 if how == "stated" else 0
+    model = f"stable?latency_ms=50&jitter=0&tpm_limit=60000&limit_headers={headers}"
+    models: dict[str, Any] = {"q": {"provider": "sim", "model": model, "max_concurrency": 8}}
+    if how == "tpm":
+        models["q"]["tpm"] = 57_000
+    cfg = parse_config({"models": models})
+    registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
+                             {"MODELROLLOUT_SIM_URL": sim.base_url})
+
+    async def main() -> list[Any]:
+        client = registry.client("q")
+        try:
+            return list(await asyncio.gather(*(
+                client.call(_req(p)) for p in _prompts(40))))
+        finally:
+            await registry.aclose()
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    wall = time.monotonic() - t0
+    assert [r.status for r in results] == ["ok"] * 40
+    if how == "tpm":
+        assert [r.attempts for r in results] == [1] * 40, "a request went over the quota"
+    else:
+        assert all(r.attempts == 1 for r in results[8:]), "over the quota after the first 8"
+    used = sum((r.response.input_tokens or 0) + (r.response.output_tokens or 0)
+               for r in results)
+    least = (used - 1000) / 1000  # a second's worth banked, then 1,000 a second
+    assert wall >= least * 0.9
+    assert wall <= least * 1.6 + 1.5, (wall, least)
+
+
+def test_the_broker_keeps_a_stated_limit_for_the_workers_that_have_not_seen_it() -> None:
+    """One worker learned a limit (its step carries the rate), the other not yet (rate 0):
+    both take from the same bucket, the second is told the rate with its grant; a reply's usage
+    settles the difference; a claim (whose message names its test with ``t``) is not taken for
+    a usage message."""
+    broker = SlotBroker()
+    broker.start()
+
+    async def main() -> tuple[float, dict[str, float], str | None]:
+        a, b = SlotClient(broker.address), SlotClient(broker.address)
+        try:
+            t0 = time.monotonic()
+            assert await a.acquire([["l", "model m"], ["b", "tpm m", 600, -10, 10]])
+            assert await b.acquire([["l", "model m"], ["b", "tpm m", 0, 0, 5]])
+            waited = time.monotonic() - t0
+            a.charge([["tpm m", -5.0]])  # the first took 5 more than its answer used
+            assert await b.claim("t::x", "candidate", "m", "k", False) is None
+            return waited, dict(b.rates), b.lost
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    try:
+        waited, rates, lost = asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        broker.close()
+    # learned from the answers: started empty (capacity < 0), so 1 s for the first 10 at 10
+    # a second, then 0.5 s for the second's 5
+    assert waited >= 1.4
+    assert rates == {"tpm m": 600.0}
+    assert lost is None
+
+
+# --------------------------------------------------------------------------- a suite, end to end
+
+SUITE = '''
+import pytest
+from pytest_modelrollout import cases
+
+
+@pytest.mark.workflow("support")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_support(rollout, case):
+    rollout.ask(case)
+'''
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+def test_a_suite_of_chinese_and_english_prompts_keeps_under_tpm(
+    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    xdist: list[str], request: pytest.FixtureRequest,
+) -> None:
+    """The candidate's provider allows 60,000 tokens a minute and does not say so; the
+    config's ``tpm`` is 57,000: every call is answered at its first attempt, with and without
+    xdist (the workers share the limit at the controller), and the verdict is READY."""
+    if xdist:
+        request.getfixturevalue("one_heavy_run_at_a_time")
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
+    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
+    monkeypatch.delenv("MODELROLLOUT_KILLED", raising=False)
+    pytester.makepyprojecttoml(
+        '[tool.modelrollout]\nstable = "sim:stable?latency_ms=100&jitter=0"\n'
+        'candidate = "cand"\n\n[tool.modelrollout.models.cand]\nprovider = "sim"\n'
+        'model = "good?latency_ms=100&jitter=0&tpm_limit=60000&limit_headers=0"\n'
+        "tpm = 57000\n"
+    )
+    lines = [json.dumps({"id": f"c{i:02d}", "prompt": p}, ensure_ascii=False)
+             for i, p in enumerate(_prompts(24))]
+    pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
+    result.assert_outcomes(passed=24)
+    report = json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
+    calls = [c for c in report["records"]["calls"] if c["role"] == "candidate"]
+    assert len(calls) == 24 and all(c["status"] == "ok" for c in calls)
+    assert [c["attempts"] for c in calls] == [1] * 24, "a request went over the quota"
+    assert "HTTP 429" not in result.stdout.str()
+    assert report["verdict"] != "BLOCKED", result.stdout.str()[-3000:]

@@ -72,6 +72,8 @@ class RateLimitError(ProviderError):
     kind = "rate_limit"
     retryable = True
     stated_rpm: float | None = None  # the requests-per-minute limit the 429's headers state
+    # the tokens-a-minute limits they state, by kind (``tpm``, ``itpm``, ``otpm``)
+    stated_tokens: dict[str, float] | None = None
 
 
 class ServerError(ProviderError):

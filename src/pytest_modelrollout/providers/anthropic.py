@@ -35,7 +35,7 @@ from .openai import (
     _int_or_none,
     classify_http_error,
     merged_params,
-    parse_stated_rpm,
+    parse_stated_limits,
     safe_message,
 )
 
@@ -342,6 +342,7 @@ def parse_response(
                 input_tokens += _int_or_none(usage.get(extra)) or 0
         output_tokens = _int_or_none(usage.get("output_tokens"))
     stop = data.get("stop_reason")
+    stated_rpm, stated_tokens = parse_stated_limits(headers)
     return ProviderResponse(
         text="".join(texts),
         tool_calls=tool_calls,
@@ -350,7 +351,8 @@ def parse_response(
         output_tokens=output_tokens,
         model_id=str(data["model"]) if isinstance(data.get("model"), str) else None,
         raw=data,
-        stated_rpm=parse_stated_rpm(headers),
+        stated_rpm=stated_rpm,
+        stated_tokens=stated_tokens,
     )
 
 

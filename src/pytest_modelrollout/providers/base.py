@@ -122,6 +122,9 @@ class ProviderResponse:
     model_id: str | None = None  # model id the provider reports
     raw: dict[str, Any] | None = None  # parsed body (never includes request headers)
     stated_rpm: float | None = None  # the requests-per-minute limit the reply's headers state
+    # the tokens-a-minute limits they state: ``tpm`` (prompt and answer), ``itpm`` (input),
+    # ``otpm`` (output)
+    stated_tokens: dict[str, float] | None = None
 
 
 @dataclass

@@ -3,8 +3,9 @@
 * One pooled HTTP client per model (created lazily on the event loop: the asyncio transport,
   or ``httpx.AsyncClient`` where a proxy is set), a concurrency
   gate of ``max_concurrency`` calls in flight, optional ``rpm`` / ``tpm`` token buckets
-  (tokens estimated from the request size). After a 429 the model's effective concurrency is
-  halved and its rate slowed for a cool-down period (adaptive back-off).
+  (tokens estimated before the send, settled with the usage the answer reports; the
+  provider's stated tokens limits too: :mod:`.tokens`). After a 429 the model's effective
+  concurrency is halved and its rate slowed for a cool-down period (adaptive back-off).
 * Retries on retryable kinds (timeout, rate_limit, server incl. 529, connection) up to
   ``max_retries``: exponential back-off with full jitter (base 0.5 s, cap 20 s) or the server's
   ``retry-after`` (capped at 60 s), all multiplied by ``MODELROLLOUT_BACKOFF_SCALE`` (default 1).
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import os
 import random
 import ssl
@@ -62,6 +62,7 @@ from .limits import BACKOFF_SCALE_ENV, AdaptiveGate, LearnedPace, TokenBucket, b
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
 from .slots import LIMIT_KINDS, RUN_KEY, limit_key
+from .tokens import TOKEN_KINDS, Reservation, TokenLimits, bucket_capacity
 from .transport import (
     WIRE_CLOCK,
     AsyncioTransport,
@@ -102,14 +103,6 @@ def backoff_delay(
         return min(retry_after, RETRY_AFTER_CAP_S) * scale
     ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, failed_attempt - 1))
     return (rng or random).uniform(0.0, ceiling) * scale
-
-
-def estimate_tokens(request: ChatRequest, params: Mapping[str, object] | None = None) -> float:
-    """Rough token estimate of a request (input chars / 4 + requested max output)."""
-    chars = len(json.dumps(request.canonical(), ensure_ascii=False, default=str))
-    merged = {**(params or {}), **request.params}
-    out = merged.get("max_tokens") or merged.get("max_completion_tokens") or 0
-    return chars / 4.0 + (float(out) if isinstance(out, (int, float)) else 0.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,6 +166,7 @@ def _copy_error(err: ProviderError, message: str) -> ProviderError:
     new.retryable = err.retryable
     if isinstance(err, RateLimitError) and isinstance(new, RateLimitError):
         new.stated_rpm = err.stated_rpm
+        new.stated_tokens = err.stated_tokens
     return new
 
 
@@ -270,7 +264,9 @@ class ModelClient:
         self._warm_cap = local.max_concurrency
         self._gate = AdaptiveGate(local.max_concurrency)
         self._rpm = TokenBucket(local.rpm) if local.rpm else None
-        self._tpm = TokenBucket(local.tpm, capacity=_tpm_capacity(local.tpm)) if local.tpm else None
+        # tokens a minute: the config's tpm and the limits the provider states (this process's
+        # buckets at 1/N of them under xdist without the broker)
+        self._tokens = TokenLimits(spec.tpm, share[1] if share is not None else 1)
         # the pace learned from the provider's 429s, this process's own (each xdist worker
         # learns its part of a quota from the replies it gets)
         self.pace = LearnedPace(backoff_scale(self._env))
@@ -462,11 +458,19 @@ class ModelClient:
             )
         http = self._http_client(provider.spec.base_url)
         scale = backoff_scale(self._env)
-        tokens = estimate_tokens(request, self.spec.params) if self._tpm else 0.0
+        if self._slots is not None and self._slots.rates:
+            for kind in TOKEN_KINDS:  # limits its provider stated to other workers
+                rate = self._slots.rates.get(self._slot_key[kind])
+                if rate is not None:
+                    self._tokens.adopt(kind, rate)
+        # what the request takes from the tokens limits: from the first attempt after they
+        # are known (a limit stated by an answer applies to the calls already queued); under
+        # xdist always, for the limits the broker may have learned from other workers
+        tokens: Reservation | None = None
         last: ProviderError | None = None
         for i in range(max(0, self.spec.max_retries) + 1):
             queued = time.perf_counter()
-            shared = await self._take_limits(tokens)
+            shared, tokens = await self._take_limits(request, tokens)
             if i and state.limited_at is None:
                 # queueing for this run's own limits is not the provider's latency
                 state.setup_s += time.perf_counter() - queued
@@ -481,12 +485,16 @@ class ModelClient:
             finally:
                 await self._give_back(shared, self._reply_seen(err, shared, sent))
             if isinstance(err, ProviderResponse):
+                self._tokens_used(err, tokens, shared)
                 return err, None, secrets
             assert err is not None
             last = err
             if isinstance(err, RateLimitError):
                 state.limited_at = state.attempt_sent
-                self._penalize(err.retry_after, scale)
+                if self._tokens.changed < sent:
+                    # (not for a request sent before the model's tokens limits were known: the
+                    # first burst's 429s, the limits keep it from here)
+                    self._penalize(err.retry_after, scale)
             if not err.retryable or i >= self.spec.max_retries:
                 break
             delay = backoff_delay(state.attempts, err.retry_after, scale)
@@ -494,24 +502,43 @@ class ModelClient:
                 await asyncio.sleep(delay)
         return None, last, secrets
 
-    async def _take_limits(self, tokens: float) -> bool:
+    def _tokens_used(self, reply: ProviderResponse, tokens: Reservation | None,
+                     shared: bool) -> None:
+        """The answer's usage: what its request still owes the tokens limits, or what it took
+        too much."""
+        if tokens is None:
+            return
+        owed = self._tokens.meter.settle(tokens, reply.input_tokens, reply.output_tokens)
+        if not owed:
+            return
+        if shared:
+            assert self._slots is not None
+            # (the broker keeps the limits it knows, including those learned from other
+            # workers, and drops the rest)
+            self._slots.charge([[self._slot_key[kind], amount] for kind, amount in owed.items()
+                                if amount])
+        else:
+            self._tokens.charge(owed)
+
+    async def _take_limits(
+        self, request: ChatRequest, tokens: Reservation | None
+    ) -> tuple[bool, Reservation | None]:
         """Wait for this attempt's turn under the limits: the run's, from the xdist
         controller's broker (True), or this process's own (False); and under the pace learned
-        from the provider's 429s."""
+        from the provider's 429s. With what it took from the tokens limits."""
         pace = self.pace
         while True:
             paced = pace.paced
             await pace.acquire()
-            shared = await self._take_run_limits(tokens)
+            shared, tokens = await self._take_run_limits(request, tokens)
             if paced or not pace.paced:
-                return shared
+                return shared, tokens
             # the model got a pace while this waited for a slot (the first 429s): give the
             # slot back and keep to the pace like the requests after it (waiting for the pace
             # while holding the slot would hold up those ahead in the pace's queue)
             await self._give_back(shared)
             if not shared:  # and the rates' tokens: the request did not go out
-                if self._tpm is not None:
-                    self._tpm.refund(tokens)
+                self._tokens.refund(tokens)
                 if self._rpm is not None:
                     self._rpm.refund(1.0)
 
@@ -527,11 +554,17 @@ class ModelClient:
     ) -> list[Any] | None:
         """Tell the model's pace of the attempt's reply (a 429 or an answer; not a timeout or
         a broken connection); with the broker's limits, the broker's pace (the reply goes
-        with the slots' release)."""
+        with the slots' release). And its tokens limits of the limits the reply states."""
         if isinstance(err, RateLimitError):
             limited, stated = True, err.stated_rpm
+            self._tokens.state(err.stated_tokens)
+            if sent < self._tokens.changed:
+                # sent before the model's tokens limits were known (the first burst, before
+                # the answers stated them): no evidence about the pace of its requests
+                return None
         elif isinstance(err, ProviderResponse):
             limited, stated = False, err.stated_rpm
+            self._tokens.state(err.stated_tokens)
         elif err is not None and err.status_code is not None:
             limited, stated = False, None
         else:
@@ -542,30 +575,43 @@ class ModelClient:
         self.pace.reply(now, limited, stated, now - sent)
         return None
 
-    async def _take_run_limits(self, tokens: float) -> bool:
-        if (
-            self._slots is not None
-            and self._slots.usable
-            and await self._slots.acquire(self._slot_steps(tokens))
-        ):
-            return True
-        if self._tpm is not None:
-            await self._tpm.acquire(tokens)
+    async def _take_run_limits(
+        self, request: ChatRequest, tokens: Reservation | None
+    ) -> tuple[bool, Reservation | None]:
+        """The model's slot, then its rates (a request waiting for a slot takes its tokens
+        when it is about to go, under the limits known then), then, at the broker, the run's
+        slot."""
+        if self._slots is not None and self._slots.usable:
+            if tokens is None:  # the broker may know limits this worker has not seen
+                tokens = self._tokens.reserve(request, self.spec.params)
+            if await self._slots.acquire(self._slot_steps(tokens)):
+                return True, tokens
+        await self._gate.acquire()
+        if tokens is None and self._tokens.active:
+            tokens = self._tokens.reserve(request, self.spec.params)
+        await self._tokens.acquire(tokens)
         if self._rpm is not None:
             await self._rpm.acquire(1.0)
-        await self._gate.acquire()
-        return False
+        return False, tokens
 
-    def _slot_steps(self, tokens: float) -> list[Step]:
+    def _slot_steps(self, tokens: Reservation | None) -> list[Step]:
         spec, key = self.spec, self._slot_key
-        if not spec.tpm and not spec.rpm:
+        if tokens is None and not spec.rpm:
             return self._slot_plain
-        steps: list[Step] = [self._slot_pace]
-        if spec.tpm:  # the same order as without the broker: pace, rates, the model, the run
-            steps.append(["b", key["tpm"], spec.tpm, _tpm_capacity(spec.tpm), tokens])
+        # the same order as without the broker: pace, the model's slot, rates, the run's slot
+        steps: list[Step] = [self._slot_pace, self._slot_gates[0]]
+        if tokens is not None:
+            rates = self._tokens.rates
+            for kind in TOKEN_KINDS:
+                # a rate not known here is 0: the broker's, if another worker learned one
+                rate = rates.get(kind, 0.0)
+                capacity = bucket_capacity(rate) if rate else 0.0
+                if kind in self._tokens.stated:  # learned from the answers: starts empty
+                    capacity = -capacity
+                steps.append(["b", key[kind], rate, capacity, tokens.amounts[kind]])
         if spec.rpm:
             steps.append(["b", key["rpm"], spec.rpm, max(1.0, spec.rpm / 60.0), 1.0])
-        return [*steps, *self._slot_gates]
+        return [*steps, *self._slot_gates[1:]]
 
     async def _send_once(
         self,
@@ -614,19 +660,14 @@ class ModelClient:
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale
         if self._slots is not None and self._slots.usable:  # every worker's, at the broker
             self._slots.penalize(self._slot_key["model"], cooldown)
-            for kind, rate in (("rpm", self.spec.rpm), ("tpm", self.spec.tpm)):
-                if rate:
-                    self._slots.slow_down(self._slot_key[kind], cooldown)
+            rates = [*self._tokens.rates, *(("rpm",) if self.spec.rpm else ())]
+            for kind in rates:
+                self._slots.slow_down(self._slot_key[kind], cooldown)
         self._gate.penalize(cooldown)
         until = time.monotonic() + cooldown
-        for bucket in (self._rpm, self._tpm):
+        for bucket in (self._rpm, *self._tokens.buckets.values()):
             if bucket is not None:
                 bucket.slow_down(until)
-
-
-def _tpm_capacity(tpm: float) -> float:
-    """A tokens-per-minute bucket banks up to 10 seconds' worth."""
-    return max(1.0, tpm / 60.0 * 10)
 
 
 def _ref_killed(spec: ModelSpec, killed: Collection[str]) -> bool:
@@ -734,7 +775,6 @@ __all__ = [
     "TokenBucket",
     "backoff_delay",
     "backoff_scale",
-    "estimate_tokens",
     "make_provider",
     "scrub",
 ]

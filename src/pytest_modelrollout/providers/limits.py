@@ -30,7 +30,8 @@ def backoff_scale(env: Mapping[str, str] | None = None) -> float:
 
 
 class TokenBucket:
-    """An async token bucket: ``rate`` tokens per second, up to ``capacity`` banked."""
+    """An async token bucket: ``rate`` tokens per second, up to ``capacity`` banked. A taker
+    of more than ``capacity`` waits for a full bucket and leaves it owing the rest."""
 
     def __init__(self, per_minute: float, capacity: float | None = None) -> None:
         self.rate = per_minute / 60.0
@@ -47,21 +48,28 @@ class TokenBucket:
         """Give back tokens taken for a request that did not go out."""
         self._tokens = min(self.capacity, self._tokens + max(0.0, amount))
 
+    def charge(self, amount: float) -> None:
+        """Take ``amount`` more (a negative amount gives some back) once what a request cost
+        is known; the bucket may owe up to a minute's worth."""
+        floor = -max(self.capacity, self.rate * 60.0)
+        self._tokens = max(floor, min(self.capacity, self._tokens - amount))
+
     def _effective_rate(self, now: float) -> float:
         return self.rate / 2.0 if now < self._slow_until else self.rate
 
     async def acquire(self, amount: float = 1.0) -> None:
-        amount = min(max(amount, 0.0), self.capacity)
+        amount = max(amount, 0.0)
         async with self._lock:  # first come, first served
             while True:
                 now = time.monotonic()
                 rate = self._effective_rate(now)
                 self._tokens = min(self.capacity, self._tokens + (now - self._last) * rate)
                 self._last = now
-                if self._tokens >= amount:
+                need = min(amount, self.capacity)
+                if self._tokens >= need:
                     self._tokens -= amount
                     return
-                await asyncio.sleep((amount - self._tokens) / rate)
+                await asyncio.sleep((need - self._tokens) / rate)
 
 
 class AdaptiveGate:

@@ -89,22 +89,49 @@ def safe_message(text: str, secrets: Iterable[str | None] = ()) -> str:
 # the requests-per-minute limit a provider states with its replies (OpenAI and the APIs that
 # copy its headers; Anthropic)
 STATED_RPM_HEADERS = ("x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit")
+# and its tokens-a-minute limits: OpenAI's counts the prompt and the answer (``tpm``);
+# Anthropic's, input and output tokens apart (``itpm``, ``otpm``; its
+# ``anthropic-ratelimit-tokens-limit`` is whichever of them is nearest, not a third limit)
+STATED_TOKEN_HEADERS = (
+    ("x-ratelimit-limit-tokens", "tpm"),
+    ("anthropic-ratelimit-input-tokens-limit", "itpm"),
+    ("anthropic-ratelimit-output-tokens-limit", "otpm"),
+)
+
+
+def _limit(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def parse_stated_rpm(headers: Mapping[str, str]) -> float | None:
     """The requests-per-minute limit the headers state, if they state one."""
+    return parse_stated_limits(headers)[0]
+
+
+def parse_stated_limits(
+    headers: Mapping[str, str],
+) -> tuple[float | None, dict[str, float] | None]:
+    """The requests-a-minute limit and the tokens-a-minute limits (by kind) the headers
+    state, if they state them."""
     h = {k.lower(): v for k, v in headers.items()}
+    rpm = None
     for name in STATED_RPM_HEADERS:
-        raw = h.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            continue
-        if math.isfinite(value) and value > 0:
-            return value
-    return None
+        rpm = _limit(h.get(name))
+        if rpm is not None:
+            break
+    tokens: dict[str, float] | None = None
+    for name, kind in STATED_TOKEN_HEADERS:
+        value = _limit(h.get(name))
+        if value is not None:
+            tokens = tokens or {}
+            tokens[kind] = value
+    return rpm, tokens
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -221,7 +248,7 @@ def classify_http_error(
 
     if status == 429:
         limited = RateLimitError(text(), status_code=status, retry_after=retry_after)
-        limited.stated_rpm = parse_stated_rpm(headers)
+        limited.stated_rpm, limited.stated_tokens = parse_stated_limits(headers)
         err: ProviderError = limited
         if code and "insufficient_quota" in code:
             err.retryable = False  # no amount of waiting helps an empty account
@@ -393,6 +420,7 @@ def parse_response(
         input_tokens = _int_or_none(usage.get("prompt_tokens", usage.get("input_tokens")))
         output_tokens = _int_or_none(usage.get("completion_tokens", usage.get("output_tokens")))
     finish = choice.get("finish_reason")
+    stated_rpm, stated_tokens = parse_stated_limits(headers)
     return ProviderResponse(
         text=text,
         tool_calls=tool_calls,
@@ -401,7 +429,8 @@ def parse_response(
         output_tokens=output_tokens,
         model_id=str(data["model"]) if isinstance(data.get("model"), str) else None,
         raw=data,
-        stated_rpm=parse_stated_rpm(headers),
+        stated_rpm=stated_rpm,
+        stated_tokens=stated_tokens,
     )
 
 
@@ -618,6 +647,7 @@ __all__ = [
     "error_text",
     "parse_response",
     "parse_retry_after",
+    "parse_stated_limits",
     "parse_stated_rpm",
     "parse_tool_call",
     "post_json",

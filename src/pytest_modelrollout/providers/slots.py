@@ -24,10 +24,15 @@ worker -> broker                                        meaning
 ``{"a": id, "s": [step, ...]}``                         take the steps in order, then answer
 ``["g", key, limit]``                                   a step: one slot of a concurrency limit
 ``["b", key, per_minute, capacity, amount]``            a step: ``amount`` of a rate's tokens
+                                                        (at ``per_minute`` from then on; 0:
+                                                        the broker's, if it has one; capacity
+                                                        < 0: a new bucket starts empty)
 ``["l", key]``                                          a step: a turn under the model's pace
 ``{"o": [key, limited, stated_rpm, age]}``              a reply came (a 429 if ``limited``) to a
                                                         request sent ``age`` seconds before
 ``{"r": [key, ...]}``                                   give the slots back
+``{"u": [[key, amount], ...]}``                         a reply's usage: take ``amount`` more of
+                                                        a rate's tokens (negative: give back)
 ``{"p": key, "c": seconds}``                            halve that limit for ``seconds`` (429)
 ``{"w": key, "c": seconds}``                            halve that rate for ``seconds`` (429)
 ``{"q": id, "t": test, "k": [role, ref, key]}``         claim a request of test ``test``
@@ -39,7 +44,9 @@ with the release of the slots of the attempt the reply answered), and kept as th
 learned in each worker from its own replies, each would see its part of the quota and pace the
 run at the whole of it times the workers.
 
-The broker answers ``{"a": id}`` once every step of request ``id`` is taken, and a claim with
+The broker answers ``{"a": id}`` once every step of request ``id`` is taken (with
+``"k": {key: per_minute}``, the model's tokens-a-minute rates the steps did not take: a limit
+its provider stated to another worker, kept from then on), and a claim with
 ``{"q": id, "r": result}``: the result of the controller's own call for that request
 (:mod:`..headstart`; ``result`` as :func:`.base.result_to_wire` gives it), or ``null`` at once
 when the controller did not send it (the worker sends it itself). A claim also says whether
@@ -66,11 +73,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .limits import AdaptiveGate, LearnedPace, TokenBucket, backoff_scale
+from .tokens import TOKEN_KINDS
 
 CONNECT_TIMEOUT_S = 5.0
 Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount] | ["l", key]
 RUN_KEY = "run"  # the bound on calls in flight across all models
-LIMIT_KINDS = ("model", "rpm", "tpm")  # a model's keys: its max_concurrency, rpm, tpm
+# a model's keys: its max_concurrency, rpm, tpm, and the input / output tokens a minute its
+# provider may state (:mod:`.tokens`)
+LIMIT_KINDS = ("model", "rpm", "tpm", "itpm", "otpm")
 READ_LIMIT = 1 << 26  # a claim's answer carries a reply's body: longer lines than asyncio's 64 KiB
 # test id, role, model reference, request key, sent ahead -> the controller's result or None
 Claims = Callable[[str, str, str, str, bool], Awaitable[dict[str, Any] | None]]
@@ -157,6 +167,8 @@ class SlotBroker:
                         self._reply(msg["o"])
                 elif "o" in msg:
                     self._reply(msg["o"])
+                elif "u" in msg:
+                    self._charge(msg["u"])
                 elif "p" in msg and str(msg["p"]) in self._gates:
                     pace = self.paces.get(str(msg["p"]))
                     if pace is None or not pace.paced:  # a paced model keeps its concurrency
@@ -181,6 +193,17 @@ class SlotBroker:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _charge(self, value: Any) -> None:
+        """A reply's usage: ``[[rate key, tokens more (or fewer)], ...]``."""
+        if not isinstance(value, list):
+            raise ValueError("not a list of charges")
+        for item in value:
+            bucket = self._buckets.get(str(item[0])) if isinstance(item, list) and item else None
+            if bucket is not None and len(item) > 1:
+                amount = float(item[1])
+                if amount == amount and abs(amount) < 1e12:  # not NaN, not absurd
+                    bucket.charge(amount)
 
     def _reply(self, value: Any) -> None:
         """A worker's reply came: ``[model key, limited, stated rpm or None, age]``."""
@@ -212,18 +235,41 @@ class SlotBroker:
                     await self._gates[key].release()
                 taken = []
                 for step in steps:
-                    if step[0] == "b":
-                        self._buckets[step[1]].refund(float(step[4]))
+                    bucket = self._buckets.get(step[1]) if step[0] == "b" else None
+                    if bucket is not None:  # (a rate step neither knew is not in the broker)
+                        bucket.refund(float(step[4]))
             held.update(taken)
             taken = []
-            writer.write(json.dumps({"a": msg["a"]}).encode() + b"\n")
-        except (ValueError, TypeError, IndexError, OSError):
+            grant: dict[str, Any] = {"a": msg["a"]}
+            rates = self._rates(steps)
+            if rates:
+                grant["k"] = rates
+            writer.write(json.dumps(grant).encode() + b"\n")
+        except (ValueError, TypeError, IndexError, KeyError, OSError):
             # a request it cannot serve: close the connection rather than leave the worker
             # waiting for a grant that never comes (it falls back to its share)
             writer.close()
         finally:
             for key in taken:  # dropped half-way: give back what was taken
                 await self._gates[key].release()
+
+    def _rates(self, steps: list[Step]) -> dict[str, float]:
+        """The tokens-a-minute rates the broker keeps for the model of ``steps`` that they do
+        not take (limits its provider stated to other workers): the worker keeps to them from
+        its next request."""
+        rates: dict[str, float] = {}
+        if not self._buckets:
+            return rates
+        for step in steps:
+            if step[0] == "l" and step[1].startswith("model "):
+                ref = step[1][len("model "):]
+                known = {str(s[1]) for s in steps if s[0] == "b" and float(s[2]) > 0}
+                for kind in TOKEN_KINDS:
+                    key = limit_key(kind, ref)
+                    bucket = self._buckets.get(key)
+                    if bucket is not None and key not in known:
+                        rates[key] = bucket.rate * 60.0
+        return rates
 
     async def _take(self, steps: list[Step], taken: list[str]) -> list[str]:
         """Take the steps in order (the gates taken in ``taken``); the keys of the paces
@@ -246,9 +292,17 @@ class SlotBroker:
                 self.peak[key] = max(self.peak[key], gate.in_flight)
             else:
                 bucket = self._buckets.get(key)
+                per_minute, capacity = float(step[2]), float(step[3])
                 if bucket is None:
-                    per_minute, capacity = float(step[2]), float(step[3])
-                    bucket = self._buckets[key] = TokenBucket(per_minute, capacity=capacity)
+                    if per_minute <= 0:  # a limit the worker does not know, nor the broker
+                        continue
+                    bucket = self._buckets[key] = TokenBucket(per_minute, capacity=abs(capacity))
+                    if capacity < 0:  # learned from the answers: the requests before spent it
+                        bucket.charge(bucket.capacity)
+                elif 0 < per_minute / 60.0 < bucket.rate:
+                    # a lower limit its provider stated since (the workers that have not seen
+                    # it yet still send the config's)
+                    bucket.rate, bucket.capacity = per_minute / 60.0, abs(capacity)
                 await bucket.acquire(float(step[4]))
         return unpaced
 
@@ -320,6 +374,9 @@ class SlotClient:
         self._claims: dict[int, asyncio.Future[dict[str, Any] | None]] = {}
         self._ids = itertools.count(1)
         self.lost: str | None = None
+        # tokens-a-minute rates the broker keeps that this worker's steps did not take (a
+        # limit a provider stated to another worker): key -> tokens a minute
+        self.rates: dict[str, float] = {}
 
     @property
     def usable(self) -> bool:
@@ -357,6 +414,9 @@ class SlotClient:
                         result = msg.get("r")
                         claim.set_result(result if isinstance(result, dict) else None)
                     continue
+                rates = msg.get("k")
+                if isinstance(rates, dict):
+                    self.rates.update({str(k): float(v) for k, v in rates.items()})
                 fut, keys = self._pending.pop(int(msg["a"]), (None, []))
                 if fut is not None and not fut.done():
                     fut.set_result(True)
@@ -436,6 +496,12 @@ class SlotClient:
             if reply is not None:
                 msg["o"] = reply
             self._send(msg)
+
+    def charge(self, amounts: list[list[Any]]) -> None:
+        """A reply's usage: ``[[rate key, tokens], ...]`` more (or, negative, fewer) than its
+        request took."""
+        if amounts:
+            self._send({"u": amounts})
 
     def penalize(self, key: str, seconds: float) -> None:
         self._send({"p": key, "c": seconds})

@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/rate_limits.py [--cases 200] [--rpm 600] [--xdist 2] [--base REV]
+    python bench/rate_limits.py [--cases 200] [--rpm 600] [--tpm 160000] [--xdist 2]
+                                [--base REV] [--only requests|tokens]
 
 The 200-case suite of ``bench/throughput.py`` (``rollout.ask(case)``, 2 models at 100 ms),
 its candidate ``sim:good?latency_ms=100&jitter=0&rpm_limit=RPM``: the simulator (a standalone
@@ -14,6 +15,12 @@ that failed, the 429s (attempts beyond the first), its p95 latency and the verdi
 least time the quota allows (the cases / RPM a minute). With ``--base REV`` the same runs with
 the plugin as it was at git revision REV (its ``src/`` first on ``PYTHONPATH``), the simulator
 being this tree's.
+
+Then the same for a quota in tokens a minute (``tpm_limit=TPM``: the prompt and the answer, as
+OpenAI counts them), with longer prompts, half Chinese and half English (about 160 and 200
+tokens, answers about 90): stated in the answers' headers (``x-ratelimit-limit-tokens``) and
+not stated, each without ``tpm`` in the config and with ``tpm`` at 95 % of the quota; the least
+time is the tokens the candidate's calls used / TPM a minute.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ def run(root: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
     calls = [c for c in data["records"]["calls"] if c["role"] == "candidate"]
     return {
         "wall": wall,
+        "tokens": sum((c.get("input_tokens") or 0) + (c.get("output_tokens") or 0) for c in calls),
         "failed": sum(c["status"] != "ok" for c in calls),
         "calls": len(calls),
         "retried": sum(max(0, int(c.get("attempts") or 1) - 1) for c in calls),
@@ -55,12 +63,52 @@ def run(root: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
     }
 
 
+ZH = ("我们的退货政策规定，商品在签收后三十天内可以申请退款，但需要保持包装完好并附上购买凭证。"
+      "如果商品存在质量问题，我们会承担来回运费。")
+EN = ("Our return policy says that items can be refunded within thirty days of delivery, as long "
+      "as the packaging is intact and the receipt is included. If the item is defective we pay "
+      "the shipping both ways. ")
+
+
+def write_tokens_project(root: Path, n: int, stable: str, candidate: str, tpm: int) -> None:
+    write_project(root, n, stable, "x")
+    with (root / "cases.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(n):
+            prompt = (f"{ZH * 3}请问订单 B-{20000 + i} 可以退款吗？" if i % 2
+                      else f"{EN * 3}Can order A-{10000 + i} be refunded?")
+            f.write(json.dumps({"id": f"c{i:05d}", "prompt": prompt}, ensure_ascii=False) + "\n")
+    (root / "pyproject.toml").write_text(
+        f'[tool.modelrollout]\nstable = "sim:{stable}"\ncandidate = "cand"\nconcurrency = 16\n\n'
+        f'[tool.modelrollout.models.cand]\nprovider = "sim"\nmodel = "{candidate}"\n'
+        + (f"tpm = {tpm}\n" if tpm else ""), encoding="utf-8")
+
+
+def tokens_rows(work: Path, args: argparse.Namespace, trees: dict[str, dict[str, str]],
+                stable: str) -> list[tuple[str, str, dict[str, Any]]]:
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    for headers in (1, 0):
+        for tpm in (0, int(args.tpm * 0.95)):
+            proj = work / f"t{headers}-{tpm}"
+            quota = f"good?latency_ms=100&jitter=0&tpm_limit={args.tpm}&limit_headers={headers}"
+            write_tokens_project(proj, args.cases, stable, quota, tpm)
+            for label, tree_env in trees.items():
+                for n in (0, args.xdist):
+                    xargs = ["-n", str(n)] if n else []
+                    said = "stated" if headers else "not stated"
+                    rows.append((label, f"-n {n}, {said}, " + (f"tpm = {tpm}" if tpm else
+                                                                "no tpm"),
+                                 run(proj, tree_env, *xargs)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=200)
     ap.add_argument("--rpm", type=int, default=600)
     ap.add_argument("--xdist", type=int, default=2)
+    ap.add_argument("--tpm", type=int, default=160_000)
     ap.add_argument("--base", default="")
+    ap.add_argument("--only", choices=["requests", "tokens"], default="")
     args = ap.parse_args()
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     print(f"machine: nproc={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
@@ -76,7 +124,8 @@ def main() -> None:
             stable = "stable?latency_ms=100&jitter=0"
             quota = f"good?latency_ms=100&jitter=0&rpm_limit={args.rpm}"
             rows: list[tuple[str, str, dict[str, Any]]] = []
-            for headers in (1, 0):
+            token_rows = [] if args.only == "requests" else tokens_rows(work, args, trees, stable)
+            for headers in (1, 0) if args.only != "tokens" else ():
                 proj = work / f"h{headers}"
                 write_project(proj, args.cases, stable, f"{quota}&limit_headers={headers}")
                 for label, tree_env in trees.items():
@@ -90,18 +139,28 @@ def main() -> None:
                 f'[tool.modelrollout]\nstable = "sim:{stable}"\ncandidate = "cand"\n'
                 f'concurrency = 16\n\n[tool.modelrollout.models.cand]\nprovider = "sim"\n'
                 f'model = "{quota}"\nrpm = {int(args.rpm * 0.95)}\n', encoding="utf-8")
-            for n in (0, args.xdist):
+            for n in (0, args.xdist) if args.only != "tokens" else ():
                 xargs = ["-n", str(n)] if n else []
                 rows.append(("this tree", f"-n {n}, rpm = {int(args.rpm * 0.95)}",
                              run(proj, env, *xargs)))
     finally:
         sim.terminate()
         sim.wait(10)
-    least = args.cases / (args.rpm / 60.0)
-    print(f"{args.cases} cases, the candidate's quota {args.rpm} requests a minute: at best "
-          f"{least:.1f} s for its calls")
+    if rows:
+        least = args.cases / (args.rpm / 60.0)
+        print(f"{args.cases} cases, the candidate's quota {args.rpm} requests a minute: at best "
+              f"{least:.1f} s for its calls")
+        show(rows)
+    if token_rows:
+        used = max(r["tokens"] for _, _, r in token_rows)
+        print(f"{args.cases} cases, the candidate's quota {args.tpm} tokens a minute, its calls "
+              f"{used} tokens: at best {used / (args.tpm / 60.0):.1f} s for them")
+        show(token_rows)
+
+
+def show(rows: list[tuple[str, str, dict[str, Any]]]) -> None:
     for label, what, r in rows:
-        print(f"  {label:>12} | {what:<22} | {r['wall']:6.1f} s | {r['failed']:3d} of "
+        print(f"  {label:>12} | {what:<32} | {r['wall']:6.1f} s | {r['failed']:3d} of "
               f"{r['calls']} failed | {r['retried']:3d} 429s retried | p95 {r['p95']:8.1f} ms | "
               f"{r['verdict']}")
 

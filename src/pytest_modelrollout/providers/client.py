@@ -491,10 +491,7 @@ class ModelClient:
             last = err
             if isinstance(err, RateLimitError):
                 state.limited_at = state.attempt_sent
-                if self._tokens.changed < sent:
-                    # (not for a request sent before the model's tokens limits were known: the
-                    # first burst's 429s, the limits keep it from here)
-                    self._penalize(err.retry_after, scale)
+                self._penalize(err.retry_after, scale)
             if not err.retryable or i >= self.spec.max_retries:
                 break
             delay = backoff_delay(state.attempts, err.retry_after, scale)
@@ -656,6 +653,12 @@ class ModelClient:
         if self.pace.paced:
             # the pace keeps to the provider's quota from here: a concurrency halved again
             # and again would only hold it back, then let a burst out when it ends
+            return
+        if self._tokens.active or (self._slots is not None and any(
+                self._slot_key[kind] in self._slots.rates for kind in TOKEN_KINDS)):
+            # kept to its tokens limits, settled by every answer: a 429 now and then (an
+            # estimate under the provider's count) does not call for half the concurrency and
+            # rates for 10 s; 429s that keep coming set a pace of its requests
             return
         cooldown = max(ADAPTIVE_COOLDOWN_S, min(retry_after or 0.0, RETRY_AFTER_CAP_S)) * scale
         if self._slots is not None and self._slots.usable:  # every worker's, at the broker

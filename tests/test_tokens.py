@@ -11,6 +11,7 @@ limits when its answer comes. What a user depends on: with ``tpm`` set to the pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -285,3 +286,28 @@ def test_a_suite_of_chinese_and_english_prompts_keeps_under_tpm(
     assert [c["attempts"] for c in calls] == [1] * 24, "a request went over the quota"
     assert "HTTP 429" not in result.stdout.str()
     assert report["verdict"] != "BLOCKED", result.stdout.str()[-3000:]
+
+
+def test_a_call_cancelled_while_it_waits_for_tokens_gives_its_slot_back(sim: SimServer) -> None:
+    """A request takes its model's slot, then waits for its tokens: cancelled there (a test
+    that ended, a run interrupted), the slot is free again for the calls behind it."""
+    cfg = parse_config({"models": {"q": {
+        "provider": "sim", "model": "stable?latency_ms=0", "max_concurrency": 1, "tpm": 60}}})
+    registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
+                             {"MODELROLLOUT_SIM_URL": sim.base_url})
+
+    async def main() -> int:
+        client = registry.client("q")
+        try:
+            assert (await client.call(_req("hello"))).ok  # the bucket owes its tokens now
+            waiting = asyncio.ensure_future(client.call(_req("hello again")))
+            await asyncio.sleep(0.3)
+            assert not waiting.done() and client.gate.in_flight == 1
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            return client.gate.in_flight
+        finally:
+            await registry.aclose()
+
+    assert asyncio.run(asyncio.wait_for(main(), 20)) == 0

@@ -584,11 +584,15 @@ class ModelClient:
             if await self._slots.acquire(self._slot_steps(tokens)):
                 return True, tokens
         await self._gate.acquire()
-        if tokens is None and self._tokens.active:
-            tokens = self._tokens.reserve(request, self.spec.params)
-        await self._tokens.acquire(tokens)
-        if self._rpm is not None:
-            await self._rpm.acquire(1.0)
+        try:
+            if tokens is None and self._tokens.active:
+                tokens = self._tokens.reserve(request, self.spec.params)
+            await self._tokens.acquire(tokens)
+            if self._rpm is not None:
+                await self._rpm.acquire(1.0)
+        except BaseException:  # cancelled while waiting for the rates: the slot is not used
+            await self._gate.release()
+            raise
         return False, tokens
 
     def _slot_steps(self, tokens: Reservation | None) -> list[Step]:

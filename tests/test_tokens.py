@@ -74,6 +74,14 @@ def test_the_meter_learns_from_the_usage_the_answers_report() -> None:
     assert owed["tpm"] == pytest.approx(int(capped.amounts["itpm"]) - capped.amounts["itpm"])
     assert owed["otpm"] == pytest.approx(50 - 300)
     assert meter.settle(capped, None, 50) == {}  # no usage reported: nothing to settle
+    # the Anthropic API: an answer's 1024 max_tokens (sent unless set) held until it comes,
+    # then counted as it came
+    anthropic = TokenMeter(default_max=1024, counts_max_tokens=False)
+    held = anthropic.reserve(_req(ZH), None)
+    assert held.amounts["otpm"] == 1024
+    owed = anthropic.settle(held, input_tokens=int(held.amounts["itpm"]), output_tokens=50)
+    assert owed["otpm"] == pytest.approx(50 - 1024)
+    assert owed["tpm"] == pytest.approx(50 - 1024 + owed["itpm"])
 
 
 def test_stated_limits_are_read_from_both_providers_headers() -> None:
@@ -95,6 +103,13 @@ def test_stated_limits_are_read_from_both_providers_headers() -> None:
     # a limit learned from the answers starts with its bank spent: the requests before it
     # (sent while the limit was unknown) took it at the provider
     assert limits.buckets["otpm"]._tokens <= 0
+    # an Anthropic model's buckets bank a minute's worth (an answer's max_tokens is held until
+    # it comes): one learned from the answers starts a second's worth short
+    anthropic = TokenLimits(None, bank_s=60.0)
+    anthropic.state({"otpm": 8_000})
+    bucket = anthropic.buckets["otpm"]
+    assert bucket.capacity == pytest.approx(7_600)
+    assert bucket._tokens == pytest.approx(7_600 - 7_600 / 60)
 
 
 def test_a_request_larger_than_the_bank_waits_for_a_full_bucket_and_owes_the_rest() -> None:
@@ -117,10 +132,12 @@ def test_the_simulators_tokens_quotas() -> None:
     assert q.admit("m", 0, 0, 0.1, 0.0, {"tpm": (600, 25)}) is None
     assert q.admit("m", 0, 0, 0.1, 0.0, {"tpm": (600, 5)}) == ("tpm", pytest.approx(2.0))
     assert q.admit("m", 0, 0, 0.1, 2.0, {"tpm": (600, 5)}) is None  # the 429 cost nothing
-    # input and output apart: the output quota turns it away, the input one is not charged
-    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 8), "otpm": (60, 3)}) is None
-    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 1), "otpm": (60, 3)})[0] == "otpm"
-    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 2), "otpm": (0, 3)}) is None
+    # input and output apart, as Anthropic's, banking a minute's worth: the output quota turns
+    # the second away, and the input one is not charged for it
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 500), "otpm": (60, 50)}) is None
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 90), "otpm": (60, 20)})[0] == "otpm"
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 100), "otpm": (0, 20)}) is None
+    assert q.admit("a", 0, 0, 0.1, 0.0, {"itpm": (600, 1)})[0] == "itpm"
 
 
 @pytest.fixture(scope="module")
@@ -165,20 +182,27 @@ def _prompts(n: int) -> list[str]:
             f"{EN * 3}Can order A-{1000 + i} be refunded?" for i in range(n)]
 
 
-@pytest.mark.parametrize("how", ["tpm", "stated"])
+@pytest.mark.parametrize("how", ["tpm", "stated", "stated-anthropic"])
 def test_a_client_keeps_under_a_tokens_quota(
     sim: SimServer, how: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """40 calls of Chinese and English prompts (about 250 tokens each, prompt and answer) at
-    concurrency 8 against a quota of 60,000 tokens a minute (1,000 a second): with ``tpm`` at
+    concurrency 8 against a quota of 60,000 tokens a minute (1,000 a second, a second's worth
+    banked, as OpenAI's): with ``tpm`` at
     95 % of it in the config no request is turned away (counted as characters / 4, without
     the answers, as before, the Chinese prompts went over it); with the quota stated in the
     answers' headers only the first 8, sent before any answer said it, may be; and the calls
-    take about as long as the quota allows."""
+    take about as long as the quota allows. On the Anthropic wire the quota is in input and
+    output tokens apart (60,000 and 30,000 a minute), and an answer holds its 1024 max_tokens
+    until it comes, as Anthropic counts it."""
     monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
-    headers = 1 if how == "stated" else 0
+    headers = 0 if how == "tpm" else 1
     model = f"stable?latency_ms=50&jitter=0&tpm_limit=60000&limit_headers={headers}"
-    models: dict[str, Any] = {"q": {"provider": "sim", "model": model, "max_concurrency": 8}}
+    provider = "sim"
+    if how == "stated-anthropic":
+        provider = "sim-anthropic"  # (its own quota: the model string differs)
+        model = "stable?latency_ms=50.0&jitter=0.0&itpm_limit=60000&otpm_limit=30000"
+    models: dict[str, Any] = {"q": {"provider": provider, "model": model, "max_concurrency": 8}}
     if how == "tpm":
         models["q"]["tpm"] = 57_000
     cfg = parse_config({"models": models})
@@ -204,6 +228,12 @@ def test_a_client_keeps_under_a_tokens_quota(
     used = sum((r.response.input_tokens or 0) + (r.response.output_tokens or 0)
                for r in results)
     least = (used - 1000) / 1000  # a second's worth banked, then 1,000 a second
+    if how == "stated-anthropic":
+        # Anthropic's buckets bank a minute's worth: the 40 calls fit, and the 1024 tokens
+        # each answer holds until it comes (of a minute's 30,000) do not make them wait for
+        # each other (banked a second's worth, they went one at a time: 74 s)
+        assert wall < 5.0
+        return
     assert wall >= least * 0.9
     assert wall <= least * 1.6 + 1.5, (wall, least)
 

@@ -48,7 +48,7 @@ from .._exceptions import (
     RateLimitError,
     TimeoutError_,
 )
-from .anthropic import AnthropicProvider
+from .anthropic import DEFAULT_MAX_TOKENS, AnthropicProvider
 from .base import (
     CallResult,
     ChatRequest,
@@ -62,7 +62,7 @@ from .limits import BACKOFF_SCALE_ENV, AdaptiveGate, LearnedPace, TokenBucket, b
 from .openai import OpenAIProvider, safe_message, scrub
 from .presets import PRESETS
 from .slots import LIMIT_KINDS, RUN_KEY, limit_key
-from .tokens import TOKEN_KINDS, Reservation, TokenLimits, bucket_capacity
+from .tokens import TOKEN_KINDS, Reservation, TokenLimits, TokenMeter, bucket_capacity
 from .transport import (
     WIRE_CLOCK,
     AsyncioTransport,
@@ -266,7 +266,11 @@ class ModelClient:
         self._rpm = TokenBucket(local.rpm) if local.rpm else None
         # tokens a minute: the config's tpm and the limits the provider states (this process's
         # buckets at 1/N of them under xdist without the broker)
-        self._tokens = TokenLimits(spec.tpm, share[1] if share is not None else 1)
+        anthropic = spec.wire == "anthropic"  # max_tokens 1024 unless set; counts the answer
+        self._tokens = TokenLimits(
+            spec.tpm, share[1] if share is not None else 1, bank_s=60.0 if anthropic else 1.0,
+            meter=TokenMeter(DEFAULT_MAX_TOKENS if anthropic else None,
+                             counts_max_tokens=not anthropic))
         # the pace learned from the provider's 429s, this process's own (each xdist worker
         # learns its part of a quota from the replies it gets)
         self.pace = LearnedPace(backoff_scale(self._env))
@@ -606,7 +610,7 @@ class ModelClient:
             for kind in TOKEN_KINDS:
                 # a rate not known here is 0: the broker's, if another worker learned one
                 rate = rates.get(kind, 0.0)
-                capacity = bucket_capacity(rate) if rate else 0.0
+                capacity = bucket_capacity(rate, self._tokens.bank_s) if rate else 0.0
                 if kind in self._tokens.stated:  # learned from the answers: starts empty
                     capacity = -capacity
                 steps.append(["b", key[kind], rate, capacity, tokens.amounts[kind]])

@@ -40,6 +40,7 @@ class TokenBucket:
         self._last = time.monotonic()
         self._slow_until = 0.0
         self._lock = asyncio.Lock()
+        self._given: asyncio.Event | None = None  # set when tokens come back to a waiter
 
     def slow_down(self, until: float) -> None:
         self._slow_until = max(self._slow_until, until)
@@ -47,12 +48,20 @@ class TokenBucket:
     def refund(self, amount: float) -> None:
         """Give back tokens taken for a request that did not go out."""
         self._tokens = min(self.capacity, self._tokens + max(0.0, amount))
+        self._wake()
 
     def charge(self, amount: float) -> None:
         """Take ``amount`` more (a negative amount gives some back) once what a request cost
         is known; the bucket may owe up to a minute's worth."""
         floor = -max(self.capacity, self.rate * 60.0)
         self._tokens = max(floor, min(self.capacity, self._tokens - amount))
+        if amount < 0:
+            self._wake()
+
+    def _wake(self) -> None:
+        # (on the event loop of the waiter: the clients' and the broker's calls run on theirs)
+        if self._given is not None:
+            self._given.set()
 
     def _effective_rate(self, now: float) -> float:
         return self.rate / 2.0 if now < self._slow_until else self.rate
@@ -69,7 +78,12 @@ class TokenBucket:
                 if self._tokens >= need:
                     self._tokens -= amount
                     return
-                await asyncio.sleep((need - self._tokens) / rate)
+                # until the tokens are there, or some come back sooner (an answer that used
+                # fewer than its request took)
+                given = self._given = self._given or asyncio.Event()
+                given.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(given.wait(), (need - self._tokens) / rate)
 
 
 class AdaptiveGate:

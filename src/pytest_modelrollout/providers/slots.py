@@ -26,7 +26,8 @@ worker -> broker                                        meaning
 ``["b", key, per_minute, capacity, amount]``            a step: ``amount`` of a rate's tokens
                                                         (at ``per_minute`` from then on; 0:
                                                         the broker's, if it has one; capacity
-                                                        < 0: a new bucket starts empty)
+                                                        < 0: a new bucket starts a second's
+                                                        worth short)
 ``["l", key]``                                          a step: a turn under the model's pace
 ``{"o": [key, limited, stated_rpm, age]}``              a reply came (a 429 if ``limited``) to a
                                                         request sent ``age`` seconds before
@@ -73,7 +74,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .limits import AdaptiveGate, LearnedPace, TokenBucket, backoff_scale
-from .tokens import TOKEN_KINDS
+from .tokens import TOKEN_KINDS, spent_before
 
 CONNECT_TIMEOUT_S = 5.0
 Step = list[Any]  # ["g", key, limit] | ["b", key, per_minute, capacity, amount] | ["l", key]
@@ -297,8 +298,8 @@ class SlotBroker:
                     if per_minute <= 0:  # a limit the worker does not know, nor the broker
                         continue
                     bucket = self._buckets[key] = TokenBucket(per_minute, capacity=abs(capacity))
-                    if capacity < 0:  # learned from the answers: the requests before spent it
-                        bucket.charge(bucket.capacity)
+                    if capacity < 0:  # learned from the answers: the requests before spent some
+                        bucket.charge(spent_before(bucket))
                 elif 0 < per_minute / 60.0 < bucket.rate:
                     # a lower limit its provider stated since (the workers that have not seen
                     # it yet still send the config's)

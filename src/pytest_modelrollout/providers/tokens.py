@@ -21,8 +21,9 @@ limits the provider states in its answers' headers, at 95 % of each: OpenAI's
 ``x-ratelimit-limit-tokens`` (prompt and answer, ``tpm``, the lower of it and the config's),
 Anthropic's ``anthropic-ratelimit-input-tokens-limit`` and ``-output-tokens-limit``
 (``itpm``, ``otpm``: input and output apart). Each is a :class:`~.limits.TokenBucket` with a
-second's worth banked (a provider may enforce a minute's quota a second at a time: OpenAI says
-it does), here or, under xdist, at the controller's broker (:mod:`.slots`).
+second's worth banked (OpenAI enforces a minute's quota a second at a time), a minute's for an
+Anthropic model (:func:`bucket_capacity`), here or, under xdist, at the controller's broker
+(:mod:`.slots`).
 
 Plain Python and asyncio, no HTTP stack.
 """
@@ -80,9 +81,17 @@ class Reservation:
 
 
 class TokenMeter:
-    """A model's token estimates, corrected by the usage its answers report."""
+    """A model's token estimates, corrected by the usage its answers report.
 
-    def __init__(self) -> None:
+    ``default_max``: the ``max_tokens`` its requests go out with when they set none (the
+    Anthropic API requires one: 1024), which its provider reserves for the answer until it has
+    come. ``counts_max_tokens``: its ``tpm`` counts the answer as at least ``max_tokens`` (as
+    OpenAI counts it), rather than as it came (as Anthropic adjusts its count when the answer
+    ends)."""
+
+    def __init__(self, default_max: float | None = None, counts_max_tokens: bool = True) -> None:
+        self._default_max = default_max
+        self._counts_max = counts_max_tokens
         self._raw_sum = 0.0  # the raw estimates of the answered requests that reported usage
         self._input_sum = 0.0  # the input tokens they reported
         self._output_sum = 0.0
@@ -98,6 +107,8 @@ class TokenMeter:
     def reserve(self, request: ChatRequest, params: Mapping[str, object] | None) -> Reservation:
         raw = raw_estimate(request)
         cap = max_output(request, params)
+        if cap is None:
+            cap = self._default_max
         inp = raw * self.ratio
         if cap is not None:
             out = cap
@@ -118,7 +129,9 @@ class TokenMeter:
         self._input_sum += input_tokens
         self._output_sum += output_tokens
         self.answers += 1
-        counted_out = max(float(output_tokens), res.max_tokens or 0.0)
+        counted_out = float(output_tokens)
+        if self._counts_max:
+            counted_out = max(counted_out, res.max_tokens or 0.0)
         actual = {"tpm": input_tokens + counted_out, "itpm": float(input_tokens),
                   "otpm": float(output_tokens)}
         return {kind: actual[kind] - res.amounts[kind] for kind in TOKEN_KINDS}
@@ -126,13 +139,17 @@ class TokenMeter:
 
 class TokenLimits:
     """A model's tokens-a-minute limits: the config's ``tpm`` and those its provider states.
+    ``meter``: how its requests' tokens are counted (:class:`TokenMeter`); ``bank_s``: the
+    seconds' worth of tokens its buckets bank (:func:`bucket_capacity`).
 
     ``share``: the number of xdist workers splitting the limits among them when there is no
     broker (each keeps 1/N); the broker's steps carry the whole limits.
     """
 
-    def __init__(self, configured_tpm: float | None, share: int = 1) -> None:
-        self.meter = TokenMeter()
+    def __init__(self, configured_tpm: float | None, share: int = 1, *,
+                 meter: TokenMeter | None = None, bank_s: float = 1.0) -> None:
+        self.meter = meter or TokenMeter()
+        self.bank_s = bank_s
         self._configured = float(configured_tpm) if configured_tpm else None
         self._share = max(1, share)
         self.rates: dict[str, float] = {}  # kind -> tokens a minute, the whole run's
@@ -151,12 +168,13 @@ class TokenLimits:
         local = per_minute / self._share
         bucket = self.buckets.get(kind)
         if bucket is None:
-            bucket = self.buckets[kind] = TokenBucket(local, capacity=bucket_capacity(local))
-            if empty:  # a limit learned from the answers: the requests before it spent the bank
-                bucket.charge(bucket.capacity)
+            bucket = self.buckets[kind] = TokenBucket(
+                local, capacity=bucket_capacity(local, self.bank_s))
+            if empty:  # learned from the answers: the requests before it spent some of the bank
+                bucket.charge(spent_before(bucket))
         else:
             bucket.rate = local / 60.0
-            bucket.capacity = bucket_capacity(local)
+            bucket.capacity = bucket_capacity(local, self.bank_s)
 
     def adopt(self, kind: str, per_minute: float) -> None:
         """A rate the xdist broker keeps for this model (stated to another worker)."""
@@ -206,11 +224,21 @@ class TokenLimits:
                 bucket.charge(amount)
 
 
-def bucket_capacity(per_minute: float) -> float:
-    """A tokens-a-minute bucket banks a second's worth (a request of more waits for a full
-    bucket and leaves it owing the rest)."""
-    return max(1.0, per_minute / 60.0)
+def spent_before(bucket: TokenBucket) -> float:
+    """What a bucket made for a limit an answer stated starts without: a second's worth (all
+    of a second's bank), spent by the requests sent before the limit was known."""
+    return min(bucket.capacity, bucket.rate)
+
+
+def bucket_capacity(per_minute: float, bank_s: float = 1.0) -> float:
+    """What a tokens-a-minute bucket banks: ``bank_s`` seconds' worth, a second's by default
+    (OpenAI enforces a minute's quota a second at a time); a minute's for an Anthropic model
+    (its buckets fill up to the minute's limit, and an answer's ``max_tokens`` is held against
+    it until the answer comes: banked a second's worth, an answer of 1024 tokens at 8,000 a
+    minute would leave one request in flight). A request of more waits for a full bucket and
+    leaves it owing the rest."""
+    return max(1.0, per_minute / 60.0 * bank_s)
 
 
 __all__ = ["STATED_SHARE", "TOKEN_KINDS", "Reservation", "TokenLimits", "TokenMeter",
-           "bucket_capacity", "max_output", "raw_estimate"]
+           "bucket_capacity", "max_output", "raw_estimate", "spent_before"]

@@ -56,9 +56,9 @@ class Persona:
     # worth banked) and requests in flight at once; over it, HTTP 429 with retry-after
     rpm_limit: float = 0.0
     concurrency_limit: float = 0.0
-    # tokens a minute, a second's worth banked, counted as the providers count them: prompt
-    # plus the larger of the answer and max_tokens (OpenAI's TPM); the prompt (Anthropic's
-    # input tokens a minute); the answer (its output tokens a minute)
+    # tokens a minute, counted as the providers count them: prompt plus the larger of the
+    # answer and max_tokens (OpenAI's TPM, a second's worth banked); the prompt (Anthropic's
+    # input tokens a minute, a minute's worth banked); the answer (its output tokens a minute)
     tpm_limit: float = 0.0
     itpm_limit: float = 0.0
     otpm_limit: float = 0.0

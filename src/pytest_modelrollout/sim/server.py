@@ -266,7 +266,8 @@ class Simulator:
 class Quotas:
     """A provider's limits per model string (``rpm_limit``, ``concurrency_limit``,
     ``tpm_limit``, ``itpm_limit``, ``otpm_limit``), shared by every connection: requests and
-    tokens per minute as buckets refilled continuously with a second's worth banked, and
+    tokens per minute as buckets refilled continuously with a second's worth banked (a
+    minute's for the input and output tokens, as Anthropic's), and
     requests in flight (from arrival to reply). As at OpenAI, a request turned away counts
     against the requests a minute too (the bucket owes at most a second's worth), so a client
     that retries at once stays limited; its tokens do not count (it was not processed). A
@@ -279,9 +280,15 @@ class Quotas:
         self._buckets: dict[tuple[str, str], list[float]] = {}
         self._ends: dict[str, list[float]] = {}
 
+    @staticmethod
+    def capacity(kind: str, per_minute: float) -> float:
+        """A second's worth (OpenAI enforces a minute's quota a second at a time), a minute's
+        for Anthropic's input and output tokens (its buckets fill up to the minute's limit)."""
+        return max(1.0, per_minute if kind in ("itpm", "otpm") else per_minute / 60.0)
+
     def _level(self, model: str, kind: str, per_minute: float, now: float) -> list[float]:
         rate = per_minute / 60.0
-        capacity = max(1.0, rate)
+        capacity = self.capacity(kind, per_minute)
         bucket = self._buckets.setdefault((model, kind), [capacity, now])
         bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
@@ -312,7 +319,7 @@ class Quotas:
                 if per_minute <= 0:
                     continue
                 bucket = self._level(model, kind, per_minute, now)
-                need = min(float(amount), max(1.0, per_minute / 60.0))
+                need = min(float(amount), self.capacity(kind, per_minute))
                 if bucket[0] < need:
                     return kind, max(wait, (need - bucket[0]) / (per_minute / 60.0))
                 taking.append((bucket, amount))

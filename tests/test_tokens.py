@@ -62,7 +62,9 @@ def test_the_meter_learns_from_the_usage_the_answers_report() -> None:
     nxt = meter.reserve(_req(ZH), None)
     assert meter.ratio == pytest.approx(2.0)
     assert nxt.amounts["itpm"] == pytest.approx(2 * nxt.raw)  # corrected by what it learned
-    assert nxt.amounts["otpm"] == pytest.approx(40)  # the mean reply so far
+    assert nxt.amounts["otpm"] == pytest.approx(40)  # the longest recent reply
+    meter.settle(nxt, input_tokens=int(nxt.amounts["itpm"]), output_tokens=70)
+    assert meter.reserve(_req(ZH), None).amounts["otpm"] == 70
     # never corrected below the estimate: an estimate too low sends bursts over the limit
     low = TokenMeter()
     low.settle(low.reserve(_req(EN), None), input_tokens=1, output_tokens=1)
@@ -291,8 +293,10 @@ def test_a_suite_of_chinese_and_english_prompts_keeps_under_tpm(
     xdist: list[str], request: pytest.FixtureRequest,
 ) -> None:
     """The candidate's provider allows 60,000 tokens a minute and does not say so; the
-    config's ``tpm`` is 57,000: every call is answered at its first attempt, with and without
-    xdist (the workers share the limit at the controller), and the verdict is READY."""
+    config's ``tpm`` is 54,000 (90 %: room for a loaded machine's delays, which the provider's
+    clock sees as requests closer together): every call is answered at its first attempt,
+    with and without xdist (the workers share the limit at the controller), and the verdict is
+    READY."""
     if xdist:
         request.getfixturevalue("one_heavy_run_at_a_time")
     monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
@@ -302,7 +306,7 @@ def test_a_suite_of_chinese_and_english_prompts_keeps_under_tpm(
         '[tool.modelrollout]\nstable = "sim:stable?latency_ms=100&jitter=0"\n'
         'candidate = "cand"\n\n[tool.modelrollout.models.cand]\nprovider = "sim"\n'
         'model = "good?latency_ms=100&jitter=0&tpm_limit=60000&limit_headers=0"\n'
-        "tpm = 57000\n"
+        "tpm = 54000\n"
     )
     lines = [json.dumps({"id": f"c{i:02d}", "prompt": p}, ensure_ascii=False)
              for i, p in enumerate(_prompts(24))]

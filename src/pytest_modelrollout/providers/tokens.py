@@ -11,7 +11,8 @@ So :class:`TokenMeter` estimates a request's input as one token per CJK characte
 quarter of a token per other character of the request as sent (messages, system prompt, tools,
 parameters), scaled by what the model's answers have reported so far (the ratio of the input
 tokens they report to the estimates of their requests), and its answer as its ``max_tokens``
-or, without one, the mean answer so far (before the first answer: as long as the prompt). Each answer then settles the difference: what it
+or, without one, the longest of its last 32 answers (before the first answer: as long as the
+prompt). Each answer then settles the difference: what it
 reports (prompt and answer; with ``max_tokens`` the answer counts at least that, as OpenAI
 counts it) is what the limits are charged, so an estimate that was off is corrected at once, and
 the next requests wait for it.
@@ -30,6 +31,7 @@ Plain Python and asyncio, no HTTP stack.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -52,6 +54,9 @@ _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\
 # the provider counts sends a burst over its limit before the answers settle it; one above
 # only holds back tokens until they do)
 RATIO_BOUNDS = (1.0, 5.0)
+# an answer is reserved as the longest of the model's last RECENT answers (the mean would be
+# under half of them, each over it until its answer settles it: bursts over the limit)
+RECENT = 32
 
 
 def raw_estimate(request: ChatRequest) -> float:
@@ -94,7 +99,7 @@ class TokenMeter:
         self._counts_max = counts_max_tokens
         self._raw_sum = 0.0  # the raw estimates of the answered requests that reported usage
         self._input_sum = 0.0  # the input tokens they reported
-        self._output_sum = 0.0
+        self._outputs: collections.deque[int] = collections.deque(maxlen=RECENT)
         self.answers = 0
 
     @property
@@ -112,8 +117,8 @@ class TokenMeter:
         inp = raw * self.ratio
         if cap is not None:
             out = cap
-        elif self.answers:
-            out = self._output_sum / self.answers
+        elif self._outputs:
+            out = max(self._outputs)
         else:  # before the first answer: as long as the prompt (settled when it comes)
             out = inp
         return Reservation(raw, {"tpm": inp + out, "itpm": inp, "otpm": out}, cap)
@@ -127,7 +132,7 @@ class TokenMeter:
             return {}
         self._raw_sum += res.raw
         self._input_sum += input_tokens
-        self._output_sum += output_tokens
+        self._outputs.append(output_tokens)
         self.answers += 1
         counted_out = float(output_tokens)
         if self._counts_max:

@@ -269,18 +269,8 @@ def test_a_client_keeps_to_a_quota_it_was_not_told(
     registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
                              {"MODELROLLOUT_SIM_URL": sim.base_url})
 
-    async def main() -> list[Any]:
-        client = registry.client(model)
-        try:
-            return list(await asyncio.gather(*(
-                client.call(ChatRequest(messages=[{"role": "user", "content": f"order {i}"}]))
-                for i in range(60))))
-        finally:
-            await registry.aclose()
-
-    t0 = time.monotonic()
-    results = asyncio.run(main())
-    wall = time.monotonic() - t0
+    results, wall = call_all(registry, model, [
+        ChatRequest(messages=[{"role": "user", "content": f"order {i}"}]) for i in range(60)])
     assert [r.status for r in results] == ["ok"] * 60
     retried = [r for r in results if r.attempts > 1]
     if headers:
@@ -348,29 +338,16 @@ def test_a_suite_against_a_quota_gets_the_models_verdict(
     every test passes, its error rate is 0 and its p95 latency is the model's (the 429s and
     their waits are not in it), so no gate blocks it, as none blocks the same two models
     without a quota (before the pace: most candidate calls failed, BLOCKED)."""
-    if xdist:
-        request.getfixturevalue("one_heavy_run_at_a_time")
-    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
-    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
-    monkeypatch.delenv("MODELROLLOUT_KILLED", raising=False)
-    pytester.makepyprojecttoml(
-        '[tool.modelrollout]\nstable = "sim:stable?latency_ms=100&jitter=0"\n'
-        'candidate = "sim:good?latency_ms=100&jitter=0&rpm_limit=600&limit_headers=0"\n'
-    )
-    lines = [json.dumps({"id": f"c{i:02d}", "prompt": f"Where is my order A-{1000 + i}?"})
-             for i in range(20)]
-    lines += [json.dumps({"id": f"c{i:02d}", "prompt": f"你好，我的订单 B-{2000 + i} 到哪了？"})
-              for i in range(20, 40)]
-    pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pytester.makepyfile(test_suite=SUITE)  # the prefetch tests' suite
-    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
-    result.assert_outcomes(passed=40)
+    prompts = [f"Where is my order A-{1000 + i}?" for i in range(20)]
+    prompts += [f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(20, 40)]
+    result, report = run_quota_suite(
+        pytester, sim, monkeypatch, xdist, request, prompts,
+        'candidate = "sim:good?latency_ms=100&jitter=0&rpm_limit=600&limit_headers=0"\n')
     result.stdout.fnmatch_lines([
         "modelrollout: sim:good?*: its provider turned * away with HTTP 429 (rate limit; *"
         "the run kept to a pace from then on, * requests a minute at the end: set rpm in its "
         "model config to the provider's limit for this key*"
     ])
-    report = json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
     wf = report["workflows"]["support"]
     assert wf["candidate"]["error_rate"] == 0.0 and wf["candidate"]["requests"] == 40
     calls = [c for c in report["records"]["calls"] if c["role"] == "candidate"]
@@ -379,3 +356,43 @@ def test_a_suite_against_a_quota_gets_the_models_verdict(
     assert wf["candidate"]["latency_p95_ms"] < 180
     # no gate breached: READY, or INCONCLUSIVE where a loaded machine's noise reaches a gate
     assert report["verdict"] != "BLOCKED", result.stdout.str()[-3000:]
+
+
+def run_quota_suite(
+    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    xdist: list[str], request: pytest.FixtureRequest, prompts: list[str], candidate: str,
+) -> tuple[pytest.RunResult, dict[str, Any]]:
+    """The prefetch tests' suite over ``prompts`` (one case each), the stable model at a fixed
+    100 ms, the candidate as ``candidate`` (config lines after the stable's) against a quota:
+    run with ``xdist``; every test passes. The run's result and its JSON report."""
+    if xdist:
+        request.getfixturevalue("one_heavy_run_at_a_time")
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
+    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
+    monkeypatch.delenv("MODELROLLOUT_KILLED", raising=False)
+    pytester.makepyprojecttoml(
+        '[tool.modelrollout]\nstable = "sim:stable?latency_ms=100&jitter=0"\n' + candidate)
+    lines = [json.dumps({"id": f"c{i:02d}", "prompt": p}, ensure_ascii=False)
+             for i, p in enumerate(prompts)]
+    pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pytester.makepyfile(test_suite=SUITE)  # the prefetch tests' suite
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
+    result.assert_outcomes(passed=len(prompts))
+    return result, json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
+
+
+def call_all(registry: ModelRegistry, ref: str, requests: list[ChatRequest],
+             ) -> tuple[list[Any], float]:
+    """Every request to ``ref`` at once (as many in flight as its limits allow); the results
+    in order and the seconds they took, the registry closed."""
+
+    async def main() -> list[Any]:
+        client = registry.client(ref)
+        try:
+            return list(await asyncio.gather(*(client.call(r) for r in requests)))
+        finally:
+            await registry.aclose()
+
+    t0 = time.monotonic()
+    results = asyncio.run(main())
+    return results, time.monotonic() - t0

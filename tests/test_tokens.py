@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from test_pace import call_all, run_quota_suite
 
 from pytest_modelrollout.config import parse_config, resolve_model
 from pytest_modelrollout.providers import openai
@@ -211,17 +210,7 @@ def test_a_client_keeps_under_a_tokens_quota(
     registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
                              {"MODELROLLOUT_SIM_URL": sim.base_url})
 
-    async def main() -> list[Any]:
-        client = registry.client("q")
-        try:
-            return list(await asyncio.gather(*(
-                client.call(_req(p)) for p in _prompts(40))))
-        finally:
-            await registry.aclose()
-
-    t0 = time.monotonic()
-    results = asyncio.run(main())
-    wall = time.monotonic() - t0
+    results, wall = call_all(registry, "q", [_req(p) for p in _prompts(40)])
     assert [r.status for r in results] == ["ok"] * 40
     if how == "tpm":
         assert [r.attempts for r in results] == [1] * 40, "a request went over the quota"
@@ -275,16 +264,6 @@ def test_the_broker_keeps_a_stated_limit_for_the_workers_that_have_not_seen_it()
 
 # --------------------------------------------------------------------------- a suite, end to end
 
-SUITE = '''
-import pytest
-from pytest_modelrollout import cases
-
-
-@pytest.mark.workflow("support")
-@pytest.mark.parametrize("case", cases("cases.jsonl"))
-def test_support(rollout, case):
-    rollout.ask(case)
-'''
 
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
@@ -297,24 +276,11 @@ def test_a_suite_of_chinese_and_english_prompts_keeps_under_tpm(
     clock sees as requests closer together): every call is answered at its first attempt,
     with and without xdist (the workers share the limit at the controller), and the verdict is
     READY."""
-    if xdist:
-        request.getfixturevalue("one_heavy_run_at_a_time")
-    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
-    monkeypatch.delenv("MODELROLLOUT_BACKOFF_SCALE", raising=False)
-    monkeypatch.delenv("MODELROLLOUT_KILLED", raising=False)
-    pytester.makepyprojecttoml(
-        '[tool.modelrollout]\nstable = "sim:stable?latency_ms=100&jitter=0"\n'
+    result, report = run_quota_suite(
+        pytester, sim, monkeypatch, xdist, request, _prompts(24),
         'candidate = "cand"\n\n[tool.modelrollout.models.cand]\nprovider = "sim"\n'
         'model = "good?latency_ms=100&jitter=0&tpm_limit=60000&limit_headers=0"\n'
-        "tpm = 54000\n"
-    )
-    lines = [json.dumps({"id": f"c{i:02d}", "prompt": p}, ensure_ascii=False)
-             for i, p in enumerate(_prompts(24))]
-    pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pytester.makepyfile(test_suite=SUITE)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
-    result.assert_outcomes(passed=24)
-    report = json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
+        "tpm = 54000\n")
     calls = [c for c in report["records"]["calls"] if c["role"] == "candidate"]
     assert len(calls) == 24 and all(c["status"] == "ok" for c in calls)
     assert [c["attempts"] for c in calls] == [1] * 24, "a request went over the quota"

@@ -611,7 +611,7 @@ class ModelClient:
                 # a rate not known here is 0: the broker's, if another worker learned one
                 rate = rates.get(kind, 0.0)
                 capacity = bucket_capacity(rate, self._tokens.bank_s) if rate else 0.0
-                if kind in self._tokens.stated:  # learned from the answers: starts empty
+                if kind in self._tokens.stated:  # learned from the answers: starts short
                     capacity = -capacity
                 steps.append(["b", key[kind], rate, capacity, tokens.amounts[kind]])
         if spec.rpm:

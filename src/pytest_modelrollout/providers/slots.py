@@ -255,9 +255,9 @@ class SlotBroker:
                 await self._gates[key].release()
 
     def _rates(self, steps: list[Step]) -> dict[str, float]:
-        """The tokens-a-minute rates the broker keeps for the model of ``steps`` that they do
-        not take (limits its provider stated to other workers): the worker keeps to them from
-        its next request."""
+        """The tokens-a-minute rates the broker keeps for the model of ``steps`` that the steps
+        carry no rate for (limits its provider stated to other workers): the worker keeps to
+        them from its next request."""
         rates: dict[str, float] = {}
         if not self._buckets:
             return rates

@@ -74,9 +74,13 @@ def test_fixture(path: Path) -> None:
             assert err.retry_after == pytest.approx(expect["retry_after"])
         if "retryable" in expect:
             assert err.retryable is expect["retryable"]
+        for key in ("stated_rpm", "stated_tokens"):  # the limits the 429's headers state
+            if key in expect:
+                assert getattr(err, key) == expect[key], key
         return
     resp = _parse(d)
-    for key in ("text", "finish_reason", "input_tokens", "output_tokens", "model_id"):
+    for key in ("text", "finish_reason", "input_tokens", "output_tokens", "model_id",
+                "stated_rpm", "stated_tokens"):
         if key in expect:
             assert getattr(resp, key) == expect[key], key
     if "tool_calls" in expect:

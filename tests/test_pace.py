@@ -361,10 +361,12 @@ def test_a_suite_against_a_quota_gets_the_models_verdict(
 def run_quota_suite(
     pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
     xdist: list[str], request: pytest.FixtureRequest, prompts: list[str], candidate: str,
+    *args: str,
 ) -> tuple[pytest.RunResult, dict[str, Any]]:
     """The prefetch tests' suite over ``prompts`` (one case each), the stable model at a fixed
     100 ms, the candidate as ``candidate`` (config lines after the stable's) against a quota:
-    run with ``xdist``; every test passes. The run's result and its JSON report."""
+    run with ``xdist`` (and ``args``); every test passes. The run's result and its JSON
+    report."""
     if xdist:
         request.getfixturevalue("one_heavy_run_at_a_time")
     monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
@@ -376,7 +378,8 @@ def run_quota_suite(
              for i, p in enumerate(prompts)]
     pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     pytester.makepyfile(test_suite=SUITE)  # the prefetch tests' suite
-    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist,
+                                *args)
     result.assert_outcomes(passed=len(prompts))
     return result, json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
 

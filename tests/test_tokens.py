@@ -280,7 +280,10 @@ def test_a_suite_of_chinese_and_english_prompts_keeps_under_tpm(
         pytester, sim, monkeypatch, xdist, request, _prompts(24),
         'candidate = "cand"\n\n[tool.modelrollout.models.cand]\nprovider = "sim"\n'
         'model = "good?latency_ms=100&jitter=0&tpm_limit=60000&limit_headers=0"\n'
-        "tpm = 54000\n")
+        "tpm = 54000\n", "-v")
+    # with -v the run says what it kept the model to (under xdist, as the broker kept it)
+    result.stdout.fnmatch_lines(["modelrollout: cand kept to tokens a minute: 54000 (prompt and "
+                                 "answer)"])
     calls = [c for c in report["records"]["calls"] if c["role"] == "candidate"]
     assert len(calls) == 24 and all(c["status"] == "ok" for c in calls)
     assert [c["attempts"] for c in calls] == [1] * 24, "a request went over the quota"

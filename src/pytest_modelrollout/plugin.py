@@ -576,6 +576,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     broker = config.stash.get(_BROKER, None)
     for line in _pace_lines(rs, broker):
         tr.write_line(line, yellow=True)
+    if config.getoption("verbose") > 0:
+        for line in _token_lines(rs, broker):
+            tr.write_line(line)
     if broker and config.getoption("verbose") > 0:
         line = _limits_line(broker.usage())
         if line:
@@ -595,6 +598,22 @@ def _pace_lines(rs: RolloutSession, broker: Any) -> list[str]:
             if pace.limited and key.startswith(prefix):
                 paces[key.removeprefix(prefix)] = pace
     return [line for ref, pace in sorted(paces.items()) if (line := pace.describe(ref))]
+
+
+_TOKEN_KINDS = {"tpm": "prompt and answer", "itpm": "input", "otpm": "output"}
+
+
+def _token_lines(rs: RolloutSession, broker: Any) -> list[str]:
+    """With ``-v``: the tokens-a-minute limits each model was kept to (the config's ``tpm``, or
+    95 % of what its provider states), e.g. ``modelrollout: sim:good kept to tokens a minute:
+    152000 (prompt and answer)``; under xdist, as the controller's broker kept them."""
+    limits = rs.token_limits()
+    if broker:
+        for ref, rates in broker.token_rates().items():
+            limits.setdefault(ref, {}).update(rates)
+    return [f"modelrollout: {ref} kept to tokens a minute: " + ", ".join(
+        f"{rate:.0f} ({_TOKEN_KINDS[kind]})" for kind, rate in sorted(rates.items()))
+        for ref, rates in sorted(limits.items())]
 
 
 def _limits_line(usage: list[tuple[str, int, int]]) -> str:

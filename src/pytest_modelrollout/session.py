@@ -578,6 +578,11 @@ class RolloutSession:
         registry = self._registry
         return registry.paces() if registry is not None else []
 
+    def token_limits(self) -> dict[str, dict[str, float]]:
+        """Each model's tokens-a-minute limits this process kept to (kind -> per minute)."""
+        registry = self._registry
+        return registry.token_limits() if registry is not None else {}
+
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()

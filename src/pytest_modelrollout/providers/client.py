@@ -725,6 +725,12 @@ class ModelRegistry:
         process's calls)."""
         return [(ref, c.pace) for ref, c in list(self._clients.items()) if c.pace.limited]
 
+    def token_limits(self) -> dict[str, dict[str, float]]:
+        """Each model's tokens-a-minute limits this process kept to (kind -> tokens a minute,
+        the whole run's), where it had any."""
+        return {ref: dict(c._tokens.rates) for ref, c in list(self._clients.items())
+                if c._tokens.rates}
+
     def is_killed(self, ref: str) -> bool:
         return ref in self.killed
 

@@ -118,6 +118,16 @@ class SlotBroker:
         self.address = f"127.0.0.1:{port}:{self.token}"
         return self.address
 
+    def token_rates(self) -> dict[str, dict[str, float]]:
+        """Each model's tokens-a-minute limits the workers kept to (ref -> kind -> per
+        minute)."""
+        rates: dict[str, dict[str, float]] = {}
+        for key, bucket in list(self._buckets.items()):
+            kind, _, ref = key.partition(" ")
+            if kind in TOKEN_KINDS:
+                rates.setdefault(ref, {})[kind] = bucket.rate * 60.0
+        return rates
+
     def usage(self) -> list[tuple[str, int, int]]:
         """``(key, most held at once, limit)`` of each concurrency limit the workers used."""
         return [(key, self.peak[key], gate.limit) for key, gate in list(self._gates.items())]

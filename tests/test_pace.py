@@ -237,14 +237,14 @@ def test_the_simulator_answers_429_over_the_quota_as_providers_do(
         quiet = [_ask(client, wire, model.replace("stable?", "stable?limit_headers=0&"))
                  for _ in range(2)][-1]
         assert quiet.status_code == 429 and "retry-after" in quiet.headers
-        assert openai.parse_stated_rpm(dict(quiet.headers)) is None
+        assert openai.parse_stated_limits(dict(quiet.headers))[0] is None
 
 
 def test_stated_rpm_headers() -> None:
-    assert openai.parse_stated_rpm({"X-RateLimit-Limit-Requests": "500"}) == 500.0
-    assert openai.parse_stated_rpm({"anthropic-ratelimit-requests-limit": "50"}) == 50.0
-    assert openai.parse_stated_rpm({"x-ratelimit-limit-requests": "many"}) is None
-    assert openai.parse_stated_rpm({"x-ratelimit-limit-requests": "0"}) is None
+    assert openai.parse_stated_limits({"X-RateLimit-Limit-Requests": "500"})[0] == 500.0
+    assert openai.parse_stated_limits({"anthropic-ratelimit-requests-limit": "50"})[0] == 50.0
+    assert openai.parse_stated_limits({"x-ratelimit-limit-requests": "many"})[0] is None
+    assert openai.parse_stated_limits({"x-ratelimit-limit-requests": "0"})[0] is None
 
 
 # ------------------------------------------------------------------------------- a model client

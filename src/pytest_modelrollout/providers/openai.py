@@ -109,11 +109,6 @@ def _limit(raw: str | None) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def parse_stated_rpm(headers: Mapping[str, str]) -> float | None:
-    """The requests-per-minute limit the headers state, if they state one."""
-    return parse_stated_limits(headers)[0]
-
-
 def parse_stated_limits(
     headers: Mapping[str, str],
 ) -> tuple[float | None, dict[str, float] | None]:
@@ -648,7 +643,6 @@ __all__ = [
     "parse_response",
     "parse_retry_after",
     "parse_stated_limits",
-    "parse_stated_rpm",
     "parse_tool_call",
     "post_json",
     "scrub",

@@ -40,13 +40,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .limits import TokenBucket
+from .limits import LearnedPace, TokenBucket
 
 if TYPE_CHECKING:
     from .base import ChatRequest
 
 TOKEN_KINDS = ("tpm", "itpm", "otpm")  # prompt and answer; input; output
-STATED_SHARE = 0.95  # of a limit the provider states, as for its requests a minute
+STATED_SHARE = LearnedPace.STATED_SHARE  # of a limit the provider states, as for its requests
 # Han (with extensions A and the compatibility block), kana, Hangul, full-width forms: about a
 # token each in the tokenizers of the models the plugin calls (0.6 to 1.5)
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]")
@@ -100,7 +100,6 @@ class TokenMeter:
         self._raw_sum = 0.0  # the raw estimates of the answered requests that reported usage
         self._input_sum = 0.0  # the input tokens they reported
         self._outputs: collections.deque[int] = collections.deque(maxlen=RECENT)
-        self.answers = 0
 
     @property
     def ratio(self) -> float:
@@ -133,7 +132,6 @@ class TokenMeter:
         self._raw_sum += res.raw
         self._input_sum += input_tokens
         self._outputs.append(output_tokens)
-        self.answers += 1
         counted_out = float(output_tokens)
         if self._counts_max:
             counted_out = max(counted_out, res.max_tokens or 0.0)

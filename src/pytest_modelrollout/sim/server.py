@@ -309,7 +309,7 @@ class Quotas:
                     over, wait = "concurrency", min(ends) - now
             if rpm > 0:
                 bucket = self._level(model, "rpm", rpm, now)
-                capacity = max(1.0, rpm / 60.0)
+                capacity = self.capacity("rpm", rpm)
                 limited = bucket[0] < 1.0
                 bucket[0] = max(-capacity, bucket[0] - 1.0)  # every request counts
                 if limited:
@@ -358,13 +358,11 @@ def _limit_headers(wire: Wire, p: Any, over: str = "", reset_ms: int | None = No
         limit = getattr(p, option)
         if limit <= 0:
             continue
-        headers[f"{head}limit{tail}" if wire == "openai" else f"{head}limit"] = _fmt_seconds(limit)
+        headers[f"{head}limit{tail}"] = _fmt_seconds(limit)
         if reset_ms is not None and option.startswith(over):
-            if wire == "openai":
-                headers[f"{head}remaining{tail}"] = "0"
+            headers[f"{head}remaining{tail}"] = "0"
+            if wire == "openai":  # (Anthropic's reset is a time of day: not sent)
                 headers[f"{head}reset{tail}"] = f"{reset_ms}ms"
-            else:
-                headers[f"{head}remaining"] = "0"
     return headers
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import threading
 import time
@@ -1247,6 +1248,69 @@ def test_without_a_head_start_the_workers_send_everything(
         result.stdout.fnmatch_lines([f"  xdist controller's head start: {said}"])
     seen = sim.first_attempts()
     assert len(seen) == 2 * N_CASES and set(seen.values()) == {1}
+
+
+NICE_CONFTEST = """
+import os
+
+def pytest_configure(config):
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        with open(f"nice-{worker}.txt", "w") as f:
+            f.write(str(os.nice(0)))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no process priorities on this platform")
+@pytest.mark.parametrize(
+    ("args", "env", "added"),
+    [
+        (["-n", "2"], {}, 10),
+        (["-n", "2"], {"MODELROLLOUT_WORKER_NICE": "4"}, 4),
+        (["-n", "2"], {"MODELROLLOUT_WORKER_NICE": "0"}, 0),
+        (["-n", "2"], {"MODELROLLOUT_HEADSTART": "0"}, 0),  # no calls of the controller's
+        (["-d", "--tx", "2*popen//nice=3"], {}, 3),  # the user's own is kept
+    ],
+    ids=["head-start", "set", "turned-off", "no-head-start", "users-own"],
+)
+def test_with_a_head_start_the_workers_run_below_the_controllers_cpu_priority(
+    project: pytest.Pytester,
+    sim: CountingSim,
+    monkeypatch: pytest.MonkeyPatch,
+    one_heavy_run_at_a_time: None,
+    args: list[str],
+    env: dict[str, str],
+    added: int,
+) -> None:
+    """The controller's calls are timed by its event loop: with more processes than cores,
+    the workers starting beside it delay the requests that follow each reply. The workers on
+    this machine start ``nice`` 10 steps below it while it sends, and nothing else changes."""
+    base = os.nice(0)
+    if base + 10 > 19:
+        pytest.skip("this process runs at too low a priority to go 10 steps lower")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    project.makeconftest(NICE_CONFTEST)
+    project.makepyfile(test_suite=SUITE)
+    _run(project, *args).assert_outcomes(passed=N_CASES)
+    seen = {p.name: int(p.read_text()) for p in project.path.glob("nice-*.txt")}
+    assert seen == {"nice-gw0.txt": base + added, "nice-gw1.txt": base + added}
+    assert set(sim.first_attempts().values()) == {1}
+
+
+def test_a_bad_worker_nice_is_one_line_before_any_worker_starts(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELROLLOUT_WORKER_NICE", "high")
+    project.makeconftest(NICE_CONFTEST)
+    project.makepyfile(test_suite=SUITE)
+    result = _run(project, "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "ERROR: modelrollout: MODELROLLOUT_WORKER_NICE must be a whole number from 0 (the "
+        "workers at the controller's CPU priority) to 19, got 'high'"
+    ])
+    assert not list(project.path.glob("nice-*.txt"))
 
 
 @pytest.mark.parametrize(

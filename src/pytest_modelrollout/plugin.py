@@ -151,8 +151,15 @@ def pytest_configure(config: pytest.Config) -> None:
         "modelrollout-prefetch",
     )
     if _is_xdist_controller(config):
-        from .headstart import HEADSTART_PLUGIN, HeadStartOff, HeadStartPlugin, headstart_off
+        from .headstart import (
+            HEADSTART_PLUGIN,
+            HeadStartOff,
+            HeadStartPlugin,
+            headstart_off,
+            worker_nice,
+        )
 
+        nice = worker_nice()  # a bad value is said whether or not the head start is on
         why = headstart_off(config, session)
         if why is None:
             config.pluginmanager.register(
@@ -161,6 +168,7 @@ def pytest_configure(config: pytest.Config) -> None:
                     session,
                     lambda item: _test_context(item, session),
                     lambda: _slot_broker(config),
+                    nice,
                 ),
                 HEADSTART_PLUGIN,
             )

@@ -24,8 +24,14 @@ from typing import Any, Protocol, TypeVar
 T = TypeVar("T")
 
 
-async def _nothing() -> None:
-    pass
+# a call takes several turns of the loop before its request is written (its model's slot,
+# its tokens and rate, a connection of the pool): settle() waits this many turns behind them
+SETTLE_TURNS = 32
+
+
+async def _turns() -> None:
+    for _ in range(SETTLE_TURNS):
+        await asyncio.sleep(0)
 
 
 class _AsyncClosable(Protocol):
@@ -83,17 +89,21 @@ class Runner:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def settle(self, timeout: float) -> bool:
-        """Wait until the loop has started what was submitted before, each coroutine running
-        until it first has to wait (a call: its request written, or queued behind a limit);
-        at most ``timeout`` seconds. False on timeout (or when closed, or called from the loop).
+        """Wait until the loop has run what was submitted before until each coroutine has to
+        wait for something other than the loop's next turn (a call: its request written, or
+        queued behind a limit), for up to :data:`SETTLE_TURNS` turns of the loop; at most
+        ``timeout`` seconds. False on timeout (or when closed, or called from the loop).
 
         For a thread about to keep the GIL for a while (a C extension loading a model holds it
         through the whole call): without this, the loop would get to the calls only after it.
         """
         if self._closed or self.in_loop_thread():
             return False
-        # its first step is queued behind theirs: the loop runs callbacks in order
-        future = asyncio.run_coroutine_threadsafe(_nothing(), self._loop)
+        # its first step is queued behind theirs (the loop runs callbacks in order), and each
+        # of its turns behind their next steps: with one turn, settle() returned when a
+        # call had taken its slot, before it wrote its request (the first 16 requests of a
+        # suite went out over 30-85 ms, the language model's load among them; now 4-9 ms)
+        future = asyncio.run_coroutine_threadsafe(_turns(), self._loop)
         try:
             future.result(timeout)
         except concurrent.futures.TimeoutError:

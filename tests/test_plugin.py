@@ -422,3 +422,53 @@ def test_objects_frozen_at_exit_only_after_a_run_of_model_tests(
         # the xdist controller runs no test code: it freezes whatever its workers run
         expect = frozen or (workers > 0 and name == "freeze-at-exit-main.txt")
         assert (count > 1000) is expect, (name, count)
+
+
+LOADED = """
+import sys
+
+def pytest_unconfigure(config):
+    with open("loaded.txt", "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+"""
+
+
+def test_a_run_that_does_not_use_the_plugin_loads_none_of_it(pytester: pytest.Pytester) -> None:
+    """Installed, the plugin is imported by every pytest run in the environment: one that has
+    no config and no test asking for a model loads neither the config's models (pydantic) nor
+    the session, the checks or the HTTP stack (~200 ms of every start-up, measured)."""
+    pytester.makepyprojecttoml("[tool.pytest.ini_options]\n")
+    pytester.makeconftest(LOADED)
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    loaded = set((pytester.path / "loaded.txt").read_text().split())
+    ours = {m for m in loaded if m.startswith("pytest_modelrollout")}
+    assert ours == {"pytest_modelrollout", "pytest_modelrollout.plugin",
+                    "pytest_modelrollout._exceptions", "pytest_modelrollout._version"}
+    assert "pydantic" not in loaded and "httpcore" not in loaded
+
+
+@XDIST
+def test_a_project_without_a_config_uses_the_models_its_markers_name(
+    pytester: pytest.Pytester, xdist: list[str]
+) -> None:
+    """No config and no option: the session starts when a collected test asks for a model
+    (under xdist, on the controller, when its workers' records arrive)."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("mk", stable="sim:stable", candidate="sim:good")
+        @pytest.mark.parametrize("prompt", ["Where is my order A-1?", "你好，我的订单什么时候到？"])
+        def test_m(rollout, prompt):
+            pair = rollout.ask(prompt)
+            assert pair.stable.model == "sim:stable" and pair.candidate.model == "sim:good"
+            pair.expect_language("same_as_prompt")
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", *xdist)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "*too few samples: 2 stable and 2 candidate requests (min_samples 20)",
+        "rollout verdict: INCONCLUSIVE",
+    ])

@@ -1254,9 +1254,9 @@ NICE_CONFTEST = """
 import os
 
 def pytest_configure(config):
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        with open(f"nice-{worker}.txt", "w") as f:
+    workerinput = getattr(config, "workerinput", None)  # not the environment: this run's
+    if workerinput:  # controller may itself be a worker of the run of these tests
+        with open(f"nice-{workerinput['workerid']}.txt", "w") as f:
             f.write(str(os.nice(0)))
 """
 

@@ -23,22 +23,40 @@ from ._exceptions import (
     ServerError,
 )
 from ._version import __version__
-from .checks import RegressionError
-from .datasets import Case, cases
-from .replies import Pair, Reply, ToolCall
 
 if TYPE_CHECKING:
+    from .checks import RegressionError
+    from .datasets import Case, cases
+    from .replies import Pair, Reply, ToolCall
     from .structure import StructureSnapshotExtension
+
+# imported on first use: pytest imports this package in every run where the plugin is
+# installed, and these load pydantic and the checks (~150 ms), syrupy's JSON extension
+# (~50 ms), which a run that does not use them never needs
+_LAZY = {
+    "RegressionError": "checks",
+    "Case": "datasets",
+    "cases": "datasets",
+    "Pair": "replies",
+    "Reply": "replies",
+    "ToolCall": "replies",
+    "StructureSnapshotExtension": "structure",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # imported on first use: it loads syrupy's JSON extension (~50 ms of every start-up that
-    # a suite without structure snapshots never needs)
-    if name == "StructureSnapshotExtension":
-        from .structure import StructureSnapshotExtension
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return StructureSnapshotExtension
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "AuthError",

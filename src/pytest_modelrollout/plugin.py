@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ._exceptions import ConfigError, ModelRolloutError
-from .config import RECORD_MODES, load_config
-from .handles import ModelHandle, Rollout, TestContext
-from .session import Options, RolloutSession
 
-SESSION_KEY = pytest.StashKey[RolloutSession]()
+if TYPE_CHECKING:
+    from .handles import ModelHandle, Rollout, TestContext
+    from .session import Options, RolloutSession
+
+# Imported by every pytest run where the plugin is installed: the config's models (pydantic),
+# the session and the checks load only in a run that uses modelrollout (:func:`_in_use`), or
+# when a test asks for a model fixture. Kept light: an unused plugin costs a run ~10 ms, not
+# the ~200 ms those take.
+SESSION_KEY = pytest.StashKey["RolloutSession"]()
 FROZEN_KEY = pytest.StashKey[bool]()
 MODEL_FIXTURES = ("rollout", "stable", "candidate")
 WORKER_KEY = "modelrollout"
@@ -33,6 +39,8 @@ def _gate_type(value: str) -> Any:
 
 
 def _record_type(value: str) -> str:
+    from .config import RECORD_MODES
+
     if value not in RECORD_MODES:
         raise argparse.ArgumentTypeError(
             f"invalid record mode {value!r} (choose from {', '.join(RECORD_MODES)})"
@@ -94,6 +102,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _options(config: pytest.Config) -> Options:
+    from .session import Options
+
     get = config.getoption
     return Options(
         stable=get("--stable"),
@@ -120,6 +130,52 @@ def pytest_configure(config: pytest.Config) -> None:
         "workflow(name, *, stable=None, candidate=None, gates=None, system=None, tools=None, "
         "params=None): a model-rollout workflow test (modelrollout)",
     )
+    if not _is_worker(config):
+        config.pluginmanager.register(_WorkerRecordSink(config), "modelrollout-worker-records")
+    if _in_use(config):
+        _start(config)
+
+
+def _in_use(config: pytest.Config) -> bool:
+    """Whether the run uses modelrollout from its start: a config (``--rollout-config``,
+    ``modelrollout.toml``, or ``[tool.modelrollout]`` in the rootdir's ``pyproject.toml``) or
+    one of its options. Another run starts it (:func:`_session`) when a collected test asks
+    for a model fixture, and the xdist controller when its workers' records arrive."""
+    option = config.option
+    if any(getattr(option, dest, None) not in (None, False, []) for dest in _OPTION_DESTS):
+        return True
+    root = Path(str(config.rootpath))
+    if (root / "modelrollout.toml").is_file():
+        return True
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        return False
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    try:
+        with pyproject.open("rb") as fh:
+            tool = tomllib.load(fh).get("tool")
+    except (OSError, ValueError):
+        return True  # load_config says what is wrong with it, in one line
+    return isinstance(tool, dict) and "modelrollout" in tool
+
+
+# the options of pytest_addoption, by dest: any of them set means the run uses the plugin
+_OPTION_DESTS = (
+    "candidate", "stable", "rollout_config", "rollout_report", "rollout_markdown",
+    "rollout_html", "rollout_gate", "rollout_record", "rollout_kill", "rollout_smoke",
+    "rollout_strict", "rollout_no_gate", "rollout_allow_inconclusive", "rollout_exit",
+    "rollout_concurrency", "rollout_no_prefetch",
+)
+
+
+def _start(config: pytest.Config) -> RolloutSession:
+    """Load the config and build the run's session (once)."""
+    from .config import load_config
+    from .session import RolloutSession
+
     try:
         cfg, path = load_config(Path(str(config.rootpath)), config.getoption("--rollout-config"))
         session = RolloutSession(cfg, _options(config), rootdir=Path(str(config.rootpath)),
@@ -138,8 +194,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     # registered now, before pytest's own cleanups: it runs after them (and their gc pass)
     config.add_cleanup(lambda: _unfreeze(config))
-    if not _is_worker(config):
-        config.pluginmanager.register(_WorkerRecordSink(session), "modelrollout-worker-records")
     if session.options.smoke:
         from .smoke import SmokePlugin
 
@@ -174,6 +228,7 @@ def pytest_configure(config: pytest.Config) -> None:
             )
         elif why:
             config.pluginmanager.register(HeadStartOff(why), HEADSTART_PLUGIN)
+    return session
 
 
 @pytest.hookimpl(trylast=True)
@@ -182,12 +237,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     the first prefetched calls leave at once. After every ``pytest_configure`` (a conftest may
     set the environment there); the base URL and the provider are resolved here, keys are still
     read at call time."""
-    from .prefetch import prefetch_enabled
-
     config = session.config
     rs = config.stash.get(SESSION_KEY, None)
     if rs is None or not rs.project_configured or config.option.collectonly:
         return
+    from .prefetch import prefetch_enabled
+
     if _is_xdist_controller(config):
         _freeze_startup_objects(config)  # it collects nothing: its start-up is done here
         return  # it runs no tests; its only calls are its head start's (headstart.py)
@@ -276,7 +331,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _session(config: pytest.Config) -> RolloutSession:
-    return config.stash[SESSION_KEY]
+    session = config.stash.get(SESSION_KEY, None)
+    return session if session is not None else _start(config)
 
 
 def _marker(item: pytest.Item) -> pytest.Mark | None:
@@ -302,6 +358,10 @@ def _workflow_name(mark: pytest.Mark, nodeid: str) -> str:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    if SESSION_KEY not in config.stash and not any(
+        f in getattr(item, "fixturenames", ()) for item in items for f in MODEL_FIXTURES
+    ):
+        return  # a run that does not use modelrollout
     rs = _session(config)
     used = False
     for item in items:
@@ -363,6 +423,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
 # -- fixtures --------------------------------------------------------------------------------
 def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
     """The test's context from its workflow marker (the fixture and prefetch both use this)."""
+    from .handles import TestContext
     from .prefetch import planned_prompt
 
     mark = _marker(node)
@@ -411,18 +472,24 @@ def _modelrollout_context(request: pytest.FixtureRequest) -> Iterator[TestContex
 @pytest.fixture
 def rollout(_modelrollout_context: TestContext) -> Rollout:
     """Ask the stable and the candidate model the same thing; ``.ask(...) -> Pair``."""
+    from .handles import Rollout
+
     return Rollout(_modelrollout_context)
 
 
 @pytest.fixture
 def stable(_modelrollout_context: TestContext) -> ModelHandle:
     """The workflow's stable model; ``.ask(...) -> Reply``."""
+    from .handles import ModelHandle
+
     return ModelHandle(_modelrollout_context, "stable")
 
 
 @pytest.fixture
 def candidate(_modelrollout_context: TestContext) -> ModelHandle:
     """The workflow's candidate model; ``.ask(...) -> Reply``."""
+    from .handles import ModelHandle
+
     return ModelHandle(_modelrollout_context, "candidate")
 
 
@@ -465,23 +532,26 @@ def pytest_runtest_makereport(
 class _WorkerRecordSink:
     """Controller side: merge the records that arrive with the workers' test reports."""
 
-    def __init__(self, session: RolloutSession) -> None:
-        self.session = session
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         payload = getattr(report, REPORT_ATTR, None)
         if isinstance(payload, dict):
-            self.session.merge_increment(payload)
+            session = _session(self.config)
+            session.merge_increment(payload)
             # the workers' calls are in flight: load what the end of the session needs now
-            self.session.preload_end()
+            session.preload_end()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
+    output = getattr(node, "workeroutput", None) or {}
     rs = node.config.stash.get(SESSION_KEY, None)
     if rs is None:
-        return
-    output = getattr(node, "workeroutput", None) or {}
+        if output.get(WORKER_KEY) is None:
+            return
+        rs = _session(node.config)
     worker = str((getattr(node, "gateway", None) and node.gateway.id) or "worker")
     rs.merge_worker(output.get(WORKER_KEY), worker)
 

@@ -41,6 +41,10 @@ live or recording everything (``off`` / ``all``): a run whose models all replay 
 their misses (``new``) mostly replays, and the controller's collection would cost the
 workers' start-up more than it saves. Nor with ``--dist each`` (every worker runs every
 test), with prefetch off, or with ``MODELROLLOUT_HEADSTART=0``.
+
+With a head start the workers on this machine start ``nice`` :data:`WORKER_NICE` steps below
+the controller (:meth:`HeadStartPlugin.pytest_xdist_setupnodes`), so that they do not hold back
+its calls' event loop while they start.
 """
 
 from __future__ import annotations
@@ -494,8 +498,8 @@ class HeadStartPlugin:
         execnet's ``nice`` spec key; one of the user's own ``--tx ...//nice=N`` is kept), so
         that its calls' event loop runs when their replies come in rather than behind the
         workers' start-up: with more processes than cores, each reply a worker's import
-        delays holds back the next request of the window (``-n 4`` on 2 cores: 1.28-1.37x the
-        ``-n 0`` run's time without, 1.15x with). Where there are cores enough, nothing
+        delays holds back the next request of the window (``-n 4`` on 2 cores: 1.16-1.34x the
+        ``-n 0`` run's time without, 1.07-1.22x with). Where there are cores enough, nothing
         changes; the workers stay at it after the head start is over."""
         if self.broker is None or not self.nice:
             return

@@ -79,8 +79,8 @@ def test_fixture(path: Path) -> None:
                 assert getattr(err, key) == expect[key], key
         return
     resp = _parse(d)
-    for key in ("text", "finish_reason", "input_tokens", "output_tokens", "model_id",
-                "stated_rpm", "stated_tokens"):
+    for key in ("text", "finish_reason", "input_tokens", "limited_input_tokens",
+                "output_tokens", "model_id", "stated_rpm", "stated_tokens"):
         if key in expect:
             assert getattr(resp, key) == expect[key], key
     if "tool_calls" in expect:
@@ -343,6 +343,30 @@ def test_anthropic_max_tokens_param() -> None:
         "m", ChatRequest(messages=[{"role": "user", "content": "x"}], params={"max_tokens": 77}), {}
     )
     assert body["max_tokens"] == 77
+
+
+def test_anthropic_prompt_cache_breakpoints_reach_the_wire() -> None:
+    """A team that caches its long system prompt in production marks the breakpoint on the
+    part (``cache_control``); the request the plugin sends keeps it, or the candidate's
+    latency and its input tokens a minute are measured without the cache it will run with."""
+    policy = {"type": "text", "text": "退货政策：" * 400, "cache_control": {"type": "ephemeral"}}
+    req = ChatRequest(messages=[
+        {"role": "system", "content": [{"type": "text", "text": "You answer refunds."}, policy]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "order history ...", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "Can B-2041 be refunded?"}]},
+    ], system="Be brief.")
+    body = anthropic.build_body("m", req, {})
+    assert body["system"] == [{"type": "text", "text": "Be brief."},
+                              {"type": "text", "text": "You answer refunds."}, policy]
+    assert body["messages"][0]["content"] == [
+        {"type": "text", "text": "order history ...", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "Can B-2041 be refunded?"}]
+    # without a breakpoint the system prompt stays one text, as before
+    plain = anthropic.build_body("m", ChatRequest(messages=[
+        {"role": "system", "content": [{"type": "text", "text": "You answer refunds."}]},
+        {"role": "user", "content": "hi"}], system="Be brief."), {})
+    assert plain["system"] == "Be brief.\n\nYou answer refunds."
 
 
 # ------------------------------------------------------------------------------ presets

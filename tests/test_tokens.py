@@ -85,6 +85,29 @@ def test_the_meter_learns_from_the_usage_the_answers_report() -> None:
     assert owed["tpm"] == pytest.approx(50 - 1024 + owed["itpm"])
 
 
+def test_reads_from_the_prompt_cache_are_not_charged_to_the_input_limit() -> None:
+    """Anthropic does not count a prompt's reads from its cache against the input tokens a
+    minute: they are settled back, and the next reservations hold only the share the limits
+    counted so far (charged in full, a cached 3,000-token prompt held 15 times its due)."""
+    meter = TokenMeter(default_max=1024, counts_max_tokens=False)
+    first = meter.reserve(_req(EN * 20), None)
+    total = int(first.raw)
+    owed = meter.settle(first, input_tokens=total, output_tokens=30,
+                        limited_input=total // 10)
+    assert owed["itpm"] == pytest.approx(total // 10 - first.amounts["itpm"])
+    assert owed["tpm"] == pytest.approx(total // 10 + 30 - first.amounts["tpm"])
+    assert meter.ratio == pytest.approx(1.0, abs=0.01)  # the estimate was right: all of it
+    assert meter.limited_share == pytest.approx(0.1, abs=0.01)
+    nxt = meter.reserve(_req(EN * 20), None)
+    assert nxt.amounts["itpm"] == pytest.approx(first.raw * 0.1, rel=0.05)
+    # an answer that reports no split (OpenAI: cached tokens count) is charged in full
+    plain = TokenMeter()
+    res = plain.reserve(_req(EN), None)
+    assert plain.settle(res, int(res.raw), 10, None)["itpm"] == pytest.approx(
+        int(res.raw) - res.amounts["itpm"])
+    assert plain.limited_share == 1.0
+
+
 def test_stated_limits_are_read_from_both_providers_headers() -> None:
     assert openai.parse_stated_limits({"X-RateLimit-Limit-Tokens": "30000",
                                        "x-ratelimit-limit-requests": "500"}) == (
@@ -176,6 +199,36 @@ def test_the_simulator_states_its_tokens_limits_as_providers_do(sim: SimServer, 
         assert err.kind == "rate_limit" and getattr(err, "stated_tokens", None)
 
 
+POLICY = ("退货政策：商品在签收后三十天内可以申请退款，需保持包装完好并附上购买凭证。" * 60
+          + "Refunds go to the original payment method within five working days. " * 40)
+
+
+def _cached_ask(question: str) -> dict[str, Any]:
+    return {"model": "stable?latency_ms=0.0", "max_tokens": 200, "system": [
+        {"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": question}]}
+
+
+def test_the_simulator_caches_a_prompt_at_its_breakpoint_as_anthropic_does(
+    sim: SimServer,
+) -> None:
+    with httpx.Client(base_url=sim.base_url, timeout=10) as client:
+        first, second = (client.post("/v1/messages", json=_cached_ask(q)).json()["usage"]
+                         for q in ("Can B-2041 be refunded?", "订单 A-1001 可以退款吗？"))
+        assert first["cache_creation_input_tokens"] >= 1024
+        assert first["cache_read_input_tokens"] == 0
+        assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+        assert second["cache_creation_input_tokens"] == 0
+        assert 0 < second["input_tokens"] < 40  # only the question after the breakpoint
+        short = _cached_ask("hi")
+        short["system"][0]["text"] = "Be brief."  # under 1024 tokens: nothing is cached
+        for _ in range(2):
+            usage = client.post("/v1/messages", json=short).json()["usage"]
+            assert usage["cache_read_input_tokens"] == usage["cache_creation_input_tokens"] == 0
+        plain = client.post("/v1/messages", json={**_cached_ask("x"), "system": POLICY})
+        assert "cache_read_input_tokens" not in plain.json()["usage"]  # no breakpoint marked
+
+
 # ------------------------------------------------------------------------- a client, end to end
 
 def _prompts(n: int) -> list[str]:
@@ -227,6 +280,29 @@ def test_a_client_keeps_under_a_tokens_quota(
         return
     assert wall >= least * 0.9
     assert wall <= least * 1.6 + 1.5, (wall, least)
+
+
+def test_a_cached_system_prompt_does_not_hold_back_an_anthropic_model(sim: SimServer) -> None:
+    """40 questions under a 2,600-token system prompt cached at its breakpoint, against
+    Anthropic input tokens of 60,000 a minute (stated in the answers): the cache's reads do
+    not count, so the 40 fit in the minute and none is turned away. Charged as the prompt's
+    whole input they were over 100,000: more than a minute's worth, and the last ones waited for it."""
+    model = "stable?latency_ms=50.0&jitter=0.0&itpm_limit=60000&otpm_limit=60000"
+    cfg = parse_config({"models": {"q": {"provider": "sim-anthropic", "model": model,
+                                         "max_concurrency": 4}}})
+    registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
+                             {"MODELROLLOUT_SIM_URL": sim.base_url})
+    policy = {"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral"}}
+    requests = [ChatRequest(messages=[{"role": "system", "content": [policy]},
+                                      {"role": "user", "content": p[-30:]}],
+                            params={"max_tokens": 100}) for p in _prompts(40)]
+    results, wall = call_all(registry, "q", requests)
+    assert [r.status for r in results] == ["ok"] * 40
+    assert all(r.attempts == 1 for r in results), "turned away by the input limit"
+    prompts = sum(r.response.input_tokens for r in results)
+    counted = sum(r.response.limited_input_tokens for r in results)
+    assert prompts > 60_000 > 4 * counted  # the whole prompts are over the minute's limit
+    assert wall < 8.0, wall  # (charged in full: 25 s or more)
 
 
 def test_the_broker_keeps_a_stated_limit_for_the_workers_that_have_not_seen_it() -> None:

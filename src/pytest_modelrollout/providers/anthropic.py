@@ -149,6 +149,15 @@ def _image_block(part: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
+def _text_block(part: Mapping[str, Any]) -> dict[str, Any]:
+    """A text part as an Anthropic text block, with its prompt-cache breakpoint if it marks
+    one (``"cache_control": {"type": "ephemeral"}``: the same key on both wires' parts)."""
+    block: dict[str, Any] = {"type": "text", "text": str(part.get("text", ""))}
+    if part.get("cache_control") is not None:
+        block["cache_control"] = part["cache_control"]
+    return block
+
+
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
@@ -163,7 +172,7 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
                 if part.get("type") == "image_url":
                     blocks.append(_image_block(part))
                 elif part.get("type") == "text":
-                    blocks.append({"type": "text", "text": str(part.get("text", ""))})
+                    blocks.append(_text_block(part))
                 else:  # already an Anthropic block (tool_use, tool_result, image, ...)
                     blocks.append(dict(part))
         return blocks
@@ -189,15 +198,22 @@ def _tool_use_block(tc: Mapping[str, Any], index: int) -> dict[str, Any]:
 
 def translate_messages(
     messages: Iterable[Mapping[str, Any]],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """OpenAI-style history -> (Anthropic messages, system texts found in the history)."""
+) -> tuple[list[dict[str, Any]], list[str | list[dict[str, Any]]]]:
+    """OpenAI-style history -> (Anthropic messages, the system prompts found in the history:
+    a text, or text blocks when a part marks a prompt-cache breakpoint)."""
     out: list[dict[str, Any]] = []
-    systems: list[str] = []
+    systems: list[str | list[dict[str, Any]]] = []
     n_tool = 0
     for m in messages:
         role = m.get("role")
         if role in ("system", "developer"):
-            text = content_text(m.get("content"))
+            content = m.get("content")
+            if isinstance(content, list) and any(
+                isinstance(p, Mapping) and p.get("cache_control") is not None for p in content
+            ):
+                systems.append([b for b in _content_blocks(content) if b.get("type") == "text"])
+                continue
+            text = content_text(content)
             if text:
                 systems.append(text)
             continue
@@ -251,7 +267,8 @@ def _json_instruction(response_format: Mapping[str, Any]) -> str | None:
 def build_body(model: str, request: ChatRequest, spec_params: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body of a Messages API request."""
     messages, history_systems = translate_messages(request.messages)
-    systems = [s for s in [request.system, *history_systems] if s]
+    systems: list[str | list[dict[str, Any]]] = [
+        s for s in [request.system, *history_systems] if s]
     if request.response_format is not None:
         instruction = _json_instruction(request.response_format)
         if instruction:
@@ -264,8 +281,11 @@ def build_body(model: str, request: ChatRequest, spec_params: Mapping[str, Any])
         "max_tokens": int(max_tokens) if max_tokens else DEFAULT_MAX_TOKENS,
         "messages": messages,
     }
-    if systems:
-        body["system"] = "\n\n".join(systems)
+    if systems and all(isinstance(s, str) for s in systems):
+        body["system"] = "\n\n".join(s for s in systems if isinstance(s, str))
+    elif systems:  # as blocks, to keep a prompt-cache breakpoint where the prompt marks it
+        body["system"] = [b for s in systems for b in (
+            [{"type": "text", "text": s}] if isinstance(s, str) else s)]
     if request.tools:
         body["tools"] = translate_tools(request.tools)
     choice = translate_tool_choice(
@@ -334,12 +354,15 @@ def parse_response(
                 )
             )
     usage = data.get("usage")
-    input_tokens = output_tokens = None
+    input_tokens = output_tokens = limited = None
     if isinstance(usage, dict):
+        # input_tokens is what came after the last cache breakpoint; the prompt's tokens are
+        # it plus those written to and read from the cache. Reads do not count against the
+        # input tokens a minute (ITPM) of the models Anthropic serves now; writes do.
         input_tokens = _int_or_none(usage.get("input_tokens"))
         if input_tokens is not None:
-            for extra in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-                input_tokens += _int_or_none(usage.get(extra)) or 0
+            limited = input_tokens + (_int_or_none(usage.get("cache_creation_input_tokens")) or 0)
+            input_tokens = limited + (_int_or_none(usage.get("cache_read_input_tokens")) or 0)
         output_tokens = _int_or_none(usage.get("output_tokens"))
     stop = data.get("stop_reason")
     stated_rpm, stated_tokens = parse_stated_limits(headers)
@@ -349,6 +372,7 @@ def parse_response(
         finish_reason=STOP_REASONS.get(str(stop), str(stop)) if stop is not None else None,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        limited_input_tokens=limited,
         model_id=str(data["model"]) if isinstance(data.get("model"), str) else None,
         raw=data,
         stated_rpm=stated_rpm,

@@ -119,6 +119,9 @@ class ProviderResponse:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # the part of input_tokens the provider's rate limits count, when it is not all of it
+    # (Anthropic: reads from the prompt cache do not count against its input tokens a minute)
+    limited_input_tokens: int | None = None
     model_id: str | None = None  # model id the provider reports
     raw: dict[str, Any] | None = None  # parsed body (never includes request headers)
     stated_rpm: float | None = None  # the requests-per-minute limit the reply's headers state

@@ -509,7 +509,8 @@ class ModelClient:
         too much."""
         if tokens is None:
             return
-        owed = self._tokens.meter.settle(tokens, reply.input_tokens, reply.output_tokens)
+        owed = self._tokens.meter.settle(tokens, reply.input_tokens, reply.output_tokens,
+                                         reply.limited_input_tokens)
         if not owed:
             return
         if shared:

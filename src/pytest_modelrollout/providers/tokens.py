@@ -10,7 +10,8 @@ answer's tokens, which count too, were left out unless the request set ``max_tok
 So :class:`TokenMeter` estimates a request's input as one token per CJK character plus a
 quarter of a token per other character of the request as sent (messages, system prompt, tools,
 parameters), scaled by what the model's answers have reported so far (the ratio of the input
-tokens they report to the estimates of their requests), and its answer as its ``max_tokens``
+tokens they report to the estimates of their requests, and by the share of them the limits
+count: Anthropic's reads from its prompt cache do not), and its answer as its ``max_tokens``
 or, without one, the longest of its last 32 answers (before the first answer: as long as the
 prompt). Each answer then settles the difference: what it
 reports (prompt and answer; with ``max_tokens`` the answer counts at least that, as OpenAI
@@ -99,6 +100,7 @@ class TokenMeter:
         self._counts_max = counts_max_tokens
         self._raw_sum = 0.0  # the raw estimates of the answered requests that reported usage
         self._input_sum = 0.0  # the input tokens they reported
+        self._limited_sum = 0.0  # of which the provider's limits counted (not cache reads)
         self._outputs: collections.deque[int] = collections.deque(maxlen=RECENT)
 
     @property
@@ -108,12 +110,20 @@ class TokenMeter:
         low, high = RATIO_BOUNDS
         return min(high, max(low, self._input_sum / self._raw_sum))
 
+    @property
+    def limited_share(self) -> float:
+        """The share of the input tokens the answers reported that the provider's limits
+        counted: below 1 when its prompt cache served some of them (Anthropic)."""
+        if self._input_sum <= 0:
+            return 1.0
+        return min(1.0, max(0.0, self._limited_sum / self._input_sum))
+
     def reserve(self, request: ChatRequest, params: Mapping[str, object] | None) -> Reservation:
         raw = raw_estimate(request)
         cap = max_output(request, params)
         if cap is None:
             cap = self._default_max
-        inp = raw * self.ratio
+        inp = raw * self.ratio * self.limited_share
         if cap is not None:
             out = cap
         elif self._outputs:
@@ -123,19 +133,25 @@ class TokenMeter:
         return Reservation(raw, {"tpm": inp + out, "itpm": inp, "otpm": out}, cap)
 
     def settle(
-        self, res: Reservation, input_tokens: int | None, output_tokens: int | None
+        self, res: Reservation, input_tokens: int | None, output_tokens: int | None,
+        limited_input: int | None = None,
     ) -> dict[str, float]:
         """The answer reported its usage: learn from it; what each kind of limit is owed
-        (positive) or owes back (negative)."""
+        (positive) or owes back (negative). ``limited_input``: the part of its input tokens
+        the provider's limits count, when not all of them (cache reads at Anthropic)."""
         if input_tokens is None or output_tokens is None or input_tokens < 0 or output_tokens < 0:
             return {}
-        self._raw_sum += res.raw
+        counted_in = input_tokens
+        if limited_input is not None and 0 <= limited_input < input_tokens:
+            counted_in = limited_input
+        self._raw_sum += res.raw  # the estimate is of the whole prompt, cached or not
         self._input_sum += input_tokens
+        self._limited_sum += counted_in
         self._outputs.append(output_tokens)
         counted_out = float(output_tokens)
         if self._counts_max:
             counted_out = max(counted_out, res.max_tokens or 0.0)
-        actual = {"tpm": input_tokens + counted_out, "itpm": float(input_tokens),
+        actual = {"tpm": counted_in + counted_out, "itpm": float(counted_in),
                   "otpm": float(output_tokens)}
         return {kind: actual[kind] - res.amounts[kind] for kind in TOKEN_KINDS}
 

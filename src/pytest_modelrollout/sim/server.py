@@ -34,7 +34,7 @@ from .personas import (
     latency_seconds,
     parse_model,
 )
-from .text import count_tokens, unit
+from .text import count_tokens, digest, unit
 from .wire import (
     BadRequest,
     Draft,
@@ -49,6 +49,7 @@ from .wire import (
 )
 
 ATTEMPT_HEADER = "x-modelrollout-attempt"
+CACHE_MIN_TOKENS = 1024  # Anthropic caches no shorter prompt (Sonnet and Opus models)
 HANG_SECONDS = 60.0
 HUGE_BYTES = 5 * 1024 * 1024
 
@@ -96,6 +97,10 @@ class Simulator:
     def __init__(self, stop_event: threading.Event | None = None) -> None:
         self.stop_event = stop_event or threading.Event()
         self.quotas = Quotas()
+        # (model, prefix digest) of the prompts cached at a breakpoint (Anthropic wire); kept
+        # for the simulator's life (Anthropic's keep 5 minutes from their last use)
+        self._prompt_cache: set[tuple[str, bytes]] = set()
+        self._cache_lock = threading.Lock()
 
     # -- entry points ------------------------------------------------------------------------
     def handle(self, wire: Wire, raw_body: bytes, headers: dict[str, str]) -> Response:
@@ -124,17 +129,21 @@ class Simulator:
                 or p.itpm_limit > 0 or p.otpm_limit > 0):
             return self._answer(wire, req, settings, attempt)
         draft = self.draft(req, settings)
-        answer = self._answer(wire, req, settings, attempt, draft=draft)
+        cache = self._prompt_cached(req, remember=False)
+        answer = self._answer(wire, req, settings, attempt, draft=draft, cache=cache)
         prompt, out = req.prompt_tokens(), _out_tokens(draft)
         tokens = {  # what each quota counts of this request, as the providers count it
             "tpm": (p.tpm_limit, prompt + max(out, req.max_tokens or 0)),
-            "itpm": (p.itpm_limit, prompt),
+            # (reads from Anthropic's prompt cache do not count against its input tokens)
+            "itpm": (p.itpm_limit, prompt - (cache[1] if cache else 0)),
             "otpm": (p.otpm_limit, out),
         }
         over = self.quotas.admit(req.model, p.rpm_limit, int(p.concurrency_limit),
                                  answer.delay_s, time.monotonic(), tokens)
         if over is not None:
             return _over_quota(wire, req.model, p, *over)
+        if cache:
+            self._prompt_cached(req, remember=True)
         if p.limit_headers:  # stated with every answer, as they do
             answer.headers.update(_limit_headers(wire, p))
         return answer
@@ -143,12 +152,33 @@ class Simulator:
     def draft(self, req: SimRequest, settings: Settings) -> Draft:
         return apply_max_tokens(compose(req, settings), req.max_tokens)
 
+    def _prompt_cached(self, req: SimRequest, *, remember: bool) -> tuple[int, int] | None:
+        """A request's prompt tokens written to and read from the prompt cache: its prefix up
+        to its breakpoint is read when an earlier answer wrote it, written otherwise (none
+        below Anthropic's shortest cacheable prompt, 1024 tokens). ``remember``: it was
+        answered, so the next requests read it."""
+        if req.wire != "anthropic" or req.cache_prefix is None:
+            return None
+        n = min(count_tokens(req.cache_prefix), req.prompt_tokens() - 1)
+        if n < CACHE_MIN_TOKENS:
+            return (0, 0)
+        key = (req.model, digest(req.cache_prefix))
+        with self._cache_lock:
+            seen = key in self._prompt_cache
+            if remember:
+                self._prompt_cache.add(key)
+        return (0, n) if seen else (n, 0)
+
     def _answer(self, wire: Wire, req: SimRequest, settings: Settings, attempt: int,
-                *, usage: bool = True, draft: Draft | None = None) -> Response:
+                *, usage: bool = True, draft: Draft | None = None,
+                cache: tuple[int, int] | None = None) -> Response:
         d = draft or self.draft(req, settings)
         out_tokens = _out_tokens(d)
         use = (req.prompt_tokens(), max(1, out_tokens)) if usage else None
-        body = openai_reply(req, d, use) if wire == "openai" else anthropic_reply(req, d, use)
+        if usage and cache is None:
+            cache = self._prompt_cached(req, remember=True)
+        body = (openai_reply(req, d, use) if wire == "openai"
+                else anthropic_reply(req, d, use, cache))
         delay = latency_seconds(settings, req.key(), attempt, out_tokens)
         return Response(200, _json_bytes(body), _id_headers(wire, req), delay_s=delay)
 

@@ -48,6 +48,8 @@ class SimRequest:
     tool_choice: str | None  # None/"auto" | "none" | "required" | a tool name
     response_format: dict[str, Any] | None
     max_tokens: int | None
+    # the request up to its last prompt-cache breakpoint (Anthropic wire), None without one
+    cache_prefix: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         return {
@@ -264,7 +266,33 @@ def parse_anthropic(body: Any) -> SimRequest:
         tool_choice=choice,
         response_format=rf if isinstance(rf, dict) and rf.get("type") != "text" else None,
         max_tokens=_max_tokens(body),
+        cache_prefix=_cache_prefix(body),
     )
+
+
+def _cache_prefix(body: dict[str, Any]) -> str | None:
+    """An Anthropic request up to its last prompt-cache breakpoint (a tool or block with
+    ``cache_control``), in the order Anthropic caches it (tools, system, messages); None
+    without a breakpoint. (The request-level ``cache_control`` is not modelled.)"""
+    parts: list[str] = []
+    end = None
+
+    def add(item: Any, text: str) -> None:
+        nonlocal end
+        parts.append(text)
+        if isinstance(item, dict) and item.get("cache_control") is not None:
+            end = len(parts)
+
+    for tool in body.get("tools") or []:
+        add(tool, json.dumps(tool, sort_keys=True, ensure_ascii=False, default=str))
+    system = body.get("system")
+    for block in system if isinstance(system, list) else [system] if system else []:
+        add(block, _text_of([block]))
+    for m in body.get("messages") or []:
+        content = m.get("content") if isinstance(m, dict) else None
+        for block in content if isinstance(content, list) else [content]:
+            add(block, _text_of([block]))
+    return None if end is None else "\n".join(parts[:end])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +327,10 @@ def openai_reply(req: SimRequest, draft: Draft, usage: tuple[int, int] | None) -
 _ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def anthropic_reply(req: SimRequest, draft: Draft, usage: tuple[int, int] | None) -> dict[str, Any]:
+def anthropic_reply(req: SimRequest, draft: Draft, usage: tuple[int, int] | None,
+                    cache: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``cache``: the prompt's tokens written to and read from the prompt cache, for a request
+    that marks a breakpoint (reported apart from ``input_tokens``, as Anthropic does)."""
     content: list[dict[str, Any]] = []
     if draft.text:
         content.append({"type": "text", "text": draft.text})
@@ -317,6 +348,11 @@ def anthropic_reply(req: SimRequest, draft: Draft, usage: tuple[int, int] | None
     }
     if usage is not None:
         body["usage"] = {"input_tokens": usage[0], "output_tokens": usage[1]}
+        if cache is not None:
+            written, read = cache
+            body["usage"] = {"input_tokens": usage[0] - written - read,
+                             "cache_creation_input_tokens": written,
+                             "cache_read_input_tokens": read, "output_tokens": usage[1]}
     return body
 
 

@@ -131,6 +131,47 @@ def test_new_records_then_replay_needs_no_network(
         )
 
 
+SLOW_DISK_CONFTEST = """
+import json, threading
+from pytest_modelrollout import cassettes
+
+_put = cassettes.CassetteStore.put
+first, other = threading.Event(), threading.Event()
+seen = []
+
+def put(self, ref, request, entry):
+    # a disk that takes its time: the first write finishes only once another call's write
+    # has begun (or 20 s have passed)
+    if not first.is_set():
+        first.set()
+        seen.append(other.wait(20))
+    else:
+        other.set()
+    return _put(self, ref, request, entry)
+
+def pytest_configure(config):
+    cassettes.CassetteStore.put = put
+
+def pytest_unconfigure(config):
+    cassettes.CassetteStore.put = _put
+    with open("seen.json", "w") as f:
+        json.dump(seen, f)
+"""
+
+
+def test_a_cassette_being_written_does_not_hold_up_the_other_calls(
+    project: pytest.Pytester, sim: CountingSim,
+) -> None:
+    """Recording writes each cassette to disk (fsync'ed); a write that takes a while must
+    not stop the other calls in flight from being answered and recorded meanwhile (written on
+    the event loop, it held every other call for as long as the disk took)."""
+    project.makeconftest(SLOW_DISK_CONFTEST)
+    result = run(project, "--rollout-record=all")
+    result.assert_outcomes(passed=4)
+    assert json.loads((project.path / "seen.json").read_text()) == [True]
+    assert len(cassettes(project.path)) == 8
+
+
 def test_replay_miss_names_the_request(
     project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:

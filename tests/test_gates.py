@@ -292,6 +292,27 @@ def test_insufficient_samples() -> None:
     )
 
 
+def test_a_run_whose_calls_all_failed_on_both_sides_is_not_ready() -> None:
+    """No network or a revoked key in CI: every call of both models fails, no error rate is
+    worse than the other's, no check can be compared. That is no evidence for the candidate:
+    INCONCLUSIVE (it was READY)."""
+    ev = evaluate(build(200, s_err=200, c_err=200), default_gates())
+    assert ev.verdict == "INCONCLUSIVE"
+    (reason,) = ev.reasons
+    assert reason["status"] == "insufficient"
+    assert reason["message"] == (
+        "too few answered requests: 0 of 200 stable and 0 of 200 candidate requests were "
+        "answered (min_samples 20): too few answers to judge their checks and cost per success")
+    # a few answers on each side are not enough either
+    assert evaluate(build(200, s_err=190, c_err=190), default_gates()).verdict == "INCONCLUSIVE"
+    assert evaluate(build(200, s_err=180, c_err=180), default_gates()).verdict == "READY"
+    # a candidate that fails where the stable answers is BLOCKED, as before: its error rate is
+    # confirmed on all its requests, not only on the answered ones
+    blocked = evaluate(build(200, c_err=195), default_gates())
+    assert blocked.verdict == "BLOCKED"
+    assert {r["status"] for r in blocked.reasons} == {"breach", "insufficient"}
+
+
 def test_blocked_on_latency_with_message() -> None:
     ev = evaluate(build(200, c_lat=lambda i: 2.0 * (100.0 + i)), default_gates(), n_resamples=500)
     assert ev.verdict == "BLOCKED"

@@ -472,3 +472,24 @@ def test_a_project_without_a_config_uses_the_models_its_markers_name(
         "*too few samples: 2 stable and 2 candidate requests (min_samples 20)",
         "rollout verdict: INCONCLUSIVE",
     ])
+
+
+@XDIST
+def test_a_run_where_no_model_answers_does_not_pass_the_gate(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, xdist: list[str]
+) -> None:
+    """CI without network (or with a revoked key): every call of both models fails, so each
+    test is an xfail ("stable fails too"), and the run must not say READY and exit 0."""
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("MODELROLLOUT_BACKOFF_SCALE", "0")
+    project.makepyfile(test_support=TWENTY_CASES)
+    result = project.runpytest("-p", "no:cacheprovider", *xdist, "--rollout-report=r.json")
+    result.assert_outcomes(xfailed=24)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*too few answered requests: 0 of 24 stable and 0 of 24 candidate requests were answered*",
+        "rollout verdict: INCONCLUSIVE",
+    ])
+    report = json.loads((project.path / "r.json").read_text())
+    assert report["verdict"] == "INCONCLUSIVE"
+    assert report["workflows"]["support_chat"]["candidate"]["success_rate"] == 0

@@ -10,7 +10,7 @@ A gate compares the candidate with the stable model on one metric, or caps the c
 ``error_rate:x2``         ratio allowed (lower-is-better metrics)
 ``fallback_rate:<5%``     absolute cap on the candidate (``<500`` ms for latencies)
 ``success_rate:>95%``     absolute minimum for the candidate (higher-is-better)
-``min_samples:20``        fewer requests on either side -> INCONCLUSIVE
+``min_samples:20``        fewer requests, or answered requests, on either side -> INCONCLUSIVE
 ``p95_latency:off``       remove the gates on a metric (e.g. a default)
 ========================  =========================================================
 
@@ -1126,6 +1126,25 @@ def evaluate(
                         threshold=gate.threshold,
                     )
                 )
+                continue
+            # the checks and the cost per success are judged on the answered requests: a run
+            # whose calls all failed on both sides (no network, a revoked key) compared nothing
+            # and was READY
+            a_s, a_c = _answered(data.stable), _answered(data.candidate)
+            if min(a_s, a_c) < gate.threshold:
+                results.append(
+                    GateResult(
+                        gate,
+                        "answered samples",
+                        "insufficient",
+                        f"too few answered requests: {a_s} of {n_s} stable and {a_c} of {n_c} "
+                        f"candidate requests were answered (min_samples {gate.threshold:g}): "
+                        "too few answers to judge their checks and cost per success",
+                        stable=float(a_s),
+                        candidate=float(a_c),
+                        threshold=gate.threshold,
+                    )
+                )
     for gate, ms, check in expanded:
         results.append(_judge_gate(ctx, gate, ms, check))
     if insufficient:
@@ -1155,6 +1174,11 @@ def evaluate(
     return Evaluation(
         verdict, reasons, results, _tolerated(verdict, data, results, confidence, ctx.adjusted)
     )
+
+
+def _answered(rd: RoleData) -> int:
+    """A role's requests that got an answer (its model's or its fallback's)."""
+    return rd.successes + rd.fallbacks
 
 
 def _tolerated(

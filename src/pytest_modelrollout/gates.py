@@ -1108,6 +1108,7 @@ def evaluate(
     worse_confidence = 1.0 - (1.0 - confidence) / comparisons
     ctx = _Ctx(data, confidence, decision, n_resamples, seed, worse_confidence, comparisons)
     results: list[GateResult] = []
+    few_answered: list[GateResult] = []  # said after the gates' results (a breach first)
     insufficient = False
     for gate in gates:
         if gate.op == "min" and gate.threshold > 0:
@@ -1132,7 +1133,7 @@ def evaluate(
             # and was READY
             a_s, a_c = _answered(data.stable), _answered(data.candidate)
             if min(a_s, a_c) < gate.threshold:
-                results.append(
+                few_answered.append(
                     GateResult(
                         gate,
                         "answered samples",
@@ -1147,6 +1148,7 @@ def evaluate(
                 )
     for gate, ms, check in expanded:
         results.append(_judge_gate(ctx, gate, ms, check))
+    results.extend(few_answered)
     if insufficient:
         for r in results:
             if r.status == "breach":

@@ -132,8 +132,11 @@ def test_new_records_then_replay_needs_no_network(
 
 
 SLOW_DISK_CONFTEST = """
-import json, threading
-from pytest_modelrollout import cassettes
+import importlib, json, threading
+
+# the module the session imports now (an attribute of the package may be one an earlier
+# in-process run imported, which pytester has since dropped from sys.modules)
+cassettes = importlib.import_module("pytest_modelrollout.cassettes")
 
 _put = cassettes.CassetteStore.put
 first, other = threading.Event(), threading.Event()

@@ -1316,9 +1316,9 @@ def test_a_bad_worker_nice_is_one_line_before_any_worker_starts(
 @pytest.mark.parametrize(
     ("record", "sent_expected", "files_after", "headstart"),
     [
-        # every model records what it misses: mostly replays in a suite's usual runs, so no
-        # head start (the first half of the cases is recorded: the workers send the rest)
-        ('record = "new"', 2 * (N_CASES - N_CASES // 2), 2 * N_CASES, False),
+        # every model records what it misses: the controller sends the misses (the first
+        # half of the cases is recorded), its workers replay the rest
+        ('record = "new"', 2 * (N_CASES - N_CASES // 2), 2 * N_CASES, True),
         ('record = "all"', 2 * N_CASES, 2 * N_CASES, True),
         # the stable replays and records misses, the candidate is live and never recorded: the
         # controller sends the stable's misses and every candidate request

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -227,6 +228,64 @@ def test_the_simulator_caches_a_prompt_at_its_breakpoint_as_anthropic_does(
             assert usage["cache_read_input_tokens"] == usage["cache_creation_input_tokens"] == 0
         plain = client.post("/v1/messages", json={**_cached_ask("x"), "system": POLICY})
         assert "cache_read_input_tokens" not in plain.json()["usage"]  # no breakpoint marked
+
+
+CACHED_SUITE = """
+import pytest
+
+POLICY = {policy!r}
+SYSTEM = {{"role": "system", "content": [
+    {{"type": "text", "text": "You answer questions about refunds."}},
+    {{"type": "text", "text": POLICY, "cache_control": {{"type": "ephemeral"}}}}]}}
+
+@pytest.mark.workflow("refunds", system="a default the test's own system prompt replaces")
+@pytest.mark.parametrize("q", ["Can B-2041 be refunded?", "订单 A-1001 可以退款吗？", "And A-7?"])
+def test_refund(rollout, q):
+    pair = rollout.ask([SYSTEM, {{"role": "user", "content": q}}])
+    assert pair.stable.ok and pair.candidate.ok
+"""
+
+
+def test_a_system_prompt_in_parts_reaches_both_wires_as_it_is(
+    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rollout.ask([system message with content parts, user])``: each model gets the parts
+    (its text, and the cache breakpoint a team marks in production), not their Python repr as
+    one string (as before), and the workflow's default system prompt is replaced as by a text
+    one. On the Anthropic wire the prompt is then cached from the second call on."""
+    bodies: list[tuple[str, dict[str, Any]]] = []
+    cached: list[int] = []  # the Anthropic answers' cache reads
+    handle = sim.simulator.handle
+
+    def seen(wire: Any, raw: bytes, headers: dict[str, str]) -> Any:
+        bodies.append((wire, json.loads(raw)))
+        response = handle(wire, raw, headers)
+        if wire == "anthropic":
+            cached.append(json.loads(response.body)["usage"]["cache_read_input_tokens"])
+        return response
+
+    monkeypatch.setattr(sim.simulator, "handle", seen)
+    monkeypatch.setenv("MODELROLLOUT_SIM_URL", sim.base_url)
+    pytester.makepyprojecttoml(
+        '[tool.modelrollout]\nstable = "sim:stable"\ncandidate = "cand"\n\n'
+        '[tool.modelrollout.models.cand]\nprovider = "sim-anthropic"\n'
+        'model = "good?latency_ms=0.0"\n')
+    pytester.makepyfile(test_refund=CACHED_SUITE.format(policy=POLICY))
+    pytester.runpytest("-p", "no:cacheprovider", "--rollout-no-gate").assert_outcomes(passed=3)
+    policy = {"type": "text", "text": POLICY, "cache_control": {"type": "ephemeral"}}
+    intro = {"type": "text", "text": "You answer questions about refunds."}
+    anthropic = [b for w, b in bodies if w == "anthropic"]
+    openai_ = [b for w, b in bodies if w == "openai"]
+    assert len(anthropic) == len(openai_) == 3
+    for body in anthropic:
+        assert body["system"] == [intro, policy]
+    for body in openai_:
+        assert body["messages"][0] == {"role": "system", "content": [intro, policy]}
+        assert all(m["role"] != "system" for m in body["messages"][1:])
+    # the first call writes the cache (those sent with it too); the next run reads it
+    assert min(cached) == 0 and len(cached) == 3
+    pytester.runpytest("-p", "no:cacheprovider", "--rollout-no-gate").assert_outcomes(passed=3)
+    assert len(set(cached[3:])) == 1 and cached[3] >= 1024
 
 
 # ------------------------------------------------------------------------- a client, end to end

@@ -96,8 +96,16 @@ class TestContext:
             raise ValueError("ask() needs at least one message")
         sys_msgs = [m for m in messages if m.get("role") == "system"]
         if sys_msgs and system is None:
-            system = "\n\n".join(str(m.get("content", "")) for m in sys_msgs)
-        messages = [m for m in messages if m.get("role") != "system"]
+            if all(isinstance(m.get("content"), str) for m in sys_msgs):
+                system = "\n\n".join(str(m.get("content", "")) for m in sys_msgs)
+                messages = [m for m in messages if m.get("role") != "system"]
+            else:
+                # a system prompt in parts (a prompt-cache breakpoint on one of them, as a
+                # team sends it in production) goes as it is, each wire translating it; it
+                # replaces the workflow's default system prompt as a text one does
+                system = ""
+        else:
+            messages = [m for m in messages if m.get("role") != "system"]
         merged = {**self.params, **params}
         req = ChatRequest(
             messages=messages,

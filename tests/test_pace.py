@@ -68,6 +68,44 @@ def test_a_limit_stated_with_the_answers_paces_before_any_429() -> None:
     assert not pace.describe("m")  # no 429: nothing to say
 
 
+def test_a_limit_remembered_from_an_earlier_run_paces_until_one_is_stated() -> None:
+    pace = LearnedPace()
+    pace.remember(600.0, 100.0)
+    assert pace.paced and pace.per_s == pytest.approx(0.95 * 10)
+    pace.reply(100.5, False, 1200.0)  # the key moved up a tier: its new limit, higher
+    assert pace.per_s == pytest.approx(0.95 * 20)
+    pace.reply(101.0, False, 2400.0)  # stated in this run: never passed, as before
+    assert pace.per_s == pytest.approx(0.95 * 20)
+
+
+def test_the_next_registry_keeps_to_the_limits_the_last_one_was_told(sim: SimServer) -> None:
+    """A client that starts with the limits its provider stated in an earlier run keeps to
+    them from its first request; one that does not sends its first burst over them. The
+    limits are kept per provider, base URL (without a user or password) and model."""
+    from pytest_modelrollout.providers.base import ModelSpec
+    from pytest_modelrollout.providers.client import endpoint_key
+
+    assert endpoint_key(ModelSpec("r", "openai", "openai", "gpt-4o",
+                                  "https://me:s3cret@gw.example.com/v1")) == (
+        "openai https://gw.example.com/v1 gpt-4o")
+    model = "stable?latency_ms=50&jitter=0&rpm_limit=240&limit_headers=1"
+    cfg = parse_config({"models": {"q": {"provider": "sim", "model": model,
+                                         "max_concurrency": 16}}})
+    remembered = None
+    turned_away = []
+    for _ in range(2):
+        registry = ModelRegistry(lambda ref: resolve_model(cfg, ref), set(),
+                                 {"MODELROLLOUT_SIM_URL": sim.base_url}, remembered=remembered)
+        results, _ = call_all(registry, "q", [ChatRequest(
+            messages=[{"role": "user", "content": f"Where is order A-{i}?"}]) for i in range(12)])
+        assert [r.status for r in results] == ["ok"] * 12
+        turned_away.append(sum(r.attempts - 1 for r in results))
+        remembered = registry.stated_limits()
+        assert list(remembered.values()) == [{"rpm": 240.0}]
+        time.sleep(1.0)  # the quota's bank (a second's worth) fills again
+    assert turned_away[0] > 0 and turned_away[1] == 0, turned_away
+
+
 def test_a_stated_limit_is_taken_as_it_is_and_never_passed() -> None:
     pace = LearnedPace()
     t = feed(pace, 0.0, 1.5, 80.0, 1 / 2, stated=600.0)
@@ -358,10 +396,46 @@ def test_a_suite_against_a_quota_gets_the_models_verdict(
     assert report["verdict"] != "BLOCKED", result.stdout.str()[-3000:]
 
 
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
+def test_a_limit_stated_in_one_run_paces_the_next_from_its_first_request(
+    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    xdist: list[str], request: pytest.FixtureRequest,
+) -> None:
+    """The candidate's provider allows 300 requests a minute (a second's worth banked) and
+    says so with every answer. The first run's first burst (16 at once) goes before any answer
+    has said it, and some are turned away; the limit is kept in pytest's cache, and the next
+    run keeps to it from its first request: no 429 (each run went over it before)."""
+    prompts = [f"Where is my order A-{1000 + i}?" for i in range(10)]
+    prompts += [f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(10, 20)]
+    rpm = 300 if not xdist else 301  # (the simulator keeps a quota per model string)
+    candidate = ('candidate = "cand"\n\n[tool.modelrollout.models.cand]\nprovider = "sim"\n'
+                 f'model = "good?latency_ms=100&jitter=0&rpm_limit={rpm}&limit_headers=1"\n'
+                 "max_concurrency = 16\n")
+
+    def turned_away(report: dict[str, Any]) -> int:
+        return sum(c["attempts"] - 1 for c in report["records"]["calls"]
+                   if c["role"] == "candidate")
+
+    _, first = run_quota_suite(pytester, sim, monkeypatch, xdist, request, prompts, candidate,
+                               cache=True)
+    assert turned_away(first) > 0, "the first burst went over the quota"
+    kept = json.loads(pytester.path.joinpath(
+        ".pytest_cache", "v", "modelrollout", "stated-limits").read_text(encoding="utf-8"))
+    assert [e["rpm"] for e in kept.values()] == [rpm]
+    time.sleep(1.0)  # (a second between the runs: the quota's bank fills again)
+    _, second = run_quota_suite(pytester, sim, monkeypatch, xdist, request, prompts, candidate,
+                                cache=True)
+    assert turned_away(second) == 0
+    # without the cache (-p no:cacheprovider) nothing is kept: the first burst goes over again
+    time.sleep(1.0)
+    _, third = run_quota_suite(pytester, sim, monkeypatch, xdist, request, prompts, candidate)
+    assert turned_away(third) > 0
+
+
 def run_quota_suite(
     pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
     xdist: list[str], request: pytest.FixtureRequest, prompts: list[str], candidate: str,
-    *args: str,
+    *args: str, cache: bool = False,
 ) -> tuple[pytest.RunResult, dict[str, Any]]:
     """The prefetch tests' suite over ``prompts`` (one case each), the stable model at a fixed
     100 ms, the candidate as ``candidate`` (config lines after the stable's) against a quota:
@@ -378,8 +452,8 @@ def run_quota_suite(
              for i, p in enumerate(prompts)]
     pytester.path.joinpath("cases.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     pytester.makepyfile(test_suite=SUITE)  # the prefetch tests' suite
-    result = pytester.runpytest("-p", "no:cacheprovider", "--rollout-report=r.json", *xdist,
-                                *args)
+    result = pytester.runpytest(*([] if cache else ["-p", "no:cacheprovider"]),
+                                "--rollout-report=r.json", *xdist, *args)
     result.assert_outcomes(passed=len(prompts))
     return result, json.loads(Path(pytester.path, "r.json").read_text(encoding="utf-8"))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,6 +193,7 @@ def _start(config: pytest.Config) -> RolloutSession:
         session.headstart = bool(
             address and config.workerinput.get(HEADSTART_KEY)  # type: ignore[attr-defined]
         )
+    session.remembered_limits = _remembered_limits(config)
     config.stash[SESSION_KEY] = session
     # registered now, before pytest's own cleanups: it runs after them (and their gc pass)
     config.add_cleanup(lambda: _unfreeze(config))
@@ -617,6 +620,45 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return make_load_scheduler(config, log, rs.options.concurrency or rs.cfg.concurrency)
 
 
+# -- the limits providers stated, kept in pytest's cache for the next run -------------------
+LIMITS_CACHE_KEY = "modelrollout/stated-limits"
+LIMITS_KEPT_S = 7 * 24 * 3600.0  # a key's limits change with its tier, rarely
+
+
+def _remembered_limits(config: pytest.Config) -> dict[str, dict[str, Any]]:
+    """The limits providers stated in the runs of the last week (endpoint -> ``{"rpm",
+    "tokens", "at"}``), from pytest's cache (none with ``-p no:cacheprovider``)."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return {}
+    try:
+        data = cache.get(LIMITS_CACHE_KEY, {})
+    except Exception:  # an unreadable cache is an empty one
+        return {}
+    now = time.time()
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(data, dict):
+        for key, entry in data.items():
+            at = entry.get("at") if isinstance(entry, dict) else None
+            if isinstance(at, (int, float)) and 0 <= now - at < LIMITS_KEPT_S:
+                out[str(key)] = entry
+    return out
+
+
+def _remember_limits(config: pytest.Config, rs: RolloutSession) -> None:
+    """Keep the limits this run's replies stated (its workers' too) for the next run."""
+    cache = getattr(config, "cache", None)
+    stated = rs.stated_limits()
+    if cache is None or not stated:
+        return
+    kept = _remembered_limits(config)
+    now = time.time()
+    for key, entry in stated.items():
+        kept[key] = {**kept.get(key, {}), **entry, "at": now}
+    with contextlib.suppress(Exception):  # (pytest warns of a cache it cannot write)
+        cache.set(LIMITS_CACHE_KEY, kept)
+
+
 # -- end of session --------------------------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -627,6 +669,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _is_worker(config):
         config.workeroutput[WORKER_KEY] = rs.worker_payload()  # type: ignore[attr-defined]
         return
+    _remember_limits(config, rs)
     if config.option.collectonly:
         return  # nothing ran: no verdict, and the exit status is pytest's
     if not rs.workflows and not rs.records.calls:

@@ -99,6 +99,10 @@ class RolloutSession:
         self._preloaded = False
         self.workflows: dict[str, WorkflowModels] = {}
         self.crashed_workers: list[str] = []
+        # endpoint -> the limits its provider stated: in earlier runs (read from pytest's
+        # cache by the plugin), and in this run's workers' replies (merged from them)
+        self.remembered_limits: dict[str, dict[str, Any]] = {}
+        self._workers_limits: dict[str, dict[str, Any]] = {}
         self.summary: dict[str, Any] | None = None
         self.report_errors: list[str] = []
         from .cassettes import resolve_record_modes
@@ -211,7 +215,7 @@ class RolloutSession:
                     self._slot_client = slots
                     self._registry = ModelRegistry(
                         self.spec, self.killed, self.env, max_in_flight=limit, share=share,
-                        slots=slots,
+                        slots=slots, remembered=self.remembered_limits,
                     )
                     runner = Runner()
                     runner.register(self._registry)
@@ -399,6 +403,11 @@ class RolloutSession:
         rs = RecordSet.from_dict(dict(data.get("records", {})))
         with self._lock:
             self.records.extend(rs)
+            limits = data.get("stated_limits")
+            if isinstance(limits, dict):
+                for key, entry in limits.items():
+                    if isinstance(entry, dict):
+                        self._workers_limits.setdefault(str(key), {}).update(entry)
             for name, (st, ca) in dict(data.get("workflows", {})).items():
                 self.workflows.setdefault(name, WorkflowModels(name, st, ca))
             for name, gates in dict(data.get("marker_gates", {})).items():
@@ -429,7 +438,19 @@ class RolloutSession:
             "records": rest["records"] if rest else RecordSet().to_dict(),
             "workflows": {n: [w.stable, w.candidate] for n, w in self.workflows.items()},
             "marker_gates": dict(self.marker_gates),
+            "stated_limits": self.stated_limits(),
         }
+
+    def stated_limits(self) -> dict[str, dict[str, Any]]:
+        """The limits the providers stated in this run's replies (this process's and, on the
+        xdist controller, its workers'), per endpoint; for the next run."""
+        with self._lock:
+            out = {k: dict(v) for k, v in self._workers_limits.items()}
+        registry = self._registry
+        if registry is not None:
+            for key, entry in registry.stated_limits().items():
+                out.setdefault(key, {}).update(entry)
+        return out
 
     # -- gates and the end ---------------------------------------------------------------------
     def set_marker_gates(self, workflow: str, gates: Any) -> None:

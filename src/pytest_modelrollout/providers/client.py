@@ -35,6 +35,7 @@ import random
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -237,6 +238,7 @@ class ModelClient:
         share: tuple[int, int] | None = None,
         slots: SlotClient | None = None,
         run_limit: int | None = None,
+        remembered: Mapping[str, Any] | None = None,
     ) -> None:
         # under xdist (``share``) the limits are the run's: with ``slots`` every attempt takes
         # them from the controller's broker (run_limit: the bound across all models) and the
@@ -275,6 +277,27 @@ class ModelClient:
         # learns its part of a quota from the replies it gets)
         self.pace = LearnedPace(backoff_scale(self._env))
         self.requests_sent = 0
+        # the limits the provider stated in this run's replies (requests a minute, and tokens
+        # a minute by kind), kept for the next run (:func:`remembered_limits`)
+        self.stated_rpm: float | None = None
+        self.stated_tokens: dict[str, float] = {}
+        # the limits it stated in an earlier run: kept from the first request (the first
+        # burst of a run went over a low quota before the first reply said it)
+        self._remembered_rpm: float | None = None
+        if remembered:
+            self._remember(remembered)
+
+    def _remember(self, remembered: Mapping[str, Any]) -> None:
+        rpm = remembered.get("rpm")
+        if isinstance(rpm, (int, float)) and not isinstance(rpm, bool) and rpm > 0:
+            self._remembered_rpm = float(rpm)
+            # this process's own pace; under xdist the broker's is told on the first request
+            self.pace.remember(float(rpm), time.monotonic())
+        tokens = remembered.get("tokens")
+        if isinstance(tokens, Mapping):
+            self._tokens.state({str(k): float(v) for k, v in tokens.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                and v > 0})
 
     # -- state --------------------------------------------------------------------------------
 
@@ -557,6 +580,11 @@ class ModelClient:
         """Tell the model's pace of the attempt's reply (a 429 or an answer; not a timeout or
         a broken connection); with the broker's limits, the broker's pace (the reply goes
         with the slots' release). And its tokens limits of the limits the reply states."""
+        if isinstance(err, (RateLimitError, ProviderResponse)):
+            if err.stated_rpm:
+                self.stated_rpm = err.stated_rpm
+            if err.stated_tokens:
+                self.stated_tokens.update(err.stated_tokens)
         if isinstance(err, RateLimitError):
             limited, stated = True, err.stated_rpm
             self._tokens.state(err.stated_tokens)
@@ -584,6 +612,9 @@ class ModelClient:
         when it is about to go, under the limits known then), then, at the broker, the run's
         slot."""
         if self._slots is not None and self._slots.usable:
+            if self._remembered_rpm is not None:  # before the first request's steps
+                rpm, self._remembered_rpm = self._remembered_rpm, None
+                await self._slots.remembered(self._slot_key["model"], rpm)
             if tokens is None:  # the broker may know limits this worker has not seen
                 tokens = self._tokens.reserve(request, self.spec.params)
             if await self._slots.acquire(self._slot_steps(tokens)):
@@ -682,6 +713,17 @@ class ModelClient:
                 bucket.slow_down(until)
 
 
+def endpoint_key(spec: ModelSpec) -> str:
+    """Where a provider keeps a model's quota (per key, too, which is not kept: a limit of
+    another key's is replaced by the first reply that states this one's). Written to pytest's
+    cache: a base URL's user and password (a gateway's token in it) are left out."""
+    base = spec.base_url
+    if "@" in base:
+        parts = urllib.parse.urlsplit(base)
+        base = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return f"{spec.provider} {base} {spec.model}"
+
+
 def _ref_killed(spec: ModelSpec, killed: Collection[str]) -> bool:
     return spec.ref in killed or f"{spec.provider}:{spec.model}" in killed
 
@@ -707,8 +749,11 @@ class ModelRegistry:
         max_in_flight: int | None = None,
         share: tuple[int, int] | None = None,
         slots: SlotClient | None = None,
+        remembered: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self._resolve = resolve
+        # endpoint (:func:`endpoint_key`) -> the limits its provider stated in earlier runs
+        self.remembered: Mapping[str, Mapping[str, Any]] = remembered or {}
         self.share = share
         self.slots = slots if share is not None else None
         self.run_limit = max_in_flight  # the bound across all models for the whole run
@@ -732,6 +777,19 @@ class ModelRegistry:
         return {ref: dict(c._tokens.rates) for ref, c in list(self._clients.items())
                 if c._tokens.rates}
 
+    def stated_limits(self) -> dict[str, dict[str, Any]]:
+        """The limits the providers stated in this process's replies, per endpoint
+        (:func:`endpoint_key`): ``{"rpm": requests a minute, "tokens": {kind: per minute}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for client in list(self._clients.values()):
+            if client.stated_rpm or client.stated_tokens:
+                entry = out.setdefault(endpoint_key(client.spec), {})
+                if client.stated_rpm:
+                    entry["rpm"] = client.stated_rpm
+                if client.stated_tokens:
+                    entry["tokens"] = dict(client.stated_tokens)
+        return out
+
     def is_killed(self, ref: str) -> bool:
         return ref in self.killed
 
@@ -743,8 +801,9 @@ class ModelRegistry:
         with self._lock:
             client = self._clients.get(ref)
             if client is None:
+                spec = self._resolve(ref)
                 client = ModelClient(
-                    self._resolve(ref),
+                    spec,
                     registry=self,
                     env=self.env,
                     killed=self.killed,
@@ -752,6 +811,7 @@ class ModelRegistry:
                     share=self.share,
                     slots=self.slots,
                     run_limit=self.run_limit if self.slots is not None else None,
+                    remembered=self.remembered.get(endpoint_key(spec)),
                 )
                 self._clients[ref] = client
             return client

@@ -197,10 +197,19 @@ class LearnedPace:
         self._changed = 0.0
         self._crowded = 0.0  # the last time the 429s were over SHARE
         self._bucket: TokenBucket | None = None
+        self._remembered = False  # the pace is a limit stated in an earlier run
 
     @property
     def paced(self) -> bool:
         return self._bucket is not None
+
+    def remember(self, stated_rpm: float, now: float) -> None:
+        """The limit the provider stated in an earlier run: kept from the first request, until
+        a reply of this run states one (higher or lower)."""
+        if stated_rpm > 0:
+            self.stated_per_s = stated_rpm / 60.0
+            self._set(max(self.MIN_PER_S, self.STATED_SHARE * self.stated_per_s), now)
+            self._remembered = True
 
     def reply(self, now: float, limited: bool, stated_rpm: float | None = None,
               age: float = 0.0) -> None:
@@ -222,10 +231,13 @@ class LearnedPace:
         if stated_rpm is not None and stated_rpm > 0:
             self.stated_per_s = stated_rpm / 60.0
             below = self.STATED_SHARE * self.stated_per_s
-            if not limited and (self.per_s is None or self.per_s > below):
+            if not limited and (self.per_s is None or self.per_s > below or (
+                    self._remembered and self.per_s != below)):
                 # the provider says its limit with its answers (OpenAI's and Anthropic's do):
-                # keep under it before the first 429
+                # keep under it before the first 429 (and the one it states now rather than
+                # an earlier run's)
                 self._set(max(self.MIN_PER_S, below), now)
+            self._remembered = False
         if limited:
             self._n429 += 1
             if self._n429 >= self.MIN_429 and self._n429 > self.SHARE * len(replies):

@@ -31,6 +31,9 @@ worker -> broker                                        meaning
 ``["l", key]``                                          a step: a turn under the model's pace
 ``{"o": [key, limited, stated_rpm, age]}``              a reply came (a 429 if ``limited``) to a
                                                         request sent ``age`` seconds before
+``{"m": [key, rpm]}``                                   the model's provider stated ``rpm`` in
+                                                        an earlier run (its pace until a reply
+                                                        states one)
 ``{"r": [key, ...]}``                                   give the slots back
 ``{"u": [[key, amount], ...]}``                         a reply's usage: take ``amount`` more of
                                                         a rate's tokens (negative: give back)
@@ -180,6 +183,8 @@ class SlotBroker:
                     self._reply(msg["o"])
                 elif "u" in msg:
                     self._charge(msg["u"])
+                elif "m" in msg:
+                    self._remembered(msg["m"])
                 elif "p" in msg and str(msg["p"]) in self._gates:
                     pace = self.paces.get(str(msg["p"]))
                     if pace is None or not pace.paced:  # a paced model keeps its concurrency
@@ -228,6 +233,18 @@ class SlotBroker:
         if pace is None:  # from the first reply: the rate admitted before the first 429 counts
             pace = self.paces[key] = LearnedPace(self._scale)
         pace.reply(time.monotonic(), limited, stated_rpm, age)
+
+    def _remembered(self, value: Any) -> None:
+        """A worker's model has a limit stated in an earlier run: ``[model key, rpm]``."""
+        try:
+            key, rpm = str(value[0]), float(value[1])
+        except (TypeError, ValueError, IndexError):
+            return
+        pace = self.paces.get(key)
+        if pace is None:
+            pace = self.paces[key] = LearnedPace(self._scale)
+        if pace.stated_per_s is None and rpm > 0:  # the first worker's; none stated yet
+            pace.remember(rpm, time.monotonic())
 
     async def _grant(
         self, msg: dict[str, Any], held: Counter[str], writer: asyncio.StreamWriter
@@ -507,6 +524,12 @@ class SlotClient:
             if reply is not None:
                 msg["o"] = reply
             self._send(msg)
+
+    async def remembered(self, key: str, rpm: float) -> None:
+        """The requests a minute the provider stated for a model in an earlier run, for the
+        model's pace from its first request (unless a reply of this run stated one)."""
+        if await self._connect():
+            self._send({"m": [key, rpm]})
 
     def charge(self, amounts: list[list[Any]]) -> None:
         """A reply's usage: ``[[rate key, tokens], ...]`` more (or, negative, fewer) than its

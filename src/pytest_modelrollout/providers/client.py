@@ -278,7 +278,7 @@ class ModelClient:
         self.pace = LearnedPace(backoff_scale(self._env))
         self.requests_sent = 0
         # the limits the provider stated in this run's replies (requests a minute, and tokens
-        # a minute by kind), kept for the next run (:func:`remembered_limits`)
+        # a minute by kind), kept for the next run (:meth:`ModelRegistry.stated_limits`)
         self.stated_rpm: float | None = None
         self.stated_tokens: dict[str, float] = {}
         # the limits it stated in an earlier run: kept from the first request (the first
@@ -290,9 +290,11 @@ class ModelClient:
     def _remember(self, remembered: Mapping[str, Any]) -> None:
         rpm = remembered.get("rpm")
         if isinstance(rpm, (int, float)) and not isinstance(rpm, bool) and rpm > 0:
-            self._remembered_rpm = float(rpm)
-            # this process's own pace; under xdist the broker's is told on the first request
-            self.pace.remember(float(rpm), time.monotonic())
+            if self._slots is None:
+                self.pace.remember(float(rpm), time.monotonic())
+            else:  # the broker's pace, told on the first request (this process's own pace
+                # hears of no reply under the broker: it would keep the old limit all along)
+                self._remembered_rpm = float(rpm)
         tokens = remembered.get("tokens")
         if isinstance(tokens, Mapping):
             self._tokens.state({str(k): float(v) for k, v in tokens.items()

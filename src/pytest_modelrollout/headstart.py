@@ -118,7 +118,7 @@ def headstart_off(config: pytest.Config, session: RolloutSession) -> str | None:
     # every request (a suite's first recording) or none: the head start sends only what its
     # cassettes miss (-n 4 on 2 cores, the 200-case suite: nothing recorded, 5.46 s without
     # it and 4.50 s with it, against 3.67 s at -n 0; all recorded, 3.01 s against 2.88 s)
-    if not any(mode in ("off", "all", "new") for mode in session.record_modes.values()):
+    if all(mode == "replay" for mode in session.record_modes.values()):
         return OFF_CASSETTES
     return None
 

@@ -3,7 +3,8 @@
 Usage::
 
     python bench/rate_limits.py [--cases 200] [--rpm 600] [--tpm 160000] [--xdist 2]
-                                [--base REV] [--only requests|tokens]
+                                [--base REV] [--only requests|tokens|cache]
+                                [--cache-cases 100] [--itpm 100000]
 
 The 200-case suite of ``bench/throughput.py`` (``rollout.ask(case)``, 2 models at 100 ms),
 its candidate ``sim:good?latency_ms=100&jitter=0&rpm_limit=RPM``: the simulator (a standalone
@@ -22,9 +23,9 @@ tokens, answers about 90): stated in the answers' headers (``x-ratelimit-limit-t
 not stated, each without ``tpm`` in the config and with ``tpm`` at 95 % of the quota; the least
 time is the tokens the candidate's calls used / TPM a minute.
 
-Then (``--only cache``, or with the rest) a candidate on the Anthropic wire whose 2,600-token
-system prompt is cached at a breakpoint (``cache_control`` on its block, as a team that caches
-it in production sends it), ``--cache-cases`` cases against ``itpm_limit=ITPM`` input tokens a
+Then (``--only cache``, or with the rest) a candidate on the Anthropic wire whose system
+prompt (about 1,300 tokens) is cached at a breakpoint (``cache_control`` on its block, as a
+team that caches it in production sends it), ``--cache-cases`` cases against ``itpm_limit=ITPM`` input tokens a
 minute (``--itpm``, stated in its answers' headers): Anthropic does not count the prompt's reads
 from its cache against that limit, so the least time is the cases' calls at concurrency 16; a
 client that counts them waits for the whole prompts' tokens.

@@ -911,6 +911,60 @@ def test_a_function_whose_tests_often_do_not_ask_stops_being_prefetched(
     assert wasted <= 8, wasted
 
 
+@XDIST
+def test_a_function_that_skips_a_case_in_ten_stays_prefetched(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A test that skips one case in ten (``pytest.skip`` inside it, a case without what it
+    checks) wastes the calls sent ahead for that case, and saves every other case a model
+    latency: the function stays prefetched. Before, two skips among its first 14 tests (one in
+    ten) turned it off, and its other 26 tests ran one at a time."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support", system="Be brief.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_mostly(rollout, case):
+            if case.id.endswith("3"):
+                pytest.skip("no expected answer for this case")
+            pair = rollout.ask(case)
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    n = 40
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+                for i in range(n)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=36, skipped=4)
+    out = result.stdout.str()
+    assert "run live: test_suite.py::test_mostly" not in out
+    used = re.search(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, (\d+) used",
+                     out)  # fmt: skip
+    assert used is not None, out
+    assert int(used.group(2)) == 2 * 36  # every call a test made was sent ahead
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}
+    assert sum(seen.values()) - 2 * 36 <= 2 * 4  # the skipped cases' calls, no more
+
+
+def test_a_function_stops_being_prefetched_when_its_tests_likely_leave_one_in_five() -> None:
+    """The rule behind both: what tests leave is counted until it is likely (at 90 %) more
+    than one test in five; every test leaving stops it at the second."""
+    from pytest_modelrollout.prefetch import mostly_unused
+
+    assert not mostly_unused(1, 1)  # one is not enough to tell
+    assert mostly_unused(2, 2) and mostly_unused(2, 3)  # every (or nearly every) test leaves
+    assert not mostly_unused(2, 4) and mostly_unused(3, 6)  # one in two: a test or two later
+    assert not mostly_unused(2, 14)  # one in ten, early: the old count stopped it here
+    assert not mostly_unused(4, 40) and not mostly_unused(8, 40)  # one in ten, one in five
+    assert mostly_unused(20, 40)
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")

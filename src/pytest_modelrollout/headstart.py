@@ -31,7 +31,8 @@ collection error, a working directory changed since start-up — turns the head 
 the run: the workers then call everything themselves, as before. Calls that no test claims (a
 test deselected by a plugin the controller did not load, a run stopped early, an ask under a
 condition) are at most the controller's window ahead: ``AHEAD_FACTOR`` x ``WINDOW_FACTOR`` x
-concurrency, and for each test function at most what was sent before two of its tests ended.
+concurrency, and for a test function whose tests all leave theirs, at most what was sent
+before two of its tests ended.
 
 Cassettes: the controller reads them as the workers will, and writes none. A role that only
 replays (``replay``) is never sent; under ``new`` a request already recorded is not sent (the
@@ -66,14 +67,13 @@ import pytest
 
 from .prefetch import (
     AHEAD_FACTOR,
-    UNUSED_LIMIT,
-    UNUSED_SHARE,
     WINDOW_FACTOR,
     ContextFactory,
     Outcome,
     _planned,
     _source_kwargs,
     function_key,
+    mostly_unused,
     plan_item,
     plan_later,
 )
@@ -399,9 +399,10 @@ class HeadStart:
     def finished(self, test_id: str) -> None:
         """A worker reported the test's teardown: what it did not take is unused (cancelled
         if still in flight, its room in the window freed), and the controller learns from it
-        what a run without xdist learns (:meth:`.prefetch.Prefetcher.release`): from the
-        second test of a function that took none of its calls, once they are one in ten of
-        its tests, nothing more is sent for that function; likewise for its later asks; a
+        what a run without xdist learns (:meth:`.prefetch.Prefetcher.release`): once tests
+        of a function that took none of its calls are likely more than one in five of them
+        (:func:`.prefetch.mostly_unused`), nothing more is sent for that function; likewise
+        for its later asks; a
         test that took some of the models of its first ask and not the others: only those."""
         with self._lock:
             self._claimed.add(test_id)
@@ -431,9 +432,9 @@ class HeadStart:
             future.cancel()
 
     def _learned_unused(self, counts: collections.Counter[str], fkey: str) -> bool:
-        """From the second such test, once they are one in ten of the function's that ended."""
-        n = counts[fkey]
-        return n >= UNUSED_LIMIT and n * UNUSED_SHARE >= self._finished_of[fkey]
+        """Once that is likely of more than one test in five of the function's that ended
+        (:func:`.prefetch.mostly_unused`)."""
+        return mostly_unused(counts[fkey], self._finished_of[fkey])
 
     def close(self) -> None:
         """The run is over: cancel what is still in flight; what no test took is unused."""

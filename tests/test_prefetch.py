@@ -876,31 +876,37 @@ def test_a_function_whose_first_ask_is_not_its_case_stops_being_prefetched(
     assert wasted <= (4 if not xdist else 8), wasted  # was 24: every test's probe
 
 
-def test_a_function_whose_tests_often_do_not_ask_stops_being_prefetched(
-    project: pytest.Pytester, sim: CountingSim
-) -> None:
-    """Read from the source, its first ask is ``ask(case)``, but every other test does not
-    ask: once two tests (and one in ten) took nothing, no more is sent ahead for it."""
+def _skipping_suite(project: pytest.Pytester, skip_if: str, n: int = 40) -> int:
+    """A suite of ``n`` cases whose test skips (inside the test, before it asks) the cases
+    for which ``skip_if`` holds; returns ``n``."""
     project.makepyfile(
-        test_suite="""
+        test_suite=f"""
         import pytest
         from pytest_modelrollout import cases
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_sometimes(rollout, case):
-            if int(case.id[1:]) % 2:
-                pytest.skip("not this one")
+            if {skip_if}:
+                pytest.skip("no expected answer for this case")
             pair = rollout.ask(case)
             assert pair.stable.ok and pair.candidate.ok
         """
     )
-    n = 40
     project.path.joinpath("cases.jsonl").write_text(
         "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
                 for i in range(n)),
         encoding="utf-8",
     )  # fmt: skip
+    return n
+
+
+def test_a_function_whose_tests_often_do_not_ask_stops_being_prefetched(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """Read from the source, its first ask is ``ask(case)``, but every other test does not
+    ask: once two tests (and one in ten) took nothing, no more is sent ahead for it."""
+    n = _skipping_suite(project, "int(case.id[1:]) % 2")  # every other test
     # a window of 4 calls (2 tests) ahead: what is in flight when it stops is small
     _run(project, "--rollout-concurrency=1").assert_outcomes(passed=n // 2, skipped=n // 2)
     seen = sim.first_attempts()
@@ -919,30 +925,11 @@ def test_a_function_that_skips_a_case_in_ten_stays_prefetched(
     checks) wastes the calls sent ahead for that case, and saves every other case a model
     latency: the function stays prefetched. Before, two skips among its first 14 tests (one in
     ten) turned it off, and its other 26 tests ran one at a time."""
-    project.makepyfile(
-        test_suite="""
-        import pytest
-        from pytest_modelrollout import cases
-
-        @pytest.mark.workflow("support", system="Be brief.")
-        @pytest.mark.parametrize("case", cases("cases.jsonl"))
-        def test_mostly(rollout, case):
-            if case.id.endswith("3"):
-                pytest.skip("no expected answer for this case")
-            pair = rollout.ask(case)
-            assert pair.stable.ok and pair.candidate.ok
-        """
-    )
-    n = 40
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
-                for i in range(n)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _skipping_suite(project, 'case.id.endswith("3")')  # c03, c13, c23, c33
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=36, skipped=4)
     out = result.stdout.str()
-    assert "run live: test_suite.py::test_mostly" not in out
+    assert "run live: test_suite.py::test_sometimes" not in out
     used = re.search(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, (\d+) used",
                      out)  # fmt: skip
     assert used is not None, out

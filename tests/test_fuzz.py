@@ -416,6 +416,8 @@ _expr_sources = st.recursive(
         st.builds(lambda a, m: f"{a}.{m}", inner, st.sampled_from(
             ["strip()", "upper()", "replace('a', 'b')", "split()", "casefold()"])),
         st.builds(lambda a: f"[{{'role': 'user', 'content': {a}}}]", inner),
+        st.builds(lambda d, k: f"{d}[{k}]", st.sampled_from(["G_DICT", "p_dict", "p_list"]),
+                  inner),  # an item whose key is read too
     ),
     max_leaves=6,
 )
@@ -445,7 +447,9 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
         "    rollout.reach()\n"
         f"    rollout.ask({asked})\n"
     )
-    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template, "G_CLASS": _Row}
+    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template, "G_CLASS": _Row,
+                             "G_DICT": {"k": "from k", "lit": "from lit", 3: "from 3",
+                                        True: "from True", "a": ["x", "y"]}}
     params = {"p_str": p_str, "p_int": p_int, "p_float": p_float, "p_bool": p_bool,
               "p_dict": p_dict, "p_list": p_list, "p_obj": _Row(p_str), "p_tuple": _Tuple(p_str),
               "p_slots": _Slots(p_str), "p_computed": _Computed(p_str)}  # fmt: skip

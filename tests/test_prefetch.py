@@ -952,6 +952,51 @@ def test_a_function_stops_being_prefetched_when_its_tests_likely_leave_one_in_fi
     assert mostly_unused(20, 40)
 
 
+@pytest.mark.parametrize(
+    "ask",
+    ['rollout.ask(case.prompt, system=SYSTEMS[case.meta["lang"]])',
+     'rollout.ask([{"role": "system", "content": SYSTEMS[case.meta["lang"]]},\n'
+     '                         {"role": "user", "content": case.prompt}])'],
+)  # fmt: skip
+def test_a_system_prompt_looked_up_by_a_field_of_the_case_is_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, ask: str
+) -> None:
+    """A module's dict read with a key from the case (``SYSTEMS[case.meta["lang"]]``) is read
+    from the source like the rest: every test's first ask goes ahead, none is wasted. Before,
+    the keyword form was probed and, the system prompt changing from case to case, ran live;
+    the message-list form sent the case's prompt alone ahead, wasted, until the rule of what
+    tests leave stopped it."""
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+        from pytest_modelrollout import cases
+
+        SYSTEMS = {{"en": "Answer in English.", "zh": "请用中文回答。"}}
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_language(rollout, case):
+            pair = {ask}
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "lang": "zh" if i % 2 else "en"}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    assert "run live: test_suite.py::test_by_language" not in result.stdout.str()
+    result.stdout.fnmatch_lines([
+        f"modelrollout prefetch: {2 * N_CASES} calls sent ahead of their tests, {2 * N_CASES} used"
+        ", 0 unused*"
+    ])  # fmt: skip
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")
@@ -2062,21 +2107,37 @@ def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -
     assert ran == []  # no property, __getattr__, __format__ or __add__ was called
 
 
+@pytest.mark.parametrize(
+    ("signature", "ask", "stable_sent"),
+    [("stable, candidate, case", "candidate.ask(case)", (0, 0)),
+     ("rollout, case", "rollout.candidate.ask(case)", (0, 0)),
+     # an ask through a helper: its receiver is not read, the fixtures say (both models);
+     # after the first test, only what it took
+     ("rollout, case", "ask_with(rollout.candidate, case)", (1, 4))],
+)  # fmt: skip
 def test_models_a_function_never_asks_are_not_prefetched(
-    project: pytest.Pytester, sim: CountingSim
+    project: pytest.Pytester, sim: CountingSim, signature: str, ask: str,
+    stable_sent: tuple[int, int],
 ) -> None:
-    """Both model fixtures requested, only the candidate asked: after the first test the stable
-    is no longer sent ahead (one unused stable call in all, not one per case)."""
+    """Both models available to the test, only the candidate asked: the asks' receivers in the
+    source say so (``candidate.ask``, ``rollout.candidate.ask``), and the stable is never sent
+    ahead (before, the first window's stable calls were sent and wasted, and with a wide
+    window every case's: a model's worth of calls). An ask the source does not show (a
+    helper's) is learned from the first test: one unused stable call in all, not one per
+    case."""
     project.makepyfile(
-        test_suite="""
+        test_suite=f"""
         import pytest
         from pytest_modelrollout import cases
 
+        def ask_with(model, case):
+            return model.ask(case)
+
         @pytest.mark.workflow("support", system="You are a concise support agent.",
-                              params={"temperature": 0})
+                              params={{"temperature": 0}})
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
-        def test_candidate_only(stable, candidate, case):
-            assert candidate.ask(case).ok
+        def test_candidate_only({signature}):
+            assert {ask}.ok
         """
     )
     _run(project, "--rollout-no-gate", "--rollout-concurrency=1").assert_outcomes(passed=N_CASES)
@@ -2084,7 +2145,41 @@ def test_models_a_function_never_asks_are_not_prefetched(
     # concurrency 1: a window of 4 calls (2 tests); the stable calls sent before the first test
     # ended are the only ones: the first window, and at most one more when the first test
     # starts after its replies came in (while it runs, nothing more of its function is sent)
-    assert 1 <= sim.total(STABLE.removeprefix("sim:")) <= 4
+    least, most = stable_sent
+    assert least <= sim.total(STABLE.removeprefix("sim:")) <= most
+
+
+def test_the_models_a_test_asks_are_read_from_its_asks_receivers() -> None:
+    from pytest_modelrollout.asked import asked_roles
+
+    def both(rollout, case):
+        rollout.ask(case)
+
+    def candidate_only(rollout, case):
+        rollout.candidate.ask(case)
+        rollout.candidate.ask(prompt="again")  # a keyword prompt: its receiver counts too
+
+    def each_apart(stable, candidate, case):
+        stable.ask(case)
+        candidate.ask(case)
+
+    def through_a_name(rollout, case):
+        model = rollout.candidate
+        model.ask(case)  # not a fixture itself: the fixtures say
+
+    def rebound(candidate, case):
+        candidate = make(candidate)  # noqa: F821
+        candidate.ask(case)
+
+    def no_ask(rollout, case):
+        helper(rollout, case)  # noqa: F821
+
+    assert asked_roles(both) == {"stable", "candidate"}
+    assert asked_roles(candidate_only) == {"candidate"}
+    assert asked_roles(each_apart) == {"stable", "candidate"}
+    assert asked_roles(through_a_name) is None
+    assert asked_roles(rebound) is None
+    assert asked_roles(no_ask) is None
 
 
 def _rendered(raw: str) -> str:

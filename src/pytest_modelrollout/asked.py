@@ -12,6 +12,7 @@ What is read::
 
     rollout.ask(case)                                     a parameter
     rollout.ask(example["prompt"]), ask(case.prompt)      an item or attribute read from one
+    ask(case.prompt, system=SYSTEMS[case.meta["lang"]])   an item whose key is read too
     rollout.ask("Hello"), ask(PROMPT)                     a string; a name of the test's module
     rollout.ask(f"Translate: {text}")                     an f-string of those
     rollout.ask("Summarize: " + case.prompt)              strings added together
@@ -42,6 +43,8 @@ from ._records import Role
 #   ("const", value)               a str, int, float, bool or None literal
 #   ("attr", expr, name)           expr.name: an instance attribute
 #   ("item", expr, key)            expr[key]: a dict's item, a list's or tuple's element
+#   ("index", expr, expr)          expr[expr]: the same with a key read too (a str or an int):
+#                                  SYSTEMS[case.meta["lang"]]
 #   ("fstr", (expr, ...))          an f-string: its parts, joined
 #   ("add", expr, expr)            str + str
 #   ("method", expr, name, (expr, ...), ((name, expr), ...))
@@ -110,10 +113,13 @@ class _Reader:
             return None if base is None else ("attr", base, node.attr)
         if isinstance(node, ast.Subscript):
             key = node.slice
-            if not (isinstance(key, ast.Constant) and type(key.value) in (str, int)):
-                return None
             base = sub(node.value)
-            return None if base is None else ("item", base, key.value)
+            if base is None or isinstance(key, (ast.Slice, ast.Tuple)):
+                return None
+            if isinstance(key, ast.Constant) and type(key.value) in (str, int):
+                return ("item", base, key.value)
+            index = sub(key)  # a str or int when it runs (evaluate)
+            return None if index is None else ("index", base, index)
         if isinstance(node, ast.JoinedStr):
             return self._fstring(node, sub)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
@@ -224,6 +230,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
     kind = expr[0]
     if kind in ("attr", "item"):
         return (expr[1],)
+    if kind == "index":
+        return (expr[1], expr[2])
     if kind in ("fstr", "list"):
         return tuple(expr[1])
     if kind == "add":
@@ -302,6 +310,36 @@ _RECEIVERS: dict[str, tuple[Role, ...]] = {
     "candidate": ("candidate",),
 }
 LaterAsk = tuple[tuple[Role, ...], Expr, Keywords]  # (models asked, prompt, keyword arguments)
+
+
+@functools.lru_cache(maxsize=256)
+def asked_roles(func: Any) -> frozenset[Role] | None:
+    """The models the test function can ask, read from the receivers of every ``.ask(...)``
+    in its source: ``rollout.ask`` both, ``rollout.candidate.ask`` and ``candidate.ask`` the
+    candidate, ``rollout.stable.ask`` and ``stable.ask`` the stable. None when the source has
+    no ask or an ask whose receiver is not a model fixture itself (a local name, a helper's
+    parameter): then the fixtures the test requests say."""
+    fdef = _function_def(func)
+    if fdef is None:
+        return None
+    calls = [
+        node
+        for stmt in fdef.body
+        for node in ast.walk(stmt)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "ask"
+    ]
+    if not calls:
+        return None
+    reader = _Reader(fdef)
+    roles: set[Role] = set()
+    for call in calls:
+        found = _receiver_roles(call.func, reader)
+        if not found:
+            return None
+        roles.update(found)
+    return frozenset(roles)
 
 
 @functools.lru_cache(maxsize=256)
@@ -520,6 +558,11 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         if base is MISSING:
             return MISSING
         return _item(base, expr[2]) if kind == "item" else _attribute(base, expr[2])
+    if kind == "index":
+        base, key = (_evaluate(child, params, names) for child in _children(expr))
+        if base is MISSING or type(key) not in (str, int):
+            return MISSING  # an exact str or int: its hash and comparison run no user code
+        return _item(base, key)
     texts = [_evaluate(child, params, names) for child in _children(expr)]
     if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) is list:
         # "sep".join([...]) of strings

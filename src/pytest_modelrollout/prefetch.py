@@ -53,6 +53,7 @@ from .asked import (
     Expr,
     Keywords,
     asked,
+    asked_roles,
     evaluate,
     first_ask_keywords,
     first_ask_unread,
@@ -366,13 +367,17 @@ def plan_item(
     ``ask_kwargs``: the ``system`` / ``tools`` / ``response_format`` / params of its first
     ``ask(case, ...)``, read from the source or learned from another item of the same test
     function (None: none, the marker's).
-    ``only_roles``: the models the function's tests turned out to ask (None: its fixtures').
+    ``only_roles``: the models the function's tests turned out to ask (None: those its asks'
+    receivers name in its source, :func:`.asked.asked_roles`, else its fixtures').
     """
     planned = _planned(item)
     if planned is None or not _asks_models(item):
         return []
     case = planned[1]
     roles = _roles(item)
+    if only_roles is None:
+        func = getattr(item, "function", None)
+        only_roles = asked_roles(func) if func is not None else None
     try:
         ctx = context_for(item)
         request = _request(ctx, case, ask_kwargs)

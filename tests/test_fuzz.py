@@ -403,6 +403,7 @@ class _Asker:
 
 
 _LEAVES = ["p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
+           "'%s'", "'<%s|%d>'", "'%(k)s'", "G_FORMAT", "p_list", "p_tuple",
            "p_list[3]", "p_obj.text", "p_obj.missing", "G_STR", "G_TEMPLATE", "'lit'", "3", "1.5",
            "True", "None", "local", "p_tuple.text", "p_slots.text", "p_computed.text", "p_obj.TEXT",
            "G_CLASS.TEXT"]  # fmt: skip
@@ -418,6 +419,12 @@ _expr_sources = st.recursive(
         st.builds(lambda a: f"[{{'role': 'user', 'content': {a}}}]", inner),
         st.builds(lambda d, k: f"{d}[{k}]", st.sampled_from(["G_DICT", "p_dict", "p_list"]),
                   inner),  # an item whose key is read too
+        st.builds(lambda a, b: f"({a} % {b})", inner, inner),  # %-formatting
+        st.builds(lambda a, b, c: f"({a} % ({b}, {c}))", inner, inner, inner),
+        st.builds(lambda a, b: f"({a} % ({b},))", inner, inner),
+        st.builds(lambda a, b: f"({a} % [{b}])", inner, inner),  # a list: formatted as one
+        st.builds(lambda a, sl: f"{a}[{sl}]", inner,
+                  st.sampled_from([":2", "1:", "-3:", "::2", "1:-1", "::-1", "::0", "2:1"])),
     ),
     max_leaves=6,
 )
@@ -448,6 +455,7 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
         f"    rollout.ask({asked})\n"
     )
     names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template, "G_CLASS": _Row,
+                             "G_FORMAT": "Customer (%s): %s",
                              "G_DICT": {"k": "from k", "lit": "from lit", 3: "from 3",
                                         True: "from True", "a": ["x", "y"]}}
     params = {"p_str": p_str, "p_int": p_int, "p_float": p_float, "p_bool": p_bool,
@@ -460,7 +468,11 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
     assert isinstance(fdef, ast.FunctionDef)
     reads = read_asks(fdef)[0]
     planned = evaluate(reads[0][0], params, names) if reads else MISSING
-    exec(compile(source, "<test>", "exec"), names)
+    try:
+        code = compile(source, "<test>", "exec")
+    except SyntaxError:  # a literal subscripted (3[:2]): the compiler's warning, as an error
+        assume(False)
+    exec(code, names)
     rollout = _Asker()
     try:
         names["test_x"](rollout, **params)

@@ -997,6 +997,50 @@ def test_a_system_prompt_looked_up_by_a_field_of_the_case_is_sent_ahead(
     assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
 
 
+@pytest.mark.parametrize(
+    "ask",
+    ['rollout.ask("Customer (%s): %s" % (case.id, case.prompt))',
+     'rollout.ask(PREFIX % case.prompt)',
+     "rollout.ask(case.prompt[:40])",  # the prompts are longer: truncated
+     "rollout.ask(case.prompt[-30:].strip())"],
+)  # fmt: skip
+def test_prompts_built_with_percent_or_cut_to_length_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, ask: str
+) -> None:
+    """``%``-formatting and a slice with int bounds are read from the source: every test's
+    first ask goes ahead, none is wasted. Before, the function was probed with the case's
+    prompt, which the test never asks, and the probes were wasted until sending stopped."""
+    project.makepyfile(
+        test_suite=f"""
+        import pytest
+        from pytest_modelrollout import cases
+
+        PREFIX = "Customer message: %s"
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_built(rollout, case):
+            pair = {ask}
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}",
+                            "prompt": f"Where is order A-{i}? It was due last week. " * 2}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    assert "run live: test_suite.py::test_built" not in result.stdout.str()
+    result.stdout.fnmatch_lines([
+        f"modelrollout prefetch: {2 * N_CASES} calls sent ahead of their tests, {2 * N_CASES} used"
+        ", 0 unused*"
+    ])  # fmt: skip
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")

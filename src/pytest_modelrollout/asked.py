@@ -16,6 +16,8 @@ What is read::
     rollout.ask("Hello"), ask(PROMPT)                     a string; a name of the test's module
     rollout.ask(f"Translate: {text}")                     an f-string of those
     rollout.ask("Summarize: " + case.prompt)              strings added together
+    rollout.ask("Customer: %s" % case.prompt)             %-formatting of those
+    rollout.ask(case.prompt[:2000])                       a slice with int bounds
     rollout.ask(TEMPLATE.format(question=row["q"]))       str.format and other str methods
     rollout.ask("\\n".join([INTRO, case.prompt]))         ("\\n".join, .strip(), .lower(), ...)
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
@@ -45,6 +47,8 @@ from ._records import Role
 #   ("item", expr, key)            expr[key]: a dict's item, a list's or tuple's element
 #   ("index", expr, expr)          expr[expr]: the same with a key read too (a str or an int):
 #                                  SYSTEMS[case.meta["lang"]]
+#   ("slice", expr, (lo, hi, step)) expr[lo:hi:step] of a str, list or tuple (int or None)
+#   ("mod", expr, expr, tuple?)    str % value, or str % (value, ...) when tuple? is True
 #   ("fstr", (expr, ...))          an f-string: its parts, joined
 #   ("add", expr, expr)            str + str
 #   ("method", expr, name, (expr, ...), ((name, expr), ...))
@@ -82,6 +86,18 @@ def is_prompt(value: Any) -> bool:
 
 
 # -- reading -----------------------------------------------------------------------------------
+def _int_or_none(node: ast.expr | None) -> Any:
+    """A slice bound written in the source: an int literal (``-3`` too) or nothing; else
+    :data:`MISSING`."""
+    if node is None:
+        return None
+    negative = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+    value = node.operand if negative else node  # type: ignore[attr-defined]
+    if isinstance(value, ast.Constant) and type(value.value) is int:
+        return -value.value if negative else value.value
+    return MISSING
+
+
 class _Reader:
     """Turns expressions of one test function into :data:`Expr`."""
 
@@ -114,6 +130,10 @@ class _Reader:
         if isinstance(node, ast.Subscript):
             key = node.slice
             base = sub(node.value)
+            tuple_display = isinstance(node.value, ast.Tuple)  # sliced, a tuple (read: a list)
+            if base is not None and isinstance(key, ast.Slice) and not tuple_display:
+                bounds = tuple(_int_or_none(x) for x in (key.lower, key.upper, key.step))
+                return None if MISSING in bounds else ("slice", base, bounds)
             if base is None or isinstance(key, (ast.Slice, ast.Tuple)):
                 return None
             if isinstance(key, ast.Constant) and type(key.value) in (str, int):
@@ -125,6 +145,11 @@ class _Reader:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             left, right = sub(node.left), sub(node.right)
             return None if left is None or right is None else ("add", left, right)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):  # "%s: %s" % (a, b)
+            left, right = sub(node.left), sub(node.right)
+            if left is None or right is None:
+                return None
+            return ("mod", left, right, isinstance(node.right, ast.Tuple))
         if isinstance(node, ast.Call):
             return self._method(node, sub)
         if isinstance(node, (ast.List, ast.Tuple)):
@@ -231,6 +256,10 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
     if kind in ("attr", "item"):
         return (expr[1],)
     if kind == "index":
+        return (expr[1], expr[2])
+    if kind == "slice":
+        return (expr[1],)
+    if kind == "mod":
         return (expr[1], expr[2])
     if kind in ("fstr", "list"):
         return tuple(expr[1])
@@ -563,6 +592,28 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         if base is MISSING or type(key) not in (str, int):
             return MISSING  # an exact str or int: its hash and comparison run no user code
         return _item(base, key)
+    if kind == "slice":
+        base = _evaluate(expr[1], params, names)
+        if type(base) is str:
+            return str.__getitem__(base, slice(*expr[2]))
+        items = _elements(base)
+        if items is None:
+            return MISSING
+        part = items[slice(*expr[2])]
+        return tuple(part) if issubclass(type(base), tuple) else part  # as the base's slice is
+    if kind == "mod":
+        template, value = _evaluate(expr[1], params, names), _evaluate(expr[2], params, names)
+        if expr[3]:  # a tuple written in the source (evaluated as a list)
+            values = value if type(value) is list else MISSING
+        else:
+            values = value if type(value) in _TEXT else MISSING
+        if type(template) is not str or values is MISSING:
+            return MISSING
+        if type(values) is not list:
+            return str.__mod__(template, values)
+        if any(type(v) not in _TEXT for v in values):
+            return MISSING  # strings and numbers only: their formatting runs no user code
+        return str.__mod__(template, tuple(values))
     texts = [_evaluate(child, params, names) for child in _children(expr)]
     if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) is list:
         # "sep".join([...]) of strings

@@ -956,65 +956,27 @@ def test_a_function_stops_being_prefetched_when_its_tests_likely_leave_one_in_fi
     "ask",
     ['rollout.ask(case.prompt, system=SYSTEMS[case.meta["lang"]])',
      'rollout.ask([{"role": "system", "content": SYSTEMS[case.meta["lang"]]},\n'
-     '                         {"role": "user", "content": case.prompt}])'],
+     '                         {"role": "user", "content": case.prompt}])',
+     'rollout.ask("Customer (%s): %s" % (case.id, case.prompt))',
+     "rollout.ask(PREFIX % case.prompt)",
+     "rollout.ask(case.prompt[:40])",  # the prompts are longer: truncated
+     "rollout.ask(case.prompt[-30:].strip())"],
 )  # fmt: skip
-def test_a_system_prompt_looked_up_by_a_field_of_the_case_is_sent_ahead(
+def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, ask: str
 ) -> None:
-    """A module's dict read with a key from the case (``SYSTEMS[case.meta["lang"]]``) is read
-    from the source like the rest: every test's first ask goes ahead, none is wasted. Before,
-    the keyword form was probed and, the system prompt changing from case to case, ran live;
-    the message-list form sent the case's prompt alone ahead, wasted, until the rule of what
-    tests leave stopped it."""
+    """A module's dict read with a key from the case (``SYSTEMS[case.meta["lang"]]``),
+    ``%``-formatting and a slice with int bounds are read from the source like the rest: every
+    test's first ask goes ahead, none is wasted. Before, a system prompt looked up so was probed
+    and, changing from case to case, ran live; in a message list, the case's prompt was sent
+    ahead alone; a prompt formatted with ``%`` or cut to length was probed with the case's
+    prompt: each sent ahead and wasted until sending stopped."""
     project.makepyfile(
         test_suite=f"""
         import pytest
         from pytest_modelrollout import cases
 
         SYSTEMS = {{"en": "Answer in English.", "zh": "请用中文回答。"}}
-
-        @pytest.mark.workflow("support")
-        @pytest.mark.parametrize("case", cases("cases.jsonl"))
-        def test_by_language(rollout, case):
-            pair = {ask}
-            assert pair.stable.ok and pair.candidate.ok
-        """
-    )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "lang": "zh" if i % 2 else "en"}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
-    result = _run(project, "-v")
-    result.assert_outcomes(passed=N_CASES)
-    assert "run live: test_suite.py::test_by_language" not in result.stdout.str()
-    result.stdout.fnmatch_lines([
-        f"modelrollout prefetch: {2 * N_CASES} calls sent ahead of their tests, {2 * N_CASES} used"
-        ", 0 unused*"
-    ])  # fmt: skip
-    seen = sim.first_attempts()
-    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
-
-
-@pytest.mark.parametrize(
-    "ask",
-    ['rollout.ask("Customer (%s): %s" % (case.id, case.prompt))',
-     'rollout.ask(PREFIX % case.prompt)',
-     "rollout.ask(case.prompt[:40])",  # the prompts are longer: truncated
-     "rollout.ask(case.prompt[-30:].strip())"],
-)  # fmt: skip
-def test_prompts_built_with_percent_or_cut_to_length_are_sent_ahead(
-    project: pytest.Pytester, sim: CountingSim, ask: str
-) -> None:
-    """``%``-formatting and a slice with int bounds are read from the source: every test's
-    first ask goes ahead, none is wasted. Before, the function was probed with the case's
-    prompt, which the test never asks, and the probes were wasted until sending stopped."""
-    project.makepyfile(
-        test_suite=f"""
-        import pytest
-        from pytest_modelrollout import cases
-
         PREFIX = "Customer message: %s"
 
         @pytest.mark.workflow("support")
@@ -1025,7 +987,7 @@ def test_prompts_built_with_percent_or_cut_to_length_are_sent_ahead(
         """
     )
     project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}",
+        "".join(json.dumps({"id": f"c{i:02d}", "lang": "zh" if i % 2 else "en",
                             "prompt": f"Where is order A-{i}? It was due last week. " * 2}) + "\n"
                 for i in range(N_CASES)),
         encoding="utf-8",

@@ -316,18 +316,22 @@ def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
     return tuple(first.items()), rebound
 
 
+def _ask_nodes(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
+    """The function body's ``.ask(...)`` calls."""
+    return [
+        node
+        for stmt in fdef.body
+        for node in ast.walk(stmt)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "ask"
+    ]
+
+
 def _ask_calls(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
     """The function body's ``.ask(...)`` calls with a positional argument, in source order."""
     return sorted(
-        (
-            node
-            for stmt in fdef.body
-            for node in ast.walk(stmt)
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "ask"
-            and node.args
-        ),
+        (node for node in _ask_nodes(fdef) if node.args),
         key=lambda node: (node.lineno, node.col_offset),
     )
 
@@ -349,17 +353,8 @@ def asked_roles(func: Any) -> frozenset[Role] | None:
     no ask or an ask whose receiver is not a model fixture itself (a local name, a helper's
     parameter): then the fixtures the test requests say."""
     fdef = _function_def(func)
-    if fdef is None:
-        return None
-    calls = [
-        node
-        for stmt in fdef.body
-        for node in ast.walk(stmt)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "ask"
-    ]
-    if not calls:
+    calls = _ask_nodes(fdef) if fdef is not None else []
+    if fdef is None or not calls:
         return None
     reader = _Reader(fdef)
     roles: set[Role] = set()

@@ -1,0 +1,162 @@
+"""Benchmark: suites written the ways teams write them, and what prefetch sends ahead for each.
+
+Usage::
+
+    python bench/prefetch_shapes.py [--cases 200] [--latency-ms 300] [--repeat 1]
+                                    [--xdist 2] [--base REV]
+
+Each shape is one test function over ``--cases`` rows of ``cases()`` (2 models, the simulator
+at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
+
+- ``plain``: ``rollout.ask(case)``, the baseline every other shape is compared with;
+- ``skips 1 in 10``: ``pytest.skip`` inside the test for one case in ten (a case without an
+  expected answer);
+- ``system looked up``: ``rollout.ask(case.prompt, system=SYSTEMS[case.meta["lang"]])``;
+- ``message list``: the same system prompt in a message list written in the test;
+- ``%-formatted``: ``rollout.ask("Customer (%s): %s" % (case.id, case.prompt))``;
+- ``cut to length``: ``rollout.ask(case.prompt[:60])`` (the prompts are longer);
+- ``candidate only``: ``rollout.candidate.ask(case.prompt)`` (one model's calls).
+
+For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
+x latency / 16); the calls the test functions made; the calls sent ahead and left unused
+(wasted: paid for, never used); and the test functions that ran live (from ``-v``). With
+``--xdist N`` each shape runs with ``-n N`` too. With ``--base REV`` each also runs with the
+plugin as it was at git revision REV (its ``src/`` first on ``PYTHONPATH``), alternating with
+this tree, the simulator being this tree's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import CONCURRENCY, export_src, pytest_cmd, start_sim, user_env
+
+HEAD = """
+import pytest
+from pytest_modelrollout import cases
+
+SYSTEMS = {"en": "Answer in English.", "zh": "请用中文回答。"}
+
+@pytest.mark.workflow("support")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_shape(rollout, case):
+"""
+SHAPES: dict[str, str] = {
+    "plain": "rollout.ask(case)",
+    "skips 1 in 10": 'if case.id.endswith("3"):\n        pytest.skip("no expected answer")\n'
+                     "    rollout.ask(case)",
+    "system looked up": 'rollout.ask(case.prompt, system=SYSTEMS[case.meta["lang"]])',
+    "message list": 'rollout.ask([{"role": "system", "content": SYSTEMS[case.meta["lang"]]},\n'
+                    '                 {"role": "user", "content": case.prompt}])',
+    "%-formatted": 'rollout.ask("Customer (%s): %s" % (case.id, case.prompt))',
+    "cut to length": "rollout.ask(case.prompt[:60])",
+    "candidate only": "rollout.candidate.ask(case.prompt)",
+}
+PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
+                           r"(\d+) used, (\d+) unused")
+
+
+def write_shape(root: Path, n: int, latency_ms: int, body: str) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / "cases.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(n):
+            zh = i % 2 == 1
+            prompt = (f"我的订单 B-{20000 + i} 什么时候到？它上周就应该到了，我已经等了很久。" if zh
+                      else f"Where is my order A-{10000 + i}? It was due last week and I have "
+                           "been waiting for a long time.")
+            row = {"id": f"c{i:05d}", "prompt": prompt, "lang": "zh" if zh else "en"}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    model = f"latency_ms={latency_ms}&jitter=0.2"
+    (root / "pyproject.toml").write_text(
+        f'[tool.modelrollout]\nstable = "sim:stable?{model}"\ncandidate = "sim:good?{model}"\n'
+        f"concurrency = {CONCURRENCY}\n", encoding="utf-8")
+    (root / "test_shape.py").write_text(HEAD + "    " + body + "\n", encoding="utf-8")
+
+
+def run(root: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    """One run of the shape's suite (``-vv``: with pytest_cmd's ``-q``, the -v summary)."""
+    report = root / "report.json"
+    report.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(pytest_cmd("-vv", "--rollout-report=report.json", *args), cwd=root,
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not report.exists():
+        raise SystemExit(f"pytest failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                         f"{proc.stderr[-2000:]}")
+    calls = json.loads(report.read_text(encoding="utf-8"))["records"]["calls"]
+    sent = PREFETCH_LINE.search(proc.stdout)
+    return {
+        "wall": wall,
+        "calls": len(calls),
+        "ahead": int(sent.group(1)) if sent else 0,
+        "unused": int(sent.group(3)) if sent else 0,
+        "live": proc.stdout.count("  run live: "),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--latency-ms", type=int, default=300)
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each; the median is printed")
+    ap.add_argument("--xdist", type=int, default=0, help="also with -n N")
+    ap.add_argument("--base", default="", help="also with the plugin at this git revision")
+    args = ap.parse_args()
+    print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    print(f"machine: nproc={os.cpu_count()}, python {platform.python_version()}, "
+          f"{platform.platform()}, load average {os.getloadavg()[0]:.1f}")
+    proc, url = start_sim()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            env = user_env(MODELROLLOUT_SIM_URL=url)
+            trees: dict[str, dict[str, str]] = {"this tree": env}
+            if args.base:
+                src = export_src(args.base, work / "base")
+                trees[args.base] = {**env, "PYTHONPATH": os.pathsep.join(
+                    [str(src), *filter(None, [env.get("PYTHONPATH")])])}
+            ideal_pair = 2 * args.cases * args.latency_ms / 1000 / CONCURRENCY
+            print(f"{args.cases} cases x 2 models at {args.latency_ms} ms (jitter 0.2), "
+                  f"concurrency {CONCURRENCY}: the ideal for both models is {ideal_pair:.2f} s")
+            xargs_list: list[tuple[str, ...]] = [()]
+            if args.xdist:
+                xargs_list.append(("-n", str(args.xdist)))
+            for xargs in xargs_list:
+                label = " ".join(xargs) or "-n 0"
+                plain_wall: dict[str, float] = {}
+                for name, body in SHAPES.items():
+                    root = work / re.sub(r"\W+", "-", name)
+                    write_shape(root, args.cases, args.latency_ms, body)
+                    results: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
+                    for _ in range(max(1, args.repeat)):
+                        for tree, tree_env in trees.items():  # alternating: the same drift
+                            results[tree].append(run(root, tree_env, *xargs))
+                    for tree, runs in results.items():
+                        r = sorted(runs, key=lambda x: x["wall"])[len(runs) // 2]
+                        if name == "plain":
+                            plain_wall[tree] = r["wall"]
+                        ratio = r["wall"] / plain_wall[tree]
+                        print(f"  {label:5} {name:17} {tree:10} {r['wall']:6.2f} s = "
+                              f"{ratio:4.2f}x plain ({r['wall'] / ideal_pair:4.2f}x the ideal); "
+                              f"{r['calls']} calls made, {r['ahead']} sent ahead, "
+                              f"{r['unused']} unused; {r['live']} function(s) ran live")
+    finally:
+        proc.kill()
+
+
+if __name__ == "__main__":
+    main()

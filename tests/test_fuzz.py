@@ -425,6 +425,12 @@ _expr_sources = st.recursive(
         st.builds(lambda a, b: f"({a} % [{b}])", inner, inner),  # a list: formatted as one
         st.builds(lambda a, sl: f"{a}[{sl}]", inner,
                   st.sampled_from([":2", "1:", "-3:", "::2", "1:-1", "::-1", "::0", "2:1"])),
+        st.builds(lambda a, b, c: f"({a} if {b} else {c})", inner, inner, inner),
+        st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(["and", "or"]),
+                  inner),
+        st.builds(lambda a: f"(not {a})", inner),
+        st.builds(lambda a, op, b: f"({a} {op} {b})", inner,
+                  st.sampled_from(["==", "!=", "in", "not in", "is", "is not", "<"]), inner),
     ),
     max_leaves=6,
 )

@@ -960,13 +960,16 @@ def test_a_function_stops_being_prefetched_when_its_tests_likely_leave_one_in_fi
      'rollout.ask("Customer (%s): %s" % (case.id, case.prompt))',
      "rollout.ask(PREFIX % case.prompt)",
      "rollout.ask(case.prompt[:40])",  # the prompts are longer: truncated
-     "rollout.ask(case.prompt[-30:].strip())"],
+     "rollout.ask(case.prompt[-30:].strip())",
+     'rollout.ask(case.prompt, system="Be brief." if case.meta["lang"] == "en" else "简短回答。")',
+     'rollout.ask(case.prompt, system=case.system or "Be brief.")'],
 )  # fmt: skip
 def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, ask: str
 ) -> None:
     """A module's dict read with a key from the case (``SYSTEMS[case.meta["lang"]]``),
-    ``%``-formatting and a slice with int bounds are read from the source like the rest: every
+    ``%``-formatting, a slice with int bounds, a conditional expression and ``or`` (of plain
+    values: a comparison, a default) are read from the source like the rest: every
     test's first ask goes ahead, none is wasted. Before, a system prompt looked up so was probed
     and, changing from case to case, ran live; in a message list, the case's prompt was sent
     ahead alone; a prompt formatted with ``%`` or cut to length was probed with the case's

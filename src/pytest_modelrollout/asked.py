@@ -18,6 +18,8 @@ What is read::
     rollout.ask("Summarize: " + case.prompt)              strings added together
     rollout.ask("Customer: %s" % case.prompt)             %-formatting of those
     rollout.ask(case.prompt[:2000])                       a slice with int bounds
+    ask(x, system=A if case.meta["lang"] == "en" else B)  a conditional expression, and / or /
+    ask(x, system=case.system or DEFAULT)                 not, ==, !=, in, is None of plain values
     rollout.ask(TEMPLATE.format(question=row["q"]))       str.format and other str methods
     rollout.ask("\\n".join([INTRO, case.prompt]))         ("\\n".join, .strip(), .lower(), ...)
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
@@ -56,11 +58,19 @@ from ._records import Role
 #                                  text.strip(), ... (STR_METHODS)
 #   ("list", (expr, ...))          a list or tuple display
 #   ("dict", ((key, expr), ...))   a dict display with string keys
+#   ("if", test, expr, expr)       expr if test else expr (only the branch taken is read)
+#   ("bool", "and"|"or", (expr, ...))  a and b, a or b: the operand Python returns
+#   ("not", expr)                  not expr
+#   ("cmp", op, expr, expr)        ==, !=, in, not in, is None, is not None
 Expr = tuple[Any, ...]
 Keywords = tuple[tuple[str, Expr], ...]  # an ask's keyword arguments: (name, value), ...
 
 MISSING: Any = object()
 _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
+# what a condition may test (exact types: their truth and comparisons run no user code)
+_PLAIN = (str, int, float, bool, type(None))
+_COMPARED = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
+             ast.Is: "is", ast.IsNot: "is not"}
 _DEPTH = 64  # how deep an expression (with the local names it reads) may nest
 # str methods read from the source: they build a string from strings and numbers only
 STR_METHODS = frozenset({
@@ -150,6 +160,27 @@ class _Reader:
             if left is None or right is None:
                 return None
             return ("mod", left, right, isinstance(node.right, ast.Tuple))
+        if isinstance(node, ast.IfExp):
+            parts = [sub(node.test), sub(node.body), sub(node.orelse)]
+            return None if None in parts else ("if", *parts)
+        if isinstance(node, ast.BoolOp):
+            values = [sub(x) for x in node.values]
+            op = "and" if isinstance(node.op, ast.And) else "or"
+            return None if None in values else ("bool", op, tuple(values))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            operand = sub(node.operand)
+            return None if operand is None else ("not", operand)
+        if isinstance(node, ast.Compare) and len(node.ops) == 1:
+            compared = _COMPARED.get(type(node.ops[0]))
+            right_node = node.comparators[0]
+            if compared in ("is", "is not") and not (
+                isinstance(right_node, ast.Constant) and right_node.value is None
+            ):
+                return None  # only `is None` / `is not None`
+            left, right = sub(node.left), sub(right_node)
+            if compared is None or left is None or right is None:
+                return None
+            return ("cmp", compared, left, right)
         if isinstance(node, ast.Call):
             return self._method(node, sub)
         if isinstance(node, (ast.List, ast.Tuple)):
@@ -261,6 +292,14 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[1],)
     if kind == "mod":
         return (expr[1], expr[2])
+    if kind == "if":
+        return (expr[1], expr[2], expr[3])
+    if kind == "bool":
+        return tuple(expr[2])
+    if kind == "not":
+        return (expr[1],)
+    if kind == "cmp":
+        return (expr[2], expr[3])
     if kind in ("fstr", "list"):
         return tuple(expr[1])
     if kind == "add":
@@ -609,6 +648,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         if any(type(v) not in _TEXT for v in values):
             return MISSING  # strings and numbers only: their formatting runs no user code
         return str.__mod__(template, tuple(values))
+    if kind in ("if", "bool", "not", "cmp"):
+        return _condition(expr, params, names)
     texts = [_evaluate(child, params, names) for child in _children(expr)]
     if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) is list:
         # "sep".join([...]) of strings
@@ -626,6 +667,58 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
     )
+
+
+def _truth(value: Any) -> Any:
+    """``bool(value)`` for a value whose truth runs no user code (a str, number, None, or a
+    plain list, tuple or dict); else :data:`MISSING`."""
+    if type(value) in _PLAIN or type(value) in (list, tuple, dict):
+        return bool(value)
+    return MISSING
+
+
+def _condition(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """A conditional expression, ``and`` / ``or``, ``not`` or a comparison, evaluated as Python
+    does (an ``and`` / ``or`` returns an operand; only the branch taken is evaluated), where
+    the values tested are plain (:func:`_truth`) and compared values plain too."""
+    kind = expr[0]
+    if kind == "if":
+        test = _truth(_evaluate(expr[1], params, names))
+        if test is MISSING:
+            return MISSING
+        return _evaluate(expr[2] if test else expr[3], params, names)
+    if kind == "bool":
+        value: Any = MISSING
+        for operand in expr[2]:
+            value = _evaluate(operand, params, names)
+            test = _truth(value)
+            if test is MISSING:
+                return MISSING
+            if test is (expr[1] == "or"):
+                return value  # `or`: the first true operand; `and`: the first false one
+        return value
+    if kind == "not":
+        test = _truth(_evaluate(expr[1], params, names))
+        return MISSING if test is MISSING else not test
+    op, left, right = expr[1], _evaluate(expr[2], params, names), _evaluate(expr[3], params, names)
+    if type(left) not in _PLAIN:
+        return MISSING
+    if op in ("is", "is not"):  # only `is None` is read
+        return (left is None) is (op == "is")
+    if op in ("==", "!="):
+        if type(right) not in _PLAIN:
+            return MISSING
+        return (left == right) is (op == "==")
+    if type(right) is str:
+        found = left in right  # a TypeError for a non-str left, as when it runs
+    elif type(right) is dict:
+        found = dict.__contains__(right, left)
+    else:
+        items = _elements(right)
+        if items is None or any(type(x) not in _PLAIN for x in items):
+            return MISSING
+        found = left in items
+    return found is (op == "in")
 
 
 class _Row(NamedTuple):

@@ -393,6 +393,7 @@ class _Asker:
 
     def __init__(self) -> None:
         self.asked: list[Any] = []
+        self.kwargs: list[dict[str, Any]] = []
         self.reached = False
 
     def reach(self) -> None:
@@ -400,6 +401,7 @@ class _Asker:
 
     def ask(self, prompt: Any, **kwargs: Any) -> None:
         self.asked.append(prompt)
+        self.kwargs.append(kwargs)
 
 
 _LEAVES = ["p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
@@ -489,3 +491,65 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
         return
     if planned is not MISSING:
         assert rollout.asked == [planned]
+
+
+@SETTINGS
+@given(cond=_expr_sources, asked=_expr_sources, other=_expr_sources, system=_expr_sources,
+       orelse=st.booleans(), p_str=_texts, p_int=st.integers(-5, 5),
+       p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
+       p_list=st.lists(_texts, max_size=4))  # fmt: skip
+def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
+    cond: str, asked: str, other: str, system: str, orelse: bool, p_str: str, p_int: int,
+    p_dict: dict[str, str], p_list: list[str],
+) -> None:
+    """A test whose first ask is under ``if`` / ``else``: what prefetch plans for an item is
+    the ask that item reaches, with that ask's keyword arguments; with no ``else`` and a false
+    condition, nothing (the test asks nothing); a condition it cannot tell plans nothing by
+    this way (the asks are then read in source order)."""
+    import ast
+
+    from pytest_modelrollout.asked import MISSING, NOT_ASKED, _branching_of, evaluate, reached_in
+
+    source = (
+        "def test_x(rollout, p_str, p_int, p_dict, p_list, p_obj):\n"
+        f"    if {cond}:\n"
+        "        rollout.reach()\n"
+        f"        rollout.ask({asked})\n"
+        + ("    else:\n"
+           "        rollout.reach()\n"
+           f"        rollout.ask({other}, system={system})\n" if orelse else "")
+    )  # fmt: skip
+    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
+                             "G_FORMAT": "Customer (%s): %s", "G_DICT": {"k": "from k", 3: "3"}}
+    params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
+              "p_obj": _Row(p_str)}  # fmt: skip
+    try:
+        fdef = ast.parse(source).body[0]
+        code = compile(source, "<test>", "exec")
+    except SyntaxError:
+        assume(False)
+    assert isinstance(fdef, ast.FunctionDef)
+    reached = reached_in(_branching_of(fdef), params, names)
+    exec(code, names)
+    rollout = _Asker()
+    try:
+        names["test_x"](rollout, **params)
+    except Exception:
+        # building what it asks failed: nothing may be planned in full for it (its prompt or
+        # a keyword argument is not known: the item is probed at most, like any such test)
+        assert reached is None or reached is NOT_ASKED or not rollout.reached or (
+            evaluate(reached[0], params, names) is MISSING or reached[1] is None
+            or any(evaluate(v, params, names) is MISSING for _, v in reached[1]))
+        return
+    if reached is NOT_ASKED:
+        assert rollout.asked == []
+    elif reached is not None:
+        planned = evaluate(reached[0], params, names)
+        if planned is not MISSING:
+            assert rollout.asked == [planned]
+            keywords = reached[1]
+            if keywords is not None:
+                values = {k: evaluate(v, params, names) for k, v in keywords}
+                if MISSING not in values.values():
+                    assert rollout.kwargs == [values]
+

@@ -1006,6 +1006,57 @@ def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
     assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
 
 
+@XDIST
+def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A test whose first ask is under ``if`` / ``elif`` / ``else`` on the case (its language,
+    its id) gets the ask its branch makes sent ahead, with that ask's arguments; a test whose
+    branch asks nothing gets nothing sent. Before, the first ask in the source was planned for
+    every test: the other branches' calls were wasted (in a suite of three such functions, 196
+    of the 240 calls sent ahead) until the functions ran live."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_branches(rollout, case):
+            if case.meta["lang"] == "zh":
+                pair = rollout.ask(case.prompt, system="请用中文简短回答。")
+            elif case.id.endswith("5"):
+                pair = rollout.ask("Summarize: " + case.prompt, temperature=0)
+            else:
+                pair = rollout.ask(case.prompt, system="Answer briefly in English.")
+            assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_only_english(rollout, case):
+            if case.meta["lang"] == "en":
+                assert rollout.ask(case.prompt).candidate.ok
+        """
+    )
+    n = 20
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "lang": "zh" if i % 2 else "en"}) + "\n"
+                for i in range(n)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=2 * n)
+    out = result.stdout.str()
+    assert "run live:" not in out
+    asks = 2 * n + 2 * (n // 2)  # both models: every test of the first, half of the second
+    result.stdout.fnmatch_lines([
+        f"modelrollout prefetch*: {asks} calls sent ahead of their tests, {asks} used, 0 unused*"
+    ])  # fmt: skip
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == asks and set(seen.values()) == {1}
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")

@@ -25,6 +25,8 @@ What is read::
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
     prompt = f"Translate: {text}"                         a local name assigned once, at the
     rollout.ask(prompt)                                   top of the body, before the ask
+    if case.meta["lang"] == "zh": rollout.ask(...)        the ask an item reaches under if /
+    else: rollout.ask(...)                                elif / else (reached_ask)
 
 Anything else (a call of a function or of another method, a conversion or format spec in an
 f-string, a name bound in a loop or under a condition) is not read: that ask is not planned.
@@ -72,10 +74,14 @@ _PLAIN = (str, int, float, bool, type(None))
 _COMPARED = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
              ast.Is: "is", ast.IsNot: "is not"}
 _DEPTH = 64  # how deep an expression (with the local names it reads) may nest
-# str methods read from the source: they build a string from strings and numbers only
+# str methods read from the source: they build (or test) a string from strings and numbers
+# only
 STR_METHODS = frozenset({
     "format", "join", "strip", "lstrip", "rstrip", "lower", "upper", "replace", "removeprefix",
     "removesuffix", "capitalize", "title",
+    # and those that test one, for a condition (`if case.id.endswith("5")`)
+    "startswith", "endswith", "isdigit", "isdecimal", "isnumeric", "isalpha", "isalnum",
+    "isspace", "islower", "isupper", "isascii",
 })  # fmt: skip
 
 
@@ -468,6 +474,84 @@ def _may_end_early(stmt: ast.stmt) -> bool:
         ):
             return True
     return False
+
+
+NOT_ASKED: Any = object()  # reached_ask: the branch taken has no ask (nor does what follows)
+
+
+def _has_ask(node: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "ask"
+        for n in ast.walk(node)
+    )
+
+
+Branching = tuple["_Reader", frozenset[str], list[ast.stmt]]
+
+
+def _branching_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Branching | None:
+    """The reader, the rebound parameters and the body of a test function whose first ask is
+    under an ``if`` (the first statement with an ask is an ``if``); None otherwise."""
+    if fdef is None:
+        return None
+    first = next((stmt for stmt in fdef.body if _has_ask(stmt)), None)
+    if not isinstance(first, ast.If):
+        return None
+    return _Reader(fdef), read_asks(fdef)[1], list(fdef.body)
+
+
+@functools.lru_cache(maxsize=256)
+def _branching(func: Any) -> Branching | None:
+    return _branching_of(_function_def(func))
+
+
+def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
+    """For a test function whose first ask is under an ``if``: the ask this item reaches first,
+    as ``(prompt Expr, Keywords or None)``, following the branches whose conditions are read
+    and known for it (see :func:`evaluate`); :data:`NOT_ASKED` when the branches it takes have
+    no ask; None when the first ask is not under an ``if`` or the way to it cannot be told (a
+    condition not read, an ask in a loop, a ``with`` or a ``try``): then the asks are read in
+    source order."""
+    return reached_in(_branching(func), params, names)
+
+
+def reached_in(branching: Branching | None, params: dict[str, Any], names: Any) -> Any:
+    """:func:`reached_ask` of a function's :func:`_branching_of`."""
+    if branching is None:
+        return None
+    reader, rebound, body = branching
+    found = _walk_to_ask(body, reader, params, names)
+    if found is None or found is NOT_ASKED:
+        return found
+    expr, keywords = found
+    reads = params_read(expr).union(*(params_read(v) for _, v in keywords or ()))
+    return (expr, None if rebound & reads else keywords)
+
+
+def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
+                 names: Any) -> Any:
+    for stmt in stmts:
+        if not _has_ask(stmt):
+            continue
+        if isinstance(stmt, ast.If):
+            test = reader.read(stmt.test, stmt.lineno)
+            taken = MISSING if test is None else _truth(evaluate(test, params, names))
+            if taken is MISSING:
+                return None
+            found = _walk_to_ask(stmt.body if taken else stmt.orelse, reader, params, names)
+            if found is NOT_ASKED:
+                continue  # the branch taken asks nothing: what follows the if may
+            return found
+        if not isinstance(stmt, _STATEMENTS):
+            return None  # a loop, a with, a try, ...: not followed
+        call = min((n for n in ast.walk(stmt) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute) and n.func.attr == "ask"),
+                   key=lambda n: (n.lineno, n.col_offset))
+        if not call.args:
+            return None
+        expr = reader.read(call.args[0], call.lineno)
+        return None if expr is None else (expr, _keywords(reader, call))
+    return NOT_ASKED
 
 
 def first_ask_unread(func: Any) -> tuple[str, int] | None:

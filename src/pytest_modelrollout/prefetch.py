@@ -50,6 +50,7 @@ import pytest
 from ._records import Role
 from .asked import (
     MISSING,
+    NOT_ASKED,
     Expr,
     Keywords,
     asked,
@@ -63,6 +64,7 @@ from .asked import (
     later_asks,
     module_names,
     params_read,
+    reached_ask,
     source_asks,
 )
 from .progress import Progress, progress_wanted
@@ -197,6 +199,17 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
     params = _params(item)
     func = getattr(item, "function", None)
     planned: tuple[Expr, Any] | None = None
+    reached = reached_ask(func, params, module_names(func)) if func is not None else None
+    if reached is NOT_ASKED:  # its branches ask nothing for this item: nothing to send
+        item.stash[_NOT_ASKED] = True
+        item.stash[_PLANNED] = None
+        return None
+    if reached is not None:  # the ask under the if it reaches: that one's prompt and keywords
+        value = evaluate(reached[0], params, module_names(func))
+        if is_case(value) or is_prompt(value):
+            item.stash[_REACHED_KEYWORDS] = reached[1]
+            item.stash[_PLANNED] = (reached[0], value)
+            return item.stash[_PLANNED]
     for expr in asked(func) if func is not None else ():
         value = evaluate(expr, params, module_names(func))
         if is_case(value) or is_prompt(value):
@@ -210,6 +223,9 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
 
 
 _PLANNED = pytest.StashKey[tuple[Expr, Any] | None]()
+# the keywords of the ask under an if that the item reaches (reached_ask); None: not read
+_REACHED_KEYWORDS = pytest.StashKey[Keywords | None]()
+_NOT_ASKED = pytest.StashKey[bool]()  # the branches it takes ask nothing
 _PARAMS = pytest.StashKey[dict[str, Any]]()
 
 
@@ -282,7 +298,10 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
     func = getattr(item, "function", None)
     if planned is None or func is None:
         return None
-    keywords = first_ask_keywords(func, planned[0])
+    if _REACHED_KEYWORDS in item.stash:
+        keywords = item.stash[_REACHED_KEYWORDS]
+    else:
+        keywords = first_ask_keywords(func, planned[0])
     if keywords is None:
         return None
     return _evaluated_kwargs(keywords, _params(item), module_names(func))
@@ -564,6 +583,9 @@ class Prefetcher:
         if while_waiting and fkey not in self._settled:
             return "wait"
         planned = _planned(item)
+        if planned is None and item.stash.get(_NOT_ASKED, False):
+            self._planned.add(nodeid)  # its branches ask nothing: nothing to send or to learn
+            return "skip"
         learned = self._learned.get(fkey)
         # what the first ask passes besides the prompt: learned from a test, or read
         ask_kwargs = learned if learned is not None else _source_kwargs(item, planned)

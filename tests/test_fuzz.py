@@ -495,11 +495,13 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
 
 @SETTINGS
 @given(cond=_expr_sources, asked=_expr_sources, other=_expr_sources, system=_expr_sources,
-       orelse=st.booleans(), p_str=_texts, p_int=st.integers(-5, 5),
+       orelse=st.booleans(), form=st.sampled_from(["{}", "assert {} is None", "reply = {}"]),
+       p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
        p_list=st.lists(_texts, max_size=4))  # fmt: skip
 def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
-    cond: str, asked: str, other: str, system: str, orelse: bool, p_str: str, p_int: int,
+    cond: str, asked: str, other: str, system: str, orelse: bool, form: str, p_str: str,
+    p_int: int,
     p_dict: dict[str, str], p_list: list[str],
 ) -> None:
     """A test whose first ask is under ``if`` / ``else``: what prefetch plans for an item is
@@ -514,10 +516,10 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
         "def test_x(rollout, p_str, p_int, p_dict, p_list, p_obj):\n"
         f"    if {cond}:\n"
         "        rollout.reach()\n"
-        f"        rollout.ask({asked})\n"
+        f"        {form.format(f'rollout.ask({asked})')}\n"
         + ("    else:\n"
            "        rollout.reach()\n"
-           f"        rollout.ask({other}, system={system})\n" if orelse else "")
+           f"        {form.format(f'rollout.ask({other}, system={system})')}\n" if orelse else "")
     )  # fmt: skip
     names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s", "G_DICT": {"k": "from k", 3: "3"}}

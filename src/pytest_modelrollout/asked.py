@@ -542,7 +542,7 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
             if found is NOT_ASKED:
                 continue  # the branch taken asks nothing: what follows the if may
             return found
-        if not isinstance(stmt, _STATEMENTS):
+        if not isinstance(stmt, (*_STATEMENTS, ast.Assert, ast.Return)):
             return None  # a loop, a with, a try, ...: not followed
         call = min((n for n in ast.walk(stmt) if isinstance(n, ast.Call)
                     and isinstance(n.func, ast.Attribute) and n.func.attr == "ask"),

@@ -15,7 +15,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``message list``: the same system prompt in a message list written in the test;
 - ``%-formatted``: ``rollout.ask("Customer (%s): %s" % (case.id, case.prompt))``;
 - ``cut to length``: ``rollout.ask(case.prompt[:60])`` (the prompts are longer);
-- ``candidate only``: ``rollout.candidate.ask(case.prompt)`` (one model's calls).
+- ``candidate only``: ``rollout.candidate.ask(case.prompt)`` (one model's calls);
+- ``system by a condition``: ``system="..." if case.meta["lang"] == "en" else "..."``;
+- ``if / else``: the ask under ``if case.meta["lang"] == "zh":``, another under ``else:``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -64,6 +66,12 @@ SHAPES: dict[str, str] = {
     "%-formatted": 'rollout.ask("Customer (%s): %s" % (case.id, case.prompt))',
     "cut to length": "rollout.ask(case.prompt[:60])",
     "candidate only": "rollout.candidate.ask(case.prompt)",
+    "system by a condition": 'rollout.ask(case.prompt, system="Answer briefly." '
+                             'if case.meta["lang"] == "en" else "请简短回答。")',
+    "if / else": 'if case.meta["lang"] == "zh":\n'
+                 '        rollout.ask(case.prompt, system="请简短回答。")\n'
+                 "    else:\n"
+                 '        rollout.ask(case.prompt, system="Answer briefly.")',
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")
@@ -150,7 +158,7 @@ def main() -> None:
                         if name == "plain":
                             plain_wall[tree] = r["wall"]
                         ratio = r["wall"] / plain_wall[tree]
-                        print(f"  {label:5} {name:17} {tree:10} {r['wall']:6.2f} s = "
+                        print(f"  {label:5} {name:21} {tree:10} {r['wall']:6.2f} s = "
                               f"{ratio:4.2f}x plain ({r['wall'] / ideal_pair:4.2f}x the ideal); "
                               f"{r['calls']} calls made, {r['ahead']} sent ahead, "
                               f"{r['unused']} unused; {r['live']} function(s) ran live")

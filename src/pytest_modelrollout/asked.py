@@ -39,7 +39,7 @@ import functools
 import inspect
 import textwrap
 import types
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from ._records import Role
 
@@ -361,16 +361,18 @@ def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
     return tuple(first.items()), rebound
 
 
-def _ask_nodes(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
-    """The function body's ``.ask(...)`` calls."""
-    return [
-        node
-        for stmt in fdef.body
-        for node in ast.walk(stmt)
-        if isinstance(node, ast.Call)
+def _is_ask(node: ast.AST) -> TypeGuard[ast.Call]:
+    """Whether the node is a call of an ``.ask(...)`` method."""
+    return (
+        isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and node.func.attr == "ask"
-    ]
+    )
+
+
+def _ask_nodes(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
+    """The function body's ``.ask(...)`` calls."""
+    return [node for stmt in fdef.body for node in ast.walk(stmt) if _is_ask(node)]
 
 
 def _ask_calls(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Call]:
@@ -480,10 +482,7 @@ NOT_ASKED: Any = object()  # reached_ask: the branch taken has no ask (nor does 
 
 
 def _has_ask(node: ast.AST) -> bool:
-    return any(
-        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "ask"
-        for n in ast.walk(node)
-    )
+    return any(_is_ask(n) for n in ast.walk(node))
 
 
 Branching = tuple["_Reader", frozenset[str], list[ast.stmt]]
@@ -544,8 +543,7 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
             return found
         if not isinstance(stmt, (*_STATEMENTS, ast.Assert, ast.Return)):
             return None  # a loop, a with, a try, ...: not followed
-        call = min((n for n in ast.walk(stmt) if isinstance(n, ast.Call)
-                    and isinstance(n.func, ast.Attribute) and n.func.attr == "ask"),
+        call = min((n for n in ast.walk(stmt) if _is_ask(n)),
                    key=lambda n: (n.lineno, n.col_offset))
         if not call.args:
             return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import tempfile
@@ -432,7 +433,13 @@ _expr_sources = st.recursive(
                   inner),
         st.builds(lambda a: f"(not {a})", inner),
         st.builds(lambda a, op, b: f"({a} {op} {b})", inner,
-                  st.sampled_from(["==", "!=", "in", "not in", "is", "is not", "<"]), inner),
+                  st.sampled_from(["==", "!=", "in", "not in", "is", "is not", "<", "<=", ">",
+                                   ">="]), inner),
+        st.builds(lambda d, k: f"{d}.get({k})", st.sampled_from(["G_DICT", "p_dict", "p_str"]),
+                  inner),  # a dict's get (a str has none)
+        st.builds(lambda d, k, v: f"{d}.get({k}, {v})", st.sampled_from(["G_DICT", "p_dict"]),
+                  inner, inner),
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(["len", "str"]), inner),
     ),
     max_leaves=6,
 )
@@ -555,3 +562,110 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
                 if MISSING not in values.values():
                     assert rollout.kwargs == [values]
 
+
+
+# mostly strings that do not raise, so that most examples get to the ask (_expr_sources
+# makes any form, and most of its sums and items raise somewhere in a function's body)
+_TEXT_LEAVES = ["p_str", "G_STR", "'lit'", "local", "p_obj.text", "p_slots.text",
+                "p_computed.text", "p_dict.get('k', 'none')", "G_DICT.get(p_str, G_STR)", "p_int",
+                "p_tuple.text", "p_obj.TEXT", "p_list"]  # fmt: skip
+_text_sources = st.recursive(
+    st.sampled_from(_TEXT_LEAVES),
+    lambda inner: st.one_of(
+        st.builds(lambda e: f'f"<{{{e}}}>"', inner),
+        st.builds(lambda a, b: f"({a} + {b})", inner, inner),
+        st.builds(lambda a, b, c: f"({a} if {b} else {c})", inner, inner, inner),
+        st.builds(lambda a, op, b: f"({a} {op} {b})", inner,
+                  st.sampled_from(["==", "!=", "in", "<", ">=", "and", "or"]), inner),
+        st.builds(lambda a, m: f"{a}.{m}", inner, st.sampled_from(
+            ["strip()", "upper()", "startswith('a')", "split()", "get('k')"])),
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(["len", "str"]), inner),
+        st.builds(lambda a, sl: f"{a}[{sl}]", inner, st.sampled_from([":2", "1:", "0"])),
+        _expr_sources,
+    ),
+    max_leaves=4,
+)
+_HELPER_STATEMENTS = st.one_of(
+    st.builds(lambda e: f"local = {e}", _text_sources),
+    st.builds(lambda e: f"local += {e}", _text_sources),
+    st.builds(lambda e: f"return {e}", _text_sources),
+    st.just("pass"),
+)
+
+
+@SETTINGS
+@given(first=_HELPER_STATEMENTS, cond=_text_sources, then=_HELPER_STATEMENTS,
+       orelse=st.one_of(st.none(), _HELPER_STATEMENTS), ret=_text_sources,
+       arg=st.sampled_from(["p_str", "p_obj.text", "G_STR", "p_dict.get('k', 'none')", "'lit'",
+                            "p_str.strip()", "p_str[:2]", "p_int"]),
+       keyword=st.one_of(st.none(), st.sampled_from(["p_str", "'Dear '", "p_int", "p_list"])),
+       call=st.sampled_from(["{}", "f'<{{{}}}>'", "{} + '!'"]),
+       p_str=_texts, p_int=st.integers(-5, 5), p_float=st.floats(allow_nan=False),
+       p_bool=st.booleans(),
+       p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
+       p_list=st.lists(_texts, max_size=4))  # fmt: skip
+def test_what_prefetch_reads_from_a_function_the_test_calls_is_what_it_returns(
+    first: str, cond: str, then: str, orelse: str | None, ret: str, arg: str,
+    keyword: str | None, call: str, p_str: str, p_int: int, p_float: float, p_bool: bool,
+    p_dict: dict[str, str], p_list: list[str],
+) -> None:  # fmt: skip
+    """A prompt built by a function of the test's module (``rollout.ask(build(case))``): what
+    prefetch works out from that function's source (its assignments, ``+=``, ``if`` / ``else``
+    and ``return``s) is what the call returns when the test runs; forms it cannot know are
+    left unplanned."""
+    import ast
+    import linecache
+
+    from pytest_modelrollout.asked import MISSING, evaluate, read_asks
+
+    helper_call = (f"G_HELP({arg}, p_int, p_float, p_bool, p_dict, p_list, p_obj, p_tuple, "
+                   "p_slots, p_computed"
+                   + ("" if keyword is None else f", local={keyword}") + ")")  # fmt: skip
+    source = (
+        "def G_HELP(p_str, p_int, p_float, p_bool, p_dict, p_list, p_obj, p_tuple, p_slots,"
+        " p_computed, *, local='kw'):\n"
+        "    'A helper of the suite.'\n"
+        f"    {first}\n"
+        f"    if {cond}:\n"
+        f"        {then}\n"
+        + ("" if orelse is None else f"    else:\n        {orelse}\n")
+        + f"    return {ret}\n"
+        "\n"
+        "def test_x(rollout, p_str, p_int, p_float, p_bool, p_dict, p_list, p_obj, p_tuple,"
+        " p_slots, p_computed):\n"
+        "    rollout.reach()\n"
+        f"    rollout.ask({call.format(helper_call)})\n"
+    )  # fmt: skip
+    filename = f"<helper {next(_HELPERS)}>"  # inspect.getsource reads it from linecache
+    try:
+        tree = ast.parse(source)
+        code = compile(source, filename, "exec")
+    except SyntaxError:
+        assume(False)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}",
+                                 "G_CLASS": _Row, "G_FORMAT": "Customer (%s): %s",
+                                 "G_DICT": {"k": "from k", "lit": "from lit", 3: "from 3"}}
+        params = {"p_str": p_str, "p_int": p_int, "p_float": p_float, "p_bool": p_bool,
+                  "p_dict": p_dict, "p_list": p_list, "p_obj": _Row(p_str),
+                  "p_tuple": _Tuple(p_str), "p_slots": _Slots(p_str),
+                  "p_computed": _Computed(p_str)}  # fmt: skip
+        exec(code, names)
+        fdef = tree.body[1]
+        assert isinstance(fdef, ast.FunctionDef)
+        reads = read_asks(fdef)[0]
+        planned = evaluate(reads[0][0], params, names) if reads else MISSING
+        rollout = _Asker()
+        try:
+            names["test_x"](rollout, **params)
+        except Exception:
+            assert planned is MISSING or not rollout.reached
+            return
+        if planned is not MISSING:
+            assert rollout.asked == [planned]
+    finally:
+        del linecache.cache[filename]
+
+
+_HELPERS = itertools.count()

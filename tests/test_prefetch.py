@@ -8,7 +8,9 @@ requests) and the pytester runs, in-process or as ``-n 2`` workers, reach it thr
 
 from __future__ import annotations
 
+import ast
 import collections
+import functools
 import json
 import os
 import re
@@ -414,8 +416,9 @@ def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(
     [("return request.param", True),  # the usual parametrized fixture
      ('"""A customer message."""\n    return "Customer message: " + request.param', True),
      ("yield request.param", True),
-     ("return rephrase(request.param)", False)],  # not known: run live, nothing wasted
-    ids=["identity", "built", "yield", "unread"],
+     ("return rephrase(request.param)", True),  # a function of the module, read from its source
+     ("return reworded(request.param)", False)],  # not known: run live, nothing wasted
+    ids=["identity", "built", "yield", "helper", "unread"],
 )  # fmt: skip
 @XDIST
 def test_prompts_a_parametrized_fixture_gives_the_tests_are_sent_ahead(
@@ -430,6 +433,11 @@ import pytest
 
 def rephrase(text):
     return "Customer message: " + text
+
+def reworded(text):
+    for word in ("Customer", "message:"):
+        text = word + " " + text
+    return text
 
 @pytest.fixture(params={PROMPTS!r})
 def prompt(request):
@@ -497,8 +505,9 @@ def test_single(rollout, prompt):
 @pytest.mark.parametrize(
     ("system", "read"),
     [('"You are a concise support agent."', True), ("SYSTEM", True),
-     ("support_prompt()", False)],
-    ids=["literal", "constant", "call"],
+     ("support_prompt()", True),  # a function of the module, read from its source
+     ("environment_prompt()", False)],  # it reads os.environ: learned from the first test
+    ids=["literal", "constant", "call", "environment"],
 )  # fmt: skip
 def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
     project: pytest.Pytester,
@@ -509,11 +518,14 @@ def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
     read: bool,
 ) -> None:
     """``rollout.ask(case.prompt, system=...)``: arguments read from the source go with every
-    test's request, no probe; arguments that cannot be read (a call) are learned after one
+    test's request, no probe (a function of the module is read from its source); arguments
+    that cannot be read (a function reading ``os.environ``) are learned after one
     probe per model with the marker's arguments (before, for the case's field, every test's
     probe was wasted)."""
     project.makepyfile(
         test_suite=f"""
+        import os
+
         import pytest
         from pytest_modelrollout import cases
 
@@ -521,6 +533,9 @@ def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
 
         def support_prompt():
             return SYSTEM
+
+        def environment_prompt():
+            return os.environ.get("SUPPORT_SYSTEM", SYSTEM)
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize({parameter})
@@ -589,7 +604,9 @@ def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
             rollout.ask(prompt)  # the fixture's value, read from its source
 
         def rephrase(text):
-            return text + "?"
+            while not text.endswith("?"):  # a loop: not read
+                text += "?"
+            return text
 
         @pytest.fixture
         def question(request):
@@ -621,11 +638,14 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     """Under xdist too: the workers' counts and lists, added up by the controller."""
     project.makepyfile(
         test_suite=f"""
+        import os
         import pytest
         from pytest_modelrollout import cases
 
         def urgent(prompt):
-            return prompt + " Please hurry."
+            for word in ("Please", "hurry."):  # a loop: not read
+                prompt += " " + word
+            return prompt
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -643,7 +663,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
             rollout.ask(urgent(case.prompt))
 
         def brief():
-            return "Be brief."
+            return os.environ.get("BRIEF", "Be brief.")  # os.environ is not a dict: not read
 
         @pytest.mark.workflow("support")
         def test_alone(rollout):
@@ -684,6 +704,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     built = lines.index('    prompt = "Hello " * 2') + 1
     computed = lines.index("    rollout.ask(urgent(prompt))") + 1
     alone = lines.index('    rollout.ask("Hello", system=brief())') + 1
+    loop = lines.index('    for word in ("Please", "hurry."):  # a loop: not read') + 1
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
@@ -692,7 +713,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         f"  run live: test_suite.py::test_built_here ({unknown}: `'Hello ' * 2` at line {built} "
         "cannot be read without running it)",
         f"  run live: test_suite.py::test_computed ({unknown}: `urgent(prompt)` at line "
-        f"{computed} cannot be read without running it)",
+        f"{computed} cannot be read without running it (in `urgent`, `for word in ('Please', "
+        f"'hurry.'):` at line {loop} is not read))",
         f"  run live: test_suite.py::test_from_a_fixture ({unknown}: `greeting` is what a fixture "
         "returns, not known without running it)",
         f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source (an "
@@ -775,13 +797,14 @@ def test_unused_prefetch_is_not_recorded(
 ) -> None:
     project.makepyfile(
         test_suite="""
+        import os
         import pytest
         from pytest_modelrollout import cases
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def one_sentence():
-            return "Answer in one sentence."
+            return os.environ.get("STYLE", "Answer in one sentence.")  # not read
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -821,11 +844,13 @@ def test_a_function_whose_arguments_vary_is_not_prefetched_after_two_probes(
     the learned plan are both wrong, then nothing more is sent ahead; results are unchanged."""
     project.makepyfile(
         test_suite="""
+        import os
         import pytest
         from pytest_modelrollout import cases
 
         def answer_for(case):
-            return f"You answer case {case.id}."
+            template = os.environ.get("ANSWER_TEMPLATE", "You answer case {}.")  # not read
+            return template.format(case.id)
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -858,7 +883,9 @@ def test_a_function_whose_first_ask_is_not_its_case_stops_being_prefetched(
         from pytest_modelrollout import cases
 
         def urgent(prompt):
-            return prompt + " Please hurry."
+            for word in ("Please", "hurry."):  # a loop: not read
+                prompt += " " + word
+            return prompt
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1004,6 +1031,76 @@ def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
     ])  # fmt: skip
     seen = sim.first_attempts()
     assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+
+
+@XDIST
+def test_prompts_built_by_the_suites_own_functions_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """``rollout.ask(build_prompt(case), system=prompts.system_for(case))``: a function of the
+    suite (here in a module next to the tests) is read from its source (its assignments,
+    ``+=``, ``if`` / ``else``, ``len``, ``dict.get``) and worked out on each case's fields
+    without running it: every test's first ask goes ahead, none is wasted. Before, the
+    function was probed with the case's own request, and the probes were wasted until it ran
+    live."""
+    project.makepyfile(
+        prompts='''
+        """The support suite's prompts."""
+        SYSTEMS = {"en": "Answer in English.", "zh": "请用中文回答。"}
+        DEFAULT = "Be brief."
+
+        def build_prompt(case, channel="chat"):
+            """The customer's message as the bot gets it."""
+            text = case.prompt.strip()
+            if len(text) > 60:
+                text = text[:60]
+            if case.meta.get("lang") == "zh":
+                prefix = "客户消息（" + channel + "）："
+            else:
+                prefix = f"Customer message ({channel}): "
+            prefix += "\\n"
+            return prefix + text
+
+        def system_for(case):
+            return SYSTEMS.get(case.meta.get("lang"), DEFAULT)
+        ''',
+        test_suite="""
+        import pytest
+
+        import prompts
+        from prompts import build_prompt
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_built(rollout, case):
+            pair = rollout.ask(build_prompt(case, channel="email"),
+                               system=prompts.system_for(case))
+            assert pair.stable.ok and pair.candidate.ok
+        """,
+    )
+    langs = [{"lang": "en"}, {"lang": "zh"}, {}]  # the last: no language, the default system
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "meta": langs[i % 3],
+                            "prompt": f"  Where is order A-{i}? " + "It was due. " * (i % 8)})
+                + "\n" for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=N_CASES)
+    assert "run live: test_suite.py::test_built" not in result.stdout.str()
+    result.stdout.fnmatch_lines([
+        f"modelrollout prefetch*: {2 * N_CASES} calls sent ahead of their tests, {2 * N_CASES}"
+        " used, 0 unused*"
+    ])  # fmt: skip
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+    messages = [json.loads(k[1]) for k in seen]
+    systems = {m[0]["content"] for m in messages}
+    assert systems == {"Answer in English.", "请用中文回答。", "Be brief."}
+    assert {m[1]["content"].split("\n")[0] for m in messages} == {
+        "客户消息（email）：", "Customer message (email): "}
+    assert max(len(m[1]["content"].split("\n")[1]) for m in messages) == 60
 
 
 @XDIST
@@ -1982,7 +2079,7 @@ def _with_format(rollout, case):
 
 
 def _unreadable(rollout, case):
-    return rollout.ask(case, system=str(case))
+    return rollout.ask(case, system=case.describe())
 
 
 def _through_a_helper(rollout, item):
@@ -2022,10 +2119,106 @@ def test_first_ask_is_read_from_the_source(func: Any, expr: Any, keywords: Any) 
     assert first_ask_keywords(func, expr) == keywords
 
 
+def _greeting(name, punctuation="!", *, lang="en"):
+    """A function of the module: read from its source."""
+    if lang == "zh":
+        return "你好，" + name + punctuation
+    text = "Hello, " + name
+    text += punctuation
+    return text
+
+
+def _forever(text):
+    return _forever(text + ".")  # never returns: its reading stops, 16 calls deep
+
+
+def _countdown(text):
+    if len(text) >= 5:
+        return text
+    return _countdown(text + ".")  # a recursion that ends: read to its end
+
+
+def _logged(text):
+    print(text)  # a call for its effect: not read
+    return text
+
+
+def _wrapping(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return "wrapped " + func(*args, **kwargs)
+
+    return wrapper
+
+
+@_wrapping
+def _decorated(text):
+    return text  # what runs is the wrapper: not read
+
+
+@functools.lru_cache
+def _cached(text):
+    return text
+
+
+class _OwnGet(dict):
+    def get(self, key, default=None):
+        return "its own"
+
+
+def _asks_through_functions(rollout, case):
+    rollout.ask(_greeting(case, lang="zh"))
+    rollout.ask(_logged(case))
+
+
+def test_functions_of_the_module_are_read_from_their_source() -> None:
+    """What a call of the module's function returns is worked out from its source, as it runs:
+    arguments, defaults, keyword-only arguments, ``+=``, ``if``, recursion; what cannot be
+    known (a call for its effect, a decorated or cached function, an endless recursion, a dict
+    whose ``get`` is its own) is not, and says where."""
+    from pytest_modelrollout.asked import MISSING, _Reader, asked, evaluate, first_ask_unread
+
+    names = {name: value for name, value in globals().items() if name.startswith("_")}
+
+    def value(call: str, **params: Any) -> Any:
+        fdef = ast.parse(f"def t({', '.join(params)}):\n    return {call}\n").body[0]
+        assert isinstance(fdef, ast.FunctionDef)
+        statement = fdef.body[0]
+        assert isinstance(statement, ast.Return) and statement.value is not None
+        expr = _Reader(fdef).read(statement.value, 2)
+        assert expr is not None
+        return evaluate(expr, params, names)
+
+    assert value("_greeting(name)", name="Ann") == "Hello, Ann!"
+    assert value("_greeting(name, '?', lang='zh')", name="安") == "你好，安?"
+    assert value("_greeting(name, lang=lang)", name="Ann", lang="en") == "Hello, Ann!"
+    assert value("_greeting()") is MISSING  # a TypeError when it runs
+    assert value("_greeting(name, nope=1)", name="Ann") is MISSING
+    assert value("_countdown('a')") == "a...."
+    assert value("_forever('a')") is MISSING  # stopped, no RecursionError
+    assert value("_logged('a')") is MISSING
+    assert value("_decorated('a')") is MISSING
+    assert value("_cached('a')") is MISSING
+    assert value("d.get('k', 'default')", d=_OwnGet()) is MISSING
+    assert value("d.get('k', 'default')", d={"k": "v"}) == "v"
+    assert value("d.get('x', 'default')", d={"k": "v"}) == "default"
+    assert len(asked(_asks_through_functions)) == 2
+    line = _logged.__code__.co_firstlineno + 1
+    assert first_ask_unread(_asks_through_functions) is None  # the first ask's is read
+    assert first_ask_unread(_reads_a_logged) == (
+        f"`_logged(case)` at line {_reads_a_logged.__code__.co_firstlineno + 1} cannot be read "
+        f"without running it (in `_logged`, `print(text)` at line {line} is not read)"
+    )
+
+
+def _reads_a_logged(rollout, case):
+    rollout.ask(_logged(case))
+
+
 def _templated(rollout, text, n, row):
     rollout.ask(f"{text!r} is not planned")  # a conversion
     rollout.ask(f"{text:>20} is not planned")  # a format spec
-    rollout.ask(f"{len(text)} is not planned")  # a call
+    rollout.ask(f"{text.split()} is not planned")  # a method that is not read
     return rollout.ask(f"Say {row['word']} {n} times: {text}")
 
 

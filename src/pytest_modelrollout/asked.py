@@ -19,17 +19,27 @@ What is read::
     rollout.ask("Customer: %s" % case.prompt)             %-formatting of those
     rollout.ask(case.prompt[:2000])                       a slice with int bounds
     ask(x, system=A if case.meta["lang"] == "en" else B)  a conditional expression, and / or /
-    ask(x, system=case.system or DEFAULT)                 not, ==, !=, in, is None of plain values
+    ask(x, system=case.system or DEFAULT)                 not, ==, !=, <, in, is None of plain
+                                                          values
     rollout.ask(TEMPLATE.format(question=row["q"]))       str.format and other str methods
     rollout.ask("\\n".join([INTRO, case.prompt]))         ("\\n".join, .strip(), .lower(), ...)
+    ask(x, system=case.meta.get("system", DEFAULT))       a dict's get; len(...), str(...)
+    rollout.ask(build_prompt(case, channel="email"))      a call of a function of the module,
+    rollout.ask(prompts.build(case))                      or of a module it imports, worked out
+                                                          from that function's source (_run)
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
     prompt = f"Translate: {text}"                         a local name assigned once, at the
     rollout.ask(prompt)                                   top of the body, before the ask
     if case.meta["lang"] == "zh": rollout.ask(...)        the ask an item reaches under if /
     else: rollout.ask(...)                                elif / else (reached_ask)
 
-Anything else (a call of a function or of another method, a conversion or format spec in an
-f-string, a name bound in a loop or under a condition) is not read: that ask is not planned.
+A function the ask calls is read when it is a plain ``def`` (not a closure, a lambda, a
+generator, or a decorated function that wraps another) whose body is only a docstring,
+``name = value`` / ``name += value``, ``if`` / ``elif`` / ``else``, ``return`` and ``pass``,
+each read as above; its arguments, defaults and the names it assigns are its parameters, set
+as its statements run. Anything else (a call of another method or a builtin, a conversion or
+format spec in an f-string, a name bound in a loop or under a condition in the test, a loop in
+a function) is not read: that ask is not planned.
 """
 
 from __future__ import annotations
@@ -37,8 +47,11 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import os
 import textwrap
+import threading
 import types
+from collections.abc import Iterator
 from typing import Any, NamedTuple, TypeGuard
 
 from ._records import Role
@@ -58,6 +71,10 @@ from ._records import Role
 #   ("method", expr, name, (expr, ...), ((name, expr), ...))
 #                                  a str method: template.format(...), "\n".join([...]),
 #                                  text.strip(), ... (STR_METHODS)
+#                                  or a dict's get: case.meta.get("system", DEFAULT)
+#   ("call", expr, (expr, ...), ((name, expr), ...))
+#                                  a call of a function of the module (expr: a "global" or an
+#                                  "attr" of one), read from its own source (_returned)
 #   ("list", (expr, ...))          a list or tuple display
 #   ("dict", ((key, expr), ...))   a dict display with string keys
 #   ("if", test, expr, expr)       expr if test else expr (only the branch taken is read)
@@ -72,7 +89,11 @@ _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no 
 # what a condition may test (exact types: their truth and comparisons run no user code)
 _PLAIN = (str, int, float, bool, type(None))
 _COMPARED = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
-             ast.Is: "is", ast.IsNot: "is not"}
+             ast.Is: "is", ast.IsNot: "is not", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
+             ast.GtE: ">="}
+_ORDER = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+          ">=": lambda a, b: a >= b}
+_NUMBER = (int, float, bool)
 _DEPTH = 64  # how deep an expression (with the local names it reads) may nest
 # str methods read from the source: they build (or test) a string from strings and numbers
 # only
@@ -83,6 +104,8 @@ STR_METHODS = frozenset({
     "startswith", "endswith", "isdigit", "isdecimal", "isnumeric", "isalpha", "isalnum",
     "isspace", "islower", "isupper", "isascii",
 })  # fmt: skip
+DICT_METHODS = frozenset({"get"})  # read of a dict: case.meta.get("system", DEFAULT)
+_METHODS = STR_METHODS | DICT_METHODS
 
 
 def is_case(value: Any) -> bool:
@@ -117,7 +140,11 @@ def _int_or_none(node: ast.expr | None) -> Any:
 class _Reader:
     """Turns expressions of one test function into :data:`Expr`."""
 
-    def __init__(self, func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+    def __init__(
+        self, func: ast.FunctionDef | ast.AsyncFunctionDef, assigned_as_params: bool = False
+    ) -> None:
+        """``assigned_as_params``: the names the body assigns are read as parameters too (a
+        module's function run by :func:`_run`, which sets them as it goes)."""
         a = func.args
         self.args = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)} | {
             x.arg for x in (a.vararg, a.kwarg) if x is not None
@@ -125,6 +152,11 @@ class _Reader:
         self.bound = _binding_counts(func)
         # a local name assigned once, by a statement at the top of the body: its value
         self.single: dict[str, tuple[int, ast.expr]] = {}
+        self.assigned: frozenset[str] = frozenset()
+        if assigned_as_params:
+            self.assigned = frozenset(self.bound)
+            self.args |= self.assigned
+            return
         for stmt in func.body:
             target, value = _simple_assignment(stmt)
             if target is not None and value is not None and self.bound.get(target) == 1:
@@ -188,7 +220,7 @@ class _Reader:
                 return None
             return ("cmp", compared, left, right)
         if isinstance(node, ast.Call):
-            return self._method(node, sub)
+            return self._call(node, sub)
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [sub(x) for x in node.elts]  # a *starred one is not read
             return ("list", tuple(items)) if all(x is not None for x in items) else None
@@ -231,22 +263,29 @@ class _Reader:
                 return None
         return ("fstr", tuple(parts))
 
-    def _method(self, node: ast.Call, sub: Any) -> Expr | None:
-        """``text.method(...)`` for a method in :data:`STR_METHODS`: positional and keyword
-        arguments, no ``*`` / ``**``."""
+    def _call(self, node: ast.Call, sub: Any) -> Expr | None:
+        """``text.method(...)`` for a method in :data:`STR_METHODS`, ``mapping.get(...)``, or
+        a call of a function named in the module (``build_prompt(case)``,
+        ``prompts.build(case)``): positional and keyword arguments, no ``*`` / ``**``."""
         func = node.func
-        if not (isinstance(func, ast.Attribute) and func.attr in STR_METHODS):
-            return None
-        template = sub(func.value)
         args = [sub(a) for a in node.args]
         kwargs = [(k.arg, sub(k.value)) for k in node.keywords]
-        if (
-            template is None
-            or any(a is None for a in args)  # a *args among them too
-            or any(k is None or v is None for k, v in kwargs)  # k None: a **kwargs
-        ):
-            return None
-        return ("method", template, func.attr, tuple(args), tuple(kwargs))
+        if any(a is None for a in args) or any(k is None or v is None for k, v in kwargs):
+            return None  # not read, or a *args (k None: a **kwargs)
+        if isinstance(func, ast.Attribute) and func.attr in _METHODS:
+            receiver = sub(func.value)
+            if receiver is None:
+                return None
+            return ("method", receiver, func.attr, tuple(args), tuple(kwargs))
+        callee = sub(func)
+        if callee is None or not _module_name(callee):
+            return None  # a parameter's method, a reply's, ...: not read
+        return ("call", callee, tuple(args), tuple(kwargs))
+
+
+def _module_name(expr: Expr) -> bool:
+    """A name of the module, or an attribute of one (``prompts.build``)."""
+    return expr[0] == "global" or (expr[0] == "attr" and _module_name(expr[1]))
 
 
 def _simple_assignment(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
@@ -312,6 +351,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[1], expr[2])
     if kind == "method":
         return (expr[1], *expr[3], *(value for _, value in expr[4]))
+    if kind == "call":
+        return (expr[1], *expr[2], *(value for _, value in expr[3]))
     if kind == "dict":
         return tuple(value for _, value in expr[1])
     return ()  # param, global, const
@@ -552,11 +593,13 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
     return NOT_ASKED
 
 
-def first_ask_unread(func: Any) -> tuple[str, int] | None:
+def first_ask_unread(func: Any) -> str | None:
     """What in the function's first ``.ask(...)`` cannot be read — in its prompt, else in its
-    other arguments: its source and its line in the file (``("build_prompt(case)", 12)``);
-    None when all of it can be read, or the function has no ask. Tells a user what to change
-    for the test to be sent ahead."""
+    other arguments — as the end of a sentence: its source and its line in the file
+    (```build_prompt(case)` at line 12 cannot be read without running it``), with the
+    statement that is not read when it is in a function of the module the ask calls; None
+    when all of it can be read, or the function has no ask. Tells a user what to change for
+    the test to be sent ahead."""
     fdef = _function_def(func)
     asks = _ask_calls(fdef) if fdef is not None else []
     if fdef is None or not asks:
@@ -564,16 +607,80 @@ def first_ask_unread(func: Any) -> tuple[str, int] | None:
     reader, ask = _Reader(fdef), asks[0]
     parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
     node = next((n for p in parts if (n := _unread(reader, p, ask.lineno)) is not None), None)
+    detail = ""
     if node is None:
         starred = next((k for k in ask.keywords if k.arg is None), None)
-        if starred is None:
+        node = None if starred is None else starred.value  # a **kwargs
+    if node is None:
+        found = _unread_function(reader, parts, ask.lineno, module_names(func))
+        if found is None:
             return None
-        node = starred.value  # a **kwargs
+        node, detail = found
+    return f"`{ast.unparse(node)}` at line {_line(func, node.lineno)} cannot be read without " \
+           f"running it{detail}"
+
+
+def first_ask_call(func: Any) -> str | None:
+    """The first call of a function of the module in the function's first ``.ask(...)``, as
+    :func:`first_ask_unread` says it (for an ask that reads in full but whose value is not
+    known: what the function returns depends on something not read)."""
+    fdef = _function_def(func)
+    asks = _ask_calls(fdef) if fdef is not None else []
+    if fdef is None or not asks:
+        return None
+    reader, ask = _Reader(fdef), asks[0]
+    parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
+    call = next((c for p in parts for c in _calls_in(reader, p, ask.lineno)), None)
+    if call is None:
+        return None
+    return f"`{ast.unparse(call)}` at line {_line(func, call.lineno)} cannot be read without " \
+           "running it"
+
+
+def _line(func: Any, line: int) -> int | str:
+    """A line of the function's source (1: its first) as a line of its file."""
     try:
-        code = inspect.unwrap(func).__code__
+        return inspect.unwrap(func).__code__.co_firstlineno + line - 1  # type: ignore[no-any-return]
     except (AttributeError, ValueError):
-        return ast.unparse(node), node.lineno
-    return ast.unparse(node), code.co_firstlineno + node.lineno - 1
+        return line
+
+
+def _calls_in(reader: _Reader, node: ast.expr, line: int) -> Iterator[ast.Call]:
+    """The calls of the module's functions in ``node`` (in the values of the local names it
+    reads, too), outermost first."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            single = reader.single.get(sub.id)
+            if single is not None and single[0] < line:
+                yield from _calls_in(reader, single[1], single[1].lineno)
+        elif isinstance(sub, ast.Call):
+            expr = reader.read(sub, line)
+            if expr is not None and expr[0] == "call":
+                yield sub
+
+
+def _unread_function(
+    reader: _Reader, parts: list[ast.expr], line: int, names: Any
+) -> tuple[ast.Call, str] | None:
+    """A call in ``parts`` of a function of the module whose body is not read, and what in it
+    is not, as ``" (in build_prompt, `for ...` at line 5 is not read)"``."""
+    for call in (c for p in parts for c in _calls_in(reader, p, line)):
+        expr = reader.read(call, line)
+        function = MISSING if expr is None else evaluate(expr[1], {}, names)
+        if type(function) is not types.FunctionType or _function(function) is not None:
+            continue
+        fdef = _function_def(function)
+        if fdef is None or not isinstance(fdef, ast.FunctionDef):
+            return call, f" (`{function.__name__}` is not read: its source is not found)"
+        body = _body(fdef.body, _Reader(fdef, assigned_as_params=True))
+        if not isinstance(body, ast.stmt):  # not a plain function: a closure, a generator, ...
+            return call, f" (`{function.__name__}` is not a plain function of its module)"
+        where = _line(function, body.lineno)
+        code = ast.unparse(body).splitlines()[0]
+        if function.__globals__ is not names:
+            where = f"{where} of {os.path.basename(function.__code__.co_filename)}"
+        return call, f" (in `{function.__name__}`, `{code}` at line {where} is not read)"
+    return None
 
 
 def _unread(reader: _Reader, node: ast.expr, line: int) -> ast.expr | None:
@@ -732,6 +839,17 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return str.__mod__(template, tuple(values))
     if kind in ("if", "bool", "not", "cmp"):
         return _condition(expr, params, names)
+    if kind == "call":
+        return _returned(expr, params, names)
+    if kind == "method" and expr[2] in DICT_METHODS:
+        mapping, key, *rest = (_evaluate(child, params, names) for child in _children(expr))
+        if any(value is MISSING for value in rest):
+            return MISSING  # the default is evaluated (and may raise) when the key is there too
+        if expr[4] or len(rest) > 1 or type(key) not in _PLAIN:
+            return MISSING  # d.get(key) / d.get(key, default), of a str, number or None key
+        if not issubclass(type(mapping), dict) or _lookup(type(mapping), "get") is not dict.get:
+            return MISSING  # not a dict, or one whose get is its own
+        return dict.get(mapping, key, *rest)
     texts = [_evaluate(child, params, names) for child in _children(expr)]
     if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) is list:
         # "sep".join([...]) of strings
@@ -749,6 +867,158 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
     )
+
+
+# -- the module's functions --------------------------------------------------------------------
+Body = tuple[tuple[Any, ...], ...]  # a function's statements, as _body reads them
+_CALLS_DEEP = 16  # how deep calls of the module's functions may nest (a recursion stops there)
+_nesting = threading.local()
+_FELL_THROUGH: Any = object()  # _run: the statements ended without a return
+
+
+def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """What a call of a function of the module returns, worked out from its source (see
+    :func:`_function`) with the arguments evaluated; :data:`MISSING` when that cannot be
+    known without running it."""
+    function = _evaluate(expr[1], params, names)
+    args = [_evaluate(a, params, names) for a in expr[2]]
+    kwargs = {k: _evaluate(v, params, names) for k, v in expr[3]}
+    if any(a is MISSING for a in args) or any(v is MISSING for v in kwargs.values()):
+        return MISSING
+    if function is MISSING and expr[1][0] == "global" and expr[1][1] in _BUILTINS:
+        return _builtin(expr[1][1], args, kwargs)  # len(...), str(...): not the module's own
+    read = _function(function) if type(function) is types.FunctionType else None
+    if read is None:
+        return MISSING  # a class, a builtin, a decorated or nested function, ...
+    signature, body = read
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return MISSING  # it raises when it runs: the test does not ask
+    bound.apply_defaults()
+    depth = getattr(_nesting, "depth", 0)
+    if depth >= _CALLS_DEEP:
+        return MISSING
+    _nesting.depth = depth + 1
+    try:
+        value = _run(body, dict(bound.arguments), function.__globals__)
+    finally:
+        _nesting.depth = depth
+    return None if value is _FELL_THROUGH else value
+
+
+_BUILTINS = frozenset({"len", "str"})
+
+
+def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """``len(x)`` of a str, list, tuple or dict; ``str(x)`` of a str, number, bool or None."""
+    if kwargs or len(args) != 1:
+        return MISSING
+    value = args[0]
+    if name == "str":
+        return str(value) if type(value) in _PLAIN else MISSING
+    kind = type(value)
+    for base in (str, dict, list, tuple):  # its own __len__, not a subclass's
+        if issubclass(kind, base) and _lookup(kind, "__len__") is base.__len__:
+            return base.__len__(value)
+    return MISSING
+
+
+@functools.lru_cache(maxsize=256)
+def _function(function: types.FunctionType) -> tuple[inspect.Signature, Body] | None:
+    """A function of the module as :func:`_run` runs it: its signature and its statements
+    (:func:`_body`); None when it is not a plain ``def`` whose statements are all read
+    (a docstring, ``name = value`` at the top of its body, ``if`` / ``elif`` / ``else``,
+    ``return``, ``pass``), or when what it reads is not all its arguments, the names it
+    assigns and its module's names (a nested function's free names, ``*args``)."""
+    code = function.__code__
+    if (
+        code.co_freevars
+        or code.co_flags & (inspect.CO_GENERATOR | inspect.CO_COROUTINE
+                            | inspect.CO_ASYNC_GENERATOR | inspect.CO_VARARGS
+                            | inspect.CO_VARKEYWORDS)
+        or "__wrapped__" in function.__dict__
+        or "__signature__" in function.__dict__
+    ):  # fmt: skip
+        return None
+    fdef = _function_def(function)
+    if not isinstance(fdef, ast.FunctionDef) or fdef.name != code.co_name:
+        return None  # a lambda, or a source that is not this function's
+    try:
+        signature = inspect.signature(function, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
+    body = _body(fdef.body, _Reader(fdef, assigned_as_params=True))
+    return None if isinstance(body, ast.stmt) else (signature, body)
+
+
+def _body(stmts: list[ast.stmt], reader: _Reader) -> Body | ast.stmt:
+    """Statements as ``("let", name, Expr)``, ``("return", Expr or None)``, ``("if", Expr,
+    Body, Body)``; the first statement that is not read, when one is not."""
+    out: list[tuple[Any, ...]] = []
+    for index, stmt in enumerate(stmts):
+        if isinstance(stmt, ast.Pass) or (index == 0 and _is_docstring(stmt)):
+            continue
+        if isinstance(stmt, ast.Return):
+            value = None if stmt.value is None else reader.read(stmt.value, stmt.lineno)
+            if stmt.value is not None and value is None:
+                return stmt
+            out.append(("return", value))
+            continue
+        if isinstance(stmt, ast.If):
+            test = reader.read(stmt.test, stmt.lineno)
+            if test is None:
+                return stmt
+            body, orelse = _body(stmt.body, reader), _body(stmt.orelse, reader)
+            for branch in (body, orelse):
+                if isinstance(branch, ast.stmt):
+                    return branch
+            out.append(("if", test, body, orelse))
+            continue
+        target, node = _simple_assignment(stmt)
+        if (
+            isinstance(stmt, ast.AugAssign)
+            and isinstance(stmt.op, ast.Add)
+            and isinstance(stmt.target, ast.Name)
+        ):  # text += "..."
+            target, node = stmt.target.id, ast.BinOp(stmt.target, ast.Add(), stmt.value)
+            node.lineno = stmt.lineno
+        if target is None or node is None or target not in reader.assigned:
+            return stmt  # a loop, a call for its effect, ...
+        value = reader.read(node, stmt.lineno)
+        if value is None:
+            return stmt
+        out.append(("let", target, value))
+    return tuple(out)
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def _run(body: Body, params: dict[str, Any], names: Any) -> Any:
+    """The value a function's statements return, run on ``params`` (its arguments, then the
+    names it assigns, in order); :data:`_FELL_THROUGH` when they end without a return."""
+    for stmt in body:
+        if stmt[0] == "let":
+            value = _evaluate(stmt[2], params, names)
+            if value is MISSING:
+                return MISSING
+            params[stmt[1]] = value
+        elif stmt[0] == "return":
+            return None if stmt[1] is None else _evaluate(stmt[1], params, names)
+        else:
+            taken = _truth(_evaluate(stmt[1], params, names))
+            if taken is MISSING:
+                return MISSING
+            value = _run(stmt[2] if taken else stmt[3], params, names)
+            if value is not _FELL_THROUGH:
+                return value
+    return _FELL_THROUGH
 
 
 def _truth(value: Any) -> Any:
@@ -791,6 +1061,10 @@ def _condition(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         if type(right) not in _PLAIN:
             return MISSING
         return (left == right) is (op == "==")
+    if op in _ORDER:  # numbers with numbers, strings with strings (else a TypeError, as it runs)
+        comparable = (type(left) is str and type(right) is str) or (
+            type(left) in _NUMBER and type(right) in _NUMBER)
+        return _ORDER[op](left, right) if comparable else MISSING
     if type(right) is str:
         found = left in right  # a TypeError for a non-str left, as when it runs
     elif type(right) is dict:

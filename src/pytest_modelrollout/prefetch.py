@@ -56,6 +56,7 @@ from .asked import (
     asked,
     asked_roles,
     evaluate,
+    first_ask_call,
     first_ask_keywords,
     first_ask_unread,
     fixture_value,
@@ -345,7 +346,7 @@ def _why_unknown(item: pytest.Item) -> str:
         return ""
     unread = first_ask_unread(func)
     if unread is not None:
-        return f": `{unread[0]}` at line {unread[1]} cannot be read without running it"
+        return f": {unread}"
     asks = source_asks(func)[0]
     if not asks:
         return ": no `.ask(...)` in its source (an ask inside a helper function is not read)"
@@ -354,7 +355,8 @@ def _why_unknown(item: pytest.Item) -> str:
     missing = sorted(reads - _params(item).keys())
     if missing:
         return f": `{missing[0]}` is what a fixture returns, not known without running it"
-    return ""
+    call = first_ask_call(func)  # read, but what it returns depends on what is not
+    return "" if call is None else f": {call}"
 
 
 def _asks_models(item: pytest.Item) -> bool:

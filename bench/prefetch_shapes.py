@@ -3,7 +3,7 @@
 Usage::
 
     python bench/prefetch_shapes.py [--cases 200] [--latency-ms 300] [--repeat 1]
-                                    [--xdist 2] [--base REV]
+                                    [--xdist 2] [--base REV] [--shapes NAME,NAME]
 
 Each shape is one test function over ``--cases`` rows of ``cases()`` (2 models, the simulator
 at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
@@ -17,12 +17,17 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``cut to length``: ``rollout.ask(case.prompt[:60])`` (the prompts are longer);
 - ``candidate only``: ``rollout.candidate.ask(case.prompt)`` (one model's calls);
 - ``system by a condition``: ``system="..." if case.meta["lang"] == "en" else "..."``;
-- ``if / else``: the ask under ``if case.meta["lang"] == "zh":``, another under ``else:``.
+- ``if / else``: the ask under ``if case.meta["lang"] == "zh":``, another under ``else:``;
+- ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
+- ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
+  system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
+  ``dict.get``).
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
 (wasted: paid for, never used); and the test functions that ran live (from ``-v``). With
-``--xdist N`` each shape runs with ``-n N`` too. With ``--base REV`` each also runs with the
+``--xdist N`` each shape runs with ``-n N`` too; ``--shapes`` runs only those named (and
+``plain``). With ``--base REV`` each also runs with the
 plugin as it was at git revision REV (its ``src/`` first on ``PYTHONPATH``), alternating with
 this tree, the simulator being this tree's.
 """
@@ -52,6 +57,18 @@ from pytest_modelrollout import cases
 
 SYSTEMS = {"en": "Answer in English.", "zh": "请用中文回答。"}
 
+def build_prompt(case, channel="chat"):
+    # the customer's message as the bot gets it
+    text = case.prompt.strip()
+    if len(text) > 60:
+        text = text[:60]
+    if case.meta.get("lang") == "zh":
+        return "客户消息（" + channel + "）：" + text
+    return f"Customer message ({channel}): {text}"
+
+def system_for(case):
+    return SYSTEMS.get(case.meta.get("lang"), "Be brief.")
+
 @pytest.mark.workflow("support")
 @pytest.mark.parametrize("case", cases("cases.jsonl"))
 def test_shape(rollout, case):
@@ -72,6 +89,10 @@ SHAPES: dict[str, str] = {
                  '        rollout.ask(case.prompt, system="请简短回答。")\n'
                  "    else:\n"
                  '        rollout.ask(case.prompt, system="Answer briefly.")',
+    "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
+                            '"Be brief."))',
+    "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '
+                           "system=system_for(case))",
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")
@@ -123,7 +144,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs of each; the median is printed")
     ap.add_argument("--xdist", type=int, default=0, help="also with -n N")
     ap.add_argument("--base", default="", help="also with the plugin at this git revision")
+    ap.add_argument("--shapes", default="",
+                    help="only these shapes, comma-separated (plain always runs)")
     args = ap.parse_args()
+    wanted = {s.strip() for s in args.shapes.split(",") if s.strip()}
+    unknown = wanted - SHAPES.keys()
+    if unknown:
+        ap.error(f"unknown shape(s) {', '.join(sorted(unknown))}; the shapes are: "
+                 + ", ".join(SHAPES))
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
     print(f"machine: nproc={os.cpu_count()}, python {platform.python_version()}, "
           f"{platform.platform()}, load average {os.getloadavg()[0]:.1f}")
@@ -147,6 +175,8 @@ def main() -> None:
                 label = " ".join(xargs) or "-n 0"
                 plain_wall: dict[str, float] = {}
                 for name, body in SHAPES.items():
+                    if wanted and name != "plain" and name not in wanted:
+                        continue
                     root = work / re.sub(r"\W+", "-", name)
                     write_shape(root, args.cases, args.latency_ms, body)
                     results: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}

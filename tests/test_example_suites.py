@@ -240,3 +240,27 @@ def test_flaky_is_not_ready(runs: dict[str, Run]) -> None:
     assert any(r.startswith(("p95_latency", "error_rate", "success_rate")) for r in reasons), (
         reasons
     )
+
+
+def test_the_ci_workflow_keeps_the_stated_limits_where_the_plugin_writes_them() -> None:
+    """The GitHub Actions recipe restores and saves pytest's cache of the limits the providers
+    stated, so a CI job keeps to them from its first request (no first burst of 429s): its
+    path must be the directory the plugin writes them to, under the suites' rootdir."""
+    import yaml
+
+    from pytest_modelrollout.plugin import LIMITS_CACHE_KEY
+
+    root = Path(__file__).resolve().parent.parent
+    workflow = yaml.safe_load((root / "example_suites/ci/github-actions.yml").read_text("utf-8"))
+    steps = workflow["jobs"]["rollout"]["steps"]
+    cached = [s for s in steps if str(s.get("uses", "")).startswith("actions/cache@")]
+    assert len(cached) == 1
+    path = Path(cached[0]["with"]["path"])
+    assert (root / "example_suites/pytest.ini").exists()  # the suites' rootdir: its cache dir
+    assert path / LIMITS_CACHE_KEY.split("/", 1)[1] == (
+        Path("example_suites/.pytest_cache/v") / LIMITS_CACHE_KEY
+    )
+    assert "${{ github.run_id }}" in cached[0]["with"]["key"]  # saved by every run
+    assert cached[0]["with"]["restore-keys"]
+    run = next(s for s in steps if "working-directory" in s)
+    assert steps.index(cached[0]) < steps.index(run)  # restored before the suites run

@@ -684,7 +684,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
 
         @pytest.fixture
         def greeting():
-            return "Hello"
+            return os.environ.get("GREETING", "Hello")  # os.environ is not a dict: not read
 
         @pytest.mark.workflow("support")
         def test_from_a_fixture(rollout, greeting):
@@ -1101,6 +1101,75 @@ def test_prompts_built_by_the_suites_own_functions_are_sent_ahead(
     assert {m[1]["content"].split("\n")[0] for m in messages} == {
         "客户消息（email）：", "Customer message (email): "}
     assert max(len(m[1]["content"].split("\n")[1]) for m in messages) == 60
+
+
+@XDIST
+def test_what_the_tests_other_fixtures_return_is_read(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A fixture that is not parametrized, whose body returns a form that is read (a module's
+    constant, an item of a dict by a parameter of the test, a call of a function of the
+    module): ``rollout.ask(case.prompt, system=system_prompt)`` goes ahead for every test, and
+    so does a test on its own. Before, the fixture's value was not known: the function was
+    probed, and a test on its own ran live."""
+    project.makepyfile(
+        conftest="""
+        import pytest
+
+        SYSTEM = "You are a concise support agent."
+
+        @pytest.fixture
+        def system_prompt():
+            \"\"\"The support bot's system prompt.\"\"\"
+            return SYSTEM
+        """,
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        STYLES = {"en": "Answer in English.", "zh": "请用中文回答。"}
+
+        def styled(prompt, style):
+            return f"{prompt} ({style})"
+
+        @pytest.fixture
+        def style(lang):
+            return STYLES[lang]
+
+        @pytest.fixture(scope="module")
+        def greeting():
+            yield styled("Hello", "brief")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_system(rollout, case, system_prompt):
+            pair = rollout.ask(case.prompt, system=system_prompt)
+            assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("lang", ["en", "zh"])
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_language(rollout, case, lang, style):
+            pair = rollout.ask(case.prompt, system=style)
+            assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        def test_alone(rollout, greeting):
+            pair = rollout.ask(greeting)
+            assert pair.stable.ok and pair.candidate.ok
+        """,
+    )
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=3 * N_CASES + 1)
+    assert "run live:" not in result.stdout.str()
+    calls = 2 * (3 * N_CASES + 1)
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch*: {calls} calls sent ahead of their tests, {calls} used, 0 unused*"]
+    )
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == calls and set(seen.values()) == {1}
+    systems = {json.loads(k[1])[0]["content"] for k in seen}
+    assert {"You are a concise support agent.", "Answer in English.", "请用中文回答。"} <= systems
 
 
 @XDIST

@@ -741,13 +741,13 @@ class _Request:
 @functools.lru_cache(maxsize=256)
 def _fixture_returns(func: Any) -> Expr | None:
     """What a fixture returns, when its body is only ``return ...`` or ``yield ...`` (after a
-    docstring) and that reads nothing but ``request.param`` and the module's names."""
+    docstring) of a form that is read (its parameters being the fixtures it requests)."""
     fdef = _function_def(func)
     if fdef is None:
         return None
     body = fdef.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]  # the docstring
+    if body and _is_docstring(body[0]):
+        body = body[1:]
     if len(body) != 1:
         return None
     stmt = body[0]
@@ -757,8 +757,7 @@ def _fixture_returns(func: Any) -> Expr | None:
         node = stmt.value.value
     else:
         return None
-    expr = None if node is None else _Reader(fdef).read(node, stmt.lineno)
-    return expr if expr is not None and params_read(expr) <= {"request"} else None
+    return None if node is None else _Reader(fdef).read(node, stmt.lineno)
 
 
 def fixture_value(func: Any, param: Any) -> Any:
@@ -766,9 +765,23 @@ def fixture_value(func: Any, param: Any) -> Any:
     request.param``, ``return "Q: " + request.param["text"]``, ...), or :data:`MISSING` when
     that cannot be known without running it."""
     expr = _fixture_returns(func)
-    if expr is None:
+    if expr is None or not params_read(expr) <= {"request"}:
         return MISSING
     return evaluate(expr, {"request": _Request(param)}, module_names(func))
+
+
+def fixture_made(func: Any, params: dict[str, Any]) -> Any:
+    """What a fixture that is not parametrized gives a test whose parameters are ``params``:
+    ``return SYSTEM_PROMPTS["support"]``, ``return build_system(lang)`` of a parameter ``lang``
+    of the test; :data:`MISSING` when it reads ``request`` or another fixture, or cannot be
+    known without running it."""
+    expr = _fixture_returns(func)
+    if expr is None:
+        return MISSING
+    reads = params_read(expr)
+    if "request" in reads or not reads <= params.keys():
+        return MISSING
+    return evaluate(expr, params, module_names(func))
 
 
 # -- evaluating --------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from .asked import (
     first_ask_call,
     first_ask_keywords,
     first_ask_unread,
+    fixture_made,
     fixture_value,
     is_case,
     is_prompt,
@@ -241,11 +242,10 @@ def _read_params(item: pytest.Item) -> dict[str, Any]:
     """The item's parameters as its test function receives them. One that a fixture turns into
     what the test gets (parametrized ``indirect``-ly, or a fixture's own ``params``) is what
     that fixture returns when that can be read from its source (``return request.param``),
-    and is left out otherwise."""
+    and is left out otherwise. The test's other fixtures are there too when what they return
+    is read the same way (``return SYSTEM``, ``return SYSTEMS[lang]`` of a parameter)."""
     callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return {}
-    params = dict(callspec.params)
+    params = dict(callspec.params) if callspec is not None else {}
     indirect_names: set[str] = set()  # what a fixture makes when pytest's fixture info is gone
     for mark in item.iter_markers("parametrize"):
         indirect = mark.kwargs.get("indirect", False)
@@ -264,6 +264,18 @@ def _read_params(item: pytest.Item) -> dict[str, Any]:
             if made is MISSING:
                 del params[name]
             else:
+                params[name] = made
+    # the test's other fixtures, when what one returns is read from its source and reads
+    # nothing but the module's names and the test's parameters (`return SYSTEM`)
+    direct = dict(params)
+    for name in getattr(getattr(item, "_fixtureinfo", None), "argnames", ()):
+        fixturedefs = defs.get(name)
+        if name in params or name in ("rollout", *MODEL_FIXTURES, "request") or not fixturedefs:
+            continue
+        func = getattr(fixturedefs[-1], "func", None)
+        if func is not None and getattr(fixturedefs[-1], "params", None) is None:
+            made = fixture_made(func, direct)
+            if made is not MISSING:
                 params[name] = made
     return params
 

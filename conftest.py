@@ -93,8 +93,10 @@ def _machine_shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[None]:
     """Every test holds the machine lock shared while it runs, but those of a module that has
-    the machine to itself (`the_machine_to_itself`)."""
-    if "the_machine_to_itself" in request.fixturenames:
+    the machine to itself (`the_machine_to_itself`), and any test this worker runs while it
+    holds it: a test of that module that does not request it runs while the module's fixture
+    is still set up (taking the lock shared then would wait for this very process)."""
+    if "the_machine_to_itself" in request.fixturenames or _HELD_HERE:
         yield
         return
     # past the gate first: a module waiting for the machine holds it, so the tests of the other
@@ -114,7 +116,14 @@ def the_machine_to_itself(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     the run's event loop share one of a 2-core CI machine's cores, and the p95 gate sees
     scheduling stalls as latency (INCONCLUSIVE where READY is documented)."""
     with _locked(tmp_path_factory, "machine-gate"), _locked(tmp_path_factory, "machine"):
-        yield
+        _HELD_HERE.append(True)
+        try:
+            yield
+        finally:
+            _HELD_HERE.pop()
+
+
+_HELD_HERE: list[bool] = []  # this process holds the machine exclusively (the_machine_to_itself)
 
 
 @pytest.fixture

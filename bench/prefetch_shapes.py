@@ -21,7 +21,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
-  ``dict.get``).
+  ``dict.get``);
+- ``system from a fixture``: ``system=system_prompt``, a fixture of the module that returns
+  ``SYSTEMS[case.meta["lang"]]`` (it takes the test's ``case``).
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -69,11 +71,15 @@ def build_prompt(case, channel="chat"):
 def system_for(case):
     return SYSTEMS.get(case.meta.get("lang"), "Be brief.")
 
+@pytest.fixture
+def system_prompt(case):
+    return SYSTEMS[case.meta["lang"]]
+
 @pytest.mark.workflow("support")
 @pytest.mark.parametrize("case", cases("cases.jsonl"))
-def test_shape(rollout, case):
+def test_shape(rollout, case{fixtures}):
 """
-SHAPES: dict[str, str] = {
+SHAPES: dict[str, str | tuple[str, str]] = {
     "plain": "rollout.ask(case)",
     "skips 1 in 10": 'if case.id.endswith("3"):\n        pytest.skip("no expected answer")\n'
                      "    rollout.ask(case)",
@@ -93,12 +99,15 @@ SHAPES: dict[str, str] = {
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '
                            "system=system_for(case))",
+    # (the test requests the fixture: the fixtures it takes, then its body)
+    "system from a fixture": (", system_prompt",
+                              "rollout.ask(case.prompt, system=system_prompt)"),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")
 
 
-def write_shape(root: Path, n: int, latency_ms: int, body: str) -> None:
+def write_shape(root: Path, n: int, latency_ms: int, shape: str | tuple[str, str]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     with (root / "cases.jsonl").open("w", encoding="utf-8") as f:
         for i in range(n):
@@ -112,7 +121,9 @@ def write_shape(root: Path, n: int, latency_ms: int, body: str) -> None:
     (root / "pyproject.toml").write_text(
         f'[tool.modelrollout]\nstable = "sim:stable?{model}"\ncandidate = "sim:good?{model}"\n'
         f"concurrency = {CONCURRENCY}\n", encoding="utf-8")
-    (root / "test_shape.py").write_text(HEAD + "    " + body + "\n", encoding="utf-8")
+    fixtures, body = shape if isinstance(shape, tuple) else ("", shape)
+    (root / "test_shape.py").write_text(HEAD.replace("{fixtures}", fixtures) + "    " + body + "\n",
+                                        encoding="utf-8")
 
 
 def run(root: Path, env: dict[str, str], *args: str) -> dict[str, Any]:

@@ -1172,6 +1172,52 @@ def test_what_the_tests_other_fixtures_return_is_read(
     assert {"You are a concise support agent.", "Answer in English.", "请用中文回答。"} <= systems
 
 
+def test_a_test_classs_attributes_are_read_through_self(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """``class TestSupport:`` with ``rollout.ask(case.prompt, system=self.SYSTEM)``: ``self``
+    is read as the test's class, whose plain attributes it reads (a staticmethod's first
+    argument is not ``self``). Before, ``self`` was not known: the function was probed, and a
+    system prompt that varies by case ran it live."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        class TestSupport:
+            SYSTEMS = {"en": "Answer in English.", "zh": "请用中文回答。"}
+            PREFIX = "Customer: "
+
+            @pytest.mark.parametrize("case", cases("cases.jsonl"))
+            def test_by_language(self, rollout, case):
+                pair = rollout.ask(self.PREFIX + case.prompt,
+                                   system=self.SYSTEMS[case.meta["lang"]])
+                assert pair.stable.ok and pair.candidate.ok
+
+            @staticmethod
+            @pytest.mark.parametrize("case", cases("cases.jsonl"))
+            def test_static(rollout, case):
+                pair = rollout.ask(case.prompt, system="Be brief.")
+                assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "lang": "zh" if i % 2 else "en",
+                            "prompt": f"Where is order A-{i}?"}) + "\n" for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=2 * N_CASES)
+    assert "run live:" not in result.stdout.str()
+    calls = 4 * N_CASES
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch: {calls} calls sent ahead of their tests, {calls} used, 0 unused*"]
+    )
+    seen = sim.first_attempts()
+    assert sum(seen.values()) == calls and set(seen.values()) == {1}
+
+
 @XDIST
 def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]

@@ -37,6 +37,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import os
 import threading
 import time
@@ -265,6 +266,15 @@ def _read_params(item: pytest.Item) -> dict[str, Any]:
                 del params[name]
             else:
                 params[name] = made
+    # a test method's `self`, read as its class: `self.SYSTEM` is a plain class attribute (one
+    # that setup_method sets on the instance is not known: the plan may then be wrong, which
+    # costs calls, never a result)
+    cls, func = getattr(item, "cls", None), getattr(item, "function", None)
+    code = getattr(func, "__code__", None)
+    if cls is not None and code is not None and code.co_argcount and not isinstance(
+        inspect.getattr_static(cls, getattr(func, "__name__", ""), None), staticmethod
+    ):
+        params.setdefault(code.co_varnames[0], cls)
     # the test's other fixtures, when what one returns is read from its source and reads
     # nothing but the module's names and the test's parameters (`return SYSTEM`)
     direct = dict(params)

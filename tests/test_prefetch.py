@@ -417,8 +417,11 @@ def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(
      ('"""A customer message."""\n    return "Customer message: " + request.param', True),
      ("yield request.param", True),
      ("return rephrase(request.param)", True),  # a function of the module, read from its source
+     # statements before what it gives, and a teardown after its yield
+     ('text = request.param.strip()\n    if text.endswith("?"):\n        text += " Thanks."\n'
+      '    yield text\n    print("torn down")', True),
      ("return reworded(request.param)", False)],  # not known: run live, nothing wasted
-    ids=["identity", "built", "yield", "helper", "unread"],
+    ids=["identity", "built", "yield", "helper", "teardown", "unread"],
 )  # fmt: skip
 @XDIST
 def test_prompts_a_parametrized_fixture_gives_the_tests_are_sent_ahead(
@@ -1138,7 +1141,9 @@ def test_what_the_tests_other_fixtures_return_is_read(
 
         @pytest.fixture(scope="module")
         def greeting():
-            yield styled("Hello", "brief")
+            text = styled("Hello", "brief")
+            yield text
+            print("module done")  # its teardown
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))

@@ -739,49 +739,71 @@ class _Request:
 
 
 @functools.lru_cache(maxsize=256)
-def _fixture_returns(func: Any) -> Expr | None:
-    """What a fixture returns, when its body is only ``return ...`` or ``yield ...`` (after a
-    docstring) of a form that is read (its parameters being the fixtures it requests)."""
+def _fixture_body(func: Any) -> tuple[Body, frozenset[str]] | None:
+    """A fixture's statements up to what it gives the test, as :func:`_run` runs them (its
+    ``yield`` read as a ``return``: what follows it is teardown), and the names they read that
+    they do not assign (its parameters and the module's names); None when one is not read
+    (see :func:`_body`)."""
     fdef = _function_def(func)
     if fdef is None:
         return None
-    body = fdef.body
-    if body and _is_docstring(body[0]):
-        body = body[1:]
-    if len(body) != 1:
+    stmts = list(fdef.body)
+    for index, stmt in enumerate(stmts):
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Yield):
+            returned = ast.Return(stmt.value.value, lineno=stmt.lineno, col_offset=0)
+            stmts = [*stmts[:index], returned]  # the value it yields; after it, its teardown
+            break
+    reader = _Reader(fdef, assigned_as_params=True)
+    body = _body(stmts, reader)
+    if isinstance(body, ast.stmt):
         return None
-    stmt = body[0]
-    if isinstance(stmt, ast.Return):
-        node = stmt.value
-    elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Yield):
-        node = stmt.value.value
-    else:
-        return None
-    return None if node is None else _Reader(fdef).read(node, stmt.lineno)
+    a = fdef.args
+    own = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)}
+    # what it assigns is no parameter of it, unless it is one (`text = text.strip()`)
+    reads = set().union(*(params_read(expr) for expr in _exprs(body))) - (reader.assigned - own)
+    return body, frozenset(reads)
+
+
+def _exprs(body: Body) -> Iterator[Expr]:
+    """The expressions of a function's statements (:func:`_body`)."""
+    for stmt in body:
+        if stmt[0] == "let":
+            yield stmt[2]
+        elif stmt[0] == "return":
+            if stmt[1] is not None:
+                yield stmt[1]
+        else:
+            yield stmt[1]
+            yield from _exprs(stmt[2])
+            yield from _exprs(stmt[3])
+
+
+def _fixture_result(func: Any, params: dict[str, Any], allowed: set[str]) -> Any:
+    """What the fixture gives when its parameters are ``params``, when it reads no other
+    parameter than ``allowed``; :data:`MISSING` otherwise, or when that cannot be known."""
+    read = _fixture_body(func)
+    if read is None or not read[1] <= allowed:
+        return MISSING
+    try:
+        value = _run(read[0], dict(params), module_names(func))
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return MISSING
+    return MISSING if value is _FELL_THROUGH else value
 
 
 def fixture_value(func: Any, param: Any) -> Any:
     """What the fixture ``func`` gives a test for ``request.param == param`` (``return
     request.param``, ``return "Q: " + request.param["text"]``, ...), or :data:`MISSING` when
     that cannot be known without running it."""
-    expr = _fixture_returns(func)
-    if expr is None or not params_read(expr) <= {"request"}:
-        return MISSING
-    return evaluate(expr, {"request": _Request(param)}, module_names(func))
+    return _fixture_result(func, {"request": _Request(param)}, {"request"})
 
 
 def fixture_made(func: Any, params: dict[str, Any]) -> Any:
     """What a fixture that is not parametrized gives a test whose parameters are ``params``:
     ``return SYSTEM_PROMPTS["support"]``, ``return build_system(lang)`` of a parameter ``lang``
-    of the test; :data:`MISSING` when it reads ``request`` or another fixture, or cannot be
-    known without running it."""
-    expr = _fixture_returns(func)
-    if expr is None:
-        return MISSING
-    reads = params_read(expr)
-    if "request" in reads or not reads <= params.keys():
-        return MISSING
-    return evaluate(expr, params, module_names(func))
+    of the test, ``text = ...`` then ``yield text`` and its teardown; :data:`MISSING` when it
+    reads ``request`` or another fixture, or cannot be known without running it."""
+    return _fixture_result(func, params, set(params) - {"request"})
 
 
 # -- evaluating --------------------------------------------------------------------------------

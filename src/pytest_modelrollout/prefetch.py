@@ -282,9 +282,9 @@ def _read_params(item: pytest.Item) -> dict[str, Any]:
         fixturedefs = defs.get(name)
         if name in params or name in ("rollout", *MODEL_FIXTURES, "request") or not fixturedefs:
             continue
-        func = getattr(fixturedefs[-1], "func", None)
-        if func is not None and getattr(fixturedefs[-1], "params", None) is None:
-            made = fixture_made(func, direct)
+        fixture = getattr(fixturedefs[-1], "func", None)
+        if fixture is not None and getattr(fixturedefs[-1], "params", None) is None:
+            made = fixture_made(fixture, direct)
             if made is not MISSING:
                 params[name] = made
     return params

@@ -1027,13 +1027,17 @@ def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
     )  # fmt: skip
     result = _run(project, "-v")
     result.assert_outcomes(passed=N_CASES)
-    assert "run live: test_suite.py::test_built" not in result.stdout.str()
-    result.stdout.fnmatch_lines([
-        f"modelrollout prefetch: {2 * N_CASES} calls sent ahead of their tests, {2 * N_CASES} used"
-        ", 0 unused*"
-    ])  # fmt: skip
+    _every_call_went_ahead(result, sim, 2 * N_CASES)
+
+
+def _every_call_went_ahead(result: pytest.RunResult, sim: CountingSim, calls: int) -> None:
+    """The tests made ``calls`` calls, each sent ahead once and used; no function ran live."""
+    assert "run live:" not in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch*: {calls} calls sent ahead of their tests, {calls} used, 0 unused*"]
+    )
     seen = sim.first_attempts()
-    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
+    assert sum(seen.values()) == calls and set(seen.values()) == {1}
 
 
 @XDIST
@@ -1091,13 +1095,8 @@ def test_prompts_built_by_the_suites_own_functions_are_sent_ahead(
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=N_CASES)
-    assert "run live: test_suite.py::test_built" not in result.stdout.str()
-    result.stdout.fnmatch_lines([
-        f"modelrollout prefetch*: {2 * N_CASES} calls sent ahead of their tests, {2 * N_CASES}"
-        " used, 0 unused*"
-    ])  # fmt: skip
+    _every_call_went_ahead(result, sim, 2 * N_CASES)
     seen = sim.first_attempts()
-    assert sum(seen.values()) == 2 * N_CASES and set(seen.values()) == {1}
     messages = [json.loads(k[1]) for k in seen]
     systems = {m[0]["content"] for m in messages}
     assert systems == {"Answer in English.", "请用中文回答。", "Be brief."}
@@ -1166,13 +1165,8 @@ def test_what_the_tests_other_fixtures_return_is_read(
     )
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=3 * N_CASES + 1)
-    assert "run live:" not in result.stdout.str()
-    calls = 2 * (3 * N_CASES + 1)
-    result.stdout.fnmatch_lines(
-        [f"modelrollout prefetch*: {calls} calls sent ahead of their tests, {calls} used, 0 unused*"]
-    )
+    _every_call_went_ahead(result, sim, 2 * (3 * N_CASES + 1))
     seen = sim.first_attempts()
-    assert sum(seen.values()) == calls and set(seen.values()) == {1}
     systems = {json.loads(k[1])[0]["content"] for k in seen}
     assert {"You are a concise support agent.", "Answer in English.", "请用中文回答。"} <= systems
 
@@ -1214,13 +1208,7 @@ def test_a_test_classs_attributes_are_read_through_self(
     )  # fmt: skip
     result = _run(project, "-v")
     result.assert_outcomes(passed=2 * N_CASES)
-    assert "run live:" not in result.stdout.str()
-    calls = 4 * N_CASES
-    result.stdout.fnmatch_lines(
-        [f"modelrollout prefetch: {calls} calls sent ahead of their tests, {calls} used, 0 unused*"]
-    )
-    seen = sim.first_attempts()
-    assert sum(seen.values()) == calls and set(seen.values()) == {1}
+    _every_call_went_ahead(result, sim, 4 * N_CASES)
 
 
 @XDIST

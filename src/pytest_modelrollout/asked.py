@@ -600,12 +600,10 @@ def first_ask_unread(func: Any) -> str | None:
     statement that is not read when it is in a function of the module the ask calls; None
     when all of it can be read, or the function has no ask. Tells a user what to change for
     the test to be sent ahead."""
-    fdef = _function_def(func)
-    asks = _ask_calls(fdef) if fdef is not None else []
-    if fdef is None or not asks:
+    first = _first_ask(func)
+    if first is None:
         return None
-    reader, ask = _Reader(fdef), asks[0]
-    parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
+    reader, ask, parts = first
     node = next((n for p in parts if (n := _unread(reader, p, ask.lineno)) is not None), None)
     detail = ""
     if node is None:
@@ -616,24 +614,34 @@ def first_ask_unread(func: Any) -> str | None:
         if found is None:
             return None
         node, detail = found
-    return f"`{ast.unparse(node)}` at line {_line(func, node.lineno)} cannot be read without " \
-           f"running it{detail}"
+    return _cannot_read(func, node) + detail
 
 
 def first_ask_call(func: Any) -> str | None:
     """The first call of a function of the module in the function's first ``.ask(...)``, as
     :func:`first_ask_unread` says it (for an ask that reads in full but whose value is not
     known: what the function returns depends on something not read)."""
+    first = _first_ask(func)
+    if first is None:
+        return None
+    reader, ask, parts = first
+    call = next((c for p in parts for c in _calls_in(reader, p, ask.lineno)), None)
+    return None if call is None else _cannot_read(func, call)
+
+
+def _first_ask(func: Any) -> tuple[_Reader, ast.Call, list[ast.expr]] | None:
+    """The reader of the test function, its first ``.ask(...)`` and that ask's arguments (but
+    a ``**kwargs``); None when it has no ask."""
     fdef = _function_def(func)
     asks = _ask_calls(fdef) if fdef is not None else []
     if fdef is None or not asks:
         return None
-    reader, ask = _Reader(fdef), asks[0]
-    parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
-    call = next((c for p in parts for c in _calls_in(reader, p, ask.lineno)), None)
-    if call is None:
-        return None
-    return f"`{ast.unparse(call)}` at line {_line(func, call.lineno)} cannot be read without " \
+    ask = asks[0]
+    return _Reader(fdef), ask, [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
+
+
+def _cannot_read(func: Any, node: ast.expr) -> str:
+    return f"`{ast.unparse(node)}` at line {_line(func, node.lineno)} cannot be read without " \
            "running it"
 
 

@@ -1174,10 +1174,11 @@ def test_what_the_tests_other_fixtures_return_is_read(
 def test_a_test_classs_attributes_are_read_through_self(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:
-    """``class TestSupport:`` with ``rollout.ask(case.prompt, system=self.SYSTEM)``: ``self``
-    is read as the test's class, whose plain attributes it reads (a staticmethod's first
-    argument is not ``self``). Before, ``self`` was not known: the function was probed, and a
-    system prompt that varies by case ran it live."""
+    """``class TestSupport:`` with ``rollout.ask(self.PREFIX + case.prompt,
+    system=self.system_for(case))``: ``self`` is read as the test's class, whose plain
+    attributes it reads, and whose methods it reads from their source like the module's
+    functions (a staticmethod's first argument is not ``self``). Before, ``self`` was not
+    known: the function was probed, and a system prompt that varies by case ran it live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1188,10 +1189,12 @@ def test_a_test_classs_attributes_are_read_through_self(
             SYSTEMS = {"en": "Answer in English.", "zh": "请用中文回答。"}
             PREFIX = "Customer: "
 
+            def system_for(self, case):
+                return self.SYSTEMS[case.meta["lang"]]
+
             @pytest.mark.parametrize("case", cases("cases.jsonl"))
             def test_by_language(self, rollout, case):
-                pair = rollout.ask(self.PREFIX + case.prompt,
-                                   system=self.SYSTEMS[case.meta["lang"]])
+                pair = rollout.ask(self.PREFIX + case.prompt, system=self.system_for(case))
                 assert pair.stable.ok and pair.candidate.ok
 
             @staticmethod
@@ -2269,6 +2272,17 @@ def _cached(text):
     return text
 
 
+class _Prompts:
+    PREFIX = "Q: "
+
+    def build(self, text):
+        return self.PREFIX + text
+
+    @staticmethod
+    def static(text):
+        return text
+
+
 class _OwnGet(dict):
     def get(self, key, default=None):
         return "its own"
@@ -2310,6 +2324,10 @@ def test_functions_of_the_module_are_read_from_their_source() -> None:
     assert value("d.get('k', 'default')", d=_OwnGet()) is MISSING
     assert value("d.get('k', 'default')", d={"k": "v"}) == "v"
     assert value("d.get('x', 'default')", d={"k": "v"}) == "default"
+    # a test class's method through self, which prefetch reads as the class
+    assert value("self.build('a')", self=_Prompts) == "Q: a"
+    assert value("self.static('a')", self=_Prompts) is MISSING  # not called with self
+    assert value("self.build('a')", self=_Prompts()) is MISSING  # an instance: not read
     assert len(asked(_asks_through_functions)) == 2
     line = _logged.__code__.co_firstlineno + 1
     assert first_ask_unread(_asks_through_functions) is None  # the first ask's is read

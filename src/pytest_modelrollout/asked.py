@@ -27,6 +27,7 @@ What is read::
     rollout.ask(build_prompt(case, channel="email"))      a call of a function of the module,
     rollout.ask(prompts.build(case))                      or of a module it imports, worked out
                                                           from that function's source (_run)
+    rollout.ask(self.build(case), system=self.SYSTEM)     in a test class: self read as the class
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
     prompt = f"Translate: {text}"                         a local name assigned once, at the
     rollout.ask(prompt)                                   top of the body, before the ask
@@ -149,6 +150,9 @@ class _Reader:
         self.args = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)} | {
             x.arg for x in (a.vararg, a.kwarg) if x is not None
         }
+        positional = [*a.posonlyargs, *a.args]
+        # a method's instance (read as its class: self.build(case) is read from its source)
+        self.instance = positional[0].arg if positional and positional[0].arg == "self" else None
         self.bound = _binding_counts(func)
         # a local name assigned once, by a statement at the top of the body: its value
         self.single: dict[str, tuple[int, ast.expr]] = {}
@@ -278,7 +282,9 @@ class _Reader:
                 return None
             return ("method", receiver, func.attr, tuple(args), tuple(kwargs))
         callee = sub(func)
-        if callee is None or not _module_name(callee):
+        method = callee is not None and callee[0] == "attr" and callee[1] == (
+            "param", self.instance)
+        if callee is None or not (_module_name(callee) or method):
             return None  # a parameter's method, a reply's, ...: not read
         return ("call", callee, tuple(args), tuple(kwargs))
 
@@ -930,6 +936,13 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return MISSING
     if function is MISSING and expr[1][0] == "global" and expr[1][1] in _BUILTINS:
         return _builtin(expr[1][1], args, kwargs)  # len(...), str(...): not the module's own
+    if function is MISSING and expr[1][0] == "attr" and expr[1][1][0] == "param":
+        # self.build(case) in a test class: self is read as the class (see prefetch), and a
+        # plain function in it is the method, called with the class for self
+        cls = _evaluate(expr[1][1], params, names)
+        found = _lookup(cls, expr[1][2]) if issubclass(type(cls), type) else MISSING
+        if type(found) is types.FunctionType:
+            function, args = found, [cls, *args]
     read = _function(function) if type(function) is types.FunctionType else None
     if read is None:
         return MISSING  # a class, a builtin, a decorated or nested function, ...

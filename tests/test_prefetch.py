@@ -388,9 +388,13 @@ def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:
     """An assert that fails before the second ask: that call is wasted, for two tests, then
-    only the first asks of the function are sent ahead."""
+    only the first asks of the function are sent ahead. (Each test takes 0.2 s before its
+    assert, so that its second ask has left when it fails: one that had not would be dropped
+    unsent, and nothing would be wasted.)"""
     project.makepyfile(
         test_suite="""
+        import time
+
         import pytest
         from pytest_modelrollout import cases
 
@@ -398,6 +402,7 @@ def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_twice(rollout, case):
             first = rollout.ask(case)
+            time.sleep(0.2)
             assert first.candidate.text == "never"
             rollout.ask(case.prompt, system="Answer in Chinese.")
         """

@@ -313,6 +313,21 @@ def test_a_run_whose_calls_all_failed_on_both_sides_is_not_ready() -> None:
     assert {r["status"] for r in blocked.reasons} == {"breach", "insufficient"}
 
 
+def test_the_latency_of_a_run_with_too_few_answers_is_not_a_confirmed_breach() -> None:
+    """Every call fails on both sides and the candidate's failures happen to take longer (a
+    refused connection timed on a busy machine: in CI it was 28 ms against 36 ms at p50): the
+    run is INCONCLUSIVE, as when the failures take as long, not BLOCKED on a latency that is
+    not the model's. Latency with answers blocks as before (the next test)."""
+    ev = evaluate(build(200, s_err=200, c_err=200, c_lat=lambda i: 2.0 * (100.0 + i)),
+                  default_gates(), n_resamples=500)  # fmt: skip
+    assert ev.verdict == "INCONCLUSIVE"
+    latency = next(r for r in ev.reasons if r["gate"] == "p95_latency:+25%")
+    assert latency["status"] == "unconfirmed"
+    assert latency["message"].endswith(
+        "exceeds +25% (too few answered requests to judge the model's latency)")
+    assert {r["status"] for r in ev.reasons} == {"unconfirmed", "insufficient"}
+
+
 def test_blocked_on_latency_with_message() -> None:
     ev = evaluate(build(200, c_lat=lambda i: 2.0 * (100.0 + i)), default_gates(), n_resamples=500)
     assert ev.verdict == "BLOCKED"

@@ -1147,7 +1147,14 @@ def evaluate(
                     )
                 )
     for gate, ms, check in expanded:
-        results.append(_judge_gate(ctx, gate, ms, check))
+        result = _judge_gate(ctx, gate, ms, check)
+        if few_answered and ms.kind == "latency" and result.status == "breach":
+            # the latencies of a run with too few answers are mostly those of its failures (a
+            # refused connection, a revoked key), the machine's and the network's rather than
+            # the model's: a latency breach there is not confirmed
+            result.status = "unconfirmed"
+            result.message += " (too few answered requests to judge the model's latency)"
+        results.append(result)
     results.extend(few_answered)
     if insufficient:
         for r in results:

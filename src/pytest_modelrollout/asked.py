@@ -48,6 +48,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import operator
 import os
 import textwrap
 import threading
@@ -92,8 +93,7 @@ _PLAIN = (str, int, float, bool, type(None))
 _COMPARED = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
              ast.Is: "is", ast.IsNot: "is not", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
              ast.GtE: ">="}
-_ORDER = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
-          ">=": lambda a, b: a >= b}
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 _NUMBER = (int, float, bool)
 _DEPTH = 64  # how deep an expression (with the local names it reads) may nest
 # str methods read from the source: they build (or test) a string from strings and numbers
@@ -651,12 +651,13 @@ def _cannot_read(func: Any, node: ast.expr) -> str:
            "running it"
 
 
-def _line(func: Any, line: int) -> int | str:
+def _line(func: Any, line: int) -> int:
     """A line of the function's source (1: its first) as a line of its file."""
     try:
-        return inspect.unwrap(func).__code__.co_firstlineno + line - 1  # type: ignore[no-any-return]
+        code: types.CodeType = inspect.unwrap(func).__code__
     except (AttributeError, ValueError):
         return line
+    return code.co_firstlineno + line - 1
 
 
 def _calls_in(reader: _Reader, node: ast.expr, line: int) -> Iterator[ast.Call]:
@@ -689,10 +690,10 @@ def _unread_function(
         body = _body(fdef.body, _Reader(fdef, assigned_as_params=True))
         if not isinstance(body, ast.stmt):  # not a plain function: a closure, a generator, ...
             return call, f" (`{function.__name__}` is not a plain function of its module)"
-        where = _line(function, body.lineno)
         code = ast.unparse(body).splitlines()[0]
+        where = str(_line(function, body.lineno))
         if function.__globals__ is not names:
-            where = f"{where} of {os.path.basename(function.__code__.co_filename)}"
+            where += f" of {os.path.basename(function.__code__.co_filename)}"
         return call, f" (in `{function.__name__}`, `{code}` at line {where} is not read)"
     return None
 
@@ -800,7 +801,7 @@ def _fixture_result(func: Any, params: dict[str, Any], allowed: set[str]) -> Any
         return MISSING
     try:
         value = _run(read[0], dict(params), module_names(func))
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+    except _RAISED:
         return MISSING
     return MISSING if value is _FELL_THROUGH else value
 
@@ -836,8 +837,12 @@ def evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     running code."""
     try:
         return _evaluate(expr, params, names)
-    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+    except _RAISED:
         return MISSING  # str.format with a field its arguments do not have, say
+
+
+# what evaluating raises where the code it reads would raise too (the value is then not known)
+_RAISED = (KeyError, IndexError, ValueError, TypeError, AttributeError)
 
 
 def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:

@@ -1176,6 +1176,92 @@ def test_what_the_tests_other_fixtures_return_is_read(
     assert {"You are a concise support agent.", "Answer in English.", "请用中文回答。"} <= systems
 
 
+@XDIST
+def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """Prompts kept out of the test: a Jinja2 template of a ``FileSystemLoader`` rendered with
+    the case's fields (``**case.meta`` too), a system prompt read from a file chosen by the
+    case, a :class:`string.Template`, and a session fixture that reads a file next to the
+    tests. Each is worked out for each case by the library's own code: every call goes ahead,
+    none is wasted, and what was sent is what the tests sent. Before, each of these functions
+    was probed and wasted its probes, then ran live."""
+    prompts = project.path / "prompts"
+    prompts.mkdir()
+    (prompts / "support.j2").write_text(
+        "{% if lang == 'zh' %}客户问题：{% else %}Customer question: {% endif %}{{ question }}"
+        "{% for tag in tags %} #{{ tag }}{% endfor %}\n",
+        encoding="utf-8",
+    )
+    (prompts / "system_en.txt").write_text("Answer in English.", encoding="utf-8")
+    (prompts / "system_zh.txt").write_text("请用中文回答。", encoding="utf-8")
+    (prompts / "house.txt").write_text("You are Acme's support agent.\n", encoding="utf-8")
+    project.makepyfile(
+        conftest="""
+        from pathlib import Path
+
+        import pytest
+
+        HERE = Path(__file__).parent
+
+        @pytest.fixture(scope="session")
+        def house_rules():
+            return (HERE / "prompts" / "house.txt").read_text(encoding="utf-8").strip()
+        """,
+        test_suite="""
+        import string
+        from pathlib import Path
+
+        import jinja2
+        import pytest
+        from pytest_modelrollout import cases
+
+        PROMPTS = Path(__file__).parent / "prompts"
+        ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(PROMPTS), autoescape=False)
+        SUPPORT = ENV.get_template("support.j2")
+        NOTE = string.Template("Note for $name: $message")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_rendered(rollout, case):
+            pair = rollout.ask(SUPPORT.render(question=case.prompt, **case.meta))
+            assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_system_file(rollout, case, house_rules):
+            lang = case.meta["lang"]
+            system = (PROMPTS / f"system_{lang}.txt").read_text(encoding="utf-8")
+            pair = rollout.ask(case.prompt, system=house_rules + " " + system)
+            assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_substituted(rollout, case):
+            pair = rollout.ask(NOTE.substitute(case.meta, message=case.prompt))
+            assert pair.stable.ok and pair.candidate.ok
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "meta": {"lang": "zh" if i % 2 else "en", "name": f"N{i}",
+                                     "tags": ["late"] * (i % 3)}}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=3 * N_CASES)
+    _every_call_went_ahead(result, sim, 2 * 3 * N_CASES)
+    messages = [json.loads(k[1]) for k in sim.first_attempts()]
+    texts = {m[-1]["content"] for m in messages}
+    assert "客户问题：Where is order A-1? #late" in texts  # (Jinja2 drops the last newline)
+    assert "Customer question: Where is order A-2? #late #late" in texts
+    assert "Note for N3: Where is order A-3?" in texts
+    systems = {m[0]["content"] for m in messages if m[0]["role"] == "system"}
+    assert systems == {"You are Acme's support agent. Answer in English.",
+                       "You are Acme's support agent. 请用中文回答。"}
+
+
 def test_a_test_classs_attributes_are_read_through_self(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:

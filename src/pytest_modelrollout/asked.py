@@ -28,6 +28,9 @@ What is read::
     rollout.ask(prompts.build(case))                      or of a module it imports, worked out
                                                           from that function's source (_run)
     rollout.ask(self.build(case), system=self.SYSTEM)     in a test class: self read as the class
+    rollout.ask(SUPPORT.render(q=case.prompt, **case.meta))  a Jinja2 template, a string.Template,
+    ask(x, system=(PROMPTS / f"{lang}.txt").read_text())  a prompt file: worked out by the
+                                                          library's own code (templates.py)
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
     prompt = f"Translate: {text}"                         a local name assigned once, at the
     rollout.ask(prompt)                                   top of the body, before the ask
@@ -56,6 +59,7 @@ import types
 from collections.abc import Iterator
 from typing import Any, NamedTuple, TypeGuard
 
+from . import templates
 from ._records import Role
 
 # An expression, as nested tuples:
@@ -70,10 +74,14 @@ from ._records import Role
 #   ("mod", expr, expr, tuple?)    str % value, or str % (value, ...) when tuple? is True
 #   ("fstr", (expr, ...))          an f-string: its parts, joined
 #   ("add", expr, expr)            str + str
+#   ("div", expr, expr)            path / "name" (a pathlib path: see templates)
 #   ("method", expr, name, (expr, ...), ((name, expr), ...))
 #                                  a str method: template.format(...), "\n".join([...]),
 #                                  text.strip(), ... (STR_METHODS)
 #                                  or a dict's get: case.meta.get("system", DEFAULT)
+#                                  or a template's or a path's (templates.METHODS):
+#                                  TEMPLATE.render(q=case.prompt, **case.meta), in whose
+#                                  keyword arguments a name None is a **mapping
 #   ("call", expr, (expr, ...), ((name, expr), ...))
 #                                  a call of a function of the module (expr: a "global" or an
 #                                  "attr" of one), read from its own source (_returned)
@@ -86,7 +94,7 @@ from ._records import Role
 Expr = tuple[Any, ...]
 Keywords = tuple[tuple[str, Expr], ...]  # an ask's keyword arguments: (name, value), ...
 
-MISSING: Any = object()
+MISSING: Any = templates.MISSING  # a value not known without running the user's code
 _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
 # what a condition may test (exact types: their truth and comparisons run no user code)
 _PLAIN = (str, int, float, bool, type(None))
@@ -106,7 +114,7 @@ STR_METHODS = frozenset({
     "isspace", "islower", "isupper", "isascii",
 })  # fmt: skip
 DICT_METHODS = frozenset({"get"})  # read of a dict: case.meta.get("system", DEFAULT)
-_METHODS = STR_METHODS | DICT_METHODS
+_METHODS = STR_METHODS | DICT_METHODS | templates.METHODS
 
 
 def is_case(value: Any) -> bool:
@@ -197,6 +205,9 @@ class _Reader:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             left, right = sub(node.left), sub(node.right)
             return None if left is None or right is None else ("add", left, right)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):  # PROMPTS / "a.txt"
+            left, right = sub(node.left), sub(node.right)
+            return None if left is None or right is None else ("div", left, right)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):  # "%s: %s" % (a, b)
             left, right = sub(node.left), sub(node.right)
             if left is None or right is None:
@@ -270,11 +281,16 @@ class _Reader:
     def _call(self, node: ast.Call, sub: Any) -> Expr | None:
         """``text.method(...)`` for a method in :data:`STR_METHODS`, ``mapping.get(...)``, or
         a call of a function named in the module (``build_prompt(case)``,
-        ``prompts.build(case)``): positional and keyword arguments, no ``*`` / ``**``."""
+        ``prompts.build(case)``): positional and keyword arguments, no ``*`` / ``**`` (but a
+        ``**mapping`` for a template: ``TEMPLATE.render(**case.meta)``)."""
         func = node.func
         args = [sub(a) for a in node.args]
         kwargs = [(k.arg, sub(k.value)) for k in node.keywords]
-        if any(a is None for a in args) or any(k is None or v is None for k, v in kwargs):
+        starred = isinstance(func, ast.Attribute) and func.attr in templates.STARRED
+        if (
+            any(a is None for a in args)
+            or any(v is None or (k is None and not starred) for k, v in kwargs)
+        ):
             return None  # not read, or a *args (k None: a **kwargs)
         if isinstance(func, ast.Attribute) and func.attr in _METHODS:
             receiver = sub(func.value)
@@ -353,7 +369,7 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[2], expr[3])
     if kind in ("fstr", "list"):
         return tuple(expr[1])
-    if kind == "add":
+    if kind in ("add", "div"):
         return (expr[1], expr[2])
     if kind == "method":
         return (expr[1], *expr[3], *(value for _, value in expr[4]))
@@ -624,15 +640,22 @@ def first_ask_unread(func: Any) -> str | None:
 
 
 def first_ask_call(func: Any) -> str | None:
-    """The first call of a function of the module in the function's first ``.ask(...)``, as
-    :func:`first_ask_unread` says it (for an ask that reads in full but whose value is not
-    known: what the function returns depends on something not read)."""
+    """The first call of a function of the module (or of a template's or a path's method) in
+    the function's first ``.ask(...)``, as :func:`first_ask_unread` says it, with what of a
+    Jinja2 template's setup is not read (for an ask that reads in full but whose value is not
+    known: what the call returns depends on something not read)."""
     first = _first_ask(func)
     if first is None:
         return None
     reader, ask, parts = first
     call = next((c for p in parts for c in _calls_in(reader, p, ask.lineno)), None)
-    return None if call is None else _cannot_read(func, call)
+    if call is None:
+        return None
+    expr = reader.read(call, ask.lineno)
+    why = None
+    if expr is not None and expr[0] == "method":  # a template's: what of its setup is not read
+        why = templates.why_not(evaluate(expr[1], {}, module_names(func)), expr[2])
+    return _cannot_read(func, call) + ("" if why is None else f" ({why})")
 
 
 def _first_ask(func: Any) -> tuple[_Reader, ast.Call, list[ast.expr]] | None:
@@ -661,8 +684,8 @@ def _line(func: Any, line: int) -> int:
 
 
 def _calls_in(reader: _Reader, node: ast.expr, line: int) -> Iterator[ast.Call]:
-    """The calls of the module's functions in ``node`` (in the values of the local names it
-    reads, too), outermost first."""
+    """The calls of the module's functions and the templates' and paths' methods in ``node``
+    (in the values of the local names it reads, too), outermost first."""
     for sub in ast.walk(node):
         if isinstance(sub, ast.Name):
             single = reader.single.get(sub.id)
@@ -670,7 +693,9 @@ def _calls_in(reader: _Reader, node: ast.expr, line: int) -> Iterator[ast.Call]:
                 yield from _calls_in(reader, single[1], single[1].lineno)
         elif isinstance(sub, ast.Call):
             expr = reader.read(sub, line)
-            if expr is not None and expr[0] == "call":
+            if expr is not None and (
+                expr[0] == "call" or (expr[0] == "method" and expr[2] in templates.METHODS)
+            ):
                 yield sub
 
 
@@ -895,6 +920,17 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _condition(expr, params, names)
     if kind == "call":
         return _returned(expr, params, names)
+    if kind == "div":
+        return templates.divide(*(_evaluate(child, params, names) for child in _children(expr)))
+    if kind == "method" and expr[2] in templates.METHODS:
+        receiver, *values = (_evaluate(child, params, names) for child in _children(expr))
+        if receiver is MISSING or any(value is MISSING for value in values):
+            return MISSING
+        n = len(expr[3])
+        keywords = list(zip((k for k, _ in expr[4]), values[n:], strict=True))
+        return templates.method(receiver, expr[2], values[:n],
+                                {k: v for k, v in keywords if k is not None},
+                                [v for k, v in keywords if k is None])
     if kind == "method" and expr[2] in DICT_METHODS:
         mapping, key, *rest = (_evaluate(child, params, names) for child in _children(expr))
         if any(value is MISSING for value in rest):
@@ -941,6 +977,8 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return MISSING
     if function is MISSING and expr[1][0] == "global" and expr[1][1] in _BUILTINS:
         return _builtin(expr[1][1], args, kwargs)  # len(...), str(...): not the module's own
+    if issubclass(type(function), type):  # Path(...), string.Template(...): of the library
+        return templates.construct(function, args, kwargs)
     if function is MISSING and expr[1][0] == "attr" and expr[1][1][0] == "param":
         # self.build(case) in a test class: self is read as the class (see prefetch), and a
         # plain function in it is the method, called with the class for self
@@ -1153,6 +1191,8 @@ def _attribute(base: Any, name: str) -> Any:
     whose class reads its attributes its own way (a ``__getattribute__`` in Python)."""
     if issubclass(type(base), type):  # not isinstance: it may read base.__class__
         return _class_attribute(base, name)
+    if templates.is_path(base):  # PROMPTS.parent, path.stem: pathlib's own properties
+        return templates.path_attribute(base, name)
     cls = type(base)
     if not isinstance(cls.__getattribute__, types.WrapperDescriptorType):
         return MISSING  # the class reads attributes its own way: a Python __getattribute__

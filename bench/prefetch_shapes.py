@@ -23,7 +23,12 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
   ``dict.get``);
 - ``system from a fixture``: ``system=system_prompt``, a fixture of the module that returns
-  ``SYSTEMS[case.meta["lang"]]`` (it takes the test's ``case``).
+  ``SYSTEMS[case.meta["lang"]]`` (it takes the test's ``case``);
+- ``Jinja2 template``: ``rollout.ask(SUPPORT.render(question=case.prompt, **case.meta))``, a
+  template of a ``FileSystemLoader`` (needs ``jinja2``, in the ``test`` extra);
+- ``system from a file``: ``system=(PROMPTS / f"system_{lang}.txt").read_text(...)``, a file
+  chosen by the case;
+- ``string.Template``: ``rollout.ask(NOTE.substitute(case.meta, message=case.prompt))``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -75,11 +80,34 @@ def system_for(case):
 def system_prompt(case):
     return SYSTEMS[case.meta["lang"]]
 
+{prelude}
 @pytest.mark.workflow("support")
 @pytest.mark.parametrize("case", cases("cases.jsonl"))
 def test_shape(rollout, case{fixtures}):
 """
-SHAPES: dict[str, str | tuple[str, str]] = {
+PROMPTS = """
+import string
+from pathlib import Path
+
+PROMPTS = Path(__file__).parent / "prompts"
+"""
+JINJA = PROMPTS + """
+import jinja2
+
+ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(PROMPTS))
+SUPPORT = ENV.get_template("support.j2")
+"""
+# the files the shapes read: a Jinja2 template, a system prompt per language
+FILES = {
+    "support.j2": "{% if lang == 'zh' %}客户消息：{% else %}Customer message: {% endif %}"
+                  "{{ question }}\n",
+    "system_en.txt": "Answer in English.\n",
+    "system_zh.txt": "请用中文回答。\n",
+}
+# a shape: the test's body; or (the fixtures it takes, its body); or (those, its body, code
+# of the module before it)
+Shape = str | tuple[str, str] | tuple[str, str, str]
+SHAPES: dict[str, Shape] = {
     "plain": "rollout.ask(case)",
     "skips 1 in 10": 'if case.id.endswith("3"):\n        pytest.skip("no expected answer")\n'
                      "    rollout.ask(case)",
@@ -102,13 +130,24 @@ SHAPES: dict[str, str | tuple[str, str]] = {
     # (the test requests the fixture: the fixtures it takes, then its body)
     "system from a fixture": (", system_prompt",
                               "rollout.ask(case.prompt, system=system_prompt)"),
+    "Jinja2 template": ("", "rollout.ask(SUPPORT.render(question=case.prompt, **case.meta))",
+                        JINJA),
+    "system from a file": ("", 'lang = case.meta["lang"]\n'
+                               '    system = (PROMPTS / f"system_{lang}.txt").read_text('
+                               'encoding="utf-8")\n'
+                               "    rollout.ask(case.prompt, system=system)", PROMPTS),
+    "string.Template": ("", "rollout.ask(NOTE.substitute(case.meta, message=case.prompt))",
+                        PROMPTS + 'NOTE = string.Template("Customer ($lang): $message")\n'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")
 
 
-def write_shape(root: Path, n: int, latency_ms: int, shape: str | tuple[str, str]) -> None:
+def write_shape(root: Path, n: int, latency_ms: int, shape: Shape) -> None:
     root.mkdir(parents=True, exist_ok=True)
+    (root / "prompts").mkdir(exist_ok=True)
+    for name, text in FILES.items():
+        (root / "prompts" / name).write_text(text, encoding="utf-8")
     with (root / "cases.jsonl").open("w", encoding="utf-8") as f:
         for i in range(n):
             zh = i % 2 == 1
@@ -121,9 +160,9 @@ def write_shape(root: Path, n: int, latency_ms: int, shape: str | tuple[str, str
     (root / "pyproject.toml").write_text(
         f'[tool.modelrollout]\nstable = "sim:stable?{model}"\ncandidate = "sim:good?{model}"\n'
         f"concurrency = {CONCURRENCY}\n", encoding="utf-8")
-    fixtures, body = shape if isinstance(shape, tuple) else ("", shape)
-    (root / "test_shape.py").write_text(HEAD.replace("{fixtures}", fixtures) + "    " + body + "\n",
-                                        encoding="utf-8")
+    fixtures, body, prelude = (*shape, "")[:3] if isinstance(shape, tuple) else ("", shape, "")
+    head = HEAD.replace("{fixtures}", fixtures).replace("{prelude}", prelude)
+    (root / "test_shape.py").write_text(head + "    " + body + "\n", encoding="utf-8")
 
 
 def run(root: Path, env: dict[str, str], *args: str) -> dict[str, Any]:

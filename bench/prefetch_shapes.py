@@ -28,7 +28,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   template of a ``FileSystemLoader`` (needs ``jinja2``, in the ``test`` extra);
 - ``system from a file``: ``system=(PROMPTS / f"system_{lang}.txt").read_text(...)``, a file
   chosen by the case;
-- ``string.Template``: ``rollout.ask(NOTE.substitute(case.meta, message=case.prompt))``.
+- ``string.Template``: ``rollout.ask(NOTE.substitute(case.meta, message=case.prompt))``;
+- ``asks in a loop``: ``for style in ("brief", "formal"): rollout.ask(f"{case.prompt}
+  (answer: {style})")``: twice the calls of ``plain`` (so about 2x its time at best).
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -138,6 +140,8 @@ SHAPES: dict[str, Shape] = {
                                "    rollout.ask(case.prompt, system=system)", PROMPTS),
     "string.Template": ("", "rollout.ask(NOTE.substitute(case.meta, message=case.prompt))",
                         PROMPTS + 'NOTE = string.Template("Customer ($lang): $message")\n'),
+    "asks in a loop": 'for style in ("brief", "formal"):\n'
+                      '        rollout.ask(f"{case.prompt} (answer: {style})")',
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

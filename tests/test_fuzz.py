@@ -17,10 +17,11 @@ import itertools
 import json
 import math
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelrollout._exceptions import ConfigError, DatasetError, ProviderError
@@ -396,9 +397,11 @@ class _Asker:
         self.asked: list[Any] = []
         self.kwargs: list[dict[str, Any]] = []
         self.reached = False
+        self.reaches = 0
 
     def reach(self) -> None:
         self.reached = True
+        self.reaches += 1
 
     def ask(self, prompt: Any, **kwargs: Any) -> None:
         self.asked.append(prompt)
@@ -507,6 +510,102 @@ def _asks_what_was_planned(test: Any, params: dict[str, Any], planned: Any) -> N
     if planned is not MISSING:
         assert rollout.asked == [planned]
 
+
+_LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p_str", "p_int",
+          "p_obj", "p_dict['k']", "()", "G_LONG"]  # fmt: skip
+
+
+@SETTINGS
+@given(items=st.sampled_from(_LOOPS), target=st.sampled_from(["item", "a, b"]),
+       local=_expr_sources, asked=_expr_sources, system=_expr_sources, first=st.booleans(),
+       p_str=_texts, p_int=st.integers(-5, 5),
+       p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
+       p_list=st.lists(_texts, max_size=4),
+       p_pairs=st.lists(st.tuples(_texts, _texts), max_size=3))  # fmt: skip
+def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
+    items: str, target: str, local: str, asked: str, system: str, first: bool, p_str: str,
+    p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
+) -> None:
+    """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
+    written in the test; its target a name or a pair), with a name the loop's body assigns
+    from the target: what prefetch plans for each iteration (the first ask, then the later
+    ones) is exactly what the test asks in that iteration, with the same keyword arguments;
+    an iteration the loop does not have is not planned."""
+    import ast
+
+    from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, read_asks
+
+    item = "item" if target == "item" else "(a + b)"
+    local = local.replace("local", item)  # the body's name reads the loop's target
+    source = (
+        "def test_x(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj):\n"
+        + ("    rollout.ask('before')\n" if first else "")
+        + f"    for {target} in {items}:\n"
+        f"        local = {local}\n"
+        "        rollout.reach()\n"
+        f"        rollout.ask({asked}, system={system})\n"
+    )
+    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
+                             "G_FORMAT": "Customer (%s): %s", "G_PAIRS": [("x", "y"), ("中", "文")],
+                             "G_DICT": {"k": "from k", "lit": "from lit", "a": ["x", "y"]},
+                             "G_LONG": [str(i) for i in range(LOOP_AHEAD + 3)]}  # fmt: skip
+    params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
+              "p_pairs": p_pairs, "p_obj": _Row(p_str)}
+    try:
+        fdef = ast.parse(source).body[0]
+        code = compile(source, "<test>", "exec")
+    except SyntaxError:
+        assume(False)
+    assert isinstance(fdef, ast.FunctionDef)
+
+    def value(expr: Any, keywords: Any) -> Any:
+        if keywords is None:
+            return MISSING  # a keyword not read: sent by what a probe learns, not planned
+        prompt = evaluate(expr, params, names)
+        kw = {k: evaluate(v, params, names) for k, v in keywords or ()}
+        return MISSING if prompt is MISSING or MISSING in kw.values() else (prompt, kw)
+
+    reads = read_asks(fdef)[0]
+    planned = [value(*read) for read in reads[:1]]
+    with _source_of(source, names) as func:
+        planned += [value(expr, keywords) for _, expr, keywords in later_asks(func)]
+    exec(code, names)
+    rollout = _Asker()
+    try:
+        names["test_x"](rollout, **params)
+        raised = False
+    except Exception:
+        raised = True
+    made = list(zip(rollout.asked, rollout.kwargs, strict=True))
+    if first:
+        assert planned[0] == ("before", {})
+        planned, made = planned[1:], made[1:]
+    for i, plan in enumerate(planned):
+        if i < len(made):
+            assert plan is MISSING or plan == made[i]
+        elif not raised or (i == len(made) and rollout.reaches > len(made)):
+            # no such iteration; or the one that raised building what it asks (one that
+            # raised before, at `local = ...`, is a test failing before its ask, like any:
+            # what was sent for it goes unused)
+            assert plan is MISSING
+    if not raised and len(made) <= LOOP_AHEAD:
+        event("every iteration planned" if MISSING not in planned[: len(made)]
+              else "some not planned")
+
+
+@contextlib.contextmanager
+def _source_of(source: str, names: dict[str, Any]) -> Iterator[Any]:
+    """The test function of ``source``, its source where :mod:`inspect` finds it meanwhile."""
+    import linecache
+
+    filename = f"<loop-test-{next(_HELPERS)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        scope = dict(names)
+        exec(compile(source, filename, "exec"), scope)
+        yield scope["test_x"]
+    finally:
+        del linecache.cache[filename]
 
 @SETTINGS
 @given(cond=_expr_sources, asked=_expr_sources, other=_expr_sources, system=_expr_sources,

@@ -1262,6 +1262,62 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
                        "You are Acme's support agent. 请用中文回答。"}
 
 
+@XDIST
+def test_asks_in_a_loop_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A test that asks in a ``for`` loop — each paraphrase of the case, each style of a
+    module's list, pairs unpacked from a list written in the test — has every iteration's ask
+    sent ahead, the first with its later ones; a case whose list is empty asks nothing and gets
+    nothing sent. Before, such a function was probed (its probes wasted) and ran live."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        SYSTEMS = {"en": "Answer in English.", "zh": "请用中文回答。"}
+        STYLES = ["brief", "formal"]
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_paraphrases(rollout, case):
+            for text in case.meta["paraphrases"]:
+                pair = rollout.ask(text, system=SYSTEMS[case.meta["lang"]])
+                assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_styles(rollout, case):
+            rollout.ask(case)
+            for style in STYLES:
+                prompt = f"{case.prompt} (answer: {style})"
+                pair = rollout.ask(prompt)
+                assert pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_pairs(rollout, case):
+            for lang, greeting in [("en", "Hello"), ("zh", "你好")]:
+                rollout.ask(f"{greeting}! {case.prompt}", system=SYSTEMS[lang])
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "meta": {"lang": "zh" if i % 2 else "en",
+                                     "paraphrases": [f"Order A-{i}: where? ({k})"
+                                                     for k in range(i % 4)]}}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    paraphrases = sum(i % 4 for i in range(N_CASES))
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=3 * N_CASES)
+    _every_call_went_ahead(result, sim, 2 * (paraphrases + 3 * N_CASES + 2 * N_CASES))
+    texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
+    assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
+            "你好! Where is order A-7?"} <= texts
+
+
 def test_a_test_classs_attributes_are_read_through_self(
     project: pytest.Pytester, sim: CountingSim
 ) -> None:
@@ -2426,6 +2482,113 @@ def test_functions_of_the_module_are_read_from_their_source() -> None:
         f"`_logged(case)` at line {_reads_a_logged.__code__.co_firstlineno + 1} cannot be read "
         f"without running it (in `_logged`, `print(text)` at line {line} is not read)"
     )
+
+
+_ITEMS = ["a", "b", "c"]
+
+
+def _loop(rollout, case):
+    for text in _ITEMS:
+        prompt = text.upper()
+        rollout.ask(prompt, system=case)
+        rollout.ask(text)
+
+
+def _loop_breaks(rollout, case):
+    for text in _ITEMS:
+        if text == case:
+            break
+        rollout.ask(text)
+
+
+def _loop_with_else(rollout, case):
+    for text in _ITEMS:
+        rollout.ask(text)
+    else:
+        rollout.ask(case)
+
+
+def _loop_rebinds(rollout, case):
+    for text in _ITEMS:
+        text = text.strip()
+        rollout.ask(text)
+
+
+def _loop_over_a_parameter_name(rollout, case):
+    for case in _ITEMS:  # on purpose: the parameter is bound again
+        rollout.ask(case)
+
+
+def _loop_skips_before(rollout, case):
+    for text in _ITEMS:
+        if text == case:
+            pytest.skip("not this one")
+        rollout.ask(text)
+
+
+def _loop_skips_after(rollout, case):
+    for text in _ITEMS:
+        rollout.ask(text)
+        if text == case:
+            pytest.skip("no more")
+
+
+def _loop_nested(rollout, case):
+    for text in _ITEMS:
+        for other in _ITEMS:
+            rollout.ask(text + other)
+
+
+def _loop_over_a_call(rollout, case):
+    for text in sorted(_ITEMS):
+        rollout.ask(text)
+
+
+def test_asks_in_a_loop_are_read_from_the_source() -> None:
+    """An ask in a ``for`` loop of the test's body is read for each iteration (its target and
+    the names its body assigns once before it); a loop that may not make its asks on every
+    iteration (``break``, ``continue``, an ``else``, a skip) is not, nor one whose target is
+    bound again, nor an ask in a nested loop; ``-v`` names an iterable that is not read."""
+    from pytest_modelrollout.asked import (
+        LOOP_AHEAD,
+        MISSING,
+        asked,
+        asks_nothing,
+        evaluate,
+        first_ask_call,
+        first_ask_keywords,
+        first_ask_unread,
+        later_asks,
+    )
+
+    names = globals()
+
+    def first(func: Any) -> Any:
+        exprs = asked(func)
+        return evaluate(exprs[0], {"case": "x"}, names) if exprs else MISSING
+
+    assert first(_loop) == "A"
+    keywords = first_ask_keywords(_loop, asked(_loop)[0])
+    assert keywords is not None and evaluate(keywords[0][1], {"case": "x"}, names) == "x"
+    later = [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_loop)]
+    assert len(later) == 2 * LOOP_AHEAD - 1  # both asks of each iteration but the first's
+    assert [v for v in later if v is not MISSING] == ["a", "B", "b", "C", "c"]
+    for func in (_loop_breaks, _loop_rebinds, _loop_skips_before, _loop_nested):
+        assert first(func) is MISSING, func.__name__
+        assert later_asks(func) == (), func.__name__
+    assert first(_loop_over_a_call) is MISSING  # read, but sorted() is not called
+    assert {evaluate(e, {}, names) for _, e, _ in later_asks(_loop_over_a_call)} == {MISSING}
+    assert asked(_loop_with_else) == [("param", "case")]  # only the ask of its else is read
+    # a parameter the loop binds again: what it asks is not what was read (at most a probe)
+    rebound = _loop_over_a_parameter_name
+    assert first_ask_keywords(rebound, asked(rebound)[0]) is None and later_asks(rebound) == ()
+    assert first(_loop_skips_after) == "a" and later_asks(_loop_skips_after) == ()
+    assert asks_nothing(_loop, {"case": "x"}, {**names, "_ITEMS": []})
+    assert not asks_nothing(_loop, {"case": "x"}, names)
+    line = _loop_over_a_call.__code__.co_firstlineno + 1
+    assert first_ask_unread(_loop_over_a_call) is None
+    assert first_ask_call(_loop_over_a_call) == (
+        f"`sorted(_ITEMS)` at line {line} cannot be read without running it")
 
 
 def _reads_a_logged(rollout, case):

@@ -36,21 +36,25 @@ What is read::
     rollout.ask(prompt)                                   top of the body, before the ask
     if case.meta["lang"] == "zh": rollout.ask(...)        the ask an item reaches under if /
     else: rollout.ask(...)                                elif / else (reached_ask)
+    for text in case.meta["paraphrases"]:                 an ask in a for loop: each iteration's
+        rollout.ask(text)                                 (_loop_of; the first, then later_asks)
 
 A function the ask calls is read when it is a plain ``def`` (not a closure, a lambda, a
 generator, or a decorated function that wraps another) whose body is only a docstring,
 ``name = value`` / ``name += value``, ``if`` / ``elif`` / ``else``, ``return`` and ``pass``,
 each read as above; its arguments, defaults and the names it assigns are its parameters, set
 as its statements run. Anything else (a call of another method or a builtin, a conversion or
-format spec in an f-string, a name bound in a loop or under a condition in the test, a loop in
-a function) is not read: that ask is not planned.
+format spec in an f-string, a name bound under a condition in the test, a loop that may
+``break``, a loop in a function) is not read: that ask is not planned.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import inspect
+import itertools
 import operator
 import os
 import textwrap
@@ -91,6 +95,8 @@ from ._records import Role
 #   ("bool", "and"|"or", (expr, ...))  a and b, a or b: the operand Python returns
 #   ("not", expr)                  not expr
 #   ("cmp", op, expr, expr)        ==, !=, in, not in, is None, is not None
+#   ("each", target, expr, i, expr) the last expr in iteration i of `for target in expr:` (a
+#                                  name, or a tuple of names to unpack): an ask in a loop
 Expr = tuple[Any, ...]
 Keywords = tuple[tuple[str, Expr], ...]  # an ask's keyword arguments: (name, value), ...
 
@@ -371,6 +377,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return tuple(expr[1])
     if kind in ("add", "div"):
         return (expr[1], expr[2])
+    if kind == "each":
+        return (expr[2], expr[4])
     if kind == "method":
         return (expr[1], *expr[3], *(value for _, value in expr[4]))
     if kind == "call":
@@ -384,6 +392,9 @@ def params_read(expr: Expr) -> set[str]:
     """The parameters ``expr`` reads."""
     if expr[0] == "param":
         return {expr[1]}
+    if expr[0] == "each":  # the loop's target is no parameter of the test
+        target = {expr[1]} if isinstance(expr[1], str) else set(expr[1])
+        return params_read(expr[2]) | (params_read(expr[4]) - target)
     return set().union(*(params_read(child) for child in _children(expr)))
 
 
@@ -417,11 +428,76 @@ def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
     reader = _Reader(fdef)
     first: dict[Expr, Keywords | None] = {}
     for node in _ask_calls(fdef):
-        expr = reader.read(node.args[0], node.lineno)
-        if expr is not None and expr not in first:
-            first[expr] = _keywords(reader, node)
+        read = _read_ask(fdef, reader, node, 0)
+        if read is not None and read[0] not in first:
+            first[read[0]] = read[1]
     rebound = frozenset(reader.args & reader.bound.keys())
     return tuple(first.items()), rebound
+
+
+def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, node: ast.Call,
+              iteration: int) -> tuple[Expr, Keywords | None] | None:
+    """An ask's prompt and keyword arguments (:func:`_keywords`), read in the iteration
+    ``iteration`` of the loop it is in when it is in one (:func:`_loop_of`); None when its
+    prompt is not read."""
+    found = _loop_of(fdef, reader, node)
+    if found is None:
+        expr = reader.read(node.args[0], node.lineno)
+        return None if expr is None else (expr, _keywords(reader, node))
+    loop, inner, target = found
+    items = reader.read(loop.iter, loop.lineno)
+    expr = inner.read(node.args[0], node.lineno)
+    if items is None or expr is None:
+        return None
+    keywords = _keywords(inner, node)
+
+    def each(value: Expr) -> Expr:
+        return ("each", target, items, iteration, value)
+
+    return each(expr), None if keywords is None else tuple((k, each(v)) for k, v in keywords)
+
+
+# how many iterations of a loop of asks go ahead (its later asks, :func:`later_asks`)
+LOOP_AHEAD = 16
+
+
+def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
+             node: ast.Call) -> tuple[ast.For, _Reader, str | tuple[str, ...]] | None:
+    """The ``for`` loop of the test's body that makes the ask ``node`` on each of its
+    iterations, a reader of the loop's body (its target's names read as parameters, and the
+    names its body assigns once at its top before the ask) and its target; None when the ask
+    is not in such a loop: one whose target is a name or a tuple of names bound nowhere else
+    and not a parameter, whose body has no ``break``, ``continue`` or ``else``, and whose
+    ask is a statement of its body itself, with nothing before it that may end the test."""
+    for stmt in fdef.body:
+        if not isinstance(stmt, ast.For) or not stmt.lineno <= node.lineno <= (
+                stmt.end_lineno or stmt.lineno):
+            continue
+        target = stmt.target
+        names = ([target.id] if isinstance(target, ast.Name) else
+                 [t.id for t in target.elts if isinstance(t, ast.Name)]
+                 if isinstance(target, ast.Tuple) else [])
+        if (
+            not names
+            or (isinstance(target, ast.Tuple) and len(names) != len(target.elts))
+            or any(name in reader.args or reader.bound.get(name) != 1 for name in names)
+            or stmt.orelse
+            or any(isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(stmt))
+        ):
+            return None
+        inner = copy.copy(reader)
+        inner.args = reader.args | set(names)
+        inner.single = dict(reader.single)
+        for child in stmt.body:
+            if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
+                return stmt, inner, names[0] if isinstance(target, ast.Name) else tuple(names)
+            if _may_end_early(child):
+                return None
+            name, value = _simple_assignment(child)
+            if name is not None and value is not None and reader.bound.get(name) == 1:
+                inner.single[name] = (child.end_lineno or child.lineno, value)
+        return None
+    return None
 
 
 def _is_ask(node: ast.AST) -> TypeGuard[ast.Call]:
@@ -489,14 +565,25 @@ def later_asks(func: Any) -> tuple[LaterAsk, ...]:
     if fdef is None or not calls:
         return ()
     reader, first, out = _Reader(fdef), calls[0], []
+
+    def later(call: ast.Call, iteration: int) -> None:
+        roles = _receiver_roles(call.func, reader)
+        read = _read_ask(fdef, reader, call, iteration)
+        if roles and read is not None and read[1] is not None:
+            out.append((roles, read[0], read[1]))
+
     for stmt in fdef.body:
+        if isinstance(stmt, ast.For) and not _may_end_early(stmt):
+            # each iteration's asks, when the loop makes them on every iteration
+            asks = [c for c in calls if _loop_of(fdef, reader, c) is not None
+                    and stmt.lineno <= c.lineno <= (stmt.end_lineno or stmt.lineno)]
+            for iteration in range(LOOP_AHEAD if asks else 0):
+                for ask in asks:
+                    if ask is not first or iteration:
+                        later(ask, iteration)
         call = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else None
         if call is not None and call is not first and call in calls and call.lineno > first.lineno:
-            roles = _receiver_roles(call.func, reader)
-            prompt = reader.read(call.args[0], call.lineno)
-            keywords = _keywords(reader, call)
-            if roles and prompt is not None and keywords is not None:
-                out.append((roles, prompt, keywords))
+            later(call, 0)
         if _may_end_early(stmt):
             break
     return tuple(out)
@@ -660,13 +747,17 @@ def first_ask_call(func: Any) -> str | None:
 
 def _first_ask(func: Any) -> tuple[_Reader, ast.Call, list[ast.expr]] | None:
     """The reader of the test function, its first ``.ask(...)`` and that ask's arguments (but
-    a ``**kwargs``); None when it has no ask."""
+    a ``**kwargs``), after what the loop it is in goes over; None when it has no ask."""
     fdef = _function_def(func)
     asks = _ask_calls(fdef) if fdef is not None else []
     if fdef is None or not asks:
         return None
-    ask = asks[0]
-    return _Reader(fdef), ask, [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
+    ask, reader = asks[0], _Reader(fdef)
+    parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
+    loop = _loop_of(fdef, reader, ask)
+    if loop is not None:  # what its loop goes over; its target and names read as it sets them
+        reader, parts = loop[1], [loop[0].iter, *parts]
+    return reader, ask, parts
 
 
 def _cannot_read(func: Any, node: ast.expr) -> str:
@@ -918,6 +1009,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return str.__mod__(template, tuple(values))
     if kind in ("if", "bool", "not", "cmp"):
         return _condition(expr, params, names)
+    if kind == "each":
+        return _iteration(expr, params, names)
     if kind == "call":
         return _returned(expr, params, names)
     if kind == "div":
@@ -957,6 +1050,68 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
     )
+
+
+def asks_nothing(func: Any, params: dict[str, Any], names: Any) -> bool:
+    """Whether every ``.ask(...)`` of the test function is in a loop (:func:`_loop_of`) that,
+    for an item with these parameters, goes over nothing (``for text in
+    case.meta["paraphrases"]:`` of a case without any): then the test asks nothing."""
+    loops = _ask_loops(func)
+    if not loops:
+        return False
+    return all(_item_at(evaluate(items, params, names), 0) is _NO_ITEM for items in loops)
+
+
+@functools.lru_cache(maxsize=256)
+def _ask_loops(func: Any) -> tuple[Expr, ...] | None:
+    """What the loops making the function's asks go over, when each of its asks is in one
+    (read in full); None otherwise."""
+    fdef = _function_def(func)
+    calls = _ask_nodes(fdef) if fdef is not None else []
+    if fdef is None or not calls:
+        return None
+    reader, out = _Reader(fdef), []
+    for call in calls:
+        found = _loop_of(fdef, reader, call) if call.args else None
+        items = None if found is None else reader.read(found[0].iter, found[0].lineno)
+        if items is None:
+            return None
+        out.append(items)
+    return tuple(out)
+
+
+_NO_ITEM: Any = object()  # _item_at: the loop has no such iteration
+
+
+def _item_at(value: Any, index: int) -> Any:
+    """What ``for`` sets its target to in iteration ``index`` over a list, a tuple or a dict
+    (its keys), read with the built-ins' own methods; :data:`_NO_ITEM` when it has fewer
+    items, :data:`MISSING` for anything else."""
+    kind = type(value)
+    if issubclass(kind, dict):
+        return next(itertools.islice(dict.__iter__(value), index, None), _NO_ITEM)
+    for base in (list, tuple):
+        if issubclass(kind, base):
+            return base.__getitem__(value, index) if index < base.__len__(value) else _NO_ITEM
+    return MISSING
+
+
+def _iteration(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """``("each", target, items, i, value)``: ``value`` with the loop's target set to the
+    ``i``-th item of a list, a tuple or a dict (its keys), as ``for`` sets it; :data:`MISSING`
+    when there is no such item (the loop asks no more), or it cannot be unpacked."""
+    target = expr[1]
+    element = _item_at(_evaluate(expr[2], params, names), expr[3])
+    if element is MISSING or element is _NO_ITEM:
+        return MISSING
+    if isinstance(target, str):
+        bound = {target: element}
+    else:
+        parts = _elements(element)
+        if parts is None or len(parts) != len(target):
+            return MISSING
+        bound = dict(zip(target, parts, strict=True))
+    return _evaluate(expr[4], {**params, **bound}, names)
 
 
 # -- the module's functions --------------------------------------------------------------------

@@ -56,6 +56,7 @@ from .asked import (
     Keywords,
     asked,
     asked_roles,
+    asks_nothing,
     evaluate,
     first_ask_call,
     first_ask_keywords,
@@ -219,6 +220,10 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
             planned = expr, value
             break
     else:
+        if func is not None and asks_nothing(func, params, module_names(func)):
+            item.stash[_NOT_ASKED] = True  # its loops of asks go over nothing for this item
+            item.stash[_PLANNED] = None
+            return None
         cases = [name for name, value in params.items() if is_case(value)]
         planned = (("param", cases[0]), params[cases[0]]) if len(cases) == 1 else None
     item.stash[_PLANNED] = planned
@@ -488,7 +493,12 @@ def _later_count(item: pytest.Item) -> int:
         return 0
     seen = {(planned[0], first_ask_keywords(func, planned[0]))}
     count = 0
+    params: dict[str, Any] | None = None
     for roles, expr, keywords in later_asks(func):
+        if expr[0] == "each":  # an iteration of a loop: only if this item's loop has it
+            params = _params(item) if params is None else params
+            if evaluate(expr, params, module_names(func)) is MISSING:
+                continue
         if (expr, keywords) not in seen:  # a repeat is asked after the first reply
             seen.add((expr, keywords))
             count += len(roles)

@@ -19,6 +19,7 @@ import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -403,9 +404,10 @@ class _Asker:
         self.reached = True
         self.reaches += 1
 
-    def ask(self, prompt: Any, **kwargs: Any) -> None:
+    def ask(self, prompt: Any, **kwargs: Any) -> Any:
         self.asked.append(prompt)
         self.kwargs.append(kwargs)
+        return SimpleNamespace(text="reply")
 
 
 _LEAVES = ["p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
@@ -518,32 +520,40 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
 @SETTINGS
 @given(items=st.sampled_from(_LOOPS), target=st.sampled_from(["item", "a, b"]),
        local=_expr_sources, asked=_expr_sources, system=_expr_sources, first=st.booleans(),
+       comprehension=st.booleans(),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
        p_list=st.lists(_texts, max_size=4),
        p_pairs=st.lists(st.tuples(_texts, _texts), max_size=3))  # fmt: skip
 def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
-    items: str, target: str, local: str, asked: str, system: str, first: bool, p_str: str,
+    items: str, target: str, local: str, asked: str, system: str, first: bool,
+    comprehension: bool, p_str: str,
     p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
 ) -> None:
     """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
     written in the test; its target a name or a pair), with a name the loop's body assigns
-    from the target: what prefetch plans for each iteration (the first ask, then the later
-    ones) is exactly what the test asks in that iteration, with the same keyword arguments;
-    an iteration the loop does not have is not planned."""
+    from the target, or in a list comprehension: what prefetch plans for each iteration (the
+    first ask, then the later ones) is exactly what the test asks in that iteration, with the
+    same keyword arguments; an iteration the loop does not have is not planned."""
     import ast
 
     from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, read_asks
 
     item = "item" if target == "item" else "(a + b)"
     local = local.replace("local", item)  # the body's name reads the loop's target
-    source = (
-        "def test_x(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj):\n"
-        + ("    rollout.ask('before')\n" if first else "")
-        + f"    for {target} in {items}:\n"
+    loop = (
+        f"    replies = [rollout.ask({asked.replace('local', local)}, system={system}).text"
+        f" for {target} in {items}]\n"
+        if comprehension else
+        f"    for {target} in {items}:\n"
         f"        local = {local}\n"
         "        rollout.reach()\n"
         f"        rollout.ask({asked}, system={system})\n"
+    )
+    source = (
+        "def test_x(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj):\n"
+        + ("    rollout.ask('before')\n" if first else "")
+        + loop
     )
     names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s", "G_PAIRS": [("x", "y"), ("中", "文")],
@@ -583,14 +593,15 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     for i, plan in enumerate(planned):
         if i < len(made):
             assert plan is MISSING or plan == made[i]
-        elif not raised or (i == len(made) and rollout.reaches > len(made)):
+        elif not raised or (i == len(made) and (comprehension or rollout.reaches > len(made))):
             # no such iteration; or the one that raised building what it asks (one that
             # raised before, at `local = ...`, is a test failing before its ask, like any:
             # what was sent for it goes unused)
             assert plan is MISSING
     if not raised and len(made) <= LOOP_AHEAD:
-        event("every iteration planned" if MISSING not in planned[: len(made)]
-              else "some not planned")
+        form = "a comprehension" if comprehension else "a for loop"
+        event(f"{form}: every iteration planned" if MISSING not in planned[: len(made)]
+              else f"{form}: some not planned")
 
 
 @contextlib.contextmanager

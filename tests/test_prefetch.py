@@ -1267,9 +1267,10 @@ def test_asks_in_a_loop_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
     """A test that asks in a ``for`` loop — each paraphrase of the case, each style of a
-    module's list, pairs unpacked from a list written in the test — has every iteration's ask
-    sent ahead, the first with its later ones; a case whose list is empty asks nothing and gets
-    nothing sent. Before, such a function was probed (its probes wasted) and ran live."""
+    module's list, pairs unpacked from a list written in the test — or in a list comprehension
+    has every iteration's ask sent ahead, the first with its later ones; a case whose list is
+    empty asks nothing and gets nothing sent. Before, such a function was probed (its probes
+    wasted) and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1299,6 +1300,13 @@ def test_asks_in_a_loop_are_sent_ahead(
         def test_pairs(rollout, case):
             for lang, greeting in [("en", "Hello"), ("zh", "你好")]:
                 rollout.ask(f"{greeting}! {case.prompt}", system=SYSTEMS[lang])
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_comprehension(rollout, case):
+            texts = [rollout.ask(p, system="Be brief.").candidate.text
+                     for p in case.meta["paraphrases"]]
+            assert all(p for p in texts)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1311,8 +1319,8 @@ def test_asks_in_a_loop_are_sent_ahead(
     )  # fmt: skip
     paraphrases = sum(i % 4 for i in range(N_CASES))
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES)
-    _every_call_went_ahead(result, sim, 2 * (paraphrases + 3 * N_CASES + 2 * N_CASES))
+    result.assert_outcomes(passed=4 * N_CASES)
+    _every_call_went_ahead(result, sim, 2 * (2 * paraphrases + 3 * N_CASES + 2 * N_CASES))
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
             "你好! Where is order A-7?"} <= texts
@@ -2544,11 +2552,25 @@ def _loop_over_a_call(rollout, case):
         rollout.ask(text)
 
 
+def _comprehension(rollout, case):
+    texts = [rollout.ask(text, system=case).candidate.text for text in _ITEMS]
+    assert all(text for text in texts)  # `text` bound again: in its own scope
+
+
+def _comprehension_filtered(rollout, case):
+    return [rollout.ask(text) for text in _ITEMS if text != case]
+
+
+def _comprehension_in_a_call(rollout, case):
+    print([rollout.ask(text) for text in _ITEMS])
+
+
 def test_asks_in_a_loop_are_read_from_the_source() -> None:
     """An ask in a ``for`` loop of the test's body is read for each iteration (its target and
-    the names its body assigns once before it); a loop that may not make its asks on every
-    iteration (``break``, ``continue``, an ``else``, a skip) is not, nor one whose target is
-    bound again, nor an ask in a nested loop; ``-v`` names an iterable that is not read."""
+    the names its body assigns once before it), and so is one in a list comprehension that is
+    a statement's value; a loop that may not make its asks on every iteration (``break``,
+    ``continue``, an ``else``, a skip, a comprehension's ``if``) is not, nor one whose target
+    is bound again, nor an ask in a nested loop; ``-v`` names an iterable that is not read."""
     from pytest_modelrollout.asked import (
         LOOP_AHEAD,
         MISSING,
@@ -2583,6 +2605,11 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     rebound = _loop_over_a_parameter_name
     assert first_ask_keywords(rebound, asked(rebound)[0]) is None and later_asks(rebound) == ()
     assert first(_loop_skips_after) == "a" and later_asks(_loop_skips_after) == ()
+    assert first(_comprehension) == "a"
+    later = [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_comprehension)]
+    assert [v for v in later if v is not MISSING] == ["b", "c"]
+    for func in (_comprehension_filtered, _comprehension_in_a_call):
+        assert first(func) is MISSING and later_asks(func) == (), func.__name__
     assert asks_nothing(_loop, {"case": "x"}, {**names, "_ITEMS": []})
     assert not asks_nothing(_loop, {"case": "x"}, names)
     line = _loop_over_a_call.__code__.co_firstlineno + 1

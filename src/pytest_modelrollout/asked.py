@@ -38,6 +38,7 @@ What is read::
     else: rollout.ask(...)                                elif / else (reached_ask)
     for text in case.meta["paraphrases"]:                 an ask in a for loop: each iteration's
         rollout.ask(text)                                 (_loop_of; the first, then later_asks)
+    [rollout.ask(p).candidate.text for p in PROMPTS]      or in a list comprehension
 
 A function the ask calls is read when it is a plain ``def`` (not a closure, a lambda, a
 generator, or a decorated function that wraps another) whose body is only a docstring,
@@ -444,8 +445,8 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
     if found is None:
         expr = reader.read(node.args[0], node.lineno)
         return None if expr is None else (expr, _keywords(reader, node))
-    loop, inner, target = found
-    items = reader.read(loop.iter, loop.lineno)
+    items = reader.read(found.items, found.line)
+    target, inner = found.target, found.reader
     expr = inner.read(node.args[0], node.lineno)
     if items is None or expr is None:
         return None
@@ -461,36 +462,57 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
 LOOP_AHEAD = 16
 
 
+class _Loop(NamedTuple):
+    """A loop of the test's body that makes an ask on each of its iterations (:func:`_loop_of`)."""
+
+    stmt: ast.stmt  # the statement of the test's body it is (a for, or the comprehension's)
+    items: ast.expr  # what it goes over
+    line: int
+    reader: _Reader  # its target's names read as parameters, and the names its body assigns
+    target: str | tuple[str, ...]  # a name, or the names a tuple target unpacks
+
+
 def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
-             node: ast.Call) -> tuple[ast.For, _Reader, str | tuple[str, ...]] | None:
-    """The ``for`` loop of the test's body that makes the ask ``node`` on each of its
-    iterations, a reader of the loop's body (its target's names read as parameters, and the
-    names its body assigns once at its top before the ask) and its target; None when the ask
-    is not in such a loop: one whose target is a name or a tuple of names bound nowhere else
-    and not a parameter, whose body has no ``break``, ``continue`` or ``else``, and whose
-    ask is a statement of its body itself, with nothing before it that may end the test."""
+             node: ast.Call) -> _Loop | None:
+    """The loop of the test's body that makes the ask ``node`` on each of its iterations; None
+    when the ask is not in such a loop. That is a ``for`` statement of the body whose ask is a
+    statement of its own body, with nothing before it there that may end the test (the names
+    that body assigns once before the ask read as it sets them), and no ``break``, ``continue``
+    or ``else``; or a list comprehension that is the value of a statement of the body
+    (``pairs = [rollout.ask(p) for p in case.meta["paraphrases"]]``), of one ``for`` and no
+    ``if``, whose element is the ask (or an attribute or item of its reply). Its target is a
+    name or a tuple of names, bound nowhere else and not a parameter."""
     for stmt in fdef.body:
-        if not isinstance(stmt, ast.For) or not stmt.lineno <= node.lineno <= (
-                stmt.end_lineno or stmt.lineno):
+        if not any(n is node for n in ast.walk(stmt)):
             continue
-        target = stmt.target
-        names = ([target.id] if isinstance(target, ast.Name) else
-                 [t.id for t in target.elts if isinstance(t, ast.Name)]
-                 if isinstance(target, ast.Tuple) else [])
-        if (
-            not names
-            or (isinstance(target, ast.Tuple) and len(names) != len(target.elts))
-            or any(name in reader.args or reader.bound.get(name) != 1 for name in names)
-            or stmt.orelse
-            or any(isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(stmt))
-        ):
+        comprehension = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else None
+        if isinstance(comprehension, ast.ListComp):
+            generator = comprehension.generators[0]
+            element = comprehension.elt
+            while isinstance(element, (ast.Attribute, ast.Subscript)):
+                element = element.value  # rollout.ask(p).candidate.text: the ask's reply
+            if len(comprehension.generators) > 1 or generator.ifs or element is not node:
+                return None
+            target = _target_names(generator.target, reader, scoped=True)
+            if target is None:
+                return None
+            names = set(target if isinstance(target, tuple) else [target])
+            inner = copy.copy(reader)  # its element sees its own target, whatever else binds it
+            inner.args = reader.args | names
+            inner.single = {k: v for k, v in reader.single.items() if k not in names}
+            return _Loop(stmt, generator.iter, stmt.lineno, inner, target)
+        if not isinstance(stmt, ast.For) or stmt.orelse or any(
+                isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(stmt)):
+            return None
+        target = _target_names(stmt.target, reader, scoped=False)
+        if target is None:
             return None
         inner = copy.copy(reader)
-        inner.args = reader.args | set(names)
+        inner.args = reader.args | set(target if isinstance(target, tuple) else [target])
         inner.single = dict(reader.single)
         for child in stmt.body:
             if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
-                return stmt, inner, names[0] if isinstance(target, ast.Name) else tuple(names)
+                return _Loop(stmt, stmt.iter, stmt.lineno, inner, target)
             if _may_end_early(child):
                 return None
             name, value = _simple_assignment(child)
@@ -498,6 +520,23 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
                 inner.single[name] = (child.end_lineno or child.lineno, value)
         return None
     return None
+
+
+def _target_names(target: ast.expr, reader: _Reader,
+                  scoped: bool) -> str | tuple[str, ...] | None:
+    """A loop's target: a name, or a tuple of names; of a ``for`` statement (not ``scoped``, as
+    a comprehension's are), each bound nowhere else in the test and not one of its parameters;
+    None for anything else."""
+    names = [target] if isinstance(target, ast.Name) else (
+        target.elts if isinstance(target, ast.Tuple) else [])
+    if not names or not all(
+        isinstance(n, ast.Name)
+        and (scoped or (n.id not in reader.args and reader.bound.get(n.id) == 1))
+        for n in names
+    ):
+        return None
+    ids = tuple(n.id for n in names if isinstance(n, ast.Name))
+    return ids[0] if isinstance(target, ast.Name) else ids
 
 
 def _is_ask(node: ast.AST) -> TypeGuard[ast.Call]:
@@ -572,11 +611,10 @@ def later_asks(func: Any) -> tuple[LaterAsk, ...]:
         if roles and read is not None and read[1] is not None:
             out.append((roles, read[0], read[1]))
 
+    loops = {id(call): loop for call in calls if (loop := _loop_of(fdef, reader, call))}
     for stmt in fdef.body:
-        if isinstance(stmt, ast.For) and not _may_end_early(stmt):
-            # each iteration's asks, when the loop makes them on every iteration
-            asks = [c for c in calls if _loop_of(fdef, reader, c) is not None
-                    and stmt.lineno <= c.lineno <= (stmt.end_lineno or stmt.lineno)]
+        if not _may_end_early(stmt):  # each iteration's asks of a loop that makes them
+            asks = [c for c in calls if id(c) in loops and loops[id(c)].stmt is stmt]
             for iteration in range(LOOP_AHEAD if asks else 0):
                 for ask in asks:
                     if ask is not first or iteration:
@@ -756,7 +794,7 @@ def _first_ask(func: Any) -> tuple[_Reader, ast.Call, list[ast.expr]] | None:
     parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
     loop = _loop_of(fdef, reader, ask)
     if loop is not None:  # what its loop goes over; its target and names read as it sets them
-        reader, parts = loop[1], [loop[0].iter, *parts]
+        reader, parts = loop.reader, [loop.items, *parts]
     return reader, ask, parts
 
 
@@ -1073,7 +1111,7 @@ def _ask_loops(func: Any) -> tuple[Expr, ...] | None:
     reader, out = _Reader(fdef), []
     for call in calls:
         found = _loop_of(fdef, reader, call) if call.args else None
-        items = None if found is None else reader.read(found[0].iter, found[0].lineno)
+        items = None if found is None else reader.read(found.items, found.line)
         if items is None:
             return None
         out.append(items)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import json
 import math
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -33,7 +34,7 @@ from pytest_modelrollout.providers import anthropic, openai
 from pytest_modelrollout.providers.base import ProviderResponse
 
 SETTINGS = settings(
-    max_examples=200,
+    max_examples=int(__import__('os').environ.get('FUZZ_N', '200')),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -404,17 +405,19 @@ class _Asker:
         self.reached = True
         self.reaches += 1
 
-    def ask(self, prompt: Any, **kwargs: Any) -> Any:
+    def ask(self, prompt: Any, **kwargs: Any) -> None:
         self.asked.append(prompt)
         self.kwargs.append(kwargs)
-        return SimpleNamespace(text="reply")
 
 
-_LEAVES = ["p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
+_LEAVES = ["x", "p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
            "'%s'", "'<%s|%d>'", "'%(k)s'", "G_FORMAT", "p_list", "p_tuple",
            "p_list[3]", "p_obj.text", "p_obj.missing", "G_STR", "G_TEMPLATE", "'lit'", "3", "1.5",
            "True", "None", "local", "p_tuple.text", "p_slots.text", "p_computed.text", "p_obj.TEXT",
            "G_CLASS.TEXT"]  # fmt: skip
+# what a comprehension goes over (its target is x; x as a leaf reads it)
+_iterables = st.sampled_from(["p_list", "p_dict", "G_DICT", "p_dict.items()", "G_DICT.keys()",
+                              "p_str", "[p_str, 'x']", "p_tuple"])
 _expr_sources = st.recursive(
     st.sampled_from(_LEAVES),
     lambda inner: st.one_of(
@@ -445,6 +448,23 @@ _expr_sources = st.recursive(
         st.builds(lambda d, k, v: f"{d}.get({k}, {v})", st.sampled_from(["G_DICT", "p_dict"]),
                   inner, inner),
         st.builds(lambda f, a: f"{f}({a})", st.sampled_from(["len", "str"]), inner),
+        # f-string conversions and format specs
+        st.builds(lambda a, spec: f'f"<{{{a}{spec}}}>"', inner,
+                  st.sampled_from(["!r", "!s", "!a", ":>6", ":.2f", ":d", "!r:^9", ":x"])),
+        st.builds(lambda a, b: f'f"<{{{a}:{{{b}}}}}>"', inner,  # a spec read too (not from
+                  st.sampled_from(["p_str", "p_int", "'>4'", "G_STR", "x"])),  # p_float: GBs)
+        # comprehensions, a generator joined, a dict's views
+        st.builds(lambda a, it: f"[{a} for x in {it}]", inner, _iterables),
+        st.builds(lambda it, c: f"[x for x in {it} if {c}]", _iterables, inner),
+        st.builds(lambda a, it: f"'-'.join({a} for x in {it})", inner, _iterables),
+        st.builds(lambda d, m: f"{d}.{m}()", st.sampled_from(["G_DICT", "p_dict", "p_list"]),
+                  st.sampled_from(["keys", "values", "items"])),
+        # the standard library's string builders
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(
+            ["textwrap.dedent", "json.dumps", "inspect.cleandoc"]), inner),
+        st.builds(lambda a, b: f"textwrap.indent({a}, {b})", inner, inner),
+        st.builds(lambda a: f"json.dumps({a}, ensure_ascii=False, sort_keys=True, indent=1)",
+                  inner),
     ),
     max_leaves=6,
 )
@@ -474,7 +494,7 @@ def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
         "    rollout.reach()\n"
         f"    rollout.ask({asked})\n"
     )
-    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": template, "G_CLASS": _Row,
+    names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": template, "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s",
                              "G_DICT": {"k": "from k", "lit": "from lit", 3: "from 3",
                                         True: "from True", "a": ["x", "y"]}}
@@ -542,7 +562,7 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     item = "item" if target == "item" else "(a + b)"
     local = local.replace("local", item)  # the body's name reads the loop's target
     loop = (
-        f"    replies = [rollout.ask({asked.replace('local', local)}, system={system}).text"
+        f"    replies = [rollout.ask({asked.replace('local', local)}, system={system})"
         f" for {target} in {items}]\n"
         if comprehension else
         f"    for {target} in {items}:\n"
@@ -555,7 +575,7 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
         + ("    rollout.ask('before')\n" if first else "")
         + loop
     )
-    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
+    names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s", "G_PAIRS": [("x", "y"), ("中", "文")],
                              "G_DICT": {"k": "from k", "lit": "from lit", "a": ["x", "y"]},
                              "G_LONG": [str(i) for i in range(LOOP_AHEAD + 3)]}  # fmt: skip
@@ -646,7 +666,7 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
            "        rollout.reach()\n"
            f"        {form.format(f'rollout.ask({other}, system={system})')}\n" if orelse else "")
     )  # fmt: skip
-    names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
+    names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s", "G_DICT": {"k": "from k", 3: "3"}}
     params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
               "p_obj": _Row(p_str)}  # fmt: skip
@@ -684,6 +704,8 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
 
 # mostly strings that do not raise, so that most examples get to the ask (_expr_sources
 # makes any form, and most of its sums and items raise somewhere in a function's body)
+# modules the generated code calls into (textwrap.dedent, json.dumps, ...)
+_STDLIB: dict[str, Any] = {"textwrap": textwrap, "json": json, "inspect": inspect}
 _TEXT_LEAVES = ["p_str", "G_STR", "'lit'", "local", "p_obj.text", "p_slots.text",
                 "p_computed.text", "p_dict.get('k', 'none')", "G_DICT.get(p_str, G_STR)", "p_int",
                 "p_tuple.text", "p_obj.TEXT", "p_list"]  # fmt: skip
@@ -762,7 +784,7 @@ def test_what_prefetch_reads_from_a_function_the_test_calls_is_what_it_returns(
         assume(False)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     try:
-        names: dict[str, Any] = {"G_STR": "Customer message", "G_TEMPLATE": "{}",
+        names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": "{}",
                                  "G_CLASS": _Row, "G_FORMAT": "Customer (%s): %s",
                                  "G_DICT": {"k": "from k", "lit": "from lit", 3: "from 3"}}
         params = {"p_str": p_str, "p_int": p_int, "p_float": p_float, "p_bool": p_bool,

@@ -2618,15 +2618,74 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
         f"`sorted(_ITEMS)` at line {line} cannot be read without running it")
 
 
+def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read() -> None:
+    """Prompts built from a case's lists and dicts: a comprehension, a generator joined, a
+    dict's ``items()`` / ``keys()`` / ``values()`` gone over, f-string conversions and format
+    specs, ``textwrap.dedent`` / ``indent``, ``inspect.cleandoc``, ``json.dumps``: worked out
+    as they run. A width read from the data that would take gigabytes is not formatted (the
+    collection must not run out of memory on a case's bad value); nor is a ``json.dumps``
+    with a ``default`` of the user's, or a view passed on as a value."""
+    import inspect as inspect_module
+    import textwrap
+
+    from pytest_modelrollout.asked import MISSING, _Reader, evaluate
+
+    names = {"textwrap": textwrap, "json": json, "inspect": inspect_module,
+             "dedent": textwrap.dedent, "SHOTS": [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}]}
+    meta = {"lang": "zh", "tags": ["late", "vip"], "score": 0.8765, "order": {"id": "A-1"}}
+
+    def planned(call: str, **params: Any) -> Any:
+        fdef = ast.parse(f"def t({', '.join(params)}):\n    return {call}\n").body[0]
+        assert isinstance(fdef, ast.FunctionDef)
+        statement = fdef.body[0]
+        assert isinstance(statement, ast.Return) and statement.value is not None
+        expr = _Reader(fdef).read(statement.value, 2)
+        assert expr is not None, call
+        return evaluate(expr, params, names)
+
+    for call in [
+        "'\\n'.join(f'- {tag}' for tag in meta['tags'])",
+        "'\\n\\n'.join(f\"Q: {s['q']}\\nA: {s['a']}\" for s in SHOTS) + '\\nQ: ' + q",
+        "[tag.upper() for tag in meta['tags'] if tag != 'late']",
+        "', '.join(f'{k}={v!r}' for k, v in meta.items() if k in ('lang', 'score'))",
+        "', '.join(meta.keys()) + str(len(meta.values()))",
+        "f\"{meta['score']:.2f} {meta['lang']!r:>6} {q:*^{width}}\"",
+        "textwrap.dedent(f\'\'\'\n    Customer: {q}\n      (vip)\n    \'\'\')",
+        "dedent('  a\\n  b') + inspect.cleandoc('  c\\n    d') + textwrap.indent(q, '> ')",
+        "json.dumps(meta, ensure_ascii=False, sort_keys=True)",
+        "json.dumps(meta['order'], indent=2, separators=(',', ': '))",
+    ]:
+        params = {"meta": meta, "q": "Where is it?", "width": 20}
+        expected = eval(call, {**names}, params)  # as the test computes it
+        assert planned(call, **params) == expected, call
+    for call, params in [
+        ("f'{q:{width}}'", {"q": "x", "width": 10**10}),  # would allocate 10 GB
+        ("f'{q:.{width}f}'", {"q": 1.5, "width": 10**9}),
+        ("'{:{}}'.format(q, width)", {"q": "x", "width": 5}),  # a width from the arguments
+        ("'%*s' % (width, q)", {"q": "x", "width": 5}),
+        ("('%' + str(width) + 's') % q", {"q": "x", "width": 10**10}),
+        ("json.dumps(meta, default=str)", {"meta": meta}),  # default: the user's code
+        ("json.dumps(meta)", {"meta": {"when": object()}}),
+        ("meta.keys()", {"meta": meta}),  # a view is gone over, not passed on
+        ("[meta.keys()]", {"meta": meta}),
+        ("meta.items()[0]", {"meta": meta}),  # a TypeError when it runs
+        ("[t for t in meta]", {"meta": 3}),  # not iterable
+        ("[a + b for a, b in meta]", {"meta": [["x", "y", "z"]]}),  # does not unpack
+    ]:
+        assert planned(call, **params) is MISSING, call
+
+
 def _reads_a_logged(rollout, case):
     rollout.ask(_logged(case))
 
 
 def _templated(rollout, text, n, row):
-    rollout.ask(f"{text!r} is not planned")  # a conversion
-    rollout.ask(f"{text:>20} is not planned")  # a format spec
     rollout.ask(f"{text.split()} is not planned")  # a method that is not read
     return rollout.ask(f"Say {row['word']} {n} times: {text}")
+
+
+def _specified(rollout, text, n):
+    return rollout.ask(f"{text!r:>12} x{n:03d}")  # a conversion, format specs
 
 
 def test_f_strings_of_parameters_are_read_from_the_source() -> None:
@@ -2639,6 +2698,9 @@ def test_f_strings_of_parameters_are_read_from_the_source() -> None:
     params = {"text": "hello", "n": 3, "row": {"word": "hi"}}
     assert evaluate(fstring, params, {}) == "Say hi 3 times: hello"
     assert evaluate(fstring, {**params, "n": [3]}, {}) is MISSING  # strings and numbers only
+    (specified,) = asked(_specified)
+    assert evaluate(specified, {"text": "hi", "n": 7}, {}) == "        'hi' x007"
+    assert evaluate(specified, {"text": "hi", "n": "7"}, {}) is MISSING  # a ValueError
 
 
 TEMPLATE = "Answer in {lang}: {question}"
@@ -2649,7 +2711,7 @@ def _built(rollout, case, row, n):
     intro: str = PREFIX + case.prompt
     prompt = f"{intro} (ticket {n})"
     for turn in row["turns"]:
-        rollout.ask(turn)  # a loop variable: not read
+        rollout.ask(turn)  # a loop's target: read for its first iteration
     rollout.ask(undefined)  # noqa: F821 (neither a parameter nor the module's)
     rollout.ask(TEMPLATE.format(question=row["q"], lang="English"))
     rollout.ask(TEMPLATE.format(*row["turns"]))  # *args: not read
@@ -2678,6 +2740,7 @@ def test_local_names_module_names_sums_and_templates_are_read_from_the_source() 
     params = {"case": case, "row": {"q": "Why?", "turns": ["a", "b"]}, "n": 7}
     got = [evaluate(e, params, globals()) for e in asked(_built)]
     assert got == [
+        "a",  # the loop's first iteration
         MISSING,  # `undefined`: not a name of the module
         "Answer in English: Why?",
         [{"role": "system", "content": PREFIX},
@@ -2686,7 +2749,7 @@ def test_local_names_module_names_sums_and_templates_are_read_from_the_source() 
         "Customer message: Where is my order? (ticket 7)",
     ]  # fmt: skip
     assert all(first_ask_keywords(_built, e) == () for e in asked(_built))
-    assert evaluate(asked(_built)[1], {**params, "row": {}}, globals()) is MISSING
+    assert evaluate(asked(_built)[2], {**params, "row": {}}, globals()) is MISSING
     plus = ("add", ("param", "prompt"), ("const", "!"))
     assert asked(_late) == [plus]
     assert first_ask_keywords(_late, plus) is None  # the parameter is bound again: probed

@@ -24,6 +24,10 @@ What is read::
     rollout.ask(TEMPLATE.format(question=row["q"]))       str.format and other str methods
     rollout.ask("\\n".join([INTRO, case.prompt]))         ("\\n".join, .strip(), .lower(), ...)
     ask(x, system=case.meta.get("system", DEFAULT))       a dict's get; len(...), str(...)
+    rollout.ask(f"{case.prompt!r} ({score:.2f})")         an f-string's conversion and spec
+    "\n".join(f"- {t}" for t in case.meta["tags"])       a comprehension, a generator joined,
+    ", ".join(f"{k}={v}" for k, v in meta.items())        a dict's items() / keys() / values()
+    textwrap.dedent(...), json.dumps(case.meta)           the standard library's builders
     rollout.ask(build_prompt(case, channel="email"))      a call of a function of the module,
     rollout.ask(prompts.build(case))                      or of a module it imports, worked out
                                                           from that function's source (_run)
@@ -44,9 +48,9 @@ A function the ask calls is read when it is a plain ``def`` (not a closure, a la
 generator, or a decorated function that wraps another) whose body is only a docstring,
 ``name = value`` / ``name += value``, ``if`` / ``elif`` / ``else``, ``return`` and ``pass``,
 each read as above; its arguments, defaults and the names it assigns are its parameters, set
-as its statements run. Anything else (a call of another method or a builtin, a conversion or
-format spec in an f-string, a name bound under a condition in the test, a loop that may
-``break``, a loop in a function) is not read: that ask is not planned.
+as its statements run. Anything else (a call of another method or a builtin, a name bound
+under a condition in the test, a loop that may ``break``, a loop in a function) is not read:
+that ask is not planned.
 """
 
 from __future__ import annotations
@@ -56,12 +60,15 @@ import copy
 import functools
 import inspect
 import itertools
+import json
 import operator
 import os
+import re
+import string
 import textwrap
 import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeGuard
 
 from . import templates
@@ -98,6 +105,11 @@ from ._records import Role
 #   ("cmp", op, expr, expr)        ==, !=, in, not in, is None, is not None
 #   ("each", target, expr, i, expr) the last expr in iteration i of `for target in expr:` (a
 #                                  name, or a tuple of names to unpack): an ask in a loop
+#   ("comp", target, expr, expr, (expr, ...))
+#                                  [elt for target in items if cond...]: a list (also a
+#                                  generator's, as "sep".join's argument)
+#   ("fmt", expr, conversion, expr?) an f-string's {value!r:spec} (conversion: ord("r"),
+#                                  ord("s"), ord("a") or -1; spec: an "fstr", or None)
 Expr = tuple[Any, ...]
 Keywords = tuple[tuple[str, Expr], ...]  # an ask's keyword arguments: (name, value), ...
 
@@ -105,6 +117,7 @@ MISSING: Any = templates.MISSING  # a value not known without running the user's
 _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
 # what a condition may test (exact types: their truth and comparisons run no user code)
 _PLAIN = (str, int, float, bool, type(None))
+_CONVERSIONS = (-1, ord("s"), ord("r"), ord("a"))  # none, !s, !r, !a
 _COMPARED = {ast.Eq: "==", ast.NotEq: "!=", ast.In: "in", ast.NotIn: "not in",
              ast.Is: "is", ast.IsNot: "is not", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
              ast.GtE: ">="}
@@ -120,7 +133,8 @@ STR_METHODS = frozenset({
     "startswith", "endswith", "isdigit", "isdecimal", "isnumeric", "isalpha", "isalnum",
     "isspace", "islower", "isupper", "isascii",
 })  # fmt: skip
-DICT_METHODS = frozenset({"get"})  # read of a dict: case.meta.get("system", DEFAULT)
+# read of a dict: case.meta.get("system", DEFAULT), case.meta.items() (to go over)
+DICT_METHODS = frozenset({"get", "items", "keys", "values"})
 _METHODS = STR_METHODS | DICT_METHODS | templates.METHODS
 
 
@@ -242,7 +256,9 @@ class _Reader:
                 return None
             return ("cmp", compared, left, right)
         if isinstance(node, ast.Call):
-            return self._call(node, sub)
+            return self._call(node, sub, line, depth)
+        if isinstance(node, ast.ListComp):
+            return self._comprehension(node, sub, line, depth)
         if isinstance(node, (ast.List, ast.Tuple)):
             items = [sub(x) for x in node.elts]  # a *starred one is not read
             return ("list", tuple(items)) if all(x is not None for x in items) else None
@@ -274,23 +290,62 @@ class _Reader:
         for value in node.values:
             if isinstance(value, ast.Constant) and isinstance(value.value, str):
                 parts.append(("const", value.value))
-            elif (
-                isinstance(value, ast.FormattedValue)
-                and value.conversion == -1
-                and value.format_spec is None
-                and (part := sub(value.value)) is not None
-            ):
-                parts.append(part)
-            else:
+                continue
+            if not isinstance(value, ast.FormattedValue) or value.conversion not in _CONVERSIONS:
                 return None
+            part = sub(value.value)
+            spec = value.format_spec
+            spec_expr = None if spec is None else (
+                self._fstring(spec, sub) if isinstance(spec, ast.JoinedStr) else None)
+            if part is None or (spec is not None and spec_expr is None):
+                return None
+            if value.conversion != -1 or spec_expr is not None:  # {score:.2f}, {name!r}
+                part = ("fmt", part, value.conversion, spec_expr)
+            parts.append(part)
         return ("fstr", tuple(parts))
 
-    def _call(self, node: ast.Call, sub: Any) -> Expr | None:
+    def scoped(self, target: str | tuple[str, ...]) -> _Reader:
+        """A reader of a loop's or a comprehension's body: its target's names read as
+        parameters (set for each iteration), not as what the test assigns them elsewhere."""
+        names = {target} if isinstance(target, str) else set(target)
+        inner = copy.copy(self)
+        inner.args = self.args | names
+        inner.single = {k: v for k, v in self.single.items() if k not in names}
+        return inner
+
+    def _comprehension(self, node: ast.ListComp | ast.GeneratorExp, sub: Any, line: int,
+                       depth: int) -> Expr | None:
+        """``[elt for target in items if cond]``: one ``for``, its ``if``s read as
+        conditions."""
+        if len(node.generators) != 1 or node.generators[0].is_async:
+            return None
+        generator = node.generators[0]
+        target = _target_names(generator.target, self, scoped=True)
+        items = sub(generator.iter)
+        if target is None or items is None:
+            return None
+        inner = self.scoped(target)
+        element = inner.read(node.elt, line, depth + 1)
+        conditions = [inner.read(c, line, depth + 1) for c in generator.ifs]
+        if element is None or any(c is None for c in conditions):
+            return None
+        return ("comp", target, items, element, tuple(conditions))
+
+    def _call(self, node: ast.Call, sub: Any, line: int, depth: int) -> Expr | None:
         """``text.method(...)`` for a method in :data:`STR_METHODS`, ``mapping.get(...)``, or
         a call of a function named in the module (``build_prompt(case)``,
         ``prompts.build(case)``): positional and keyword arguments, no ``*`` / ``**`` (but a
         ``**mapping`` for a template: ``TEMPLATE.render(**case.meta)``)."""
         func = node.func
+        if (
+            isinstance(func, ast.Attribute) and func.attr == "join" and len(node.args) == 1
+            and isinstance(node.args[0], ast.GeneratorExp)
+        ):  # "\n".join(f"- {tag}" for tag in tags): its generator read as a list
+            items = self._comprehension(node.args[0], sub, line, depth)
+            receiver = sub(func.value)
+            if items is None or receiver is None or node.keywords:
+                return None
+            return ("method", receiver, "join", (items,), ())
         args = [sub(a) for a in node.args]
         kwargs = [(k.arg, sub(k.value)) for k in node.keywords]
         starred = isinstance(func, ast.Attribute) and func.attr in templates.STARRED
@@ -380,6 +435,10 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[1], expr[2])
     if kind == "each":
         return (expr[2], expr[4])
+    if kind == "comp":
+        return (expr[2], expr[3], *expr[4])
+    if kind == "fmt":
+        return (expr[1],) if expr[3] is None else (expr[1], expr[3])
     if kind == "method":
         return (expr[1], *expr[3], *(value for _, value in expr[4]))
     if kind == "call":
@@ -393,9 +452,10 @@ def params_read(expr: Expr) -> set[str]:
     """The parameters ``expr`` reads."""
     if expr[0] == "param":
         return {expr[1]}
-    if expr[0] == "each":  # the loop's target is no parameter of the test
+    if expr[0] in ("each", "comp"):  # the loop's target is no parameter of the test
         target = {expr[1]} if isinstance(expr[1], str) else set(expr[1])
-        return params_read(expr[2]) | (params_read(expr[4]) - target)
+        inside = set().union(*(params_read(child) for child in _children(expr)[1:]))
+        return params_read(expr[2]) | (inside - target)
     return set().union(*(params_read(child) for child in _children(expr)))
 
 
@@ -495,21 +555,15 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
                 return None
             target = _target_names(generator.target, reader, scoped=True)
             if target is None:
-                return None
-            names = set(target if isinstance(target, tuple) else [target])
-            inner = copy.copy(reader)  # its element sees its own target, whatever else binds it
-            inner.args = reader.args | names
-            inner.single = {k: v for k, v in reader.single.items() if k not in names}
-            return _Loop(stmt, generator.iter, stmt.lineno, inner, target)
+                return None  # (its element sees its own target, whatever else binds it)
+            return _Loop(stmt, generator.iter, stmt.lineno, reader.scoped(target), target)
         if not isinstance(stmt, ast.For) or stmt.orelse or any(
                 isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(stmt)):
             return None
         target = _target_names(stmt.target, reader, scoped=False)
         if target is None:
             return None
-        inner = copy.copy(reader)
-        inner.args = reader.args | set(target if isinstance(target, tuple) else [target])
-        inner.single = dict(reader.single)
+        inner = reader.scoped(target)
         for child in stmt.body:
             if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
                 return _Loop(stmt, stmt.iter, stmt.lineno, inner, target)
@@ -957,7 +1011,7 @@ def _fixture_result(func: Any, params: dict[str, Any], allowed: set[str]) -> Any
         value = _run(read[0], dict(params), module_names(func))
     except _RAISED:
         return MISSING
-    return MISSING if value is _FELL_THROUGH else value
+    return MISSING if value is _FELL_THROUGH or type(value) is _View else value
 
 
 def fixture_value(func: Any, param: Any) -> Any:
@@ -990,9 +1044,10 @@ def evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     being ``names`` (its ``__globals__``); :data:`MISSING` when it cannot be known without
     running code."""
     try:
-        return _evaluate(expr, params, names)
+        value = _evaluate(expr, params, names)
     except _RAISED:
         return MISSING  # str.format with a field its arguments do not have, say
+    return MISSING if type(value) is _View else value  # a view is only gone over, not passed
 
 
 # what evaluating raises where the code it reads would raise too (the value is then not known)
@@ -1010,8 +1065,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     if kind in ("list", "dict"):
         keys = [k for k, _ in expr[1]] if kind == "dict" else None
         values = [_evaluate(child, params, names) for child in _children(expr)]
-        if any(v is MISSING for v in values):
-            return MISSING
+        if any(v is MISSING or type(v) is _View for v in values):
+            return MISSING  # (a view is only gone over)
         return dict(zip(keys, values, strict=True)) if keys is not None else values
     if kind in ("attr", "item"):
         base = _evaluate(expr[1], params, names)
@@ -1038,7 +1093,7 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
             values = value if type(value) is list else MISSING
         else:
             values = value if type(value) in _TEXT else MISSING
-        if type(template) is not str or values is MISSING:
+        if type(template) is not str or values is MISSING or _wide_percent(template):
             return MISSING
         if type(values) is not list:
             return str.__mod__(template, values)
@@ -1049,6 +1104,10 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _condition(expr, params, names)
     if kind == "each":
         return _iteration(expr, params, names)
+    if kind == "comp":
+        return _comprehension(expr, params, names)
+    if kind == "fmt":
+        return _formatted(expr, params, names)
     if kind == "call":
         return _returned(expr, params, names)
     if kind == "div":
@@ -1062,6 +1121,12 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return templates.method(receiver, expr[2], values[:n],
                                 {k: v for k, v in keywords if k is not None},
                                 [v for k, v in keywords if k is None])
+    if kind == "method" and expr[2] in _VIEWS:  # d.items(): what a loop or a join goes over
+        mapping = _evaluate(expr[1], params, names)
+        if expr[3] or expr[4] or not issubclass(type(mapping), dict) or _lookup(
+                type(mapping), expr[2]) is not getattr(dict, expr[2]):
+            return MISSING
+        return _View(tuple(getattr(dict, expr[2])(mapping)))
     if kind == "method" and expr[2] in DICT_METHODS:
         mapping, key, *rest = (_evaluate(child, params, names) for child in _children(expr))
         if any(value is MISSING for value in rest):
@@ -1072,10 +1137,11 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
             return MISSING  # not a dict, or one whose get is its own
         return dict.get(mapping, key, *rest)
     texts = [_evaluate(child, params, names) for child in _children(expr)]
-    if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) is list:
-        # "sep".join([...]) of strings
-        ok = type(texts[0]) is str and all(type(t) is str for t in texts[1])
-        return str.join(texts[0], texts[1]) if ok else MISSING
+    if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) in (
+            list, _View):  # "sep".join([...]) of strings, or of a dict's keys
+        parts = texts[1].items if type(texts[1]) is _View else texts[1]
+        ok = type(texts[0]) is str and all(type(t) is str for t in parts)
+        return str.join(texts[0], parts) if ok else MISSING
     if any(type(t) not in _TEXT for t in texts):
         return MISSING  # strings and numbers only: their formatting runs no user code
     if kind == "fstr":
@@ -1084,6 +1150,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return str.__add__(*texts) if all(type(t) is str for t in texts) else MISSING
     # "method": the string, then the method's positional and keyword arguments
     text, n = texts[0], len(expr[3])
+    if expr[2] == "format" and type(text) is str and _wide_format(text):
+        return MISSING
     kwargs = dict(zip((k for k, _ in expr[4]), texts[1 + n :], strict=True))
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
@@ -1126,6 +1194,8 @@ def _item_at(value: Any, index: int) -> Any:
     (its keys), read with the built-ins' own methods; :data:`_NO_ITEM` when it has fewer
     items, :data:`MISSING` for anything else."""
     kind = type(value)
+    if kind is _View:
+        return value.items[index] if index < len(value.items) else _NO_ITEM
     if issubclass(kind, dict):
         return next(itertools.islice(dict.__iter__(value), index, None), _NO_ITEM)
     for base in (list, tuple):
@@ -1138,18 +1208,120 @@ def _iteration(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     """``("each", target, items, i, value)``: ``value`` with the loop's target set to the
     ``i``-th item of a list, a tuple or a dict (its keys), as ``for`` sets it; :data:`MISSING`
     when there is no such item (the loop asks no more), or it cannot be unpacked."""
-    target = expr[1]
     element = _item_at(_evaluate(expr[2], params, names), expr[3])
-    if element is MISSING or element is _NO_ITEM:
-        return MISSING
+    bound = None if element is MISSING or element is _NO_ITEM else _bind(expr[1], element)
+    return MISSING if bound is None else _evaluate(expr[4], {**params, **bound}, names)
+
+
+def _bind(target: str | tuple[str, ...], element: Any) -> dict[str, Any] | None:
+    """What a loop's target is set to for one item (a tuple target unpacks a list or a tuple
+    of as many); None when it cannot be."""
     if isinstance(target, str):
-        bound = {target: element}
-    else:
-        parts = _elements(element)
-        if parts is None or len(parts) != len(target):
+        return {target: element}
+    parts = _elements(element)
+    if parts is None or len(parts) != len(target):
+        return None  # a ValueError when it runs
+    return dict(zip(target, parts, strict=True))
+
+
+_COMPREHENDED = 10_000  # the most items a comprehension is worked out over
+
+
+def _comprehension(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """``("comp", target, items, element, conditions)``: the list it makes, as Python does."""
+    target, items, element, conditions = expr[1:]
+    values = _iterated(_evaluate(items, params, names))
+    if values is None or len(values) > _COMPREHENDED:
+        return MISSING
+    out = []
+    for value in values:
+        bound = _bind(target, value)
+        if bound is None:
             return MISSING
-        bound = dict(zip(target, parts, strict=True))
-    return _evaluate(expr[4], {**params, **bound}, names)
+        local = {**params, **bound}
+        kept = True
+        for condition in conditions:
+            test = _truth(_evaluate(condition, local, names))
+            if test is MISSING:
+                return MISSING
+            if not test:
+                kept = False
+                break
+        if kept:
+            made = _evaluate(element, local, names)
+            if made is MISSING or type(made) is _View:
+                return MISSING
+            out.append(made)
+    return out
+
+
+def _formatted(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """``("fmt", value, conversion, spec)``: an f-string's ``{value!r:spec}`` of a string,
+    number, bool or None (their ``repr`` and ``format`` are the built-ins')."""
+    value = _evaluate(expr[1], params, names)
+    spec = "" if expr[3] is None else _evaluate(expr[3], params, names)
+    if type(value) not in _PLAIN or type(spec) is not str or _wide(spec):
+        return MISSING
+    conversion = _CONVERTED.get(expr[2])
+    return format(value if conversion is None else conversion(value), spec)
+
+
+_CONVERTED: dict[int, Callable[[Any], str]] = {ord("s"): str, ord("r"): repr, ord("a"): ascii}
+
+# The widest field and the longest precision a plan formats: a width read from the data
+# (f"{text:{width}}") could ask for gigabytes; the test would then fail on its own, but
+# collecting must not. Past this the ask is not planned.
+_WIDEST = 10_000
+_DIGITS = re.compile(r"\d+")
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?")
+
+
+def _wide(spec: str) -> bool:
+    """Whether a format spec asks for a field or precision wider than :data:`_WIDEST`."""
+    return any(len(run) > 5 or int(run) > _WIDEST for run in _DIGITS.findall(spec))
+
+
+def _wide_format(template: str) -> bool:
+    """:func:`_wide` of a ``str.format`` template's fields, or a field's spec that takes a
+    width from the arguments (``{:{}}``); a template that does not parse is for ``format`` to
+    refuse."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError:
+        return False
+    return any(spec is not None and ("{" in spec or _wide(spec)) for _, _, spec, _ in fields)
+
+
+def _wide_percent(template: str) -> bool:
+    """The same for a ``%`` template (``*`` takes a width from the values)."""
+    for match in _PERCENT_SPEC.finditer(template.replace("%%", "")):
+        for part in match.groups():
+            if part and (part == "*" or _wide(part)):
+                return True
+    return False
+
+
+class _View:
+    """A dict's ``keys()``, ``values()`` or ``items()``, for what goes over it (a loop, a
+    comprehension, ``join``, ``len``); not indexed, as a view is not."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: tuple[Any, ...]) -> None:
+        self.items = items
+
+
+_VIEWS = frozenset({"items", "keys", "values"})
+
+
+def _iterated(value: Any) -> list[Any] | None:
+    """The items ``for`` goes over in a list, a tuple, a dict (its keys) or a dict's view;
+    None for anything else."""
+    if type(value) is _View:
+        return list(value.items)
+    if issubclass(type(value), dict):
+        return list(dict.__iter__(value))
+    return _elements(value)
 
 
 # -- the module's functions --------------------------------------------------------------------
@@ -1172,6 +1344,8 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _builtin(expr[1][1], args, kwargs)  # len(...), str(...): not the module's own
     if issubclass(type(function), type):  # Path(...), string.Template(...): of the library
         return templates.construct(function, args, kwargs)
+    if function in _pure_functions():  # textwrap.dedent(...), json.dumps(...)
+        return _pure(function, args, kwargs)
     if function is MISSING and expr[1][0] == "attr" and expr[1][1][0] == "param":
         # self.build(case) in a test class: self is read as the class (see prefetch), and a
         # plain function in it is the method, called with the class for self
@@ -1202,6 +1376,49 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
 _BUILTINS = frozenset({"len", "str"})
 
 
+@functools.lru_cache(maxsize=1)
+def _pure_functions() -> frozenset[Any]:
+    """Functions of the standard library that build a prompt from strings (and ``json.dumps``
+    from plain data) and run no code of the user's: called as they are."""
+    return frozenset({textwrap.dedent, textwrap.indent, inspect.cleandoc, json.dumps})
+
+
+_JSON_OPTIONS = {"ensure_ascii": (bool,), "sort_keys": (bool,), "indent": (int, str, type(None)),
+                 "separators": (list, tuple)}
+
+
+def _pure(function: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """``textwrap.dedent(text)``, ``inspect.cleandoc(text)``, ``textwrap.indent(text,
+    prefix)`` of strings; ``json.dumps(data, ensure_ascii=..., indent=..., sort_keys=...,
+    separators=...)`` of strings, numbers, None, lists, tuples and dicts (its ``default``
+    would call code of the user's)."""
+    if function is json.dumps:
+        ok = (
+            len(args) == 1 and _plain_data(args[0], 0)
+            and all(type(v) in _JSON_OPTIONS.get(k, ()) for k, v in kwargs.items())
+            and all(type(x) is str for x in kwargs.get("separators", ()))
+        )
+        return json.dumps(args[0], **kwargs) if ok else MISSING
+    wanted = 2 if function is textwrap.indent else 1
+    if kwargs or len(args) != wanted or any(type(a) is not str for a in args):
+        return MISSING
+    return function(*args)
+
+
+def _plain_data(value: Any, depth: int) -> bool:
+    """Strings, numbers, None, and lists, tuples and dicts of those (exact types)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth > _DEPTH:
+        return False
+    if kind in (list, tuple):
+        return all(_plain_data(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(type(k) in _PLAIN and _plain_data(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """``len(x)`` of a str, list, tuple or dict; ``str(x)`` of a str, number, bool or None."""
     if kwargs or len(args) != 1:
@@ -1210,6 +1427,8 @@ def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     if name == "str":
         return str(value) if type(value) in _PLAIN else MISSING
     kind = type(value)
+    if kind is _View:
+        return len(value.items)
     for base in (str, dict, list, tuple):  # its own __len__, not a subclass's
         if issubclass(kind, base) and _lookup(kind, "__len__") is base.__len__:
             return base.__len__(value)
@@ -1384,6 +1603,8 @@ def _attribute(base: Any, name: str) -> Any:
     whose class reads its attributes its own way (a ``__getattribute__`` in Python)."""
     if issubclass(type(base), type):  # not isinstance: it may read base.__class__
         return _class_attribute(base, name)
+    if type(base) is _View:
+        return MISSING  # a view has no attributes but its methods
     if templates.is_path(base):  # PROMPTS.parent, path.stem: pathlib's own properties
         return templates.path_attribute(base, name)
     cls = type(base)

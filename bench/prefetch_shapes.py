@@ -30,7 +30,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   chosen by the case;
 - ``string.Template``: ``rollout.ask(NOTE.substitute(case.meta, message=case.prompt))``;
 - ``asks in a loop``: ``for style in ("brief", "formal"): rollout.ask(f"{case.prompt}
-  (answer: {style})")``: twice the calls of ``plain`` (so about 2x its time at best).
+  (answer: {style})")``: twice the calls of ``plain`` (so about 2x its time at best);
+- ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
+  case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -142,6 +144,9 @@ SHAPES: dict[str, Shape] = {
                         PROMPTS + 'NOTE = string.Template("Customer ($lang): $message")\n'),
     "asks in a loop": 'for style in ("brief", "formal"):\n'
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
+    "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
+                       'for s in case.meta["shots"])\n'
+                       '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")
@@ -158,7 +163,9 @@ def write_shape(root: Path, n: int, latency_ms: int, shape: Shape) -> None:
             prompt = (f"我的订单 B-{20000 + i} 什么时候到？它上周就应该到了，我已经等了很久。" if zh
                       else f"Where is my order A-{10000 + i}? It was due last week and I have "
                            "been waiting for a long time.")
-            row = {"id": f"c{i:05d}", "prompt": prompt, "lang": "zh" if zh else "en"}
+            row = {"id": f"c{i:05d}", "prompt": prompt, "lang": "zh" if zh else "en",
+                   "shots": [{"q": f"Where is order A-{10000 + i - k}?", "a": "On its way."}
+                             for k in (1, 2)]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     model = f"latency_ms={latency_ms}&jitter=0.2"
     (root / "pyproject.toml").write_text(

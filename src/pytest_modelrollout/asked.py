@@ -541,7 +541,8 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
     or ``else``; or a list comprehension that is the value of a statement of the body
     (``pairs = [rollout.ask(p) for p in case.meta["paraphrases"]]``), of one ``for`` and no
     ``if``, whose element is the ask (or an attribute or item of its reply). Its target is a
-    name or a tuple of names, bound nowhere else and not a parameter."""
+    name or a tuple of names: a ``for`` statement's bound nowhere else and not a parameter (a
+    comprehension's are its own, whatever else the test binds to them)."""
     for stmt in fdef.body:
         if not any(n is node for n in ast.walk(stmt)):
             continue

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import pathlib
 import stat
 import string
 import sys
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -134,13 +134,10 @@ def _path_method(path: Any, name: str, args: list[Any], kwargs: dict[str, Any]) 
     return MISSING
 
 
-_files_lock = threading.Lock()
-_files: dict[tuple[Any, ...], str] = {}  # (path, its stat, encoding, errors): its text
-
 
 def _read_text(path: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """``path.read_text(encoding=..., errors=...)`` of a regular file no larger than
-    :data:`MAX_FILE`; each file is read once while it stays the same."""
+    :data:`MAX_FILE`; a file is read once while it stays the same (:func:`_file_text`)."""
     if type(path) not in _CONCRETE:
         return MISSING
     try:
@@ -153,16 +150,17 @@ def _read_text(path: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE:
             return MISSING  # a pipe or a device could block; a large file is no prompt
-        key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, encoding, errors)
-        with _files_lock:
-            text = _files.get(key)
-        if text is None:
-            text = path.read_text(encoding=encoding, errors=errors)
-            with _files_lock:
-                _files[key] = text
-        return text
+        return _file_text(os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns,
+                          encoding, errors)
     except (OSError, ValueError, LookupError):  # not there, not decoded, no such encoding
         return MISSING
+
+
+@functools.lru_cache(maxsize=256)
+def _file_text(path: str, inode: int, size: int, mtime_ns: int, encoding: str | None,
+               errors: str | None) -> str:
+    """A prompt file's text, read once while it stays the same (its inode, size and time)."""
+    return pathlib.Path(path).read_text(encoding=encoding, errors=errors)
 
 
 def _read_text_arguments(encoding: Any = None, errors: Any = None) -> tuple[Any, Any]:

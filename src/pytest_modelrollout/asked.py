@@ -942,6 +942,7 @@ def asked(func: Any) -> list[Expr]:
     return [expr for expr, _ in source_asks(func)[0]]
 
 
+@functools.lru_cache(maxsize=1024)  # asked for each item of a function
 def first_ask_keywords(func: Any, expr: Expr) -> Keywords | None:
     """The keyword arguments (``system=``, ``response_format=``, ``temperature=``, ...) of the
     first ``.ask(...)`` on ``expr`` in the test function's source, ``()`` for none; None when

@@ -533,6 +533,19 @@ def _asks_what_was_planned(test: Any, params: dict[str, Any], planned: Any) -> N
         assert rollout.asked == [planned]
 
 
+def _parsed(source: str) -> tuple[Any, Any]:
+    """A generated test's definition and code (an example Python rejects is not one)."""
+    import ast
+
+    try:
+        fdef = ast.parse(source).body[0]
+        code = compile(source, "<test>", "exec")
+    except SyntaxError:
+        assume(False)
+    assert isinstance(fdef, ast.FunctionDef)
+    return fdef, code
+
+
 _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p_str", "p_int",
           "p_obj", "p_dict['k']", "()", "G_LONG"]  # fmt: skip
 
@@ -555,7 +568,6 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     from the target, or in a list comprehension: what prefetch plans for each iteration (the
     first ask, then the later ones) is exactly what the test asks in that iteration, with the
     same keyword arguments; an iteration the loop does not have is not planned."""
-    import ast
 
     from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, read_asks
 
@@ -581,12 +593,7 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
                              "G_LONG": [str(i) for i in range(LOOP_AHEAD + 3)]}  # fmt: skip
     params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
               "p_pairs": p_pairs, "p_obj": _Row(p_str)}
-    try:
-        fdef = ast.parse(source).body[0]
-        code = compile(source, "<test>", "exec")
-    except SyntaxError:
-        assume(False)
-    assert isinstance(fdef, ast.FunctionDef)
+    fdef, code = _parsed(source)
 
     def value(expr: Any, keywords: Any) -> Any:
         if keywords is None:
@@ -653,7 +660,6 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
     the ask that item reaches, with that ask's keyword arguments; with no ``else`` and a false
     condition, nothing (the test asks nothing); a condition it cannot tell plans nothing by
     this way (the asks are then read in source order)."""
-    import ast
 
     from pytest_modelrollout.asked import MISSING, NOT_ASKED, _branching_of, evaluate, reached_in
 
@@ -670,12 +676,7 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
                              "G_FORMAT": "Customer (%s): %s", "G_DICT": {"k": "from k", 3: "3"}}
     params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
               "p_obj": _Row(p_str)}  # fmt: skip
-    try:
-        fdef = ast.parse(source).body[0]
-        code = compile(source, "<test>", "exec")
-    except SyntaxError:
-        assume(False)
-    assert isinstance(fdef, ast.FunctionDef)
+    fdef, code = _parsed(source)
     reached = reached_in(_branching_of(fdef), params, names)
     exec(code, names)
     rollout = _Asker()

@@ -2453,18 +2453,12 @@ def test_functions_of_the_module_are_read_from_their_source() -> None:
     arguments, defaults, keyword-only arguments, ``+=``, ``if``, recursion; what cannot be
     known (a call for its effect, a decorated or cached function, an endless recursion, a dict
     whose ``get`` is its own) is not, and says where."""
-    from pytest_modelrollout.asked import MISSING, _Reader, asked, evaluate, first_ask_unread
+    from pytest_modelrollout.asked import MISSING, asked, first_ask_unread
 
     names = {name: value for name, value in globals().items() if name.startswith("_")}
 
     def value(call: str, **params: Any) -> Any:
-        fdef = ast.parse(f"def t({', '.join(params)}):\n    return {call}\n").body[0]
-        assert isinstance(fdef, ast.FunctionDef)
-        statement = fdef.body[0]
-        assert isinstance(statement, ast.Return) and statement.value is not None
-        expr = _Reader(fdef).read(statement.value, 2)
-        assert expr is not None
-        return evaluate(expr, params, names)
+        return _planned_value(call, names, **params)
 
     assert value("_greeting(name)", name="Ann") == "Hello, Ann!"
     assert value("_greeting(name, '?', lang='zh')", name="安") == "你好，安?"
@@ -2490,6 +2484,20 @@ def test_functions_of_the_module_are_read_from_their_source() -> None:
         f"`_logged(case)` at line {_reads_a_logged.__code__.co_firstlineno + 1} cannot be read "
         f"without running it (in `_logged`, `print(text)` at line {line} is not read)"
     )
+
+
+def _planned_value(call: str, names: dict[str, Any], **params: Any) -> Any:
+    """What prefetch plans for ``rollout.ask(<call>)`` in a test with these parameters and
+    module names (it must read the expression)."""
+    from pytest_modelrollout.asked import _Reader, evaluate
+
+    fdef = ast.parse(f"def t({', '.join(params)}):\n    return {call}\n").body[0]
+    assert isinstance(fdef, ast.FunctionDef)
+    statement = fdef.body[0]
+    assert isinstance(statement, ast.Return) and statement.value is not None
+    expr = _Reader(fdef).read(statement.value, 2)
+    assert expr is not None, f"{call} is not read"
+    return evaluate(expr, params, names)
 
 
 _ITEMS = ["a", "b", "c"]
@@ -2628,20 +2636,14 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
     import inspect as inspect_module
     import textwrap
 
-    from pytest_modelrollout.asked import MISSING, _Reader, evaluate
+    from pytest_modelrollout.asked import MISSING
 
     names = {"textwrap": textwrap, "json": json, "inspect": inspect_module,
              "dedent": textwrap.dedent, "SHOTS": [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}]}
     meta = {"lang": "zh", "tags": ["late", "vip"], "score": 0.8765, "order": {"id": "A-1"}}
 
     def planned(call: str, **params: Any) -> Any:
-        fdef = ast.parse(f"def t({', '.join(params)}):\n    return {call}\n").body[0]
-        assert isinstance(fdef, ast.FunctionDef)
-        statement = fdef.body[0]
-        assert isinstance(statement, ast.Return) and statement.value is not None
-        expr = _Reader(fdef).read(statement.value, 2)
-        assert expr is not None, call
-        return evaluate(expr, params, names)
+        return _planned_value(call, names, **params)
 
     for call in [
         "'\\n'.join(f'- {tag}' for tag in meta['tags'])",

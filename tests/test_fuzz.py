@@ -17,6 +17,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from pytest_modelrollout.providers import anthropic, openai
 from pytest_modelrollout.providers.base import ProviderResponse
 
 SETTINGS = settings(
-    max_examples=int(__import__('os').environ.get('FUZZ_N', '200')),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")),  # longer: FUZZ_EXAMPLES=5000
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -417,7 +418,10 @@ _LEAVES = ["x", "p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['m
            "G_CLASS.TEXT"]  # fmt: skip
 # what a comprehension goes over (its target is x; x as a leaf reads it)
 _iterables = st.sampled_from(["p_list", "p_dict", "G_DICT", "p_dict.items()", "G_DICT.keys()",
-                              "p_str", "[p_str, 'x']", "p_tuple"])
+                              "p_str", "[p_str, 'x']", "p_tuple", "enumerate(p_list)",
+                              "enumerate(p_list, 1)", "zip(p_list, G_DICT)", "sorted(p_list)",
+                              "reversed(p_list)", "range(p_int)", "list(p_dict.items())",
+                              "reversed(enumerate(p_list))", "sorted(G_DICT)"])
 _expr_sources = st.recursive(
     st.sampled_from(_LEAVES),
     lambda inner: st.one_of(
@@ -447,7 +451,8 @@ _expr_sources = st.recursive(
                   inner),  # a dict's get (a str has none)
         st.builds(lambda d, k, v: f"{d}.get({k}, {v})", st.sampled_from(["G_DICT", "p_dict"]),
                   inner, inner),
-        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(["len", "str"]), inner),
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(
+            ["len", "str", "sorted", "list", "tuple", "enumerate", "reversed"]), inner),
         # f-string conversions and format specs
         st.builds(lambda a, spec: f'f"<{{{a}{spec}}}>"', inner,
                   st.sampled_from(["!r", "!s", "!a", ":>6", ":.2f", ":d", "!r:^9", ":x"])),
@@ -547,7 +552,8 @@ def _parsed(source: str) -> tuple[Any, Any]:
 
 
 _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p_str", "p_int",
-          "p_obj", "p_dict['k']", "()", "G_LONG"]  # fmt: skip
+          "p_obj", "p_dict['k']", "()", "G_LONG", "enumerate(p_list)", "zip(p_list, G_LONG)",
+          "range(p_int)", "sorted(p_dict)", "p_dict.items()"]  # fmt: skip
 
 
 @SETTINGS

@@ -2556,7 +2556,7 @@ def _loop_nested(rollout, case):
 
 
 def _loop_over_a_call(rollout, case):
-    for text in sorted(_ITEMS):
+    for text in sorted(_ITEMS, key=len):  # a key function: not called ahead
         rollout.ask(text)
 
 
@@ -2606,7 +2606,7 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     for func in (_loop_breaks, _loop_rebinds, _loop_skips_before, _loop_nested):
         assert first(func) is MISSING, func.__name__
         assert later_asks(func) == (), func.__name__
-    assert first(_loop_over_a_call) is MISSING  # read, but sorted() is not called
+    assert first(_loop_over_a_call) is MISSING  # read, but sorted(key=...) is not called
     assert {evaluate(e, {}, names) for _, e, _ in later_asks(_loop_over_a_call)} == {MISSING}
     assert asked(_loop_with_else) == [("param", "case")]  # only the ask of its else is read
     # a parameter the loop binds again: what it asks is not what was read (at most a probe)
@@ -2623,12 +2623,13 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     line = _loop_over_a_call.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_over_a_call) is None
     assert first_ask_call(_loop_over_a_call) == (
-        f"`sorted(_ITEMS)` at line {line} cannot be read without running it")
+        f"`sorted(_ITEMS, key=len)` at line {line} cannot be read without running it")
 
 
 def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read() -> None:
     """Prompts built from a case's lists and dicts: a comprehension, a generator joined, a
-    dict's ``items()`` / ``keys()`` / ``values()`` gone over, f-string conversions and format
+    dict's ``items()`` / ``keys()`` / ``values()`` gone over, ``enumerate``, ``zip``,
+    ``reversed``, ``sorted``, ``range``, ``list``, ``tuple``, f-string conversions and format
     specs, ``textwrap.dedent`` / ``indent``, ``inspect.cleandoc``, ``json.dumps``: worked out
     as they run. A width read from the data that would take gigabytes is not formatted (the
     collection must not run out of memory on a case's bad value); nor is a ``json.dumps``
@@ -2656,6 +2657,11 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
         "dedent('  a\\n  b') + inspect.cleandoc('  c\\n    d') + textwrap.indent(q, '> ')",
         "json.dumps(meta, ensure_ascii=False, sort_keys=True)",
         "json.dumps(meta['order'], indent=2, separators=(',', ': '))",
+        "'; '.join(f'{i}. {t}' for i, t in enumerate(meta['tags'], 1))",
+        "[a + b for a, b in zip(meta['tags'], reversed(meta['tags']))]",
+        "', '.join(sorted(meta, reverse=True)) + str(len(list(range(2, 9, 3))))",
+        "[str(i) + t for i, t in enumerate(sorted(meta['tags']), start=len(meta))]",
+        "tuple(meta['order'].items())",
     ]:
         params = {"meta": meta, "q": "Where is it?", "width": 20}
         expected = eval(call, {**names}, params)  # as the test computes it
@@ -2673,6 +2679,12 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
         ("meta.items()[0]", {"meta": meta}),  # a TypeError when it runs
         ("[t for t in meta]", {"meta": 3}),  # not iterable
         ("[a + b for a, b in meta]", {"meta": [["x", "y", "z"]]}),  # does not unpack
+        ("len(enumerate(meta))", {"meta": ["a"]}),  # TypeErrors when they run
+        ("reversed(enumerate(meta))", {"meta": ["a"]}),
+        ("enumerate(meta)", {"meta": ["a"]}),  # an iterator is gone over, not passed on
+        ("sorted(meta)", {"meta": [1, "a"]}),
+        ("sorted(meta, key=len)", {"meta": ["a"]}),  # a key function: not read
+        ("[i for i in range(width)]", {"width": 10**6}),  # too long to go over ahead
     ]:
         assert planned(call, **params) is MISSING, call
 

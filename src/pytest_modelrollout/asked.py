@@ -27,6 +27,8 @@ What is read::
     rollout.ask(f"{case.prompt!r} ({score:.2f})")         an f-string's conversion and spec
     "\n".join(f"- {t}" for t in case.meta["tags"])       a comprehension, a generator joined,
     ", ".join(f"{k}={v}" for k, v in meta.items())        a dict's items() / keys() / values()
+    enumerate(steps, 1), zip(a, b), sorted(tags)          enumerate, zip, reversed, sorted,
+                                                          range, list, tuple of those
     textwrap.dedent(...), json.dumps(case.meta)           the standard library's builders
     rollout.ask(build_prompt(case, channel="email"))      a call of a function of the module,
     rollout.ask(prompts.build(case))                      or of a module it imports, worked out
@@ -1304,13 +1306,15 @@ def _wide_percent(template: str) -> bool:
 
 
 class _View:
-    """A dict's ``keys()``, ``values()`` or ``items()``, for what goes over it (a loop, a
-    comprehension, ``join``, ``len``); not indexed, as a view is not."""
+    """A dict's ``keys()``, ``values()`` or ``items()``, or what ``enumerate``, ``zip``,
+    ``reversed`` and ``range`` give: for what goes over it (a loop, a comprehension,
+    ``join``; ``len`` of a view or a range, ``sized``); never indexed or passed on."""
 
-    __slots__ = ("items",)
+    __slots__ = ("items", "sized")
 
-    def __init__(self, items: tuple[Any, ...]) -> None:
+    def __init__(self, items: tuple[Any, ...], sized: bool = True) -> None:
         self.items = items
+        self.sized = sized
 
 
 _VIEWS = frozenset({"items", "keys", "values"})
@@ -1375,7 +1379,9 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return None if value is _FELL_THROUGH else value
 
 
-_BUILTINS = frozenset({"len", "str"})
+_BUILTINS = frozenset({"len", "str", "enumerate", "zip", "reversed", "range", "sorted", "list",
+                       "tuple"})
+_RANGE = 10_000  # the longest range(...) gone over
 
 
 @functools.lru_cache(maxsize=1)
@@ -1422,7 +1428,12 @@ def _plain_data(value: Any, depth: int) -> bool:
 
 
 def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    """``len(x)`` of a str, list, tuple or dict; ``str(x)`` of a str, number, bool or None."""
+    """``len(x)`` of a str, list, tuple or dict; ``str(x)`` of a str, number, bool or None;
+    what goes over a list, a tuple, a dict or a view: ``enumerate(x, start)``, ``zip(a, b,
+    ...)``, ``reversed(x)`` (a list or a tuple), ``sorted(x, reverse=...)`` of strings or of
+    numbers, ``list(x)``, ``tuple(x)``; ``range(...)`` of ints."""
+    if name in _GOING_OVER:
+        return _gone_over(name, args, kwargs)
     if kwargs or len(args) != 1:
         return MISSING
     value = args[0]
@@ -1430,11 +1441,56 @@ def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
         return str(value) if type(value) in _PLAIN else MISSING
     kind = type(value)
     if kind is _View:
-        return len(value.items)
+        return len(value.items) if value.sized else MISSING  # len(enumerate(x)): a TypeError
     for base in (str, dict, list, tuple):  # its own __len__, not a subclass's
         if issubclass(kind, base) and _lookup(kind, "__len__") is base.__len__:
             return base.__len__(value)
     return MISSING
+
+
+_GOING_OVER = frozenset({"enumerate", "zip", "reversed", "range", "sorted", "list", "tuple"})
+
+
+def _gone_over(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """The builtins of :func:`_builtin` that go over their arguments, as Python does."""
+    if name == "range":
+        if kwargs or not 1 <= len(args) <= 3 or any(type(a) is not int for a in args):
+            return MISSING
+        try:
+            numbers = range(*args)
+        except ValueError:  # a step of 0
+            return MISSING
+        return _View(tuple(numbers)) if len(numbers) <= _RANGE else MISSING
+    if name == "enumerate":  # enumerate(x), enumerate(x, 1), enumerate(x, start=1)
+        if not 1 <= len(args) <= 2 or set(kwargs) - {"start"} or (len(args) == 2 and kwargs):
+            return MISSING
+        start, items = kwargs.get("start", args[1] if len(args) == 2 else 0), _iterated(args[0])
+        if type(start) is not int or items is None:
+            return MISSING
+        return _View(tuple(enumerate(items, start)), sized=False)
+    gone_over = [_iterated(a) for a in args]
+    if not gone_over or any(i is None for i in gone_over):
+        return MISSING  # nothing to go over, or not a list, a tuple, a dict or a view
+    if name == "zip":
+        return _View(tuple(zip(*gone_over, strict=False)), sized=False) if not kwargs else MISSING
+    first: list[Any] = gone_over[0] or []
+    if len(args) != 1:
+        return MISSING
+    if name == "reversed":  # a list's, a tuple's, a dict's or a view's (not an iterator's)
+        if kwargs or (type(args[0]) is _View and not args[0].sized):
+            return MISSING
+        return _View(tuple(reversed(first)), sized=False)
+    if name == "sorted":
+        reverse = kwargs.get("reverse", False)
+        if set(kwargs) - {"reverse"} or type(reverse) is not bool:
+            return MISSING  # a key= is a function: not read
+        numeric = all(type(x) in _NUMBER for x in first)
+        if not (numeric or all(type(x) is str for x in first)):
+            return MISSING  # compared as they are only: strings, or numbers
+        return sorted(first, reverse=reverse)
+    if kwargs:
+        return MISSING
+    return list(first) if name == "list" else tuple(first)
 
 
 @functools.lru_cache(maxsize=256)

@@ -2689,6 +2689,31 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
         assert planned(call, **params) is MISSING, call
 
 
+def test_a_parse_that_another_thread_disturbs_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On CPython 3.11 two threads building ASTs at once (pytest rewriting an import's asserts
+    on one, prefetch reading a test on another) can make one of them fail with a SystemError
+    ("AST constructor recursion depth mismatch"); reading a test's source tries again rather
+    than failing the run."""
+    from pytest_modelrollout import asked
+
+    parse, failures = ast.parse, []
+
+    def disturbed(source: str, *args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(source)
+            raise SystemError("AST constructor recursion depth mismatch (before=204, after=225)")
+        return parse(source, *args, **kwargs)
+
+    def test_fresh(rollout, case):  # type: ignore[no-untyped-def]
+        rollout.ask(case.prompt)
+
+    monkeypatch.setattr(asked.ast, "parse", disturbed)
+    fdef = asked._function_def(test_fresh)
+    assert fdef is not None and fdef.name == "test_fresh" and len(failures) == 1
+
+
 def _reads_a_logged(rollout, case):
     rollout.ask(_logged(case))
 

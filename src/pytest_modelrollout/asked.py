@@ -465,8 +465,18 @@ def params_read(expr: Expr) -> set[str]:
 def _function_def(func: Any) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
     """The function's definition, parsed from its source (once: every reading shares it)."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    except (OSError, TypeError, SyntaxError):
+        source = textwrap.dedent(inspect.getsource(func))
+    except (OSError, TypeError):
+        return None
+    for _ in range(3):
+        try:
+            tree = ast.parse(source)
+            break
+        except SyntaxError:
+            return None
+        except SystemError:  # CPython 3.11's AST builder, run by two threads at once (an
+            continue  # import's assertion rewriting in another): "recursion depth mismatch"
+    else:
         return None
     defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     return defs[0] if defs else None

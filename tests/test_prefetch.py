@@ -2510,6 +2510,11 @@ def _loop(rollout, case):
         rollout.ask(text)
 
 
+def _loop_over_a_view(rollout, case):
+    for key, text in case.items():
+        rollout.ask(text, system=key)
+
+
 def _loop_breaks(rollout, case):
     for text in _ITEMS:
         if text == case:
@@ -2619,6 +2624,8 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     for func in (_comprehension_filtered, _comprehension_in_a_call):
         assert first(func) is MISSING and later_asks(func) == (), func.__name__
     assert asks_nothing(_loop, {"case": "x"}, {**names, "_ITEMS": []})
+    assert asks_nothing(_loop_over_a_view, {"case": {}}, names)  # an empty dict's items()
+    assert not asks_nothing(_loop_over_a_view, {"case": {"a": "b"}}, names)
     assert not asks_nothing(_loop, {"case": "x"}, names)
     line = _loop_over_a_call.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_over_a_call) is None

@@ -61,7 +61,6 @@ import ast
 import copy
 import functools
 import inspect
-import itertools
 import json
 import operator
 import os
@@ -1179,7 +1178,15 @@ def asks_nothing(func: Any, params: dict[str, Any], names: Any) -> bool:
     loops = _ask_loops(func)
     if not loops:
         return False
-    return all(_item_at(evaluate(items, params, names), 0) is _NO_ITEM for items in loops)
+    return all(_iterated(_gone_over_value(items, params, names)) == [] for items in loops)
+
+
+def _gone_over_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """What a loop goes over, as :func:`evaluate` gives it but a dict's view kept."""
+    try:
+        return _evaluate(expr, params, names)
+    except _RAISED:
+        return MISSING
 
 
 @functools.lru_cache(maxsize=256)
@@ -1204,18 +1211,12 @@ _NO_ITEM: Any = object()  # _item_at: the loop has no such iteration
 
 
 def _item_at(value: Any, index: int) -> Any:
-    """What ``for`` sets its target to in iteration ``index`` over a list, a tuple or a dict
-    (its keys), read with the built-ins' own methods; :data:`_NO_ITEM` when it has fewer
-    items, :data:`MISSING` for anything else."""
-    kind = type(value)
-    if kind is _View:
-        return value.items[index] if index < len(value.items) else _NO_ITEM
-    if issubclass(kind, dict):
-        return next(itertools.islice(dict.__iter__(value), index, None), _NO_ITEM)
-    for base in (list, tuple):
-        if issubclass(kind, base):
-            return base.__getitem__(value, index) if index < base.__len__(value) else _NO_ITEM
-    return MISSING
+    """What ``for`` sets its target to in iteration ``index`` over what :func:`_iterated`
+    goes over; :data:`_NO_ITEM` when it has fewer items, :data:`MISSING` for anything else."""
+    items = _iterated(value)
+    if items is None:
+        return MISSING
+    return items[index] if index < len(items) else _NO_ITEM
 
 
 def _iteration(expr: Expr, params: dict[str, Any], names: Any) -> Any:

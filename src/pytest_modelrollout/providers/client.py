@@ -244,6 +244,7 @@ class ModelClient:
         # them from the controller's broker (run_limit: the bound across all models) and the
         # worker's own share below is the fallback; without, the worker keeps to its share
         local = share_spec(spec, share)
+        self._workers = share[1] if share is not None else 1
         self.spec = spec if slots is not None else local
         self._slots = slots
         # the broker's keys of this model's limits, and the gates an attempt takes there
@@ -274,8 +275,9 @@ class ModelClient:
             meter=TokenMeter(DEFAULT_MAX_TOKENS if anthropic else None,
                              counts_max_tokens=not anthropic))
         # the pace learned from the provider's 429s, this process's own (each xdist worker
-        # learns its part of a quota from the replies it gets)
-        self.pace = LearnedPace(backoff_scale(self._env))
+        # learns its part of a quota from the replies it gets, and keeps to its share of a
+        # limit the provider states when there is no broker to keep the run to it)
+        self.pace = LearnedPace(backoff_scale(self._env), workers=self._workers)
         self.requests_sent = 0
         # the limits the provider stated in this run's replies (requests a minute, and tokens
         # a minute by kind), kept for the next run (:meth:`ModelRegistry.stated_limits`)
@@ -616,11 +618,17 @@ class ModelClient:
         if self._slots is not None and self._slots.usable:
             if self._remembered_rpm is not None:  # before the first request's steps
                 rpm, self._remembered_rpm = self._remembered_rpm, None
-                await self._slots.remembered(self._slot_key["model"], rpm)
+                if not await self._slots.remembered(self._slot_key["model"], rpm):
+                    self._remembered_rpm = rpm  # out of reach: for this worker's pace, below
             if tokens is None:  # the broker may know limits this worker has not seen
                 tokens = self._tokens.reserve(request, self.spec.params)
             if await self._slots.acquire(self._slot_steps(tokens)):
                 return True, tokens
+        if self._remembered_rpm is not None:
+            # the broker is out of reach from the first request: this worker's share of the
+            # earlier run's limit, on its own pace (:meth:`_take_limits` waits for it)
+            rpm, self._remembered_rpm = self._remembered_rpm, None
+            self.pace.remember(rpm, time.monotonic())
         await self._gate.acquire()
         try:
             if tokens is None and self._tokens.active:

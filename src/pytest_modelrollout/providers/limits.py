@@ -184,8 +184,11 @@ class LearnedPace:
     STATED_SHARE = 0.95  # of a stated limit: room for the provider to recover from a burst
     MIN_PER_S = 1.0 / 60.0
 
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, workers: int = 1) -> None:
         self.scale = scale
+        # the processes that keep to a stated limit each on a pace of their own (the xdist
+        # workers without the controller's broker): each takes its share of it
+        self.workers = max(1, workers)
         self.per_s: float | None = None  # the pace, requests per second (None: not paced)
         self.stated_per_s: float | None = None  # the limit the provider stated
         self.too_fast: float | None = None  # the rate the pace was last cut from
@@ -208,7 +211,7 @@ class LearnedPace:
         a reply of this run states one (higher or lower)."""
         if stated_rpm > 0:
             self.stated_per_s = stated_rpm / 60.0
-            self._set(max(self.MIN_PER_S, self.STATED_SHARE * self.stated_per_s), now)
+            self._set(self._under_stated(self.stated_per_s), now)
             self._remembered = True
 
     def reply(self, now: float, limited: bool, stated_rpm: float | None = None,
@@ -230,13 +233,13 @@ class LearnedPace:
                 self._n429 -= 1
         if stated_rpm is not None and stated_rpm > 0:
             self.stated_per_s = stated_rpm / 60.0
-            below = self.STATED_SHARE * self.stated_per_s
+            below = self._under_stated(self.stated_per_s)
             if not limited and (self.per_s is None or self.per_s > below or (
                     self._remembered and self.per_s != below)):
                 # the provider says its limit with its answers (OpenAI's and Anthropic's do):
                 # keep under it before the first 429 (and the one it states now rather than
                 # an earlier run's)
-                self._set(max(self.MIN_PER_S, below), now)
+                self._set(below, now)
             self._remembered = False
         if limited:
             self._n429 += 1
@@ -254,9 +257,9 @@ class LearnedPace:
 
     def _cut(self, now: float) -> None:
         stated = self.stated_per_s
-        if stated is not None and (self.per_s is None or self.STATED_SHARE * stated < self.per_s):
+        if stated is not None and (self.per_s is None or self._under_stated(stated) < self.per_s):
             self.cuts += 1
-            self._set(max(self.MIN_PER_S, self.STATED_SHARE * stated), now)
+            self._set(self._under_stated(stated), now)
             return
         if self.per_s is None:  # the first time: what the provider let through
             base = self._rate(now, admitted=True)
@@ -280,9 +283,13 @@ class LearnedPace:
         if near is not None and pace < near:
             raised = min(raised, near)
         if self.stated_per_s is not None:
-            raised = min(raised, max(pace, self.STATED_SHARE * self.stated_per_s))
+            raised = min(raised, max(pace, self._under_stated(self.stated_per_s)))
         if raised > pace:
             self._set(raised, now)
+
+    def _under_stated(self, stated_per_s: float) -> float:
+        """The pace that keeps this process's share under a stated limit."""
+        return max(self.MIN_PER_S, self.STATED_SHARE * stated_per_s / self.workers)
 
     def _rate(self, now: float, admitted: bool = False) -> float:
         """Replies a second over the window (``admitted``: those that were not 429s)."""

@@ -197,6 +197,12 @@ class SlotBroker:
                     task.add_done_callback(waiting.discard)
         except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             pass  # a worker that went away, or a line that is not ours: drop the connection
+        except asyncio.CancelledError:
+            # the broker closing: end as a dropped connection does. (Raised on, the task's end
+            # raises again in asyncio's own callback on CPython 3.11, which logs it with a
+            # traceback -- an AST parse on this thread, at the moment pytest may be parsing on
+            # another: CPython 3.11's AST state is shared, and one of them fails, gh-106905.)
+            pass
         finally:
             for task in list(waiting):
                 task.cancel()
@@ -525,11 +531,14 @@ class SlotClient:
                 msg["o"] = reply
             self._send(msg)
 
-    async def remembered(self, key: str, rpm: float) -> None:
+    async def remembered(self, key: str, rpm: float) -> bool:
         """The requests a minute the provider stated for a model in an earlier run, for the
-        model's pace from its first request (unless a reply of this run stated one)."""
-        if await self._connect():
-            self._send({"m": [key, rpm]})
+        model's pace from its first request (unless a reply of this run stated one). False:
+        the broker is out of reach."""
+        if not await self._connect():
+            return False
+        self._send({"m": [key, rpm]})
+        return self.usable
 
     def charge(self, amounts: list[list[Any]]) -> None:
         """A reply's usage: ``[[rate key, tokens], ...]`` more (or, negative, fewer) than its

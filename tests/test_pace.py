@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pytest_modelrollout.providers.base import ChatRequest
 from pytest_modelrollout.providers.client import ModelRegistry
 from pytest_modelrollout.providers.limits import LearnedPace
 from pytest_modelrollout.providers.slots import SlotBroker, SlotClient, _steps
-from pytest_modelrollout.sim import SimServer
+from pytest_modelrollout.sim.process import start_child, stop_child
 from pytest_modelrollout.sim.server import Quotas
 
 # ------------------------------------------------------------------------------- the pace alone
@@ -78,7 +79,7 @@ def test_a_limit_remembered_from_an_earlier_run_paces_until_one_is_stated() -> N
     assert pace.per_s == pytest.approx(0.95 * 20)
 
 
-def test_the_next_registry_keeps_to_the_limits_the_last_one_was_told(sim: SimServer) -> None:
+def test_the_next_registry_keeps_to_the_limits_the_last_one_was_told(sim: SimAt) -> None:
     """A client that starts with the limits its provider stated in an earlier run keeps to
     them from its first request; one that does not sends its first burst over them. The
     limits are kept per provider, base URL (without a user or password) and model."""
@@ -231,11 +232,20 @@ def test_quota_rpm_and_concurrency() -> None:
     assert q.admit("c", 0, 2, 1.0, 1.01) is None
 
 
+@dataclass(frozen=True)
+class SimAt:
+    base_url: str
+
+
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimServer]:
-    server = SimServer().start()
-    yield server
-    server.stop()
+def sim() -> Iterator[SimAt]:
+    """A simulator of this module's own, in a process of its own: its quotas count a request
+    when it arrives. (In a thread of this process, a request waited for the GIL behind the
+    in-process run's controller, and requests paced apart were counted together: a busy CI
+    machine saw 429s that no provider would have sent.)"""
+    proc, url = start_child()
+    yield SimAt(url)
+    stop_child(proc)
 
 
 def _ask(client: httpx.Client, wire: str, model: str) -> httpx.Response:
@@ -248,7 +258,7 @@ def _ask(client: httpx.Client, wire: str, model: str) -> httpx.Response:
 
 @pytest.mark.parametrize("wire", ["openai", "anthropic"])
 def test_the_simulator_answers_429_over_the_quota_as_providers_do(
-    sim: SimServer, wire: str
+    sim: SimAt, wire: str
 ) -> None:
     model = f"stable?latency_ms=0&rpm_limit=120&jitter={'0' if wire == 'openai' else '0.0'}"
     with httpx.Client(base_url=sim.base_url, timeout=10) as client:
@@ -291,7 +301,7 @@ def test_stated_rpm_headers() -> None:
 @pytest.mark.parametrize(("provider", "headers"), [("sim", 1), ("sim-anthropic", 1), ("sim", 0)],
                          ids=["stated", "stated-anthropic", "unstated"])
 def test_a_client_keeps_to_a_quota_it_was_not_told(
-    sim: SimServer, provider: str, headers: int, monkeypatch: pytest.MonkeyPatch
+    sim: SimAt, provider: str, headers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """60 calls at concurrency 8 against a 600 rpm quota (10 a second): before the pace,
     most of them failed after their retries; now each gets its answer. Where the provider
@@ -368,7 +378,7 @@ def test_the_broker_learns_the_pace_from_every_workers_replies(
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
 def test_a_suite_against_a_quota_gets_the_models_verdict(
-    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester, sim: SimAt, monkeypatch: pytest.MonkeyPatch,
     xdist: list[str], request: pytest.FixtureRequest,
 ) -> None:
     """The candidate's provider allows 600 requests a minute and says so only with 429s
@@ -398,7 +408,7 @@ def test_a_suite_against_a_quota_gets_the_models_verdict(
 
 @pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["no-xdist", "xdist-2"])
 def test_a_limit_stated_in_one_run_paces_the_next_from_its_first_request(
-    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester, sim: SimAt, monkeypatch: pytest.MonkeyPatch,
     xdist: list[str], request: pytest.FixtureRequest,
 ) -> None:
     """The candidate's provider allows 300 requests a minute (a second's worth banked) and
@@ -433,7 +443,7 @@ def test_a_limit_stated_in_one_run_paces_the_next_from_its_first_request(
 
 
 def run_quota_suite(
-    pytester: pytest.Pytester, sim: SimServer, monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester, sim: SimAt, monkeypatch: pytest.MonkeyPatch,
     xdist: list[str], request: pytest.FixtureRequest, prompts: list[str], candidate: str,
     *args: str, cache: bool = False,
 ) -> tuple[pytest.RunResult, dict[str, Any]]:

@@ -31,7 +31,9 @@ _lock = threading.Lock()
 _children: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
 
 
-def _start(scale: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_child(scale: str = "1") -> tuple[subprocess.Popen[bytes], str]:
+    """A simulator of its own in a child process (latency scale ``scale``): the process and
+    its base URL. :func:`stop_child` stops it; it also stops when this process goes away."""
     env = dict(os.environ)
     env[LATENCY_SCALE_ENV] = scale
     proc = subprocess.Popen(
@@ -44,12 +46,12 @@ def _start(scale: str) -> tuple[subprocess.Popen[bytes], str]:
     with proc.stdout:  # the port is all the child says on it
         line = proc.stdout.readline().decode("ascii", "replace").strip()
     if not line.startswith("PORT "):
-        _stop(proc, timeout=0)
+        stop_child(proc, timeout=0)
         raise RuntimeError(f"the simulator process did not start (said {line!r})")
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def stop_child(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """Close the child's stdin (it stops on that), wait for it, kill it if it lingers."""
     try:
         if proc.stdin is not None:
@@ -73,15 +75,15 @@ def simulator_url() -> str:
         if known is not None:
             if known[0].poll() is None:
                 return known[1]
-            _stop(known[0], timeout=0)  # gone: release its pipe before starting another
-        proc, url = _start(scale)
+            stop_child(known[0], timeout=0)  # gone: release its pipe before starting another
+        proc, url = start_child(scale)
         _children[scale] = (proc, url)
         return url
 
 
 def _stop_all() -> None:
     for proc, _ in list(_children.values()):
-        _stop(proc, timeout=2)
+        stop_child(proc, timeout=2)
     _children.clear()
 
 

@@ -448,6 +448,59 @@ def test_a_run_that_does_not_use_the_plugin_loads_none_of_it(pytester: pytest.Py
     assert "pydantic" not in loaded and "httpcore" not in loaded
 
 
+THREAD_IMPORTS = """
+import sys, threading
+
+_seen = []
+
+def _hook(event, args):
+    if (event == "import" and args[0].startswith("pytest_modelrollout")
+            and args[0] not in sys.modules
+            and threading.current_thread() is not threading.main_thread()):
+        _seen.append(f"{args[0]} on {threading.current_thread().name}")
+
+sys.addaudithook(_hook)
+
+def pytest_unconfigure(config):
+    with open("loaded.txt", "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+    with open("on-threads.txt", "w") as f:
+        f.write("\\n".join(_seen))
+"""
+
+
+def test_a_run_imports_the_plugins_modules_on_the_main_thread_only(
+    pytester: pytest.Pytester,
+) -> None:
+    """A module of the plugin imported under pytest is rewritten (an AST parse). CPython
+    3.11 cannot parse on two threads at once (gh-106905): a parse on the event loop's thread
+    while the main thread imports a test module fails one of them (an INTERNALERROR). So no
+    module of the plugin is imported on another thread in a run of the simulator's models, and
+    the simulator's server (its HTTP server, personas and text: ~0.1 s of start-up) is not
+    imported in the test process at all: it runs in a child process."""
+    pytester.makepyprojecttoml(
+        '[tool.modelrollout]\nstable = "sim:stable?latency_ms=20"\n'
+        'candidate = "sim:good?latency_ms=20"\n'
+    )
+    pytester.makeconftest(THREAD_IMPORTS)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("i", range(6))
+        def test_m(rollout, i):
+            rollout.ask(f"Where is my order A-{i}?").expect_language("same_as_prompt")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--rollout-allow-inconclusive")
+    result.assert_outcomes(passed=6)
+    assert (pytester.path / "on-threads.txt").read_text() == ""
+    loaded = set((pytester.path / "loaded.txt").read_text().split())
+    assert "pytest_modelrollout.sim.process" in loaded
+    assert "pytest_modelrollout.sim.server" not in loaded
+
+
 @XDIST
 def test_a_project_without_a_config_uses_the_models_its_markers_name(
     pytester: pytest.Pytester, xdist: list[str]

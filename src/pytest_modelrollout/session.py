@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,6 +250,7 @@ class RolloutSession:
         except Exception:  # a broken config is reported at collection, one line
             return
         connections = registry.max_in_flight or 1 << 16  # the model's max_concurrency caps it
+        _import_launchers(registry, wanted)
 
         async def build() -> None:
             for ref, live in wanted.items():
@@ -614,6 +615,20 @@ class RolloutSession:
             self._runner.close()
             self._runner = None
             self._registry = None
+
+
+def _import_launchers(registry: ModelRegistry, refs: Collection[str]) -> None:
+    """What resolving the base URLs of ``refs`` imports (the simulator's launcher), imported
+    here on the main thread before the event loop's thread resolves them
+    (:meth:`.providers.presets.Preset.prepare`)."""
+    from .providers.presets import PRESETS
+
+    for ref in refs:
+        with contextlib.suppress(Exception):  # reported where the model is used
+            spec = registry.spec(ref)
+            preset = PRESETS.get(spec.provider)
+            if preset is not None and not spec.base_url:
+                preset.prepare()
 
 
 def _results(

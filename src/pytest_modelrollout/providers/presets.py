@@ -24,6 +24,7 @@ from typing import Literal
 Wire = Literal["openai", "anthropic"]
 
 SIM_URL_ENV = "MODELROLLOUT_SIM_URL"
+SIM_LAUNCHER = "pytest_modelrollout.sim.process"  # starts the simulator in a child process
 
 # USD per million tokens (input, output) for the simulator's personas.
 SIM_PRICES: dict[str, tuple[float, float]] = {
@@ -59,6 +60,14 @@ class Preset:
             return self.prices[persona]
         return self.default_price
 
+    def prepare(self) -> None:
+        """Import now, on the calling thread, what :meth:`resolve_base_url` imports (the
+        simulator's launcher), rather than on the thread that resolves it: a module of the
+        plugin imported under pytest is rewritten (an AST parse), which CPython 3.11 cannot do
+        on two threads at once (gh-106905), and the main thread is collecting then."""
+        if self.dynamic_base_url:
+            importlib.import_module(SIM_LAUNCHER)
+
     def resolve_base_url(self, env: Mapping[str, str] | None = None) -> str:
         """The base URL to call. For the simulator this may start it (in this process)."""
         if not self.dynamic_base_url:
@@ -73,7 +82,7 @@ def sim_base_url(wire: Wire, env: Mapping[str, str] | None = None) -> str:
     if not root:
         # lazy: the simulator is started on first use only, in a child process so that its
         # latencies are not distorted by the test process holding the GIL
-        sim = importlib.import_module("pytest_modelrollout.sim.process")
+        sim = importlib.import_module(SIM_LAUNCHER)
         root = str(sim.simulator_url())
     root = root.rstrip("/")
     if root.endswith("/v1"):

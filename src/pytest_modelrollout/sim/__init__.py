@@ -5,12 +5,39 @@
 options (``stable?latency_ms=100&jitter=0``, ``flaky?error_rate=0.1&rate_limit_rate=0.05``).
 Same persona + same request + same attempt (header ``x-modelrollout-attempt``) -> same reply and
 the same latency. This package does not import pytest.
+
+Its names are imported on first use: a run of the ``sim`` provider only starts the simulator in
+a child process (:mod:`.process`), and the server's modules (its HTTP server, personas and
+text generation: ~0.1 s) load in the child alone.
 """
 
 from __future__ import annotations
 
-from .personas import LATENCY_SCALE_ENV, PERSONAS
-from .server import ATTEMPT_HEADER, SimServer, get_simulator, main_serve, serve
+import importlib
+from typing import TYPE_CHECKING, Any
+
+LATENCY_SCALE_ENV = "MODELROLLOUT_SIM_LATENCY_SCALE"  # multiplies every persona's latency
+
+if TYPE_CHECKING:
+    from .personas import PERSONAS
+    from .server import ATTEMPT_HEADER, SimServer, get_simulator, main_serve, serve
+
+_WHERE = {
+    "PERSONAS": "personas",
+    "ATTEMPT_HEADER": "server",
+    "SimServer": "server",
+    "get_simulator": "server",
+    "main_serve": "server",
+    "serve": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "ATTEMPT_HEADER",

@@ -19,9 +19,8 @@ import os
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from . import LATENCY_SCALE_ENV
 from .text import rng
-
-LATENCY_SCALE_ENV = "MODELROLLOUT_SIM_LATENCY_SCALE"
 
 
 class UnknownPersona(Exception):

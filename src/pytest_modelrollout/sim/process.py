@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 
-from .personas import LATENCY_SCALE_ENV
+from . import LATENCY_SCALE_ENV
 
 INPROCESS_ENV = "MODELROLLOUT_SIM_INPROCESS"
 

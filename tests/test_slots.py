@@ -441,3 +441,19 @@ def test_a_worker_without_the_broker_keeps_to_its_share_of_a_remembered_limit(
     elapsed, per_s = run(main)
     assert per_s == pytest.approx(0.95 * 4 / 2)  # the simulator states no limit this time
     assert elapsed >= 2 / per_s - 0.05  # the first at once, then one every 0.53 s
+
+
+def test_the_broker_closes_quietly_with_connections_just_made(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Closed as workers connect (a run that ends as it starts): no connection's handler is
+    logged as an error (a handler cancelled before its first step ended as cancelled, which
+    CPython 3.11's asyncio logs with a traceback)."""
+    for _ in range(20):
+        b = SlotBroker()
+        host, port, _token = b.start().split(":")
+        sockets = [socket.create_connection((host, int(port))) for _ in range(4)]
+        b.close()
+        for s in sockets:
+            s.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

@@ -112,6 +112,7 @@ class SlotBroker:
         self.peak: Counter[str] = Counter()  # the most slots of each limit held at once
         self.address = ""
         self.claims: Claims | None = None  # the controller's head start, when it has one
+        self._connections: set[asyncio.Task[None]] = set()  # a task serving each worker
 
     def start(self) -> str:
         """Start serving; the address to give the workers (``host:port:token``)."""
@@ -136,7 +137,7 @@ class SlotBroker:
         return [(key, self.peak[key], gate.limit) for key, gate in list(self._gates.items())]
 
     async def _start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         return int(self._server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
@@ -159,6 +160,16 @@ class SlotBroker:
             self._loop.close()
 
     # -- serving ----------------------------------------------------------------------------
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A worker connected: serve it on a task of the broker's own. (A coroutine given to
+        ``start_server`` runs on a task whose end asyncio checks in a callback that, on
+        CPython 3.11, raises for a task cancelled as the broker closes, and logs that with a
+        traceback: an AST parse on this thread, at a moment pytest may be parsing on another,
+        which CPython 3.11 cannot do, gh-106905. :meth:`close` gathers these tasks.)"""
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._connections.add(task)  # (held: the loop keeps only a weak reference)
+        task.add_done_callback(self._connections.discard)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held: Counter[str] = Counter()
         waiting: set[asyncio.Task[None]] = set()
@@ -197,12 +208,6 @@ class SlotBroker:
                     task.add_done_callback(waiting.discard)
         except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             pass  # a worker that went away, or a line that is not ours: drop the connection
-        except asyncio.CancelledError:
-            # the broker closing: end as a dropped connection does. (Raised on, the task's end
-            # raises again in asyncio's own callback on CPython 3.11, which logs it with a
-            # traceback -- an AST parse on this thread, at the moment pytest may be parsing on
-            # another: CPython 3.11's AST state is shared, and one of them fails, gh-106905.)
-            pass
         finally:
             for task in list(waiting):
                 task.cancel()

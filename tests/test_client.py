@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+from quiet_server import QuietHTTPServer
 
 from pytest_modelrollout._exceptions import ConfigError
 from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
@@ -42,7 +43,7 @@ class Seen:
 
 @dataclass
 class Server:
-    httpd: ThreadingHTTPServer
+    httpd: QuietHTTPServer
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
@@ -182,10 +183,9 @@ def server2() -> Iterator[Server]:
 
 
 def _server() -> Iterator[Server]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    httpd = QuietHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     srv = Server(httpd)
     httpd.RequestHandlerClass = _make_handler(srv)
-    httpd.daemon_threads = True
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )

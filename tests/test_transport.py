@@ -507,7 +507,9 @@ def test_remote_calls_go_through_a_proxy_set_in_the_environment(
 ) -> None:
     """A ModelClient for a remote provider honours HTTP(S)_PROXY: the request reaches the proxy
     in absolute form (httpx's default transport is used for it)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from quiet_server import QuietHTTPServer
 
     from pytest_modelrollout.providers.base import ChatRequest, ModelSpec
     from pytest_modelrollout.providers.client import ModelClient
@@ -539,7 +541,7 @@ def test_remote_calls_go_through_a_proxy_set_in_the_environment(
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    httpd = QuietHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)

@@ -169,6 +169,9 @@ class SlotBroker:
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self._connections.add(task)  # (held: the loop keeps only a weak reference)
         task.add_done_callback(self._connections.discard)
+        # (its connection closed, however it ended: a task cancelled before its first step,
+        # as the broker closes, never reaches the close in its ``finally``)
+        task.add_done_callback(lambda _: writer.close())
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held: Counter[str] = Counter()

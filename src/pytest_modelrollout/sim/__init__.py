@@ -13,8 +13,9 @@ text generation: ~0.1 s) load in the child alone.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 LATENCY_SCALE_ENV = "MODELROLLOUT_SIM_LATENCY_SCALE"  # multiplies every persona's latency
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .personas import PERSONAS
     from .server import ATTEMPT_HEADER, SimServer, get_simulator, main_serve, serve
 
-_WHERE = {
+_LAZY = {
     "PERSONAS": "personas",
     "ATTEMPT_HEADER": "server",
     "SimServer": "server",
@@ -32,11 +33,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -7,7 +7,6 @@ working it out could run the user's code (a filter, a loader, a global of its ow
 
 from __future__ import annotations
 
-import ast
 import os
 import pathlib
 import string
@@ -19,22 +18,11 @@ import jinja2.sandbox
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_prefetch import _planned_value as _planned  # what prefetch plans for rollout.ask(<call>)
 
-from pytest_modelrollout.asked import MISSING, _Reader, evaluate, first_ask_call
+from pytest_modelrollout.asked import MISSING, first_ask_call
 from pytest_modelrollout.datasets import Case
 from pytest_modelrollout.templates import MAX_FILE
-
-
-def _planned(call: str, names: dict[str, Any], **params: Any) -> Any:
-    """What prefetch works out for ``call`` in a test with these parameters and module names
-    (as it reads a test's ``rollout.ask(<call>)``)."""
-    fdef = ast.parse(f"def t({', '.join(params)}):\n    return {call}\n").body[0]
-    assert isinstance(fdef, ast.FunctionDef)
-    statement = fdef.body[0]
-    assert isinstance(statement, ast.Return) and statement.value is not None
-    expr = _Reader(fdef).read(statement.value, 2)
-    assert expr is not None, f"{call} is not read"
-    return evaluate(expr, params, names)
 
 
 def _ran(call: str, names: dict[str, Any], **params: Any) -> Any:

@@ -31,6 +31,8 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``string.Template``: ``rollout.ask(NOTE.substitute(case.meta, message=case.prompt))``;
 - ``asks in a loop``: ``for style in ("brief", "formal"): rollout.ask(f"{case.prompt}
   (answer: {style})")``: twice the calls of ``plain`` (so about 2x its time at best);
+- ``comprehension with an if``: ``[rollout.ask(f"{case.prompt} (answer: {style})") for style
+  in ("brief", "", "formal") if style]``: the same two calls as the loop's;
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
@@ -144,6 +146,8 @@ SHAPES: dict[str, Shape] = {
                         PROMPTS + 'NOTE = string.Template("Customer ($lang): $message")\n'),
     "asks in a loop": 'for style in ("brief", "formal"):\n'
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
+    "comprehension with an if": 'pairs = [rollout.ask(f"{case.prompt} (answer: {style})")\n'
+                                '             for style in ("brief", "", "formal") if style]',
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',
@@ -249,7 +253,7 @@ def main() -> None:
                         if name == "plain":
                             plain_wall[tree] = r["wall"]
                         ratio = r["wall"] / plain_wall[tree]
-                        print(f"  {label:5} {name:21} {tree:10} {r['wall']:6.2f} s = "
+                        print(f"  {label:5} {name:25} {tree:10} {r['wall']:6.2f} s = "
                               f"{ratio:4.2f}x plain ({r['wall'] / ideal_pair:4.2f}x the ideal); "
                               f"{r['calls']} calls made, {r['ahead']} sent ahead, "
                               f"{r['unused']} unused; {r['live']} function(s) ran live")

@@ -560,20 +560,24 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
 @given(items=st.sampled_from(_LOOPS), target=st.sampled_from(["item", "a, b"]),
        local=_expr_sources, asked=_expr_sources, system=_expr_sources, first=st.booleans(),
        comprehension=st.booleans(),
+       where=st.sampled_from(["", " if {item}", " if not {item}", " if len({item}) > 1",
+                              " if {item} != p_str", " if {item} in G_DICT",
+                              " if {item} and p_int > 0"]),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
        p_list=st.lists(_texts, max_size=4),
        p_pairs=st.lists(st.tuples(_texts, _texts), max_size=3))  # fmt: skip
 def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     items: str, target: str, local: str, asked: str, system: str, first: bool,
-    comprehension: bool, p_str: str,
+    comprehension: bool, where: str, p_str: str,
     p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
 ) -> None:
     """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
     written in the test; its target a name or a pair), with a name the loop's body assigns
-    from the target, or in a list comprehension: what prefetch plans for each iteration (the
-    first ask, then the later ones) is exactly what the test asks in that iteration, with the
-    same keyword arguments; an iteration the loop does not have is not planned."""
+    from the target, or in a list comprehension (with an ``if`` on its target or not): what
+    prefetch plans for each ask (the first, then the later ones) is exactly what the test asks
+    there, with the same keyword arguments; an iteration the loop does not have is not
+    planned."""
 
     from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, read_asks
 
@@ -581,7 +585,7 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     local = local.replace("local", item)  # the body's name reads the loop's target
     loop = (
         f"    replies = [rollout.ask({asked.replace('local', local)}, system={system})"
-        f" for {target} in {items}]\n"
+        f" for {target} in {items}{where.format(item=item)}]\n"
         if comprehension else
         f"    for {target} in {items}:\n"
         f"        local = {local}\n"
@@ -632,7 +636,8 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
             # what was sent for it goes unused)
             assert plan is MISSING
     if not raised and len(made) <= LOOP_AHEAD:
-        form = "a comprehension" if comprehension else "a for loop"
+        form = ("a comprehension" + (" with an if" if where else "")) if comprehension else (
+            "a for loop")
         event(f"{form}: every iteration planned" if MISSING not in planned[: len(made)]
               else f"{form}: some not planned")
 

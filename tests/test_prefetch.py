@@ -1268,9 +1268,10 @@ def test_asks_in_a_loop_are_sent_ahead(
 ) -> None:
     """A test that asks in a ``for`` loop — each paraphrase of the case, each style of a
     module's list, pairs unpacked from a list written in the test — or in a list comprehension
-    has every iteration's ask sent ahead, the first with its later ones; a case whose list is
-    empty asks nothing and gets nothing sent. Before, such a function was probed (its probes
-    wasted) and ran live."""
+    (with an ``if``: the items it asks for) has every iteration's ask sent ahead, the first
+    with its later ones; a case whose list is empty (or whose items the ``if`` turns all away)
+    asks nothing and gets nothing sent. Before, such a function was probed (its probes wasted)
+    and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1307,6 +1308,12 @@ def test_asks_in_a_loop_are_sent_ahead(
             texts = [rollout.ask(p, system="Be brief.").candidate.text
                      for p in case.meta["paraphrases"]]
             assert all(p for p in texts)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_filtered(rollout, case):
+            pairs = [rollout.ask(p) for p in case.meta["paraphrases"] if "(0)" not in p]
+            assert all(pair.candidate.ok for pair in pairs)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1318,9 +1325,11 @@ def test_asks_in_a_loop_are_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     paraphrases = sum(i % 4 for i in range(N_CASES))
+    filtered = sum(max(0, i % 4 - 1) for i in range(N_CASES))  # all but each case's "(0)"
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=4 * N_CASES)
-    _every_call_went_ahead(result, sim, 2 * (2 * paraphrases + 3 * N_CASES + 2 * N_CASES))
+    result.assert_outcomes(passed=5 * N_CASES)
+    _every_call_went_ahead(
+        result, sim, 2 * (2 * paraphrases + 3 * N_CASES + 2 * N_CASES + filtered))
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
             "你好! Where is order A-7?"} <= texts
@@ -2571,7 +2580,13 @@ def _comprehension(rollout, case):
 
 
 def _comprehension_filtered(rollout, case):
-    return [rollout.ask(text) for text in _ITEMS if text != case]
+    pairs = [rollout.ask(text) for text in _ITEMS if text != case]
+    assert pairs
+
+
+def _comprehension_filtered_by_a_call(rollout, case):
+    pairs = [rollout.ask(text) for text in _ITEMS if text in sorted(_ITEMS, key=len)]
+    assert pairs
 
 
 def _comprehension_in_a_call(rollout, case):
@@ -2581,9 +2596,10 @@ def _comprehension_in_a_call(rollout, case):
 def test_asks_in_a_loop_are_read_from_the_source() -> None:
     """An ask in a ``for`` loop of the test's body is read for each iteration (its target and
     the names its body assigns once before it), and so is one in a list comprehension that is
-    a statement's value; a loop that may not make its asks on every iteration (``break``,
-    ``continue``, an ``else``, a skip, a comprehension's ``if``) is not, nor one whose target
-    is bound again, nor an ask in a nested loop; ``-v`` names an iterable that is not read."""
+    a statement's value (its ``if``s read for each item: the items it asks for); a loop that
+    may not make its asks on every iteration (``break``, ``continue``, an ``else``, a skip, a
+    comprehension's ``if`` that is not read) is not, nor one whose target is bound again, nor
+    an ask in a nested loop; ``-v`` names an iterable that is not read."""
     from pytest_modelrollout.asked import (
         LOOP_AHEAD,
         MISSING,
@@ -2621,8 +2637,18 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert first(_comprehension) == "a"
     later = [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_comprehension)]
     assert [v for v in later if v is not MISSING] == ["b", "c"]
-    for func in (_comprehension_filtered, _comprehension_in_a_call):
-        assert first(func) is MISSING and later_asks(func) == (), func.__name__
+    assert first(_comprehension_in_a_call) is MISSING
+    assert later_asks(_comprehension_in_a_call) == ()
+    filtered_by_a_call = _comprehension_filtered_by_a_call  # sorted(key=...): not called ahead
+    assert first(filtered_by_a_call) is MISSING
+    assert {evaluate(e, {}, names) for _, e, _ in later_asks(filtered_by_a_call)} == {MISSING}
+    # the comprehension's if, for each item: the i-th ask is the i-th item that passes it
+    assert first(_comprehension_filtered) == "a"
+    assert evaluate(asked(_comprehension_filtered)[0], {"case": "a"}, names) == "b"
+    later = [evaluate(e, {"case": "b"}, names) for _, e, _ in later_asks(_comprehension_filtered)]
+    assert [v for v in later if v is not MISSING] == ["c"]  # (the first: "a")
+    assert asks_nothing(_comprehension_filtered, {"case": "a"}, {**names, "_ITEMS": ["a"]})
+    assert not asks_nothing(_comprehension_filtered, {"case": "x"}, {**names, "_ITEMS": ["a"]})
     assert asks_nothing(_loop, {"case": "x"}, {**names, "_ITEMS": []})
     assert asks_nothing(_loop_over_a_view, {"case": {}}, names)  # an empty dict's items()
     assert not asks_nothing(_loop_over_a_view, {"case": {"a": "b"}}, names)

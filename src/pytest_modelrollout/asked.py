@@ -516,7 +516,7 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
     if found is None:
         expr = reader.read(node.args[0], node.lineno)
         return None if expr is None else (expr, _keywords(reader, node))
-    items = reader.read(found.items, found.line)
+    items = _loop_items(reader, found)
     target, inner = found.target, found.reader
     expr = inner.read(node.args[0], node.lineno)
     if items is None or expr is None:
@@ -541,6 +541,7 @@ class _Loop(NamedTuple):
     line: int
     reader: _Reader  # its target's names read as parameters, and the names its body assigns
     target: str | tuple[str, ...]  # a name, or the names a tuple target unpacks
+    conditions: tuple[ast.expr, ...] = ()  # a comprehension's ifs: the items it asks for
 
 
 def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
@@ -550,8 +551,8 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
     statement of its own body, with nothing before it there that may end the test (the names
     that body assigns once before the ask read as it sets them), and no ``break``, ``continue``
     or ``else``; or a list comprehension that is the value of a statement of the body
-    (``pairs = [rollout.ask(p) for p in case.meta["paraphrases"]]``), of one ``for`` and no
-    ``if``, whose element is the ask (or an attribute or item of its reply). Its target is a
+    (``pairs = [rollout.ask(p) for p in case.meta["paraphrases"] if p]``), of one ``for`` (and
+    its ``if``s), whose element is the ask (or an attribute or item of its reply). Its target is a
     name or a tuple of names: a ``for`` statement's bound nowhere else and not a parameter (a
     comprehension's are its own, whatever else the test binds to them)."""
     for stmt in fdef.body:
@@ -563,12 +564,13 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
             element = comprehension.elt
             while isinstance(element, (ast.Attribute, ast.Subscript)):
                 element = element.value  # rollout.ask(p).candidate.text: the ask's reply
-            if len(comprehension.generators) > 1 or generator.ifs or element is not node:
+            if len(comprehension.generators) > 1 or element is not node:
                 return None
             target = _target_names(generator.target, reader, scoped=True)
             if target is None:
                 return None  # (its element sees its own target, whatever else binds it)
-            return _Loop(stmt, generator.iter, stmt.lineno, reader.scoped(target), target)
+            return _Loop(stmt, generator.iter, stmt.lineno, reader.scoped(target), target,
+                         tuple(generator.ifs))
         if not isinstance(stmt, ast.For) or stmt.orelse or any(
                 isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(stmt)):
             return None
@@ -586,6 +588,22 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
                 inner.single[name] = (child.end_lineno or child.lineno, value)
         return None
     return None
+
+
+def _loop_items(reader: _Reader, loop: _Loop) -> Expr | None:
+    """What the loop's iterations go over, read: for a comprehension with ``if``s, the items
+    that pass them (``[p for p in items if cond]``, so that iteration ``i`` is the ``i``-th
+    ask); None when any of it is not read."""
+    items = reader.read(loop.items, loop.line)
+    if items is None or not loop.conditions:
+        return items
+    conditions = [loop.reader.read(c, loop.line) for c in loop.conditions]
+    if any(c is None for c in conditions):
+        return None
+    target = loop.target
+    element = ("param", target) if isinstance(target, str) else (
+        "list", tuple(("param", name) for name in target))
+    return ("comp", target, items, element, tuple(conditions))
 
 
 def _target_names(target: ast.expr, reader: _Reader,
@@ -860,7 +878,7 @@ def _first_ask(func: Any) -> tuple[_Reader, ast.Call, list[ast.expr]] | None:
     parts = [*ask.args, *(k.value for k in ask.keywords if k.arg is not None)]
     loop = _loop_of(fdef, reader, ask)
     if loop is not None:  # what its loop goes over; its target and names read as it sets them
-        reader, parts = loop.reader, [loop.items, *parts]
+        reader, parts = loop.reader, [loop.items, *loop.conditions, *parts]
     return reader, ask, parts
 
 
@@ -1200,7 +1218,7 @@ def _ask_loops(func: Any) -> tuple[Expr, ...] | None:
     reader, out = _Reader(fdef), []
     for call in calls:
         found = _loop_of(fdef, reader, call) if call.args else None
-        items = None if found is None else reader.read(found.items, found.line)
+        items = None if found is None else _loop_items(reader, found)
         if items is None:
             return None
         out.append(items)

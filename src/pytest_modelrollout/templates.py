@@ -134,7 +134,6 @@ def _path_method(path: Any, name: str, args: list[Any], kwargs: dict[str, Any]) 
     return MISSING
 
 
-
 def _read_text(path: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """``path.read_text(encoding=..., errors=...)`` of a regular file no larger than
     :data:`MAX_FILE`; a file is read once while it stays the same (:func:`_file_text`)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import importlib
 import json
 import math
 import socket
@@ -584,11 +583,6 @@ class SimServer:
     """A running simulator. ``base_url`` is ``http://127.0.0.1:PORT`` (no ``/v1``)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        # the language detector its answers use, imported now rather than by the thread of the
-        # first request that needs it: imported under pytest, a module of the plugin is
-        # rewritten (an AST parse), which CPython 3.11 cannot do on two threads at once
-        # (gh-106905): a test's import on the main thread at that moment would fail
-        importlib.import_module("pytest_modelrollout.language")
         self._stop = threading.Event()
         self.simulator = Simulator(self._stop)
         self._httpd = _HTTPServer((host, port), self.simulator)

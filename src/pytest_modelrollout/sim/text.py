@@ -12,6 +12,12 @@ import random
 import re
 from typing import Literal
 
+# imported with the simulator's modules (only where it serves: the sim package loads them on
+# first use), not by the thread of the first request that needs it: a module of the plugin
+# imported under pytest is rewritten (an AST parse), which CPython 3.11 cannot do on two
+# threads at once (gh-106905)
+from ..language import detect_language as plugin_detect
+
 Lang = Literal["en", "zh", "mixed"]
 
 HAN_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -114,8 +120,6 @@ def detect_language(text: str) -> Lang:
     """``en``, ``zh`` or ``mixed``: the plugin's own detector, narrowed to the three languages the
     simulator answers in (anything else is answered in English). One detector for both sides, so
     a persona's "same language as the prompt" is exactly what ``expect_language`` checks."""
-    from ..language import detect_language as plugin_detect
-
     lang = plugin_detect(text)
     if lang == "zh":
         return "zh"

@@ -33,6 +33,11 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   (answer: {style})")``: twice the calls of ``plain`` (so about 2x its time at best);
 - ``comprehension with an if``: ``[rollout.ask(f"{case.prompt} (answer: {style})") for style
   in ("brief", "", "formal") if style]``: the same two calls as the loop's;
+- ``loop with a continue``: the loop's ``for style in ("brief", "", "formal"):`` with ``if
+  not style: continue`` before its ask: the same two calls;
+- ``loop with if by language``: the loop's asks under ``if case.meta["lang"] == "zh":``, the
+  Chinese cases' of the candidate alone (``rollout.candidate.ask``): 1.5 times ``plain``'s
+  calls;
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
@@ -148,6 +153,15 @@ SHAPES: dict[str, Shape] = {
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
     "comprehension with an if": 'pairs = [rollout.ask(f"{case.prompt} (answer: {style})")\n'
                                 '             for style in ("brief", "", "formal") if style]',
+    "loop with a continue": 'for style in ("brief", "", "formal"):\n'
+                            '        if not style:\n'
+                            '            continue\n'
+                            '        rollout.ask(f"{case.prompt} (answer: {style})")',
+    "loop with if by language": 'for style in ("brief", "formal"):\n'
+                            '        if case.meta["lang"] == "zh":\n'
+                            '            rollout.candidate.ask(f"{case.prompt}（{style}）")\n'
+                            '        else:\n'
+                            '            rollout.ask(f"{case.prompt} (answer: {style})")',
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelrollout._exceptions import ConfigError, DatasetError, ProviderError
@@ -562,35 +562,58 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
        comprehension=st.booleans(),
        where=st.sampled_from(["", " if {item}", " if not {item}", " if len({item}) > 1",
                               " if {item} != p_str", " if {item} in G_DICT",
-                              " if {item} and p_int > 0"]),
+                              " if {item} and p_int > 0", " if {item} != LOCAL"]),
+       guard=st.sampled_from(["if", "else", "continue"]),
+       stops=st.sampled_from(["", "after the ask", "after the if"]),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
        p_list=st.lists(_texts, max_size=4),
        p_pairs=st.lists(st.tuples(_texts, _texts), max_size=3))  # fmt: skip
+# the loop ends on its first item, which the if turns away: what it would ask for the next is
+# not what the test asks (nothing)
+@example(items="G_DICT", target="item", local="p_str", asked="p_str", system="p_str",
+         first=False, comprehension=False, where=" if len({item}) > 1", guard="if",
+         stops="after the if", p_str="", p_int=0, p_dict={}, p_list=[], p_pairs=[])
 def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     items: str, target: str, local: str, asked: str, system: str, first: bool,
-    comprehension: bool, where: str, p_str: str,
+    comprehension: bool, where: str, guard: str, stops: str, p_str: str,
     p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
 ) -> None:
     """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
     written in the test; its target a name or a pair), with a name the loop's body assigns
-    from the target, or in a list comprehension (with an ``if`` on its target or not): what
-    prefetch plans for each ask (the first, then the later ones) is exactly what the test asks
-    there, with the same keyword arguments; an iteration the loop does not have is not
-    planned."""
+    from the target (the ask under an ``if``, in its ``else``, or after an ``if ...:
+    continue`` on the target or that name, or not; a ``break`` after the ask, or after the
+    ``if`` it is under, or none), or in a list
+    comprehension (with an ``if`` on its target or not): what prefetch plans for each ask (the
+    first, then the later ones) is exactly what the test asks there, with the same keyword
+    arguments; an iteration the loop does not have is not planned."""
 
     from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, read_asks
 
     item = "item" if target == "item" else "(a + b)"
     local = local.replace("local", item)  # the body's name reads the loop's target
+    ask = f"rollout.reach()\nrollout.ask({asked}, system={system})\n"
+    condition = where.removeprefix(" if ").format(item=item).replace("LOCAL", "local")
+    # after the if: on the items it does not ask for (the loop ends before it asks for more)
+    stop = f"if {item} == p_str:\n    break\n" if stops != "after the if" or not where else (
+        f"if not ({condition}):\n    break\n")
+    if stops == "after the ask":
+        ask += stop
+    if not where:
+        body = ask
+    elif guard == "if":
+        body = f"if {condition}:\n" + textwrap.indent(ask, "    ")
+    elif guard == "else":
+        body = f"if not ({condition}):\n    pass\nelse:\n" + textwrap.indent(ask, "    ")
+    else:
+        body = f"if not ({condition}):\n    continue\n" + ask
     loop = (
         f"    replies = [rollout.ask({asked.replace('local', local)}, system={system})"
-        f" for {target} in {items}{where.format(item=item)}]\n"
+        f" for {target} in {items}{where.format(item=item).replace('LOCAL', 'p_str')}]\n"
         if comprehension else
         f"    for {target} in {items}:\n"
         f"        local = {local}\n"
-        "        rollout.reach()\n"
-        f"        rollout.ask({asked}, system={system})\n"
+        + textwrap.indent(body + (stop if stops == "after the if" else ""), "        ")
     )
     source = (
         "def test_x(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj):\n"
@@ -637,9 +660,9 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
             assert plan is MISSING
     if not raised and len(made) <= LOOP_AHEAD:
         form = ("a comprehension" + (" with an if" if where else "")) if comprehension else (
-            "a for loop")
-        event(f"{form}: every iteration planned" if MISSING not in planned[: len(made)]
-              else f"{form}: some not planned")
+            "a for loop" + (f" ({guard})" if where else "") + (f", a break {stops}" if stops else ""))
+        every = len(planned) >= len(made) and MISSING not in planned[: len(made)]
+        event(f"{form}: every iteration planned" if every else f"{form}: some not planned")
 
 
 @contextlib.contextmanager

@@ -1267,11 +1267,12 @@ def test_asks_in_a_loop_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
     """A test that asks in a ``for`` loop — each paraphrase of the case, each style of a
-    module's list, pairs unpacked from a list written in the test — or in a list comprehension
-    (with an ``if``: the items it asks for) has every iteration's ask sent ahead, the first
-    with its later ones; a case whose list is empty (or whose items the ``if`` turns all away)
-    asks nothing and gets nothing sent. Before, such a function was probed (its probes wasted)
-    and ran live."""
+    module's list, pairs unpacked from a list written in the test; under an ``if`` /
+    ``elif`` there, or after an ``if ...: continue`` — or in a list comprehension (with an
+    ``if``: the items it asks for) has every iteration's ask sent ahead, the first with its
+    later ones, to the models it asks; a case whose list is empty (or whose items the ``if``
+    turns all away) asks nothing and gets nothing sent. Before, such a function was probed
+    (its probes wasted) and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1314,6 +1315,25 @@ def test_asks_in_a_loop_are_sent_ahead(
         def test_filtered(rollout, case):
             pairs = [rollout.ask(p) for p in case.meta["paraphrases"] if "(0)" not in p]
             assert all(pair.candidate.ok for pair in pairs)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_guarded(rollout, case):
+            for p in case.meta["paraphrases"]:
+                text = "Again: " + p
+                if text.endswith("(1)"):
+                    continue
+                pair = rollout.ask(text)
+                assert pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_under_an_if(rollout, case):
+            for p in case.meta["paraphrases"]:
+                if case.meta["lang"] == "zh":
+                    rollout.candidate.ask(p, system="请简短回答。")
+                elif not p.endswith("(0)"):
+                    rollout.ask(p, system="Answer briefly.")
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1326,10 +1346,14 @@ def test_asks_in_a_loop_are_sent_ahead(
     )  # fmt: skip
     paraphrases = sum(i % 4 for i in range(N_CASES))
     filtered = sum(max(0, i % 4 - 1) for i in range(N_CASES))  # all but each case's "(0)"
+    guarded = sum(i % 4 - (i % 4 >= 2) for i in range(N_CASES))  # all but each case's "(1)"
+    # the Chinese cases' paraphrases, asked of the candidate; the others' but "(0)", of both
+    under_an_if = sum(i % 4 if i % 2 else 2 * max(0, i % 4 - 1) for i in range(N_CASES))
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=5 * N_CASES)
+    result.assert_outcomes(passed=7 * N_CASES)
     _every_call_went_ahead(
-        result, sim, 2 * (2 * paraphrases + 3 * N_CASES + 2 * N_CASES + filtered))
+        result, sim,
+        2 * (2 * paraphrases + 3 * N_CASES + 2 * N_CASES + filtered + guarded) + under_an_if)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
             "你好! Where is order A-7?"} <= texts
@@ -2593,13 +2617,77 @@ def _comprehension_in_a_call(rollout, case):
     print([rollout.ask(text) for text in _ITEMS])
 
 
+def _loop_guarded(rollout, case):
+    for text in _ITEMS:
+        upper = text.upper()
+        if upper == case:
+            continue
+        rollout.ask(upper)
+
+
+def _loop_under_an_if(rollout, case):
+    for text in _ITEMS:
+        if text == case:
+            rollout.ask(text.upper(), system="again")
+        elif text != "c":
+            rollout.ask(text, system=case)
+
+
+def _loop_fails_after_an_ask(rollout, case):
+    for text in _ITEMS:
+        if text == case:
+            rollout.ask(text.upper(), system="again")
+        elif text != "c":
+            pair = rollout.ask(text, system=case)
+            if not pair:
+                pytest.fail("no reply")  # on an item the first ask is not for
+
+
+def _loop_stops_after(rollout, case):
+    for text in _ITEMS:
+        rollout.ask(text)
+        if text == case:
+            break
+
+
+def _loop_stops_on_an_item_it_skips(rollout, case):
+    for text in _ITEMS:
+        if text != case:
+            rollout.ask(text)
+        else:
+            break
+
+
+def _loop_continues_after_its_ask(rollout, case):
+    for text in _ITEMS:
+        if text == case:
+            continue
+        rollout.ask(text)
+        if text == "z":
+            continue  # after the ask: ends only this iteration
+    for other in _ITEMS:
+        if other != case:
+            rollout.ask(other + "!")
+    pytest.skip("done")  # after both loops: they make their asks first
+
+
+def _loop_asks_the_case_after_a_break(rollout, case):
+    for text in _ITEMS:
+        if text == case:
+            break
+        rollout.ask(case)  # its prompt is read, but the loop is not: it may never ask
+
+
 def test_asks_in_a_loop_are_read_from_the_source() -> None:
     """An ask in a ``for`` loop of the test's body is read for each iteration (its target and
     the names its body assigns once before it), and so is one in a list comprehension that is
-    a statement's value (its ``if``s read for each item: the items it asks for); a loop that
-    may not make its asks on every iteration (``break``, ``continue``, an ``else``, a skip, a
-    comprehension's ``if`` that is not read) is not, nor one whose target is bound again, nor
-    an ask in a nested loop; ``-v`` names an iterable that is not read."""
+    a statement's value (its ``if``s read for each item: the items it asks for); in a ``for``,
+    the ``if`` / ``elif`` / ``else`` it is under and an ``if ...: continue`` before it are read
+    the same way, and a ``break`` after it leaves its first iteration read. A loop that may
+    not make its asks on the items read (a ``break`` or a skip before the ask, or on an item
+    it does not ask for; an ``else``; a condition that is not read) is not, nor its asks, nor
+    one whose target is bound again, nor an ask in a nested loop; ``-v`` names an iterable
+    that is not read."""
     from pytest_modelrollout.asked import (
         LOOP_AHEAD,
         MISSING,
@@ -2630,9 +2718,9 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert first(_loop_over_a_call) is MISSING  # read, but sorted(key=...) is not called
     assert {evaluate(e, {}, names) for _, e, _ in later_asks(_loop_over_a_call)} == {MISSING}
     assert asked(_loop_with_else) == [("param", "case")]  # only the ask of its else is read
-    # a parameter the loop binds again: what it asks is not what was read (at most a probe)
+    # a parameter the loop binds again: the loop is not read, nor its ask (not the parameter)
     rebound = _loop_over_a_parameter_name
-    assert first_ask_keywords(rebound, asked(rebound)[0]) is None and later_asks(rebound) == ()
+    assert asked(rebound) == [] and later_asks(rebound) == ()
     assert first(_loop_skips_after) == "a" and later_asks(_loop_skips_after) == ()
     assert first(_comprehension) == "a"
     later = [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_comprehension)]
@@ -2653,6 +2741,33 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert asks_nothing(_loop_over_a_view, {"case": {}}, names)  # an empty dict's items()
     assert not asks_nothing(_loop_over_a_view, {"case": {"a": "b"}}, names)
     assert not asks_nothing(_loop, {"case": "x"}, names)
+    # an `if ...: continue` before the ask, or the ask under an if / elif (with a name set
+    # before it): the i-th ask is the i-th item that passes the conditions on the way to it
+    def planned(func: Any, case: str) -> tuple[list[Any], list[Any]]:
+        params = {"case": case}
+        firsts = [evaluate(e, params, names) for e in asked(func)]
+        later = [(evaluate(e, params, names), {k: evaluate(v, params, names) for k, v in kw})
+                 for _, e, kw in later_asks(func)]
+        return firsts, [x for x in later if x[0] is not MISSING]
+
+    assert planned(_loop_guarded, "A") == (["B"], [("C", {})])
+    assert asks_nothing(_loop_guarded, {"case": "A"}, {**names, "_ITEMS": ["a"]})
+    assert planned(_loop_under_an_if, "b") == (["B", "a"], [("a", {"system": "b"})])  # c: none
+    assert planned(_loop_under_an_if, "x") == (
+        [MISSING, "a"], [("a", {"system": "x"}), ("b", {"system": "x"})])
+    assert asks_nothing(_loop_under_an_if, {"case": "x"}, {**names, "_ITEMS": ["c"]})
+    # a fail after the second ask, in its own block: the second's first iteration is made, but
+    # the test may end on an item before the first's
+    assert planned(_loop_fails_after_an_ask, "b") == (["a"], [])
+    # a break after the ask: its first iteration's ask is made, the later ones may not be
+    assert planned(_loop_stops_after, "b") == (["a"], [])
+    # a break or a continue on an item the ask is not for: what follows may never be asked
+    assert planned(_loop_stops_on_an_item_it_skips, "a") == ([], [])
+    assert planned(_loop_asks_the_case_after_a_break, "a") == ([], [])
+    # a continue after the ask ends only its iteration; a skip after the loops comes after
+    # all their asks
+    assert planned(_loop_continues_after_its_ask, "a") == (
+        ["b", "b!"], [("c", {}), ("b!", {}), ("c!", {})])
     line = _loop_over_a_call.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_over_a_call) is None
     assert first_ask_call(_loop_over_a_call) == (
@@ -2945,6 +3060,10 @@ def test_models_a_function_never_asks_are_not_prefetched(
 
 
 def test_the_models_a_test_asks_are_read_from_its_asks_receivers() -> None:
+    """Which models a test's first planned ask goes to: the receivers of its asks
+    (``rollout.ask`` both, ``rollout.candidate.ask`` the candidate, ...), of those that send
+    the prompt planned when it is known which; a receiver that is not a model fixture itself
+    leaves it to the fixtures."""
     from pytest_modelrollout.asked import asked_roles
 
     def both(rollout, case):
@@ -2969,9 +3088,19 @@ def test_the_models_a_test_asks_are_read_from_its_asks_receivers() -> None:
     def no_ask(rollout, case):
         helper(rollout, case)  # noqa: F821
 
+    def by_language(rollout, case):
+        if case.lang == "zh":
+            rollout.candidate.ask(case.prompt)
+        else:
+            rollout.ask("Answer: " + case.prompt)
+
     assert asked_roles(both) == {"stable", "candidate"}
     assert asked_roles(candidate_only) == {"candidate"}
     assert asked_roles(each_apart) == {"stable", "candidate"}
+    # the models of the asks that send the prompt planned first (all that do), else all
+    assert asked_roles(each_apart, ("param", "case")) == {"stable", "candidate"}
+    assert asked_roles(by_language, ("attr", ("param", "case"), "prompt")) == {"candidate"}
+    assert asked_roles(by_language, ("param", "case")) == {"stable", "candidate"}
     assert asked_roles(through_a_name) is None
     assert asked_roles(rebound) is None
     assert asked_roles(no_ask) is None

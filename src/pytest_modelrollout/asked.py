@@ -45,14 +45,15 @@ What is read::
     for text in case.meta["paraphrases"]:                 an ask in a for loop: each iteration's
         rollout.ask(text)                                 (_loop_of; the first, then later_asks)
     [rollout.ask(p).candidate.text for p in PROMPTS]      or in a list comprehension
+    for p in items: if not p: continue; rollout.ask(p)    the ifs on the way: the items it asks
 
 A function the ask calls is read when it is a plain ``def`` (not a closure, a lambda, a
 generator, or a decorated function that wraps another) whose body is only a docstring,
 ``name = value`` / ``name += value``, ``if`` / ``elif`` / ``else``, ``return`` and ``pass``,
 each read as above; its arguments, defaults and the names it assigns are its parameters, set
 as its statements run. Anything else (a call of another method or a builtin, a name bound
-under a condition in the test, a loop that may ``break``, a loop in a function) is not read:
-that ask is not planned.
+under a condition in the test, a loop that may ``break`` before its ask, a loop in a
+function) is not read: that ask is not planned.
 """
 
 from __future__ import annotations
@@ -514,6 +515,8 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
     prompt is not read."""
     found = _loop_of(fdef, reader, node)
     if found is None:
+        if _in_a_loop(fdef, node):
+            return None  # a loop not read: it may not make the ask (nor more than once)
         expr = reader.read(node.args[0], node.lineno)
         return None if expr is None else (expr, _keywords(reader, node))
     items = _loop_items(reader, found)
@@ -529,6 +532,23 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
     return each(expr), None if keywords is None else tuple((k, each(v)) for k, v in keywords)
 
 
+def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> bool:
+    """Whether the ask is in the body of a ``for`` loop or in a comprehension's element or
+    ``if`` (a ``while`` loop's first iteration is read as if it were not in one)."""
+    for loop in ast.walk(fdef):
+        if isinstance(loop, (ast.For, ast.AsyncFor)):
+            parts: list[ast.AST] = list(loop.body)
+        elif isinstance(loop, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+            parts = [loop.elt, *(c for g in loop.generators for c in g.ifs)]
+        elif isinstance(loop, ast.DictComp):
+            parts = [loop.key, loop.value, *(c for g in loop.generators for c in g.ifs)]
+        else:
+            continue
+        if any(n is node for part in parts for n in ast.walk(part)):
+            return True
+    return False
+
+
 # how many iterations of a loop of asks go ahead (its later asks, :func:`later_asks`)
 LOOP_AHEAD = 16
 
@@ -541,20 +561,26 @@ class _Loop(NamedTuple):
     line: int
     reader: _Reader  # its target's names read as parameters, and the names its body assigns
     target: str | tuple[str, ...]  # a name, or the names a tuple target unpacks
-    conditions: tuple[ast.expr, ...] = ()  # a comprehension's ifs: the items it asks for
+    # the items it asks for: a comprehension's ifs; in a for, the ifs the ask is under and
+    # the conditions of the `if ...: continue` before it (read as `not ...`)
+    conditions: tuple[ast.expr, ...] = ()
 
 
 def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
              node: ast.Call) -> _Loop | None:
-    """The loop of the test's body that makes the ask ``node`` on each of its iterations; None
-    when the ask is not in such a loop. That is a ``for`` statement of the body whose ask is a
-    statement of its own body, with nothing before it there that may end the test (the names
-    that body assigns once before the ask read as it sets them), and no ``break``, ``continue``
-    or ``else``; or a list comprehension that is the value of a statement of the body
-    (``pairs = [rollout.ask(p) for p in case.meta["paraphrases"] if p]``), of one ``for`` (and
-    its ``if``s), whose element is the ask (or an attribute or item of its reply). Its target is a
-    name or a tuple of names: a ``for`` statement's bound nowhere else and not a parameter (a
-    comprehension's are its own, whatever else the test binds to them)."""
+    """The loop of the test's body that makes the ask ``node`` on each of its iterations that
+    passes its conditions; None when the ask is not in such a loop. That is a ``for``
+    statement of the body without an ``else`` whose ask is a statement of its own body, or of
+    the body or the ``else`` of an ``if`` there (of ``if``s in ``if``s), with nothing before it
+    on the way that may end the test or the loop but ``if <condition>: continue`` (the names
+    assigned once on the way read as they set them); or a list comprehension that is the value
+    of a statement of the body (``pairs = [rollout.ask(p) for p in case.meta["paraphrases"] if
+    p]``), of one ``for`` (and its ``if``s), whose element is the ask (or an attribute or item
+    of its reply). Its target is a name or a tuple of names: a ``for`` statement's bound
+    nowhere else and not a parameter (a comprehension's are its own, whatever else the test
+    binds to them). A ``for`` whose ask is under a condition may end the test or itself
+    (``return``, ``pytest.skip``, ``break``, ...) only after the ask, in the ask's own block:
+    elsewhere it may end on an item before the first it asks for."""
     for stmt in fdef.body:
         if not any(n is node for n in ast.walk(stmt)):
             continue
@@ -571,23 +597,84 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
                 return None  # (its element sees its own target, whatever else binds it)
             return _Loop(stmt, generator.iter, stmt.lineno, reader.scoped(target), target,
                          tuple(generator.ifs))
-        if not isinstance(stmt, ast.For) or stmt.orelse or any(
-                isinstance(n, (ast.Break, ast.Continue)) for n in ast.walk(stmt)):
+        if not isinstance(stmt, ast.For) or stmt.orelse:
             return None
         target = _target_names(stmt.target, reader, scoped=False)
         if target is None:
             return None
         inner = reader.scoped(target)
-        for child in stmt.body:
-            if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
-                return _Loop(stmt, stmt.iter, stmt.lineno, inner, target)
-            if _may_end_early(child):
-                return None
-            name, value = _simple_assignment(child)
-            if name is not None and value is not None and reader.bound.get(name) == 1:
-                inner.single[name] = (child.end_lineno or child.lineno, value)
-        return None
+        conditions: list[ast.expr] = []
+        after = _way_to(stmt.body, node, reader, inner, conditions)
+        if after is None:
+            return None
+        if conditions and any(  # an item it does not ask for may end the test or the loop
+            _may_end_early(s) or _breaks(s) for s in _besides(stmt.body, after)
+        ):
+            return None
+        return _Loop(stmt, stmt.iter, stmt.lineno, inner, target, tuple(conditions))
     return None
+
+
+def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Reader,
+            conditions: list[ast.expr]) -> list[ast.stmt] | None:
+    """Follows the statements of a loop's ``block`` to the statement that makes the ask
+    ``node``, through ``if``s (their conditions, or ``not`` them for an ``else``, added to
+    ``conditions``, as are ``not`` those of an ``if ...: continue`` on the way), recording the
+    names assigned once on the way in ``inner``; returns the statements after the ask in its
+    own block (its iteration's, once it asked); None when the way cannot be followed (a
+    statement before the ask that may end the test or the loop, the ask in a ``with``, a
+    ``try``, a loop, an expression)."""
+    for index, child in enumerate(block):
+        if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
+            return block[index + 1 :]
+        if any(n is node for n in ast.walk(child)):
+            if not isinstance(child, ast.If):
+                return None
+            in_body = any(n is node for s in child.body for n in ast.walk(s))
+            test = child.test if in_body else ast.copy_location(
+                ast.UnaryOp(op=ast.Not(), operand=child.test), child.test)
+            conditions.append(test)
+            return _way_to(child.body if in_body else child.orelse, node, reader, inner,
+                           conditions)
+        if _is_continue_guard(child):
+            assert isinstance(child, ast.If)
+            conditions.append(ast.copy_location(
+                ast.UnaryOp(op=ast.Not(), operand=child.test), child.test))
+            continue
+        if _may_end_early(child) or _breaks(child) or any(
+                isinstance(n, ast.Continue) for n in ast.walk(child)):
+            return None
+        name, value = _simple_assignment(child)
+        if name is not None and value is not None and reader.bound.get(name) == 1:
+            inner.single[name] = (child.end_lineno or child.lineno, value)
+    return None
+
+
+def _is_continue_guard(stmt: ast.stmt) -> bool:
+    """``if <condition>: continue`` (nothing else, no ``else``)."""
+    return (isinstance(stmt, ast.If) and not stmt.orelse and len(stmt.body) == 1
+            and isinstance(stmt.body[0], ast.Continue))
+
+
+def _breaks(stmt: ast.stmt) -> bool:
+    """Whether the statement has a ``break`` (of the loop it is in, or of one in it)."""
+    return any(isinstance(n, ast.Break) for n in ast.walk(stmt))
+
+
+def _besides(block: list[ast.stmt], after: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements of a loop's body (in its ``if``s too) but those in ``after`` (the ask's
+    own block, after it) and the ``if``s holding others: the ones that may run on an
+    iteration that does not ask."""
+    kept = {id(s) for s in after}
+    for stmt in block:
+        if id(stmt) in kept:
+            continue
+        if isinstance(stmt, ast.If):
+            yield ast.copy_location(ast.Expr(value=stmt.test), stmt)
+            yield from _besides(stmt.body, after)
+            yield from _besides(stmt.orelse, after)
+        else:
+            yield stmt
 
 
 def _loop_items(reader: _Reader, loop: _Loop) -> Expr | None:
@@ -597,7 +684,7 @@ def _loop_items(reader: _Reader, loop: _Loop) -> Expr | None:
     items = reader.read(loop.items, loop.line)
     if items is None or not loop.conditions:
         return items
-    conditions = [loop.reader.read(c, loop.line) for c in loop.conditions]
+    conditions = [loop.reader.read(c, c.lineno) for c in loop.conditions]  # names set before
     if any(c is None for c in conditions):
         return None
     target = loop.target
@@ -654,25 +741,32 @@ _RECEIVERS: dict[str, tuple[Role, ...]] = {
 LaterAsk = tuple[tuple[Role, ...], Expr, Keywords]  # (models asked, prompt, keyword arguments)
 
 
-@functools.lru_cache(maxsize=256)
-def asked_roles(func: Any) -> frozenset[Role] | None:
+@functools.lru_cache(maxsize=1024)  # asked for each item of a function
+def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
     """The models the test function can ask, read from the receivers of every ``.ask(...)``
     in its source: ``rollout.ask`` both, ``rollout.candidate.ask`` and ``candidate.ask`` the
-    candidate, ``rollout.stable.ask`` and ``stable.ask`` the stable. None when the source has
-    no ask or an ask whose receiver is not a model fixture itself (a local name, a helper's
-    parameter): then the fixtures the test requests say."""
+    candidate, ``rollout.stable.ask`` and ``stable.ask`` the stable; with ``expr``, of the
+    asks whose prompt reads as ``expr`` (the first ask planned: in a loop, its first
+    iteration's), when there are such. None when the source has no ask or an ask whose
+    receiver is not a model fixture itself (a local name, a helper's parameter): then the
+    fixtures the test requests say."""
     fdef = _function_def(func)
     calls = _ask_nodes(fdef) if fdef is not None else []
     if fdef is None or not calls:
         return None
     reader = _Reader(fdef)
     roles: set[Role] = set()
+    of_expr: set[Role] = set()
     for call in calls:
         found = _receiver_roles(call.func, reader)
         if not found:
             return None
         roles.update(found)
-    return frozenset(roles)
+        if expr is not None and call.args:
+            read = _read_ask(fdef, reader, call, 0)
+            if read is not None and read[0] == expr:
+                of_expr.update(found)
+    return frozenset(of_expr or roles)
 
 
 @functools.lru_cache(maxsize=256)
@@ -697,7 +791,7 @@ def later_asks(func: Any) -> tuple[LaterAsk, ...]:
 
     loops = {id(call): loop for call in calls if (loop := _loop_of(fdef, reader, call))}
     for stmt in fdef.body:
-        if not _may_end_early(stmt):  # each iteration's asks of a loop that makes them
+        if not _may_end_early(stmt) and not _breaks(stmt):  # each iteration's asks of a loop
             asks = [c for c in calls if id(c) in loops and loops[id(c)].stmt is stmt]
             for iteration in range(LOOP_AHEAD if asks else 0):
                 for ask in asks:

@@ -425,7 +425,7 @@ def plan_item(
     roles = _roles(item)
     if only_roles is None:
         func = getattr(item, "function", None)
-        only_roles = asked_roles(func) if func is not None else None
+        only_roles = asked_roles(func, planned[0]) if func is not None else None
     try:
         ctx = context_for(item)
         request = _request(ctx, case, ask_kwargs)

@@ -2671,6 +2671,25 @@ def _loop_continues_after_its_ask(rollout, case):
     pytest.skip("done")  # after both loops: they make their asks first
 
 
+def _retries(rollout, case):
+    while True:
+        pair = rollout.ask(case)  # its first iteration's, whatever happens
+        if pair:
+            break
+
+
+def _retries_while_a_condition_holds(rollout, case):
+    while case:
+        rollout.ask(case)  # maybe never
+
+
+def _retries_after_a_break(rollout, case):
+    while True:
+        if case:
+            break
+        rollout.ask(case)
+
+
 def _loop_asks_the_case_after_a_break(rollout, case):
     for text in _ITEMS:
         if text == case:
@@ -2764,6 +2783,19 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     # a break or a continue on an item the ask is not for: what follows may never be asked
     assert planned(_loop_stops_on_an_item_it_skips, "a") == ([], [])
     assert planned(_loop_asks_the_case_after_a_break, "a") == ([], [])
+    # `while True:`: the ask of its first iteration, when nothing before it may end the loop
+    assert planned(_retries, "a") == (["a"], [])
+    assert planned(_retries_while_a_condition_holds, "a") == ([], [])
+    assert planned(_retries_after_a_break, "a") == ([], [])
+    line = _loop_asks_the_case_after_a_break.__code__.co_firstlineno + 1
+    assert first_ask_unread(_loop_asks_the_case_after_a_break) == (
+        f"`for text in _ITEMS:` at line {line} is not read (a loop is read when it is a `for` of"
+        " the test's body with no `else`, a list comprehension that is a statement's value, or"
+        " a `while True:` that asks first, and nothing before its ask may end it or the test)")
+    line = _retries_while_a_condition_holds.__code__.co_firstlineno + 1
+    assert first_ask_unread(_retries_while_a_condition_holds).startswith(
+        f"`while case:` at line {line} is not read")
+    assert first_ask_unread(_retries) is None
     # a continue after the ask ends only its iteration; a skip after the loops comes after
     # all their asks
     assert planned(_loop_continues_after_its_ask, "a") == (

@@ -533,10 +533,14 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
 
 
 def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> bool:
-    """Whether the ask is in the body of a ``for`` loop or in a comprehension's element or
-    ``if`` (a ``while`` loop's first iteration is read as if it were not in one)."""
+    """Whether the ask is in the body of a ``for`` or ``while`` loop or in a comprehension's
+    element or ``if``; but the first iteration's ask of ``while True:`` made with nothing
+    before it that may end the test or the loop, under no condition (a retry loop), which is
+    read as if it were not in a loop."""
     for loop in ast.walk(fdef):
-        if isinstance(loop, (ast.For, ast.AsyncFor)):
+        if isinstance(loop, ast.While) and _first_iteration_asks(loop, node, _Reader(fdef)):
+            continue
+        if isinstance(loop, (ast.For, ast.AsyncFor, ast.While)):
             parts: list[ast.AST] = list(loop.body)
         elif isinstance(loop, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
             parts = [loop.elt, *(c for g in loop.generators for c in g.ifs)]
@@ -547,6 +551,17 @@ def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> 
         if any(n is node for part in parts for n in ast.walk(part)):
             return True
     return False
+
+
+def _first_iteration_asks(loop: ast.While, node: ast.Call, reader: _Reader) -> bool:
+    """Whether ``while True:`` makes the ask ``node`` on its first iteration, whatever happens
+    (a statement of its body, under no condition, nothing before it that may end the test or
+    the loop)."""
+    if not (isinstance(loop.test, ast.Constant) and loop.test.value is True):
+        return False
+    conditions: list[ast.expr] = []
+    return _way_to(loop.body, node, reader, reader.scoped(()), conditions) is not None and (
+        not conditions)
 
 
 # how many iterations of a loop of asks go ahead (its later asks, :func:`later_asks`)
@@ -929,6 +944,15 @@ def first_ask_unread(func: Any) -> str | None:
     if first is None:
         return None
     reader, ask, parts = first
+    loop = _unread_loop(func, ask)
+    if loop is not None:
+        head = ast.unparse(loop).splitlines()[0]
+        return (
+            f"`{head}` at line {_line(func, loop.lineno)} is not read (a loop is read when it"
+            " is a `for` of the test's body with no `else`, a list comprehension that is a"
+            " statement's value, or a `while True:` that asks first, and nothing before its"
+            " ask may end it or the test)"
+        )
     node = next((n for p in parts if (n := _unread(reader, p, ask.lineno)) is not None), None)
     detail = ""
     if node is None:
@@ -974,6 +998,18 @@ def _first_ask(func: Any) -> tuple[_Reader, ast.Call, list[ast.expr]] | None:
     if loop is not None:  # what its loop goes over; its target and names read as it sets them
         reader, parts = loop.reader, [loop.items, *loop.conditions, *parts]
     return reader, ask, parts
+
+
+def _unread_loop(func: Any, ask: ast.Call) -> ast.stmt | ast.expr | None:
+    """The innermost loop the ask is in (:func:`_in_a_loop`) when it is not read as one
+    (:func:`_loop_of`); None otherwise."""
+    fdef = _function_def(func)
+    if fdef is None or not _in_a_loop(fdef, ask) or _loop_of(fdef, _Reader(fdef), ask):
+        return None
+    loops: list[ast.stmt | ast.expr] = [n for n in ast.walk(fdef) if isinstance(n, (
+        ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.GeneratorExp,
+        ast.DictComp)) and any(m is ask for m in ast.walk(n))]
+    return loops[-1] if loops else None  # (ast.walk goes outermost first)
 
 
 def _cannot_read(func: Any, node: ast.expr) -> str:

@@ -1271,7 +1271,8 @@ def test_asks_in_a_loop_are_sent_ahead(
     ``elif`` there, or after an ``if ...: continue`` — or in a list comprehension (with an
     ``if``: the items it asks for) has every iteration's ask sent ahead, the first with its
     later ones, to the models it asks; a case whose list is empty (or whose items the ``if``
-    turns all away) asks nothing and gets nothing sent. Before, such a function was probed
+    turns all away) asks nothing and gets nothing sent; a ``while True:`` retry loop has its
+    first ask sent ahead. Before, a function of these loops (but the retry loop) was probed
     (its probes wasted) and ran live."""
     project.makepyfile(
         test_suite="""
@@ -1334,6 +1335,16 @@ def test_asks_in_a_loop_are_sent_ahead(
                     rollout.candidate.ask(p, system="请简短回答。")
                 elif not p.endswith("(0)"):
                     rollout.ask(p, system="Answer briefly.")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_retries(rollout, case):
+            attempts = 0
+            while True:
+                pair = rollout.ask(case, system="Answer, or be asked again.")
+                attempts += 1
+                if pair.candidate.ok or attempts == 3:
+                    break
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1350,10 +1361,10 @@ def test_asks_in_a_loop_are_sent_ahead(
     # the Chinese cases' paraphrases, asked of the candidate; the others' but "(0)", of both
     under_an_if = sum(i % 4 if i % 2 else 2 * max(0, i % 4 - 1) for i in range(N_CASES))
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=7 * N_CASES)
-    _every_call_went_ahead(
+    result.assert_outcomes(passed=8 * N_CASES)
+    _every_call_went_ahead(  # (the retry loop's first asks: answered, asked once)
         result, sim,
-        2 * (2 * paraphrases + 3 * N_CASES + 2 * N_CASES + filtered + guarded) + under_an_if)
+        2 * (2 * paraphrases + 4 * N_CASES + 2 * N_CASES + filtered + guarded) + under_an_if)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
             "你好! Where is order A-7?"} <= texts

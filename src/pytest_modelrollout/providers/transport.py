@@ -725,16 +725,20 @@ class AsyncioTransport:
         in the background, for the next requests to use instead of opening their own: while a
         run collects its tests, so that the first round of calls goes out at once. Like the
         pool's own, a connection left unused ``keepalive_expiry`` seconds is closed, not used.
-        False for a URL that is not a plain ``http(s)://host[:port]/...`` (nothing opened)."""
+        The connections the pool already has to that origin count (requests that started
+        before this ran opened their own: as many fewer are opened ahead). False for a URL
+        that is not a plain ``http(s)://host[:port]/...`` (nothing opened)."""
         parts = _plain_url(url)
         if parts is None or count <= 0:
             return False
         scheme, host, port, _ = parts
         name = host.decode("ascii")
+        port = port or _DEFAULT_PORTS[scheme.decode("ascii")]
+        origin = httpcore.Origin(scheme, host, port)
+        count -= sum(1 for c in self._pool.connections if c.can_handle_request(origin))
         tls = (self._context, name) if scheme == b"https" else None
         self._backend.open_ahead(
-            name, port or _DEFAULT_PORTS[scheme.decode("ascii")], count,
-            tls=tls, timeout=self.timeout, expiry=self._keepalive_expiry,
+            name, port, count, tls=tls, timeout=self.timeout, expiry=self._keepalive_expiry
         )
         return True
 

@@ -452,7 +452,12 @@ _expr_sources = st.recursive(
         st.builds(lambda d, k, v: f"{d}.get({k}, {v})", st.sampled_from(["G_DICT", "p_dict"]),
                   inner, inner),
         st.builds(lambda f, a: f"{f}({a})", st.sampled_from(
-            ["len", "str", "sorted", "list", "tuple", "enumerate", "reversed"]), inner),
+            ["len", "str", "sorted", "list", "tuple", "enumerate", "reversed", "min", "max"]),
+            inner),
+        st.builds(lambda f, a, k: f"{f}({a}, key={k})", st.sampled_from(["sorted", "min", "max"]),
+                  inner, st.sampled_from(["len", "str.lower", "str.strip"])),
+        st.builds(lambda f, a, b: f"{f}({a}, {b})", st.sampled_from(["min", "max"]), inner,
+                  inner),
         # f-string conversions and format specs
         st.builds(lambda a, spec: f'f"<{{{a}{spec}}}>"', inner,
                   st.sampled_from(["!r", "!s", "!a", ":>6", ":.2f", ":d", "!r:^9", ":x"])),
@@ -481,6 +486,12 @@ _texts = st.text(alphabet=st.sampled_from(list("ab {}x0_.!中文")), max_size=8)
        p_int=st.integers(-5, 5), p_float=st.floats(allow_nan=False), p_bool=st.booleans(),
        p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
        p_list=st.lists(_texts, max_size=4))  # fmt: skip
+@example(local="'x'", asked="max(p_list, key=len) + min(p_str, G_STR) + max(p_str, 'a', local)",
+         p_str="ab", template="", p_int=0, p_float=0.0, p_bool=False, p_dict={},
+         p_list=["a", "bbb", "cc"])
+@example(local="'x'", asked="'-'.join(sorted(p_list, key=str.lower)) + min(p_dict, default='')",
+         p_str="", template="", p_int=0, p_float=0.0, p_bool=False, p_dict={"k": "v", "j": ""},
+         p_list=["b", "A", "a", "C"])
 def test_what_prefetch_reads_from_a_test_is_what_the_test_asks(
     local: str, asked: str, p_str: str, template: str, p_int: int, p_float: float,
     p_bool: bool, p_dict: dict[str, str], p_list: list[str],

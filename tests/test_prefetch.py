@@ -2547,6 +2547,15 @@ def _planned_value(call: str, names: dict[str, Any], **params: Any) -> Any:
 _ITEMS = ["a", "b", "c"]
 
 
+def _length(text: str) -> int:
+    return len(text)
+
+
+class _Text(str):
+    def __len__(self) -> int:
+        return 0
+
+
 def _loop(rollout, case):
     for text in _ITEMS:
         prompt = text.upper()
@@ -2605,7 +2614,7 @@ def _loop_nested(rollout, case):
 
 
 def _loop_over_a_call(rollout, case):
-    for text in sorted(_ITEMS, key=len):  # a key function: not called ahead
+    for text in sorted(_ITEMS, key=_length):  # a key function of the user's: not called
         rollout.ask(text)
 
 
@@ -2620,7 +2629,7 @@ def _comprehension_filtered(rollout, case):
 
 
 def _comprehension_filtered_by_a_call(rollout, case):
-    pairs = [rollout.ask(text) for text in _ITEMS if text in sorted(_ITEMS, key=len)]
+    pairs = [rollout.ask(text) for text in _ITEMS if text in sorted(_ITEMS, key=_length)]
     assert pairs
 
 
@@ -2814,13 +2823,14 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     line = _loop_over_a_call.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_over_a_call) is None
     assert first_ask_call(_loop_over_a_call) == (
-        f"`sorted(_ITEMS, key=len)` at line {line} cannot be read without running it")
+        f"`sorted(_ITEMS, key=_length)` at line {line} cannot be read without running it")
 
 
 def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read() -> None:
     """Prompts built from a case's lists and dicts: a comprehension, a generator joined, a
     dict's ``items()`` / ``keys()`` / ``values()`` gone over, ``enumerate``, ``zip``,
-    ``reversed``, ``sorted``, ``range``, ``list``, ``tuple``, f-string conversions and format
+    ``reversed``, ``sorted``, ``min``, ``max`` (with ``key=len`` or a ``str`` method, not a
+    function of the user's), ``range``, ``list``, ``tuple``, f-string conversions and format
     specs, ``textwrap.dedent`` / ``indent``, ``inspect.cleandoc``, ``json.dumps``: worked out
     as they run. A width read from the data that would take gigabytes is not formatted (the
     collection must not run out of memory on a case's bad value); nor is a ``json.dumps``
@@ -2830,7 +2840,7 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
 
     from pytest_modelrollout.asked import MISSING
 
-    names = {"textwrap": textwrap, "json": json, "inspect": inspect_module,
+    names = {"textwrap": textwrap, "json": json, "inspect": inspect_module, "_length": _length,
              "dedent": textwrap.dedent, "SHOTS": [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}]}
     meta = {"lang": "zh", "tags": ["late", "vip"], "score": 0.8765, "order": {"id": "A-1"}}
 
@@ -2853,6 +2863,10 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
         "', '.join(sorted(meta, reverse=True)) + str(len(list(range(2, 9, 3))))",
         "[str(i) + t for i, t in enumerate(sorted(meta['tags']), start=len(meta))]",
         "tuple(meta['order'].items())",
+        "', '.join(sorted(['vip', 'A', q, 'be'], key=str.lower))",
+        "', '.join(sorted(meta, key=len, reverse=True))",
+        "max(meta['tags'], key=len) + min(meta) + max('b', q, 'a') + min([], default='-')",
+        "str(max(meta['score'], 1, len(meta)))",
     ]:
         params = {"meta": meta, "q": "Where is it?", "width": 20}
         expected = eval(call, {**names}, params)  # as the test computes it
@@ -2874,7 +2888,12 @@ def test_comprehensions_format_specs_and_the_standard_librarys_builders_are_read
         ("reversed(enumerate(meta))", {"meta": ["a"]}),
         ("enumerate(meta)", {"meta": ["a"]}),  # an iterator is gone over, not passed on
         ("sorted(meta)", {"meta": [1, "a"]}),
-        ("sorted(meta, key=len)", {"meta": ["a"]}),  # a key function: not read
+        ("sorted(meta, key=_length)", {"meta": ["a"]}),  # a key function of the user's
+        ("sorted(meta, key=len)", {"meta": [_Text("a")]}),  # a str subclass's own len
+        ("max(meta, key=str.lower)", {"meta": ["a", 1]}),
+        ("min(meta)", {"meta": []}),  # a ValueError when it runs
+        ("min(meta)", {"meta": ["a", 1]}),  # a TypeError
+        ("max(meta, 'b', default='x')", {"meta": "a"}),
         ("[i for i in range(width)]", {"width": 10**6}),  # too long to go over ahead
     ]:
         assert planned(call, **params) is MISSING, call

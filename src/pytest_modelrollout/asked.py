@@ -29,6 +29,7 @@ What is read::
     ", ".join(f"{k}={v}" for k, v in meta.items())        a dict's items() / keys() / values()
     enumerate(steps, 1), zip(a, b), sorted(tags)          enumerate, zip, reversed, sorted,
                                                           range, list, tuple of those
+    sorted(tags, key=str.lower), max(tags, key=len)       min, max; key= len or a str method
     textwrap.dedent(...), json.dumps(case.meta)           the standard library's builders
     rollout.ask(build_prompt(case, channel="email"))      a call of a function of the module,
     rollout.ask(prompts.build(case))                      or of a module it imports, worked out
@@ -1501,11 +1502,13 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     :func:`_function`) with the arguments evaluated; :data:`MISSING` when that cannot be
     known without running it."""
     function = _evaluate(expr[1], params, names)
+    builtin = function is MISSING and expr[1][0] == "global" and expr[1][1] in _BUILTINS
     args = [_evaluate(a, params, names) for a in expr[2]]
-    kwargs = {k: _evaluate(v, params, names) for k, v in expr[3]}
+    kwargs = {k: _key_function(v, names) if builtin and k == "key" else _evaluate(v, params, names)
+              for k, v in expr[3]}
     if any(a is MISSING for a in args) or any(v is MISSING for v in kwargs.values()):
         return MISSING
-    if function is MISSING and expr[1][0] == "global" and expr[1][1] in _BUILTINS:
+    if builtin:
         return _builtin(expr[1][1], args, kwargs)  # len(...), str(...): not the module's own
     if issubclass(type(function), type):  # Path(...), string.Template(...): of the library
         return templates.construct(function, args, kwargs)
@@ -1539,7 +1542,43 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
 
 
 _BUILTINS = frozenset({"len", "str", "enumerate", "zip", "reversed", "range", "sorted", "list",
-                       "tuple"})
+                       "tuple", "min", "max"})
+# the sort keys that run no code of the user's on a str (str's own methods), and len
+_STR_KEYS = frozenset({"lower", "upper", "casefold", "strip", "lstrip", "rstrip", "title",
+                       "swapcase"})
+
+
+def _key_function(expr: Expr, names: Any) -> Any:
+    """A ``key=`` of ``sorted`` / ``min`` / ``max`` that is ``len`` or a method of ``str`` in
+    :data:`_STR_KEYS` (the builtins', not a name of the module's own); :data:`MISSING` for
+    any other (a function of the user's: not called ahead)."""
+    if type(names) is not dict:
+        return MISSING
+    if expr == ("global", "len") and "len" not in names:
+        return len
+    if (
+        expr[0] == "attr" and expr[1] == ("global", "str") and expr[2] in _STR_KEYS
+        and "str" not in names
+    ):
+        return getattr(str, expr[2])
+    return MISSING
+
+
+def _sort_keys(items: list[Any], key: Any) -> list[Any] | None:
+    """The keys ``key`` (from :func:`_key_function`, or None) gives ``items``, when working
+    them out runs no code of the user's: ``len`` of a str, list, tuple or dict of their own
+    types, a str method of a str; the items themselves, for no key. None otherwise."""
+    if key is None:
+        return items
+    if key is len:
+        keys = [_builtin("len", [x], {}) for x in items]
+        return None if MISSING in keys else keys
+    return [key(x) for x in items] if all(type(x) is str for x in items) else None
+
+
+def _comparable(values: list[Any]) -> bool:
+    """Compared as they are only: strings, or numbers (their own types, not subclasses)."""
+    return all(type(x) in _NUMBER for x in values) or all(type(x) is str for x in values)
 _RANGE = 10_000  # the longest range(...) gone over
 
 
@@ -1593,6 +1632,8 @@ def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     numbers, ``list(x)``, ``tuple(x)``; ``range(...)`` of ints."""
     if name in _GOING_OVER:
         return _gone_over(name, args, kwargs)
+    if name in ("min", "max"):
+        return _extreme(name, args, kwargs)
     if kwargs or len(args) != 1:
         return MISSING
     value = args[0]
@@ -1640,16 +1681,35 @@ def _gone_over(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
             return MISSING
         return _View(tuple(reversed(first)), sized=False)
     if name == "sorted":
-        reverse = kwargs.get("reverse", False)
-        if set(kwargs) - {"reverse"} or type(reverse) is not bool:
-            return MISSING  # a key= is a function: not read
-        numeric = all(type(x) in _NUMBER for x in first)
-        if not (numeric or all(type(x) is str for x in first)):
-            return MISSING  # compared as they are only: strings, or numbers
-        return sorted(first, reverse=reverse)
+        reverse, key = kwargs.get("reverse", False), kwargs.get("key")
+        if set(kwargs) - {"reverse", "key"} or type(reverse) is not bool:
+            return MISSING
+        keys = _sort_keys(first, key)
+        if keys is None or not _comparable(keys):
+            return MISSING  # a key of the user's, or what is compared runs code of the user's
+        return sorted(first, key=key, reverse=reverse)
     if kwargs:
         return MISSING
     return list(first) if name == "list" else tuple(first)
+
+
+def _extreme(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """``min`` / ``max`` of one list, tuple, dict (its keys) or view, or of two arguments or
+    more, with ``key=`` (:func:`_key_function`) and, of one, ``default=``; of strings or of
+    numbers, as :func:`_gone_over`'s ``sorted``; :data:`MISSING` when it raises (nothing to
+    compare) or when comparing would run code of the user's."""
+    key = kwargs.get("key")
+    if set(kwargs) - {"key", "default"} or not args or (len(args) > 1 and "default" in kwargs):
+        return MISSING
+    items = _iterated(args[0]) if len(args) == 1 else list(args)
+    if items is None:
+        return MISSING
+    if not items:
+        return kwargs.get("default", MISSING)  # a ValueError without one
+    keys = _sort_keys(items, key)
+    if keys is None or not _comparable(keys):
+        return MISSING
+    return (min if name == "min" else max)(items, key=key)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1579,6 +1579,8 @@ def _sort_keys(items: list[Any], key: Any) -> list[Any] | None:
 def _comparable(values: list[Any]) -> bool:
     """Compared as they are only: strings, or numbers (their own types, not subclasses)."""
     return all(type(x) in _NUMBER for x in values) or all(type(x) is str for x in values)
+
+
 _RANGE = 10_000  # the longest range(...) gone over
 
 

@@ -38,6 +38,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``loop with if by language``: the loop's asks under ``if case.meta["lang"] == "zh":``, the
   Chinese cases' of the candidate alone (``rollout.candidate.ask``): 1.5 times ``plain``'s
   calls;
+- ``ask in a helper``: ``pair = ask_support(rollout, case)``, a function of the test's module
+  whose ``return rollout.ask(prompt, system=...)`` follows ``prompt = f"{case.prompt} (answer:
+  {style})"``;
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
@@ -162,6 +165,10 @@ SHAPES: dict[str, Shape] = {
                             '            rollout.candidate.ask(f"{case.prompt}（{style}）")\n'
                             '        else:\n'
                             '            rollout.ask(f"{case.prompt} (answer: {style})")',
+    "ask in a helper": ("", "pair = ask_support(rollout, case)",
+                        'def ask_support(rollout, case, style="brief"):\n'
+                        '    prompt = f"{case.prompt} (answer: {style})"\n'
+                        '    return rollout.ask(prompt, system="Answer briefly.")\n'),
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

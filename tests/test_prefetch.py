@@ -725,8 +725,9 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         f"'hurry.'):` at line {loop} is not read))",
         f"  run live: test_suite.py::test_from_a_fixture ({unknown}: `greeting` is what a fixture "
         "returns, not known without running it)",
-        f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source (an "
-        "ask inside a helper function is not read))",
+        f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source, "
+        "nor in a helper it calls first (read when the helper asks first, not under a "
+        "condition, a model the test passes it))",
         "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
         "for them)",
         "  run live: test_suite.py::test_styled (its first ask passes arguments not known before "
@@ -1108,6 +1109,68 @@ def test_prompts_built_by_the_suites_own_functions_are_sent_ahead(
     assert {m[1]["content"].split("\n")[0] for m in messages} == {
         "客户消息（email）：", "Customer message (email): "}
     assert max(len(m[1]["content"].split("\n")[1]) for m in messages) == 60
+
+
+@XDIST
+def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """``pair = ask_support(rollout, case)``: a helper of the suite (here in a module next to
+    the tests) whose first statement to ask is ``return rollout.ask(prompt, system=SYSTEM)``,
+    after a ``prompt = f"..."`` built from its parameters: its ask is read from its source,
+    its parameters bound to the test's arguments (a default, a keyword, a local name of the
+    test), and sent ahead to the models the test passes it (``ask_with(rollout.candidate,
+    ...)``: the candidate alone). Before, each function was probed with the case's own
+    request (wasted: the helper's prompt is not the case's) and ran live."""
+    project.makepyfile(
+        helpers='''
+        """The support suite's helpers."""
+        SYSTEM = "Answer briefly."
+
+
+        def ask_support(rollout, case, style="brief"):
+            """Asks both models the customer's message, in a style."""
+            prompt = f"{case.prompt} (answer: {style})"
+            return rollout.ask(prompt, system=SYSTEM)
+
+
+        def ask_with(model, text):
+            return model.ask(text, system="请用中文回答。")
+        ''',
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+        from helpers import ask_support, ask_with
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_support(rollout, case):
+            pair = ask_support(rollout, case)
+            assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_formal(rollout, case):
+            style = "formal"
+            ask_support(rollout, case, style=style)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_candidate(rollout, case):
+            assert ask_with(rollout.candidate, case.prompt).ok
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=3 * N_CASES)
+    _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES)
+    texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
+    assert {"Where is order A-3? (answer: brief)", "Where is order A-3? (answer: formal)",
+            "Where is order A-3?"} <= texts
 
 
 @XDIST
@@ -3083,9 +3146,12 @@ def test_what_an_ask_reads_from_a_parameter_is_resolved_without_running_code() -
     ("signature", "ask", "stable_sent"),
     [("stable, candidate, case", "candidate.ask(case)", (0, 0)),
      ("rollout, case", "rollout.candidate.ask(case)", (0, 0)),
-     # an ask through a helper: its receiver is not read, the fixtures say (both models);
+     # an ask through a helper of the module: read from its source, with the model the test
+     # passes it
+     ("rollout, case", "ask_with(rollout.candidate, case)", (0, 0)),
+     # through a helper that is not read (a local name asks): the fixtures say (both models);
      # after the first test, only what it took
-     ("rollout, case", "ask_with(rollout.candidate, case)", (1, 4))],
+     ("rollout, case", "ask_through_a_name(rollout.candidate, case)", (1, 4))],
 )  # fmt: skip
 def test_models_a_function_never_asks_are_not_prefetched(
     project: pytest.Pytester, sim: CountingSim, signature: str, ask: str,
@@ -3094,9 +3160,10 @@ def test_models_a_function_never_asks_are_not_prefetched(
     """Both models available to the test, only the candidate asked: the asks' receivers in the
     source say so (``candidate.ask``, ``rollout.candidate.ask``), and the stable is never sent
     ahead (before, the first window's stable calls were sent and wasted, and with a wide
-    window every case's: a model's worth of calls). An ask the source does not show (a
-    helper's) is learned from the first test: one unused stable call in all, not one per
-    case."""
+    window every case's: a model's worth of calls); so does a helper's, read from its source
+    (``ask_with(rollout.candidate, case)``: the model the test passes it). An ask the source
+    does not show (a helper that asks through a name of its own) is learned from the first
+    test: one unused stable call in all, not one per case."""
     project.makepyfile(
         test_suite=f"""
         import pytest
@@ -3104,6 +3171,10 @@ def test_models_a_function_never_asks_are_not_prefetched(
 
         def ask_with(model, case):
             return model.ask(case)
+
+        def ask_through_a_name(model, case):
+            asker = model
+            return asker.ask(case)
 
         @pytest.mark.workflow("support", system="You are a concise support agent.",
                               params={{"temperature": 0}})

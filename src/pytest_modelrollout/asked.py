@@ -80,6 +80,8 @@ from ._records import Role
 # An expression, as nested tuples:
 #   ("param", name)                a parameter of the test function
 #   ("global", name)               a name of the test's module (PROMPT, TEMPLATE)
+#   ("helper", function, args, kwargs, value)  a value read in the helper the test calls
+#   ("model",)                     the model fixture passed to a helper (not read)
 #   ("const", value)               a str, int, float, bool or None literal
 #   ("attr", expr, name)           expr.name: an instance attribute
 #   ("item", expr, key)            expr[key]: a dict's item, a list's or tuple's element
@@ -446,6 +448,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[1], *expr[3], *(value for _, value in expr[4]))
     if kind == "call":
         return (expr[1], *expr[2], *(value for _, value in expr[3]))
+    if kind == "helper":  # (its value reads the helper's parameters, not the test's)
+        return (expr[1], *expr[2], *(value for _, value in expr[3]))
     if kind == "dict":
         return tuple(value for _, value in expr[1])
     return ()  # param, global, const
@@ -488,8 +492,117 @@ Asks = tuple[tuple[tuple[Expr, Keywords | None], ...], frozenset[str]]
 
 @functools.lru_cache(maxsize=256)
 def source_asks(func: Any) -> Asks:
-    """:func:`read_asks` of the test function's source."""
-    return read_asks(_function_def(func))
+    """:func:`read_asks` of the test function's source; for one without an ask of its own,
+    the first ask of the helper it calls first (:func:`_helper_ask`)."""
+    fdef = _function_def(func)
+    asks, rebound = read_asks(fdef)
+    helper = _helper_of(func)
+    return ((helper[:2],) if helper is not None else asks), rebound
+
+
+@functools.lru_cache(maxsize=256)
+def _helper_of(func: Any) -> tuple[Expr, Keywords | None, tuple[Role, ...]] | None:
+    """:func:`_helper_ask` of a test function without an ask of its own."""
+    fdef = _function_def(func)
+    if fdef is None or _ask_nodes(fdef):
+        return None
+    return _helper_ask(fdef, module_names(func))
+
+
+def _helper_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
+                names: Any) -> tuple[Expr, Keywords | None, tuple[Role, ...]] | None:
+    """The first ask of the function of the module the test calls first (``pair =
+    ask_support(rollout, case, style="brief")``, ``assert ask_with(rollout.candidate,
+    case).ok``): a statement of the test's body, with only
+    statements before it that call nothing of the module's and may not end the test; whose
+    arguments are read; a plain ``def`` (:func:`_helper_asks_first`) that asks a model fixture
+    the test passes it. Read as ``("helper", function, args, kwargs, value)``: the helper's
+    ``value``, its parameters bound to the arguments as a call binds them; with the models it
+    asks. None otherwise."""
+    reader = _Reader(fdef)
+    for stmt in fdef.body:
+        value = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else (
+            stmt.test if isinstance(stmt, ast.Assert) else None)
+        while isinstance(value, (ast.Attribute, ast.Subscript)):
+            value = value.value  # assert ask_with(rollout.candidate, case).ok: the call's
+        call = value if isinstance(value, ast.Call) else None
+        calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call)]
+        callee = reader.read(call.func, call.lineno) if call is not None else None
+        if call is not None and callee is not None and _module_name(callee):
+            function = evaluate(callee, {}, names)
+            found = _helper_asks_first(function) if type(function) is types.FunctionType else None
+            args = [reader.read(a, call.lineno) for a in call.args]
+            kwargs = [(k.arg, reader.read(k.value, call.lineno)) for k in call.keywords]
+            if found is None or any(a is None for a in args) or any(
+                    k is None or v is None for k, v in kwargs):
+                return None  # (a *args or **kwargs, or an argument not read)
+            prompt, keywords, (receiver, which) = found
+            try:
+                passed = inspect.signature(function).bind(
+                    *call.args, **{k.arg: k.value for k in call.keywords if k.arg})
+            except TypeError:
+                return None
+            model = passed.arguments.get(receiver)
+            asked: ast.expr | None = model if isinstance(model, ast.expr) else None
+            if asked is not None and which is not None:  # model.candidate.ask in the helper
+                asked = ast.Attribute(value=asked, attr=which, ctx=ast.Load())
+            roles = () if asked is None else _receiver_roles(
+                ast.Attribute(value=asked, attr="ask", ctx=ast.Load()), reader)
+            if not roles:
+                return None  # what it asks is not a model fixture of the test's
+            # the model it is passed: not a value known ahead (nothing read of it is)
+            args = [("model",) if a is model else e for a, e in zip(call.args, args, strict=True)]
+            kwargs = [(k, ("model",) if node.value is model else v)
+                      for (k, v), node in zip(kwargs, call.keywords, strict=True)]
+            head = ("helper", callee, tuple(args), tuple(kwargs))
+            return (*head, prompt), None if keywords is None else tuple(
+                (k, (*head, v)) for k, v in keywords), roles
+        if not isinstance(stmt, (*_STATEMENTS, ast.Assert)) or _may_end_early(stmt) or any(
+                _module_name(reader.read(c.func, c.lineno) or ("const", None)) for c in calls):
+            return None  # it may not get to the call, or another call of the module's asks
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _helper_asks_first(
+    function: types.FunctionType,
+) -> tuple[Expr, Keywords | None, tuple[str, str | None]] | None:
+    """A helper's first ask, read from its source, when the helper makes it whatever happens,
+    and the parameter it asks (``model`` of ``model.ask``; ``("rollout", "candidate")`` of
+    ``rollout.candidate.ask``): a plain ``def`` (no decorator,
+    no free names, not a generator) whose ask is a statement of its body (``return
+    model.ask(...)``, ``pair = model.ask(...)``) on a parameter (or its ``.stable`` /
+    ``.candidate``), with only ``name = value`` statements (or a docstring) before it, and
+    that binds none of its parameters again. None otherwise."""
+    fdef = _function_def(function)
+    if (
+        not isinstance(fdef, ast.FunctionDef) or fdef.decorator_list
+        or function.__code__.co_freevars
+        or any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(fdef))
+    ):
+        return None
+    calls = _ask_calls(fdef)
+    reader = _Reader(fdef)
+    if not calls or reader.args & reader.bound.keys():
+        return None
+    first = calls[0]
+    receiver = first.func.value if isinstance(first.func, ast.Attribute) else None
+    which = None
+    if isinstance(receiver, ast.Attribute) and receiver.attr in ("stable", "candidate"):
+        which = receiver.attr  # rollout.candidate.ask
+        receiver = receiver.value
+    if not (isinstance(receiver, ast.Name) and receiver.id in reader.args):
+        return None
+    for stmt in fdef.body:
+        value = getattr(stmt, "value", None) if isinstance(stmt, (*_STATEMENTS, ast.Return)) else None
+        if value is first:
+            prompt = reader.read(first.args[0], first.lineno)
+            return None if prompt is None else (
+                prompt, _keywords(reader, first), (receiver.id, which))
+        if not (_is_docstring(stmt) or _simple_assignment(stmt)[0] is not None) or (
+                _may_end_early(stmt)):
+            return None
+    return None
 
 
 def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
@@ -768,6 +881,9 @@ def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
     fixtures the test requests say."""
     fdef = _function_def(func)
     calls = _ask_nodes(fdef) if fdef is not None else []
+    helper = _helper_of(func)
+    if helper is not None:
+        return frozenset(helper[2])  # the models the helper it calls asks
     if fdef is None or not calls:
         return None
     reader = _Reader(fdef)
@@ -1272,6 +1388,10 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _formatted(expr, params, names)
     if kind == "call":
         return _returned(expr, params, names)
+    if kind == "helper":
+        return _helper_value(expr, params, names)
+    if kind == "model":
+        return _MODEL
     if kind == "div":
         return templates.divide(*(_evaluate(child, params, names) for child in _children(expr)))
     if kind == "method" and expr[2] in templates.METHODS:
@@ -1539,6 +1659,27 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     finally:
         _nesting.depth = depth
     return None if value is _FELL_THROUGH else value
+
+
+_MODEL: Any = object()  # ("model",): the model fixture a helper is passed (nothing to read)
+
+
+def _helper_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """``("helper", function, args, kwargs, value)``: ``value`` read in the helper (see
+    :func:`_helper_ask`), its parameters bound to the arguments as the call binds them (its
+    defaults too), its names its module's."""
+    function = _evaluate(expr[1], params, names)
+    args = [_evaluate(a, params, names) for a in expr[2]]
+    kwargs = {k: _evaluate(v, params, names) for k, v in expr[3]}
+    if type(function) is not types.FunctionType or MISSING in args or (
+            MISSING in kwargs.values()):
+        return MISSING
+    try:
+        bound = inspect.signature(function).bind(*args, **kwargs)
+    except TypeError:
+        return MISSING  # it raises when it runs: the test does not ask
+    bound.apply_defaults()
+    return _evaluate(expr[4], dict(bound.arguments), function.__globals__)
 
 
 _BUILTINS = frozenset({"len", "str", "enumerate", "zip", "reversed", "range", "sorted", "list",

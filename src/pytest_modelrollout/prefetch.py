@@ -376,7 +376,8 @@ def _why_unknown(item: pytest.Item) -> str:
         return f": {unread}"
     asks = source_asks(func)[0]
     if not asks:
-        return ": no `.ask(...)` in its source (an ask inside a helper function is not read)"
+        return (": no `.ask(...)` in its source, nor in a helper it calls first (read when the"
+                " helper asks first, not under a condition, a model the test passes it)")
     expr, keywords = asks[0]
     reads = params_read(expr).union(*(params_read(value) for _, value in keywords or ()))
     missing = sorted(reads - _params(item).keys())

@@ -2780,6 +2780,109 @@ def _loop_asks_the_case_after_a_break(rollout, case):
         rollout.ask(case)  # its prompt is read, but the loop is not: it may never ask
 
 
+def _ask_support(rollout, case, style="brief"):
+    """Asks both models, in a style."""
+    prompt = f"{case} ({style})"
+    return rollout.ask(prompt, system=_ITEMS[0])
+
+
+def _ask_with(model, text):
+    pair = model.candidate.ask(text)
+    return pair
+
+
+def _ask_if(rollout, case):
+    if case:
+        return rollout.ask(case)
+    return None
+
+
+def _ask_rebinding(rollout, case):
+    case = case.strip()
+    return rollout.ask(case)
+
+
+def _ask_twice(rollout, case):
+    return rollout.ask(case), rollout.ask(case)
+
+
+def _decorated(func):
+    return func
+
+
+@_decorated
+def _ask_decorated(rollout, case):
+    return rollout.ask(case)
+
+
+def _through_a_helper(rollout, case):
+    style = "formal"
+    pair = _ask_support(rollout, case, style=style)
+    assert pair
+
+
+def _through_a_helper_with_defaults(rollout, case):
+    assert _ask_support(rollout, case).candidate.ok
+
+
+def _through_a_helper_to_the_candidate(rollout, case):
+    _ask_with(rollout, case)
+
+
+def _after_a_print(rollout, case):
+    print(case)
+    _ask_support(rollout, case)
+
+
+def _not_a_model(rollout, case):
+    _ask_support(object(), case)
+
+
+def _through_unread_helpers(rollout, case):
+    _ask_if(rollout, case)
+
+
+def test_the_first_ask_of_a_helper_the_test_calls_first_is_read() -> None:
+    """A test without an ask of its own whose first call of a function of the module is a
+    helper that asks: the helper's first ask is read from its source, its parameters bound to
+    the test's arguments (a default, a keyword, a local name of the test), and its models are
+    those of the fixture the test passes it (``model.candidate.ask`` on ``rollout``: the
+    candidate). Not read: a helper that asks under a condition, twice in one statement, binds
+    a parameter again or is decorated; a call before it (``print``); an object that is not a
+    model fixture passed to it."""
+    from pytest_modelrollout.asked import (
+        MISSING,
+        asked,
+        asked_roles,
+        evaluate,
+        first_ask_keywords,
+    )
+
+    names = globals()
+
+    def planned(func: Any) -> Any:
+        exprs = asked(func)
+        if not exprs:
+            return MISSING
+        keywords = first_ask_keywords(func, exprs[0])
+        return (evaluate(exprs[0], {"case": "x"}, names),
+                None if keywords is None else {
+                    k: evaluate(v, {"case": "x"}, names) for k, v in keywords})
+
+    assert planned(_through_a_helper) == ("x (formal)", {"system": "a"})
+    assert planned(_through_a_helper_with_defaults) == ("x (brief)", {"system": "a"})
+    assert asked_roles(_through_a_helper) == {"stable", "candidate"}
+    assert planned(_through_a_helper_to_the_candidate) == ("x", {})
+    assert asked_roles(_through_a_helper_to_the_candidate) == {"candidate"}
+    for func in (_after_a_print, _not_a_model, _through_unread_helpers):
+        assert planned(func) is MISSING, func.__name__
+    from pytest_modelrollout.asked import _helper_asks_first
+
+    for helper in (_ask_if, _ask_rebinding, _ask_twice, _ask_decorated):
+        assert _helper_asks_first(helper) is None, helper.__name__
+    assert _helper_asks_first(_ask_support) is not None
+
+
 def test_asks_in_a_loop_are_read_from_the_source() -> None:
     """An ask in a ``for`` loop of the test's body is read for each iteration (its target and
     the names its body assigns once before it), and so is one in a list comprehension that is

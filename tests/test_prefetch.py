@@ -2806,11 +2806,11 @@ def _ask_twice(rollout, case):
     return rollout.ask(case), rollout.ask(case)
 
 
-def _decorated(func):
+def _passed_through(func):
     return func
 
 
-@_decorated
+@_passed_through
 def _ask_decorated(rollout, case):
     return rollout.ask(case)
 

@@ -513,12 +513,12 @@ def _helper_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
                 names: Any) -> tuple[Expr, Keywords | None, tuple[Role, ...]] | None:
     """The first ask of the function of the module the test calls first (``pair =
     ask_support(rollout, case, style="brief")``, ``assert ask_with(rollout.candidate,
-    case).ok``): a statement of the test's body, with only
-    statements before it that call nothing of the module's and may not end the test; whose
-    arguments are read; a plain ``def`` (:func:`_helper_asks_first`) that asks a model fixture
-    the test passes it. Read as ``("helper", function, args, kwargs, value)``: the helper's
-    ``value``, its parameters bound to the arguments as a call binds them; with the models it
-    asks. None otherwise."""
+    case).ok``): a statement of the test's body, with only statements before it that call
+    nothing of a module's name (or a builtin) and may not end the test; whose arguments are
+    read; a plain ``def`` (:func:`_helper_asks_first`) that asks a model fixture the test
+    passes it. Read as ``("helper", function, args, kwargs, value)``: the helper's ``value``,
+    its parameters bound to the arguments as a call binds them; with the models it asks.
+    None otherwise."""
     reader = _Reader(fdef)
     for stmt in fdef.body:
         value = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else (
@@ -543,11 +543,11 @@ def _helper_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
             except TypeError:
                 return None
             model = passed.arguments.get(receiver)
-            asked: ast.expr | None = model if isinstance(model, ast.expr) else None
-            if asked is not None and which is not None:  # model.candidate.ask in the helper
-                asked = ast.Attribute(value=asked, attr=which, ctx=ast.Load())
-            roles = () if asked is None else _receiver_roles(
-                ast.Attribute(value=asked, attr="ask", ctx=ast.Load()), reader)
+            on: ast.expr | None = model if isinstance(model, ast.expr) else None
+            if on is not None and which is not None:  # model.candidate.ask in the helper
+                on = ast.Attribute(value=on, attr=which, ctx=ast.Load())
+            roles = () if on is None else _receiver_roles(
+                ast.Attribute(value=on, attr="ask", ctx=ast.Load()), reader)
             if not roles:
                 return None  # what it asks is not a model fixture of the test's
             # the model it is passed: not a value known ahead (nothing read of it is)
@@ -569,11 +569,11 @@ def _helper_asks_first(
 ) -> tuple[Expr, Keywords | None, tuple[str, str | None]] | None:
     """A helper's first ask, read from its source, when the helper makes it whatever happens,
     and the parameter it asks (``model`` of ``model.ask``; ``("rollout", "candidate")`` of
-    ``rollout.candidate.ask``): a plain ``def`` (no decorator,
-    no free names, not a generator) whose ask is a statement of its body (``return
-    model.ask(...)``, ``pair = model.ask(...)``) on a parameter (or its ``.stable`` /
-    ``.candidate``), with only ``name = value`` statements (or a docstring) before it, and
-    that binds none of its parameters again. None otherwise."""
+    ``rollout.candidate.ask``): a plain ``def`` (no decorator, no free names, not a
+    generator) whose ask is a statement of its body (``return model.ask(...)``, ``pair =
+    model.ask(...)``) on a parameter (or its ``.stable`` / ``.candidate``), with only ``name =
+    value`` statements (or a docstring) before it, and that binds none of its parameters
+    again. None otherwise."""
     fdef = _function_def(function)
     if (
         not isinstance(fdef, ast.FunctionDef) or fdef.decorator_list
@@ -1671,9 +1671,9 @@ def _helper_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     function = _evaluate(expr[1], params, names)
     args = [_evaluate(a, params, names) for a in expr[2]]
     kwargs = {k: _evaluate(v, params, names) for k, v in expr[3]}
-    if type(function) is not types.FunctionType or MISSING in args or (
-            MISSING in kwargs.values()):
-        return MISSING
+    if type(function) is not types.FunctionType or any(
+            v is MISSING for v in (*args, *kwargs.values())):
+        return MISSING  # (identity only: an argument's own == is never called)
     try:
         bound = inspect.signature(function).bind(*args, **kwargs)
     except TypeError:
@@ -1713,7 +1713,7 @@ def _sort_keys(items: list[Any], key: Any) -> list[Any] | None:
         return items
     if key is len:
         keys = [_builtin("len", [x], {}) for x in items]
-        return None if MISSING in keys else keys
+        return None if any(k is MISSING for k in keys) else keys
     return [key(x) for x in items] if all(type(x) is str for x in items) else None
 
 

@@ -646,6 +646,10 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
     return each(expr), None if keywords is None else tuple((k, each(v)) for k, v in keywords)
 
 
+_LOOP_STATEMENTS = (ast.For, ast.AsyncFor, ast.While)
+_LOOPS = (*_LOOP_STATEMENTS, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+
+
 def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> bool:
     """Whether the ask is in the body of a ``for`` or ``while`` loop or in a comprehension's
     element or ``if``; but the first iteration's ask of ``while True:`` made with nothing
@@ -654,7 +658,7 @@ def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> 
     for loop in ast.walk(fdef):
         if isinstance(loop, ast.While) and _first_iteration_asks(loop, node, _Reader(fdef)):
             continue
-        if isinstance(loop, (ast.For, ast.AsyncFor, ast.While)):
+        if isinstance(loop, _LOOP_STATEMENTS):
             parts: list[ast.AST] = list(loop.body)
         elif isinstance(loop, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
             parts = [loop.elt, *(c for g in loop.generators for c in g.ifs)]
@@ -760,15 +764,12 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
             if not isinstance(child, ast.If):
                 return None
             in_body = any(n is node for s in child.body for n in ast.walk(s))
-            test = child.test if in_body else ast.copy_location(
-                ast.UnaryOp(op=ast.Not(), operand=child.test), child.test)
-            conditions.append(test)
+            conditions.append(child.test if in_body else _negated(child.test))
             return _way_to(child.body if in_body else child.orelse, node, reader, inner,
                            conditions)
         if _is_continue_guard(child):
             assert isinstance(child, ast.If)
-            conditions.append(ast.copy_location(
-                ast.UnaryOp(op=ast.Not(), operand=child.test), child.test))
+            conditions.append(_negated(child.test))
             continue
         if _may_end_early(child) or _breaks(child) or any(
                 isinstance(n, ast.Continue) for n in ast.walk(child)):
@@ -777,6 +778,11 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
         if name is not None and value is not None and reader.bound.get(name) == 1:
             inner.single[name] = (child.end_lineno or child.lineno, value)
     return None
+
+
+def _negated(test: ast.expr) -> ast.expr:
+    """``not <test>``, at the test's place in the source (read where the test is)."""
+    return ast.copy_location(ast.UnaryOp(op=ast.Not(), operand=test), test)
 
 
 def _is_continue_guard(stmt: ast.stmt) -> bool:
@@ -1123,9 +1129,9 @@ def _unread_loop(func: Any, ask: ast.Call) -> ast.stmt | ast.expr | None:
     fdef = _function_def(func)
     if fdef is None or not _in_a_loop(fdef, ask) or _loop_of(fdef, _Reader(fdef), ask):
         return None
-    loops: list[ast.stmt | ast.expr] = [n for n in ast.walk(fdef) if isinstance(n, (
-        ast.For, ast.AsyncFor, ast.While, ast.ListComp, ast.SetComp, ast.GeneratorExp,
-        ast.DictComp)) and any(m is ask for m in ast.walk(n))]
+    loops: list[ast.stmt | ast.expr] = [
+        n for n in ast.walk(fdef) if isinstance(n, _LOOPS) and any(m is ask for m in ast.walk(n))
+    ]
     return loops[-1] if loops else None  # (ast.walk goes outermost first)
 
 

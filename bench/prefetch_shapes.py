@@ -41,6 +41,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``ask in a helper``: ``pair = ask_support(rollout, case)``, a function of the test's module
   whose ``return rollout.ask(prompt, system=...)`` follows ``prompt = f"{case.prompt} (answer:
   {style})"``;
+- ``helper asking twice``: ``pair = ask_support(rollout, case)``, a helper that asks both
+  models, then the candidate alone for one sentence (``rollout.candidate.ask(case.prompt + "
+  One sentence.", ...)``), then returns the first pair: 1.5 times ``plain``'s calls;
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
@@ -169,6 +172,12 @@ SHAPES: dict[str, Shape] = {
                         'def ask_support(rollout, case, style="brief"):\n'
                         '    prompt = f"{case.prompt} (answer: {style})"\n'
                         '    return rollout.ask(prompt, system="Answer briefly.")\n'),
+    "helper asking twice": ("", "pair = ask_support(rollout, case)",
+                            'def ask_support(rollout, case):\n'
+                            '    pair = rollout.ask(case.prompt, system="Answer briefly.")\n'
+                            '    rollout.candidate.ask(case.prompt + " One sentence.",\n'
+                            '                          system="Answer briefly.")\n'
+                            '    return pair\n'),
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

@@ -575,7 +575,7 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
                               " if {item} != p_str", " if {item} in G_DICT",
                               " if {item} and p_int > 0", " if {item} != LOCAL"]),
        guard=st.sampled_from(["if", "else", "continue"]),
-       stops=st.sampled_from(["", "after the ask", "after the if"]),
+       stops=st.sampled_from(["", "after the ask", "after the if"]), in_helper=st.booleans(),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
        p_list=st.lists(_texts, max_size=4),
@@ -584,10 +584,11 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
 # not what the test asks (nothing)
 @example(items="G_DICT", target="item", local="p_str", asked="p_str", system="p_str",
          first=False, comprehension=False, where=" if len({item}) > 1", guard="if",
-         stops="after the if", p_str="", p_int=0, p_dict={}, p_list=[], p_pairs=[])
+         stops="after the if", in_helper=False, p_str="", p_int=0, p_dict={}, p_list=[],
+         p_pairs=[])
 def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     items: str, target: str, local: str, asked: str, system: str, first: bool,
-    comprehension: bool, where: str, guard: str, stops: str, p_str: str,
+    comprehension: bool, where: str, guard: str, stops: str, in_helper: bool, p_str: str,
     p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
 ) -> None:
     """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
@@ -595,11 +596,12 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     from the target (the ask under an ``if``, in its ``else``, or after an ``if ...:
     continue`` on the target or that name, or not; a ``break`` after the ask, or after the
     ``if`` it is under, or none), or in a list
-    comprehension (with an ``if`` on its target or not): what prefetch plans for each ask (the
+    comprehension (with an ``if`` on its target or not); or the same in a helper of the
+    module the test calls, after the helper's first ask: what prefetch plans for each ask (the
     first, then the later ones) is exactly what the test asks there, with the same keyword
     arguments; an iteration the loop does not have is not planned."""
 
-    from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, read_asks
+    from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, source_asks
 
     item = "item" if target == "item" else "(a + b)"
     local = local.replace("local", item)  # the body's name reads the loop's target
@@ -626,10 +628,13 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
         f"        local = {local}\n"
         + textwrap.indent(body + (stop if stops == "after the if" else ""), "        ")
     )
+    signature = "(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj)"
+    in_helper = in_helper and first  # a helper is read when its first statement asks
     source = (
-        "def test_x(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj):\n"
+        f"def {'helper_x' if in_helper else 'test_x'}{signature}:\n"
         + ("    rollout.ask('before')\n" if first else "")
         + loop
+        + (f"\n\ndef test_x{signature}:\n    helper_x{signature}\n" if in_helper else "")
     )
     names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s", "G_PAIRS": [("x", "y"), ("中", "文")],
@@ -637,19 +642,19 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
                              "G_LONG": [str(i) for i in range(LOOP_AHEAD + 3)]}  # fmt: skip
     params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
               "p_pairs": p_pairs, "p_obj": _Row(p_str)}
-    fdef, code = _parsed(source)
+    _, code = _parsed(source)
 
-    def value(expr: Any, keywords: Any) -> Any:
+    def value(expr: Any, keywords: Any, names: dict[str, Any]) -> Any:
         if keywords is None:
             return MISSING  # a keyword not read: sent by what a probe learns, not planned
         prompt = evaluate(expr, params, names)
         kw = {k: evaluate(v, params, names) for k, v in keywords or ()}
         return MISSING if prompt is MISSING or MISSING in kw.values() else (prompt, kw)
 
-    reads = read_asks(fdef)[0]
-    planned = [value(*read) for read in reads[:1]]
-    with _source_of(source, names) as func:
-        planned += [value(expr, keywords) for _, expr, keywords in later_asks(func)]
+    with _source_of(source, names) as func:  # its module's names: the helper's among them
+        planned = [value(*read, func.__globals__) for read in source_asks(func)[0][:1]]
+        planned += [value(expr, keywords, func.__globals__)
+                    for _, expr, keywords in later_asks(func)]
     exec(code, names)
     rollout = _Asker()
     try:
@@ -672,6 +677,7 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     if not raised and len(made) <= LOOP_AHEAD:
         form = ("a comprehension" + (" with an if" if where else "")) if comprehension else (
             "a for loop" + (f" ({guard})" if where else "") + (f", a break {stops}" if stops else ""))
+        form += " in a helper" if in_helper else ""
         every = len(planned) >= len(made) and MISSING not in planned[: len(made)]
         event(f"{form}: every iteration planned" if every else f"{form}: some not planned")
 

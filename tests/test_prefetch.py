@@ -1120,8 +1120,10 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
     after a ``prompt = f"..."`` built from its parameters: its ask is read from its source,
     its parameters bound to the test's arguments (a default, a keyword, a local name of the
     test), and sent ahead to the models the test passes it (``ask_with(rollout.candidate,
-    ...)``: the candidate alone). Before, each function was probed with the case's own
-    request (wasted: the helper's prompt is not the case's) and ran live."""
+    ...)``: the candidate alone). So are the helper's later asks (``ask_then_brief``) and the
+    asks of a helper the test calls after its first (``ask_with`` in ``test_followed``).
+    Before, each function was probed with the case's own request (wasted: the helper's prompt
+    is not the case's) and ran live; before the later asks were read, those ran live."""
     project.makepyfile(
         helpers='''
         """The support suite's helpers."""
@@ -1136,11 +1138,18 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
 
         def ask_with(model, text):
             return model.ask(text, system="请用中文回答。")
+
+
+        def ask_then_brief(rollout, case):
+            """Asks both models, then the candidate alone for one sentence."""
+            pair = rollout.ask(case.prompt, system=SYSTEM)
+            rollout.candidate.ask(case.prompt + " One sentence.", system=SYSTEM)
+            return pair
         ''',
         test_suite="""
         import pytest
         from pytest_modelrollout import cases
-        from helpers import ask_support, ask_with
+        from helpers import ask_support, ask_then_brief, ask_with
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1158,6 +1167,13 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_candidate(rollout, case):
             assert ask_with(rollout.candidate, case.prompt).ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_followed(rollout, case):
+            pair = ask_then_brief(rollout, case)
+            assert pair.candidate.ok
+            ask_with(rollout.candidate, case.prompt + " Why?")
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1166,11 +1182,13 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES)
-    _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES)
+    result.assert_outcomes(passed=4 * N_CASES)
+    # test_followed: both models and the candidate in its helper, then the candidate
+    _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES + 4 * N_CASES)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Where is order A-3? (answer: brief)", "Where is order A-3? (answer: formal)",
-            "Where is order A-3?"} <= texts
+            "Where is order A-3?", "Where is order A-3? One sentence.",
+            "Where is order A-3? Why?"} <= texts
 
 
 @XDIST
@@ -2881,6 +2899,65 @@ def test_the_first_ask_of_a_helper_the_test_calls_first_is_read() -> None:
     for helper in (_ask_if, _ask_rebinding, _ask_twice, _ask_decorated):
         assert _helper_asks_first(helper) is None, helper.__name__
     assert _helper_asks_first(_ask_support) is not None
+
+
+def _ask_then_more(rollout, case, style="brief"):
+    """Asks both models, then more: each read as the test's later asks."""
+    first = rollout.ask(f"{case} ({style})")
+    rollout.candidate.ask(case + " Be brief.", system="b")
+    for text in _ITEMS[:2]:
+        rollout.stable.ask(text + case)
+    rollout.ask(first.candidate.text)  # reads a reply: not known ahead
+    return rollout.ask(case.upper())
+
+
+def _ask_then_maybe(rollout, case):
+    rollout.ask(case)
+    if not case:
+        return None
+    return rollout.ask(case + "!")  # after a return: not always made
+
+
+def _through_helpers_asking_more(rollout, case):
+    pair = _ask_then_more(rollout, case, style="formal")
+    assert pair
+    _ask_with(rollout, case + "?")
+    _ask_then_maybe(rollout, case)
+    pytest.skip("the rest")
+    _ask_with(rollout, case + "??")  # after a skip: not read
+
+
+def _asks_then_a_helper(candidate, case):
+    candidate.ask(case)
+    _ask_with(candidate, case)  # model.candidate.ask on the candidate: not a model fixture
+    _ask_support(candidate, case + "!")
+
+
+def test_the_later_asks_of_helpers_are_read() -> None:
+    """The asks a helper makes after its first one, read as a test's later asks (a loop
+    among them; a ``return`` ask), with the models the test passes it; and every ask of a
+    helper the test calls after its first ask, up to a statement that may end the test. Not
+    read: an ask that reads a reply, one after a ``return`` of the helper, one on an object
+    that is not a model fixture."""
+    from pytest_modelrollout.asked import MISSING, evaluate, later_asks
+
+    names = globals()
+
+    def later(func: Any) -> list[tuple[Any, ...]]:  # a loop's iterations past its list: MISSING
+        return [(tuple(sorted(roles)), value,
+                 {k: evaluate(v, {"case": "x"}, names) for k, v in keywords})
+                for roles, expr, keywords in later_asks(func)
+                if (value := evaluate(expr, {"case": "x"}, names)) is not MISSING]
+
+    both = ("candidate", "stable")
+    assert later(_through_helpers_asking_more) == [
+        (("candidate",), "x Be brief.", {"system": "b"}),
+        (("stable",), "ax", {}), (("stable",), "bx", {}),
+        (both, "X", {}),
+        (("candidate",), "x?", {}),  # _ask_with: model.candidate.ask
+        (both, "x", {}),  # _ask_then_maybe's first ask, not the one after its return
+    ]
+    assert later(_asks_then_a_helper) == [(("candidate",), "x! (brief)", {"system": "a"})]
 
 
 def test_asks_in_a_loop_are_read_from_the_source() -> None:

@@ -509,6 +509,78 @@ def _helper_of(func: Any) -> tuple[Expr, Keywords | None, tuple[Role, ...]] | No
     return _helper_ask(fdef, module_names(func))
 
 
+class _HelperCall(NamedTuple):
+    """A call of a helper whose asks are read (:func:`_helper_call`)."""
+
+    function: types.FunctionType
+    head: tuple[Any, ...]  # ("helper", callee, args, kwargs): an ask's value is added to it
+    passed: dict[str, Any]  # the helper's parameter -> the test's argument (an ast.expr)
+    reader: _Reader  # the test's
+
+
+def _statement_call(stmt: ast.stmt) -> ast.Call | None:
+    """The call a statement is (``x = f(...)``, ``f(...)``), or an ``assert`` on what it
+    returns (``assert f(...).ok``); None otherwise."""
+    value = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else (
+        stmt.test if isinstance(stmt, ast.Assert) else None)
+    while isinstance(value, (ast.Attribute, ast.Subscript)):
+        value = value.value  # assert ask_with(rollout.candidate, case).ok: the call's
+    return value if isinstance(value, ast.Call) else None
+
+
+def _model_fixture(node: ast.expr, reader: _Reader) -> bool:
+    """Whether ``node`` is a model fixture of the test (``rollout``, ``rollout.candidate``,
+    ``stable``, ...)."""
+    return bool(_receiver_roles(ast.Attribute(value=node, attr="ask", ctx=ast.Load()), reader))
+
+
+def _helper_call(call: ast.Call, reader: _Reader, names: Any) -> _HelperCall | None:
+    """The call of a function of the module (or one it imports) whose first ask is read
+    (:func:`_helper_asks_first`), with every argument read (a model fixture read as
+    ``("model",)``: not a value known ahead, nothing read of it is) and bound as the call
+    binds them; None otherwise (a ``*args`` or ``**kwargs`` among them)."""
+    callee = reader.read(call.func, call.lineno)
+    if callee is None or not _module_name(callee):
+        return None
+    function = evaluate(callee, {}, names)
+    if type(function) is not types.FunctionType or _helper_asks_first(function) is None:
+        return None
+    model: Expr = ("model",)
+    args = [model if _model_fixture(a, reader) else reader.read(a, call.lineno)
+            for a in call.args]
+    kwargs = [(k.arg, model if _model_fixture(k.value, reader) else reader.read(
+        k.value, call.lineno)) for k in call.keywords]
+    if any(a is None for a in args) or any(k is None or v is None for k, v in kwargs):
+        return None
+    try:
+        passed = inspect.signature(function).bind(
+            *call.args, **{k.arg: k.value for k in call.keywords if k.arg})
+    except TypeError:
+        return None
+    return _HelperCall(function, ("helper", callee, tuple(args), tuple(kwargs)),
+                       dict(passed.arguments), reader)
+
+
+def _helper_roles(helper: _HelperCall, receiver: tuple[str, str | None]) -> tuple[Role, ...]:
+    """The models a helper's ask on ``receiver`` (its parameter, and ``"stable"`` /
+    ``"candidate"`` of ``model.candidate.ask``, or None) asks: those of the model fixture the
+    test passes that parameter; () when it is passed something else."""
+    model = helper.passed.get(receiver[0])
+    if not isinstance(model, ast.expr):
+        return ()
+    on = model if receiver[1] is None else ast.Attribute(
+        value=model, attr=receiver[1], ctx=ast.Load())
+    return _receiver_roles(ast.Attribute(value=on, attr="ask", ctx=ast.Load()), helper.reader)
+
+
+def _in_helper(helper: _HelperCall, prompt: Expr, keywords: Keywords | None,
+               ) -> tuple[Expr, Keywords | None]:
+    """A helper's ask's prompt and keyword arguments as the test's expressions."""
+    head = helper.head
+    return (*head, prompt), None if keywords is None else tuple(
+        (k, (*head, v)) for k, v in keywords)
+
+
 def _helper_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
                 names: Any) -> tuple[Expr, Keywords | None, tuple[Role, ...]] | None:
     """The first ask of the function of the module the test calls first (``pair =
@@ -521,59 +593,29 @@ def _helper_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
     None otherwise."""
     reader = _Reader(fdef)
     for stmt in fdef.body:
-        value = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else (
-            stmt.test if isinstance(stmt, ast.Assert) else None)
-        while isinstance(value, (ast.Attribute, ast.Subscript)):
-            value = value.value  # assert ask_with(rollout.candidate, case).ok: the call's
-        call = value if isinstance(value, ast.Call) else None
-        calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call)]
+        call = _statement_call(stmt)
         callee = reader.read(call.func, call.lineno) if call is not None else None
         if call is not None and callee is not None and _module_name(callee):
-            function = evaluate(callee, {}, names)
-            found = _helper_asks_first(function) if type(function) is types.FunctionType else None
-            args = [reader.read(a, call.lineno) for a in call.args]
-            kwargs = [(k.arg, reader.read(k.value, call.lineno)) for k in call.keywords]
-            if found is None or any(a is None for a in args) or any(
-                    k is None or v is None for k, v in kwargs):
-                return None  # (a *args or **kwargs, or an argument not read)
-            prompt, keywords, (receiver, which) = found
-            try:
-                passed = inspect.signature(function).bind(
-                    *call.args, **{k.arg: k.value for k in call.keywords if k.arg})
-            except TypeError:
+            helper = _helper_call(call, reader, names)
+            found = _helper_asks_first(helper.function) if helper is not None else None
+            if helper is None or found is None:
                 return None
-            model = passed.arguments.get(receiver)
-            on: ast.expr | None = model if isinstance(model, ast.expr) else None
-            if on is not None and which is not None:  # model.candidate.ask in the helper
-                on = ast.Attribute(value=on, attr=which, ctx=ast.Load())
-            roles = () if on is None else _receiver_roles(
-                ast.Attribute(value=on, attr="ask", ctx=ast.Load()), reader)
+            roles = _helper_roles(helper, found[2])
             if not roles:
                 return None  # what it asks is not a model fixture of the test's
-            # the model it is passed: not a value known ahead (nothing read of it is)
-            args = [("model",) if a is model else e for a, e in zip(call.args, args, strict=True)]
-            kwargs = [(k, ("model",) if node.value is model else v)
-                      for (k, v), node in zip(kwargs, call.keywords, strict=True)]
-            head = ("helper", callee, tuple(args), tuple(kwargs))
-            return (*head, prompt), None if keywords is None else tuple(
-                (k, (*head, v)) for k, v in keywords), roles
+            return (*_in_helper(helper, found[0], found[1]), roles)
+        calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call)]
         if not isinstance(stmt, (*_STATEMENTS, ast.Assert)) or _may_end_early(stmt) or any(
                 _module_name(reader.read(c.func, c.lineno) or ("const", None)) for c in calls):
             return None  # it may not get to the call, or another call of the module's asks
     return None
 
 
-@functools.lru_cache(maxsize=256)
-def _helper_asks_first(
-    function: types.FunctionType,
-) -> tuple[Expr, Keywords | None, tuple[str, str | None]] | None:
-    """A helper's first ask, read from its source, when the helper makes it whatever happens,
-    and the parameter it asks (``model`` of ``model.ask``; ``("rollout", "candidate")`` of
-    ``rollout.candidate.ask``): a plain ``def`` (no decorator, no free names, not a
-    generator) whose ask is a statement of its body (``return model.ask(...)``, ``pair =
-    model.ask(...)``) on a parameter (or its ``.stable`` / ``.candidate``), with only ``name =
-    value`` statements (or a docstring) before it, and that binds none of its parameters
-    again. None otherwise."""
+def _helper_fdef(function: types.FunctionType,
+                 ) -> tuple[ast.FunctionDef, _Reader, list[ast.Call]] | None:
+    """A helper's definition, its reader and its asks (:func:`_ask_calls`), when it is a
+    plain ``def`` (no decorator, no free names, not a generator) that asks and binds none of
+    its parameters again; None otherwise."""
     fdef = _function_def(function)
     if (
         not isinstance(fdef, ast.FunctionDef) or fdef.decorator_list
@@ -585,24 +627,85 @@ def _helper_asks_first(
     reader = _Reader(fdef)
     if not calls or reader.args & reader.bound.keys():
         return None
-    first = calls[0]
-    receiver = first.func.value if isinstance(first.func, ast.Attribute) else None
+    return fdef, reader, calls
+
+
+def _param_receiver(call: ast.Call, reader: _Reader) -> tuple[str, str | None] | None:
+    """The parameter an ask is on (``model`` of ``model.ask``; ``("rollout", "candidate")``
+    of ``rollout.candidate.ask``); None when it is on something else."""
+    receiver = call.func.value if isinstance(call.func, ast.Attribute) else None
     which = None
     if isinstance(receiver, ast.Attribute) and receiver.attr in ("stable", "candidate"):
         which = receiver.attr  # rollout.candidate.ask
         receiver = receiver.value
-    if not (isinstance(receiver, ast.Name) and receiver.id in reader.args):
+    if isinstance(receiver, ast.Name) and receiver.id in reader.args:
+        return receiver.id, which
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _helper_asks_first(
+    function: types.FunctionType,
+) -> tuple[Expr, Keywords | None, tuple[str, str | None]] | None:
+    """A helper's first ask, read from its source, when the helper makes it whatever happens,
+    and the parameter it asks (:func:`_param_receiver`): a plain ``def``
+    (:func:`_helper_fdef`) whose ask is a statement of its body (``return model.ask(...)``,
+    ``pair = model.ask(...)``) on a parameter (or its ``.stable`` / ``.candidate``), with only
+    ``name = value`` statements (or a docstring) before it. None otherwise."""
+    found = _helper_fdef(function)
+    if found is None:
+        return None
+    fdef, reader, calls = found
+    first = calls[0]
+    receiver = _param_receiver(first, reader)
+    if receiver is None:
         return None
     for stmt in fdef.body:
         value = getattr(stmt, "value", None) if isinstance(stmt, (*_STATEMENTS, ast.Return)) else None
         if value is first:
             prompt = reader.read(first.args[0], first.lineno)
-            return None if prompt is None else (
-                prompt, _keywords(reader, first), (receiver.id, which))
+            return None if prompt is None else (prompt, _keywords(reader, first), receiver)
         if not (_is_docstring(stmt) or _simple_assignment(stmt)[0] is not None) or (
                 _may_end_early(stmt)):
             return None
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _helper_later(
+    function: types.FunctionType,
+) -> tuple[tuple[tuple[str, str | None], Expr, Keywords], ...]:
+    """A helper's asks after its first one that it always makes once it gets there, read as
+    a test's (:func:`_later_in`; a ``return model.ask(...)`` among them), each with the
+    parameter it asks (:func:`_param_receiver`); () when its first ask is not read."""
+    found = _helper_fdef(function)
+    if found is None or _helper_asks_first(function) is None:
+        return ()
+    fdef, reader, calls = found
+    out = []
+    for call, prompt, keywords in _later_in(fdef, reader, calls, (*_STATEMENTS, ast.Return)):
+        receiver = _param_receiver(call, reader)
+        if receiver is not None:
+            out.append((receiver, prompt, keywords))
+    return tuple(out)
+
+
+def _helper_asks(helper: _HelperCall, first: bool) -> list[LaterAsk]:
+    """The asks of a helper's call read in full (with its first one when ``first``), as the
+    test's, each with the models it asks (none left out: one on anything else than a model
+    the test passes is not)."""
+    found = _helper_asks_first(helper.function)
+    asks: list[tuple[tuple[str, str | None], Expr, Keywords | None]] = []
+    if first and found is not None:
+        asks.append((found[2], found[0], found[1]))
+    asks.extend(_helper_later(helper.function))
+    out: list[LaterAsk] = []
+    for receiver, prompt, keywords in asks:
+        roles = _helper_roles(helper, receiver)
+        expr, read = _in_helper(helper, prompt, keywords)
+        if roles and read is not None:
+            out.append((roles, expr, read))
+    return out
 
 
 def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
@@ -910,22 +1013,55 @@ def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
 @functools.lru_cache(maxsize=256)
 def later_asks(func: Any) -> tuple[LaterAsk, ...]:
     """The asks after the test function's first one that it always makes once it gets there,
-    read in full from its source: statements of the body itself (not under a condition or in a
-    loop), with nothing before them that may end the test early (``return``, ``raise``,
-    ``pytest.skip``; a failing ``assert`` still can), on a model fixture (``rollout.ask``,
-    ``rollout.candidate.ask``, ``stable.ask``). An ask whose prompt reads an earlier reply is
-    not read (its local name's value is a call)."""
+    read in full from its source (:func:`_later_in`), on a model fixture (``rollout.ask``,
+    ``rollout.candidate.ask``, ``stable.ask``); and those of the helpers it calls
+    (:func:`_helper_call`) in statements of its body after its first ask, with nothing before
+    them that may end the test early: the helper's later asks (:func:`_helper_later`) for the
+    helper whose first ask is the test's (:func:`_helper_ask`), every ask it makes in full for
+    one called after."""
     fdef = _function_def(func)
-    calls = _ask_calls(fdef) if fdef is not None else []
-    if fdef is None or not calls:
+    if fdef is None:
         return ()
-    reader, first, out = _Reader(fdef), calls[0], []
+    calls = _ask_calls(fdef)
+    helper = _helper_of(func)
+    if not calls and helper is None:
+        return ()
+    reader, names = _Reader(fdef), module_names(func)
+    out: list[LaterAsk] = []
+    for call, prompt, keywords in _later_in(fdef, reader, calls, _STATEMENTS) if calls else ():
+        roles = _receiver_roles(call.func, reader)
+        if roles:
+            out.append((roles, prompt, keywords))
+    first_line = calls[0].lineno if calls else None
+    for stmt in fdef.body:
+        called = _statement_call(stmt)
+        helped = _helper_call(called, reader, names) if called is not None else None
+        if helped is not None and first_line is None:  # the helper of the test's first ask
+            out.extend(_helper_asks(helped, first=False))
+            first_line = stmt.lineno
+        elif helped is not None and first_line is not None and stmt.lineno > first_line:
+            out.extend(_helper_asks(helped, first=True))
+        if _may_end_early(stmt):
+            break
+    return tuple(out)
+
+
+def _later_in(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
+              calls: list[ast.Call], statements: tuple[type[ast.stmt], ...],
+              ) -> list[tuple[ast.Call, Expr, Keywords]]:
+    """The asks (``calls``: :func:`_ask_calls`) after the function's first one that it always
+    makes once it gets there, read in full: statements of the body itself (of the kinds
+    ``statements``; not under a condition), or of a loop read as :func:`_loop_of` reads it
+    (each iteration's, up to :data:`LOOP_AHEAD`), with nothing before them that may end the
+    function early (``return``, ``raise``, ``pytest.skip``; a failing ``assert`` still can).
+    An ask whose prompt reads an earlier reply is not read (its local name's value is a
+    call). ``(call, prompt, keyword arguments)``, in order."""
+    first, out = calls[0], []
 
     def later(call: ast.Call, iteration: int) -> None:
-        roles = _receiver_roles(call.func, reader)
         read = _read_ask(fdef, reader, call, iteration)
-        if roles and read is not None and read[1] is not None:
-            out.append((roles, read[0], read[1]))
+        if read is not None and read[1] is not None:
+            out.append((call, read[0], read[1]))
 
     loops = {id(call): loop for call in calls if (loop := _loop_of(fdef, reader, call))}
     for stmt in fdef.body:
@@ -935,12 +1071,12 @@ def later_asks(func: Any) -> tuple[LaterAsk, ...]:
                 for ask in asks:
                     if ask is not first or iteration:
                         later(ask, iteration)
-        call = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else None
+        call = getattr(stmt, "value", None) if isinstance(stmt, statements) else None
         if call is not None and call is not first and call in calls and call.lineno > first.lineno:
             later(call, 0)
         if _may_end_early(stmt):
             break
-    return tuple(out)
+    return out
 
 
 _STATEMENTS = (ast.Expr, ast.Assign, ast.AnnAssign)

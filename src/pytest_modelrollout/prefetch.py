@@ -496,7 +496,7 @@ def _later_count(item: pytest.Item) -> int:
     count = 0
     params: dict[str, Any] | None = None
     for roles, expr, keywords in later_asks(func):
-        if expr[0] == "each":  # an iteration of a loop: only if this item's loop has it
+        if expr[0] in ("each", "helper"):  # a loop's iteration, a helper's ask: if the item has it
             params = _params(item) if params is None else params
             if evaluate(expr, params, module_names(func)) is MISSING:
                 continue

@@ -44,6 +44,10 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``helper asking twice``: ``pair = ask_support(rollout, case)``, a helper that asks both
   models, then the candidate alone for one sentence (``rollout.candidate.ask(case.prompt + "
   One sentence.", ...)``), then returns the first pair: 1.5 times ``plain``'s calls;
+- ``helper by language``: ``ask_in_language(rollout, case)``, a helper whose ``if
+  case.meta["lang"] == "zh":`` asks the candidate alone (``return
+  rollout.candidate.ask(case.prompt, system=...)``) and else both models: 300 calls, 0.75
+  times ``plain``'s (no stable call for the Chinese half);
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
@@ -178,6 +182,11 @@ SHAPES: dict[str, Shape] = {
                             '    rollout.candidate.ask(case.prompt + " One sentence.",\n'
                             '                          system="Answer briefly.")\n'
                             '    return pair\n'),
+    "helper by language": ("", "ask_in_language(rollout, case)",
+                           'def ask_in_language(rollout, case):\n'
+                           '    if case.meta["lang"] == "zh":\n'
+                           '        return rollout.candidate.ask(case.prompt, system="请简短回答。")\n'
+                           '    return rollout.ask(case.prompt, system="Answer briefly.")\n'),
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

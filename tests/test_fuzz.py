@@ -393,6 +393,23 @@ class _Computed:
         return "computed"
 
 
+class _Ended(Exception):
+    """What :class:`_Outcomes` raises: the test ends there."""
+
+
+class _Outcomes:
+    """``pytest`` in a generated test: ``skip`` and ``xfail`` end it (with an ``Exception``,
+    which the property catches as any other)."""
+
+    @staticmethod
+    def skip(reason: str = "") -> None:
+        raise _Ended(reason)
+
+    @staticmethod
+    def xfail(reason: str = "") -> None:
+        raise _Ended(reason)
+
+
 class _Asker:
     """A ``rollout`` that keeps what the first ``ask`` was given."""
 
@@ -699,47 +716,81 @@ def _source_of(source: str, names: dict[str, Any]) -> Iterator[Any]:
 @SETTINGS
 @given(cond=_expr_sources, asked=_expr_sources, other=_expr_sources, system=_expr_sources,
        orelse=st.booleans(), form=st.sampled_from(["{}", "assert {} is None", "reply = {}"]),
+       guard=st.sampled_from(["", "return", "raise ValueError(p_str)", "pytest.skip(p_str)",
+                              "pytest.xfail('no')"]),
+       guard_cond=_expr_sources, plain=st.booleans(),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
        p_list=st.lists(_texts, max_size=4))  # fmt: skip
+# a skip taken on a condition read: nothing planned; not taken: the ask after it
+@example(cond="x", asked="p_str", other="x", system="G_STR", orelse=False, form="{}",
+         guard="pytest.skip(p_str)", guard_cond="not p_list", plain=True, p_str="a", p_int=0,
+         p_dict={}, p_list=[])
+@example(cond="x", asked="p_str", other="x", system="G_STR", orelse=False, form="{}",
+         guard="return", guard_cond="p_str == 'skip'", plain=True, p_str="a", p_int=0,
+         p_dict={}, p_list=[])
 def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
-    cond: str, asked: str, other: str, system: str, orelse: bool, form: str, p_str: str,
-    p_int: int,
+    cond: str, asked: str, other: str, system: str, orelse: bool, form: str, guard: str,
+    guard_cond: str, plain: bool, p_str: str, p_int: int,
     p_dict: dict[str, str], p_list: list[str],
 ) -> None:
-    """A test whose first ask is under ``if`` / ``else``: what prefetch plans for an item is
+    """A test whose first ask is under ``if`` / ``else``, or after an ``if`` that ends the
+    test (``return``, ``raise``, ``pytest.skip``), or both: what prefetch plans for an item is
     the ask that item reaches, with that ask's keyword arguments; with no ``else`` and a false
-    condition, nothing (the test asks nothing); a condition it cannot tell plans nothing by
-    this way (the asks are then read in source order)."""
+    condition, or an ``if`` that ends the test taken, nothing (the test asks nothing); a
+    condition it cannot tell plans nothing by this way (the asks are then read in source
+    order)."""
 
-    from pytest_modelrollout.asked import MISSING, NOT_ASKED, _branching_of, evaluate, reached_in
+    from pytest_modelrollout.asked import (
+        MISSING,
+        NOT_ASKED,
+        _branching_of,
+        _Reader,
+        _truth,
+        evaluate,
+        reached_in,
+    )
 
     source = (
         "def test_x(rollout, p_str, p_int, p_dict, p_list, p_obj):\n"
-        f"    if {cond}:\n"
-        "        rollout.reach()\n"
-        f"        {form.format(f'rollout.ask({asked})')}\n"
-        + ("    else:\n"
+        + (f"    if {guard_cond}:\n        {guard}\n" if guard else "")
+        + ("    rollout.reach()\n"
+           f"    {form.format(f'rollout.ask({asked}, system={system})')}\n" if plain and guard else
+           f"    if {cond}:\n"
            "        rollout.reach()\n"
-           f"        {form.format(f'rollout.ask({other}, system={system})')}\n" if orelse else "")
+           f"        {form.format(f'rollout.ask({asked})')}\n"
+           + ("    else:\n"
+              "        rollout.reach()\n"
+              f"        {form.format(f'rollout.ask({other}, system={system})')}\n" if orelse else ""))
     )  # fmt: skip
     names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
-                             "G_FORMAT": "Customer (%s): %s", "G_DICT": {"k": "from k", 3: "3"}}
+                             "G_FORMAT": "Customer (%s): %s", "G_DICT": {"k": "from k", 3: "3"},
+                             "pytest": _Outcomes}
     params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
               "p_obj": _Row(p_str)}  # fmt: skip
     fdef, code = _parsed(source)
     reached = reached_in(_branching_of(fdef), params, names)
+    guard_test = _Reader(fdef).read(fdef.body[0].test, 2) if guard else None
+    guard_taken = MISSING if guard_test is None else _truth(evaluate(guard_test, params, names))
+    guard_known = guard_taken is not MISSING
     exec(code, names)
     rollout = _Asker()
     try:
         names["test_x"](rollout, **params)
     except Exception:
+        if guard_taken is True:  # ended by the if before its ask (a raise, a skip)
+            assert reached is NOT_ASKED
         # building what it asks failed: nothing may be planned in full for it (its prompt or
         # a keyword argument is not known: the item is probed at most, like any such test)
         assert reached is None or reached is NOT_ASKED or not rollout.reached or (
             evaluate(reached[0], params, names) is MISSING or reached[1] is None
             or any(evaluate(v, params, names) is MISSING for _, v in reached[1]))
         return
+    if guard and not rollout.reached and not guard_known:
+        return  # ended by an if whose condition is not known: what follows it was planned
+    if guard:
+        event("an if that ends the test: " + ("taken" if not rollout.reached else "not taken")
+              + (", planned nothing" if reached is NOT_ASKED else ""))
     if reached is NOT_ASKED:
         assert rollout.asked == []
     elif reached is not None:

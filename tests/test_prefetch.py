@@ -726,8 +726,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         f"  run live: test_suite.py::test_from_a_fixture ({unknown}: `greeting` is what a fixture "
         "returns, not known without running it)",
         f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source, "
-        "nor in a helper it calls first (read when the helper asks first, not under a "
-        "condition, a model the test passes it))",
+        "nor in a helper it calls first (read when the helper asks first or under an `if` it "
+        "reads, a model the test passes it))",
         "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
         "for them)",
         "  run live: test_suite.py::test_styled (its first ask passes arguments not known before "
@@ -1120,8 +1120,10 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
     after a ``prompt = f"..."`` built from its parameters: its ask is read from its source,
     its parameters bound to the test's arguments (a default, a keyword, a local name of the
     test), and sent ahead to the models the test passes it (``ask_with(rollout.candidate,
-    ...)``: the candidate alone). So are the helper's later asks (``ask_then_brief``) and the
-    asks of a helper the test calls after its first (``ask_with`` in ``test_followed``).
+    ...)``: the candidate alone). So are the helper's later asks (``ask_then_brief``), the
+    asks of a helper the test calls after its first (``ask_with`` in ``test_followed``), and
+    a helper's ask under an ``if`` (``ask_in_language``: the one each case reaches, to its
+    models).
     Before, each function was probed with the case's own request (wasted: the helper's prompt
     is not the case's) and ran live; before the later asks were read, those ran live."""
     project.makepyfile(
@@ -1140,6 +1142,13 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
             return model.ask(text, system="请用中文回答。")
 
 
+        def ask_in_language(rollout, case):
+            """The Chinese cases to the candidate alone, in Chinese."""
+            if case.meta["lang"] == "zh":
+                return rollout.candidate.ask(case.prompt, system="请只用中文回答。")
+            return rollout.ask(case.prompt, system="Answer in English.")
+
+
         def ask_then_brief(rollout, case):
             """Asks both models, then the candidate alone for one sentence."""
             pair = rollout.ask(case.prompt, system=SYSTEM)
@@ -1149,7 +1158,7 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         test_suite="""
         import pytest
         from pytest_modelrollout import cases
-        from helpers import ask_support, ask_then_brief, ask_with
+        from helpers import ask_in_language, ask_support, ask_then_brief, ask_with
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1174,21 +1183,74 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
             pair = ask_then_brief(rollout, case)
             assert pair.candidate.ok
             ask_with(rollout.candidate, case.prompt + " Why?")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_language(rollout, case):
+            ask_in_language(rollout, case)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "lang": "zh" if i % 3 == 0 else "en"}) + "\n"
                 for i in range(N_CASES)),
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=4 * N_CASES)
-    # test_followed: both models and the candidate in its helper, then the candidate
-    _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES + 4 * N_CASES)
+    result.assert_outcomes(passed=5 * N_CASES)
+    # test_followed: both models and the candidate in its helper, then the candidate;
+    # test_by_language: the candidate alone for a Chinese case (one in three), else both
+    zh = len(range(0, N_CASES, 3))
+    _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES + 4 * N_CASES
+                           + zh + 2 * (N_CASES - zh))
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Where is order A-3? (answer: brief)", "Where is order A-3? (answer: formal)",
             "Where is order A-3?", "Where is order A-3? One sentence.",
             "Where is order A-3? Why?"} <= texts
+
+
+@XDIST
+def test_a_test_that_ends_before_it_asks_gets_nothing_sent(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """``if case.expected is None: pytest.skip(...)`` before the ask is read for each case:
+    a case it skips gets nothing sent. Before, each such case's calls were sent and unused.
+    And the ask under an ``if`` that each case reaches goes to its own receiver's models,
+    when the branches ask the same prompt (``rollout.candidate.ask(case.prompt, ...)`` for the
+    Chinese cases, ``rollout.ask(case.prompt, ...)`` else): before, the Chinese cases' stable
+    calls were sent and unused."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_expected(rollout, case):
+            if case.expected is None:
+                pytest.skip("no expected answer")
+            rollout.ask(case)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_language(rollout, case):
+            if case.meta["lang"] == "zh":
+                rollout.candidate.ask(case.prompt, system="请只用中文回答。")
+            else:
+                rollout.ask(case.prompt, system="Answer in English.")
+        """
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "lang": "zh" if i % 3 == 0 else "en",
+                            **({} if i % 4 == 0 else {"expected": "soon"})}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    skipped, zh = len(range(0, N_CASES, 4)), len(range(0, N_CASES, 3))
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=2 * N_CASES - skipped, skipped=skipped)
+    _every_call_went_ahead(result, sim, 2 * (N_CASES - skipped) + zh + 2 * (N_CASES - zh))
 
 
 @XDIST
@@ -2041,9 +2103,9 @@ def test_what_no_test_asks_for_is_unused_and_never_recorded_with_a_head_start(
     """A test that does not make the ask planned for it (here: under a condition it does not
     meet) leaves what was sent for it unused, whether the controller or its worker sent it:
     counted once, never recorded, never sent twice."""
-    project.makepyfile(test_suite=SUITE.replace(
+    project.makepyfile(test_suite=SUITE.replace(  # object(): a condition prefetch does not read
         "    pair = rollout.ask(case)\n",
-        "    if case.id == \"c03\":\n        return\n    pair = rollout.ask(case)\n",
+        "    if case.id == \"c03\" and object():\n        return\n    pair = rollout.ask(case)\n",
     ))
     result = _run(project, "-n", "2", "-v", "--rollout-report=r.json")
     result.assert_outcomes(passed=N_CASES)
@@ -2958,6 +3020,61 @@ def test_the_later_asks_of_helpers_are_read() -> None:
         (both, "x", {}),  # _ask_then_maybe's first ask, not the one after its return
     ]
     assert later(_asks_then_a_helper) == [(("candidate",), "x! (brief)", {"system": "a"})]
+
+
+def _ask_by_language(rollout, case, lang="en"):
+    """Asks in a language."""
+    if lang == "zh":
+        return rollout.candidate.ask(case, system="zh")
+    elif lang == "none":
+        return None
+    return rollout.ask(case + "!", system="en")
+
+
+def _ask_by_language_or_a_client(rollout, case):
+    if case == "zh":
+        return rollout.ask(case)
+    return _ITEMS.ask(case)  # not a model the test passes it
+
+
+def _through_a_branching_helper(rollout, case):
+    _ask_by_language(rollout, case, lang=case)
+
+
+def _through_a_branching_helper_then_another(rollout, case):
+    _ask_by_language(rollout, case, lang=case)
+    _ask_with(rollout, case)
+
+
+def _through_a_helper_with_a_client(rollout, case):
+    _ask_by_language_or_a_client(rollout, case)
+
+
+def test_a_helpers_ask_under_an_if_is_read() -> None:
+    """A helper whose first ask is under an ``if``: the ask each item reaches is read, its
+    conditions worked out on the helper's parameters as the test's call binds them, and sent
+    to the models of its own receiver; a branch that asks nothing makes the test ask nothing,
+    unless the test calls another function of a module after it. Not read: a helper with an
+    ask on something else than a model the test passes it."""
+    from pytest_modelrollout.asked import NOT_ASKED, evaluate, reached_ask
+
+    names = globals()
+
+    def reached(func: Any, case: str) -> Any:
+        found = reached_ask(func, {"case": case}, names)
+        if found is None or found is NOT_ASKED:
+            return found
+        expr, keywords, roles = found
+        return (evaluate(expr, {"case": case}, names),
+                {k: evaluate(v, {"case": case}, names) for k, v in keywords}, roles)
+
+    assert reached(_through_a_branching_helper, "zh") == ("zh", {"system": "zh"}, {"candidate"})
+    assert reached(_through_a_branching_helper, "x") == (
+        "x!", {"system": "en"}, {"stable", "candidate"})
+    assert reached(_through_a_branching_helper, "none") is NOT_ASKED
+    assert reached(_through_a_branching_helper_then_another, "none") is None
+    assert reached(_through_a_branching_helper_then_another, "x")[0] == "x!"
+    assert reached(_through_a_helper_with_a_client, "zh") is None
 
 
 def test_asks_in_a_loop_are_read_from_the_source() -> None:

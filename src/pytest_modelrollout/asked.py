@@ -512,7 +512,7 @@ def _helper_of(func: Any) -> tuple[Expr, Keywords | None, tuple[Role, ...]] | No
 class _HelperCall(NamedTuple):
     """A call of a helper whose asks are read (:func:`_helper_call`)."""
 
-    function: types.FunctionType
+    function: Any  # a types.FunctionType (so typed, mypy would read it as a method)
     head: tuple[Any, ...]  # ("helper", callee, args, kwargs): an ask's value is added to it
     passed: dict[str, Any]  # the helper's parameter -> the test's argument (an ast.expr)
     reader: _Reader  # the test's
@@ -535,15 +535,15 @@ def _model_fixture(node: ast.expr, reader: _Reader) -> bool:
 
 
 def _helper_call(call: ast.Call, reader: _Reader, names: Any) -> _HelperCall | None:
-    """The call of a function of the module (or one it imports) whose first ask is read
-    (:func:`_helper_asks_first`), with every argument read (a model fixture read as
+    """The call of a function of the module (or one it imports) that asks
+    (:func:`_helper_fdef`), with every argument read (a model fixture read as
     ``("model",)``: not a value known ahead, nothing read of it is) and bound as the call
     binds them; None otherwise (a ``*args`` or ``**kwargs`` among them)."""
     callee = reader.read(call.func, call.lineno)
     if callee is None or not _module_name(callee):
         return None
     function = evaluate(callee, {}, names)
-    if type(function) is not types.FunctionType or _helper_asks_first(function) is None:
+    if type(function) is not types.FunctionType or _helper_fdef(function) is None:
         return None
     model: Expr = ("model",)
     args = [model if _model_fixture(a, reader) else reader.read(a, call.lineno)
@@ -591,24 +591,82 @@ def _helper_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
     passes it. Read as ``("helper", function, args, kwargs, value)``: the helper's ``value``,
     its parameters bound to the arguments as a call binds them; with the models it asks.
     None otherwise."""
+    helper = _first_helper_call(fdef, names)
+    found = _helper_asks_first(helper[0].function) if helper is not None else None
+    if helper is None or found is None:
+        return None
+    roles = _helper_roles(helper[0], found[2])
+    if not roles:
+        return None  # what it asks is not a model fixture of the test's
+    return (*_in_helper(helper[0], found[0], found[1]), roles)
+
+
+def _first_helper_call(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
+                       names: Any) -> tuple[_HelperCall, int] | None:
+    """The test's first call of a function of a module, when it is a helper that asks
+    (:func:`_helper_call`), in a statement of the test's body with only statements before it
+    that call nothing of a module's name (or a builtin) and may not end the test; with the
+    index of that statement. None otherwise."""
     reader = _Reader(fdef)
-    for stmt in fdef.body:
+    for index, stmt in enumerate(fdef.body):
         call = _statement_call(stmt)
         callee = reader.read(call.func, call.lineno) if call is not None else None
         if call is not None and callee is not None and _module_name(callee):
             helper = _helper_call(call, reader, names)
-            found = _helper_asks_first(helper.function) if helper is not None else None
-            if helper is None or found is None:
-                return None
-            roles = _helper_roles(helper, found[2])
-            if not roles:
-                return None  # what it asks is not a model fixture of the test's
-            return (*_in_helper(helper, found[0], found[1]), roles)
+            return None if helper is None else (helper, index)
         calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call)]
         if not isinstance(stmt, (*_STATEMENTS, ast.Assert)) or _may_end_early(stmt) or any(
                 _module_name(reader.read(c.func, c.lineno) or ("const", None)) for c in calls):
             return None  # it may not get to the call, or another call of the module's asks
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _helper_branching(func: Any) -> tuple[_HelperCall, Branching, bool] | None:
+    """For a test function without an ask of its own whose first call of a module's function
+    (:func:`_first_helper_call`) is a helper whose first ask is under an ``if``
+    (:func:`_branching_of`) and whose every ask is on a model the test passes it: that call,
+    the helper's branching, and whether the test's body calls a function of a module after
+    it (then a branch that asks nothing does not make the test ask nothing). None otherwise."""
+    fdef = _function_def(func)
+    if fdef is None or _ask_nodes(fdef):
+        return None
+    found = _first_helper_call(fdef, module_names(func))
+    if found is None:
+        return None
+    helper, index = found
+    helper_def = _helper_fdef(helper.function)
+    branching = _branching_of(helper_def[0]) if helper_def is not None else None
+    if helper_def is None or branching is None or not all(
+            (receiver := _param_receiver(call, helper_def[1])) is not None
+            and _helper_roles(helper, receiver) for call in _ask_nodes(helper_def[0])):
+        return None
+    reader = _Reader(fdef)
+    calls_after = any(_module_name(reader.read(c.func, c.lineno) or ("const", None))
+                      for stmt in fdef.body[index + 1:] for c in ast.walk(stmt)
+                      if isinstance(c, ast.Call))
+    return helper, branching, calls_after
+
+
+def _helper_reached(func: Any, params: dict[str, Any], names: Any) -> Any:
+    """:func:`reached_ask` of a test whose first ask is a helper's under an ``if``
+    (:func:`_helper_branching`): the helper's ask this item reaches, as the test's
+    expressions; None when it cannot be told."""
+    found = _helper_branching(func)
+    if found is None:
+        return None
+    helper, branching, calls_after = found
+    bound = _helper_params(helper.head, params, names)
+    if bound is MISSING:
+        return None
+    reached = reached_in(branching, bound[1], bound[0].__globals__)
+    if reached is NOT_ASKED:
+        return None if calls_after else NOT_ASKED
+    if reached is None:
+        return None
+    receiver = _param_receiver(reached[2], branching[0])
+    roles = _helper_roles(helper, receiver) if receiver is not None else ()
+    return (*_in_helper(helper, *reached[:2]), frozenset(roles) or None)
 
 
 def _helper_fdef(function: types.FunctionType,
@@ -993,6 +1051,9 @@ def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
     helper = _helper_of(func)
     if helper is not None:
         return frozenset(helper[2])  # the models the helper it calls asks
+    branching = _helper_branching(func)
+    if branching is not None:  # the models of the helper's asks that send this prompt
+        return _helper_roles_of(branching[0], expr)
     if fdef is None or not calls:
         return None
     reader = _Reader(fdef)
@@ -1007,6 +1068,27 @@ def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
             read = _read_ask(fdef, reader, call, 0)
             if read is not None and read[0] == expr:
                 of_expr.update(found)
+    return frozenset(of_expr or roles)
+
+
+def _helper_roles_of(helper: _HelperCall, expr: Expr | None) -> frozenset[Role] | None:
+    """The models of a helper's asks (each on a model the test passes it) whose prompt,
+    as the test's expression, is ``expr``; of all of them when none is, or without ``expr``."""
+    found = _helper_fdef(helper.function)
+    if found is None:
+        return None
+    _, reader, calls = found
+    roles: set[Role] = set()
+    of_expr: set[Role] = set()
+    for call in calls:
+        receiver = _param_receiver(call, reader)
+        asks = _helper_roles(helper, receiver) if receiver is not None else ()
+        if not asks:
+            return None
+        roles.update(asks)
+        prompt = reader.read(call.args[0], call.lineno)
+        if expr is not None and prompt is not None and (*helper.head, prompt) == expr:
+            of_expr.update(asks)
     return frozenset(of_expr or roles)
 
 
@@ -1118,6 +1200,15 @@ def _may_end_early(stmt: ast.stmt) -> bool:
     return False
 
 
+def _ends(stmt: ast.stmt) -> bool:
+    """Whether the statement ends the function whatever happens: ``return``, ``raise``, or a
+    ``pytest.skip/xfail/fail/exit(...)`` statement."""
+    return isinstance(stmt, (ast.Return, ast.Raise)) or (
+        isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Attribute)
+        and stmt.value.func.attr in ("skip", "xfail", "fail", "exit"))
+
+
 NOT_ASKED: Any = object()  # reached_ask: the branch taken has no ask (nor does what follows)
 
 
@@ -1130,11 +1221,15 @@ Branching = tuple["_Reader", frozenset[str], list[ast.stmt]]
 
 def _branching_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Branching | None:
     """The reader, the rebound parameters and the body of a test function whose first ask is
-    under an ``if`` (the first statement with an ask is an ``if``); None otherwise."""
+    under an ``if`` (the first statement with an ask is an ``if``), or after an ``if`` that
+    may end it (``if not case.meta.get("expected"): pytest.skip(...)``); None otherwise."""
     if fdef is None:
         return None
-    first = next((stmt for stmt in fdef.body if _has_ask(stmt)), None)
-    if not isinstance(first, ast.If):
+    first = next((i for i, stmt in enumerate(fdef.body) if _has_ask(stmt)), None)
+    if first is None:
+        return None
+    guarded = any(isinstance(stmt, ast.If) and _may_end_early(stmt) for stmt in fdef.body[:first])
+    if not isinstance(fdef.body[first], ast.If) and not guarded:
         return None
     return _Reader(fdef), read_asks(fdef)[1], list(fdef.body)
 
@@ -1146,41 +1241,65 @@ def _branching(func: Any) -> Branching | None:
 
 def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
     """For a test function whose first ask is under an ``if``: the ask this item reaches first,
-    as ``(prompt Expr, Keywords or None)``, following the branches whose conditions are read
+    as ``(prompt Expr, Keywords or None, the models it asks or None when its receiver is not a
+    model fixture)``, following the branches whose conditions are read
     and known for it (see :func:`evaluate`); :data:`NOT_ASKED` when the branches it takes have
     no ask; None when the first ask is not under an ``if`` or the way to it cannot be told (a
     condition not read, an ask in a loop, a ``with`` or a ``try``): then the asks are read in
     source order."""
-    return reached_in(_branching(func), params, names)
+    branching = _branching(func)
+    if branching is None:
+        return _helper_reached(func, params, names)
+    found = reached_in(branching, params, names)
+    if found is None or found is NOT_ASKED:
+        return found
+    return (*found[:2], frozenset(_receiver_roles(found[2].func, branching[0])) or None)
 
 
 def reached_in(branching: Branching | None, params: dict[str, Any], names: Any) -> Any:
-    """:func:`reached_ask` of a function's :func:`_branching_of`."""
+    """:func:`reached_ask` of a function's :func:`_branching_of`, with the ask's call in place
+    of the models it asks."""
     if branching is None:
         return None
     reader, rebound, body = branching
     found = _walk_to_ask(body, reader, params, names)
+    if found is _ENDS:
+        return NOT_ASKED  # it returns, raises or skips before it asks
     if found is None or found is NOT_ASKED:
         return found
-    expr, keywords = found
+    expr, keywords, call = found
     reads = params_read(expr).union(*(params_read(v) for _, v in keywords or ()))
-    return (expr, None if rebound & reads else keywords)
+    return (expr, None if rebound & reads else keywords, call)
+
+
+_ENDS: Any = object()  # _walk_to_ask: the function ends (returns, raises, skips) before it asks
 
 
 def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
                  names: Any) -> Any:
+    """The first ask the statements reach for these parameters, ``(prompt, keywords)``,
+    following each ``if`` with an ask, or that may end the function, whose condition is read
+    and known; :data:`NOT_ASKED` when they reach none, :data:`_ENDS` when the function ends
+    before (a ``return``, ``raise`` or ``pytest.skip(...)`` reached); None when that cannot be
+    told. An ``if`` without an ask whose condition is not known is passed over (what follows
+    is planned: when it ends the function, that is a call sent and not used)."""
     for stmt in stmts:
-        if not _has_ask(stmt):
-            continue
-        if isinstance(stmt, ast.If):
+        asks = _has_ask(stmt)
+        if isinstance(stmt, ast.If) and (asks or _may_end_early(stmt)):
             test = reader.read(stmt.test, stmt.lineno)
             taken = MISSING if test is None else _truth(evaluate(test, params, names))
             if taken is MISSING:
+                if not asks:
+                    continue
                 return None
             found = _walk_to_ask(stmt.body if taken else stmt.orelse, reader, params, names)
             if found is NOT_ASKED:
                 continue  # the branch taken asks nothing: what follows the if may
             return found
+        if not asks:
+            if _ends(stmt):
+                return _ENDS
+            continue
         if not isinstance(stmt, (*_STATEMENTS, ast.Assert, ast.Return)):
             return None  # a loop, a with, a try, ...: not followed
         call = min((n for n in ast.walk(stmt) if _is_ask(n)),
@@ -1188,7 +1307,7 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
         if not call.args:
             return None
         expr = reader.read(call.args[0], call.lineno)
-        return None if expr is None else (expr, _keywords(reader, call))
+        return None if expr is None else (expr, _keywords(reader, call), call)
     return NOT_ASKED
 
 
@@ -1810,6 +1929,16 @@ def _helper_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     """``("helper", function, args, kwargs, value)``: ``value`` read in the helper (see
     :func:`_helper_ask`), its parameters bound to the arguments as the call binds them (its
     defaults too), its names its module's."""
+    bound = _helper_params(expr, params, names)
+    if bound is MISSING:
+        return MISSING
+    return _evaluate(expr[4], bound[1], bound[0].__globals__)
+
+
+def _helper_params(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """The helper of ``("helper", function, args, kwargs, ...)`` and its parameters, bound to
+    the arguments (evaluated for the item) as the call binds them, its defaults too;
+    :data:`MISSING` when an argument is not known or the call would raise."""
     function = _evaluate(expr[1], params, names)
     args = [_evaluate(a, params, names) for a in expr[2]]
     kwargs = {k: _evaluate(v, params, names) for k, v in expr[3]}
@@ -1821,7 +1950,7 @@ def _helper_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     except TypeError:
         return MISSING  # it raises when it runs: the test does not ask
     bound.apply_defaults()
-    return _evaluate(expr[4], dict(bound.arguments), function.__globals__)
+    return function, dict(bound.arguments)
 
 
 _BUILTINS = frozenset({"len", "str", "enumerate", "zip", "reversed", "range", "sorted", "list",

@@ -208,10 +208,12 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
         item.stash[_NOT_ASKED] = True
         item.stash[_PLANNED] = None
         return None
-    if reached is not None:  # the ask under the if it reaches: that one's prompt and keywords
+    if reached is not None:  # the ask under the if it reaches: its prompt, keywords, models
         value = evaluate(reached[0], params, module_names(func))
         if is_case(value) or is_prompt(value):
             item.stash[_REACHED_KEYWORDS] = reached[1]
+            if reached[2] is not None:
+                item.stash[_REACHED_ROLES] = reached[2]
             item.stash[_PLANNED] = (reached[0], value)
             return item.stash[_PLANNED]
     for expr in asked(func) if func is not None else ():
@@ -234,6 +236,7 @@ _PLANNED = pytest.StashKey[tuple[Expr, Any] | None]()
 # the keywords of the ask under an if that the item reaches (reached_ask); None: not read
 _REACHED_KEYWORDS = pytest.StashKey[Keywords | None]()
 _NOT_ASKED = pytest.StashKey[bool]()  # the branches it takes ask nothing
+_REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it reaches asks
 _PARAMS = pytest.StashKey[dict[str, Any]]()
 
 
@@ -377,7 +380,7 @@ def _why_unknown(item: pytest.Item) -> str:
     asks = source_asks(func)[0]
     if not asks:
         return (": no `.ask(...)` in its source, nor in a helper it calls first (read when the"
-                " helper asks first, not under a condition, a model the test passes it)")
+                " helper asks first or under an `if` it reads, a model the test passes it)")
     expr, keywords = asks[0]
     reads = params_read(expr).union(*(params_read(value) for _, value in keywords or ()))
     missing = sorted(reads - _params(item).keys())
@@ -426,7 +429,9 @@ def plan_item(
     roles = _roles(item)
     if only_roles is None:
         func = getattr(item, "function", None)
-        only_roles = asked_roles(func, planned[0]) if func is not None else None
+        only_roles = item.stash.get(_REACHED_ROLES, None)  # of the ask under the if it reaches
+        if only_roles is None and func is not None:
+            only_roles = asked_roles(func, planned[0])
     try:
         ctx = context_for(item)
         request = _request(ctx, case, ask_kwargs)

@@ -420,18 +420,20 @@ def plan_item(
     ``ask(case, ...)``, read from the source or learned from another item of the same test
     function (None: none, the marker's).
     ``only_roles``: the models the function's tests turned out to ask (None: those its asks'
-    receivers name in its source, :func:`.asked.asked_roles`, else its fixtures').
+    receivers name in its source, :func:`.asked.asked_roles`, else its fixtures'); for an
+    item whose first ask is the one under an ``if`` it reaches, that ask's models instead.
     """
     planned = _planned(item)
     if planned is None or not _asks_models(item):
         return []
     case = planned[1]
     roles = _roles(item)
-    if only_roles is None:
+    reached_roles = item.stash.get(_REACHED_ROLES, None)
+    if reached_roles is not None:  # the ask under the if it reaches: exactly its models
+        only_roles = reached_roles
+    elif only_roles is None:
         func = getattr(item, "function", None)
-        only_roles = item.stash.get(_REACHED_ROLES, None)  # of the ask under the if it reaches
-        if only_roles is None and func is not None:
-            only_roles = asked_roles(func, planned[0])
+        only_roles = asked_roles(func, planned[0]) if func is not None else None
     try:
         ctx = context_for(item)
         request = _request(ctx, case, ask_kwargs)

@@ -15,9 +15,17 @@ imported; each run still gets fresh test modules, a fresh config and a fresh ses
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 import pytest_modelrollout
+
+# The runs in subprocesses (``pytester.runpytest_subprocess``, the xdist workers of the runs
+# under test) compiled the plugin's modules and rewrote them for pytest again at each start-up
+# when ``PYTHONDONTWRITEBYTECODE`` is set (as it is in this repository's sandbox and CI):
+# about 0.8 s of each such run, hundreds of them. They write and share the bytecode caches as
+# on a machine without it (each cache file is written atomically, by CPython and by pytest).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 for _module in pkgutil.walk_packages(pytest_modelrollout.__path__, "pytest_modelrollout."):
     if not _module.name.endswith("__main__"):

@@ -1218,11 +1218,17 @@ def test_a_test_that_ends_before_it_asks_gets_nothing_sent(
     And the ask under an ``if`` that each case reaches goes to its own receiver's models,
     when the branches ask the same prompt (``rollout.candidate.ask(case.prompt, ...)`` for the
     Chinese cases, ``rollout.ask(case.prompt, ...)`` else): before, the Chinese cases' stable
-    calls were sent and unused."""
+    calls were sent and unused. The same before a loop of asks (its later iterations read:
+    before, they ran live) and before a helper's ask (before: probed, then run live)."""
     project.makepyfile(
+        helpers="""
+        def ask_briefly(rollout, case):
+            return rollout.ask(case.prompt, system="Be brief.")
+        """,
         test_suite="""
         import pytest
         from pytest_modelrollout import cases
+        from helpers import ask_briefly
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1230,6 +1236,21 @@ def test_a_test_that_ends_before_it_asks_gets_nothing_sent(
             if case.expected is None:
                 pytest.skip("no expected answer")
             rollout.ask(case)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_expected_styles(rollout, case):
+            if case.expected is None:
+                pytest.skip("no expected answer")
+            for style in ("brief", "formal"):
+                rollout.ask(f"{case.prompt} ({style})")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_expected_through_a_helper(rollout, case):
+            if case.expected is None:
+                pytest.skip("no expected answer")
+            ask_briefly(rollout, case)
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1249,8 +1270,10 @@ def test_a_test_that_ends_before_it_asks_gets_nothing_sent(
     )  # fmt: skip
     skipped, zh = len(range(0, N_CASES, 4)), len(range(0, N_CASES, 3))
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=2 * N_CASES - skipped, skipped=skipped)
-    _every_call_went_ahead(result, sim, 2 * (N_CASES - skipped) + zh + 2 * (N_CASES - zh))
+    result.assert_outcomes(passed=4 * N_CASES - 3 * skipped, skipped=3 * skipped)
+    # test_expected, test_by_language, test_expected_styles, test_expected_through_a_helper
+    _every_call_went_ahead(result, sim, 2 * (N_CASES - skipped) + zh + 2 * (N_CASES - zh)
+                           + 4 * (N_CASES - skipped) + 2 * (N_CASES - skipped))
 
 
 @XDIST
@@ -3075,6 +3098,45 @@ def test_a_helpers_ask_under_an_if_is_read() -> None:
     assert reached(_through_a_branching_helper_then_another, "none") is None
     assert reached(_through_a_branching_helper_then_another, "x")[0] == "x!"
     assert reached(_through_a_helper_with_a_client, "zh") is None
+
+
+def _guarded_helper(rollout, case):
+    if case == "skip":
+        pytest.skip("no expected answer")
+    if case == "unread" and case.nowhere:  # an attribute a str does not have: not known
+        return
+    _ask_support(rollout, case)
+
+
+def _guarded_asks(rollout, case):
+    if not case:
+        raise ValueError("no case")
+    rollout.ask(case)
+    rollout.ask(case + "?")
+
+
+def test_an_if_that_ends_the_test_before_it_asks_is_read() -> None:
+    """An ``if`` before the test's first ask, or its first call of a helper, that ends it
+    (``pytest.skip``, ``return``, ``raise``): read for each item, a case it ends asks nothing;
+    one whose condition is not read is planned as if it did not end it. The test's later asks
+    (and the helper's first) are read past it."""
+    from pytest_modelrollout.asked import (
+        NOT_ASKED,
+        asked,
+        ends_before_asking,
+        evaluate,
+        later_asks,
+        reached_ask,
+    )
+
+    names = globals()
+    assert ends_before_asking(_guarded_helper, {"case": "skip"}, names)
+    assert reached_ask(_guarded_helper, {"case": "skip"}, names) is NOT_ASKED
+    for case in ("x", "unread"):
+        assert not ends_before_asking(_guarded_helper, {"case": case}, names)
+        assert evaluate(asked(_guarded_helper)[0], {"case": case}, names) == f"{case} (brief)"
+    assert reached_ask(_guarded_asks, {"case": ""}, names) is NOT_ASKED
+    assert [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_guarded_asks)] == ["x?"]
 
 
 def test_asks_in_a_loop_are_read_from_the_source() -> None:

@@ -605,8 +605,9 @@ def _first_helper_call(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
                        names: Any) -> tuple[_HelperCall, int] | None:
     """The test's first call of a function of a module, when it is a helper that asks
     (:func:`_helper_call`), in a statement of the test's body with only statements before it
-    that call nothing of a module's name (or a builtin) and may not end the test; with the
-    index of that statement. None otherwise."""
+    that call nothing of a module's name (or a builtin) and may not end the test but by an
+    ``if`` (one that ends the test is read for each item: :func:`ends_before_asking`); with
+    the index of that statement. None otherwise."""
     reader = _Reader(fdef)
     for index, stmt in enumerate(fdef.body):
         call = _statement_call(stmt)
@@ -614,11 +615,20 @@ def _first_helper_call(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
         if call is not None and callee is not None and _module_name(callee):
             helper = _helper_call(call, reader, names)
             return None if helper is None else (helper, index)
-        calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call)]
-        if not isinstance(stmt, (*_STATEMENTS, ast.Assert)) or _may_end_early(stmt) or any(
-                _module_name(reader.read(c.func, c.lineno) or ("const", None)) for c in calls):
+        guard = isinstance(stmt, ast.If) and not _has_ask(stmt)  # read for each item
+        if (not (isinstance(stmt, (*_STATEMENTS, ast.Assert)) or guard)
+                or (_may_end_early(stmt) and not guard) or _calls_a_module(stmt, reader)):
             return None  # it may not get to the call, or another call of the module's asks
     return None
+
+
+def _calls_a_module(stmt: ast.stmt, reader: _Reader) -> bool:
+    """Whether the statement calls a function of a module's name (or a builtin), but
+    ``pytest.skip/xfail/fail/exit(...)``, which ends the test."""
+    return any(
+        isinstance(c, ast.Call) and _module_name(reader.read(c.func, c.lineno) or ("const", None))
+        and not (isinstance(c.func, ast.Attribute) and c.func.attr in _ENDING)
+        for c in ast.walk(stmt))
 
 
 @functools.lru_cache(maxsize=256)
@@ -1123,8 +1133,8 @@ def later_asks(func: Any) -> tuple[LaterAsk, ...]:
             first_line = stmt.lineno
         elif helped is not None and first_line is not None and stmt.lineno > first_line:
             out.extend(_helper_asks(helped, first=True))
-        if _may_end_early(stmt):
-            break
+        if _may_end_early(stmt) and first_line is not None:
+            break  # (before the first ask, it ends the test before any: nothing to lose)
     return tuple(out)
 
 
@@ -1134,8 +1144,9 @@ def _later_in(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
     """The asks (``calls``: :func:`_ask_calls`) after the function's first one that it always
     makes once it gets there, read in full: statements of the body itself (of the kinds
     ``statements``; not under a condition), or of a loop read as :func:`_loop_of` reads it
-    (each iteration's, up to :data:`LOOP_AHEAD`), with nothing before them that may end the
-    function early (``return``, ``raise``, ``pytest.skip``; a failing ``assert`` still can).
+    (each iteration's, up to :data:`LOOP_AHEAD`), with nothing between the first ask and them
+    that may end the function early (``return``, ``raise``, ``pytest.skip``; a failing
+    ``assert`` still can).
     An ask whose prompt reads an earlier reply is not read (its local name's value is a
     call). ``(call, prompt, keyword arguments)``, in order."""
     first, out = calls[0], []
@@ -1156,8 +1167,8 @@ def _later_in(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
         call = getattr(stmt, "value", None) if isinstance(stmt, statements) else None
         if call is not None and call is not first and call in calls and call.lineno > first.lineno:
             later(call, 0)
-        if _may_end_early(stmt):
-            break
+        if _may_end_early(stmt) and (stmt.end_lineno or stmt.lineno) >= first.lineno:
+            break  # (one before the first ask ends the function before any: nothing to lose)
     return out
 
 
@@ -1194,7 +1205,7 @@ def _may_end_early(stmt: ast.stmt) -> bool:
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("skip", "xfail", "fail", "exit")
+            and node.func.attr in _ENDING
         ):
             return True
     return False
@@ -1206,7 +1217,10 @@ def _ends(stmt: ast.stmt) -> bool:
     return isinstance(stmt, (ast.Return, ast.Raise)) or (
         isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
         and isinstance(stmt.value.func, ast.Attribute)
-        and stmt.value.func.attr in ("skip", "xfail", "fail", "exit"))
+        and stmt.value.func.attr in _ENDING)
+
+
+_ENDING = frozenset({"skip", "xfail", "fail", "exit"})  # pytest's: each ends the test
 
 
 NOT_ASKED: Any = object()  # reached_ask: the branch taken has no ask (nor does what follows)
@@ -1247,6 +1261,8 @@ def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
     no ask; None when the first ask is not under an ``if`` or the way to it cannot be told (a
     condition not read, an ask in a loop, a ``with`` or a ``try``): then the asks are read in
     source order."""
+    if ends_before_asking(func, params, names):
+        return NOT_ASKED
     branching = _branching(func)
     if branching is None:
         return _helper_reached(func, params, names)
@@ -1254,6 +1270,31 @@ def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
     if found is None or found is NOT_ASKED:
         return found
     return (*found[:2], frozenset(_receiver_roles(found[2].func, branching[0])) or None)
+
+
+@functools.lru_cache(maxsize=256)
+def _before_asking(func: Any) -> tuple[_Reader, list[ast.stmt]] | None:
+    """The test function's reader and the statements of its body before the first that asks
+    or calls a function of a module (a helper that may ask); None when none is before."""
+    fdef = _function_def(func)
+    if fdef is None:
+        return None
+    reader = _Reader(fdef)
+    before = []
+    for stmt in fdef.body:
+        if _has_ask(stmt) or _calls_a_module(stmt, reader):
+            break
+        before.append(stmt)
+    return (reader, before) if before else None
+
+
+def ends_before_asking(func: Any, params: dict[str, Any], names: Any) -> bool:
+    """Whether the test ends before it asks anything, for these parameters: an ``if`` before
+    its first ask (or its first call of a module's function) whose condition is read and
+    taken ends it (``if case.expected is None: pytest.skip(...)``, a ``return``, a
+    ``raise``)."""
+    found = _before_asking(func)
+    return found is not None and _walk_to_ask(found[1], found[0], params, names) is _ENDS
 
 
 def reached_in(branching: Branching | None, params: dict[str, Any], names: Any) -> Any:

@@ -3113,6 +3113,7 @@ def _guarded_asks(rollout, case):
         raise ValueError("no case")
     rollout.ask(case)
     rollout.ask(case + "?")
+    _ask_with(rollout, case + "!")
 
 
 def test_an_if_that_ends_the_test_before_it_asks_is_read() -> None:
@@ -3136,7 +3137,8 @@ def test_an_if_that_ends_the_test_before_it_asks_is_read() -> None:
         assert not ends_before_asking(_guarded_helper, {"case": case}, names)
         assert evaluate(asked(_guarded_helper)[0], {"case": case}, names) == f"{case} (brief)"
     assert reached_ask(_guarded_asks, {"case": ""}, names) is NOT_ASKED
-    assert [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_guarded_asks)] == ["x?"]
+    assert [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_guarded_asks)] == [
+        "x?", "x!"]
 
 
 def test_asks_in_a_loop_are_read_from_the_source() -> None:

@@ -1133,8 +1133,9 @@ def later_asks(func: Any) -> tuple[LaterAsk, ...]:
             first_line = stmt.lineno
         elif helped is not None and first_line is not None and stmt.lineno > first_line:
             out.extend(_helper_asks(helped, first=True))
-        if _may_end_early(stmt) and first_line is not None:
-            break  # (before the first ask, it ends the test before any: nothing to lose)
+        if _may_end_early(stmt) and first_line is not None and (
+                stmt.end_lineno or stmt.lineno) >= first_line:
+            break  # (one before the first ask ends the test before any: nothing to lose)
     return tuple(out)
 
 
@@ -1254,13 +1255,14 @@ def _branching(func: Any) -> Branching | None:
 
 
 def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
-    """For a test function whose first ask is under an ``if``: the ask this item reaches first,
-    as ``(prompt Expr, Keywords or None, the models it asks or None when its receiver is not a
-    model fixture)``, following the branches whose conditions are read
-    and known for it (see :func:`evaluate`); :data:`NOT_ASKED` when the branches it takes have
-    no ask; None when the first ask is not under an ``if`` or the way to it cannot be told (a
-    condition not read, an ask in a loop, a ``with`` or a ``try``): then the asks are read in
-    source order."""
+    """For a test function whose first ask (its own, or that of the helper it calls first) is
+    under an ``if`` or after one that may end it: the ask this item reaches first, as
+    ``(prompt Expr, Keywords or None, the models it asks or None when its receiver is not a
+    model fixture)``, following the branches whose conditions are read and known for it (see
+    :func:`evaluate`); :data:`NOT_ASKED` when the branches it takes have no ask, or it ends
+    before it asks (:func:`ends_before_asking`); None when the first ask is not under an
+    ``if`` or the way to it cannot be told (a condition not read, an ask in a loop, a ``with``
+    or a ``try``): then the asks are read in source order."""
     if ends_before_asking(func, params, names):
         return NOT_ASKED
     branching = _branching(func)
@@ -1318,7 +1320,7 @@ _ENDS: Any = object()  # _walk_to_ask: the function ends (returns, raises, skips
 
 def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
                  names: Any) -> Any:
-    """The first ask the statements reach for these parameters, ``(prompt, keywords)``,
+    """The first ask the statements reach for these parameters, ``(prompt, keywords, call)``,
     following each ``if`` with an ask, or that may end the function, whose condition is read
     and known; :data:`NOT_ASKED` when they reach none, :data:`_ENDS` when the function ends
     before (a ``return``, ``raise`` or ``pytest.skip(...)`` reached); None when that cannot be

@@ -3108,6 +3108,12 @@ def _guarded_helper(rollout, case):
     _ask_support(rollout, case)
 
 
+def _guarded_by_a_call(rollout, case):
+    if not len(case.strip()):  # calls that are given no model: they cannot ask
+        pytest.skip("empty")
+    _ask_support(rollout, case)
+
+
 def _guarded_asks(rollout, case):
     if not case:
         raise ValueError("no case")
@@ -3118,7 +3124,8 @@ def _guarded_asks(rollout, case):
 
 def test_an_if_that_ends_the_test_before_it_asks_is_read() -> None:
     """An ``if`` before the test's first ask, or its first call of a helper, that ends it
-    (``pytest.skip``, ``return``, ``raise``): read for each item, a case it ends asks nothing;
+    (``pytest.skip``, ``return``, ``raise``), its condition calling what is given no model or
+    not: read for each item, a case it ends asks nothing;
     one whose condition is not read is planned as if it did not end it. The test's later asks
     (and the helper's first) are read past it."""
     from pytest_modelrollout.asked import (
@@ -3136,6 +3143,9 @@ def test_an_if_that_ends_the_test_before_it_asks_is_read() -> None:
     for case in ("x", "unread"):
         assert not ends_before_asking(_guarded_helper, {"case": case}, names)
         assert evaluate(asked(_guarded_helper)[0], {"case": case}, names) == f"{case} (brief)"
+    assert ends_before_asking(_guarded_by_a_call, {"case": " "}, names)
+    assert not ends_before_asking(_guarded_by_a_call, {"case": "x"}, names)
+    assert evaluate(asked(_guarded_by_a_call)[0], {"case": "x"}, names) == "x (brief)"
     assert reached_ask(_guarded_asks, {"case": ""}, names) is NOT_ASKED
     assert [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_guarded_asks)] == [
         "x?", "x!"]

@@ -605,9 +605,9 @@ def _first_helper_call(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
                        names: Any) -> tuple[_HelperCall, int] | None:
     """The test's first call of a function of a module, when it is a helper that asks
     (:func:`_helper_call`), in a statement of the test's body with only statements before it
-    that call nothing of a module's name (or a builtin) and may not end the test but by an
-    ``if`` (one that ends the test is read for each item: :func:`ends_before_asking`); with
-    the index of that statement. None otherwise."""
+    that call nothing of a module's name (or a builtin) and may not end the test, but for an
+    ``if`` that passes no model to a call (one that ends the test is read for each item:
+    :func:`ends_before_asking`); with the index of that statement. None otherwise."""
     reader = _Reader(fdef)
     for index, stmt in enumerate(fdef.body):
         call = _statement_call(stmt)
@@ -617,17 +617,25 @@ def _first_helper_call(fdef: ast.FunctionDef | ast.AsyncFunctionDef,
             return None if helper is None else (helper, index)
         guard = isinstance(stmt, ast.If) and not _has_ask(stmt)  # read for each item
         if (not (isinstance(stmt, (*_STATEMENTS, ast.Assert)) or guard)
-                or (_may_end_early(stmt) and not guard) or _calls_a_module(stmt, reader)):
+                or (_may_end_early(stmt) and not guard) or (
+                    _passes_a_model(stmt, reader) if guard else _calls_a_module(stmt, reader))):
             return None  # it may not get to the call, or another call of the module's asks
     return None
 
 
 def _calls_a_module(stmt: ast.stmt, reader: _Reader) -> bool:
-    """Whether the statement calls a function of a module's name (or a builtin), but
-    ``pytest.skip/xfail/fail/exit(...)``, which ends the test."""
+    """Whether the statement calls a function of a module's name (or a builtin)."""
+    return any(isinstance(c, ast.Call) and _module_name(
+        reader.read(c.func, c.lineno) or ("const", None)) for c in ast.walk(stmt))
+
+
+def _passes_a_model(stmt: ast.stmt, reader: _Reader) -> bool:
+    """Whether the statement calls something with a model fixture of the test (an argument,
+    or a method of it): a call that may ask. A call given none cannot."""
     return any(
-        isinstance(c, ast.Call) and _module_name(reader.read(c.func, c.lineno) or ("const", None))
-        and not (isinstance(c.func, ast.Attribute) and c.func.attr in _ENDING)
+        isinstance(c, ast.Call) and any(_model_fixture(a, reader) for a in (
+            *c.args, *(k.value for k in c.keywords),
+            *([c.func.value] if isinstance(c.func, ast.Attribute) else [])))
         for c in ast.walk(stmt))
 
 
@@ -1277,14 +1285,14 @@ def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
 @functools.lru_cache(maxsize=256)
 def _before_asking(func: Any) -> tuple[_Reader, list[ast.stmt]] | None:
     """The test function's reader and the statements of its body before the first that asks
-    or calls a function of a module (a helper that may ask); None when none is before."""
+    or passes a model to a call (a helper that may ask); None when none is before."""
     fdef = _function_def(func)
     if fdef is None:
         return None
     reader = _Reader(fdef)
     before = []
     for stmt in fdef.body:
-        if _has_ask(stmt) or _calls_a_module(stmt, reader):
+        if _has_ask(stmt) or _passes_a_model(stmt, reader):
             break
         before.append(stmt)
     return (reader, before) if before else None
@@ -1292,9 +1300,9 @@ def _before_asking(func: Any) -> tuple[_Reader, list[ast.stmt]] | None:
 
 def ends_before_asking(func: Any, params: dict[str, Any], names: Any) -> bool:
     """Whether the test ends before it asks anything, for these parameters: an ``if`` before
-    its first ask (or its first call of a module's function) whose condition is read and
-    taken ends it (``if case.expected is None: pytest.skip(...)``, a ``return``, a
-    ``raise``)."""
+    its first ask (or its first call given a model) whose condition is read and taken ends it
+    (``if case.expected is None: pytest.skip(...)``, ``if not len(case.meta["answers"]):``, a
+    ``return``, a ``raise``)."""
     found = _before_asking(func)
     return found is not None and _walk_to_ask(found[1], found[0], params, names) is _ENDS
 

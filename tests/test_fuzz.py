@@ -614,9 +614,9 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     continue`` on the target or that name, or not; a ``break`` after the ask, or after the
     ``if`` it is under, or none), or in a list
     comprehension (with an ``if`` on its target or not); or the same in a helper of the
-    module the test calls, after the helper's first ask: what prefetch plans for each ask (the
-    first, then the later ones) is exactly what the test asks there, with the same keyword
-    arguments; an iteration the loop does not have is not planned."""
+    module the test calls (after an ask of the helper's, or not): what prefetch plans for each
+    ask (the first, then the later ones) is exactly what the test asks there, with the same
+    keyword arguments; an iteration the loop does not have is not planned."""
 
     from pytest_modelrollout.asked import LOOP_AHEAD, MISSING, evaluate, later_asks, source_asks
 
@@ -646,7 +646,6 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
         + textwrap.indent(body + (stop if stops == "after the if" else ""), "        ")
     )
     signature = "(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj)"
-    in_helper = in_helper and first  # a helper is read when its first statement asks
     source = (
         f"def {'helper_x' if in_helper else 'test_x'}{signature}:\n"
         + ("    rollout.ask('before')\n" if first else "")

@@ -1123,7 +1123,8 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
     ...)``: the candidate alone). So are the helper's later asks (``ask_then_brief``), the
     asks of a helper the test calls after its first (``ask_with`` in ``test_followed``), and
     a helper's ask under an ``if`` (``ask_in_language``: the one each case reaches, to its
-    models).
+    models), and a helper's asks in a loop (``ask_each_style``; nothing for a case whose list
+    is empty).
     Before, each function was probed with the case's own request (wasted: the helper's prompt
     is not the case's) and ran live; before the later asks were read, those ran live."""
     project.makepyfile(
@@ -1149,6 +1150,11 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
             return rollout.ask(case.prompt, system="Answer in English.")
 
 
+        def ask_each_style(rollout, case):
+            for style in case.meta["styles"]:
+                rollout.candidate.ask(f"{case.prompt} ({style})")
+
+
         def ask_then_brief(rollout, case):
             """Asks both models, then the candidate alone for one sentence."""
             pair = rollout.ask(case.prompt, system=SYSTEM)
@@ -1158,7 +1164,7 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         test_suite="""
         import pytest
         from pytest_modelrollout import cases
-        from helpers import ask_in_language, ask_support, ask_then_brief, ask_with
+        from helpers import ask_each_style, ask_in_language, ask_support, ask_then_brief, ask_with
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1188,21 +1194,28 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_by_language(rollout, case):
             ask_in_language(rollout, case)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_each_style(rollout, case):
+            ask_each_style(rollout, case)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
         "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "lang": "zh" if i % 3 == 0 else "en"}) + "\n"
+                            "lang": "zh" if i % 3 == 0 else "en",
+                            "styles": ["brief", "formal"] if i % 4 else []}) + "\n"
                 for i in range(N_CASES)),
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=5 * N_CASES)
+    result.assert_outcomes(passed=6 * N_CASES)
     # test_followed: both models and the candidate in its helper, then the candidate;
-    # test_by_language: the candidate alone for a Chinese case (one in three), else both
-    zh = len(range(0, N_CASES, 3))
+    # test_by_language: the candidate alone for a Chinese case (one in three), else both;
+    # test_each_style: the candidate for each style, none for a case without styles
+    zh, styled = len(range(0, N_CASES, 3)), N_CASES - len(range(0, N_CASES, 4))
     _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES + 4 * N_CASES
-                           + zh + 2 * (N_CASES - zh))
+                           + zh + 2 * (N_CASES - zh) + 2 * styled)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Where is order A-3? (answer: brief)", "Where is order A-3? (answer: formal)",
             "Where is order A-3?", "Where is order A-3? One sentence.",

@@ -726,7 +726,8 @@ def _helper_asks_first(
     """A helper's first ask, read from its source, when the helper makes it whatever happens,
     and the parameter it asks (:func:`_param_receiver`): a plain ``def``
     (:func:`_helper_fdef`) whose ask is a statement of its body (``return model.ask(...)``,
-    ``pair = model.ask(...)``) on a parameter (or its ``.stable`` / ``.candidate``), with only
+    ``pair = model.ask(...)``), or in a loop of its body read as a test's (:func:`_loop_of`:
+    its first iteration's), on a parameter (or its ``.stable`` / ``.candidate``), with only
     ``name = value`` statements (or a docstring) before it. None otherwise."""
     found = _helper_fdef(function)
     if found is None:
@@ -736,11 +737,15 @@ def _helper_asks_first(
     receiver = _param_receiver(first, reader)
     if receiver is None:
         return None
+    loop = _loop_of(fdef, reader, first)
     for stmt in fdef.body:
         value = getattr(stmt, "value", None) if isinstance(stmt, (*_STATEMENTS, ast.Return)) else None
         if value is first:
             prompt = reader.read(first.args[0], first.lineno)
             return None if prompt is None else (prompt, _keywords(reader, first), receiver)
+        if loop is not None and stmt is loop.stmt:  # its first iteration's, read as a test's
+            read = _read_ask(fdef, reader, first, 0)
+            return None if read is None else (*read, receiver)
         if not (_is_docstring(stmt) or _simple_assignment(stmt)[0] is not None) or (
                 _may_end_early(stmt)):
             return None
@@ -1773,10 +1778,30 @@ def _gone_over_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
 @functools.lru_cache(maxsize=256)
 def _ask_loops(func: Any) -> tuple[Expr, ...] | None:
     """What the loops making the function's asks go over, when each of its asks is in one
-    (read in full); None otherwise."""
+    (read in full); for a test without an ask of its own whose first ask is its helper's
+    (:func:`_helper_ask`) and that calls nothing of a module's after it, those of the
+    helper's asks, as the test's expressions. None otherwise."""
     fdef = _function_def(func)
-    calls = _ask_nodes(fdef) if fdef is not None else []
-    if fdef is None or not calls:
+    if fdef is None:
+        return None
+    if _ask_nodes(fdef) or _helper_of(func) is None:
+        return _loops_of_asks(fdef)
+    found = _first_helper_call(fdef, module_names(func))
+    if found is None:
+        return None
+    helper, index = found
+    helper_def = _helper_fdef(helper.function)
+    loops = _loops_of_asks(helper_def[0]) if helper_def is not None else None
+    if loops is None or any(_calls_a_module(stmt, helper.reader) for stmt in fdef.body[index + 1:]):
+        return None
+    return tuple((*helper.head, items) for items in loops)
+
+
+def _loops_of_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[Expr, ...] | None:
+    """What the loops making a function's asks go over, when each of its asks is in one (read
+    in full); None otherwise."""
+    calls = _ask_nodes(fdef)
+    if not calls:
         return None
     reader, out = _Reader(fdef), []
     for call in calls:

@@ -644,26 +644,42 @@ def _helper_branching(func: Any) -> tuple[_HelperCall, Branching, bool] | None:
     """For a test function without an ask of its own whose first call of a module's function
     (:func:`_first_helper_call`) is a helper whose first ask is under an ``if``
     (:func:`_branching_of`) and whose every ask is on a model the test passes it: that call,
-    the helper's branching, and whether the test's body calls a function of a module after
-    it (then a branch that asks nothing does not make the test ask nothing). None otherwise."""
+    the helper's branching, and whether the test may ask after it (:func:`_may_ask_after`:
+    then a branch that asks nothing does not make the test ask nothing). None otherwise."""
+    found = _test_helper(func)
+    if found is None:
+        return None
+    helper, asks_after, (helper_def, helper_reader, _) = found
+    branching = _branching_of(helper_def)
+    if branching is None or not all(
+            (receiver := _param_receiver(call, helper_reader)) is not None
+            and _helper_roles(helper, receiver) for call in _ask_nodes(helper_def)):
+        return None
+    return helper, branching, asks_after
+
+
+@functools.lru_cache(maxsize=256)
+def _test_helper(
+    func: Any,
+) -> tuple[_HelperCall, bool, tuple[ast.FunctionDef, _Reader, list[ast.Call]]] | None:
+    """For a test function without an ask of its own: its first call of a helper that asks
+    (:func:`_first_helper_call`), whether the test may ask after it (:func:`_may_ask_after`),
+    and the helper's definition (:func:`_helper_fdef`); None when it has no such call."""
     fdef = _function_def(func)
     if fdef is None or _ask_nodes(fdef):
         return None
     found = _first_helper_call(fdef, module_names(func))
-    if found is None:
+    helper_def = _helper_fdef(found[0].function) if found is not None else None
+    if found is None or helper_def is None:
         return None
-    helper, index = found
-    helper_def = _helper_fdef(helper.function)
-    branching = _branching_of(helper_def[0]) if helper_def is not None else None
-    if helper_def is None or branching is None or not all(
-            (receiver := _param_receiver(call, helper_def[1])) is not None
-            and _helper_roles(helper, receiver) for call in _ask_nodes(helper_def[0])):
-        return None
-    reader = _Reader(fdef)
-    calls_after = any(_module_name(reader.read(c.func, c.lineno) or ("const", None))
-                      for stmt in fdef.body[index + 1:] for c in ast.walk(stmt)
-                      if isinstance(c, ast.Call))
-    return helper, branching, calls_after
+    return found[0], _may_ask_after(fdef, found[1], found[0].reader), helper_def
+
+
+def _may_ask_after(fdef: ast.FunctionDef | ast.AsyncFunctionDef, index: int,
+                   reader: _Reader) -> bool:
+    """Whether a statement of the test's body after the one at ``index`` may ask: it passes
+    a model to a call (:func:`_passes_a_model`)."""
+    return any(_passes_a_model(stmt, reader) for stmt in fdef.body[index + 1:])
 
 
 def _helper_reached(func: Any, params: dict[str, Any], names: Any) -> Any:
@@ -673,13 +689,13 @@ def _helper_reached(func: Any, params: dict[str, Any], names: Any) -> Any:
     found = _helper_branching(func)
     if found is None:
         return None
-    helper, branching, calls_after = found
+    helper, branching, asks_after = found
     bound = _helper_params(helper.head, params, names)
     if bound is MISSING:
         return None
     reached = reached_in(branching, bound[1], bound[0].__globals__)
     if reached is NOT_ASKED:
-        return None if calls_after else NOT_ASKED
+        return None if asks_after else NOT_ASKED
     if reached is None:
         return None
     receiver = _param_receiver(reached[2], branching[0])
@@ -1779,22 +1795,18 @@ def _gone_over_value(expr: Expr, params: dict[str, Any], names: Any) -> Any:
 def _ask_loops(func: Any) -> tuple[Expr, ...] | None:
     """What the loops making the function's asks go over, when each of its asks is in one
     (read in full); for a test without an ask of its own whose first ask is its helper's
-    (:func:`_helper_ask`) and that calls nothing of a module's after it, those of the
-    helper's asks, as the test's expressions. None otherwise."""
+    (:func:`_helper_ask`) and that may not ask after it (:func:`_may_ask_after`), those of
+    the helper's asks, as the test's expressions. None otherwise."""
     fdef = _function_def(func)
     if fdef is None:
         return None
     if _ask_nodes(fdef) or _helper_of(func) is None:
         return _loops_of_asks(fdef)
-    found = _first_helper_call(fdef, module_names(func))
-    if found is None:
+    found = _test_helper(func)
+    loops = _loops_of_asks(found[2][0]) if found is not None else None
+    if found is None or loops is None or found[1]:
         return None
-    helper, index = found
-    helper_def = _helper_fdef(helper.function)
-    loops = _loops_of_asks(helper_def[0]) if helper_def is not None else None
-    if loops is None or any(_calls_a_module(stmt, helper.reader) for stmt in fdef.body[index + 1:]):
-        return None
-    return tuple((*helper.head, items) for items in loops)
+    return tuple((*found[0].head, items) for items in loops)
 
 
 def _loops_of_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[Expr, ...] | None:

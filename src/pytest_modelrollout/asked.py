@@ -1091,8 +1091,8 @@ def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
     if helper is not None:
         return frozenset(helper[2])  # the models the helper it calls asks
     branching = _helper_branching(func)
-    if branching is not None:  # the models of the helper's asks that send this prompt
-        return _helper_roles_of(branching[0], expr)
+    if branching is not None:  # (each item's own: reached_ask's; here, all of the helper's)
+        return _helper_roles_of(branching[0])
     if fdef is None or not calls:
         return None
     reader = _Reader(fdef)
@@ -1110,25 +1110,21 @@ def asked_roles(func: Any, expr: Expr | None = None) -> frozenset[Role] | None:
     return frozenset(of_expr or roles)
 
 
-def _helper_roles_of(helper: _HelperCall, expr: Expr | None) -> frozenset[Role] | None:
-    """The models of a helper's asks (each on a model the test passes it) whose prompt,
-    as the test's expression, is ``expr``; of all of them when none is, or without ``expr``."""
+def _helper_roles_of(helper: _HelperCall) -> frozenset[Role] | None:
+    """The models of a helper's asks, each on a model the test passes it; None when one is
+    on something else."""
     found = _helper_fdef(helper.function)
     if found is None:
         return None
     _, reader, calls = found
     roles: set[Role] = set()
-    of_expr: set[Role] = set()
     for call in calls:
         receiver = _param_receiver(call, reader)
         asks = _helper_roles(helper, receiver) if receiver is not None else ()
         if not asks:
             return None
         roles.update(asks)
-        prompt = reader.read(call.args[0], call.lineno)
-        if expr is not None and prompt is not None and (*helper.head, prompt) == expr:
-            of_expr.update(asks)
-    return frozenset(of_expr or roles)
+    return frozenset(roles)
 
 
 @functools.lru_cache(maxsize=256)

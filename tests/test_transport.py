@@ -149,6 +149,92 @@ def test_requests_reuse_connections_and_respect_the_pool_limit(
         assert len(served) == CONNECTIONS and all(served), served
 
 
+def test_a_request_that_gives_up_waiting_for_a_connection_leaves_it_to_the_next() -> None:
+    """One connection: a request waiting for it that is cancelled (its test ended) or whose
+    pool timeout runs out (httpx.PoolTimeout) leaves its turn to the next request, which goes
+    out on the same kept-alive connection as soon as it is free."""
+    import httpx
+
+    connections = 0
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                body = await _read_request(reader)
+                if body == b'{"i": 0}':  # the first reply is streamed until released
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    while not release.is_set():
+                        writer.write(b"1\r\n \r\n")  # a byte at a time: no read times out
+                        await writer.drain()
+                        await asyncio.sleep(0.05)
+                    writer.write(b"2\r\n{}\r\n0\r\n\r\n")
+                else:
+                    writer.write(_reply(body))
+                await writer.drain()
+
+    async def main() -> tuple[list[int], float, BaseException | None]:
+        t = tr.make_transport(verify=False, max_connections=1, trust_env=False, timeout=0.3)
+        assert isinstance(t, tr.AsyncioTransport)
+        async with _served(handler, transport=t) as (t, url):
+            first = asyncio.create_task(_post(t, url, b'{"i": 0}'))
+            await asyncio.sleep(0.1)  # it holds the connection
+            cancelled = asyncio.create_task(_post(t, url, b'{"i": 1}'))
+            timed_out = asyncio.create_task(_post(t, url, b'{"i": 2}'))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            outcome = (await asyncio.gather(timed_out, return_exceptions=True))[0]
+            waited = time.perf_counter()
+            last = asyncio.create_task(_post(t, url, b'{"i": 3}'))
+            await asyncio.sleep(0.05)
+            release.set()
+            statuses = [(await first)[0], (await last)[0]]
+            return statuses, time.perf_counter() - waited, outcome if isinstance(
+                outcome, BaseException) else None  # fmt: skip
+
+    statuses, took, outcome = asyncio.run(main())
+    assert isinstance(outcome, httpx.PoolTimeout), outcome
+    assert statuses == [200, 200]
+    assert took < 0.3, took  # the last went out when the first was done, not after a timeout
+    assert connections == 1
+
+
+def test_a_requests_head_and_body_leave_together() -> None:
+    """httpcore writes a request's head and its body separately; they go out in one write
+    (one segment for the server to read, one system call on the client's side), and a head
+    whose body has not been written yet is sent before the connection waits for a reply."""
+
+    async def main() -> tuple[bytes, bytes, bytes]:
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        stream = tr._Stream(tr._Wire(ours))
+        head = b"POST /v1/x HTTP/1.1\r\nhost: h\r\nContent-Length: 2\r\n\r\n"
+        await stream.write(head)
+        with pytest.raises(BlockingIOError):
+            theirs.recv(4096)  # nothing has left yet
+        await stream.write(b"{}")
+        await asyncio.sleep(0.01)
+        together = theirs.recv(4096)
+        bodiless = b"GET /v1/models HTTP/1.1\r\nhost: h\r\n\r\n"
+        await stream.write(bodiless)
+        await asyncio.sleep(0.01)
+        alone = theirs.recv(4096)
+        await stream.write(head)  # ... and then the caller reads, its body never written
+        theirs.sendall(b"HTTP/1.1 400 Bad Request\r\n")
+        await stream.read(4096, timeout=1)
+        flushed = theirs.recv(4096)
+        await stream.aclose()
+        theirs.close()
+        return together, alone, flushed
+
+    together, alone, flushed = asyncio.run(main())
+    assert together == b"POST /v1/x HTTP/1.1\r\nhost: h\r\nContent-Length: 2\r\n\r\n{}"
+    assert alone.startswith(b"GET /v1/models")
+    assert flushed.startswith(b"POST /v1/x")
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("kept", ["idle in the pool", "opened ahead"])
 def test_a_connection_the_server_closed_is_not_used(

@@ -1,4 +1,4 @@
-"""The model clients' HTTP: httpcore's connection pool on the event loop's own sockets.
+"""The model clients' HTTP: httpcore's HTTP/1.1 connections on the event loop's own sockets.
 
 httpx's default transport reaches asyncio through anyio. For every request its connection pool
 asks each idle connection whether the server closed it (``has_expired``); through anyio that
@@ -6,22 +6,24 @@ builds a dict of socket attributes and makes a ``poll`` system call per connecti
 With 8-16 keep-alive connections per model this was a quarter of the plugin's CPU per call, and
 that CPU is taken from the thread that runs the tests.
 
-This module keeps httpcore (HTTP/1.1 over h11, the pool, keep-alive) and httpx's exceptions,
-and replaces the network layer below them through httpcore's public ``AsyncNetworkBackend``
-interface: each connection is a non-blocking socket that the event loop reads whenever data
-arrives (so an idle connection is "readable" when the server has closed it, with no system call
-to find out), with ``recvmsg`` and the kernel's receive timestamp of each read on Linux; TLS is
-an ``ssl.SSLObject`` on memory buffers above it. The timestamps, and the time of each request's
-first write, are what a reply's latency is measured between (:class:`WireClock`): not the
-moments the event loop got round to the request and to its answer, which at concurrency 16 lag
-by whatever else it and the test thread were doing. The model clients post through
-:class:`AsyncioTransport`'s
-:meth:`~AsyncioTransport.stream_post`, without httpx's client layer (request and response
-models, cookie jar, auth and redirect flows), which cost about as much CPU again
-(bench/transport_speed.py, concurrency 16: ``httpx.AsyncClient`` 3.2 ms per call, the anyio
-check alone ~0.8 ms of it, ``stream_post`` 1.8 ms). With a fixed model latency the replies of a
-round arrive together and are handled one at a time, so CPU per reply delays the next
-requests (not the replies' measured latency, which is timed on the wire: :class:`WireClock`).
+This module keeps httpcore's connections (HTTP/1.1 over h11, keep-alive) and httpx's
+exceptions, keeps them in a pool of its own (:class:`_Pool`; httpcore's goes over every
+connection several times per request), and replaces the network layer below them through
+httpcore's public ``AsyncNetworkBackend`` interface: each connection is a non-blocking socket
+that the event loop reads whenever data arrives (so an idle connection is "readable" when the
+server has closed it, with no system call to find out), with ``recvmsg`` and the kernel's
+receive timestamp of each read on Linux; TLS is an ``ssl.SSLObject`` on memory buffers above
+it. A request's head and body leave in one write. The timestamps, and the time of each
+request's first write, are what a reply's latency is measured between (:class:`WireClock`):
+not the moments the event loop got round to the request and to its answer, which at
+concurrency 16 lag by whatever else it and the test thread were doing. The model clients post
+through :class:`AsyncioTransport`'s :meth:`~AsyncioTransport.stream_post`, without httpx's
+client layer (request and response models, cookie jar, auth and redirect flows)
+(bench/transport_speed.py, concurrency 16, CPU per call: ``httpx.AsyncClient`` 1.7 ms,
+``stream_post`` 0.33 ms; 0.8 ms with httpcore's pool and head and body written apart). With a
+fixed model latency the replies of a round arrive together and are handled one at a time, so
+CPU per reply delays the next requests (not the replies' measured latency, which is timed on
+the wire: :class:`WireClock`).
 
 Used on Python 3.11+ (``asyncio.timeout``), outside Windows, when no proxy is set in
 the environment; otherwise :func:`make_transport` returns None and the model client uses
@@ -39,6 +41,7 @@ import collections
 import contextlib
 import contextvars
 import os
+import re
 import socket
 import ssl
 import struct
@@ -346,6 +349,14 @@ class _Wire:
 
 
 _NO_BIO = ssl.MemoryBIO()
+_BODY_FOLLOWS = re.compile(rb"\r\n(?:content-length:[ \t]*0*[1-9]|transfer-encoding:)", re.IGNORECASE)
+
+
+def _has_body(data: bytes) -> bool:
+    """Whether ``data`` is a request's head (its headers, up to the blank line) announcing a
+    body: held so that head and body leave in one write (one segment for the server to read,
+    one system call) rather than two."""
+    return data.endswith(b"\r\n\r\n") and _BODY_FOLLOWS.search(data) is not None
 
 
 class _Stream(httpcore.AsyncNetworkStream):
@@ -353,7 +364,7 @@ class _Stream(httpcore.AsyncNetworkStream):
     ``ssl.SSLObject`` on memory buffers above it. Each read that returns bytes sets
     :attr:`WireClock.arrived` of the request it serves."""
 
-    __slots__ = ("_ahead", "_incoming", "_outgoing", "_plain", "_tls", "_wire")
+    __slots__ = ("_ahead", "_held", "_incoming", "_outgoing", "_plain", "_tls", "_wire")
 
     def __init__(self, wire: _Wire) -> None:
         self._wire = wire
@@ -362,8 +373,12 @@ class _Stream(httpcore.AsyncNetworkStream):
         self._tls: ssl.SSLObject | None = None
         self._incoming = self._outgoing = _NO_BIO  # TLS's, from start_tls
         self._plain = b""  # decrypted bytes read ahead (an idle connection's readability check)
+        self._held = b""  # a request's head, sent with the first bytes of its body
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._held:  # never wait for an answer to bytes not sent
+            held, self._held = self._held, b""
+            await self._send(held, timeout)
         try:
             async with asyncio.timeout(timeout):  # type: ignore[attr-defined,unused-ignore]
                 data = await (self._wire.recv(max_bytes) if self._tls is None
@@ -408,6 +423,14 @@ class _Stream(httpcore.AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        if self._held:
+            buffer, self._held = self._held + buffer, b""
+        elif _has_body(buffer):
+            self._held = buffer
+            return
+        await self._send(buffer, timeout)
+
+    async def _send(self, buffer: bytes, timeout: float | None) -> None:
         clock = WIRE_CLOCK.get()
         if clock is not None and clock.sent is None:
             clock.sent = time.perf_counter()
@@ -680,6 +703,122 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
+class _Pool:
+    """Keep-alive HTTP/1.1 connections (httpcore's ``AsyncHTTPConnection``: connect through
+    the backend, TLS, h11), at most ``max_connections`` open or opening, handed out one request
+    at a time.
+
+    What httpcore's ``AsyncConnectionPool`` does for one event loop, in O(1) per request: that
+    pool goes over every connection several times per request (its check for surplus idle
+    connections is quadratic), ~0.05 ms per call at 16 connections, and a run's replies arrive
+    in bursts of that many. An idle connection is reused newest first (the warmest; the
+    oldest are left to expire); one that has expired or that the server closed (readable while
+    idle) is closed instead. At the limit, an idle connection to another origin is closed to
+    make room, as httpcore's pool does; otherwise the request waits for one to come back (first
+    come, first served), at most its ``pool`` timeout."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext,
+        max_connections: int,
+        keepalive_expiry: float,
+        backend: httpcore.AsyncNetworkBackend,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._max = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._backend = backend
+        # open or opening, idle or not: each with its origin's (scheme, host, port)
+        self._origins: dict[httpcore.AsyncHTTPConnection, tuple[bytes, bytes, int]] = {}
+        self._idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncHTTPConnection]] = {}
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def checkout(
+        self, origin: httpcore.Origin, timeout: float | None
+    ) -> httpcore.AsyncHTTPConnection:
+        """A connection to ``origin`` for one request: an idle one, a new one (not connected
+        yet: its first request connects it), or the first to come back within ``timeout``."""
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        key = (origin.scheme, origin.host, origin.port)
+        woken = False
+        while True:
+            idle = self._idle.get(key)
+            while idle:
+                conn = idle.pop()
+                if conn.is_closed() or conn.has_expired():
+                    await self._discard(conn)
+                    continue
+                return conn
+            if len(self._origins) >= self._max:
+                other = next((cs.pop(0) for cs in self._idle.values() if cs), None)
+                if other is not None:
+                    await self._discard(other)
+            if len(self._origins) < self._max:
+                conn = httpcore.AsyncHTTPConnection(
+                    origin,
+                    ssl_context=self._ssl_context,
+                    keepalive_expiry=self._keepalive_expiry,
+                    http1=True,
+                    http2=False,
+                    network_backend=self._backend,
+                )
+                self._origins[conn] = key
+                return conn
+            waiter = asyncio.get_running_loop().create_future()
+            # woken before but beaten to the connection by a newcomer: first in line again
+            (self._waiters.appendleft if woken else self._waiters.append)(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):  # type: ignore[attr-defined,unused-ignore]
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, but leaving: the next in line takes the turn
+                else:
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise httpcore.PoolTimeout(
+                        f"no connection came free {_within(timeout)}"
+                    ) from None
+                raise
+            woken = True
+
+    async def checkin(self, conn: httpcore.AsyncHTTPConnection) -> None:
+        """``conn`` after its request (its response closed): kept if it can take another."""
+        key = self._origins.get(conn)
+        if key is not None and conn.is_idle() and not conn.is_closed():
+            self._idle.setdefault(key, []).append(conn)
+            self._wake()
+        else:
+            await self._discard(conn)
+
+    @property
+    def connections(self) -> list[httpcore.AsyncHTTPConnection]:
+        """The connections open or opening, idle or not."""
+        return list(self._origins)
+
+    async def _discard(self, conn: httpcore.AsyncHTTPConnection) -> None:
+        self._origins.pop(conn, None)
+        self._wake()
+        await conn.aclose()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def aclose(self) -> None:
+        connections = list(self._origins)
+        self._origins.clear()
+        self._idle.clear()
+        for conn in connections:
+            await conn.aclose()
+
+
 class AsyncioTransport:
     """httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`, posted to with
     :meth:`stream_post`: one per model client."""
@@ -710,14 +849,11 @@ class AsyncioTransport:
         self._context = context
         self._keepalive_expiry = keepalive_expiry
         self._backend = AsyncioBackend()
-        self._pool = httpcore.AsyncConnectionPool(
+        self._pool = _Pool(
             ssl_context=context,
             max_connections=max_connections,
-            max_keepalive_connections=max_connections,
             keepalive_expiry=keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=self._backend,
+            backend=self._backend,
         )
 
     def preconnect(self, url: str, count: int) -> bool:
@@ -766,13 +902,28 @@ class AsyncioTransport:
         ]
         t = self.timeout
         ext = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}, "trace": trace_setup}
+        request = httpcore.Request("POST", target, headers=raw, content=content, extensions=ext)
         with _mapped():
-            async with self._pool.stream(
-                "POST", target, headers=raw, content=content, extensions=ext
-            ) as resp:
+            while True:
+                conn = await self._pool.checkout(target.origin, t)
+                try:
+                    resp = await conn.handle_async_request(request)
+                except httpcore.ConnectionNotAvailable:  # it closed meanwhile: another
+                    await self._pool.checkin(conn)
+                    continue
+                except BaseException:
+                    await self._pool.checkin(conn)  # closed by the failure: let go
+                    raise
+                break
+            try:
                 hdrs = _header_dict(resp.headers)
                 encoding = hdrs.get("content-encoding", "").strip().lower()
                 yield resp.status, hdrs, _decoded(resp.aiter_stream(), encoding)
+            finally:
+                try:
+                    await resp.aclose()
+                finally:
+                    await self._pool.checkin(conn)
 
     def _target(self, url: str) -> tuple[httpcore.URL, bytes]:
         found = self._targets.get(url)

@@ -201,6 +201,99 @@ def test_a_request_that_gives_up_waiting_for_a_connection_leaves_it_to_the_next(
     assert connections == 1
 
 
+def test_the_pool_keeps_its_limit_and_loses_no_connection_to_failures_and_cancellations() -> None:
+    """200 requests over at most 4 connections, while the server drops some connections
+    without answering and the client cancels some requests (waiting for a connection, or in
+    flight): the pool never holds more than 4 connections (a server sees the client's close of
+    a connection it gave up a little after the next one opens), every other request gets its
+    answer or its error, and afterwards 4 at a time still go out at once, not one after the
+    other behind connections that were lost."""
+    import random
+
+    import httpx
+
+    rng = random.Random(6)
+    held: list[int] = []  # the pool's connections, open or opening, at each request's arrival
+    transports: list[tr.AsyncioTransport] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    body = await _read_request(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                held.append(len(transports[0]._pool.connections))
+                if b"drop" in body:
+                    return  # closes the connection without an answer
+                await asyncio.sleep(0.2 if b"last" in body else 0.05 if b"slow" in body else 0.005)
+                writer.write(_reply(body))
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def main() -> tuple[dict[str, int], float]:
+        outcomes = {"answered": 0, "dropped": 0, "cancelled": 0}
+        async with _served(handler) as (t, url):
+            transports.append(t)
+            tasks = []
+            for i in range(200):
+                kind = rng.choice([b"fast", b"fast", b"slow", b"drop"])
+                tasks.append((kind, asyncio.create_task(_post(t, url, b'"%d %s"' % (i, kind)))))
+                if rng.random() < 0.3:
+                    await asyncio.sleep(0.001)
+                if rng.random() < 0.1:  # a request given up: waiting, or in flight
+                    rng.choice(tasks)[1].cancel()
+            for kind, task in tasks:
+                try:
+                    status, _, body = await task
+                except asyncio.CancelledError:
+                    outcomes["cancelled"] += 1
+                except httpx.RemoteProtocolError:
+                    assert kind == b"drop"
+                    outcomes["dropped"] += 1
+                else:
+                    assert status == 200 and kind in body
+                    outcomes["answered"] += 1
+            started = time.perf_counter()
+            await asyncio.gather(*(_post(t, url, b'"last"') for _ in range(CONNECTIONS)))
+            took = time.perf_counter() - started
+        await asyncio.sleep(0.05)  # the server's handlers see the connections close
+        return outcomes, took
+
+    outcomes, took = asyncio.run(main())
+    assert held and max(held) <= CONNECTIONS, max(held)
+    assert sum(outcomes.values()) == 200 and all(outcomes.values()), outcomes
+    assert took < 0.2 * 2, took  # the four went out together: one reply's time, not four
+
+
+def test_a_request_woken_for_a_connection_but_cancelled_passes_its_turn_on() -> None:
+    """A connection comes free for the first request in line, which is cancelled before it
+    takes it (its test ended meanwhile): the next in line takes it, not its own timeout."""
+    import httpcore
+
+    async def main() -> float:
+        pool = tr._Pool(ssl_context=ssl.create_default_context(), max_connections=1,
+                        keepalive_expiry=5, backend=tr.AsyncioBackend())  # fmt: skip
+        origin = httpcore.Origin(b"http", b"127.0.0.1", 9)
+        held = await pool.checkout(origin, None)  # never connected: nothing is sent
+        first = asyncio.create_task(pool.checkout(origin, 1.0))
+        second = asyncio.create_task(pool.checkout(origin, 1.0))
+        await asyncio.sleep(0.01)  # both wait
+        started = time.perf_counter()
+        await pool.checkin(held)  # wakes the first ...
+        first.cancel()  # ... which is cancelled before it runs
+        taken = await second
+        took = time.perf_counter() - started
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await pool.checkin(taken)
+        await pool.aclose()
+        return took
+
+    assert asyncio.run(main()) < 0.5
+
+
 def test_a_requests_head_and_body_leave_together() -> None:
     """httpcore writes a request's head and its body separately; they go out in one write
     (one segment for the server to read, one system call on the client's side), and a head

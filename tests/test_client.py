@@ -116,10 +116,12 @@ def _make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
             try:
                 time.sleep(float(opts.get("delay", 0)))
-                self._respond(persona, int(attempt or 0), opts)
             finally:
+                # done before the answer is written: a client may send its next request as
+                # soon as the answer reaches it, before this thread would get to count it done
                 with server.lock:
                     server.in_flight -= 1
+            self._respond(persona, int(attempt or 0), opts)
 
         def _respond(self, persona: str, attempt: int, opts: dict[str, str]) -> None:
             anthropic = self.path.endswith("/messages")

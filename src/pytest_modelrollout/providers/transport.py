@@ -710,12 +710,14 @@ class _Pool:
 
     What httpcore's ``AsyncConnectionPool`` does for one event loop, in O(1) per request: that
     pool goes over every connection several times per request (its check for surplus idle
-    connections is quadratic), ~0.05 ms per call at 16 connections, and a run's replies arrive
-    in bursts of that many. An idle connection is reused newest first (the warmest; the
-    oldest are left to expire); one that has expired or that the server closed (readable while
-    idle) is closed instead. At the limit, an idle connection to another origin is closed to
-    make room, as httpcore's pool does; otherwise the request waits for one to come back (first
-    come, first served), at most its ``pool`` timeout."""
+    connections is quadratic), and a run's replies arrive in bursts of as many as it has
+    connections (400 calls at concurrency 16, 100 ms each: 2.59-2.60 s through this pool,
+    2.56 s on connections used directly, 2.59-2.65 s through httpcore's pool). An idle
+    connection is reused newest first (the warmest; the oldest are left to expire); one that
+    has expired or that the server closed (readable while idle) is closed instead. At the
+    limit, an idle connection to another origin is closed to make room, as httpcore's pool
+    does; otherwise the request waits for one to come back (first come, first served), at
+    most its ``pool`` timeout."""
 
     def __init__(
         self,
@@ -820,8 +822,8 @@ class _Pool:
 
 
 class AsyncioTransport:
-    """httpcore's HTTP/1.1 connection pool on :class:`AsyncioBackend`, posted to with
-    :meth:`stream_post`: one per model client."""
+    """httpcore's HTTP/1.1 connections in a :class:`_Pool` on :class:`AsyncioBackend`, posted
+    to with :meth:`stream_post`: one per model client."""
 
     def __init__(
         self,

@@ -21,12 +21,11 @@ Usage::
     in the last run at ``-n 0`` and at each ``-n N`` (the first send and the last reply after
     the process's start, from the JSON report's call times); and the best the controller's head
     start could do: the floor's calls (below) made next to a ``-n N`` run of the suite without
-    model calls, started together. Printed
-    with it:
-    the candidate's p50 / p95 latency against the same suite run sequentially
-    (``--rollout-no-prefetch``); the floor (the same calls from plain asyncio and the plugin's
-    transport, no pytest); and the bound for (a) on this machine, pytest's start-up and
-    collection alone plus the floor.
+    model calls, started together. Printed with it: the candidate's p50 / p95 latency against
+    the same suite run sequentially (``--rollout-no-prefetch``); the floor (the same calls from
+    plain asyncio and the plugin's transport, no pytest), and the same calls from bare asyncio
+    streams; and the bound for (a) on this machine, pytest's start-up and collection alone plus
+    the floor.
 (b) the same suite written the way teams write it today (plain pytest, an ``httpx.Client``
     calling the two models one after the other in each test); the ratio b / a.
 (c) per-call CPU overhead on a zero-latency endpoint: ``ModelClient.call`` plus the per-reply
@@ -461,6 +460,48 @@ def bench_floor(sim_url: str, cases: int, latency_ms: int) -> float:
     return asyncio.run(run())
 
 
+def bench_raw_floor(sim_url: str, cases: int, latency_ms: int) -> float:
+    """The floor's calls from the leanest client there is: asyncio streams, one keep-alive
+    connection per slot opened beforehand, each request written at once, the reply read by its
+    ``content-length``; no pool, no h11, no timeouts, no TLS. How far the plugin's transport
+    (:func:`bench_floor`) is from what asyncio itself allows here."""
+    from urllib.parse import urlsplit
+
+    stable, candidate = (f"{p}?latency_ms={latency_ms}&jitter=0" for p in ("stable", "good"))
+    bodies = [
+        json.dumps({"model": model, "messages": [
+            {"role": "system", "content": "You are a concise support agent."},
+            {"role": "user", "content": f"Where is my order A-{10000 + i}? It has not arrived yet."
+             if i % 2 == 0 else f"你好，我的订单 B-{20000 + i} 什么时候到？"}]}).encode()
+        for i in range(cases) for model in (stable, candidate)
+    ]
+    parts = urlsplit(sim_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+
+    async def run() -> float:
+        streams = [await asyncio.open_connection(host, port) for _ in range(CONCURRENCY)]
+        pending = iter(bodies)
+
+        async def slot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for body in pending:
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\n"
+                             b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (host.encode(), len(body), body))  # fmt: skip
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))  # fmt: skip
+                json.loads(await reader.readexactly(length))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(slot(r, w) for r, w in streams))
+        elapsed = time.perf_counter() - t0
+        for _, writer in streams:
+            writer.close()
+        return elapsed
+
+    return asyncio.run(run())
+
+
 def bench_overlap(sim_url: str, work: Path, n: int, args: argparse.Namespace) -> list[tuple[float, float, float]]:
     """What the xdist controller's head start could give at best: the floor's calls
     (:func:`bench_floor`) made from this process while a ``-n N`` run of the suite with tests
@@ -709,6 +750,10 @@ def main() -> None:
                   f"{CONCURRENCY}, no pytest: {floor:.2f} s = {floor / r['ideal_s']:.2f}x ideal "
                   f"(what this machine allows at this latency); pytest + plugin = "
                   f"{r['a_wall_s'] / floor:.2f}x the floor")
+            raw = bench_raw_floor(url, args.cases, args.latency_ms)
+            print(f"    the same calls from bare asyncio streams (no pool, no h11, no timeouts): "
+                  f"{raw:.2f} s = {raw / r['ideal_s']:.2f}x ideal; the transport's floor is "
+                  f"{floor / raw:.2f}x it")
             if "no_calls" in r and not args.in_process_sim:
                 n = max(args.xdist)
                 rows = sorted(bench_overlap(url, work, n, args), key=lambda row: row[1])

@@ -159,6 +159,12 @@ SHAPES: dict[str, Shape] = {
                                "    rollout.ask(case.prompt, system=system)", PROMPTS),
     "string.Template": ("", "rollout.ask(NOTE.substitute(case.meta, message=case.prompt))",
                         PROMPTS + 'NOTE = string.Template("Customer ($lang): $message")\n'),
+    "counted retries": "tries = 0\n"
+                       "    while tries < 3:\n"
+                       "        pair = rollout.ask(case.prompt + \" Answer briefly.\")\n"
+                       "        tries += 1\n"
+                       "        if pair.candidate.ok:\n"
+                       "            break",
     "asks in a loop": 'for style in ("brief", "formal"):\n'
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
     "comprehension with an if": 'pairs = [rollout.ask(f"{case.prompt} (answer: {style})")\n'

@@ -904,3 +904,63 @@ def test_what_prefetch_reads_from_a_function_the_test_calls_is_what_it_returns(
 
 
 _HELPERS = itertools.count()
+
+
+# -- a `while` loop's condition when the test gets to it ------------------------------------
+_literals = st.one_of(st.integers(-3, 3), st.sampled_from(["", "a", "b"]), st.booleans(),
+                      st.none())  # fmt: skip
+_operands = st.one_of(st.just("tries"), _literals.map(repr))
+_conditions = st.recursive(
+    st.one_of(
+        _operands,
+        st.tuples(_operands, st.sampled_from(["==", "!=", "<", "<=", ">", ">="]), _operands)
+        .map(" ".join),
+        st.tuples(_operands, st.sampled_from(["<", "=="]), _operands,
+                  st.sampled_from(["<", "!="]), _operands).map(" ".join),  # chained
+    ),
+    lambda inner: st.one_of(
+        inner.map(lambda c: f"not ({c})"),
+        st.tuples(inner, st.sampled_from(["and", "or"]), inner).map(
+            lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
+    ),
+    max_leaves=6,
+)
+
+
+@SETTINGS
+@example(start=0, condition="tries < 3", rebound=True)
+@example(start=3, condition="tries < 3", rebound=True)
+@example(start=None, condition="not tries", rebound=False)
+@given(start=_literals, condition=_conditions, rebound=st.booleans())
+def test_a_while_loop_is_read_as_entered_only_when_its_condition_holds(
+    start: Any, condition: str, rebound: bool
+) -> None:
+    """A ``while`` after ``tries = <literal>``, its condition made of literals and ``tries``
+    (compared, chained, ``not``, ``and``, ``or``; ``tries`` rebound in the loop or not): its
+    first ask is read as made exactly when Python, running it, enters the loop (but for a
+    negative number or a chained comparison, which are not read: then never); a condition that
+    would raise (``"a" < 1``) is not read."""
+    import ast
+
+    from pytest_modelrollout import asked
+
+    source = (f"def test(rollout, case):\n    tries = {start!r}\n    while {condition}:\n"
+              f"        rollout.ask(case)\n" + ("        tries += 1\n" if rebound else "")
+              + "        break\n")  # fmt: skip
+    fdef = ast.parse(source).body[0]
+    assert isinstance(fdef, ast.FunctionDef)
+    loop = fdef.body[1]
+    assert isinstance(loop, ast.While)
+    try:
+        enters: bool | None = bool(eval(condition, {}, {"tries": start}))
+    except TypeError:
+        enters = None
+    event(f"enters: {enters}")
+    read = asked._enters(fdef, loop)
+    if read:  # never read as entered when it is not
+        assert enters is True
+    # what is not read (then never entered): a negative number (a unary minus), a chained
+    # comparison (`0 < tries < 3`)
+    chained = any(isinstance(n, ast.Compare) and len(n.ops) > 1 for n in ast.walk(loop.test))
+    if "-" not in source and not chained:
+        assert read is (enters is True)

@@ -1451,8 +1451,9 @@ def test_asks_in_a_loop_are_sent_ahead(
     ``if``: the items it asks for) has every iteration's ask sent ahead, the first with its
     later ones, to the models it asks; a case whose list is empty (or whose items the ``if``
     turns all away) asks nothing and gets nothing sent; a ``while True:`` retry loop has its
-    first ask sent ahead. Before, a function of these loops (but the retry loop) was probed
-    (its probes wasted) and ran live."""
+    first ask sent ahead, and so has a ``while tries < 3:`` after ``tries = 0``. Before, a
+    function of these loops (but the ``while True:`` one) was probed (its probes wasted) and
+    ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1524,6 +1525,16 @@ def test_asks_in_a_loop_are_sent_ahead(
                 attempts += 1
                 if pair.candidate.ok or attempts == 3:
                     break
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_counted_retries(rollout, case):
+            tries = 0
+            while tries < 3:
+                pair = rollout.ask(case.prompt + " (counted)")
+                tries += 1
+                if pair.candidate.ok:
+                    break
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1540,10 +1551,10 @@ def test_asks_in_a_loop_are_sent_ahead(
     # the Chinese cases' paraphrases, asked of the candidate; the others' but "(0)", of both
     under_an_if = sum(i % 4 if i % 2 else 2 * max(0, i % 4 - 1) for i in range(N_CASES))
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=8 * N_CASES)
-    _every_call_went_ahead(  # (the retry loop's first asks: answered, asked once)
+    result.assert_outcomes(passed=9 * N_CASES)
+    _every_call_went_ahead(  # (the retry loops' first asks: answered, asked once)
         result, sim,
-        2 * (2 * paraphrases + 4 * N_CASES + 2 * N_CASES + filtered + guarded) + under_an_if)
+        2 * (2 * paraphrases + 5 * N_CASES + 2 * N_CASES + filtered + guarded) + under_an_if)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
             "你好! Where is order A-7?"} <= texts
@@ -2882,6 +2893,36 @@ def _retries_while_a_condition_holds(rollout, case):
         rollout.ask(case)  # maybe never
 
 
+def _retries_counted(rollout, case):
+    tries = 0
+    while tries < 3 and not False:
+        pair = rollout.ask(case)  # its first iteration's: 0 < 3 when the test gets here
+        tries += 1
+        if pair:
+            break
+
+
+def _retries_done_before(rollout, case):
+    tries = 3
+    while tries < 3:
+        rollout.ask(case)  # never
+
+
+def _retries_set_under_an_if(rollout, case):
+    tries = 0
+    if case:
+        tries = 5
+    while tries < 3:
+        rollout.ask(case)  # not known
+
+
+def _retries_on_a_flag(rollout, case):
+    done = False
+    while not done:
+        pair = rollout.ask(case)
+        done = bool(pair)
+
+
 def _retries_after_a_break(rollout, case):
     while True:
         if case:
@@ -3253,12 +3294,19 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     # `while True:`: the ask of its first iteration, when nothing before it may end the loop
     assert planned(_retries, "a") == (["a"], [])
     assert planned(_retries_while_a_condition_holds, "a") == ([], [])
+    # a `while` whose condition holds when the test gets to it, from literals set before it
+    assert planned(_retries_counted, "a") == (["a"], [])
+    assert planned(_retries_on_a_flag, "a") == (["a"], [])
+    assert planned(_retries_done_before, "a") == ([], [])
+    assert planned(_retries_set_under_an_if, "a") == ([], [])
     assert planned(_retries_after_a_break, "a") == ([], [])
     line = _loop_asks_the_case_after_a_break.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_asks_the_case_after_a_break) == (
         f"`for text in _ITEMS:` at line {line} is not read (a loop is read when it is a `for` of"
         " the test's body with no `else`, a list comprehension that is a statement's value, or"
-        " a `while True:` that asks first, and nothing before its ask may end it or the test)")
+        " a `while` that asks first and whose condition holds when the test gets to it (`while"
+        " True:`, `while tries < 3:` after `tries = 0`), and nothing before its ask may end it or"
+        " the test)")
     line = _retries_while_a_condition_holds.__code__.co_firstlineno + 1
     assert first_ask_unread(_retries_while_a_condition_holds).startswith(
         f"`while case:` at line {line} is not read")

@@ -71,7 +71,7 @@ import string
 import textwrap
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeGuard
 
 from . import templates
@@ -394,8 +394,13 @@ def _binding_counts(func: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, i
     """How many times the function's body binds each name: assigned (``=``, ``+=``, ``for``,
     ``with ... as``, ``:=``, ``del``), imported, defined, caught, matched, declared global, or
     a parameter of a function or lambda defined in it."""
+    return _bindings_in(func.body)
+
+
+def _bindings_in(statements: Sequence[ast.stmt]) -> dict[str, int]:
+    """How many times ``statements`` bind each name (:func:`_binding_counts`)."""
     counts: dict[str, int] = {}
-    for node in (n for stmt in func.body for n in ast.walk(stmt)):
+    for node in (n for stmt in statements for n in ast.walk(stmt)):
         names: list[str] = []
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             names = [node.id]
@@ -852,11 +857,12 @@ _LOOPS = (*_LOOP_STATEMENTS, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.Di
 
 def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> bool:
     """Whether the ask is in the body of a ``for`` or ``while`` loop or in a comprehension's
-    element or ``if``; but the first iteration's ask of ``while True:`` made with nothing
-    before it that may end the test or the loop, under no condition (a retry loop), which is
-    read as if it were not in a loop."""
+    element or ``if``; but the first iteration's ask of a ``while`` whose condition holds when
+    the test gets to it (``while True:``, ``while attempts < 3:`` after ``attempts = 0``: see
+    :func:`_enters`), made with nothing before it that may end the test or the loop, under no
+    condition (a retry loop), which is read as if it were not in a loop."""
     for loop in ast.walk(fdef):
-        if isinstance(loop, ast.While) and _first_iteration_asks(loop, node, _Reader(fdef)):
+        if isinstance(loop, ast.While) and _first_iteration_asks(fdef, loop, node, _Reader(fdef)):
             continue
         if isinstance(loop, _LOOP_STATEMENTS):
             parts: list[ast.AST] = list(loop.body)
@@ -871,15 +877,35 @@ def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> 
     return False
 
 
-def _first_iteration_asks(loop: ast.While, node: ast.Call, reader: _Reader) -> bool:
-    """Whether ``while True:`` makes the ask ``node`` on its first iteration, whatever happens
-    (a statement of its body, under no condition, nothing before it that may end the test or
-    the loop)."""
-    if not (isinstance(loop.test, ast.Constant) and loop.test.value is True):
+def _first_iteration_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While,
+                          node: ast.Call, reader: _Reader) -> bool:
+    """Whether the ``while`` loop makes the ask ``node`` on its first iteration, whatever
+    happens: its condition holds when the test gets to it (:func:`_enters`), and the ask is a
+    statement of its body, under no condition, with nothing before it that may end the test or
+    the loop."""
+    if not _enters(fdef, loop):
         return False
     conditions: list[ast.expr] = []
     return _way_to(loop.body, node, reader, reader.scoped(()), conditions) is not None and (
         not conditions)
+
+
+def _enters(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While) -> bool:
+    """Whether the condition of ``loop`` holds when the test first gets to it, the same for
+    every case: ``while True:``, or, for a ``while`` that is a statement of the test's body, a
+    condition read (:class:`_Reader`) from literals and the names the body sets before the loop
+    in statements of their own (``tries = 0`` then ``while tries < 3:``, ``done = False`` then
+    ``while not done:``), each bound nowhere else before it, and worked out as it runs
+    (:func:`evaluate`). One that reads the case or the module is not known: False."""
+    if isinstance(loop.test, ast.Constant) and loop.test.value is True:
+        return True
+    index = next((i for i, stmt in enumerate(fdef.body) if stmt is loop), None)
+    if index is None:
+        return False
+    before = copy.copy(fdef)  # the body up to the loop: a counter bound again in it reads as
+    before.body = fdef.body[:index]  # it is when the test gets there
+    condition = _Reader(before).read(loop.test, loop.lineno)
+    return condition is not None and _truth(evaluate(condition, {}, None)) is True
 
 
 # how many iterations of a loop of asks go ahead (its later asks, :func:`later_asks`)
@@ -1396,8 +1422,9 @@ def first_ask_unread(func: Any) -> str | None:
         return (
             f"`{head}` at line {_line(func, loop.lineno)} is not read (a loop is read when it"
             " is a `for` of the test's body with no `else`, a list comprehension that is a"
-            " statement's value, or a `while True:` that asks first, and nothing before its"
-            " ask may end it or the test)"
+            " statement's value, or a `while` that asks first and whose condition holds when"
+            " the test gets to it (`while True:`, `while tries < 3:` after `tries = 0`), and"
+            " nothing before its ask may end it or the test)"
         )
     node = next((n for p in parts if (n := _unread(reader, p, ask.lineno)) is not None), None)
     detail = ""

@@ -858,12 +858,15 @@ _LOOPS = (*_LOOP_STATEMENTS, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.Di
 def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> bool:
     """Whether the ask is in the body of a ``for`` or ``while`` loop or in a comprehension's
     element or ``if``; but the first iteration's ask of a ``while`` whose condition holds when
-    the test gets to it (``while True:``, ``while attempts < 3:`` after ``attempts = 0``: see
+    the test gets to it (``while True:``, ``while tries < 3:`` after ``tries = 0``: see
     :func:`_enters`), made with nothing before it that may end the test or the loop, under no
     condition (a retry loop), which is read as if it were not in a loop."""
+    reader: _Reader | None = None  # (one, for the while loops)
     for loop in ast.walk(fdef):
-        if isinstance(loop, ast.While) and _first_iteration_asks(fdef, loop, node, _Reader(fdef)):
-            continue
+        if isinstance(loop, ast.While):
+            reader = reader or _Reader(fdef)
+            if _first_iteration_asks(fdef, loop, node, reader):
+                continue
         if isinstance(loop, _LOOP_STATEMENTS):
             parts: list[ast.AST] = list(loop.body)
         elif isinstance(loop, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
@@ -883,11 +886,10 @@ def _first_iteration_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: as
     happens: its condition holds when the test gets to it (:func:`_enters`), and the ask is a
     statement of its body, under no condition, with nothing before it that may end the test or
     the loop."""
-    if not _enters(fdef, loop):
-        return False
     conditions: list[ast.expr] = []
-    return _way_to(loop.body, node, reader, reader.scoped(()), conditions) is not None and (
-        not conditions)
+    if _way_to(loop.body, node, reader, reader.scoped(()), conditions) is None or conditions:
+        return False
+    return _enters(fdef, loop)  # (worked out only for the loop that holds the ask)
 
 
 def _enters(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While) -> bool:

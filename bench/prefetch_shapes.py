@@ -165,6 +165,12 @@ SHAPES: dict[str, Shape] = {
                        "        tries += 1\n"
                        "        if pair.candidate.ok:\n"
                        "            break",
+    "retries up to a limit": ("", "tries = 0\n"
+                                  "    while tries < MAX_TRIES:\n"
+                                  "        pair = rollout.ask(case.prompt + \" Answer briefly.\")\n"
+                                  "        tries += 1\n"
+                                  "        if pair.candidate.ok:\n"
+                                  "            break", "MAX_TRIES = 3\n"),
     "asks in a loop": 'for style in ("brief", "formal"):\n'
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
     "comprehension with an if": 'pairs = [rollout.ask(f"{case.prompt} (answer: {style})")\n'

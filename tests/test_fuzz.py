@@ -909,7 +909,7 @@ _HELPERS = itertools.count()
 # -- a `while` loop's condition when the test gets to it ------------------------------------
 _literals = st.one_of(st.integers(-3, 3), st.sampled_from(["", "a", "b"]), st.booleans(),
                       st.none())  # fmt: skip
-_operands = st.one_of(st.just("tries"), _literals.map(repr))
+_operands = st.one_of(st.sampled_from(["tries", "LIMIT", "case"]), _literals.map(repr))
 _conditions = st.recursive(
     st.one_of(
         _operands,
@@ -928,21 +928,26 @@ _conditions = st.recursive(
 
 
 @SETTINGS
-@example(start=0, condition="tries < 3", rebound=True)
-@example(start=3, condition="tries < 3", rebound=True)
-@example(start=None, condition="not tries", rebound=False)
-@given(start=_literals, condition=_conditions, rebound=st.booleans())
+@example(start=0, condition="tries < 3", rebound=True, limit=None, case=None)
+@example(start=3, condition="tries < 3", rebound=True, limit=None, case=None)
+@example(start=None, condition="not tries", rebound=False, limit=None, case=None)
+@example(start=0, condition="tries < LIMIT", rebound=True, limit=3, case=None)
+@example(start=0, condition="(tries < LIMIT) and (case)", rebound=True, limit=3, case="")
+@given(start=_literals, condition=_conditions, rebound=st.booleans(), limit=_literals,
+       case=_literals)
 def test_a_while_loop_is_read_as_entered_only_when_its_condition_holds(
-    start: Any, condition: str, rebound: bool
+    start: Any, condition: str, rebound: bool, limit: Any, case: Any
 ) -> None:
-    """A ``while`` after ``tries = <literal>``, its condition made of literals and ``tries``
-    (compared, chained, ``not``, ``and``, ``or``; ``tries`` rebound in the loop or not): its
-    first ask is read as made exactly when Python, running it, enters the loop (but for a
-    negative number or a chained comparison, which are not read: then never); a condition that
-    would raise (``"a" < 1``) is not read."""
+    """A ``while`` after ``tries = <literal>``, its condition made of literals, ``tries``, a
+    name of the module (``LIMIT``) and the test's parameter ``case`` (compared, chained,
+    ``not``, ``and``, ``or``; ``tries`` rebound in the loop or not): its first ask is read as
+    made for an item exactly when Python, running it, enters the loop, and as not made exactly
+    when Python does not (but for a negative number or a chained comparison, which are not
+    read: then neither); a condition that would raise (``"a" < 1``) is read as neither."""
     import ast
 
     from pytest_modelrollout import asked
+    from pytest_modelrollout.asked import MISSING, evaluate
 
     source = (f"def test(rollout, case):\n    tries = {start!r}\n    while {condition}:\n"
               f"        rollout.ask(case)\n" + ("        tries += 1\n" if rebound else "")
@@ -952,15 +957,25 @@ def test_a_while_loop_is_read_as_entered_only_when_its_condition_holds(
     loop = fdef.body[1]
     assert isinstance(loop, ast.While)
     try:
-        enters: bool | None = bool(eval(condition, {}, {"tries": start}))
+        enters: bool | None = bool(eval(condition, {"LIMIT": limit},
+                                        {"tries": start, "case": case}))
     except TypeError:
         enters = None
     event(f"enters: {enters}")
-    read = asked._enters(fdef, loop)
-    if read:  # never read as entered when it is not
-        assert enters is True
-    # what is not read (then never entered): a negative number (a unary minus), a chained
-    # comparison (`0 < tries < 3`)
+    read = asked._entry_condition(fdef, loop)
+    if read == asked._ALWAYS:
+        decided: Any = True
+        event("read: for every item")
+    elif read is None:
+        decided = MISSING  # not read: nothing is sent
+    else:
+        decided = asked._truth(evaluate(read, {"case": case}, {"LIMIT": limit}))
+        event("read: for each item")
+    if decided is not MISSING:  # never read as entered when it is not, nor the other way
+        assert decided is enters
+    # what is not read: a negative number (a unary minus), a chained comparison (`0 < tries <
+    # 3`)
     chained = any(isinstance(n, ast.Compare) and len(n.ops) > 1 for n in ast.walk(loop.test))
-    if "-" not in source and not chained:
-        assert read is (enters is True)
+    if "-" not in source and not chained and enters is not None:
+        assert decided is enters
+    assert asked._enters(fdef, loop) is (read == asked._ALWAYS)

@@ -1451,9 +1451,10 @@ def test_asks_in_a_loop_are_sent_ahead(
     ``if``: the items it asks for) has every iteration's ask sent ahead, the first with its
     later ones, to the models it asks; a case whose list is empty (or whose items the ``if``
     turns all away) asks nothing and gets nothing sent; a ``while True:`` retry loop has its
-    first ask sent ahead, and so has a ``while tries < 3:`` after ``tries = 0``. Before, a
-    function of these loops (but the ``while True:`` one) was probed (its probes wasted) and
-    ran live."""
+    first ask sent ahead, and so has a ``while tries < 3:`` after ``tries = 0``, and a ``while
+    tries < MAX_TRIES:`` of a module's name, and one whose condition reads the case for the
+    cases it holds for (the others ask nothing, and get nothing). Before, a function of these
+    loops (but the ``while True:`` one) was probed (its probes wasted) and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1535,6 +1536,28 @@ def test_asks_in_a_loop_are_sent_ahead(
                 tries += 1
                 if pair.candidate.ok:
                     break
+
+        MAX_TRIES = 3
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_retries_up_to_a_limit(rollout, case):
+            tries = 0
+            while tries < MAX_TRIES:
+                pair = rollout.ask(case.prompt + " (up to a limit)")
+                tries += 1
+                if pair.candidate.ok:
+                    break
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_retries_in_english(rollout, case):
+            tries = 0
+            while tries < MAX_TRIES and case.meta["lang"] == "en":
+                pair = rollout.ask(case.prompt + " (in English)")
+                tries += 1
+                if pair.candidate.ok:
+                    break
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1550,11 +1573,13 @@ def test_asks_in_a_loop_are_sent_ahead(
     guarded = sum(i % 4 - (i % 4 >= 2) for i in range(N_CASES))  # all but each case's "(1)"
     # the Chinese cases' paraphrases, asked of the candidate; the others' but "(0)", of both
     under_an_if = sum(i % 4 if i % 2 else 2 * max(0, i % 4 - 1) for i in range(N_CASES))
+    english = (N_CASES + 1) // 2
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=9 * N_CASES)
+    result.assert_outcomes(passed=11 * N_CASES)
     _every_call_went_ahead(  # (the retry loops' first asks: answered, asked once)
         result, sim,
-        2 * (2 * paraphrases + 5 * N_CASES + 2 * N_CASES + filtered + guarded) + under_an_if)
+        2 * (2 * paraphrases + 6 * N_CASES + 2 * N_CASES + filtered + guarded + english)
+        + under_an_if)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
             "你好! Where is order A-7?"} <= texts
@@ -2916,6 +2941,40 @@ def _retries_set_under_an_if(rollout, case):
         rollout.ask(case)  # not known
 
 
+_TRIES = 3
+_NO_TRIES = 0
+
+
+def _retries_up_to_a_limit(rollout, case):
+    tries = 0
+    while tries < _TRIES:
+        pair = rollout.ask(case)  # its first iteration's: 0 < _TRIES, the module's 3
+        tries += 1
+        if pair:
+            break
+
+
+def _retries_up_to_no_limit(rollout, case):
+    tries = 0
+    while tries < _NO_TRIES:
+        rollout.ask(case)  # never: 0 < 0 does not hold
+
+
+def _retries_up_to_a_local_limit(rollout, case):
+    tries = 0
+    while tries < _TRIES:  # noqa: F823 (a local name of the function: not the module's)
+        rollout.ask(case)
+        _TRIES = 1
+
+
+def _retries_of_a_rebound_case(rollout, case):
+    if not case:
+        case = "again"
+    while case:  # the parameter bound again before the loop (under an if): not read
+        rollout.ask(case)
+        break
+
+
 def _retries_on_a_flag(rollout, case):
     done = False
     while not done:
@@ -3293,23 +3352,38 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert planned(_loop_asks_the_case_after_a_break, "a") == ([], [])
     # `while True:`: the ask of its first iteration, when nothing before it may end the loop
     assert planned(_retries, "a") == (["a"], [])
-    assert planned(_retries_while_a_condition_holds, "a") == ([], [])
+    # a `while` whose condition reads the case: its ask, for the items it holds for
+    assert planned(_retries_while_a_condition_holds, "a") == (["a"], [])
+    assert planned(_retries_while_a_condition_holds, "") == ([MISSING], [])
+    assert asks_nothing(_retries_while_a_condition_holds, {"case": ""}, names)
+    assert not asks_nothing(_retries_while_a_condition_holds, {"case": "a"}, names)
+    # ... or the module's names
+    assert planned(_retries_up_to_a_limit, "a") == (["a"], [])
+    assert not asks_nothing(_retries_up_to_a_limit, {"case": "a"}, names)
+    assert planned(_retries_up_to_no_limit, "a") == ([MISSING], [])
+    assert asks_nothing(_retries_up_to_no_limit, {"case": "a"}, names)
+    assert planned(_retries_up_to_a_limit, "a") == (["a"], [])
+    # but not a name the function binds itself, nor a parameter it binds again before it
+    assert planned(_retries_up_to_a_local_limit, "a") == ([], [])
+    assert planned(_retries_of_a_rebound_case, "a") == ([], [])
     # a `while` whose condition holds when the test gets to it, from literals set before it
     assert planned(_retries_counted, "a") == (["a"], [])
     assert planned(_retries_on_a_flag, "a") == (["a"], [])
-    assert planned(_retries_done_before, "a") == ([], [])
+    assert planned(_retries_done_before, "a") == ([MISSING], [])  # never asks
+    assert asks_nothing(_retries_done_before, {"case": "a"}, names)
     assert planned(_retries_set_under_an_if, "a") == ([], [])
     assert planned(_retries_after_a_break, "a") == ([], [])
     line = _loop_asks_the_case_after_a_break.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_asks_the_case_after_a_break) == (
         f"`for text in _ITEMS:` at line {line} is not read (a loop is read when it is a `for` of"
         " the test's body with no `else`, a list comprehension that is a statement's value, or"
-        " a `while` that asks first and whose condition holds when the test gets to it (`while"
-        " True:`, `while tries < 3:` after `tries = 0`), and nothing before its ask may end it or"
-        " the test)")
-    line = _retries_while_a_condition_holds.__code__.co_firstlineno + 1
-    assert first_ask_unread(_retries_while_a_condition_holds).startswith(
-        f"`while case:` at line {line} is not read")
+        " a `while` of the test's body that asks first and whose condition is read as it is"
+        " when the test gets to it (`while True:`, `while tries < 3:` after `tries = 0`, `while"
+        " tries < MAX_TRIES:`), and nothing before its ask may end it or the test)")
+    assert first_ask_unread(_retries_while_a_condition_holds) is None
+    line = _retries_up_to_a_local_limit.__code__.co_firstlineno + 2
+    assert first_ask_unread(_retries_up_to_a_local_limit).startswith(
+        f"`while tries < _TRIES:` at line {line} is not read")
     assert first_ask_unread(_retries) is None
     # a continue after the ask ends only its iteration; a skip after the loops comes after
     # all their asks

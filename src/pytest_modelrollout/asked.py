@@ -105,6 +105,8 @@ from ._records import Role
 #   ("list", (expr, ...))          a list or tuple display
 #   ("dict", ((key, expr), ...))   a dict display with string keys
 #   ("if", test, expr, expr)       expr if test else expr (only the branch taken is read)
+#   ("when", test, expr)           expr when test holds, else not known: the ask of a while
+#                                  loop entered for some items only (while tries < MAX_TRIES:)
 #   ("bool", "and"|"or", (expr, ...))  a and b, a or b: the operand Python returns
 #   ("not", expr)                  not expr
 #   ("cmp", op, expr, expr)        ==, !=, in, not in, is None, is not None
@@ -433,6 +435,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[1], expr[2])
     if kind == "if":
         return (expr[1], expr[2], expr[3])
+    if kind == "when":
+        return (expr[1], expr[2])
     if kind == "bool":
         return tuple(expr[2])
     if kind == "not":
@@ -834,10 +838,15 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
     prompt is not read."""
     found = _loop_of(fdef, reader, node)
     if found is None:
-        if _in_a_loop(fdef, node):
+        guards: list[Expr] = []
+        if _in_a_loop(fdef, node, guards):
             return None  # a loop not read: it may not make the ask (nor more than once)
         expr = reader.read(node.args[0], node.lineno)
-        return None if expr is None else (expr, _keywords(reader, node))
+        if expr is None:
+            return None
+        for guard in guards:  # a while loop entered for some items only
+            expr = ("when", guard, expr)
+        return expr, _keywords(reader, node)
     items = _loop_items(reader, found)
     target, inner = found.target, found.reader
     expr = inner.read(node.args[0], node.lineno)
@@ -855,17 +864,23 @@ _LOOP_STATEMENTS = (ast.For, ast.AsyncFor, ast.While)
 _LOOPS = (*_LOOP_STATEMENTS, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
 
 
-def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> bool:
+def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call,
+               guards: list[Expr] | None = None) -> bool:
     """Whether the ask is in the body of a ``for`` or ``while`` loop or in a comprehension's
-    element or ``if``; but the first iteration's ask of a ``while`` whose condition holds when
-    the test gets to it (``while True:``, ``while tries < 3:`` after ``tries = 0``: see
-    :func:`_enters`), made with nothing before it that may end the test or the loop, under no
-    condition (a retry loop), which is read as if it were not in a loop."""
+    element or ``if``; but the first iteration's ask of a ``while`` whose condition is read
+    as it is when the test gets to it (``while True:``, ``while tries < 3:`` after
+    ``tries = 0``, ``while tries < MAX_TRIES:``: see :func:`_entry_condition`), made with
+    nothing before it that may end the test or the loop, under no condition (a retry loop),
+    which is read as if it were not in a loop. That loop's condition, when it holds only for
+    some items (it reads the case or the module's names), is added to ``guards``."""
     reader: _Reader | None = None  # (one, for the while loops)
     for loop in ast.walk(fdef):
         if isinstance(loop, ast.While):
             reader = reader or _Reader(fdef)
-            if _first_iteration_asks(fdef, loop, node, reader):
+            entry = _first_iteration_asks(fdef, loop, node, reader)
+            if entry is not None:
+                if entry != _ALWAYS and guards is not None:
+                    guards.append(entry)
                 continue
         if isinstance(loop, _LOOP_STATEMENTS):
             parts: list[ast.AST] = list(loop.body)
@@ -881,33 +896,63 @@ def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call) -> 
 
 
 def _first_iteration_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While,
-                          node: ast.Call, reader: _Reader) -> bool:
-    """Whether the ``while`` loop makes the ask ``node`` on its first iteration, whatever
-    happens: its condition holds when the test gets to it (:func:`_enters`), and the ask is a
-    statement of its body, under no condition, with nothing before it that may end the test or
-    the loop."""
+                          node: ast.Call, reader: _Reader) -> Expr | None:
+    """When the ``while`` loop makes the ask ``node`` on its first iteration once it is
+    entered, whatever happens (the ask is a statement of its body, under no condition, with
+    nothing before it that may end the test or the loop), the condition under which it is
+    entered (:func:`_entry_condition`); None otherwise."""
     conditions: list[ast.expr] = []
     if _way_to(loop.body, node, reader, reader.scoped(()), conditions) is None or conditions:
-        return False
-    return _enters(fdef, loop)  # (worked out only for the loop that holds the ask)
+        return None
+    return _entry_condition(fdef, loop)  # (worked out only for the loop that holds the ask)
+
+
+_ALWAYS: Expr = ("const", True)
+
+
+def _entry_condition(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While,
+                     ) -> Expr | None:
+    """The condition of ``loop`` as it is when the test first gets to it: :data:`_ALWAYS`
+    when it holds for every item (``while True:``, ``while tries < 3:`` after ``tries = 0``);
+    a condition that reads the test's parameters or the module's names (``while tries <
+    MAX_TRIES:``, ``while tries < case.meta["tries"]:``), to be worked out for each item
+    (:func:`evaluate`); ``("const", False)`` when it never holds (``tries = 3`` then ``while
+    tries < 3:``: the ask is never made); None when it is not read.
+
+    Read (:class:`_Reader`) for a ``while`` that is a statement of the test's body, from
+    literals, the names the body sets before the loop in statements of their own (``tries =
+    0``, ``done = False``), each bound nowhere else before it, the test's parameters that the
+    body does not bind before the loop, and names of the module that the function binds
+    nowhere (Python would read its own local name there)."""
+    if isinstance(loop.test, ast.Constant) and loop.test.value is True:
+        return _ALWAYS
+    index = next((i for i, stmt in enumerate(fdef.body) if stmt is loop), None)
+    if index is None:
+        return None
+    before = copy.copy(fdef)  # the body up to the loop: a counter bound again in it reads as
+    before.body = fdef.body[:index]  # it is when the test gets there
+    reader = _Reader(before)
+    condition = reader.read(loop.test, loop.lineno)
+    if condition is None or _names_read(condition, "global") & _binding_counts(fdef).keys() or (
+            _names_read(condition, "param") & reader.bound.keys()):
+        return None  # a local name bound later (or in the loop), a parameter bound before it
+    holds = _truth(evaluate(condition, {}, None))
+    if holds is MISSING:
+        return condition  # (for each item)
+    return _ALWAYS if holds else ("const", False)
 
 
 def _enters(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While) -> bool:
     """Whether the condition of ``loop`` holds when the test first gets to it, the same for
-    every case: ``while True:``, or, for a ``while`` that is a statement of the test's body, a
-    condition read (:class:`_Reader`) from literals and the names the body sets before the loop
-    in statements of their own (``tries = 0`` then ``while tries < 3:``, ``done = False`` then
-    ``while not done:``), each bound nowhere else before it, and worked out as it runs
-    (:func:`evaluate`). One that reads the case or the module is not known: False."""
-    if isinstance(loop.test, ast.Constant) and loop.test.value is True:
-        return True
-    index = next((i for i, stmt in enumerate(fdef.body) if stmt is loop), None)
-    if index is None:
-        return False
-    before = copy.copy(fdef)  # the body up to the loop: a counter bound again in it reads as
-    before.body = fdef.body[:index]  # it is when the test gets there
-    condition = _Reader(before).read(loop.test, loop.lineno)
-    return condition is not None and _truth(evaluate(condition, {}, None)) is True
+    every item (:func:`_entry_condition`)."""
+    return _entry_condition(fdef, loop) == _ALWAYS
+
+
+def _names_read(expr: Expr, kind: str) -> set[str]:
+    """The names of the leaves of ``kind`` (``"param"``, ``"global"``) in ``expr``."""
+    if expr[0] == kind:
+        return {expr[1]}
+    return set().union(*(_names_read(child, kind) for child in _children(expr)))
 
 
 # how many iterations of a loop of asks go ahead (its later asks, :func:`later_asks`)
@@ -1424,9 +1469,10 @@ def first_ask_unread(func: Any) -> str | None:
         return (
             f"`{head}` at line {_line(func, loop.lineno)} is not read (a loop is read when it"
             " is a `for` of the test's body with no `else`, a list comprehension that is a"
-            " statement's value, or a `while` that asks first and whose condition holds when"
-            " the test gets to it (`while True:`, `while tries < 3:` after `tries = 0`), and"
-            " nothing before its ask may end it or the test)"
+            " statement's value, or a `while` of the test's body that asks first and whose"
+            " condition is read as it is when the test gets to it (`while True:`, `while tries"
+            " < 3:` after `tries = 0`, `while tries < MAX_TRIES:`), and nothing before its ask"
+            " may end it or the test)"
         )
     node = next((n for p in parts if (n := _unread(reader, p, ask.lineno)) is not None), None)
     detail = ""
@@ -1738,6 +1784,9 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return str.__mod__(template, tuple(values))
     if kind in ("if", "bool", "not", "cmp"):
         return _condition(expr, params, names)
+    if kind == "when":  # (the loop the ask is in is not entered: its ask is not made)
+        holds = _truth(_evaluate(expr[1], params, names))
+        return _evaluate(expr[2], params, names) if holds is True else MISSING
     if kind == "each":
         return _iteration(expr, params, names)
     if kind == "comp":
@@ -1836,7 +1885,9 @@ def _ask_loops(func: Any) -> tuple[Expr, ...] | None:
 
 def _loops_of_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[Expr, ...] | None:
     """What the loops making a function's asks go over, when each of its asks is in one (read
-    in full); None otherwise."""
+    in full); a ``while`` loop entered for some items only (:func:`_entry_condition`) as a
+    loop over one item when its condition holds, and over none when it does not. None
+    otherwise."""
     calls = _ask_nodes(fdef)
     if not calls:
         return None
@@ -1844,6 +1895,9 @@ def _loops_of_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[Expr, 
     for call in calls:
         found = _loop_of(fdef, reader, call) if call.args else None
         items = None if found is None else _loop_items(reader, found)
+        guards: list[Expr] = []
+        if found is None and call.args and not _in_a_loop(fdef, call, guards) and guards:
+            items = ("if", guards[0], ("list", (("const", True),)), ("list", ()))
         if items is None:
             return None
         out.append(items)

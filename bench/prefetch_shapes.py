@@ -171,6 +171,13 @@ SHAPES: dict[str, Shape] = {
                                   "        tries += 1\n"
                                   "        if pair.candidate.ok:\n"
                                   "            break", "MAX_TRIES = 3\n"),
+    "for-else retries": ("", "for attempt in range(MAX_TRIES):\n"
+                             "        pair = rollout.ask(case.prompt + \" Answer briefly.\")\n"
+                             "        if pair.candidate.ok:\n"
+                             "            break\n"
+                             "    else:\n"
+                             "        pytest.fail(\"the candidate never answered\")",
+                         "MAX_TRIES = 3\n"),
     "asks in a loop": 'for style in ("brief", "formal"):\n'
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
     "comprehension with an if": 'pairs = [rollout.ask(f"{case.prompt} (answer: {style})")\n'

@@ -593,6 +593,7 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
                               " if {item} and p_int > 0", " if {item} != LOCAL"]),
        guard=st.sampled_from(["if", "else", "continue"]),
        stops=st.sampled_from(["", "after the ask", "after the if"]), in_helper=st.booleans(),
+       orelse=st.sampled_from(["", "pass", "rollout.ask(p_str)", "raise ValueError(p_str)"]),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
        p_list=st.lists(_texts, max_size=4),
@@ -601,18 +602,25 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
 # not what the test asks (nothing)
 @example(items="G_DICT", target="item", local="p_str", asked="p_str", system="p_str",
          first=False, comprehension=False, where=" if len({item}) > 1", guard="if",
-         stops="after the if", in_helper=False, p_str="", p_int=0, p_dict={}, p_list=[],
-         p_pairs=[])
+         stops="after the if", in_helper=False, orelse="", p_str="", p_int=0, p_dict={},
+         p_list=[], p_pairs=[])
+# a retry loop: for ... in range(...): ask; if ...: break / else: fail
+@example(items="range(p_int)", target="item", local="p_str", asked="p_str", system="p_str",
+         first=False, comprehension=False, where="", guard="if", stops="after the ask",
+         in_helper=False, orelse="raise ValueError(p_str)", p_str="x", p_int=3, p_dict={},
+         p_list=[], p_pairs=[])
 def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     items: str, target: str, local: str, asked: str, system: str, first: bool,
-    comprehension: bool, where: str, guard: str, stops: str, in_helper: bool, p_str: str,
+    comprehension: bool, where: str, guard: str, stops: str, in_helper: bool, orelse: str,
+    p_str: str,
     p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
 ) -> None:
     """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
     written in the test; its target a name or a pair), with a name the loop's body assigns
     from the target (the ask under an ``if``, in its ``else``, or after an ``if ...:
     continue`` on the target or that name, or not; a ``break`` after the ask, or after the
-    ``if`` it is under, or none), or in a list
+    ``if`` it is under, or none; an ``else`` of the loop that asks, raises, or does nothing,
+    or none), or in a list
     comprehension (with an ``if`` on its target or not); or the same in a helper of the
     module the test calls (after an ask of the helper's, or not): what prefetch plans for each
     ask (the first, then the later ones) is exactly what the test asks there, with the same
@@ -644,6 +652,7 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
         f"    for {target} in {items}:\n"
         f"        local = {local}\n"
         + textwrap.indent(body + (stop if stops == "after the if" else ""), "        ")
+        + (f"    else:\n        {orelse}\n" if orelse else "")
     )
     signature = "(rollout, p_str, p_int, p_dict, p_list, p_pairs, p_obj)"
     source = (
@@ -692,7 +701,8 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
             assert plan is MISSING
     if not raised and len(made) <= LOOP_AHEAD:
         form = ("a comprehension" + (" with an if" if where else "")) if comprehension else (
-            "a for loop" + (f" ({guard})" if where else "") + (f", a break {stops}" if stops else ""))
+            "a for loop" + (f" ({guard})" if where else "") + (f", a break {stops}" if stops else "")
+            + (", an else" if orelse else ""))
         form += " in a helper" if in_helper else ""
         every = len(planned) >= len(made) and MISSING not in planned[: len(made)]
         event(f"{form}: every iteration planned" if every else f"{form}: some not planned")

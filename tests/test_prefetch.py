@@ -1453,8 +1453,9 @@ def test_asks_in_a_loop_are_sent_ahead(
     turns all away) asks nothing and gets nothing sent; a ``while True:`` retry loop has its
     first ask sent ahead, and so has a ``while tries < 3:`` after ``tries = 0``, and a ``while
     tries < MAX_TRIES:`` of a module's name, and one whose condition reads the case for the
-    cases it holds for (the others ask nothing, and get nothing). Before, a function of these
-    loops (but the ``while True:`` one) was probed (its probes wasted) and ran live."""
+    cases it holds for (the others ask nothing, and get nothing); and a ``for`` retry loop
+    with an ``else: pytest.fail(...)``. Before, a function of these loops (but the ``while
+    True:`` one) was probed (its probes wasted) and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1551,6 +1552,16 @@ def test_asks_in_a_loop_are_sent_ahead(
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_retries_for_else(rollout, case):
+            for attempt in range(MAX_TRIES):
+                pair = rollout.ask(case.prompt + " (for else)")
+                if pair.candidate.ok:
+                    break
+            else:
+                pytest.fail("the candidate never answered")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_retries_in_english(rollout, case):
             tries = 0
             while tries < MAX_TRIES and case.meta["lang"] == "en":
@@ -1575,10 +1586,10 @@ def test_asks_in_a_loop_are_sent_ahead(
     under_an_if = sum(i % 4 if i % 2 else 2 * max(0, i % 4 - 1) for i in range(N_CASES))
     english = (N_CASES + 1) // 2
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=11 * N_CASES)
+    result.assert_outcomes(passed=12 * N_CASES)
     _every_call_went_ahead(  # (the retry loops' first asks: answered, asked once)
         result, sim,
-        2 * (2 * paraphrases + 6 * N_CASES + 2 * N_CASES + filtered + guarded + english)
+        2 * (2 * paraphrases + 7 * N_CASES + 2 * N_CASES + filtered + guarded + english)
         + under_an_if)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",
@@ -2975,6 +2986,15 @@ def _retries_of_a_rebound_case(rollout, case):
         break
 
 
+def _retries_for_else(rollout, case):
+    for _attempt in range(_TRIES):
+        pair = rollout.ask(case)  # its first iteration's; the later ones only if it failed
+        if pair:
+            break
+    else:
+        raise AssertionError("never answered")  # (after the loop's asks)
+
+
 def _retries_on_a_flag(rollout, case):
     done = False
     while not done:
@@ -3303,7 +3323,8 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
         assert later_asks(func) == (), func.__name__
     assert first(_loop_over_a_call) is MISSING  # read, but sorted(key=...) is not called
     assert {evaluate(e, {}, names) for _, e, _ in later_asks(_loop_over_a_call)} == {MISSING}
-    assert asked(_loop_with_else) == [("param", "case")]  # only the ask of its else is read
+    # its else's ask comes after the loop's (when no break ends it): only the loop's is read
+    assert asked(_loop_with_else) == [("each", "text", ("global", "_ITEMS"), 0, ("param", "text"))]
     # a parameter the loop binds again: the loop is not read, nor its ask (not the parameter)
     rebound = _loop_over_a_parameter_name
     assert asked(rebound) == [] and later_asks(rebound) == ()
@@ -3363,6 +3384,8 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert planned(_retries_up_to_no_limit, "a") == ([MISSING], [])
     assert asks_nothing(_retries_up_to_no_limit, {"case": "a"}, names)
     assert planned(_retries_up_to_a_limit, "a") == (["a"], [])
+    # a for loop with an else (after its asks): its first iteration's, as without one
+    assert planned(_retries_for_else, "a") == (["a"], [])
     # but not a name the function binds itself, nor a parameter it binds again before it
     assert planned(_retries_up_to_a_local_limit, "a") == ([], [])
     assert planned(_retries_of_a_rebound_case, "a") == ([], [])
@@ -3376,7 +3399,7 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     line = _loop_asks_the_case_after_a_break.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_asks_the_case_after_a_break) == (
         f"`for text in _ITEMS:` at line {line} is not read (a loop is read when it is a `for` of"
-        " the test's body with no `else`, a list comprehension that is a statement's value, or"
+        " the test's body, a list comprehension that is a statement's value, or"
         " a `while` of the test's body that asks first and whose condition is read as it is"
         " when the test gets to it (`while True:`, `while tries < 3:` after `tries = 0`, `while"
         " tries < MAX_TRIES:`), and nothing before its ask may end it or the test)")

@@ -866,8 +866,8 @@ _LOOPS = (*_LOOP_STATEMENTS, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.Di
 
 def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call,
                guards: list[Expr] | None = None) -> bool:
-    """Whether the ask is in the body of a ``for`` or ``while`` loop or in a comprehension's
-    element or ``if``; but the first iteration's ask of a ``while`` whose condition is read
+    """Whether the ask is in the body or the ``else`` of a ``for`` or ``while`` loop or in a
+    comprehension's element or ``if``; but the first iteration's ask of a ``while`` whose condition is read
     as it is when the test gets to it (``while True:``, ``while tries < 3:`` after
     ``tries = 0``, ``while tries < MAX_TRIES:``: see :func:`_entry_condition`), made with
     nothing before it that may end the test or the loop, under no condition (a retry loop),
@@ -882,8 +882,8 @@ def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call,
                 if entry != _ALWAYS and guards is not None:
                     guards.append(entry)
                 continue
-        if isinstance(loop, _LOOP_STATEMENTS):
-            parts: list[ast.AST] = list(loop.body)
+        if isinstance(loop, _LOOP_STATEMENTS):  # (its else runs once, but only once the
+            parts: list[ast.AST] = [*loop.body, *loop.orelse]  # loop has made its asks)
         elif isinstance(loop, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
             parts = [loop.elt, *(c for g in loop.generators for c in g.ifs)]
         elif isinstance(loop, ast.DictComp):
@@ -976,7 +976,9 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
              node: ast.Call) -> _Loop | None:
     """The loop of the test's body that makes the ask ``node`` on each of its iterations that
     passes its conditions; None when the ask is not in such a loop. That is a ``for``
-    statement of the body without an ``else`` whose ask is a statement of its own body, or of
+    statement of the body (its ``else``, if any, runs after its last iteration, as the
+    statements after it: ``for ...: ... break`` / ``else: pytest.fail(...)``, a retry loop)
+    whose ask is a statement of its own body, or of
     the body or the ``else`` of an ``if`` there (of ``if``s in ``if``s), with nothing before it
     on the way that may end the test or the loop but ``if <condition>: continue`` (the names
     assigned once on the way read as they set them); or a list comprehension that is the value
@@ -1003,7 +1005,7 @@ def _loop_of(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader,
                 return None  # (its element sees its own target, whatever else binds it)
             return _Loop(stmt, generator.iter, stmt.lineno, reader.scoped(target), target,
                          tuple(generator.ifs))
-        if not isinstance(stmt, ast.For) or stmt.orelse:
+        if not isinstance(stmt, ast.For):
             return None
         target = _target_names(stmt.target, reader, scoped=False)
         if target is None:
@@ -1468,7 +1470,7 @@ def first_ask_unread(func: Any) -> str | None:
         head = ast.unparse(loop).splitlines()[0]
         return (
             f"`{head}` at line {_line(func, loop.lineno)} is not read (a loop is read when it"
-            " is a `for` of the test's body with no `else`, a list comprehension that is a"
+            " is a `for` of the test's body, a list comprehension that is a"
             " statement's value, or a `while` of the test's body that asks first and whose"
             " condition is read as it is when the test gets to it (`while True:`, `while tries"
             " < 3:` after `tries = 0`, `while tries < MAX_TRIES:`), and nothing before its ask"

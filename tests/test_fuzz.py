@@ -989,3 +989,52 @@ def test_a_while_loop_is_read_as_entered_only_when_its_condition_holds(
     if "-" not in source and not chained and enters is not None:
         assert decided is enters
     assert asked._enters(fdef, loop) is (read == asked._ALWAYS)
+
+
+@SETTINGS
+@example(start=0, condition="tries < LIMIT", in_helper=True, limit=3, case="a")
+@example(start=0, condition="(tries < LIMIT) and (case)", in_helper=True, limit=3, case="")
+@example(start=0, condition="tries < 3", in_helper=False, limit=None, case="a")
+@given(start=_literals, condition=_conditions, in_helper=st.booleans(), limit=_literals,
+       case=_literals)
+def test_a_while_loops_first_ask_is_planned_as_the_test_makes_it(
+    start: Any, condition: str, in_helper: bool, limit: Any, case: Any
+) -> None:
+    """A ``while`` retry loop (``tries = <literal>``, ``while <condition>:``, the ask,
+    ``tries += 1``, ``if ...: break``) in the test or in a helper of its module the test calls
+    (``retry(rollout, case)``), its condition made of literals, ``tries``, a name of the module
+    (``LIMIT``) and ``case``: for each item, the first request planned is the test's first
+    ask, and one planned to ask nothing asks nothing (but a negative number or a chained
+    comparison, which are not read, and a condition that raises, every other form is planned
+    one way or the other)."""
+    import ast
+
+    from pytest_modelrollout.asked import MISSING, asks_nothing, evaluate, source_asks
+
+    loop = (f"    tries = {start!r}\n    while {condition}:\n"
+            "        reply = rollout.ask(case)\n        tries += 1\n"
+            "        if reply is None:\n            break\n")  # fmt: skip
+    source = (f"def retry(rollout, case):\n{loop}\n\ndef test_x(rollout, case):\n"
+              "    retry(rollout, case)\n" if in_helper else f"def test_x(rollout, case):\n{loop}")
+    names: dict[str, Any] = {"LIMIT": limit}
+    with _source_of(source, names) as func:
+        found = source_asks(func)[0]
+        planned = evaluate(found[0][0], {"case": case}, func.__globals__) if found else MISSING
+        nothing = asks_nothing(func, {"case": case}, func.__globals__)
+        rollout = _Asker()
+        try:
+            func(rollout, case)
+            raised = False
+        except TypeError:  # "a" < 1
+            raised = True
+    event(f"in a helper: {in_helper}; asked: {bool(rollout.asked)}; planned: "
+          + ("nothing" if nothing else "unknown" if planned is MISSING else "a request"))
+    if planned is not MISSING:
+        assert rollout.asked[:1] == [planned]
+    if nothing:
+        assert rollout.asked == []
+    tree = ast.parse(source)
+    chained = any(isinstance(n, ast.Compare) and len(n.ops) > 1 for n in ast.walk(tree)
+                  if isinstance(n, ast.Compare) and n.lineno <= 3 + 4 * in_helper)
+    if "-" not in source and not chained and not raised:
+        assert (planned is not MISSING) if rollout.asked else nothing

@@ -1124,7 +1124,8 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
     asks of a helper the test calls after its first (``ask_with`` in ``test_followed``), and
     a helper's ask under an ``if`` (``ask_in_language``: the one each case reaches, to its
     models), and a helper's asks in a loop (``ask_each_style``; nothing for a case whose list
-    is empty).
+    is empty), and the first ask of a helper's ``while`` retry loop up to a limit of the
+    helper's module (``ask_until_answered``).
     Before, each function was probed with the case's own request (wasted: the helper's prompt
     is not the case's) and ran live; before the later asks were read, those ran live."""
     project.makepyfile(
@@ -1160,11 +1161,26 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
             pair = rollout.ask(case.prompt, system=SYSTEM)
             rollout.candidate.ask(case.prompt + " One sentence.", system=SYSTEM)
             return pair
+
+
+        MAX_TRIES = 3
+
+
+        def ask_until_answered(model, text, tries=MAX_TRIES):
+            """Asks until the model answers, at most ``tries`` times."""
+            attempt = 0
+            while attempt < tries:
+                reply = model.ask(text + " (retried)")
+                attempt += 1
+                if reply.ok:
+                    return reply
+            return None
         ''',
         test_suite="""
         import pytest
         from pytest_modelrollout import cases
-        from helpers import ask_each_style, ask_in_language, ask_support, ask_then_brief, ask_with
+        from helpers import (ask_each_style, ask_in_language, ask_support, ask_then_brief,
+                             ask_until_answered, ask_with)
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1199,6 +1215,11 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_each_style(rollout, case):
             ask_each_style(rollout, case)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_retried(rollout, case):
+            assert ask_until_answered(rollout.candidate, case.prompt) is not None
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1209,13 +1230,14 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=6 * N_CASES)
+    result.assert_outcomes(passed=7 * N_CASES)
     # test_followed: both models and the candidate in its helper, then the candidate;
     # test_by_language: the candidate alone for a Chinese case (one in three), else both;
-    # test_each_style: the candidate for each style, none for a case without styles
+    # test_each_style: the candidate for each style, none for a case without styles;
+    # test_retried: the candidate, once (it answers)
     zh, styled = len(range(0, N_CASES, 3)), N_CASES - len(range(0, N_CASES, 4))
     _every_call_went_ahead(result, sim, 2 * N_CASES + 2 * N_CASES + N_CASES + 4 * N_CASES
-                           + zh + 2 * (N_CASES - zh) + 2 * styled)
+                           + zh + 2 * (N_CASES - zh) + 2 * styled + N_CASES)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Where is order A-3? (answer: brief)", "Where is order A-3? (answer: formal)",
             "Where is order A-3?", "Where is order A-3? One sentence.",
@@ -3042,6 +3064,36 @@ def _ask_twice(rollout, case):
     return rollout.ask(case), rollout.ask(case)
 
 
+def _ask_until_answered(rollout, case, tries=_TRIES):
+    """A retry loop: asks both models until the candidate answers, up to ``tries`` times."""
+    attempt = 0
+    while attempt < tries:
+        pair = rollout.ask(f"{case}?")
+        attempt += 1
+        if pair:
+            return pair
+    return None
+
+
+def _ask_while_true(model, case):
+    while True:
+        reply = model.candidate.ask(case)
+        if reply:
+            return reply
+
+
+def _through_a_retrying_helper(rollout, case):
+    _ask_until_answered(rollout, case)
+
+
+def _through_a_helper_retrying_no_times(rollout, case):
+    _ask_until_answered(rollout, case, tries=0)
+
+
+def _through_a_helper_retrying_forever(rollout, case):
+    assert _ask_while_true(rollout, case) is not None  # (the call: what the assert does first)
+
+
 def _passed_through(func):
     return func
 
@@ -3090,6 +3142,7 @@ def test_the_first_ask_of_a_helper_the_test_calls_first_is_read() -> None:
         MISSING,
         asked,
         asked_roles,
+        asks_nothing,
         evaluate,
         first_ask_keywords,
     )
@@ -3112,6 +3165,15 @@ def test_the_first_ask_of_a_helper_the_test_calls_first_is_read() -> None:
     assert asked_roles(_through_a_helper_to_the_candidate) == {"candidate"}
     for func in (_after_a_print, _not_a_model, _through_unread_helpers):
         assert planned(func) is MISSING, func.__name__
+    # a helper's retry loop: its first iteration's ask, when the loop is entered (its
+    # condition read with the helper's parameters, as the call binds them, and its module's
+    # names); one not entered asks nothing
+    assert planned(_through_a_retrying_helper) == ("x?", {})
+    assert planned(_through_a_helper_retrying_no_times) == (MISSING, {})
+    assert asks_nothing(_through_a_helper_retrying_no_times, {"case": "x"}, names)
+    assert not asks_nothing(_through_a_retrying_helper, {"case": "x"}, names)
+    assert planned(_through_a_helper_retrying_forever) == ("x", {})
+    assert asked_roles(_through_a_helper_retrying_forever) == {"candidate"}
     from pytest_modelrollout.asked import _helper_asks_first
 
     for helper in (_ask_if, _ask_rebinding, _ask_twice, _ask_decorated):

@@ -529,12 +529,20 @@ class _HelperCall(NamedTuple):
 
 def _statement_call(stmt: ast.stmt) -> ast.Call | None:
     """The call a statement is (``x = f(...)``, ``f(...)``), or an ``assert`` on what it
-    returns (``assert f(...).ok``); None otherwise."""
+    returns (``assert f(...).ok``, ``assert f(...) is not None``, ``assert
+    f(...).candidate.text != ""``, ``assert not f(...)``: the call is what the statement does
+    first); None otherwise."""
     value = getattr(stmt, "value", None) if isinstance(stmt, _STATEMENTS) else (
         stmt.test if isinstance(stmt, ast.Assert) else None)
-    while isinstance(value, (ast.Attribute, ast.Subscript)):
-        value = value.value  # assert ask_with(rollout.candidate, case).ok: the call's
-    return value if isinstance(value, ast.Call) else None
+    while True:
+        if isinstance(value, (ast.Attribute, ast.Subscript)):
+            value = value.value  # assert ask_with(rollout.candidate, case).ok: the call's
+        elif isinstance(value, ast.Compare) and isinstance(stmt, ast.Assert):
+            value = value.left  # (its left side is worked out first)
+        elif isinstance(value, ast.UnaryOp) and isinstance(stmt, ast.Assert):
+            value = value.operand
+        else:
+            return value if isinstance(value, ast.Call) else None
 
 
 def _model_fixture(node: ast.expr, reader: _Reader) -> bool:
@@ -752,8 +760,9 @@ def _helper_asks_first(
     and the parameter it asks (:func:`_param_receiver`): a plain ``def``
     (:func:`_helper_fdef`) whose ask is a statement of its body (``return model.ask(...)``,
     ``pair = model.ask(...)``), or in a loop of its body read as a test's (:func:`_loop_of`:
-    its first iteration's), on a parameter (or its ``.stable`` / ``.candidate``), with only
-    ``name = value`` statements (or a docstring) before it. None otherwise."""
+    its first iteration's; a ``while`` retry loop, :func:`_in_a_loop`), on a parameter (or
+    its ``.stable`` / ``.candidate``), with only ``name = value`` statements (or a docstring)
+    before it. None otherwise."""
     found = _helper_fdef(function)
     if found is None:
         return None
@@ -768,8 +777,9 @@ def _helper_asks_first(
         if value is first:
             prompt = reader.read(first.args[0], first.lineno)
             return None if prompt is None else (prompt, _keywords(reader, first), receiver)
-        if loop is not None and stmt is loop.stmt:  # its first iteration's, read as a test's
-            read = _read_ask(fdef, reader, first, 0)
+        if (loop is not None and stmt is loop.stmt) or (
+                isinstance(stmt, ast.While) and any(n is first for n in ast.walk(stmt))):
+            read = _read_ask(fdef, reader, first, 0)  # its first iteration's, as a test's
             return None if read is None else (*read, receiver)
         if not (_is_docstring(stmt) or _simple_assignment(stmt)[0] is not None) or (
                 _may_end_early(stmt)):

@@ -206,6 +206,16 @@ SHAPES: dict[str, Shape] = {
                            '    if case.meta["lang"] == "zh":\n'
                            '        return rollout.candidate.ask(case.prompt, system="请简短回答。")\n'
                            '    return rollout.ask(case.prompt, system="Answer briefly.")\n'),
+    "helper retrying": ("", "assert ask_until_answered(rollout, case) is not None",
+                        "MAX_TRIES = 3\n\n"
+                        "def ask_until_answered(rollout, case, tries=MAX_TRIES):\n"
+                        "    attempt = 0\n"
+                        "    while attempt < tries:\n"
+                        '        pair = rollout.ask(case.prompt + " Answer briefly.")\n'
+                        "        attempt += 1\n"
+                        "        if pair.candidate.ok:\n"
+                        "            return pair\n"
+                        "    return None\n"),
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

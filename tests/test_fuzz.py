@@ -566,6 +566,91 @@ def _asks_what_was_planned(test: Any, params: dict[str, Any], planned: Any) -> N
         assert rollout.asked == [planned]
 
 
+class _Snapshots(_Asker):
+    """An ``_Asker`` that keeps a copy of what it was asked (the test may change it after)."""
+
+    def ask(self, prompt: Any, **kwargs: Any) -> None:
+        import copy
+
+        super().ask(copy.deepcopy(prompt), **copy.deepcopy(kwargs))
+
+
+def _touch(messages: list[Any]) -> None:
+    """A function of the suite that changes the list it is given."""
+    messages.append({"role": "user", "content": "touched"})
+
+
+# statements that change (or only read) the test's values in place, before or after its ask
+_CHANGES = [
+    "messages.append({'role': 'assistant', 'content': p_str})",
+    "messages[0]['content'] = p_str + '!'",
+    "del messages[-1]",
+    "history = messages\n    history.append({'role': 'user', 'content': 'again'})",
+    "G_TOUCH(messages)",
+    "kept = {'all': messages}\n    kept['all'].append({'role': 'user', 'content': 'kept'})",
+    "row['text'] = p_str + '?'",
+    "row.update(text='updated')",
+    "row.setdefault('more', []).append('x')",
+    "p_list.append('z')",
+    "p_list.sort()",
+    "n = len(messages)",
+    "print(messages, row, p_list)",
+    "text = json.dumps(messages)",
+    "copied = dict(row)\n    copied['text'] = 'not the row'",
+    "turns = list(messages)\n    turns.append({'role': 'user', 'content': 'a copy'})",
+]
+_CHANGED_ASKS = ["rollout.ask(messages)", "rollout.ask(row['text'])",
+                 "rollout.ask(p_list[-1] if p_list else 'none')", "rollout.ask([messages[-1]])",
+                 "rollout.ask(row.get('text', 'none'), system=messages[0]['content'])"]
+
+
+@SETTINGS
+@example(before=["messages.append({'role': 'assistant', 'content': p_str})"],
+         ask="rollout.ask(messages)", after=[], p_str="a", text="b", p_list=[])
+@example(before=[], ask="rollout.ask(messages)",
+         after=["messages.append({'role': 'assistant', 'content': p_str})"], p_str="a",
+         text="b", p_list=[])
+@given(before=st.lists(st.sampled_from(_CHANGES), max_size=3),
+       ask=st.sampled_from(_CHANGED_ASKS), after=st.lists(st.sampled_from(_CHANGES), max_size=2),
+       p_str=_texts, text=_texts, p_list=st.lists(_texts, max_size=3))
+def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
+    before: list[str], ask: str, after: list[str], p_str: str, text: str, p_list: list[str]
+) -> None:
+    """A test that builds a message list (``messages = [...]``) and changes it, or its
+    parameters, in place before or after its ask (``messages.append(...)``, an item set or
+    deleted, ``row.update(...)``, ``p_list.sort()``, the list handed to a function of the
+    suite or to another name that changes it) or only reads them (``len``, ``print``,
+    ``json.dumps``, a copy changed): what is planned for its first ask is what it asks, the
+    value as it is when the test asks, or nothing."""
+    import contextlib
+    import copy
+
+    from pytest_modelrollout.asked import MISSING, evaluate, source_asks
+
+    body = "".join(f"    {stmt}\n" for stmt in before)
+    source = ("def test_x(rollout, p_str, row, p_list):\n"
+              "    messages = [{'role': 'system', 'content': 'S'},"
+              " {'role': 'user', 'content': p_str}]\n"
+              f"{body}    rollout.reach()\n    {ask}\n"
+              + "".join(f"    {stmt}\n" for stmt in after))  # fmt: skip
+    names: dict[str, Any] = {**_STDLIB, "G_TOUCH": _touch}
+    params = {"p_str": p_str, "row": {"text": text}, "p_list": p_list}
+    with _source_of(source, names) as func:
+        found = source_asks(func)[0]
+        planned = MISSING
+        if found and found[0][1] is not None:
+            prompt = evaluate(found[0][0], params, func.__globals__)
+            keywords = {k: evaluate(v, params, func.__globals__) for k, v in found[0][1]}
+            if prompt is not MISSING and MISSING not in keywords.values():
+                planned = (prompt, keywords)
+        rollout = _Snapshots()
+        with contextlib.suppress(IndexError):  # (del messages[-1] of an empty list)
+            func(rollout, **copy.deepcopy(params))
+    event("planned" if planned is not MISSING else "not planned")
+    if planned is not MISSING and rollout.asked:  # (one that fails first asks nothing)
+        assert (rollout.asked[0], rollout.kwargs[0]) == planned
+
+
 def _parsed(source: str) -> tuple[Any, Any]:
     """A generated test's definition and code (an example Python rejects is not one)."""
     import ast

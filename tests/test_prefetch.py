@@ -1464,6 +1464,68 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
 
 
 @XDIST
+def test_a_message_list_changed_before_its_ask_is_not_sent_as_built(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A test that builds its message list, then changes it before it asks
+    (``messages.append(...)``; each turn of a conversation appended in a loop) is not sent
+    the list as it was built: at most a probe is wasted before the function runs live, every
+    test gets its own answer. Before, each of its tests had the list as built sent ahead,
+    and left unused. One that changes the list only after its first ask has that ask sent
+    ahead."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        SYSTEM = "You are a support agent."
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_appended(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM}]
+            messages.append({"role": "user", "content": case.prompt})
+            pair = rollout.ask(messages)
+            assert pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_conversation(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM}]
+            for turn in ("Hello", case.prompt):
+                messages.append({"role": "user", "content": turn})
+                reply = rollout.candidate.ask(messages)
+                messages.append({"role": "assistant", "content": reply.text})
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_then_followed_up(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": case.prompt}]
+            first = rollout.candidate.ask(messages)
+            messages.append({"role": "assistant", "content": first.text})
+            messages.append({"role": "user", "content": "Thanks!"})
+            rollout.candidate.ask(messages)
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=3 * N_CASES)
+    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
+    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    # test_then_followed_up's first asks, each used; the others' probes at most
+    assert used == N_CASES and unused <= 8 and sent == used + unused, line
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_appended*",
+                                 "*run live: test_suite.py::test_conversation*"])
+    built = [{"role": "system", "content": "You are a support agent."}]
+    assert built not in [json.loads(k[1]) for k in sim.first_attempts()], "sent as built"
+
+
+@XDIST
 def test_asks_in_a_loop_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
@@ -2939,6 +3001,39 @@ def _loop_continues_after_its_ask(rollout, case):
     pytest.skip("done")  # after both loops: they make their asks first
 
 
+def _messages_changed_before(rollout, case):
+    messages = [{"role": "system", "content": "S"}]
+    messages.append({"role": "user", "content": case})  # before the ask: not what was built
+    rollout.ask(messages)
+
+
+def _messages_changed_after(rollout, case):
+    messages = [{"role": "user", "content": case}]
+    rollout.ask(messages)  # as built: the change comes after
+    messages.append({"role": "assistant", "content": "x"})
+
+
+def _messages_handed_on(rollout, case):
+    messages = [{"role": "user", "content": case}]
+    history = messages  # (what is done to history is done to messages)
+    history.append({"role": "user", "content": "again"})
+    rollout.ask(messages)
+
+
+def _turns(rollout, case):
+    messages = [{"role": "system", "content": "S"}]
+    for text in _ITEMS:
+        messages.append({"role": "user", "content": text})  # each turn's, before its ask
+        rollout.ask(messages)
+
+
+def _loop_changes_after_its_ask(rollout, case):
+    notes = {"last": case}
+    for text in _ITEMS:
+        rollout.ask(text + notes["last"])  # the first iteration's as set; the later ones not
+        notes["last"] = text
+
+
 def _retries(rollout, case):
     while True:
         pair = rollout.ask(case)  # its first iteration's, whatever happens
@@ -3435,6 +3530,14 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert planned(_loop_asks_the_case_after_a_break, "a") == ([], [])
     # `while True:`: the ask of its first iteration, when nothing before it may end the loop
     assert planned(_retries, "a") == (["a"], [])
+    # a value the test changes in place before its ask is not read there (it would plan the
+    # value as built); one changed after it is; nor in a loop's later iterations, when the
+    # loop changes it
+    assert planned(_messages_changed_before, "a") == ([], [])
+    assert planned(_messages_changed_after, "a") == ([[{"role": "user", "content": "a"}]], [])
+    assert planned(_messages_handed_on, "a") == ([], [])
+    assert planned(_turns, "a") == ([], [])
+    assert planned(_loop_changes_after_its_ask, "a") == (["aa"], [])
     # a `while` whose condition reads the case: its ask, for the items it holds for
     assert planned(_retries_while_a_condition_holds, "a") == (["a"], [])
     assert planned(_retries_while_a_condition_holds, "") == ([MISSING], [])

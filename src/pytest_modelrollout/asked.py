@@ -193,6 +193,12 @@ class _Reader:
         # a local name assigned once, by a statement at the top of the body: its value
         self.single: dict[str, tuple[int, ast.expr]] = {}
         self.assigned: frozenset[str] = frozenset()
+        # the lines where something may change what a name holds (:func:`_changes`); a name
+        # changed before the line an expression is read at is not read there
+        self.changes = _changes(func, self.bound, self.args)
+        # the lines of the loop whose later iteration is read: a change anywhere in it is
+        # before that iteration's ask
+        self.loop_span: tuple[int, int] | None = None
         if assigned_as_params:
             self.assigned = frozenset(self.bound)
             self.args |= self.assigned
@@ -282,6 +288,11 @@ class _Reader:
         return None
 
     def _name(self, name: str, line: int, depth: int) -> Expr | None:
+        changed = self.changes.get(name)
+        span = self.loop_span
+        if changed is not None and (changed[0] <= line or (
+                span is not None and any(span[0] <= at <= span[1] for at in changed))):
+            return None  # (messages.append(...) before rollout.ask(messages))
         single = self.single.get(name)
         if single is not None and single[0] < line:
             value = single[1]  # what it reads, it reads where it is assigned
@@ -372,6 +383,96 @@ class _Reader:
         if callee is None or not (_module_name(callee) or method):
             return None  # a parameter's method, a reply's, ...: not read
         return ("call", callee, tuple(args), tuple(kwargs))
+
+
+# the methods of the built-in lists, dicts and sets that change them in place
+_CHANGERS = frozenset({
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "update",
+    "setdefault", "popitem", "add", "discard", "difference_update", "intersection_update",
+    "symmetric_difference_update", "__setitem__", "__delitem__", "__iadd__",
+})  # fmt: skip
+# builtins that change nothing of what they are passed
+_READ_ONLY_CALLS = frozenset({
+    "len", "str", "repr", "bool", "int", "float", "print", "sorted", "list", "tuple", "set",
+    "frozenset", "dict", "min", "max", "sum", "any", "all", "isinstance", "enumerate", "zip",
+    "reversed", "range", "hash", "id", "type",
+})  # fmt: skip
+_CONTAINERS = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
+
+
+def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int],
+             args: set[str]) -> dict[str, list[int]]:
+    """The lines (sorted) where the function may change what a name holds, in place: an item
+    or attribute of it (or of a part of it) set or deleted (``row["lang"] = "en"``, ``del
+    meta["k"]``); for a parameter or a local name, a method of it (or of a part of it) other
+    of :data:`_CHANGERS` called (``messages.append(...)``, ``case.meta.update(...)``; a module's
+    name is not one: ``json.dumps(...)`` changes nothing of ``json``); and for a local name the
+    function sets to a list, dict or set it builds (``messages = [...]``), where that value is
+    handed on: passed to a call other than an ask or a builtin of :data:`_READ_ONLY_CALLS`
+    (``add_turn(messages, ...)``), or assigned or returned, itself or in another list, dict or
+    set (``history = messages``), after which a change to it is not seen. (A name rebound is not
+    read anyway: :class:`_Reader`.)"""
+    parents: dict[ast.AST, ast.AST] = {}
+    built: set[str] = set()  # local names set to a list, dict or set they build
+    for node in ast.walk(func):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, _CONTAINERS):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            built.update(t.id for t in targets if isinstance(t, ast.Name))
+    out: dict[str, list[int]] = {}
+    for node in ast.walk(func):
+        if not isinstance(node, ast.Name) or not isinstance(node.ctx, ast.Load):
+            continue
+        line = _changed_at(node, parents, node.id in bound or node.id in args)
+        if line is None and node.id in built and node.id in bound:
+            line = _handed_on_at(node, parents)
+        if line is not None:
+            out.setdefault(node.id, []).append(line)
+    return {name: sorted(lines) for name, lines in out.items()}
+
+
+def _changed_at(node: ast.Name, parents: dict[ast.AST, ast.AST], local: bool) -> int | None:
+    """The line where the name's value, or a part of it, is changed in place there (an item
+    or attribute set or deleted; of a ``local`` name, a method of :data:`_CHANGERS` called on
+    it); None if not."""
+    top: ast.expr = node
+    while True:
+        parent = parents.get(top)
+        if isinstance(parent, (ast.Attribute, ast.Subscript)) and parent.value is top:
+            if not isinstance(parent.ctx, ast.Load):
+                return parent.lineno  # row["lang"] = ..., del row["k"], row.text += ...
+            top = parent
+        elif isinstance(parent, ast.Call) and parent.func is top and top is not node:
+            if isinstance(top, ast.Attribute) and top.attr in _CHANGERS and local:
+                return parent.lineno
+            if _is_ask(parent):
+                return None
+            top = parent  # (what it returns may be a part of it: meta.get("turns").append)
+        else:
+            return None
+
+
+def _handed_on_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None:
+    """The line where the name's value itself is handed on there: passed to a call that is
+    not an ask or a builtin of :data:`_READ_ONLY_CALLS`, assigned, returned, or put in a list,
+    dict or set (or an ``and`` / ``or`` / ``... if ... else ...`` that is); None if not."""
+    child: ast.AST = node
+    parent = parents.get(node)
+    while isinstance(parent, (ast.BoolOp, ast.IfExp, ast.List, ast.Tuple, ast.Set, ast.Dict,
+                              ast.Starred, ast.keyword)) and not (
+            isinstance(parent, ast.IfExp) and parent.test is child):
+        child, parent = parent, parents.get(parent)
+    if isinstance(parent, ast.Call) and parent.func is not child:
+        if _is_ask(parent) or (isinstance(parent.func, ast.Name)
+                               and parent.func.id in _READ_ONLY_CALLS):
+            return None
+        return parent.lineno
+    if isinstance(parent, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr,
+                           ast.Return, ast.Yield, ast.YieldFrom)) and getattr(
+            parent, "value", None) is child:
+        return parent.lineno
+    return None
 
 
 def _module_name(expr: Expr) -> bool:
@@ -857,6 +958,12 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
         for guard in guards:  # a while loop entered for some items only
             expr = ("when", guard, expr)
         return expr, _keywords(reader, node)
+    if iteration:  # a later iteration: anything the loop changes, it changed before
+        span = (found.stmt.lineno, found.stmt.end_lineno or found.stmt.lineno)
+        reader = copy.copy(reader)
+        reader.loop_span = span
+        found = found._replace(reader=copy.copy(found.reader))
+        found.reader.loop_span = span
     items = _loop_items(reader, found)
     target, inner = found.target, found.reader
     expr = inner.read(node.args[0], node.lineno)

@@ -598,6 +598,10 @@ _CHANGES = [
     "text = json.dumps(messages)",
     "copied = dict(row)\n    copied['text'] = 'not the row'",
     "turns = list(messages)\n    turns.append({'role': 'user', 'content': 'a copy'})",
+    "messages.extend([{'role': 'user', 'content': t} for t in p_list])",
+    "messages.extend(p_list)",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': t})",
+    "if p_str:\n        messages.append({'role': 'user', 'content': 'maybe'})",
 ]
 _CHANGED_ASKS = ["rollout.ask(messages)", "rollout.ask(row['text'])",
                  "rollout.ask(p_list[-1] if p_list else 'none')", "rollout.ask([messages[-1]])",
@@ -617,11 +621,12 @@ def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
     before: list[str], ask: str, after: list[str], p_str: str, text: str, p_list: list[str]
 ) -> None:
     """A test that builds a message list (``messages = [...]``) and changes it, or its
-    parameters, in place before or after its ask (``messages.append(...)``, an item set or
-    deleted, ``row.update(...)``, ``p_list.sort()``, the list handed to a function of the
-    suite or to another name that changes it) or only reads them (``len``, ``print``,
-    ``json.dumps``, a copy changed): what is planned for its first ask is what it asks, the
-    value as it is when the test asks, or nothing."""
+    parameters, in place before or after its ask (``messages.append(...)`` / ``.extend(...)``,
+    in a loop or under an ``if`` too, an item set or deleted, ``row.update(...)``,
+    ``p_list.sort()``, the list handed to a function of the suite or to another name that
+    changes it) or only reads them (``len``, ``print``, ``json.dumps``, a copy changed): what is
+    planned for its first ask is what it asks, the value as it is when the test asks, or
+    nothing."""
     import contextlib
     import copy
 
@@ -649,6 +654,59 @@ def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
     event("planned" if planned is not MISSING else "not planned")
     if planned is not MISSING and rollout.asked:  # (one that fails first asks nothing)
         assert (rollout.asked[0], rollout.kwargs[0]) == planned
+
+
+_TURN_STEPS = [
+    "messages.append({'role': 'user', 'content': turn})",
+    "messages.append({'role': 'user', 'content': p_str})",
+    "messages.extend([{'role': 'user', 'content': t} for t in p_list])",
+    "if turn:\n            messages.append({'role': 'user', 'content': 'maybe'})",
+    "messages[-1]['content'] += '!'",
+    "note = turn + p_str",
+]
+
+
+@SETTINGS
+@given(before=st.lists(st.sampled_from([*_CHANGES[:1], *_TURN_STEPS[1:3]]), max_size=2),
+       steps=st.lists(st.sampled_from(_TURN_STEPS), max_size=3),
+       after=st.lists(st.sampled_from([*_TURN_STEPS[:3],
+                                       "messages.append({'role': 'assistant', 'content': "
+                                       "str(reply)})"]), max_size=2),
+       p_str=_texts, p_list=st.lists(_texts, max_size=2), turns=st.lists(_texts, max_size=3))
+def test_what_is_planned_for_a_conversation_is_what_the_test_asks(
+    before: list[str], steps: list[str], after: list[str], p_str: str, p_list: list[str],
+    turns: list[str],
+) -> None:
+    """A conversation: a message list built, added to, then a ``for`` loop over the turns that
+    adds to it (or changes it, or not) before each ask and after: what is planned for each
+    iteration's ask (the first, then the later ones) is what the test asks there, or
+    nothing."""
+    import copy
+
+    from pytest_modelrollout.asked import MISSING, evaluate, later_asks, source_asks
+
+    source = ("def test_x(rollout, p_str, p_list, turns):\n"
+              "    messages = [{'role': 'system', 'content': 'S'}]\n"
+              + "".join(f"    {stmt}\n" for stmt in before)
+              + "    for turn in turns:\n"
+              + "".join(f"        {stmt}\n" for stmt in steps)
+              + "        rollout.reach()\n        reply = rollout.ask(messages)\n"
+              + "".join(f"        {stmt}\n" for stmt in after))  # fmt: skip
+    params = {"p_str": p_str, "p_list": p_list, "turns": turns}
+    with _source_of(source, {}) as func:
+        names = func.__globals__
+        found = source_asks(func)[0]
+        planned = [evaluate(found[0][0], params, names) if found else MISSING]
+        planned += [evaluate(expr, params, names) for _, expr, _ in later_asks(func)]
+        rollout = _Snapshots()
+        with contextlib.suppress(IndexError):
+            func(rollout, **copy.deepcopy(params))
+    for i, plan in enumerate(planned[: len(rollout.asked)]):
+        assert plan is MISSING or plan == rollout.asked[i], i
+    for plan in planned[len(rollout.asked):]:
+        assert plan is MISSING  # (no such iteration)
+    event(f"first {'planned' if planned[0] is not MISSING else 'not planned'}, "
+          f"{sum(p is not MISSING for p in planned[1:])} later planned")
 
 
 def _parsed(source: str) -> tuple[Any, Any]:

@@ -1464,15 +1464,16 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
 
 
 @XDIST
-def test_a_message_list_changed_before_its_ask_is_not_sent_as_built(
+def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
-    """A test that builds its message list, then changes it before it asks
-    (``messages.append(...)``; each turn of a conversation appended in a loop) is not sent
-    the list as it was built: at most a probe is wasted before the function runs live, every
-    test gets its own answer. Before, each of its tests had the list as built sent ahead,
-    and left unused. One that changes the list only after its first ask has that ask sent
-    ahead."""
+    """A test that builds its message list and adds to it before it asks
+    (``messages.append(...)``, ``messages.extend(...)``; a conversation's turns appended in a
+    loop) has its ask sent ahead as it makes it: the list as added to (in a loop, the first
+    turn's; the next reads a reply). One that hands its list to a function of the suite that
+    may change it is not read: at most a probe is wasted, and the list as built is never sent.
+    Before, each test had the list as built sent ahead, and left unused; before that was
+    fixed, the functions that add to their list were probed and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1480,10 +1481,14 @@ def test_a_message_list_changed_before_its_ask_is_not_sent_as_built(
 
         SYSTEM = "You are a support agent."
 
+        def add_context(messages, case):
+            messages.append({"role": "user", "content": "Order " + case.id})
+
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_appended(rollout, case):
             messages = [{"role": "system", "content": SYSTEM}]
+            messages.extend(case.meta["history"])
             messages.append({"role": "user", "content": case.prompt})
             pair = rollout.ask(messages)
             assert pair.candidate.ok
@@ -1492,7 +1497,7 @@ def test_a_message_list_changed_before_its_ask_is_not_sent_as_built(
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_conversation(rollout, case):
             messages = [{"role": "system", "content": SYSTEM}]
-            for turn in ("Hello", case.prompt):
+            for turn in (case.prompt, "Thanks!"):
                 messages.append({"role": "user", "content": turn})
                 reply = rollout.candidate.ask(messages)
                 messages.append({"role": "assistant", "content": reply.text})
@@ -1506,23 +1511,35 @@ def test_a_message_list_changed_before_its_ask_is_not_sent_as_built(
             messages.append({"role": "assistant", "content": first.text})
             messages.append({"role": "user", "content": "Thanks!"})
             rollout.candidate.ask(messages)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_handed_on(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM}]
+            add_context(messages, case)
+            rollout.candidate.ask(messages)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?", "meta": {
+            "history": [{"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello!"}][: i % 3]}}) + "\n"
                 for i in range(N_CASES)),
         encoding="utf-8",
-    )
+    )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES)
+    result.assert_outcomes(passed=4 * N_CASES)
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    # test_then_followed_up's first asks, each used; the others' probes at most
-    assert used == N_CASES and unused <= 8 and sent == used + unused, line
-    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_appended*",
-                                 "*run live: test_suite.py::test_conversation*"])
-    built = [{"role": "system", "content": "You are a support agent."}]
-    assert built not in [json.loads(k[1]) for k in sim.first_attempts()], "sent as built"
+    # test_appended: both models; test_conversation and test_then_followed_up: the first turn
+    assert used == 4 * N_CASES and unused <= 4 and sent == used + unused, line
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_handed_on*"])
+    assert "run live: test_suite.py::test_appended" not in result.stdout.str()
+    asked = [json.loads(k[1]) for k in sim.first_attempts()]
+    assert [{"role": "system", "content": "You are a support agent."}] not in asked
+    assert [{"role": "system", "content": "You are a support agent."},
+            {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Where is order A-2?"}] in asked
 
 
 @XDIST
@@ -3003,7 +3020,7 @@ def _loop_continues_after_its_ask(rollout, case):
 
 def _messages_changed_before(rollout, case):
     messages = [{"role": "system", "content": "S"}]
-    messages.append({"role": "user", "content": case})  # before the ask: not what was built
+    messages.append({"role": "user", "content": case})  # before the ask: read as added to
     rollout.ask(messages)
 
 
@@ -3017,6 +3034,20 @@ def _messages_handed_on(rollout, case):
     messages = [{"role": "user", "content": case}]
     history = messages  # (what is done to history is done to messages)
     history.append({"role": "user", "content": "again"})
+    rollout.ask(messages)
+
+
+def _messages_sorted_then_added_to(rollout, case):
+    messages = [{"role": "user", "content": case}]
+    messages.sort(key=len)  # a change that is not read: what follows is not either
+    messages.append({"role": "user", "content": "again"})
+    rollout.ask(messages)
+
+
+def _messages_added_to_in_a_loop_then_asked(rollout, case):
+    messages = [{"role": "system", "content": "S"}]
+    for text in _ITEMS:
+        messages.append({"role": "user", "content": text})  # as many times as it has items
     rollout.ask(messages)
 
 
@@ -3533,11 +3564,17 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     # a value the test changes in place before its ask is not read there (it would plan the
     # value as built); one changed after it is; nor in a loop's later iterations, when the
     # loop changes it
-    assert planned(_messages_changed_before, "a") == ([], [])
     assert planned(_messages_changed_after, "a") == ([[{"role": "user", "content": "a"}]], [])
     assert planned(_messages_handed_on, "a") == ([], [])
-    assert planned(_turns, "a") == ([], [])
+    assert planned(_messages_sorted_then_added_to, "a") == ([], [])
     assert planned(_loop_changes_after_its_ask, "a") == (["aa"], [])
+    # ... but a list the test built and adds to by statements of its body (messages.append,
+    # .extend) is read as it is then, and so is one added to in a for loop on the way to the
+    # loop's ask, in its first iteration (a conversation's first turn)
+    system, user = {"role": "system", "content": "S"}, {"role": "user", "content": "a"}
+    assert planned(_messages_changed_before, "a") == ([[system, user]], [])
+    assert planned(_turns, "a") == ([[system, user]], [])
+    assert planned(_messages_added_to_in_a_loop_then_asked, "a") == ([], [])
     # a `while` whose condition reads the case: its ask, for the items it holds for
     assert planned(_retries_while_a_condition_holds, "a") == (["a"], [])
     assert planned(_retries_while_a_condition_holds, "") == ([MISSING], [])

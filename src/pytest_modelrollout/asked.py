@@ -193,13 +193,17 @@ class _Reader:
         # a local name assigned once, by a statement at the top of the body: its value
         self.single: dict[str, tuple[int, ast.expr]] = {}
         self.assigned: frozenset[str] = frozenset()
-        # the lines where something may change what a name holds (:func:`_changes`); a name
-        # changed before the line an expression is read at is not read there
-        self.changes = _changes(func, self.bound, self.args)
+        # a list built there (messages = [...]), then added to by statements at the top of
+        # the body (messages.append(...)): what it holds after each, read as list + [item]
+        self.versions: dict[str, list[tuple[int, ast.expr]]] = {}
+        # where such a list is added to in the body of a for loop of the body: (line, the
+        # loop's first and last lines); read on the way to an ask in that loop (_way_to)
+        self.loop_adds: dict[str, list[tuple[int, int, int]]] = {}
         # the lines of the loop whose later iteration is read: a change anywhere in it is
         # before that iteration's ask
         self.loop_span: tuple[int, int] | None = None
         if assigned_as_params:
+            self.changes = _changes(func, self.bound, self.args, frozenset())
             self.assigned = frozenset(self.bound)
             self.args |= self.assigned
             return
@@ -207,6 +211,26 @@ class _Reader:
             target, value = _simple_assignment(stmt)
             if target is not None and value is not None and self.bound.get(target) == 1:
                 self.single[target] = (stmt.end_lineno or stmt.lineno, value)
+        lists = {name for name, (_, value) in self.single.items() if isinstance(value, ast.List)}
+        read: set[int] = set()  # the adds read (not changes): their ``name.append`` nodes
+        for stmt in func.body:
+            added = _added(stmt, lists)
+            if added is not None:
+                name, node, what = added
+                before = self.versions.get(name) or [self.single[name]]
+                self.versions.setdefault(name, []).append(
+                    (stmt.end_lineno or stmt.lineno, _plus(before[-1][1], what)))
+                read.add(id(node))
+            if isinstance(stmt, ast.For):
+                for child in stmt.body:
+                    added = _added(child, lists)
+                    if added is not None:
+                        self.loop_adds.setdefault(added[0], []).append(
+                            (child.lineno, stmt.lineno, stmt.end_lineno or stmt.lineno))
+                        read.add(id(added[1]))
+        # the lines where something may change what a name holds (:func:`_changes`); a name
+        # changed before the line an expression is read at is not read there
+        self.changes = _changes(func, self.bound, self.args, frozenset(read))
 
     def read(self, node: ast.expr, line: int, depth: int = 0) -> Expr | None:
         """``node`` (at source line ``line``) as an Expr, or None when it is not readable."""
@@ -292,7 +316,14 @@ class _Reader:
         span = self.loop_span
         if changed is not None and (changed[0] <= line or (
                 span is not None and any(span[0] <= at <= span[1] for at in changed))):
-            return None  # (messages.append(...) before rollout.ask(messages))
+            return None  # (messages.sort() before rollout.ask(messages))
+        for at, start, end in self.loop_adds.get(name, ()):
+            if (at < line and not start <= line <= end) or (
+                    span is not None and span[0] <= at <= span[1]):
+                return None  # added to as many times as the loop went round
+        version = next((v for v in reversed(self.versions.get(name, ())) if v[0] < line), None)
+        if version is not None:  # (messages.append(...) before rollout.ask(messages))
+            return self.read(version[1], version[0], depth + 1)
         single = self.single.get(name)
         if single is not None and single[0] < line:
             value = single[1]  # what it reads, it reads where it is assigned
@@ -400,8 +431,29 @@ _READ_ONLY_CALLS = frozenset({
 _CONTAINERS = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
 
 
+def _added(stmt: ast.stmt, lists: set[str]) -> tuple[str, ast.Name, ast.expr] | None:
+    """``name.append(item)`` / ``name.extend(items)`` as a statement, of one of ``lists``:
+    the name, its node, and what it adds as a list (``[item]`` / ``items``); None otherwise."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    func = call.func if isinstance(call, ast.Call) else None
+    if not (isinstance(call, ast.Call) and isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name) and func.value.id in lists
+            and func.attr in ("append", "extend") and len(call.args) == 1
+            and not call.keywords and not isinstance(call.args[0], ast.Starred)):
+        return None
+    item = call.args[0]
+    what = item if func.attr == "extend" else ast.copy_location(
+        ast.List(elts=[item], ctx=ast.Load()), item)
+    return func.value.id, func.value, what
+
+
+def _plus(before: ast.expr, what: ast.expr) -> ast.expr:
+    """``before + what`` (a list added to), located where ``what`` is."""
+    return ast.copy_location(ast.BinOp(left=before, op=ast.Add(), right=what), what)
+
+
 def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int],
-             args: set[str]) -> dict[str, list[int]]:
+             args: set[str], read: frozenset[int]) -> dict[str, list[int]]:
     """The lines (sorted) where the function may change what a name holds, in place: an item
     or attribute of it (or of a part of it) set or deleted (``row["lang"] = "en"``, ``del
     meta["k"]``); for a parameter or a local name, a method of it (or of a part of it) other
@@ -411,7 +463,8 @@ def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int]
     handed on: passed to a call other than an ask or a builtin of :data:`_READ_ONLY_CALLS`
     (``add_turn(messages, ...)``), or assigned or returned, itself or in another list, dict or
     set (``history = messages``), after which a change to it is not seen. (A name rebound is not
-    read anyway: :class:`_Reader`.)"""
+    read anyway: :class:`_Reader`.) Not the adds to a list that are read (``read``: the ids of
+    their ``name`` nodes; :attr:`_Reader.versions`)."""
     parents: dict[ast.AST, ast.AST] = {}
     built: set[str] = set()  # local names set to a list, dict or set they build
     for node in ast.walk(func):
@@ -422,7 +475,8 @@ def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int]
             built.update(t.id for t in targets if isinstance(t, ast.Name))
     out: dict[str, list[int]] = {}
     for node in ast.walk(func):
-        if not isinstance(node, ast.Name) or not isinstance(node.ctx, ast.Load):
+        if not isinstance(node, ast.Name) or not isinstance(node.ctx, ast.Load) or (
+                id(node) in read):
             continue
         line = _changed_at(node, parents, node.id in bound or node.id in args)
         if line is None and node.id in built and node.id in bound:
@@ -1169,6 +1223,14 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
         name, value = _simple_assignment(child)
         if name is not None and value is not None and reader.bound.get(name) == 1:
             inner.single[name] = (child.end_lineno or child.lineno, value)
+        added = _added(child, set(reader.loop_adds))
+        if added is not None:  # messages.append(...) on the way, in the loop's iteration
+            name = added[0]
+            versions = inner.versions.get(name, [])
+            before = [v for v in versions if v[0] < child.lineno] or [reader.single[name]]
+            version = (child.end_lineno or child.lineno, _plus(before[-1][1], added[2]))
+            inner.versions = {**inner.versions, name: sorted([*versions, version],
+                                                             key=lambda v: v[0])}
     return None
 
 
@@ -1945,6 +2007,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
             return MISSING  # not a dict, or one whose get is its own
         return dict.get(mapping, key, *rest)
     texts = [_evaluate(child, params, names) for child in _children(expr)]
+    if kind == "add" and all(type(t) is list for t in texts):
+        return texts[0] + texts[1]  # a message list added to (messages.append(...))
     if kind == "method" and expr[2] == "join" and len(texts) == 2 and type(texts[1]) in (
             list, _View):  # "sep".join([...]) of strings, or of a dict's keys
         parts = texts[1].items if type(texts[1]) is _View else texts[1]

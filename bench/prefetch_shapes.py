@@ -216,6 +216,14 @@ SHAPES: dict[str, Shape] = {
                         "        if pair.candidate.ok:\n"
                         "            return pair\n"
                         "    return None\n"),
+    "message list appended": 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+                             '    messages.append({"role": "user", "content": case.prompt})\n'
+                             '    rollout.ask(messages)',
+    "conversation": 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+                    '    for turn in (case.prompt,):\n'
+                    '        messages.append({"role": "user", "content": turn})\n'
+                    '        pair = rollout.ask(messages)\n'
+                    '        messages.append({"role": "assistant", "content": pair.candidate.text})',
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

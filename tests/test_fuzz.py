@@ -663,6 +663,7 @@ _TURN_STEPS = [
     "if turn:\n            messages.append({'role': 'user', 'content': 'maybe'})",
     "messages[-1]['content'] += '!'",
     "note = turn + p_str",
+    "if not turn:\n            continue",
 ]
 
 

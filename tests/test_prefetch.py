@@ -3058,6 +3058,23 @@ def _turns(rollout, case):
         rollout.ask(messages)
 
 
+def _turns_skipping(rollout, case):
+    messages = [{"role": "system", "content": "S"}]
+    for text in _ITEMS:
+        messages.append({"role": "user", "content": text})  # for the items it skips too
+        if text == "a":
+            continue
+        rollout.ask(messages)
+
+
+def _loop_asks_under_an_if_then_changes(rollout, case):
+    notes = {"last": case}
+    for text in _ITEMS:
+        if text != "a":
+            rollout.ask(text + notes["last"])
+        notes["last"] = text  # (the item it does not ask for changes it too)
+
+
 def _loop_changes_after_its_ask(rollout, case):
     notes = {"last": case}
     for text in _ITEMS:
@@ -3575,6 +3592,10 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert planned(_messages_changed_before, "a") == ([[system, user]], [])
     assert planned(_turns, "a") == ([[system, user]], [])
     assert planned(_messages_added_to_in_a_loop_then_asked, "a") == ([], [])
+    # not when the loop may go round without asking first (the items its conditions skip
+    # add to it, or change it, too)
+    assert planned(_turns_skipping, "a") == ([], [])
+    assert planned(_loop_asks_under_an_if_then_changes, "x") == ([], [])
     # a `while` whose condition reads the case: its ask, for the items it holds for
     assert planned(_retries_while_a_condition_holds, "a") == (["a"], [])
     assert planned(_retries_while_a_condition_holds, "") == ([MISSING], [])

@@ -1012,7 +1012,8 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
         for guard in guards:  # a while loop entered for some items only
             expr = ("when", guard, expr)
         return expr, _keywords(reader, node)
-    if iteration:  # a later iteration: anything the loop changes, it changed before
+    if iteration or found.conditions:  # a later iteration, or the first one that passes the
+        # loop's conditions: anything the loop changes, it may have changed before
         span = (found.stmt.lineno, found.stmt.end_lineno or found.stmt.lineno)
         reader = copy.copy(reader)
         reader.loop_span = span
@@ -1038,9 +1039,9 @@ _LOOPS = (*_LOOP_STATEMENTS, ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.Di
 def _in_a_loop(fdef: ast.FunctionDef | ast.AsyncFunctionDef, node: ast.Call,
                guards: list[Expr] | None = None) -> bool:
     """Whether the ask is in the body or the ``else`` of a ``for`` or ``while`` loop or in a
-    comprehension's element or ``if``; but the first iteration's ask of a ``while`` whose condition is read
-    as it is when the test gets to it (``while True:``, ``while tries < 3:`` after
-    ``tries = 0``, ``while tries < MAX_TRIES:``: see :func:`_entry_condition`), made with
+    comprehension's element or ``if``; but the first iteration's ask of a ``while`` whose
+    condition is read as it is when the test gets to it (``while True:``, ``while tries < 3:``
+    after ``tries = 0``, ``while tries < MAX_TRIES:``: see :func:`_entry_condition`), made with
     nothing before it that may end the test or the loop, under no condition (a retry loop),
     which is read as if it were not in a loop. That loop's condition, when it holds only for
     some items (it reads the case or the module's names), is added to ``guards``."""

@@ -353,6 +353,13 @@ class _Reader:
             parts.append(part)
         return ("fstr", tuple(parts))
 
+    def spanning(self, loop: ast.stmt) -> _Reader:
+        """A reader of a later iteration of ``loop`` (or of one its conditions may reach after
+        skipping items): what the loop changes anywhere, it may have changed before."""
+        inner = copy.copy(self)
+        inner.loop_span = (loop.lineno, loop.end_lineno or loop.lineno)
+        return inner
+
     def scoped(self, target: str | tuple[str, ...]) -> _Reader:
         """A reader of a loop's or a comprehension's body: its target's names read as
         parameters (set for each iteration), not as what the test assigns them elsewhere."""
@@ -421,12 +428,6 @@ _CHANGERS = frozenset({
     "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "update",
     "setdefault", "popitem", "add", "discard", "difference_update", "intersection_update",
     "symmetric_difference_update", "__setitem__", "__delitem__", "__iadd__",
-})  # fmt: skip
-# builtins that change nothing of what they are passed
-_READ_ONLY_CALLS = frozenset({
-    "len", "str", "repr", "bool", "int", "float", "print", "sorted", "list", "tuple", "set",
-    "frozenset", "dict", "min", "max", "sum", "any", "all", "isinstance", "enumerate", "zip",
-    "reversed", "range", "hash", "id", "type",
 })  # fmt: skip
 _CONTAINERS = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
 
@@ -1014,11 +1015,8 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
         return expr, _keywords(reader, node)
     if iteration or found.conditions:  # a later iteration, or the first one that passes the
         # loop's conditions: anything the loop changes, it may have changed before
-        span = (found.stmt.lineno, found.stmt.end_lineno or found.stmt.lineno)
-        reader = copy.copy(reader)
-        reader.loop_span = span
-        found = found._replace(reader=copy.copy(found.reader))
-        found.reader.loop_span = span
+        reader = reader.spanning(found.stmt)
+        found = found._replace(reader=found.reader.spanning(found.stmt))
     items = _loop_items(reader, found)
     target, inner = found.target, found.reader
     expr = inner.read(node.args[0], node.lineno)
@@ -1105,8 +1103,8 @@ def _entry_condition(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.Whi
     before.body = fdef.body[:index]  # it is when the test gets there
     reader = _Reader(before)
     condition = reader.read(loop.test, loop.lineno)
-    if condition is None or _names_read(condition, "global") & _binding_counts(fdef).keys() or (
-            _names_read(condition, "param") & reader.bound.keys()):
+    if condition is None or _globals_read(condition) & _binding_counts(fdef).keys() or (
+            params_read(condition) & reader.bound.keys()):
         return None  # a local name bound later (or in the loop), a parameter bound before it
     holds = _truth(evaluate(condition, {}, None))
     if holds is MISSING:
@@ -1120,11 +1118,11 @@ def _enters(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While) -> bo
     return _entry_condition(fdef, loop) == _ALWAYS
 
 
-def _names_read(expr: Expr, kind: str) -> set[str]:
-    """The names of the leaves of ``kind`` (``"param"``, ``"global"``) in ``expr``."""
-    if expr[0] == kind:
+def _globals_read(expr: Expr) -> set[str]:
+    """The names of the module ``expr`` reads (as :func:`params_read` the parameters)."""
+    if expr[0] == "global":
         return {expr[1]}
-    return set().union(*(_names_read(child, kind) for child in _children(expr)))
+    return set().union(*(_globals_read(child) for child in _children(expr)))
 
 
 # how many iterations of a loop of asks go ahead (its later asks, :func:`later_asks`)
@@ -2309,6 +2307,12 @@ _BUILTINS = frozenset({"len", "str", "enumerate", "zip", "reversed", "range", "s
 # the sort keys that run no code of the user's on a str (str's own methods), and len
 _STR_KEYS = frozenset({"lower", "upper", "casefold", "strip", "lstrip", "rstrip", "title",
                        "swapcase"})
+# builtins that change nothing of what they are passed (:func:`_changes`): those evaluated,
+# and others a test calls on its values
+_READ_ONLY_CALLS = _BUILTINS | frozenset({
+    "repr", "bool", "int", "float", "print", "set", "frozenset", "dict", "sum", "any", "all",
+    "isinstance", "hash", "id", "type",
+})  # fmt: skip
 
 
 def _key_function(expr: Expr, names: Any) -> Any:

@@ -433,9 +433,11 @@ def test_a_limit_stated_in_one_run_paces_the_next_from_its_first_request(
         ".pytest_cache", "v", "modelrollout", "stated-limits").read_text(encoding="utf-8"))
     assert [e["rpm"] for e in kept.values()] == [rpm]
     time.sleep(1.0)  # (a second between the runs: the quota's bank fills again)
-    _, second = run_quota_suite(pytester, sim, monkeypatch, xdist, request, prompts, candidate,
-                                cache=True)
-    assert turned_away(second) == 0
+    ran, second = run_quota_suite(pytester, sim, monkeypatch, xdist, request, prompts,
+                                  candidate, "-v", cache=True)
+    # (-v: on a failure, the run's lines on its head start and prefetch say what it did)
+    said = [line for line in ran.outlines if "modelrollout" in line or "head start" in line]
+    assert turned_away(second) == 0, said
     # without the cache (-p no:cacheprovider) nothing is kept: the first burst goes over again
     time.sleep(1.0)
     _, third = run_quota_suite(pytester, sim, monkeypatch, xdist, request, prompts, candidate)

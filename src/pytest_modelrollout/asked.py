@@ -71,7 +71,7 @@ import string
 import textwrap
 import threading
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, NamedTuple, TypeGuard
 
 from . import templates
@@ -432,7 +432,7 @@ _CHANGERS = frozenset({
 _CONTAINERS = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
 
 
-def _added(stmt: ast.stmt, lists: set[str]) -> tuple[str, ast.Name, ast.expr] | None:
+def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
     """``name.append(item)`` / ``name.extend(items)`` as a statement, of one of ``lists``:
     the name, its node, and what it adds as a list (``[item]`` / ``items``); None otherwise."""
     call = stmt.value if isinstance(stmt, ast.Expr) else None
@@ -1112,12 +1112,6 @@ def _entry_condition(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.Whi
     return _ALWAYS if holds else ("const", False)
 
 
-def _enters(fdef: ast.FunctionDef | ast.AsyncFunctionDef, loop: ast.While) -> bool:
-    """Whether the condition of ``loop`` holds when the test first gets to it, the same for
-    every item (:func:`_entry_condition`)."""
-    return _entry_condition(fdef, loop) == _ALWAYS
-
-
 def _globals_read(expr: Expr) -> set[str]:
     """The names of the module ``expr`` reads (as :func:`params_read` the parameters)."""
     if expr[0] == "global":
@@ -1222,7 +1216,7 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
         name, value = _simple_assignment(child)
         if name is not None and value is not None and reader.bound.get(name) == 1:
             inner.single[name] = (child.end_lineno or child.lineno, value)
-        added = _added(child, set(reader.loop_adds))
+        added = _added(child, reader.loop_adds)
         if added is not None:  # messages.append(...) on the way, in the loop's iteration
             name = added[0]
             versions = inner.versions.get(name, [])

@@ -48,6 +48,18 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   case.meta["lang"] == "zh":`` asks the candidate alone (``return
   rollout.candidate.ask(case.prompt, system=...)``) and else both models: 300 calls, 0.75
   times ``plain``'s (no stable call for the Chinese half);
+- ``counted retries``, ``retries up to a limit``, ``for-else retries``: the ask in a retry
+  loop (``while tries < 3:``, ``while tries < MAX_TRIES:``, ``for attempt in
+  range(MAX_TRIES): ... break`` / ``else: pytest.fail(...)``) that ends once the candidate
+  answered;
+- ``helper retrying``: ``assert ask_until_answered(rollout, case) is not None``, a helper
+  with such a ``while`` loop;
+- ``message list appended``: ``messages = [system]``, then ``messages.append({"role": "user",
+  "content": case.prompt})`` before ``rollout.ask(messages)``;
+- ``message list added to under an if``: the same, with ``if case.meta["lang"] == "zh":``
+  appending a system message and ``else:`` a question and answer from the case before it;
+- ``conversation``: ``for turn in (case.prompt,):`` appending the turn, asking, appending the
+  reply;
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
 
@@ -219,6 +231,15 @@ SHAPES: dict[str, Shape] = {
     "message list appended": 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
                              '    messages.append({"role": "user", "content": case.prompt})\n'
                              '    rollout.ask(messages)',
+    "message list added to under an if": (
+        'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+        '    if case.meta["lang"] == "zh":\n'
+        '        messages.append({"role": "system", "content": "用中文回答。"})\n'
+        '    else:\n'
+        '        messages.append({"role": "user", "content": case.meta["shots"][0]["q"]})\n'
+        '        messages.append({"role": "assistant", "content": case.meta["shots"][0]["a"]})\n'
+        '    messages.append({"role": "user", "content": case.prompt})\n'
+        '    rollout.ask(messages)'),
     "conversation": 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
                     '    for turn in (case.prompt,):\n'
                     '        messages.append({"role": "user", "content": turn})\n'

@@ -602,6 +602,16 @@ _CHANGES = [
     "messages.extend(p_list)",
     "for t in p_list:\n        messages.append({'role': 'user', 'content': t})",
     "if p_str:\n        messages.append({'role': 'user', 'content': 'maybe'})",
+    "if p_str:\n        messages.append({'role': 'user', 'content': 'maybe'})\n    else:\n"
+    "        messages.extend(p_list)",
+    "if row['text'] == p_str:\n        pass\n    elif p_list:\n"
+    "        messages.append({'role': 'user', 'content': p_list[0]})\n"
+    "        if len(messages) < 4:\n            messages.append({'role': 'user', 'content': p_str})",
+    "if len(messages) < 3:\n        messages.append({'role': 'user', 'content': 'short'})",
+    "if p_str:\n        messages.append({'role': 'user', 'content': 'x'})\n"
+    "        row['text'] = 'changed'",
+    "if p_list:\n        messages.extend(p_list)\n        p_list.append('later')",
+    "messages.append({'role': 'user', 'content': str(len(messages))})",
 ]
 _CHANGED_ASKS = ["rollout.ask(messages)", "rollout.ask(row['text'])",
                  "rollout.ask(p_list[-1] if p_list else 'none')", "rollout.ask([messages[-1]])",

@@ -1518,6 +1518,19 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
             messages = [{"role": "system", "content": SYSTEM}]
             add_context(messages, case)
             rollout.candidate.ask(messages)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_added_to_if(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM}]
+            if len(case.meta["history"]) > 1:
+                messages.extend(case.meta["history"])
+            elif case.meta["history"]:
+                pass
+            else:
+                messages.append({"role": "assistant", "content": "Welcome! How can I help?"})
+            messages.append({"role": "user", "content": case.prompt})
+            rollout.candidate.ask(messages)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1528,18 +1541,23 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=4 * N_CASES)
+    result.assert_outcomes(passed=5 * N_CASES)
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    # test_appended: both models; test_conversation and test_then_followed_up: the first turn
-    assert used == 4 * N_CASES and unused <= 4 and sent == used + unused, line
+    # test_appended: both models; test_conversation and test_then_followed_up: the first
+    # turn; test_added_to_if: its one (added to under an if, as each case takes it)
+    assert used == 5 * N_CASES and unused <= 4 and sent == used + unused, line
     result.stdout.fnmatch_lines(["*run live: test_suite.py::test_handed_on*"])
-    assert "run live: test_suite.py::test_appended" not in result.stdout.str()
+    for name in ("test_appended", "test_added_to_if"):
+        assert f"run live: test_suite.py::{name}" not in result.stdout.str()
     asked = [json.loads(k[1]) for k in sim.first_attempts()]
     assert [{"role": "system", "content": "You are a support agent."}] not in asked
     assert [{"role": "system", "content": "You are a support agent."},
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
             {"role": "user", "content": "Where is order A-2?"}] in asked
+    assert [{"role": "system", "content": "You are a support agent."},
+            {"role": "assistant", "content": "Welcome! How can I help?"},
+            {"role": "user", "content": "Where is order A-3?"}] in asked
 
 
 @XDIST

@@ -221,6 +221,13 @@ class _Reader:
                 self.versions.setdefault(name, []).append(
                     (stmt.end_lineno or stmt.lineno, _plus(before[-1][1], what)))
                 read.add(id(node))
+            branched = _added_under_if(stmt, lists)
+            if branched is not None:  # if case.context: messages.append(...) (else: ...)
+                for name in dict.fromkeys(added[0] for added in branched):
+                    before = self.versions.get(name) or [self.single[name]]
+                    self.versions.setdefault(name, []).append(
+                        (stmt.end_lineno or stmt.lineno, _after([stmt], name, before[-1][1])))
+                read.update(id(added[1]) for added in branched)
             if isinstance(stmt, ast.For):
                 for child in stmt.body:
                     added = _added(child, lists)
@@ -440,12 +447,54 @@ def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.e
     if not (isinstance(call, ast.Call) and isinstance(func, ast.Attribute)
             and isinstance(func.value, ast.Name) and func.value.id in lists
             and func.attr in ("append", "extend") and len(call.args) == 1
-            and not call.keywords and not isinstance(call.args[0], ast.Starred)):
-        return None
+            and not call.keywords and not isinstance(call.args[0], ast.Starred)
+            and not _mentions(call.args[0], lists)):
+        return None  # (one that reads the lists, len(messages): read where it is, later)
     item = call.args[0]
     what = item if func.attr == "extend" else ast.copy_location(
         ast.List(elts=[item], ctx=ast.Load()), item)
     return func.value.id, func.value, what
+
+
+def _added_under_if(stmt: ast.stmt, lists: Collection[str]
+                    ) -> list[tuple[str, ast.Name, ast.expr]] | None:
+    """An ``if`` (``elif``, ``else``) whose branches only add to some of ``lists``
+    (:func:`_added`, or ``if``s that do, or ``pass``): its adds; None otherwise."""
+    if not isinstance(stmt, ast.If) or _mentions(stmt.test, lists):
+        return None  # (if len(messages) < 3: its test read where it is, later)
+    adds: list[tuple[str, ast.Name, ast.expr]] = []
+    for child in (*stmt.body, *stmt.orelse):
+        added = _added(child, lists)
+        if added is not None:
+            adds.append(added)
+        elif isinstance(child, ast.If):
+            inner = _added_under_if(child, lists)
+            if inner is None:
+                return None
+            adds += inner
+        elif not isinstance(child, ast.Pass):
+            return None
+    return adds or None
+
+
+def _mentions(node: ast.AST, names: Collection[str]) -> bool:
+    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+
+
+def _after(block: list[ast.stmt], name: str, before: ast.expr) -> ast.expr:
+    """What the list ``name`` holds after ``block`` (adds and ``if``s of adds,
+    :func:`_added_under_if`), ``before`` it: ``before + [item]``, and for an ``if``,
+    ``(<after its body>) if <test> else (<after its else>)``."""
+    value = before
+    for stmt in block:
+        added = _added(stmt, (name,))
+        if added is not None:
+            value = _plus(value, added[2])
+        elif isinstance(stmt, ast.If):
+            value = ast.copy_location(ast.IfExp(
+                test=stmt.test, body=_after(stmt.body, name, value),
+                orelse=_after(stmt.orelse, name, value)), stmt.test)
+    return value
 
 
 def _plus(before: ast.expr, what: ast.expr) -> ast.expr:

@@ -411,27 +411,40 @@ def test_a_claim_on_a_lost_broker_is_answered_with_nothing(broker: SlotBroker) -
     assert run(main) is None
 
 
-@pytest.mark.parametrize("broker", ["none", "unreachable"])
+@pytest.mark.parametrize("broker", ["none", "unreachable", "lost"])
 def test_a_worker_without_the_broker_keeps_to_its_share_of_a_remembered_limit(
     sim_url: str, broker: str
 ) -> None:
     """One of two xdist workers, with the limit its provider stated in an earlier run (240
-    requests a minute) and no broker to keep the run to it (it could not start, or cannot be
-    reached): the worker keeps to its share, 0.95 x 240 / 2 a minute, from its first request.
-    (Before, the worker without a broker kept to all of it, and the one that could not reach
-    the broker to none of it: the first burst went over.)"""
+    requests a minute) and no broker to keep the run to it (it could not start, cannot be
+    reached, or was lost after the worker's first request told it the limit): the worker keeps
+    to its share, 0.95 x 240 / 2 a minute, from its first request (from the loss). (Before,
+    the worker without a broker kept to all of it, and the one that could not reach the broker
+    to none of it: the first burst went over; the one that lost it kept to none of it.)"""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spec = ModelSpec(ref="m", provider="sim", wire="openai", model="stable?latency_ms=0&jitter=0",
                      base_url=sim_url + "/v1", max_concurrency=8)
+    b = SlotBroker() if broker == "lost" else None
+    address = b.start() if b is not None else f"127.0.0.1:{port}:token"
     registry = ModelRegistry(
         lambda ref: spec, env={}, share=(0, 2),
-        slots=SlotClient(f"127.0.0.1:{port}:token") if broker == "unreachable" else None,
+        slots=SlotClient(address) if broker != "none" else None,
         remembered={endpoint_key(spec): {"rpm": 240.0}},
     )
 
     async def main() -> tuple[float, float | None]:
+        if b is not None:  # the first request through the broker, which is then lost
+            first = ChatRequest(messages=[{"role": "user", "content": "first"}])
+            assert (await registry.call("m", first)).ok
+            b.close()
+            slots = registry.client("m")._slots
+            assert slots is not None
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if not slots.usable:
+                    break
         t0 = time.monotonic()
         results = await asyncio.gather(*_calls(registry, 3))
         elapsed = time.monotonic() - t0

@@ -286,6 +286,7 @@ class ModelClient:
         # the limits it stated in an earlier run: kept from the first request (the first
         # burst of a run went over a low quota before the first reply said it)
         self._remembered_rpm: float | None = None
+        self._remembered_told = False  # the broker was told it (it keeps the run's pace)
         if remembered:
             self._remember(remembered)
 
@@ -616,17 +617,17 @@ class ModelClient:
         when it is about to go, under the limits known then), then, at the broker, the run's
         slot."""
         if self._slots is not None and self._slots.usable:
-            if self._remembered_rpm is not None:  # before the first request's steps
-                rpm, self._remembered_rpm = self._remembered_rpm, None
-                if not await self._slots.remembered(self._slot_key["model"], rpm):
-                    self._remembered_rpm = rpm  # out of reach: for this worker's pace, below
+            if self._remembered_rpm is not None and not self._remembered_told:
+                self._remembered_told = True  # before the first request's steps
+                await self._slots.remembered(self._slot_key["model"], self._remembered_rpm)
             if tokens is None:  # the broker may know limits this worker has not seen
                 tokens = self._tokens.reserve(request, self.spec.params)
             if await self._slots.acquire(self._slot_steps(tokens)):
                 return True, tokens
         if self._remembered_rpm is not None:
-            # the broker is out of reach from the first request: this worker's share of the
-            # earlier run's limit, on its own pace (:meth:`_take_limits` waits for it)
+            # the broker is out of reach, from the first request or since (the broker was
+            # told, but this process's requests go on its own pace now): this process's share
+            # of the earlier run's limit, on its own pace (:meth:`_take_limits` waits for it)
             rpm, self._remembered_rpm = self._remembered_rpm, None
             self.pace.remember(rpm, time.monotonic())
         await self._gate.acquire()

@@ -487,7 +487,10 @@ def test_global_bound(runner: Runner, server: Server) -> None:
         return await asyncio.gather(*(reg.call(r, REQ) for r in "abababab"))
 
     assert all(r.ok for r in runner.run(many(), timeout=30))
-    assert server.max_in_flight == 3
+    # (it saw 4 once under a full CI run: the attempts and arrival times say whether a
+    # request was sent again, or four went at once)
+    t0 = server.seen[0].t
+    assert server.max_in_flight == 3, [(s.attempt, round(s.t - t0, 3)) for s in server.seen]
 
 
 def test_latency_excludes_queueing(runner: Runner, server: Server) -> None:

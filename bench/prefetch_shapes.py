@@ -18,6 +18,10 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``candidate only``: ``rollout.candidate.ask(case.prompt)`` (one model's calls);
 - ``system by a condition``: ``system="..." if case.meta["lang"] == "en" else "..."``;
 - ``if / else``: the ask under ``if case.meta["lang"] == "zh":``, another under ``else:``;
+- ``system set by if / else``: ``system = "..."`` under ``if case.meta["lang"] == "zh":``,
+  another under ``else:``, then ``rollout.ask(case.prompt, system=system)``;
+- ``prompt extended with +=``: ``prompt = case.prompt``, ``prompt += " Answer briefly."`` under
+  ``if case.meta["lang"] == "en":``, ``prompt += " (ticket " + case.id + ")"``;
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
@@ -156,6 +160,16 @@ SHAPES: dict[str, Shape] = {
                  '        rollout.ask(case.prompt, system="请简短回答。")\n'
                  "    else:\n"
                  '        rollout.ask(case.prompt, system="Answer briefly.")',
+    "system set by if / else": 'if case.meta["lang"] == "zh":\n'
+                               '        system = "请用中文回答。"\n'
+                               '    else:\n'
+                               '        system = "Answer in English."\n'
+                               '    rollout.ask(case.prompt, system=system)',
+    "prompt extended with +=": 'prompt = case.prompt\n'
+                               '    if case.meta["lang"] == "en":\n'
+                               '        prompt += " Answer briefly."\n'
+                               '    prompt += " (ticket " + case.id + ")"\n'
+                               '    rollout.ask(prompt)',
     "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '

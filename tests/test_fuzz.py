@@ -666,6 +666,73 @@ def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
         assert (rollout.asked[0], rollout.kwargs[0]) == planned
 
 
+# statements that assign the test's names before its ask: again, with ``+=``, under an ``if``
+_ASSIGNS = [
+    "prompt += '!'",
+    "prompt = prompt + p_str",
+    "prompt = prompt.upper()",
+    "system = 'S1'",
+    "if p_str:\n        system = 'S2'",
+    "if p_str == 'a':\n        prompt = 'A'\n    elif p_list:\n        prompt = p_list[0]\n"
+    "    else:\n        prompt += '?'",
+    "if p_list:\n        system = p_list[-1]\n        prompt = system + '!'",
+    "if p_str:\n        prompt += 'x'\n        prompt += 'y'",
+    "if p_str:\n        messages.append({'role': 'user', 'content': prompt})\n"
+    "        system = 'S3'",
+    "messages.append({'role': 'user', 'content': prompt})",
+    "messages.append({'role': 'user', 'content': str(len(messages))})",
+    "if len(messages) > 1:\n        prompt = 'long'",
+    "if p_str:\n        if p_list:\n            system = 'nested'\n    else:\n        pass",
+    "if p_str:\n        pass\n    else:\n        system = p_str + system",
+    "for t in p_list:\n        prompt += t",
+    "with contextlib.nullcontext('W') as w:\n        system = w",
+    "messages[0]['content'] = prompt",
+    "if p_list:\n        prompt = p_list[0]\n        messages.append({'role': 'user', 'content': prompt})",
+]
+_ASSIGNED_ASKS = ["rollout.ask(prompt)", "rollout.ask(prompt, system=system)",
+                  "rollout.ask(messages)", "rollout.ask(prompt + system)"]
+
+
+@SETTINGS
+@given(before=st.lists(st.sampled_from(_ASSIGNS), max_size=4),
+       ask=st.sampled_from(_ASSIGNED_ASKS), after=st.lists(st.sampled_from(_ASSIGNS), max_size=2),
+       system=st.booleans(), prompt=_texts, p_str=_texts, p_list=st.lists(_texts, max_size=2))
+def test_what_is_planned_is_what_the_test_asks_after_assigning_its_names(
+    before: list[str], ask: str, after: list[str], system: bool, prompt: str, p_str: str,
+    p_list: list[str],
+) -> None:
+    """A test that assigns its names before its ask more than once, with ``+=``, or under an
+    ``if`` / ``elif`` / ``else`` (a system prompt by a condition, a prompt extended for some
+    cases; nested, along with adds to a message list; in a loop or a ``with``, not read): what
+    is planned for its first ask is what it asks, or nothing."""
+    import copy
+
+    from pytest_modelrollout.asked import MISSING, evaluate, params_read, source_asks
+
+    source = ("def test_x(rollout, p_str, p_list, prompt):\n"
+              "    messages = [{'role': 'system', 'content': 'S'}]\n"
+              + ("    system = 'S0'\n" if system else "")
+              + "".join(f"    {stmt}\n" for stmt in before)
+              + f"    rollout.reach()\n    {ask}\n"
+              + "".join(f"    {stmt}\n" for stmt in after))  # fmt: skip
+    params = {"p_str": p_str, "p_list": p_list, "prompt": prompt}
+    with _source_of(source, {**_STDLIB, "contextlib": contextlib}) as func:
+        found, rebound = source_asks(func)
+        planned = MISSING
+        if found and found[0][1] is not None and not rebound & params_read(found[0][0]).union(
+                *(params_read(v) for _, v in found[0][1])):
+            asked = evaluate(found[0][0], params, func.__globals__)
+            keywords = {k: evaluate(v, params, func.__globals__) for k, v in found[0][1]}
+            if asked is not MISSING and MISSING not in keywords.values():
+                planned = (asked, keywords)
+        rollout = _Snapshots()
+        with contextlib.suppress(NameError):  # (system, never assigned on the way)
+            func(rollout, **copy.deepcopy(params))
+    event("planned" if planned is not MISSING else "not planned")
+    if planned is not MISSING and rollout.asked:
+        assert (rollout.asked[0], rollout.kwargs[0]) == planned
+
+
 _TURN_STEPS = [
     "messages.append({'role': 'user', 'content': turn})",
     "messages.append({'role': 'user', 'content': p_str})",

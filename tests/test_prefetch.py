@@ -1464,6 +1464,64 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
 
 
 @XDIST
+def test_names_assigned_again_or_under_an_if_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A system prompt chosen by an ``if`` / ``else`` on the case's language, a prompt
+    extended with ``+=`` (for some cases under an ``if``), a parametrized text cleaned and
+    extended in the test: each is read as it is when the test asks, for each case, and every
+    call goes ahead, none wasted. Before, a name assigned more than once (or under an ``if``)
+    was not read: each function was probed and ran live."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_system_by_language(rollout, case):
+            if case.meta["lang"] == "zh":
+                system = "请用中文回答。"
+            else:
+                system = "Answer in English."
+            pair = rollout.ask(case.prompt, system=system)
+            assert pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_prompt_extended(rollout, case):
+            prompt = case.prompt
+            if case.meta["lang"] == "en":
+                prompt += " Answer briefly."
+            prompt += " (ticket " + case.id + ")"
+            rollout.candidate.ask(prompt)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("text", ["  Where is my order?  ", "我的订单在哪？"])
+        def test_parameter_again(rollout, text):
+            text = text.strip()
+            text += " Thanks!"
+            rollout.candidate.ask(text)
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "meta": {"lang": "zh" if i % 2 else "en"}}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=2 * N_CASES + 2)
+    _every_call_went_ahead(result, sim, 3 * N_CASES + 2)
+    messages = [json.loads(k[1]) for k in sim.first_attempts()]
+    assert [{"role": "system", "content": "请用中文回答。"},
+            {"role": "user", "content": "Where is order A-1?"}] in messages
+    texts = {m[-1]["content"] for m in messages}
+    assert {"Where is order A-2? Answer briefly. (ticket c02)",
+            "Where is order A-3? (ticket c03)", "Where is my order? Thanks!"} <= texts
+
+
+@XDIST
 def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
@@ -3132,7 +3190,7 @@ def _retries_set_under_an_if(rollout, case):
     if case:
         tries = 5
     while tries < 3:
-        rollout.ask(case)  # not known
+        rollout.ask(case)  # made only for the items the if leaves tries under 3 for
 
 
 _TRIES = 3
@@ -3635,7 +3693,10 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert planned(_retries_on_a_flag, "a") == (["a"], [])
     assert planned(_retries_done_before, "a") == ([MISSING], [])  # never asks
     assert asks_nothing(_retries_done_before, {"case": "a"}, names)
-    assert planned(_retries_set_under_an_if, "a") == ([], [])
+    # ... and names set under an if before it, per item
+    assert planned(_retries_set_under_an_if, "a") == ([MISSING], [])
+    assert asks_nothing(_retries_set_under_an_if, {"case": "a"}, names)
+    assert planned(_retries_set_under_an_if, "") == ([""], [])
     assert planned(_retries_after_a_break, "a") == ([], [])
     line = _loop_asks_the_case_after_a_break.__code__.co_firstlineno + 1
     assert first_ask_unread(_loop_asks_the_case_after_a_break) == (
@@ -3808,7 +3869,7 @@ def _late(rollout, prompt, case):
     answer = "x"
     prompt = prompt + "!"  # the parameter, read where it is assigned again
     again = f"{case}"
-    again += "?"  # bound twice: not read
+    again += "?"  # bound twice at the top of the body: read as it is at the ask
     rollout.ask(again)
     return rollout.ask(prompt), answer
 
@@ -3833,8 +3894,10 @@ def test_local_names_module_names_sums_and_templates_are_read_from_the_source() 
     assert all(first_ask_keywords(_built, e) == () for e in asked(_built))
     assert evaluate(asked(_built)[2], {**params, "row": {}}, globals()) is MISSING
     plus = ("add", ("param", "prompt"), ("const", "!"))
-    assert asked(_late) == [plus]
-    assert first_ask_keywords(_late, plus) is None  # the parameter is bound again: probed
+    again = ("add", ("fstr", (("param", "case"),)), ("const", "?"))
+    assert asked(_late) == [again, plus]
+    # the parameter bound again by a statement at the top of the body, read as it is there
+    assert first_ask_keywords(_late, plus) == ()
     assert evaluate(plus, {"prompt": "Hi"}, {}) == "Hi!"
     assert evaluate(plus, {"prompt": 3}, {}) is MISSING  # str + str only
 

@@ -41,6 +41,8 @@ What is read::
     rollout.ask([{"role": "user", "content": text}])      a message list written in the test
     prompt = f"Translate: {text}"                         a local name assigned once, at the
     rollout.ask(prompt)                                   top of the body, before the ask
+    if lang == "zh": system = ZH  else: system = EN       or again, with +=, under if / else
+    prompt += " Answer briefly."                          there: read as it is at each line
     if case.meta["lang"] == "zh": rollout.ask(...)        the ask an item reaches under if /
     else: rollout.ask(...)                                elif / else (reached_ask)
     for text in case.meta["paraphrases"]:                 an ask in a for loop: each iteration's
@@ -71,6 +73,7 @@ import string
 import textwrap
 import threading
 import types
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, NamedTuple, TypeGuard
 
@@ -213,21 +216,37 @@ class _Reader:
                 self.single[target] = (stmt.end_lineno or stmt.lineno, value)
         lists = {name for name, (_, value) in self.single.items() if isinstance(value, ast.List)}
         read: set[int] = set()  # the adds read (not changes): their ``name.append`` nodes
+        # the values of a name assigned more than once, or under an ``if``, by statements at
+        # the top of the body (all its bindings): read as the list's versions are
+        values: dict[str, list[tuple[int, ast.expr]]] = {}
+        made: Counter[str] = Counter()  # the bindings those statements make
         for stmt in func.body:
+            end = stmt.end_lineno or stmt.lineno
             added = _added(stmt, lists)
-            if added is not None:
+            if added is not None:  # messages.append(...): what it held before, and the item
                 name, node, what = added
-                before = self.versions.get(name) or [self.single[name]]
-                self.versions.setdefault(name, []).append(
-                    (stmt.end_lineno or stmt.lineno, _plus(before[-1][1], what)))
+                self.versions.setdefault(name, []).append((end, _plus(_load(name, what), what)))
                 read.add(id(node))
-            branched = _added_under_if(stmt, lists)
-            if branched is not None:  # if case.context: messages.append(...) (else: ...)
-                for name in dict.fromkeys(added[0] for added in branched):
-                    before = self.versions.get(name) or [self.single[name]]
+            target, value = _assigned(stmt)
+            if target is not None and value is not None:  # prompt = ..., prompt += ...
+                values.setdefault(target, []).append((end, value))
+                made[target] += 1
+            branched = _values_under_if(stmt, lists)
+            if branched is not None:  # if case.context: messages.append(...) / system = ...
+                adds, assigned = branched
+                assert isinstance(stmt, ast.If)
+                for name in dict.fromkeys(added[0] for added in adds):
                     self.versions.setdefault(name, []).append(
-                        (stmt.end_lineno or stmt.lineno, _after([stmt], name, before[-1][1])))
-                read.update(id(added[1]) for added in branched)
+                        (end, _after([stmt], name, _load(name, stmt.test))))
+                read.update(id(added[1]) for added in adds)
+                for name, count in assigned.items():
+                    values.setdefault(name, []).append(
+                        (end, _after([stmt], name, _load(name, stmt.test))))
+                    made[name] += count
+        for name, versions in values.items():
+            if name not in self.single and made[name] == self.bound.get(name):
+                self.versions[name] = versions
+        for stmt in func.body:
             if isinstance(stmt, ast.For):
                 for child in stmt.body:
                     added = _added(child, lists)
@@ -447,49 +466,90 @@ def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.e
     if not (isinstance(call, ast.Call) and isinstance(func, ast.Attribute)
             and isinstance(func.value, ast.Name) and func.value.id in lists
             and func.attr in ("append", "extend") and len(call.args) == 1
-            and not call.keywords and not isinstance(call.args[0], ast.Starred)
-            and not _mentions(call.args[0], lists)):
-        return None  # (one that reads the lists, len(messages): read where it is, later)
+            and not call.keywords and not isinstance(call.args[0], ast.Starred)):
+        return None
     item = call.args[0]
     what = item if func.attr == "extend" else ast.copy_location(
         ast.List(elts=[item], ctx=ast.Load()), item)
     return func.value.id, func.value, what
 
 
-def _added_under_if(stmt: ast.stmt, lists: Collection[str]
-                    ) -> list[tuple[str, ast.Name, ast.expr]] | None:
+def _assigned(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """``name = value`` / ``name: T = value`` (name, value), or ``name += value`` (name,
+    ``name + value``: ``name`` read as it was before); (None, None) otherwise."""
+    if (isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add)
+            and isinstance(stmt.target, ast.Name)):
+        name = stmt.target.id
+        return name, ast.copy_location(ast.BinOp(
+            left=_load(name, stmt.value), op=ast.Add(), right=stmt.value), stmt.value)
+    return _simple_assignment(stmt)
+
+
+def _values_under_if(stmt: ast.stmt, lists: Collection[str]
+                     ) -> tuple[list[tuple[str, ast.Name, ast.expr]], Counter[str]] | None:
     """An ``if`` (``elif``, ``else``) whose branches only add to some of ``lists``
-    (:func:`_added`, or ``if``s that do, or ``pass``): its adds; None otherwise."""
-    if not isinstance(stmt, ast.If) or _mentions(stmt.test, lists):
-        return None  # (if len(messages) < 3: its test read where it is, later)
+    (:func:`_added`) or assign names (:func:`_assigned`), or hold ``if``s that do, or
+    ``pass``: its adds, and how many times it assigns each name; None otherwise, or when a
+    name is assigned (or a list added to) twice on one way through it, or read after it was
+    on the way (what it reads is read as it was before the ``if``)."""
+    if not isinstance(stmt, ast.If):
+        return None
     adds: list[tuple[str, ast.Name, ast.expr]] = []
-    for child in (*stmt.body, *stmt.orelse):
-        added = _added(child, lists)
-        if added is not None:
-            adds.append(added)
-        elif isinstance(child, ast.If):
-            inner = _added_under_if(child, lists)
-            if inner is None:
-                return None
-            adds += inner
-        elif not isinstance(child, ast.Pass):
-            return None
-    return adds or None
+    assigned: Counter[str] = Counter()
+
+    def branch(block: list[ast.stmt], done: frozenset[str]) -> bool:
+        for child in block:
+            added = _added(child, lists)
+            target, value = _assigned(child)
+            if added is not None:
+                if _mentions(added[2], done | {added[0]}) or added[0] in done:
+                    return False
+                adds.append(added)
+                done |= {added[0]}
+            elif target is not None and value is not None:
+                if target in lists or target in done or _mentions(value, done):
+                    return False
+                assigned[target] += 1
+                done |= {target}
+            elif isinstance(child, ast.If):
+                if _mentions(child.test, done):
+                    return False
+                before = len(adds), set(assigned)
+                if not (branch(child.body, done) and branch(child.orelse, done)):
+                    return False
+                done |= {a[0] for a in adds[before[0]:]} | (set(assigned) - before[1])
+            elif not isinstance(child, ast.Pass):
+                return False
+        return True
+
+    if not (branch(stmt.body, frozenset()) and branch(stmt.orelse, frozenset())):
+        return None
+    return (adds, assigned) if adds or assigned else None
 
 
 def _mentions(node: ast.AST, names: Collection[str]) -> bool:
     return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
 
 
+def _load(name: str, at: ast.AST) -> ast.Name:
+    """``name`` read, located at ``at`` (read at the line the value it is in is read at: what
+    it held before that statement)."""
+    return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), at)
+
+
 def _after(block: list[ast.stmt], name: str, before: ast.expr) -> ast.expr:
-    """What the list ``name`` holds after ``block`` (adds and ``if``s of adds,
-    :func:`_added_under_if`), ``before`` it: ``before + [item]``, and for an ``if``,
-    ``(<after its body>) if <test> else (<after its else>)``."""
+    """What ``name`` holds after ``block`` (:func:`_values_under_if`), ``before`` it: for a
+    list added to ``before + [item]``, for a name assigned its value (``before + value`` for
+    ``+=``), and for an ``if``, ``(<after its body>) if <test> else (<after its else>)``."""
     value = before
     for stmt in block:
         added = _added(stmt, (name,))
+        target, assigned = _assigned(stmt)
         if added is not None:
             value = _plus(value, added[2])
+        elif target == name and assigned is not None:
+            # (once on the way: what it reads of the name is the value before the if)
+            value = assigned
         elif isinstance(stmt, ast.If):
             value = ast.copy_location(ast.IfExp(
                 test=stmt.test, body=_after(stmt.body, name, value),
@@ -1042,7 +1102,10 @@ def read_asks(fdef: ast.FunctionDef | ast.AsyncFunctionDef | None) -> Asks:
         read = _read_ask(fdef, reader, node, 0)
         if read is not None and read[0] not in first:
             first[read[0]] = read[1]
-    rebound = frozenset(reader.args & reader.bound.keys())
+    # (a parameter assigned only at the top of the body, or under an if there, is read as
+    # it is at each line: not one of these)
+    rebound = frozenset(reader.args & reader.bound.keys() - reader.single.keys()
+                        - reader.versions.keys())
     return tuple(first.items()), rebound
 
 
@@ -1269,8 +1332,7 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
         if added is not None:  # messages.append(...) on the way, in the loop's iteration
             name = added[0]
             versions = inner.versions.get(name, [])
-            before = [v for v in versions if v[0] < child.lineno] or [reader.single[name]]
-            version = (child.end_lineno or child.lineno, _plus(before[-1][1], added[2]))
+            version = (child.end_lineno or child.lineno, _plus(_load(name, child), added[2]))
             inner.versions = {**inner.versions, name: sorted([*versions, version],
                                                              key=lambda v: v[0])}
     return None

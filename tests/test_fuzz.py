@@ -677,6 +677,12 @@ _ASSIGNS = [
     "    else:\n        prompt += '?'",
     "if p_list:\n        system = p_list[-1]\n        prompt = system + '!'",
     "if p_str:\n        prompt += 'x'\n        prompt += 'y'",
+    "if p_str:\n        system = 'a'\n        system += p_str",
+    "if p_str:\n        system = 'a'\n        system = system + 'b'",
+    "if p_list:\n        messages.append({'role': 'user', 'content': p_list[0]})\n"
+    "        messages.append({'role': 'user', 'content': str(len(messages))})",
+    "if p_str:\n        messages.append({'role': 'user', 'content': 'A'})\n"
+    "        messages.extend([{'role': 'user', 'content': t} for t in p_list])",
     "if p_str:\n        messages.append({'role': 'user', 'content': prompt})\n"
     "        system = 'S3'",
     "messages.append({'role': 'user', 'content': prompt})",

@@ -1587,6 +1587,7 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
                 pass
             else:
                 messages.append({"role": "assistant", "content": "Welcome! How can I help?"})
+                messages.append({"role": "user", "content": "I am new here."})
             messages.append({"role": "user", "content": case.prompt})
             rollout.candidate.ask(messages)
         """,
@@ -1615,6 +1616,7 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
             {"role": "user", "content": "Where is order A-2?"}] in asked
     assert [{"role": "system", "content": "You are a support agent."},
             {"role": "assistant", "content": "Welcome! How can I help?"},
+            {"role": "user", "content": "I am new here."},
             {"role": "user", "content": "Where is order A-3?"}] in asked
 
 

@@ -490,8 +490,8 @@ def _values_under_if(stmt: ast.stmt, lists: Collection[str]
     """An ``if`` (``elif``, ``else``) whose branches only add to some of ``lists``
     (:func:`_added`) or assign names (:func:`_assigned`), or hold ``if``s that do, or
     ``pass``: its adds, and how many times it assigns each name; None otherwise, or when a
-    name is assigned (or a list added to) twice on one way through it, or read after it was
-    on the way (what it reads is read as it was before the ``if``)."""
+    name (or list) it assigns (adds to) is read after it was on the way (what the ``if``
+    reads is read as it was before it: :func:`_after`)."""
     if not isinstance(stmt, ast.If):
         return None
     adds: list[tuple[str, ast.Name, ast.expr]] = []
@@ -502,12 +502,13 @@ def _values_under_if(stmt: ast.stmt, lists: Collection[str]
             added = _added(child, lists)
             target, value = _assigned(child)
             if added is not None:
-                if _mentions(added[2], done | {added[0]}) or added[0] in done:
+                if _mentions(added[2], done | {added[0]}):
                     return False
                 adds.append(added)
                 done |= {added[0]}
             elif target is not None and value is not None:
-                if target in lists or target in done or _mentions(value, done):
+                # (+=: what it adds to is the value on the way, :func:`_after`)
+                if target in lists or _mentions(_right(child), done):
                     return False
                 assigned[target] += 1
                 done |= {target}
@@ -525,6 +526,12 @@ def _values_under_if(stmt: ast.stmt, lists: Collection[str]
     if not (branch(stmt.body, frozenset()) and branch(stmt.orelse, frozenset())):
         return None
     return (adds, assigned) if adds or assigned else None
+
+
+def _right(stmt: ast.stmt) -> ast.AST:
+    """What an assignment reads: its value (for ``+=``, the right side only)."""
+    value = getattr(stmt, "value", None)
+    return value if isinstance(value, ast.AST) else stmt
 
 
 def _mentions(node: ast.AST, names: Collection[str]) -> bool:
@@ -547,8 +554,10 @@ def _after(block: list[ast.stmt], name: str, before: ast.expr) -> ast.expr:
         target, assigned = _assigned(stmt)
         if added is not None:
             value = _plus(value, added[2])
+        elif target == name and isinstance(stmt, ast.AugAssign):
+            value = ast.copy_location(
+                ast.BinOp(left=value, op=ast.Add(), right=stmt.value), stmt.value)
         elif target == name and assigned is not None:
-            # (once on the way: what it reads of the name is the value before the if)
             value = assigned
         elif isinstance(stmt, ast.If):
             value = ast.copy_location(ast.IfExp(

@@ -693,10 +693,21 @@ _ASSIGNS = [
     "for t in p_list:\n        prompt += t",
     "with contextlib.nullcontext('W') as w:\n        system = w",
     "messages[0]['content'] = prompt",
+    "prompt, extra = p_str, prompt\n    prompt += extra",
+    "if p_list:\n        ctx = p_list[0]\n        messages.append({'role': 'user', 'content': ctx})\n"
+    "        prompt = prompt + ctx",
+    "if p_str:\n        prompt = p_str\n"
+    "        messages.extend([{'role': 'user', 'content': prompt} for prompt in p_list])",
+    "if p_str:\n        a, b = prompt, p_str\n        prompt = b + a",
+    "words = [prompt, p_str]\n    if p_list:\n        words.append(p_list[-1])\n"
+    "    prompt = ' '.join(words)",
+    "text = json.dumps(messages)",
     "if p_list:\n        prompt = p_list[0]\n        messages.append({'role': 'user', 'content': prompt})",
 ]
 _ASSIGNED_ASKS = ["rollout.ask(prompt)", "rollout.ask(prompt, system=system)",
-                  "rollout.ask(messages)", "rollout.ask(prompt + system)"]
+                  "rollout.ask(messages)", "rollout.ask(prompt + system)",
+                  "rollout.ask([*messages, {'role': 'user', 'content': prompt}])",
+                  "rollout.ask(' '.join([m['content'] for m in messages]))"]
 
 
 @SETTINGS

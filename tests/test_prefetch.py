@@ -1469,9 +1469,12 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
 ) -> None:
     """A system prompt chosen by an ``if`` / ``else`` on the case's language, a prompt
     extended with ``+=`` (for some cases under an ``if``), a parametrized text cleaned and
-    extended in the test: each is read as it is when the test asks, for each case, and every
+    extended in the test, a prompt's parts in a list joined (a name set under the ``if`` that
+    adds to it, two names set by one tuple) and sent after the case's history
+    (``[*history, turn]``): each is read as it is when the test asks, for each case, and every
     call goes ahead, none wasted. Before, a name assigned more than once (or under an ``if``)
-    was not read: each function was probed and ran live."""
+    was not read, nor a list handed to ``join``, nor a ``*`` in a list: each function was
+    probed and ran live."""
     project.makepyfile(
         test_suite="""
         import pytest
@@ -1502,23 +1505,42 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
             text = text.strip()
             text += " Thanks!"
             rollout.candidate.ask(text)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_parts_and_history(rollout, case):
+            question, lang = case.prompt, case.meta["lang"]
+            parts = ["Customer (" + lang + "):"]
+            if lang == "zh":
+                note = "请用中文回答。"
+                parts.append(note)
+            parts.append(question)
+            turn = {"role": "user", "content": " ".join(parts)}
+            rollout.candidate.ask([*case.meta["history"], turn])
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
         "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"lang": "zh" if i % 2 else "en"}}) + "\n"
+                            "meta": {"lang": "zh" if i % 2 else "en", "history": [
+                                {"role": "user", "content": "Hi"},
+                                {"role": "assistant", "content": "Hello!"}][: i % 3]}}) + "\n"
                 for i in range(N_CASES)),
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=2 * N_CASES + 2)
-    _every_call_went_ahead(result, sim, 3 * N_CASES + 2)
+    result.assert_outcomes(passed=3 * N_CASES + 2)
+    _every_call_went_ahead(result, sim, 4 * N_CASES + 2)
     messages = [json.loads(k[1]) for k in sim.first_attempts()]
     assert [{"role": "system", "content": "请用中文回答。"},
             {"role": "user", "content": "Where is order A-1?"}] in messages
     texts = {m[-1]["content"] for m in messages}
     assert {"Where is order A-2? Answer briefly. (ticket c02)",
             "Where is order A-3? (ticket c03)", "Where is my order? Thanks!"} <= texts
+    assert [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Customer (en): Where is order A-2?"}] in messages
+    assert [{"role": "user", "content": "Hi"},
+            {"role": "user", "content": "Customer (zh): 请用中文回答。 Where is order A-1?"}
+            ] in messages
 
 
 @XDIST

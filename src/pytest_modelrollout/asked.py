@@ -105,7 +105,8 @@ from ._records import Role
 #   ("call", expr, (expr, ...), ((name, expr), ...))
 #                                  a call of a function of the module (expr: a "global" or an
 #                                  "attr" of one), read from its own source (_returned)
-#   ("list", (expr, ...))          a list or tuple display
+#   ("list", (expr, ...))          a list or tuple display (an item ("star", expr): *a list or
+#                                  tuple, its items)
 #   ("dict", ((key, expr), ...))   a dict display with string keys
 #   ("if", test, expr, expr)       expr if test else expr (only the branch taken is read)
 #   ("when", test, expr)           expr when test holds, else not known: the ask of a while
@@ -227,22 +228,16 @@ class _Reader:
                 name, node, what = added
                 self.versions.setdefault(name, []).append((end, _plus(_load(name, what), what)))
                 read.add(id(node))
-            target, value = _assigned(stmt)
-            if target is not None and value is not None:  # prompt = ..., prompt += ...
+            for target, value in _assigned_names(stmt) or ():  # prompt = ..., += ...
                 values.setdefault(target, []).append((end, value))
                 made[target] += 1
             branched = _values_under_if(stmt, lists)
             if branched is not None:  # if case.context: messages.append(...) / system = ...
-                adds, assigned = branched
-                assert isinstance(stmt, ast.If)
-                for name in dict.fromkeys(added[0] for added in adds):
-                    self.versions.setdefault(name, []).append(
-                        (end, _after([stmt], name, _load(name, stmt.test))))
-                read.update(id(added[1]) for added in adds)
-                for name, count in assigned.items():
-                    values.setdefault(name, []).append(
-                        (end, _after([stmt], name, _load(name, stmt.test))))
-                    made[name] += count
+                for name, value in branched.values.items():
+                    (self.versions if name in lists else values).setdefault(name, []).append(
+                        (end, value))
+                read.update(id(node) for node in branched.adds)
+                made.update(branched.assigned)
         for name, versions in values.items():
             if name not in self.single and made[name] == self.bound.get(name):
                 self.versions[name] = versions
@@ -323,7 +318,8 @@ class _Reader:
         if isinstance(node, ast.ListComp):
             return self._comprehension(node, sub, line, depth)
         if isinstance(node, (ast.List, ast.Tuple)):
-            items = [sub(x) for x in node.elts]  # a *starred one is not read
+            items = [_starred(sub(x.value)) if isinstance(x, ast.Starred) else sub(x)
+                     for x in node.elts]  # ([*case.meta["history"], {...}])
             return ("list", tuple(items)) if all(x is not None for x in items) else None
         if isinstance(node, ast.Dict):
             pairs = []
@@ -449,6 +445,10 @@ class _Reader:
         return ("call", callee, tuple(args), tuple(kwargs))
 
 
+def _starred(expr: Expr | None) -> Expr | None:
+    return None if expr is None else ("star", expr)
+
+
 # the methods of the built-in lists, dicts and sets that change them in place
 _CHANGERS = frozenset({
     "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse", "update",
@@ -485,85 +485,121 @@ def _assigned(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
     return _simple_assignment(stmt)
 
 
-def _values_under_if(stmt: ast.stmt, lists: Collection[str]
-                     ) -> tuple[list[tuple[str, ast.Name, ast.expr]], Counter[str]] | None:
+class _IfValues(NamedTuple):
+    """What an ``if`` of the body's top level leaves in the names it assigns and the lists it
+    adds to (:func:`_values_under_if`)."""
+
+    values: dict[str, ast.expr]  # name -> ``<after its body> if <test> else <after its else>``
+    assigned: Counter[str]  # the bindings it makes
+    adds: list[ast.Name]  # the ``name`` nodes of its ``name.append(...)`` / ``.extend(...)``
+
+
+def _values_under_if(stmt: ast.stmt, lists: Collection[str]) -> _IfValues | None:
     """An ``if`` (``elif``, ``else``) whose branches only add to some of ``lists``
-    (:func:`_added`) or assign names (:func:`_assigned`), or hold ``if``s that do, or
-    ``pass``: its adds, and how many times it assigns each name; None otherwise, or when a
-    name (or list) it assigns (adds to) is read after it was on the way (what the ``if``
-    reads is read as it was before it: :func:`_after`)."""
+    (:func:`_added`), assign names (:func:`_assigned`, tuples of names too), hold ``if``s
+    that do, or ``pass``: what each name and list holds after it, written with what they held
+    before it (the statement is read where it ends, where those are read as they were before
+    it): on each way through, a name set on the way is read as it was set there (``ctx =
+    case.meta["context"]``, then ``messages.append({"content": ctx})``), ``+=`` adds to the
+    value so far, and an ``if`` on the way is ``<after its body> if <test> else <after its
+    else>``. None otherwise (or when a comprehension or ``lambda`` in it binds one of those
+    names: what it reads there is its own)."""
     if not isinstance(stmt, ast.If):
         return None
-    adds: list[tuple[str, ast.Name, ast.expr]] = []
     assigned: Counter[str] = Counter()
+    adds: list[ast.Name] = []
 
-    def branch(block: list[ast.stmt], done: frozenset[str]) -> bool:
+    def walk(block: list[ast.stmt], values: dict[str, ast.expr]) -> dict[str, ast.expr] | None:
+        values = dict(values)
         for child in block:
             added = _added(child, lists)
-            target, value = _assigned(child)
+            pairs = _assigned_names(child)
             if added is not None:
-                if _mentions(added[2], done | {added[0]}):
-                    return False
-                adds.append(added)
-                done |= {added[0]}
-            elif target is not None and value is not None:
-                # (+=: what it adds to is the value on the way, :func:`_after`)
-                if target in lists or _mentions(_right(child), done):
-                    return False
-                assigned[target] += 1
-                done |= {target}
+                name, node, what = added
+                item = _substituted(what, values)
+                if item is None:
+                    return None
+                values[name] = _plus(values.get(name) or _load(name, what), item)
+                adds.append(node)
+            elif pairs is not None:
+                if any(target in lists for target, _ in pairs):
+                    return None
+                news: dict[str, ast.expr] = {}
+                for target, value in pairs:  # (a, b = b, a: the values before the statement)
+                    aug = isinstance(child, ast.AugAssign)
+                    read = _substituted(_right(child) if aug else value, values)
+                    if read is None:
+                        return None
+                    news[target] = ast.copy_location(ast.BinOp(
+                        left=values.get(target) or _load(target, read), op=ast.Add(),
+                        right=read), read) if aug else read
+                    assigned[target] += 1
+                values.update(news)
             elif isinstance(child, ast.If):
-                if _mentions(child.test, done):
-                    return False
-                before = len(adds), set(assigned)
-                if not (branch(child.body, done) and branch(child.orelse, done)):
-                    return False
-                done |= {a[0] for a in adds[before[0]:]} | (set(assigned) - before[1])
+                test = _substituted(child.test, values)
+                body, orelse = walk(child.body, values), walk(child.orelse, values)
+                if test is None or body is None or orelse is None:
+                    return None
+                for name in dict.fromkeys([*body, *orelse]):
+                    before = values.get(name) or _load(name, child.test)
+                    values[name] = ast.copy_location(ast.IfExp(
+                        test=test, body=body.get(name, before), orelse=orelse.get(name, before)
+                    ), child.test)
             elif not isinstance(child, ast.Pass):
-                return False
-        return True
+                return None
+        return values
 
-    if not (branch(stmt.body, frozenset()) and branch(stmt.orelse, frozenset())):
+    after = walk([stmt], {})
+    if not after:
         return None
-    return (adds, assigned) if adds or assigned else None
+    return _IfValues(after, assigned, adds)
 
 
-def _right(stmt: ast.stmt) -> ast.AST:
+def _assigned_names(stmt: ast.stmt) -> list[tuple[str, ast.expr]] | None:
+    """The names a statement assigns and their values: :func:`_assigned`'s, or ``a, b = x,
+    y`` (a tuple or list of names, of as many values, no ``*``); None for any other."""
+    target, value = _assigned(stmt)
+    if target is not None and value is not None:
+        return [(target, value)]
+    if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], (ast.Tuple, ast.List))
+            and isinstance(stmt.value, (ast.Tuple, ast.List))
+            and len(stmt.targets[0].elts) == len(stmt.value.elts)
+            and all(isinstance(t, ast.Name) for t in stmt.targets[0].elts)
+            and not any(isinstance(v, ast.Starred) for v in stmt.value.elts)):
+        names = [t.id for t in stmt.targets[0].elts if isinstance(t, ast.Name)]
+        if len(set(names)) == len(names):
+            return list(zip(names, stmt.value.elts, strict=True))
+    return None
+
+
+def _right(stmt: ast.stmt) -> ast.expr:
     """What an assignment reads: its value (for ``+=``, the right side only)."""
     value = getattr(stmt, "value", None)
-    return value if isinstance(value, ast.AST) else stmt
+    assert isinstance(value, ast.expr)
+    return value
 
 
-def _mentions(node: ast.AST, names: Collection[str]) -> bool:
-    return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(node))
+def _substituted(node: ast.expr, values: dict[str, ast.expr]) -> ast.expr | None:
+    """``node`` with the names of ``values`` read replaced by their values; None when a
+    comprehension or ``lambda`` in it binds one of them."""
+    if not values or not any(isinstance(n, ast.Name) and n.id in values for n in ast.walk(node)):
+        return node
+    if _bindings_in([ast.Expr(value=node)]).keys() & values.keys():
+        return None
+
+    class Put(ast.NodeTransformer):
+        def visit_Name(self, name: ast.Name) -> ast.expr:
+            value = values.get(name.id) if isinstance(name.ctx, ast.Load) else None
+            return name if value is None else value
+
+    return Put().visit(copy.deepcopy(node))  # type: ignore[no-any-return]
 
 
 def _load(name: str, at: ast.AST) -> ast.Name:
     """``name`` read, located at ``at`` (read at the line the value it is in is read at: what
     it held before that statement)."""
     return ast.copy_location(ast.Name(id=name, ctx=ast.Load()), at)
-
-
-def _after(block: list[ast.stmt], name: str, before: ast.expr) -> ast.expr:
-    """What ``name`` holds after ``block`` (:func:`_values_under_if`), ``before`` it: for a
-    list added to ``before + [item]``, for a name assigned its value (``before + value`` for
-    ``+=``), and for an ``if``, ``(<after its body>) if <test> else (<after its else>)``."""
-    value = before
-    for stmt in block:
-        added = _added(stmt, (name,))
-        target, assigned = _assigned(stmt)
-        if added is not None:
-            value = _plus(value, added[2])
-        elif target == name and isinstance(stmt, ast.AugAssign):
-            value = ast.copy_location(
-                ast.BinOp(left=value, op=ast.Add(), right=stmt.value), stmt.value)
-        elif target == name and assigned is not None:
-            value = assigned
-        elif isinstance(stmt, ast.If):
-            value = ast.copy_location(ast.IfExp(
-                test=stmt.test, body=_after(stmt.body, name, value),
-                orelse=_after(stmt.orelse, name, value)), stmt.test)
-    return value
 
 
 def _plus(before: ast.expr, what: ast.expr) -> ast.expr:
@@ -579,10 +615,11 @@ def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int]
     of :data:`_CHANGERS` called (``messages.append(...)``, ``case.meta.update(...)``; a module's
     name is not one: ``json.dumps(...)`` changes nothing of ``json``); and for a local name the
     function sets to a list, dict or set it builds (``messages = [...]``), where that value is
-    handed on: passed to a call other than an ask or a builtin of :data:`_READ_ONLY_CALLS`
-    (``add_turn(messages, ...)``), or assigned or returned, itself or in another list, dict or
-    set (``history = messages``), after which a change to it is not seen. (A name rebound is not
-    read anyway: :class:`_Reader`.) Not the adds to a list that are read (``read``: the ids of
+    handed on: passed to a call other than an ask, a builtin of :data:`_READ_ONLY_CALLS` or a
+    method of :data:`_READ_ONLY_METHODS` (``add_turn(messages, ...)``), or assigned or
+    returned, itself or in another list, dict or set (``history = messages``), after which a
+    change to it is not seen. (A name bound some other way is not read anyway:
+    :class:`_Reader`.) Not the adds to a list that are read (``read``: the ids of
     their ``name`` nodes; :attr:`_Reader.versions`)."""
     parents: dict[ast.AST, ast.AST] = {}
     built: set[str] = set()  # local names set to a list, dict or set they build
@@ -628,8 +665,9 @@ def _changed_at(node: ast.Name, parents: dict[ast.AST, ast.AST], local: bool) ->
 
 def _handed_on_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None:
     """The line where the name's value itself is handed on there: passed to a call that is
-    not an ask or a builtin of :data:`_READ_ONLY_CALLS`, assigned, returned, or put in a list,
-    dict or set (or an ``and`` / ``or`` / ``... if ... else ...`` that is); None if not."""
+    not an ask, a builtin of :data:`_READ_ONLY_CALLS` or a method of :data:`_READ_ONLY_METHODS`,
+    assigned, returned, or put in a list, dict or set (or an ``and`` / ``or`` / ``... if ...
+    else ...`` that is); None if not."""
     child: ast.AST = node
     parent = parents.get(node)
     while isinstance(parent, (ast.BoolOp, ast.IfExp, ast.List, ast.Tuple, ast.Set, ast.Dict,
@@ -638,7 +676,9 @@ def _handed_on_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None
         child, parent = parent, parents.get(parent)
     if isinstance(parent, ast.Call) and parent.func is not child:
         if _is_ask(parent) or (isinstance(parent.func, ast.Name)
-                               and parent.func.id in _READ_ONLY_CALLS):
+                               and parent.func.id in _READ_ONLY_CALLS) or (
+                isinstance(parent.func, ast.Attribute)
+                and parent.func.attr in _READ_ONLY_METHODS):
             return None
         return parent.lineno
     if isinstance(parent, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr,
@@ -699,7 +739,7 @@ def _bindings_in(statements: Sequence[ast.stmt]) -> dict[str, int]:
 
 def _children(expr: Expr) -> tuple[Expr, ...]:
     kind = expr[0]
-    if kind in ("attr", "item"):
+    if kind in ("attr", "item", "star"):
         return (expr[1],)
     if kind == "index":
         return (expr[1], expr[2])
@@ -2043,7 +2083,21 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         values = [_evaluate(child, params, names) for child in _children(expr)]
         if any(v is MISSING or type(v) is _View for v in values):
             return MISSING  # (a view is only gone over)
-        return dict(zip(keys, values, strict=True)) if keys is not None else values
+        if keys is not None:
+            return dict(zip(keys, values, strict=True))
+        if any(item[0] == "star" for item in expr[1]):
+            out: list[Any] = []
+            for item, value in zip(expr[1], values, strict=True):
+                if item[0] != "star":
+                    out.append(value)
+                elif type(value) in (list, tuple):  # (its items only: no user code runs)
+                    out.extend(value)
+                else:
+                    return MISSING
+            return out
+        return values
+    if kind == "star":
+        return _evaluate(expr[1], params, names)  # (the list it is in takes its items)
     if kind in ("attr", "item"):
         base = _evaluate(expr[1], params, names)
         if base is MISSING:
@@ -2427,6 +2481,9 @@ _READ_ONLY_CALLS = _BUILTINS | frozenset({
     "repr", "bool", "int", "float", "print", "set", "frozenset", "dict", "sum", "any", "all",
     "isinstance", "hash", "id", "type",
 })  # fmt: skip
+# methods that read what they are given and keep no hold of it: " ".join(parts),
+# json.dumps(messages), copy.deepcopy(messages), "{}".format(messages)
+_READ_ONLY_METHODS = frozenset({"join", "dumps", "deepcopy", "format"})
 
 
 def _key_function(expr: Expr, names: Any) -> Any:

@@ -22,6 +22,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   another under ``else:``, then ``rollout.ask(case.prompt, system=system)``;
 - ``prompt extended with +=``: ``prompt = case.prompt``, ``prompt += " Answer briefly."`` under
   ``if case.meta["lang"] == "en":``, ``prompt += " (ticket " + case.id + ")"``;
+- ``parts joined``: ``question, lang = case.prompt, case.meta["lang"]``, a list of parts
+  appended to (under ``if lang == "zh":`` too, through a name set there), then
+  ``rollout.ask(" ".join(parts))``;
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
@@ -170,6 +173,13 @@ SHAPES: dict[str, Shape] = {
                                '        prompt += " Answer briefly."\n'
                                '    prompt += " (ticket " + case.id + ")"\n'
                                '    rollout.ask(prompt)',
+    "parts joined": 'question, lang = case.prompt, case.meta["lang"]\n'
+                    '    parts = ["Customer (" + lang + "):"]\n'
+                    '    if lang == "zh":\n'
+                    '        note = "请用中文回答。"\n'
+                    '        parts.append(note)\n'
+                    '    parts.append(question)\n'
+                    '    rollout.ask(" ".join(parts))',
     "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '

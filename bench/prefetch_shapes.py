@@ -25,6 +25,8 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``parts joined``: ``question, lang = case.prompt, case.meta["lang"]``, a list of parts
   appended to (under ``if lang == "zh":`` too, through a name set there), then
   ``rollout.ask(" ".join(parts))``;
+- ``documents in a loop``: a message list appended to by ``for shot in
+  case.meta["shots"]:`` (a RAG test's documents), then the question;
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
@@ -180,6 +182,11 @@ SHAPES: dict[str, Shape] = {
                     '        parts.append(note)\n'
                     '    parts.append(question)\n'
                     '    rollout.ask(" ".join(parts))',
+    "documents in a loop": 'messages = [{"role": "system", "content": "Answer from the documents."}]\n'
+                           '    for shot in case.meta["shots"]:\n'
+                           '        messages.append({"role": "user", "content": "Document: " + shot["q"]})\n'
+                           '    messages.append({"role": "user", "content": case.prompt})\n'
+                           '    rollout.ask(messages)',
     "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '

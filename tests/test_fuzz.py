@@ -601,6 +601,14 @@ _CHANGES = [
     "messages.extend([{'role': 'user', 'content': t} for t in p_list])",
     "messages.extend(p_list)",
     "for t in p_list:\n        messages.append({'role': 'user', 'content': t})",
+    "for i, t in enumerate(p_list):\n        if t:\n"
+    "            messages.append({'role': 'user', 'content': f'{i}: {t}'})",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': t})\n"
+    "        messages.append({'role': 'user', 'content': 'twice'})",
+    "for t in p_list:\n        messages.extend([{'role': 'user', 'content': t}])",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': str(len(messages))})",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': t})\n    else:\n"
+    "        messages.append({'role': 'user', 'content': 'done'})",
     "if p_str:\n        messages.append({'role': 'user', 'content': 'maybe'})",
     "if p_str:\n        messages.append({'role': 'user', 'content': 'maybe'})\n    else:\n"
     "        messages.extend(p_list)",
@@ -703,6 +711,7 @@ _ASSIGNS = [
     "    prompt = ' '.join(words)",
     "text = json.dumps(messages)",
     "if p_list:\n        prompt = p_list[0]\n        messages.append({'role': 'user', 'content': prompt})",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': prompt + t})",
 ]
 _ASSIGNED_ASKS = ["rollout.ask(prompt)", "rollout.ask(prompt, system=system)",
                   "rollout.ask(messages)", "rollout.ask(prompt + system)",

@@ -1548,9 +1548,10 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
     """A test that builds its message list and adds to it before it asks
-    (``messages.append(...)``, ``messages.extend(...)``; a conversation's turns appended in a
-    loop) has its ask sent ahead as it makes it: the list as added to (in a loop, the first
-    turn's; the next reads a reply). One that hands its list to a function of the suite that
+    (``messages.append(...)``, ``messages.extend(...)``; under an ``if`` / ``elif`` /
+    ``else``; in a loop over the case's history that only appends; a conversation's turns
+    appended in a loop) has its ask sent ahead as it makes it: the list as added to (in a
+    conversation, the first turn's; the next reads a reply). One that hands its list to a function of the suite that
     may change it is not read: at most a probe is wasted, and the list as built is never sent.
     Before, each test had the list as built sent ahead, and left unused; before that was
     fixed, the functions that add to their list were probed and ran live."""
@@ -1612,6 +1613,16 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
                 messages.append({"role": "user", "content": "I am new here."})
             messages.append({"role": "user", "content": case.prompt})
             rollout.candidate.ask(messages)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_added_to_in_a_loop(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM}]
+            for turn in case.meta["history"]:
+                if turn["role"] == "user":
+                    messages.append({"role": "user", "content": "Earlier: " + turn["content"]})
+            messages.append({"role": "user", "content": case.prompt})
+            rollout.candidate.ask(messages)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1622,14 +1633,15 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=5 * N_CASES)
+    result.assert_outcomes(passed=6 * N_CASES)
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
     # test_appended: both models; test_conversation and test_then_followed_up: the first
-    # turn; test_added_to_if: its one (added to under an if, as each case takes it)
-    assert used == 5 * N_CASES and unused <= 4 and sent == used + unused, line
+    # turn; test_added_to_if and test_added_to_in_a_loop: their one (added to under an if,
+    # and in a loop over the case's history, as each case takes it)
+    assert used == 6 * N_CASES and unused <= 4 and sent == used + unused, line
     result.stdout.fnmatch_lines(["*run live: test_suite.py::test_handed_on*"])
-    for name in ("test_appended", "test_added_to_if"):
+    for name in ("test_appended", "test_added_to_if", "test_added_to_in_a_loop"):
         assert f"run live: test_suite.py::{name}" not in result.stdout.str()
     asked = [json.loads(k[1]) for k in sim.first_attempts()]
     assert [{"role": "system", "content": "You are a support agent."}] not in asked
@@ -1640,6 +1652,9 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
             {"role": "assistant", "content": "Welcome! How can I help?"},
             {"role": "user", "content": "I am new here."},
             {"role": "user", "content": "Where is order A-3?"}] in asked
+    assert [{"role": "system", "content": "You are a support agent."},
+            {"role": "user", "content": "Earlier: Hi"},
+            {"role": "user", "content": "Where is order A-5?"}] in asked
 
 
 @XDIST
@@ -3147,7 +3162,7 @@ def _messages_sorted_then_added_to(rollout, case):
 def _messages_added_to_in_a_loop_then_asked(rollout, case):
     messages = [{"role": "system", "content": "S"}]
     for text in _ITEMS:
-        messages.append({"role": "user", "content": text})  # as many times as it has items
+        messages.append({"role": "user", "content": text})  # once for each of its items
     rollout.ask(messages)
 
 
@@ -3691,7 +3706,9 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     system, user = {"role": "system", "content": "S"}, {"role": "user", "content": "a"}
     assert planned(_messages_changed_before, "a") == ([[system, user]], [])
     assert planned(_turns, "a") == ([[system, user]], [])
-    assert planned(_messages_added_to_in_a_loop_then_asked, "a") == ([], [])
+    # (a loop that only appends, before the ask: read as the comprehension it amounts to)
+    assert planned(_messages_added_to_in_a_loop_then_asked, "a") == (
+        [[system, *({"role": "user", "content": t} for t in _ITEMS)]], [])
     # not when the loop may go round without asking first (the items its conditions skip
     # add to it, or change it, too)
     assert planned(_turns_skipping, "a") == ([], [])

@@ -221,6 +221,7 @@ class _Reader:
         # the top of the body (all its bindings): read as the list's versions are
         values: dict[str, list[tuple[int, ast.expr]]] = {}
         made: Counter[str] = Counter()  # the bindings those statements make
+        loops_read: set[int] = set()  # the for loops that only add to lists, read as such
         for stmt in func.body:
             end = stmt.end_lineno or stmt.lineno
             added = _added(stmt, lists)
@@ -238,11 +239,18 @@ class _Reader:
                         (end, value))
                 read.update(id(node) for node in branched.adds)
                 made.update(branched.assigned)
+            built = _built_in_a_loop(stmt, lists)
+            if built is not None:  # for doc in case.meta["docs"]: messages.append(...)
+                for name, comprehension in built[0].items():
+                    self.versions.setdefault(name, []).append(
+                        (end, _plus(_load(name, stmt), comprehension)))
+                read.update(id(node) for node in built[1])
+                loops_read.add(id(stmt))
         for name, versions in values.items():
             if name not in self.single and made[name] == self.bound.get(name):
                 self.versions[name] = versions
         for stmt in func.body:
-            if isinstance(stmt, ast.For):
+            if isinstance(stmt, ast.For) and id(stmt) not in loops_read:
                 for child in stmt.body:
                     added = _added(child, lists)
                     if added is not None:
@@ -553,6 +561,42 @@ def _values_under_if(stmt: ast.stmt, lists: Collection[str]) -> _IfValues | None
     if not after:
         return None
     return _IfValues(after, assigned, adds)
+
+
+def _built_in_a_loop(stmt: ast.stmt, lists: Collection[str]
+                     ) -> tuple[dict[str, ast.ListComp], list[ast.Name]] | None:
+    """A ``for`` loop (no ``else``) whose body only appends to some of ``lists``, each once
+    (``for doc in case.meta["docs"]: messages.append({"role": "user", "content": doc})``),
+    maybe under an ``if`` of its own (no ``else``): for each list, what the loop adds to it as
+    a list comprehension (``[<item> for doc in <items> if <condition>]``), and the ``name``
+    nodes of the appends; None otherwise, or when the items, an item or a condition reads one
+    of the lists (it reads it as it is at that turn of the loop)."""
+    if not isinstance(stmt, ast.For) or stmt.orelse:
+        return None
+    comprehensions: dict[str, ast.ListComp] = {}
+    nodes: list[ast.Name] = []
+    for child in stmt.body:
+        conditions: list[ast.expr] = []
+        if isinstance(child, ast.If) and not child.orelse and len(child.body) == 1:
+            conditions, child = [child.test], child.body[0]
+        added = _added(child, lists)
+        if added is None or added[0] in comprehensions or not isinstance(child, ast.Expr):
+            return None
+        call = child.value
+        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+        item = call.args[0]
+        if call.func.attr != "append" or any(
+                isinstance(n, ast.Name) and n.id in lists
+                for node in (item, *conditions) for n in ast.walk(node)):
+            return None
+        comprehensions[added[0]] = ast.copy_location(ast.ListComp(elt=item, generators=[
+            ast.comprehension(target=stmt.target, iter=stmt.iter, ifs=conditions, is_async=0)
+        ]), item)
+        nodes.append(added[1])
+    if not comprehensions or any(isinstance(n, ast.Name) and n.id in comprehensions
+                                 for n in ast.walk(stmt.iter)):
+        return None
+    return comprehensions, nodes
 
 
 def _assigned_names(stmt: ast.stmt) -> list[tuple[str, ast.expr]] | None:

@@ -61,6 +61,8 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   loop (``while tries < 3:``, ``while tries < MAX_TRIES:``, ``for attempt in
   range(MAX_TRIES): ... break`` / ``else: pytest.fail(...)``) that ends once the candidate
   answered;
+- ``try retries``: ``for attempt in range(MAX_TRIES):`` with the ask in ``try:`` (``assert
+  pair.candidate.ok``, ``break``) and ``except AssertionError: continue``;
 - ``helper retrying``: ``assert ask_until_answered(rollout, case) is not None``, a helper
   with such a ``while`` loop;
 - ``message list appended``: ``messages = [system]``, then ``messages.append({"role": "user",
@@ -221,6 +223,14 @@ SHAPES: dict[str, Shape] = {
                              "    else:\n"
                              "        pytest.fail(\"the candidate never answered\")",
                          "MAX_TRIES = 3\n"),
+    "try retries": ("", "for attempt in range(MAX_TRIES):\n"
+                        "        try:\n"
+                        "            pair = rollout.ask(case.prompt + \" Answer briefly.\")\n"
+                        "            assert pair.candidate.ok\n"
+                        "            break\n"
+                        "        except AssertionError:\n"
+                        "            continue",
+                    "MAX_TRIES = 3\n"),
     "asks in a loop": 'for style in ("brief", "formal"):\n'
                       '        rollout.ask(f"{case.prompt} (answer: {style})")',
     "comprehension with an if": 'pairs = [rollout.ask(f"{case.prompt} (answer: {style})")\n'

@@ -840,6 +840,7 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
                               " if {item} and p_int > 0", " if {item} != LOCAL"]),
        guard=st.sampled_from(["if", "else", "continue"]),
        stops=st.sampled_from(["", "after the ask", "after the if"]), in_helper=st.booleans(),
+       wrap=st.sampled_from(["", "try", "with"]),
        orelse=st.sampled_from(["", "pass", "rollout.ask(p_str)", "raise ValueError(p_str)"]),
        p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j", "a"]), _texts, max_size=3),
@@ -849,17 +850,17 @@ _LOOPS = ["p_list", "p_dict", "G_DICT", "[p_str, 'x']", "G_PAIRS", "p_pairs", "p
 # not what the test asks (nothing)
 @example(items="G_DICT", target="item", local="p_str", asked="p_str", system="p_str",
          first=False, comprehension=False, where=" if len({item}) > 1", guard="if",
-         stops="after the if", in_helper=False, orelse="", p_str="", p_int=0, p_dict={},
+         stops="after the if", in_helper=False, wrap="", orelse="", p_str="", p_int=0, p_dict={},
          p_list=[], p_pairs=[])
 # a retry loop: for ... in range(...): ask; if ...: break / else: fail
 @example(items="range(p_int)", target="item", local="p_str", asked="p_str", system="p_str",
          first=False, comprehension=False, where="", guard="if", stops="after the ask",
-         in_helper=False, orelse="raise ValueError(p_str)", p_str="x", p_int=3, p_dict={},
+         in_helper=False, wrap="", orelse="raise ValueError(p_str)", p_str="x", p_int=3, p_dict={},
          p_list=[], p_pairs=[])
 def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     items: str, target: str, local: str, asked: str, system: str, first: bool,
-    comprehension: bool, where: str, guard: str, stops: str, in_helper: bool, orelse: str,
-    p_str: str,
+    comprehension: bool, where: str, guard: str, stops: str, in_helper: bool, wrap: str,
+    orelse: str, p_str: str,
     p_int: int, p_dict: dict[str, str], p_list: list[str], p_pairs: list[tuple[str, str]],
 ) -> None:
     """A test that asks in a ``for`` loop (over a parameter, a module's dict or list, a list
@@ -867,7 +868,8 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     from the target (the ask under an ``if``, in its ``else``, or after an ``if ...:
     continue`` on the target or that name, or not; a ``break`` after the ask, or after the
     ``if`` it is under, or none; an ``else`` of the loop that asks, raises, or does nothing,
-    or none), or in a list
+    or none; the body in a ``try: ... except ValueError: pass`` or a ``with``, or not), or in
+    a list
     comprehension (with an ``if`` on its target or not); or the same in a helper of the
     module the test calls (after an ask of the helper's, or not): what prefetch plans for each
     ask (the first, then the later ones) is exactly what the test asks there, with the same
@@ -892,6 +894,10 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
         body = f"if not ({condition}):\n    pass\nelse:\n" + textwrap.indent(ask, "    ")
     else:
         body = f"if not ({condition}):\n    continue\n" + ask
+    if wrap == "try":  # (a retry: try: ask ... break / except ...: pass)
+        body = "try:\n" + textwrap.indent(body, "    ") + "except ValueError:\n    pass\n"
+    elif wrap == "with":
+        body = "with contextlib.nullcontext():\n" + textwrap.indent(body, "    ")
     loop = (
         f"    replies = [rollout.ask({asked.replace('local', local)}, system={system})"
         f" for {target} in {items}{where.format(item=item).replace('LOCAL', 'p_str')}]\n"
@@ -911,7 +917,8 @@ def test_the_asks_of_a_loop_are_planned_as_the_test_makes_them(
     names: dict[str, Any] = {**_STDLIB, "G_STR": "Customer message", "G_TEMPLATE": "{}", "G_CLASS": _Row,
                              "G_FORMAT": "Customer (%s): %s", "G_PAIRS": [("x", "y"), ("中", "文")],
                              "G_DICT": {"k": "from k", "lit": "from lit", "a": ["x", "y"]},
-                             "G_LONG": [str(i) for i in range(LOOP_AHEAD + 3)]}  # fmt: skip
+                             "G_LONG": [str(i) for i in range(LOOP_AHEAD + 3)],
+                             "contextlib": contextlib}  # fmt: skip
     params = {"p_str": p_str, "p_int": p_int, "p_dict": p_dict, "p_list": p_list,
               "p_pairs": p_pairs, "p_obj": _Row(p_str)}
     _, code = _parsed(source)

@@ -1670,10 +1670,13 @@ def test_asks_in_a_loop_are_sent_ahead(
     first ask sent ahead, and so has a ``while tries < 3:`` after ``tries = 0``, and a ``while
     tries < MAX_TRIES:`` of a module's name, and one whose condition reads the case for the
     cases it holds for (the others ask nothing, and get nothing); and a ``for`` retry loop
-    with an ``else: pytest.fail(...)``. Before, a function of these loops (but the ``while
-    True:`` one) was probed (its probes wasted) and ran live."""
+    with an ``else: pytest.fail(...)``, and one whose ask is in a ``try`` (and a ``with``)
+    with an ``except`` that goes round again. Before, a function of these loops (but the
+    ``while True:`` one) was probed (its probes wasted) and ran live."""
     project.makepyfile(
         test_suite="""
+        import contextlib
+
         import pytest
         from pytest_modelrollout import cases
 
@@ -1785,6 +1788,18 @@ def test_asks_in_a_loop_are_sent_ahead(
                 tries += 1
                 if pair.candidate.ok:
                     break
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_retries_in_a_try(rollout, case):
+            for attempt in range(MAX_TRIES):
+                try:
+                    with contextlib.nullcontext():
+                        pair = rollout.ask(case.prompt + " (try)")
+                    assert pair.candidate.ok
+                    break
+                except AssertionError:
+                    continue
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1802,10 +1817,10 @@ def test_asks_in_a_loop_are_sent_ahead(
     under_an_if = sum(i % 4 if i % 2 else 2 * max(0, i % 4 - 1) for i in range(N_CASES))
     english = (N_CASES + 1) // 2
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=12 * N_CASES)
+    result.assert_outcomes(passed=13 * N_CASES)
     _every_call_went_ahead(  # (the retry loops' first asks: answered, asked once)
         result, sim,
-        2 * (2 * paraphrases + 7 * N_CASES + 2 * N_CASES + filtered + guarded + english)
+        2 * (2 * paraphrases + 8 * N_CASES + 2 * N_CASES + filtered + guarded + english)
         + under_an_if)
     texts = {json.loads(k[1])[-1]["content"] for k in sim.first_attempts()}
     assert {"Order A-3: where? (2)", "Where is order A-5? (answer: formal)",

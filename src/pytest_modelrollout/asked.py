@@ -1396,15 +1396,20 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
             conditions: list[ast.expr]) -> list[ast.stmt] | None:
     """Follows the statements of a loop's ``block`` to the statement that makes the ask
     ``node``, through ``if``s (their conditions, or ``not`` them for an ``else``, added to
-    ``conditions``, as are ``not`` those of an ``if ...: continue`` on the way), recording the
-    names assigned once on the way in ``inner``; returns the statements after the ask in its
-    own block (its iteration's, once it asked); None when the way cannot be followed (a
-    statement before the ask that may end the test or the loop, the ask in a ``with``, a
-    ``try``, a loop, an expression)."""
+    ``conditions``, as are ``not`` those of an ``if ...: continue`` on the way) and into the
+    body of a ``try`` or a ``with`` that holds the ask, recording the names assigned once on
+    the way in ``inner``; returns the statements after the ask in its own block (its
+    iteration's, once it asked); None when the way cannot be followed (a statement before the
+    ask that may end the test or the loop, the ask in an ``except``, a loop, an
+    expression)."""
     for index, child in enumerate(block):
         if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
             return block[index + 1 :]
         if any(n is node for n in ast.walk(child)):
+            if isinstance(child, (ast.Try, ast.With)) and any(
+                    n is node for s in child.body for n in ast.walk(s)):
+                # (a retry's try: ... except ...: its body runs first; a with's body runs)
+                return _way_to(child.body, node, reader, inner, conditions)
             if not isinstance(child, ast.If):
                 return None
             in_body = any(n is node for s in child.body for n in ast.walk(s))

@@ -429,7 +429,7 @@ class _Asker:
 
 
 _LEAVES = ["x", "p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['missing']", "p_list[0]",
-           "'%s'", "'<%s|%d>'", "'%(k)s'", "G_FORMAT", "p_list", "p_tuple",
+           "'%s'", "'<%s|%d>'", "'%(k)s'", "'{k}|{0}'", "G_FORMAT", "p_list", "p_tuple",
            "p_list[3]", "p_obj.text", "p_obj.missing", "G_STR", "G_TEMPLATE", "'lit'", "3", "1.5",
            "True", "None", "local", "p_tuple.text", "p_slots.text", "p_computed.text", "p_obj.TEXT",
            "G_CLASS.TEXT"]  # fmt: skip
@@ -445,6 +445,10 @@ _expr_sources = st.recursive(
         st.builds(lambda e: f'f"<{{{e}}}>"', inner),
         st.builds(lambda a, b: f"({a} + {b})", inner, inner),
         st.builds(lambda a, b, c: f"{a}.format({b}, x={c})", inner, inner, inner),
+        st.builds(lambda a, b, d: f"{a}.format({b}, **{d})", inner, inner,
+                  st.sampled_from(["p_dict", "G_DICT", "{'k': p_str}", "{'x': p_list}"])),
+        st.builds(lambda a, d: f"{a}.format(x=p_str, **{d})", inner,
+                  st.sampled_from(["p_dict", "{'x': 'twice'}"])),
         st.builds(lambda a, b: f"'-'.join([{a}, {b}])", inner, inner),
         st.builds(lambda a, m: f"{a}.{m}", inner, st.sampled_from(
             ["strip()", "upper()", "replace('a', 'b')", "split()", "casefold()"])),

@@ -1383,8 +1383,8 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
 ) -> None:
     """Prompts kept out of the test: a Jinja2 template of a ``FileSystemLoader`` rendered with
     the case's fields (``**case.meta`` too), a system prompt read from a file chosen by the
-    case, a :class:`string.Template`, and a session fixture that reads a file next to the
-    tests. Each is worked out for each case by the library's own code: every call goes ahead,
+    case, a :class:`string.Template`, a ``str.format`` template given ``**case.meta``, and a
+    session fixture that reads a file next to the tests. Each is worked out for each case by the library's own code: every call goes ahead,
     none is wasted, and what was sent is what the tests sent. Before, each of these functions
     was probed and wasted its probes, then ran live."""
     prompts = project.path / "prompts"
@@ -1421,6 +1421,7 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
         ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(PROMPTS), autoescape=False)
         SUPPORT = ENV.get_template("support.j2")
         NOTE = string.Template("Note for $name: $message")
+        ORDER = "Customer {name} ({lang}, {tags}): {question}"
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1441,6 +1442,11 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
         def test_substituted(rollout, case):
             pair = rollout.ask(NOTE.substitute(case.meta, message=case.prompt))
             assert pair.stable.ok and pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_formatted(rollout, case):
+            rollout.candidate.ask(ORDER.format(question=case.prompt, **case.meta))
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1451,10 +1457,11 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES)
-    _every_call_went_ahead(result, sim, 2 * 3 * N_CASES)
+    result.assert_outcomes(passed=4 * N_CASES)
+    _every_call_went_ahead(result, sim, 2 * 3 * N_CASES + N_CASES)
     messages = [json.loads(k[1]) for k in sim.first_attempts()]
     texts = {m[-1]["content"] for m in messages}
+    assert "Customer N2 (en, ['late', 'late']): Where is order A-2?" in texts
     assert "客户问题：Where is order A-1? #late" in texts  # (Jinja2 drops the last newline)
     assert "Customer question: Where is order A-2? #late #late" in texts
     assert "Note for N3: Where is order A-3?" in texts

@@ -434,7 +434,8 @@ class _Reader:
             return ("method", receiver, "join", (items,), ())
         args = [sub(a) for a in node.args]
         kwargs = [(k.arg, sub(k.value)) for k in node.keywords]
-        starred = isinstance(func, ast.Attribute) and func.attr in templates.STARRED
+        starred = isinstance(func, ast.Attribute) and (
+            func.attr in templates.STARRED or func.attr == "format")  # TEMPLATE.format(**row)
         if (
             any(a is None for a in args)
             or any(v is None or (k is None and not starred) for k, v in kwargs)
@@ -2230,6 +2231,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         parts = texts[1].items if type(texts[1]) is _View else texts[1]
         ok = type(texts[0]) is str and all(type(t) is str for t in parts)
         return str.join(texts[0], parts) if ok else MISSING
+    if kind == "method" and expr[2] == "format" and any(k is None for k, _ in expr[4]):
+        return _format_mapping(expr, texts)
     if any(type(t) not in _TEXT for t in texts):
         return MISSING  # strings and numbers only: their formatting runs no user code
     if kind == "fstr":
@@ -2244,6 +2247,26 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
     )
+
+
+def _format_mapping(expr: Expr, texts: list[Any]) -> Any:
+    """``TEMPLATE.format(..., **mapping)`` (``texts``: the template, then the arguments'
+    values): a dict of str keys and plain data (:func:`_plain_data`: formatting it, or an item
+    of it, runs no user code); a key given twice is a TypeError in Python, MISSING here."""
+    text, n = texts[0], len(expr[3])
+    args, kwargs = texts[1 : 1 + n], {}
+    for (key, _), value in zip(expr[4], texts[1 + n :], strict=True):
+        items = value.items() if key is None and type(value) is dict else [(key, value)]
+        for k, v in items:
+            if type(k) is not str or k in kwargs or not _plain_data(v, 0):
+                return MISSING
+            kwargs[k] = v
+    if type(text) is not str or _wide_format(text) or not all(_plain_data(a, 0) for a in args):
+        return MISSING
+    try:
+        return str.format(text, *args, **kwargs)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        return MISSING  # as Python would raise it: the test asks nothing
 
 
 def asks_nothing(func: Any, params: dict[str, Any], names: Any) -> bool:

@@ -566,6 +566,33 @@ def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
         result.stdout.fnmatch_lines([f"*calls sent ahead*{2 * (N_CASES - 1)} used*"])
 
 
+def test_keywords_given_as_a_mapping_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """``rollout.ask(case.prompt, system="Be brief.", **GENERATION)``, a dict of the module
+    with the sampling parameters: read as the ask's keywords, every call goes ahead with them
+    and is used (a request sent without them would not be the test's). Before, a ``**mapping``
+    was not read: the first test's calls were probes, and the others went ahead with what
+    they learned."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        GENERATION = {"temperature": 0, "max_tokens": 300}
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_generation(rollout, case):
+            pair = rollout.ask(case.prompt, system="Be brief.", **GENERATION)
+            assert pair.stable.ok and pair.candidate.ok
+        """
+    )
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=N_CASES)
+    _every_call_went_ahead(result, sim, 2 * N_CASES)
+
+
 def test_the_progress_total_counts_the_calls_that_may_be_sent_ahead(
     project: pytest.Pytester,
 ) -> None:

@@ -122,7 +122,8 @@ from ._records import Role
 #   ("fmt", expr, conversion, expr?) an f-string's {value!r:spec} (conversion: ord("r"),
 #                                  ord("s"), ord("a") or -1; spec: an "fstr", or None)
 Expr = tuple[Any, ...]
-Keywords = tuple[tuple[str, Expr], ...]  # an ask's keyword arguments: (name, value), ...
+# an ask's keyword arguments: (name, value), ...; a name None: a **mapping (**GENERATION)
+Keywords = tuple[tuple[str | None, Expr], ...]
 
 MISSING: Any = templates.MISSING  # a value not known without running the user's code
 _TEXT = (str, int, float, bool)  # what a string is built from (exact types: no user code)
@@ -1988,14 +1989,15 @@ def _unread(reader: _Reader, node: ast.expr, line: int) -> ast.expr | None:
 
 
 def _keywords(reader: _Reader, node: ast.Call) -> Keywords | None:
-    """An ask's keyword arguments, or None when it passes more than one positional argument,
-    a ``**kwargs`` or a keyword that cannot be read."""
+    """An ask's keyword arguments (a ``**mapping`` among them: ``**GENERATION``, a dict of
+    the module), or None when it passes more than one positional argument or a keyword that
+    cannot be read."""
     if len(node.args) != 1:
         return None
-    out = []
+    out: list[tuple[str | None, Expr]] = []
     for keyword in node.keywords:
         value = reader.read(keyword.value, node.lineno)
-        if keyword.arg is None or value is None:
+        if value is None:
             return None
         out.append((keyword.arg, value))
     return tuple(out)

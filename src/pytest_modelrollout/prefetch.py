@@ -341,12 +341,17 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
 def _evaluated_kwargs(keywords: Keywords, params: dict[str, Any], names: Any) -> AskKwargs | None:
     """An ask's keyword arguments read from the source, evaluated for an item, in the form
     ``TestContext.ask`` splits them into; None when one is not known."""
-    kw = {}
+    kw: dict[str, Any] = {}
     for name, expr in keywords:
         value = evaluate(expr, params, names)
         if value is MISSING:
             return None
-        kw[name] = value
+        # a **mapping: a dict of str keys, none given twice (a TypeError in Python)
+        items = value.items() if name is None and type(value) is dict else [(name, value)]
+        for key, item in items:
+            if type(key) is not str or key in kw:
+                return None
+            kw[key] = item
     return {
         "system": kw.pop("system", None),
         "tools": kw.pop("tools", None),

@@ -27,6 +27,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   ``rollout.ask(" ".join(parts))``;
 - ``documents in a loop``: a message list appended to by ``for shot in
   case.meta["shots"]:`` (a RAG test's documents), then the question;
+- ``generation settings``: ``rollout.ask(case.prompt, system="Answer briefly.",
+  **GENERATION)``, a dict of the module with the sampling parameters;
+- ``format with **meta``: ``rollout.ask(ORDER.format(question=case.prompt, **case.meta))``;
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
@@ -189,6 +192,10 @@ SHAPES: dict[str, Shape] = {
                            '        messages.append({"role": "user", "content": "Document: " + shot["q"]})\n'
                            '    messages.append({"role": "user", "content": case.prompt})\n'
                            '    rollout.ask(messages)',
+    "generation settings": ("", 'rollout.ask(case.prompt, system="Answer briefly.", **GENERATION)',
+                            'GENERATION = {"temperature": 0, "max_tokens": 300}\n'),
+    "format with **meta": ("", 'rollout.ask(ORDER.format(question=case.prompt, **case.meta))',
+                           'ORDER = "Customer ({lang}): {question}"\n'),
     "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '

@@ -1910,7 +1910,8 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
 ) -> None:
     """A test whose first ask is under ``if`` / ``elif`` / ``else`` on the case (its language,
     its id) gets the ask its branch makes sent ahead, with that ask's arguments; a test whose
-    branch asks nothing gets nothing sent. Before, the first ask in the source was planned for
+    branch asks nothing gets nothing sent; a name the branch sets before its ask is read as it
+    sets it (before that was read, its function ran live). Before, the first ask in the source was planned for
     every test: the other branches' calls were wasted (in a suite of three such functions, 196
     of the 240 calls sent ahead) until the functions ran live."""
     project.makepyfile(
@@ -1934,6 +1935,18 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
         def test_only_english(rollout, case):
             if case.meta["lang"] == "en":
                 assert rollout.ask(case.prompt).candidate.ok
+
+        SYSTEMS = {"zh": "请用中文回答。"}
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_set_in_the_branch(rollout, case):
+            if case.meta["lang"] == "zh":
+                system = SYSTEMS[case.meta["lang"]]
+                note = " (" + case.id + ")"
+                rollout.candidate.ask(case.prompt + note, system=system)
+            else:
+                rollout.candidate.ask(case.prompt + " (en)")
         """
     )
     n = 20
@@ -1944,10 +1957,11 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=2 * n)
+    result.assert_outcomes(passed=3 * n)
     out = result.stdout.str()
     assert "run live:" not in out
-    asks = 2 * n + 2 * (n // 2)  # both models: every test of the first, half of the second
+    # both models: every test of the first, half of the second; the candidate: the third's
+    asks = 2 * n + 2 * (n // 2) + n
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch*: {asks} calls sent ahead of their tests, {asks} used, 0 unused*"
     ])  # fmt: skip

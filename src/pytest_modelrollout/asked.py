@@ -1805,12 +1805,17 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
                  names: Any) -> Any:
     """The first ask the statements reach for these parameters, ``(prompt, keywords, call)``,
     following each ``if`` with an ask, or that may end the function, whose condition is read
-    and known; :data:`NOT_ASKED` when they reach none, :data:`_ENDS` when the function ends
+    and known (a name a branch taken sets once on the way read as it sets it); :data:`NOT_ASKED` when they reach none, :data:`_ENDS` when the function ends
     before (a ``return``, ``raise`` or ``pytest.skip(...)`` reached); None when that cannot be
     told. An ``if`` without an ask whose condition is not known is passed over (what follows
     is planned: when it ends the function, that is a call sent and not used)."""
     for stmt in stmts:
         asks = _has_ask(stmt)
+        name, value = _simple_assignment(stmt)
+        if (name is not None and value is not None and reader.bound.get(name) == 1
+                and name not in reader.single):  # set on the way, in the branch taken
+            reader = copy.copy(reader)
+            reader.single = {**reader.single, name: (stmt.end_lineno or stmt.lineno, value)}
         if isinstance(stmt, ast.If) and (asks or _may_end_early(stmt)):
             test = reader.read(stmt.test, stmt.lineno)
             taken = MISSING if test is None else _truth(evaluate(test, params, names))

@@ -30,6 +30,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``generation settings``: ``rollout.ask(case.prompt, system="Answer briefly.",
   **GENERATION)``, a dict of the module with the sampling parameters;
 - ``format with **meta``: ``rollout.ask(ORDER.format(question=case.prompt, **case.meta))``;
+- ``set in the branch``: under ``if case.meta["lang"] == "zh":``, ``system =
+  SYSTEMS[case.meta["lang"]]`` then ``rollout.candidate.ask(case.prompt, system=system)``;
+  ``else: rollout.ask(case.prompt)`` (300 calls);
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
@@ -196,6 +199,11 @@ SHAPES: dict[str, Shape] = {
                             'GENERATION = {"temperature": 0, "max_tokens": 300}\n'),
     "format with **meta": ("", 'rollout.ask(ORDER.format(question=case.prompt, **case.meta))',
                            'ORDER = "Customer ({lang}): {question}"\n'),
+    "set in the branch": 'if case.meta["lang"] == "zh":\n'
+                         '        system = SYSTEMS[case.meta["lang"]]\n'
+                         '        rollout.candidate.ask(case.prompt, system=system)\n'
+                         '    else:\n'
+                         '        rollout.ask(case.prompt)',
     "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '

@@ -33,6 +33,8 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``set in the branch``: under ``if case.meta["lang"] == "zh":``, ``system =
   SYSTEMS[case.meta["lang"]]`` then ``rollout.candidate.ask(case.prompt, system=system)``;
   ``else: rollout.ask(case.prompt)`` (300 calls);
+- ``context built in a loop``: ``context = ""``, then ``context += f"[{i}] ..."`` in a ``for``
+  loop over the case's documents (here its examples), then the question after it;
 - ``system from meta.get``: ``system=case.meta.get("system", "Be brief.")``;
 - ``built by a function``: ``rollout.ask(build_prompt(case, channel="email"),
   system=system_for(case))``, two functions of the test's module (``if``, ``len``, a slice,
@@ -204,6 +206,10 @@ SHAPES: dict[str, Shape] = {
                          '        rollout.candidate.ask(case.prompt, system=system)\n'
                          '    else:\n'
                          '        rollout.ask(case.prompt)',
+    "context built in a loop": 'context = ""\n'
+                               '    for i, shot in enumerate(case.meta["shots"], 1):\n'
+                               '        context += f"[{i}] {shot[\'q\']} {shot[\'a\']}\\n"\n'
+                               '    rollout.ask(f"Context:\\n{context}Question: {case.prompt}")',
     "system from meta.get": 'rollout.ask(case.prompt, system=case.meta.get("system", '
                             '"Be brief."))',
     "built by a function": 'rollout.ask(build_prompt(case, channel="email"), '

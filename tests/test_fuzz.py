@@ -716,6 +716,11 @@ _ASSIGNS = [
     "text = json.dumps(messages)",
     "if p_list:\n        prompt = p_list[0]\n        messages.append({'role': 'user', 'content': prompt})",
     "for t in p_list:\n        messages.append({'role': 'user', 'content': prompt + t})",
+    "for t in p_list:\n        if t:\n            system += t",
+    "for t in p_list:\n        prompt += prompt",
+    "for i, t in enumerate(p_list):\n        prompt += f'{i}{t}'\n"
+    "        messages.append({'role': 'user', 'content': t})",
+    "for t in p_list:\n        prompt += [t]",
 ]
 _ASSIGNED_ASKS = ["rollout.ask(prompt)", "rollout.ask(prompt, system=system)",
                   "rollout.ask(messages)", "rollout.ask(prompt + system)",
@@ -756,7 +761,7 @@ def test_what_is_planned_is_what_the_test_asks_after_assigning_its_names(
             if asked is not MISSING and MISSING not in keywords.values():
                 planned = (asked, keywords)
         rollout = _Snapshots()
-        with contextlib.suppress(NameError):  # (system, never assigned on the way)
+        with contextlib.suppress(NameError, TypeError):  # (system never assigned; str += list)
             func(rollout, **copy.deepcopy(params))
     event("planned" if planned is not MISSING else "not planned")
     if planned is not MISSING and rollout.asked:

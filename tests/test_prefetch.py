@@ -1505,7 +1505,8 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
     extended with ``+=`` (for some cases under an ``if``), a parametrized text cleaned and
     extended in the test, a prompt's parts in a list joined (a name set under the ``if`` that
     adds to it, two names set by one tuple) and sent after the case's history
-    (``[*history, turn]``): each is read as it is when the test asks, for each case, and every
+    (``[*history, turn]``), a context string added to with ``+=`` in a loop over the case's
+    history: each is read as it is when the test asks, for each case, and every
     call goes ahead, none wasted. Before, a name assigned more than once (or under an ``if``)
     was not read, nor a list handed to ``join``, nor a ``*`` in a list: each function was
     probed and ran live."""
@@ -1551,6 +1552,14 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
             parts.append(question)
             turn = {"role": "user", "content": " ".join(parts)}
             rollout.candidate.ask([*case.meta["history"], turn])
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_context_built_in_a_loop(rollout, case):
+            context = ""
+            for turn in case.meta["history"]:
+                context += turn["role"] + ": " + turn["content"] + "\\n"
+            rollout.candidate.ask(context + "user: " + case.prompt)
         """,
     )
     project.path.joinpath("cases.jsonl").write_text(
@@ -1562,8 +1571,8 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES + 2)
-    _every_call_went_ahead(result, sim, 4 * N_CASES + 2)
+    result.assert_outcomes(passed=4 * N_CASES + 2)
+    _every_call_went_ahead(result, sim, 5 * N_CASES + 2)
     messages = [json.loads(k[1]) for k in sim.first_attempts()]
     assert [{"role": "system", "content": "请用中文回答。"},
             {"role": "user", "content": "Where is order A-1?"}] in messages
@@ -1575,6 +1584,7 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
     assert [{"role": "user", "content": "Hi"},
             {"role": "user", "content": "Customer (zh): 请用中文回答。 Where is order A-1?"}
             ] in messages
+    assert "user: Hi\nassistant: Hello!\nuser: Where is order A-2?" in texts
 
 
 @XDIST

@@ -242,10 +242,11 @@ class _Reader:
                 made.update(branched.assigned)
             built = _built_in_a_loop(stmt, lists)
             if built is not None:  # for doc in case.meta["docs"]: messages.append(...)
-                for name, comprehension in built[0].items():
-                    self.versions.setdefault(name, []).append(
-                        (end, _plus(_load(name, stmt), comprehension)))
-                read.update(id(node) for node in built[1])
+                for name, value in built.values.items():
+                    (self.versions if name in lists else values).setdefault(name, []).append(
+                        (end, value))
+                made.update(built.strings)  # (context += ...: a binding of context)
+                read.update(id(node) for node in built.adds)
                 loops_read.add(id(stmt))
         for name, versions in values.items():
             if name not in self.single and made[name] == self.bound.get(name):
@@ -565,40 +566,63 @@ def _values_under_if(stmt: ast.stmt, lists: Collection[str]) -> _IfValues | None
     return _IfValues(after, assigned, adds)
 
 
-def _built_in_a_loop(stmt: ast.stmt, lists: Collection[str]
-                     ) -> tuple[dict[str, ast.ListComp], list[ast.Name]] | None:
-    """A ``for`` loop (no ``else``) whose body only appends to some of ``lists``, each once
-    (``for doc in case.meta["docs"]: messages.append({"role": "user", "content": doc})``),
-    maybe under an ``if`` of its own (no ``else``): for each list, what the loop adds to it as
-    a list comprehension (``[<item> for doc in <items> if <condition>]``), and the ``name``
-    nodes of the appends; None otherwise, or when the items, an item or a condition reads one
-    of the lists (it reads it as it is at that turn of the loop)."""
+class _LoopValues(NamedTuple):
+    """What a ``for`` loop that only adds leaves in the lists and strings it adds to
+    (:func:`_built_in_a_loop`)."""
+
+    values: dict[str, ast.expr]  # name -> ``name + [<item> for ...]`` / ``name + "".join(...)``
+    strings: list[str]  # the names it adds to with ``+=`` (bindings, as :class:`_Reader` counts)
+    adds: list[ast.Name]  # the ``name`` nodes of its appends
+
+
+def _built_in_a_loop(stmt: ast.stmt, lists: Collection[str]) -> _LoopValues | None:
+    """A ``for`` loop (no ``else``) whose body only appends to some of ``lists`` (``for doc in
+    case.meta["docs"]: messages.append({"role": "user", "content": doc})``) or adds to names
+    with ``+=`` (``context += f"- {doc}\\n"``), each once, maybe under an ``if`` of its own (no
+    ``else``): what the loop leaves in each, written with what it held before (a list: ``name
+    + [<item> for doc in <items> if <condition>]``; a ``+=``: ``name + "".join([...])``, which
+    is what it does to a string, and not known for anything else); and the ``name`` nodes of
+    the appends. None otherwise, or when the items, an item or a condition reads one of those
+    names (it reads it as it is at that turn of the loop)."""
     if not isinstance(stmt, ast.For) or stmt.orelse:
         return None
-    comprehensions: dict[str, ast.ListComp] = {}
+    items: dict[str, tuple[ast.expr, list[ast.expr]]] = {}
+    strings: list[str] = []
     nodes: list[ast.Name] = []
     for child in stmt.body:
         conditions: list[ast.expr] = []
         if isinstance(child, ast.If) and not child.orelse and len(child.body) == 1:
             conditions, child = [child.test], child.body[0]
         added = _added(child, lists)
-        if added is None or added[0] in comprehensions or not isinstance(child, ast.Expr):
+        call = getattr(child, "value", None)
+        if added is not None and isinstance(call, ast.Call) and isinstance(
+                call.func, ast.Attribute) and call.func.attr == "append":
+            name, item = added[0], call.args[0]
+            nodes.append(added[1])
+        elif (isinstance(child, ast.AugAssign) and isinstance(child.op, ast.Add)
+              and isinstance(child.target, ast.Name) and child.target.id not in lists):
+            name, item = child.target.id, child.value
+            strings.append(name)
+        else:
             return None
-        call = child.value
-        assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-        item = call.args[0]
-        if call.func.attr != "append" or any(
-                isinstance(n, ast.Name) and n.id in lists
-                for node in (item, *conditions) for n in ast.walk(node)):
+        if name in items:
             return None
-        comprehensions[added[0]] = ast.copy_location(ast.ListComp(elt=item, generators=[
+        items[name] = (item, conditions)
+    if not items or any(isinstance(n, ast.Name) and n.id in items for (item, conditions) in
+                        items.values() for node in (stmt.iter, item, *conditions)
+                        for n in ast.walk(node)):
+        return None
+    values: dict[str, ast.expr] = {}
+    for name, (item, conditions) in items.items():
+        each: ast.expr = ast.copy_location(ast.ListComp(elt=item, generators=[
             ast.comprehension(target=stmt.target, iter=stmt.iter, ifs=conditions, is_async=0)
         ]), item)
-        nodes.append(added[1])
-    if not comprehensions or any(isinstance(n, ast.Name) and n.id in comprehensions
-                                 for n in ast.walk(stmt.iter)):
-        return None
-    return comprehensions, nodes
+        if name in strings:
+            each = ast.copy_location(ast.Call(
+                func=ast.Attribute(value=ast.Constant(value=""), attr="join", ctx=ast.Load()),
+                args=[each], keywords=[]), item)
+        values[name] = _plus(_load(name, stmt), each)
+    return _LoopValues(values, strings, nodes)
 
 
 def _assigned_names(stmt: ast.stmt) -> list[tuple[str, ast.expr]] | None:

@@ -649,11 +649,6 @@ def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
     changes it) or only reads them (``len``, ``print``, ``json.dumps``, a copy changed): what is
     planned for its first ask is what it asks, the value as it is when the test asks, or
     nothing."""
-    import contextlib
-    import copy
-
-    from pytest_modelrollout.asked import MISSING, evaluate, source_asks
-
     body = "".join(f"    {stmt}\n" for stmt in before)
     source = ("def test_x(rollout, p_str, row, p_list):\n"
               "    messages = [{'role': 'system', 'content': 'S'},"
@@ -662,16 +657,31 @@ def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
               + "".join(f"    {stmt}\n" for stmt in after))  # fmt: skip
     names: dict[str, Any] = {**_STDLIB, "G_TOUCH": _touch}
     params = {"p_str": p_str, "row": {"text": text}, "p_list": p_list}
+    # (del messages[-1] of an empty list: it asks nothing)
+    _first_ask_is_planned_as_asked(source, names, params, IndexError)
+
+
+def _first_ask_is_planned_as_asked(source: str, names: dict[str, Any], params: dict[str, Any],
+                                   *failures: type[Exception]) -> None:
+    """What prefetch plans for the generated test's first ask (its prompt and keyword
+    arguments, for ``params``; nothing when it reads a parameter the test binds again, or a
+    value that is not known) is what the test asks when it runs (a copy of it, as the test may
+    change it after), unless it fails first with one of ``failures``."""
+    import copy
+
+    from pytest_modelrollout.asked import MISSING, evaluate, params_read, source_asks
+
     with _source_of(source, names) as func:
-        found = source_asks(func)[0]
+        found, rebound = source_asks(func)
         planned = MISSING
-        if found and found[0][1] is not None:
+        if found and found[0][1] is not None and not rebound & params_read(found[0][0]).union(
+                *(params_read(v) for _, v in found[0][1])):
             prompt = evaluate(found[0][0], params, func.__globals__)
             keywords = {k: evaluate(v, params, func.__globals__) for k, v in found[0][1]}
             if prompt is not MISSING and MISSING not in keywords.values():
                 planned = (prompt, keywords)
         rollout = _Snapshots()
-        with contextlib.suppress(IndexError):  # (del messages[-1] of an empty list)
+        with contextlib.suppress(*failures):
             func(rollout, **copy.deepcopy(params))
     event("planned" if planned is not MISSING else "not planned")
     if planned is not MISSING and rollout.asked:  # (one that fails first asks nothing)
@@ -740,10 +750,6 @@ def test_what_is_planned_is_what_the_test_asks_after_assigning_its_names(
     ``if`` / ``elif`` / ``else`` (a system prompt by a condition, a prompt extended for some
     cases; nested, along with adds to a message list; in a loop or a ``with``, not read): what
     is planned for its first ask is what it asks, or nothing."""
-    import copy
-
-    from pytest_modelrollout.asked import MISSING, evaluate, params_read, source_asks
-
     source = ("def test_x(rollout, p_str, p_list, prompt):\n"
               "    messages = [{'role': 'system', 'content': 'S'}]\n"
               + ("    system = 'S0'\n" if system else "")
@@ -751,21 +757,9 @@ def test_what_is_planned_is_what_the_test_asks_after_assigning_its_names(
               + f"    rollout.reach()\n    {ask}\n"
               + "".join(f"    {stmt}\n" for stmt in after))  # fmt: skip
     params = {"p_str": p_str, "p_list": p_list, "prompt": prompt}
-    with _source_of(source, {**_STDLIB, "contextlib": contextlib}) as func:
-        found, rebound = source_asks(func)
-        planned = MISSING
-        if found and found[0][1] is not None and not rebound & params_read(found[0][0]).union(
-                *(params_read(v) for _, v in found[0][1])):
-            asked = evaluate(found[0][0], params, func.__globals__)
-            keywords = {k: evaluate(v, params, func.__globals__) for k, v in found[0][1]}
-            if asked is not MISSING and MISSING not in keywords.values():
-                planned = (asked, keywords)
-        rollout = _Snapshots()
-        with contextlib.suppress(NameError, TypeError):  # (system never assigned; str += list)
-            func(rollout, **copy.deepcopy(params))
-    event("planned" if planned is not MISSING else "not planned")
-    if planned is not MISSING and rollout.asked:
-        assert (rollout.asked[0], rollout.kwargs[0]) == planned
+    # (system never assigned on the way; a str added a list)
+    _first_ask_is_planned_as_asked(source, {**_STDLIB, "contextlib": contextlib}, params,
+                                   NameError, TypeError)
 
 
 _TURN_STEPS = [

@@ -385,6 +385,14 @@ class _Reader:
             parts.append(part)
         return ("fstr", tuple(parts))
 
+    def set_once(self, stmt: ast.stmt) -> tuple[str, tuple[int, ast.expr]] | None:
+        """``name = value`` of a name the function binds nowhere else: the name, and the
+        :attr:`single` entry it makes where it is on the way to an ask; None otherwise."""
+        name, value = _simple_assignment(stmt)
+        if name is None or value is None or self.bound.get(name) != 1:
+            return None
+        return name, (stmt.end_lineno or stmt.lineno, value)
+
     def spanning(self, loop: ast.stmt) -> _Reader:
         """A reader of a later iteration of ``loop`` (or of one its conditions may reach after
         skipping items): what the loop changes anywhere, it may have changed before."""
@@ -1449,9 +1457,9 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
         if _may_end_early(child) or _breaks(child) or any(
                 isinstance(n, ast.Continue) for n in ast.walk(child)):
             return None
-        name, value = _simple_assignment(child)
-        if name is not None and value is not None and reader.bound.get(name) == 1:
-            inner.single[name] = (child.end_lineno or child.lineno, value)
+        once = reader.set_once(child)
+        if once is not None:
+            inner.single[once[0]] = once[1]
         added = _added(child, reader.loop_adds)
         if added is not None:  # messages.append(...) on the way, in the loop's iteration
             name = added[0]
@@ -1835,11 +1843,10 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
     is planned: when it ends the function, that is a call sent and not used)."""
     for stmt in stmts:
         asks = _has_ask(stmt)
-        name, value = _simple_assignment(stmt)
-        if (name is not None and value is not None and reader.bound.get(name) == 1
-                and name not in reader.single):  # set on the way, in the branch taken
+        once = reader.set_once(stmt)
+        if once is not None and once[0] not in reader.single:  # on the way, in the branch taken
             reader = copy.copy(reader)
-            reader.single = {**reader.single, name: (stmt.end_lineno or stmt.lineno, value)}
+            reader.single = {**reader.single, once[0]: once[1]}
         if isinstance(stmt, ast.If) and (asks or _may_end_early(stmt)):
             test = reader.read(stmt.test, stmt.lineno)
             taken = MISSING if test is None else _truth(evaluate(test, params, names))

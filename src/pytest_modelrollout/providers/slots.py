@@ -539,14 +539,12 @@ class SlotClient:
                 msg["o"] = reply
             self._send(msg)
 
-    async def remembered(self, key: str, rpm: float) -> bool:
+    async def remembered(self, key: str, rpm: float) -> None:
         """The requests a minute the provider stated for a model in an earlier run, for the
-        model's pace from its first request (unless a reply of this run stated one). False:
-        the broker is out of reach."""
-        if not await self._connect():
-            return False
-        self._send({"m": [key, rpm]})
-        return self.usable
+        model's pace from its first request (unless a reply of this run stated one); nothing
+        when the broker is out of reach (the client keeps it for its own pace then)."""
+        if await self._connect():
+            self._send({"m": [key, rpm]})
 
     def charge(self, amounts: list[list[Any]]) -> None:
         """A reply's usage: ``[[rate key, tokens], ...]`` more (or, negative, fewer) than its

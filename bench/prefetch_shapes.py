@@ -310,6 +310,20 @@ SHAPES: dict[str, Shape] = {
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',
+    "few-shot messages": 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+                         '    for shot in case.meta["shots"]:\n'
+                         '        messages.append({"role": "user", "content": shot["q"]})\n'
+                         '        messages.append({"role": "assistant", "content": shot["a"]})\n'
+                         '    messages.append({"role": "user", "content": case.prompt})\n'
+                         '    rollout.ask(messages)',
+    "few-shot extended": ("", 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+                          '    for question, answer in EXAMPLES[case.meta["lang"]]:\n'
+                          '        messages.extend([{"role": "user", "content": question},\n'
+                          '                         {"role": "assistant", "content": answer}])\n'
+                          '    messages.append({"role": "user", "content": case.prompt})\n'
+                          '    rollout.ask(messages)',
+                          'EXAMPLES = {"en": [("Where is order A-1?", "On its way.")],\n'
+                          '            "zh": [("订单 B-1 在哪？", "在路上。"), ("能退货吗？", "可以。")]}\n'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

@@ -488,6 +488,12 @@ _expr_sources = st.recursive(
         st.builds(lambda a, it: f"[{a} for x in {it}]", inner, _iterables),
         st.builds(lambda it, c: f"[x for x in {it} if {c}]", _iterables, inner),
         st.builds(lambda a, it: f"'-'.join({a} for x in {it})", inner, _iterables),
+        # more than one for: each later one goes over what the one before gives (x, then y)
+        st.builds(lambda it, inner_it, c: f"[y for x in {it} for y in {inner_it} if {c}]",
+                  _iterables, st.sampled_from(["[x, 'y']", "(x, p_str)", "x", "p_list", "[]"]),
+                  inner),
+        st.builds(lambda a, it: f"'-'.join({a} for x in {it} for y in (1, 2))", inner,
+                  _iterables),
         st.builds(lambda d, m: f"{d}.{m}()", st.sampled_from(["G_DICT", "p_dict", "p_list"]),
                   st.sampled_from(["keys", "values", "items"])),
         # the standard library's string builders
@@ -610,6 +616,11 @@ _CHANGES = [
     "for t in p_list:\n        messages.append({'role': 'user', 'content': t})\n"
     "        messages.append({'role': 'user', 'content': 'twice'})",
     "for t in p_list:\n        messages.extend([{'role': 'user', 'content': t}])",
+    "for t in p_list:\n        turn = {'role': 'user', 'content': t}\n        messages.append(turn)\n"
+    "        messages.append({'role': 'assistant', 'content': p_str})",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': t})\n        p_list.sort()",
+    "for t in p_list:\n        turn = {'role': 'user', 'content': t}\n        messages.append(turn)\n"
+    "        turn['content'] = 'changed'",
     "for t in p_list:\n        messages.append({'role': 'user', 'content': str(len(messages))})",
     "for t in p_list:\n        messages.append({'role': 'user', 'content': t})\n    else:\n"
     "        messages.append({'role': 'user', 'content': 'done'})",
@@ -731,11 +742,32 @@ _ASSIGNS = [
     "for i, t in enumerate(p_list):\n        prompt += f'{i}{t}'\n"
     "        messages.append({'role': 'user', 'content': t})",
     "for t in p_list:\n        prompt += [t]",
+    # few-shot turns: more than one add a turn, names set in the turn, a continue, an else
+    "for t in p_list:\n        q = t.strip()\n        messages.append({'role': 'user', 'content': q})\n"
+    "        messages.append({'role': 'assistant', 'content': q + prompt})",
+    "for t in p_list:\n        if not t:\n            continue\n"
+    "        messages.extend([{'role': 'user', 'content': t}, {'role': 'assistant', 'content': p_str}])",
+    "for t in p_list:\n        if t == p_str:\n            prompt += t\n        else:\n"
+    "            system += '-'\n            messages.append({'role': 'user', 'content': t})",
+    "for t in p_list:\n        prompt += t\n        prompt += '|'\n        messages.extend(t)",
+    "for t in p_list:\n        if p_str:\n            last = t\n        else:\n            last = '-'\n"
+    "        messages.append({'role': 'user', 'content': last})",
+    "prev = 'P'\n    for t in p_list:\n        messages.append({'role': 'user', 'content': prev})\n"
+    "        prev = t",
+    "for t in p_list:\n        messages.append({'role': 'user', 'content': t})\n"
+    "        messages.append(messages[0])",
+    "for t in p_list:\n        words = [t, prompt]\n        messages.extend(words)",
+    "for t in p_list:\n        if t:\n            prompt += t\n        system = prompt",
+    "for t in p_list:\n        prompt = t\n        messages.append({'role': 'user', 'content': prompt})",
+    "for t in p_list:\n        if t:\n            system = t\n        else:\n            system += '?'",
+    "for t in p_list:\n        if not t:\n            continue\n        elif t == p_str:\n"
+    "            system += '='\n        system += t",
 ]
 _ASSIGNED_ASKS = ["rollout.ask(prompt)", "rollout.ask(prompt, system=system)",
                   "rollout.ask(messages)", "rollout.ask(prompt + system)",
                   "rollout.ask([*messages, {'role': 'user', 'content': prompt}])",
-                  "rollout.ask(' '.join([m['content'] for m in messages]))"]
+                  "rollout.ask(' '.join([m['content'] for m in messages]))",
+                  "rollout.ask([c for m in messages for c in (m['role'], m['content'])])"]
 
 
 @SETTINGS

@@ -119,6 +119,8 @@ from ._records import Role
 #   ("comp", target, expr, expr, (expr, ...))
 #                                  [elt for target in items if cond...]: a list (also a
 #                                  generator's, as "sep".join's argument)
+#   ("flat", expr)                 the lists of a "comp" joined: a comprehension with more than
+#                                  one for ([m for shot in shots for m in (q, a)])
 #   ("fmt", expr, conversion, expr?) an f-string's {value!r:spec} (conversion: ord("r"),
 #                                  ord("s"), ord("a") or -1; spec: an "fstr", or None)
 Expr = tuple[Any, ...]
@@ -240,7 +242,7 @@ class _Reader:
                         (end, value))
                 read.update(id(node) for node in branched.adds)
                 made.update(branched.assigned)
-            built = _built_in_a_loop(stmt, lists)
+            built = _built_in_a_loop(stmt, lists, self.args)
             if built is not None:  # for doc in case.meta["docs"]: messages.append(...)
                 for name, value in built.values.items():
                     (self.versions if name in lists else values).setdefault(name, []).append(
@@ -411,21 +413,26 @@ class _Reader:
 
     def _comprehension(self, node: ast.ListComp | ast.GeneratorExp, sub: Any, line: int,
                        depth: int) -> Expr | None:
-        """``[elt for target in items if cond]``: one ``for``, its ``if``s read as
-        conditions."""
-        if len(node.generators) != 1 or node.generators[0].is_async:
+        """``[elt for target in items if cond]``, its ``if``s read as conditions; with more
+        than one ``for`` (``[m for shot in shots for m in (q(shot), a(shot))]``), each later
+        one read in the scope of those before it, and the lists it makes for each item
+        joined (``"flat"``)."""
+        generator, rest = node.generators[0], node.generators[1:]
+        if generator.is_async or len(node.generators) > 3:
             return None
-        generator = node.generators[0]
         target = _target_names(generator.target, self, scoped=True)
         items = sub(generator.iter)
         if target is None or items is None:
             return None
         inner = self.scoped(target)
-        element = inner.read(node.elt, line, depth + 1)
+        element = inner.read(node.elt, line, depth + 1) if not rest else inner._comprehension(
+            ast.ListComp(elt=node.elt, generators=rest),
+            functools.partial(inner.read, line=line, depth=depth + 2), line, depth + 1)
         conditions = [inner.read(c, line, depth + 1) for c in generator.ifs]
         if element is None or any(c is None for c in conditions):
             return None
-        return ("comp", target, items, element, tuple(conditions))
+        comp = ("comp", target, items, element, tuple(conditions))
+        return ("flat", comp) if rest else comp
 
     def _call(self, node: ast.Call, sub: Any, line: int, depth: int) -> Expr | None:
         """``text.method(...)`` for a method in :data:`STR_METHODS`, ``mapping.get(...)``, or
@@ -579,57 +586,132 @@ class _LoopValues(NamedTuple):
     (:func:`_built_in_a_loop`)."""
 
     values: dict[str, ast.expr]  # name -> ``name + [<item> for ...]`` / ``name + "".join(...)``
-    strings: list[str]  # the names it adds to with ``+=`` (bindings, as :class:`_Reader` counts)
-    adds: list[ast.Name]  # the ``name`` nodes of its appends
+    strings: list[str]  # each ``+=`` of a name it adds to (bindings, as :class:`_Reader` counts)
+    adds: list[ast.Name]  # the ``name`` nodes of its appends and extends
 
 
-def _built_in_a_loop(stmt: ast.stmt, lists: Collection[str]) -> _LoopValues | None:
-    """A ``for`` loop (no ``else``) whose body only appends to some of ``lists`` (``for doc in
-    case.meta["docs"]: messages.append({"role": "user", "content": doc})``) or adds to names
-    with ``+=`` (``context += f"- {doc}\\n"``), each once, maybe under an ``if`` of its own (no
-    ``else``): what the loop leaves in each, written with what it held before (a list: ``name
-    + [<item> for doc in <items> if <condition>]``; a ``+=``: ``name + "".join([...])``, which
-    is what it does to a string, and not known for anything else); and the ``name`` nodes of
-    the appends. None otherwise, or when the items, an item or a condition reads one of those
-    names (it reads it as it is at that turn of the loop)."""
-    if not isinstance(stmt, ast.For) or stmt.orelse:
+_EACH = "_modelrollout_each"  # the name a turn's items are gone over by (_built_in_a_loop)
+
+
+def _built_in_a_loop(stmt: ast.stmt, lists: Collection[str],
+                     params: Collection[str]) -> _LoopValues | None:
+    """A ``for`` loop (no ``else``) whose body only adds to some of ``lists`` (``.append`` /
+    ``.extend``: a few-shot example's question and answer, ``for doc in case.meta["docs"]:
+    messages.append(...)``) or to names with ``+=`` (``context += f"- {doc}\\n"``), sets names
+    it reads later in the same turn (``q = shot["q"].strip()``), under ``if`` / ``else`` too,
+    and maybe skips the rest of a turn (``if not doc: continue``): what the loop leaves in each
+    name it adds to, written with what it held before: a list, ``name + [<item> for doc in
+    <items> if <condition>]`` (a turn that adds more than one item, or a list: ``name + [each
+    for doc in <items> for each in <what the turn adds>]``); a ``+=``, ``name +
+    "".join([<what the turn adds> for ...])``, which is what it does to a string (and not known
+    for anything else). None for any other loop: one that asks, binds a parameter or its own
+    target, or whose items or adds read what the loop changes (a name it adds to or sets in an
+    earlier turn: it reads it as it is at that turn)."""
+    if not isinstance(stmt, ast.For) or stmt.orelse or _has_ask(stmt):
         return None
-    items: dict[str, tuple[ast.expr, list[ast.expr]]] = {}
+    targets = {n.id for n in ast.walk(stmt.target) if isinstance(n, ast.Name)}
+    inside = _bindings_in(stmt.body)  # (each += too, and the names the turn sets)
+    if inside.keys() & (targets | set(params)) or _EACH in inside or _EACH in targets:
+        return None
     strings: list[str] = []
     nodes: list[ast.Name] = []
-    for child in stmt.body:
-        conditions: list[ast.expr] = []
-        if isinstance(child, ast.If) and not child.orelse and len(child.body) == 1:
-            conditions, child = [child.test], child.body[0]
-        added = _added(child, lists)
-        call = getattr(child, "value", None)
-        if added is not None and isinstance(call, ast.Call) and isinstance(
-                call.func, ast.Attribute) and call.func.attr == "append":
-            name, item = added[0], call.args[0]
-            nodes.append(added[1])
-        elif (isinstance(child, ast.AugAssign) and isinstance(child.op, ast.Add)
-              and isinstance(child.target, ast.Name) and child.target.id not in lists):
-            name, item = child.target.id, child.value
-            strings.append(name)
-        else:
-            return None
-        if name in items:
-            return None
-        items[name] = (item, conditions)
-    if not items or any(isinstance(n, ast.Name) and n.id in items for (item, conditions) in
-                        items.values() for node in (stmt.iter, item, *conditions)
-                        for n in ast.walk(node)):
+    adding: set[str] = set()  # the names the loop adds to
+    setting: set[str] = set()  # the names a turn sets
+
+    def empty(name: str, at: ast.AST) -> ast.expr:
+        return ast.copy_location(
+            ast.List(elts=[], ctx=ast.Load()) if name in lists else ast.Constant(value=""), at)
+
+    def local(values: dict[str, ast.expr]) -> dict[str, ast.expr]:
+        """The names the turn has set so far, and their values (not what it has added)."""
+        return {name: value for name, value in values.items() if name not in adding}
+
+    def walk(block: list[ast.stmt], values: dict[str, ast.expr]) -> dict[str, ast.expr] | None:
+        """What one turn has added to each name by the end of ``block`` (or set it to)."""
+        values = dict(values)
+        for index, child in enumerate(block):
+            added = _added(child, lists)
+            if added is not None:  # messages.append(item) / .extend(items)
+                name, node, what = added
+                item = _substituted(what, local(values))
+                if item is None:
+                    return None
+                values[name] = item if name not in values else _plus(values[name], item)
+                adding.add(name)
+                nodes.append(node)
+            elif (isinstance(child, ast.AugAssign) and isinstance(child.op, ast.Add)
+                  and isinstance(child.target, ast.Name) and child.target.id not in lists):
+                name = child.target.id  # context += ...
+                item = _substituted(child.value, local(values))
+                if item is None or (name in values and name not in adding):
+                    return None  # (set in the turn, then added to: not read)
+                values[name] = item if name not in values else _plus(values[name], item)
+                adding.add(name)
+                strings.append(name)
+            elif isinstance(child, ast.If) and len(child.body) == 1 and (
+                    isinstance(child.body[0], ast.Continue)):  # if not doc: continue (elif ...)
+                rest = ast.copy_location(ast.If(test=_negated(child.test), body=[
+                    *child.orelse, *block[index + 1:]], orelse=[]), child)
+                return walk([rest], values) if rest.body else values
+            elif isinstance(child, ast.If):
+                test = _substituted(child.test, local(values))
+                body, orelse = walk(child.body, values), walk(child.orelse, values)
+                if test is None or body is None or orelse is None:
+                    return None
+                for name in dict.fromkeys([*body, *orelse]):
+                    before = values.get(name) or (
+                        empty(name, child) if name in adding else _load(name, child))
+                    values[name] = ast.copy_location(ast.IfExp(
+                        test=test, body=body.get(name, before), orelse=orelse.get(name, before)
+                    ), child.test)
+            elif not isinstance(child, ast.Pass):
+                target, value = _simple_assignment(child)  # q = shot["q"]: read where it is
+                if target is None or value is None or target in lists:
+                    return None
+                read = _substituted(value, local(values))
+                if read is None or target in adding:
+                    return None
+                values[target] = read
+                setting.add(target)
+        return values
+
+    turn = walk(stmt.body, {})
+    if not turn or not adding or adding & setting:  # (set in one branch, added to in another)
+        return None
+    # a name the loop adds to or sets, or that it changes (an add the walk did not take),
+    # read by its items or by what a turn adds: as it was at that turn, not before the loop
+    changed = adding | inside.keys()
+    if any(isinstance(n, ast.Name) and n.id in changed for node in (
+            stmt.iter, *(turn[name] for name in adding)) for n in ast.walk(node)):
         return None
     values: dict[str, ast.expr] = {}
-    for name, (item, conditions) in items.items():
-        each: ast.expr = ast.copy_location(ast.ListComp(elt=item, generators=[
-            ast.comprehension(target=stmt.target, iter=stmt.iter, ifs=conditions, is_async=0)
-        ]), item)
-        if name in strings:
-            each = ast.copy_location(ast.Call(
+    for name in adding:
+        each, conditions = turn[name], []
+        if isinstance(each, ast.IfExp) and ast.dump(each.orelse) == ast.dump(empty(name, each)):
+            conditions, each = [each.test], each.body  # if ...: messages.append(item)
+        if name in lists and isinstance(each, ast.List) and len(each.elts) == 1 and (
+                not isinstance(each.elts[0], ast.Starred)):
+            generators = [ast.comprehension(target=stmt.target, iter=stmt.iter,
+                                            ifs=conditions, is_async=0)]
+            element = each.elts[0]
+        elif name in lists:  # a turn's items, gone over
+            generators = [
+                ast.comprehension(target=stmt.target, iter=stmt.iter, ifs=conditions,
+                                  is_async=0),
+                ast.comprehension(target=ast.Name(id=_EACH, ctx=ast.Store()), iter=each,
+                                  ifs=[], is_async=0)]
+            element = ast.Name(id=_EACH, ctx=ast.Load())
+        else:
+            generators = [ast.comprehension(target=stmt.target, iter=stmt.iter,
+                                            ifs=conditions, is_async=0)]
+            element = each
+        made: ast.expr = ast.copy_location(ast.ListComp(elt=element, generators=generators),
+                                           each)
+        if name not in lists:
+            made = ast.copy_location(ast.Call(
                 func=ast.Attribute(value=ast.Constant(value=""), attr="join", ctx=ast.Load()),
-                args=[each], keywords=[]), item)
-        values[name] = _plus(_load(name, stmt), each)
+                args=[made], keywords=[]), each)
+        values[name] = _plus(_load(name, stmt), made)
     return _LoopValues(values, strings, nodes)
 
 
@@ -817,7 +899,7 @@ def _bindings_in(statements: Sequence[ast.stmt]) -> dict[str, int]:
 
 def _children(expr: Expr) -> tuple[Expr, ...]:
     kind = expr[0]
-    if kind in ("attr", "item", "star"):
+    if kind in ("attr", "item", "star", "flat"):
         return (expr[1],)
     if kind == "index":
         return (expr[1], expr[2])
@@ -2227,6 +2309,11 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _iteration(expr, params, names)
     if kind == "comp":
         return _comprehension(expr, params, names)
+    if kind == "flat":
+        made = _evaluate(expr[1], params, names)
+        if made is MISSING or sum(len(part) for part in made) > _COMPREHENDED:
+            return MISSING
+        return [value for part in made for value in part]
     if kind == "fmt":
         return _formatted(expr, params, names)
     if kind == "call":

@@ -80,7 +80,15 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``conversation``: ``for turn in (case.prompt,):`` appending the turn, asking, appending the
   reply;
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
-  case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples.
+  case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples;
+- ``few-shot messages``: ``for shot in case.meta["shots"]:`` appending a user message (the
+  example's question) and an assistant message (its answer) to the message list, then the
+  question;
+- ``few-shot extended``: ``for question, answer in EXAMPLES[case.meta["lang"]]:`` extending
+  the message list with the pair, a dict of the module's examples per language;
+- ``if on the environment``: the ask under ``if os.environ.get("SUPPORT_MODE") ==
+  "strict":`` (a condition prefetch does not read; the variable is not set), another under
+  ``else:``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -324,6 +332,11 @@ SHAPES: dict[str, Shape] = {
                           '    rollout.ask(messages)',
                           'EXAMPLES = {"en": [("Where is order A-1?", "On its way.")],\n'
                           '            "zh": [("订单 B-1 在哪？", "在路上。"), ("能退货吗？", "可以。")]}\n'),
+    "if on the environment": ("", 'if os.environ.get("SUPPORT_MODE") == "strict":\n'
+                              '        rollout.ask(case.prompt, system="Answer by the policy.")\n'
+                              '    else:\n'
+                              '        rollout.ask(case.prompt, system="Answer briefly.")',
+                              "import os\n"),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

@@ -1037,12 +1037,13 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
     the ask that item reaches, with that ask's keyword arguments (one read from a name the
     ``else`` sets before its ask, or not); with no ``else`` and a false
     condition, or an ``if`` that ends the test taken, nothing (the test asks nothing); a
-    condition it cannot tell plans nothing by this way (the asks are then read in source
-    order)."""
+    condition it cannot tell, or a branch taken whose ask it cannot read, plans nothing by
+    this way (``UNTOLD``: the asks read in source order are then only a probe's)."""
 
     from pytest_modelrollout.asked import (
         MISSING,
         NOT_ASKED,
+        UNTOLD,
         _branching_of,
         _Reader,
         _truth,
@@ -1084,7 +1085,7 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
             assert reached is NOT_ASKED
         # building what it asks failed: nothing may be planned in full for it (its prompt or
         # a keyword argument is not known: the item is probed at most, like any such test)
-        assert reached is None or reached is NOT_ASKED or not rollout.reached or (
+        assert reached in (None, NOT_ASKED, UNTOLD) or not rollout.reached or (
             evaluate(reached[0], params, names) is MISSING or reached[1] is None
             or any(evaluate(v, params, names) is MISSING for _, v in reached[1]))
         return
@@ -1095,7 +1096,7 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
               + (", planned nothing" if reached is NOT_ASKED else ""))
     if reached is NOT_ASKED:
         assert rollout.asked == []
-    elif reached is not None:
+    elif reached is not None and reached is not UNTOLD:
         planned = evaluate(reached[0], params, names)
         if planned is not MISSING:
             assert rollout.asked == [planned]

@@ -2069,6 +2069,47 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
     assert sum(seen.values()) == asks and set(seen.values()) == {1}
 
 
+@XDIST
+def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A test whose first ask is under an ``if`` whose condition prefetch does not read (the
+    environment, here not set: every test takes the ``else``) is probed: at most two calls per
+    model are wasted, then what the tests ask is learned and sent ahead for the rest. Before,
+    the first ask in the source (the ``if``'s) was sent ahead for a window of tests as if it
+    were known, every one of them wasted, and the function then ran live."""
+    project.makepyfile(
+        test_suite="""
+        import os
+
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_mode(rollout, case):
+            if os.environ.get("SUPPORT_MODE") == "strict":
+                pair = rollout.ask(case.prompt, system="Answer strictly by the policy.")
+            else:
+                pair = rollout.ask(case.prompt, system="Answer briefly.")
+            assert pair.candidate.ok
+        """
+    )
+    n = 20
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+                for i in range(n)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=n)
+    assert "run live:" not in result.stdout.str()
+    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
+    sent, used, unused = (int(x) for x in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    assert unused <= 4 and used >= 2 * n - 4 and sent == used + unused, line
+    assert sum("strictly" in k[1] for k in sim.first_attempts()) <= 2
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")

@@ -1176,19 +1176,20 @@ def _may_ask_after(fdef: ast.FunctionDef | ast.AsyncFunctionDef, index: int,
 def _helper_reached(func: Any, params: dict[str, Any], names: Any) -> Any:
     """:func:`reached_ask` of a test whose first ask is a helper's under an ``if``
     (:func:`_helper_branching`): the helper's ask this item reaches, as the test's
-    expressions; None when it cannot be told."""
+    expressions; :data:`UNTOLD` when the branch it takes cannot be told (or what the helper is
+    passed is not known); None when the helper's ask there is not read."""
     found = _helper_branching(func)
     if found is None:
         return None
     helper, branching, asks_after = found
     bound = _helper_params(helper.head, params, names)
     if bound is MISSING:
-        return None
+        return UNTOLD
     reached = reached_in(branching, bound[1], bound[0].__globals__)
     if reached is NOT_ASKED:
         return None if asks_after else NOT_ASKED
-    if reached is None:
-        return None
+    if reached is None or reached is UNTOLD:
+        return reached
     receiver = _param_receiver(reached[2], branching[0])
     roles = _helper_roles(helper, receiver) if receiver is not None else ()
     return (*_in_helper(helper, *reached[:2]), frozenset(roles) or None)
@@ -1822,6 +1823,10 @@ _ENDING = frozenset({"skip", "xfail", "fail", "exit"})  # pytest's: each ends th
 
 
 NOT_ASKED: Any = object()  # reached_ask: the branch taken has no ask (nor does what follows)
+# reached_ask: the first ask is under an if whose way this item takes cannot be told (a
+# condition not read or not known, or a branch taken whose ask is not read): the asks read in
+# source order are a guess for it (another branch's ask, maybe), to be confirmed by a probe
+UNTOLD: Any = object()
 
 
 def _has_ask(node: ast.AST) -> bool:
@@ -1857,16 +1862,17 @@ def reached_ask(func: Any, params: dict[str, Any], names: Any) -> Any:
     ``(prompt Expr, Keywords or None, the models it asks or None when its receiver is not a
     model fixture)``, following the branches whose conditions are read and known for it (see
     :func:`evaluate`); :data:`NOT_ASKED` when the branches it takes have no ask, or it ends
-    before it asks (:func:`ends_before_asking`); None when the first ask is not under an
-    ``if`` or the way to it cannot be told (a condition not read, an ask in a loop, a ``with``
-    or a ``try``): then the asks are read in source order."""
+    before it asks (:func:`ends_before_asking`); :data:`UNTOLD` when the branch it takes
+    cannot be told (a condition not read or not known for it), or the ask in that branch is
+    not read; None when the first ask is not under an ``if``, or is in a loop, a ``with`` or a
+    ``try`` after one that may end the test: then the asks are read in source order."""
     if ends_before_asking(func, params, names):
         return NOT_ASKED
     branching = _branching(func)
     if branching is None:
         return _helper_reached(func, params, names)
     found = reached_in(branching, params, names)
-    if found is None or found is NOT_ASKED:
+    if found is None or found is NOT_ASKED or found is UNTOLD:
         return found
     return (*found[:2], frozenset(_receiver_roles(found[2].func, branching[0])) or None)
 
@@ -1905,7 +1911,7 @@ def reached_in(branching: Branching | None, params: dict[str, Any], names: Any) 
     found = _walk_to_ask(body, reader, params, names)
     if found is _ENDS:
         return NOT_ASKED  # it returns, raises or skips before it asks
-    if found is None or found is NOT_ASKED:
+    if found is None or found is NOT_ASKED or found is UNTOLD:
         return found
     expr, keywords, call = found
     reads = params_read(expr).union(*(params_read(v) for _, v in keywords or ()))
@@ -1919,10 +1925,13 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
                  names: Any) -> Any:
     """The first ask the statements reach for these parameters, ``(prompt, keywords, call)``,
     following each ``if`` with an ask, or that may end the function, whose condition is read
-    and known (a name a branch taken sets once on the way read as it sets it); :data:`NOT_ASKED` when they reach none, :data:`_ENDS` when the function ends
-    before (a ``return``, ``raise`` or ``pytest.skip(...)`` reached); None when that cannot be
-    told. An ``if`` without an ask whose condition is not known is passed over (what follows
-    is planned: when it ends the function, that is a call sent and not used)."""
+    and known (a name a branch taken sets once on the way read as it sets it);
+    :data:`NOT_ASKED` when they reach none, :data:`_ENDS` when the function ends before (a
+    ``return``, ``raise`` or ``pytest.skip(...)`` reached); :data:`UNTOLD` when an ``if`` with
+    an ask has a condition not read or not known, or the branch taken reaches an ask that is
+    not read (or one in a loop, a ``with`` or a ``try``); None when the statements themselves
+    reach such an ask. An ``if`` without an ask whose condition is not known is passed over
+    (what follows is planned: when it ends the function, that is a call sent and not used)."""
     for stmt in stmts:
         asks = _has_ask(stmt)
         once = reader.set_once(stmt)
@@ -1935,11 +1944,11 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
             if taken is MISSING:
                 if not asks:
                     continue
-                return None
+                return UNTOLD
             found = _walk_to_ask(stmt.body if taken else stmt.orelse, reader, params, names)
             if found is NOT_ASKED:
                 continue  # the branch taken asks nothing: what follows the if may
-            return found
+            return UNTOLD if found is None else found
         if not asks:
             if _ends(stmt):
                 return _ENDS

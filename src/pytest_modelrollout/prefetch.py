@@ -52,6 +52,7 @@ from ._records import Role
 from .asked import (
     MISSING,
     NOT_ASKED,
+    UNTOLD,
     Expr,
     Keywords,
     asked,
@@ -208,7 +209,9 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
         item.stash[_NOT_ASKED] = True
         item.stash[_PLANNED] = None
         return None
-    if reached is not None:  # the ask under the if it reaches: its prompt, keywords, models
+    if reached is UNTOLD:  # the branch it takes is not known: what follows is a guess
+        item.stash[_UNTOLD] = True
+    elif reached is not None:  # the ask under the if it reaches: its prompt, keywords, models
         value = evaluate(reached[0], params, module_names(func))
         if is_case(value) or is_prompt(value):
             item.stash[_REACHED_KEYWORDS] = reached[1]
@@ -236,6 +239,9 @@ _PLANNED = pytest.StashKey[tuple[Expr, Any] | None]()
 # the keywords of the ask under an if that the item reaches (reached_ask); None: not read
 _REACHED_KEYWORDS = pytest.StashKey[Keywords | None]()
 _NOT_ASKED = pytest.StashKey[bool]()  # the branches it takes ask nothing
+# the branch its first ask is under cannot be told (asked.UNTOLD): the ask planned in source
+# order may be another branch's, so it is a probe's
+_UNTOLD = pytest.StashKey[bool]()
 _REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it reaches asks
 _PARAMS = pytest.StashKey[dict[str, Any]]()
 
@@ -327,7 +333,7 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
     ``response_format``, ``params``), when it is all read from the test's source and known for
     this item (none: the marker's); None otherwise."""
     func = getattr(item, "function", None)
-    if planned is None or func is None:
+    if planned is None or func is None or item.stash.get(_UNTOLD, False):
         return None
     if _REACHED_KEYWORDS in item.stash:
         keywords = item.stash[_REACHED_KEYWORDS]

@@ -88,7 +88,12 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   the message list with the pair, a dict of the module's examples per language;
 - ``if on the environment``: the ask under ``if os.environ.get("SUPPORT_MODE") ==
   "strict":`` (a condition prefetch does not read; the variable is not set), another under
-  ``else:``.
+  ``else:``;
+- ``messages copied``: ``messages = list(BASE)``, the module's message list copied, then the
+  question appended;
+- ``payload dict``: ``payload = {**case.meta, "q": case.prompt}``, ``payload["channel"] =
+  ...`` (under ``if case.meta["lang"] == "zh":`` too), then
+  ``rollout.ask(ORDER.format(**payload))``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -337,6 +342,16 @@ SHAPES: dict[str, Shape] = {
                               '    else:\n'
                               '        rollout.ask(case.prompt, system="Answer briefly.")',
                               "import os\n"),
+    "messages copied": ("", 'messages = list(BASE)\n'
+                        '    messages.append({"role": "user", "content": case.prompt})\n'
+                        '    rollout.ask(messages)',
+                        'BASE = [{"role": "system", "content": "Answer briefly."}]\n'),
+    "payload dict": ("", 'payload = {**case.meta, "q": case.prompt}\n'
+                     '    payload["channel"] = "chat"\n'
+                     '    if case.meta["lang"] == "zh":\n'
+                     '        payload["channel"] = "微信"\n'
+                     '    rollout.ask(ORDER.format(**payload))',
+                     'ORDER = "{q} ({lang}, {channel})"\n'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
 import itertools
@@ -496,6 +497,13 @@ _expr_sources = st.recursive(
                   _iterables),
         st.builds(lambda d, m: f"{d}.{m}()", st.sampled_from(["G_DICT", "p_dict", "p_list"]),
                   st.sampled_from(["keys", "values", "items"])),
+        # dicts merged, and copies (of a list or dict, or of anything)
+        st.builds(lambda d, a: f"{{**{d}, 'k': {a}}}", st.sampled_from(
+            ["p_dict", "G_DICT", "p_list", "{'j': p_str}", "p_obj"]), inner),
+        st.builds(lambda d, a: f"dict({d}, k={a})", st.sampled_from(["p_dict", "G_DICT", "p_list"]),
+                  inner),
+        st.builds(lambda c: f"{c}.copy()", st.sampled_from(["p_dict", "p_list", "G_DICT", "p_str"])),
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(["copy.copy", "copy.deepcopy"]), inner),
         # the standard library's string builders
         st.builds(lambda f, a: f"{f}({a})", st.sampled_from(
             ["textwrap.dedent", "json.dumps", "inspect.cleandoc"]), inner),
@@ -677,9 +685,10 @@ def _first_ask_is_planned_as_asked(source: str, names: dict[str, Any], params: d
     """What prefetch plans for the generated test's first ask (its prompt and keyword
     arguments, for ``params``; nothing when it reads a parameter the test binds again, or a
     value that is not known) is what the test asks when it runs (a copy of it, as the test may
-    change it after), unless it fails first with one of ``failures``."""
-    import copy
-
+    change it after), unless it fails first with one of ``failures``; and what it asks when
+    it runs again (the plans of a run's items are made before their tests run: a test that
+    changes the module's values, a list it adds to that is the module's, would ask another
+    thing the next time)."""
     from pytest_modelrollout.asked import MISSING, evaluate, params_read, source_asks
 
     with _source_of(source, names) as func:
@@ -690,13 +699,17 @@ def _first_ask_is_planned_as_asked(source: str, names: dict[str, Any], params: d
             prompt = evaluate(found[0][0], params, func.__globals__)
             keywords = {k: evaluate(v, params, func.__globals__) for k, v in found[0][1]}
             if prompt is not MISSING and MISSING not in keywords.values():
-                planned = (prompt, keywords)
-        rollout = _Snapshots()
-        with contextlib.suppress(*failures):
-            func(rollout, **copy.deepcopy(params))
+                planned = copy.deepcopy((prompt, keywords))  # (as sent: not changed after)
+        runs = []
+        for _ in range(2):
+            rollout = _Snapshots()
+            with contextlib.suppress(*failures):
+                func(rollout, **copy.deepcopy(params))
+            runs.append(rollout)
     event("planned" if planned is not MISSING else "not planned")
-    if planned is not MISSING and rollout.asked:  # (one that fails first asks nothing)
-        assert (rollout.asked[0], rollout.kwargs[0]) == planned
+    for rollout in runs:
+        if planned is not MISSING and rollout.asked:  # (one that fails first asks nothing)
+            assert (rollout.asked[0], rollout.kwargs[0]) == planned
 
 
 # statements that assign the test's names before its ask: again, with ``+=``, under an ``if``
@@ -762,36 +775,58 @@ _ASSIGNS = [
     "for t in p_list:\n        if t:\n            system = t\n        else:\n            system += '?'",
     "for t in p_list:\n        if not t:\n            continue\n        elif t == p_str:\n"
     "            system += '='\n        system += t",
+    # a payload dict: items set, under an if too, read in the item, changed another way
+    "payload['q'] = prompt",
+    "if p_str:\n        payload['ctx'] = p_str\n    else:\n        payload['q'] = payload['q'] + '?'",
+    "payload['n'] = str(len(payload))",
+    "for t in p_list:\n        payload[t] = t",
+    "payload.update(x=p_str)",
+    "del payload['q']",
+    "payload[p_str] = 'computed key'",
 ]
+# how the message list and the payload start: built, copied, or the module's own (an add to
+# that one changes it for every test after)
+_LIST_STARTS = ["[{'role': 'system', 'content': 'S'}]", "list(G_BASE)", "copy.deepcopy(G_BASE)",
+                "G_BASE.copy()", "G_BASE[:]", "G_BASE + []", "[*G_BASE]", "G_BASE",
+                "sorted(G_BASE, key=len)", "copy.copy(G_BASE)"]
+_DICT_STARTS = ["{'q': p_str}", "dict(q=p_str)", "{**G_META, 'q': p_str}", "G_META.copy()",
+                "G_META", "dict(G_META, q=p_str)", "copy.deepcopy(G_META)", "{**p_list}"]
 _ASSIGNED_ASKS = ["rollout.ask(prompt)", "rollout.ask(prompt, system=system)",
                   "rollout.ask(messages)", "rollout.ask(prompt + system)",
                   "rollout.ask([*messages, {'role': 'user', 'content': prompt}])",
                   "rollout.ask(' '.join([m['content'] for m in messages]))",
-                  "rollout.ask([c for m in messages for c in (m['role'], m['content'])])"]
+                  "rollout.ask([c for m in messages for c in (m['role'], m['content'])])",
+                  "rollout.ask(json.dumps(payload, sort_keys=True), system=system)",
+                  "rollout.ask(str(payload.get('q')) + str(payload.get('ctx')))"]
 
 
 @SETTINGS
 @given(before=st.lists(st.sampled_from(_ASSIGNS), max_size=4),
        ask=st.sampled_from(_ASSIGNED_ASKS), after=st.lists(st.sampled_from(_ASSIGNS), max_size=2),
-       system=st.booleans(), prompt=_texts, p_str=_texts, p_list=st.lists(_texts, max_size=2))
+       system=st.booleans(), start=st.sampled_from(_LIST_STARTS),
+       dstart=st.sampled_from(_DICT_STARTS), prompt=_texts, p_str=_texts,
+       p_list=st.lists(_texts, max_size=2))
 def test_what_is_planned_is_what_the_test_asks_after_assigning_its_names(
-    before: list[str], ask: str, after: list[str], system: bool, prompt: str, p_str: str,
-    p_list: list[str],
+    before: list[str], ask: str, after: list[str], system: bool, start: str, dstart: str,
+    prompt: str, p_str: str, p_list: list[str],
 ) -> None:
     """A test that assigns its names before its ask more than once, with ``+=``, or under an
     ``if`` / ``elif`` / ``else`` (a system prompt by a condition, a prompt extended for some
-    cases; nested, along with adds to a message list; in a loop or a ``with``, not read): what
-    is planned for its first ask is what it asks, or nothing."""
+    cases; nested, along with adds to a message list; in a loop or a ``with``, not read), that
+    starts its message list as a copy of the module's (or as the module's own list), or sets
+    items of a payload dict: what is planned for its first ask is what it asks, each time it
+    runs, or nothing."""
     source = ("def test_x(rollout, p_str, p_list, prompt):\n"
-              "    messages = [{'role': 'system', 'content': 'S'}]\n"
+              f"    messages = {start}\n    payload = {dstart}\n"
               + ("    system = 'S0'\n" if system else "")
               + "".join(f"    {stmt}\n" for stmt in before)
               + f"    rollout.reach()\n    {ask}\n"
               + "".join(f"    {stmt}\n" for stmt in after))  # fmt: skip
     params = {"p_str": p_str, "p_list": p_list, "prompt": prompt}
     # (system never assigned on the way; a str added a list)
-    _first_ask_is_planned_as_asked(source, {**_STDLIB, "contextlib": contextlib}, params,
-                                   NameError, TypeError)
+    names = {**_STDLIB, "contextlib": contextlib,
+             "G_BASE": [{"role": "system", "content": "S"}], "G_META": {"lang": "en"}}
+    _first_ask_is_planned_as_asked(source, names, params, NameError, TypeError, KeyError)
 
 
 _TURN_STEPS = [
@@ -1111,7 +1146,7 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
 # mostly strings that do not raise, so that most examples get to the ask (_expr_sources
 # makes any form, and most of its sums and items raise somewhere in a function's body)
 # modules the generated code calls into (textwrap.dedent, json.dumps, ...)
-_STDLIB: dict[str, Any] = {"textwrap": textwrap, "json": json, "inspect": inspect}
+_STDLIB: dict[str, Any] = {"textwrap": textwrap, "json": json, "inspect": inspect, "copy": copy}
 _TEXT_LEAVES = ["p_str", "G_STR", "'lit'", "local", "p_obj.text", "p_slots.text",
                 "p_computed.text", "p_dict.get('k', 'none')", "G_DICT.get(p_str, G_STR)", "p_int",
                 "p_tuple.text", "p_obj.TEXT", "p_list"]  # fmt: skip

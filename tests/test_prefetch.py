@@ -1792,6 +1792,100 @@ def test_few_shot_turns_built_in_a_loop_are_sent_ahead(
 
 
 @XDIST
+def test_copies_of_the_modules_messages_and_payload_dicts_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A test that copies the module's message list before adding to it (``list(BASE)``,
+    ``copy.deepcopy(BASE)``, ``BASE.copy()``, ``BASE[:]``, ``BASE + [...]``), or builds a
+    payload dict (``{**case.meta, "q": ...}``, ``dict(case.meta, ...)``) and sets its items
+    (under an ``if`` too), has its ask sent ahead as it makes it. A test that adds to the
+    module's own list (``history = HISTORY``) asks something else each time: it is not read,
+    so at most a probe is wasted. Before, each of the first ran live (1.3–1.7× a plain suite at
+    20 cases), and the last had its first test's list sent for a window of tests, wasted."""
+    project.makepyfile(
+        test_suite="""
+        import copy
+
+        import pytest
+        from pytest_modelrollout import cases
+
+        BASE = [{"role": "system", "content": "You are a support agent."}]
+        HISTORY = [{"role": "system", "content": "You are a support agent."}]
+        ORDER = "{q} (lang: {lang}, channel: {channel})"
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_listed(rollout, case):
+            messages = list(BASE)
+            messages.append({"role": "user", "content": case.prompt})
+            rollout.candidate.ask(messages)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_deep_copied(rollout, case):
+            messages = copy.deepcopy(BASE)
+            messages.append({"role": "user", "content": case.prompt + " Be brief."})
+            rollout.candidate.ask(messages)
+            messages[0]["content"] = "(its own copy: BASE stays as it is)"
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_copied_and_sliced(rollout, case):
+            messages = BASE.copy() if case.meta["lang"] == "en" else BASE[:]
+            first = BASE + [{"role": "user", "content": "Hi"}]
+            first.extend(messages[1:])
+            first.append({"role": "user", "content": case.prompt})
+            rollout.candidate.ask(first)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_payload(rollout, case):
+            payload = {**case.meta, "q": case.prompt}
+            payload["channel"] = "chat"
+            if case.meta["lang"] == "zh":
+                payload["channel"] = "微信"
+            rollout.candidate.ask(ORDER.format(**payload))
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_dict_of_meta(rollout, case):
+            meta = dict(case.meta, channel="email")
+            rollout.candidate.ask(ORDER.format(q=case.prompt, **meta))
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_modules_own_list(rollout, case):
+            history = HISTORY
+            reply = rollout.candidate.ask(history + [{"role": "user", "content": case.prompt}])
+            history.append({"role": "assistant", "content": reply.text[:20]})
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "meta": {"lang": "zh" if i % 2 else "en"}}) + "\n"
+                for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=6 * N_CASES)
+    out = result.stdout.str()
+    for name in ("listed", "deep_copied", "copied_and_sliced", "payload", "dict_of_meta"):
+        assert f"run live: test_suite.py::test_{name}" not in out
+    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
+    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    # the five read: all of their calls; the module's own list: a probe at most, and what
+    # was learned from it (each test asks with a longer history)
+    assert used >= 5 * N_CASES and unused <= 2 and sent == used + unused, line
+    asked = [json.loads(k[1]) for k in sim.first_attempts()]
+    system = {"role": "system", "content": "You are a support agent."}
+    assert [system, {"role": "user", "content": "Where is order A-3? Be brief."}] in asked
+    assert [system, {"role": "user", "content": "Hi"},
+            {"role": "user", "content": "Where is order A-4?"}] in asked
+    assert [{"role": "user", "content": "Where is order A-1? (lang: zh, channel: 微信)"}] in asked
+    assert [{"role": "user", "content": "Where is order A-2? (lang: en, channel: email)"}] in asked
+
+
+@XDIST
 def test_asks_in_a_loop_are_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:

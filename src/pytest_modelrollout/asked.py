@@ -107,7 +107,8 @@ from ._records import Role
 #                                  "attr" of one), read from its own source (_returned)
 #   ("list", (expr, ...))          a list or tuple display (an item ("star", expr): *a list or
 #                                  tuple, its items)
-#   ("dict", ((key, expr), ...))   a dict display with string keys
+#   ("dict", ((key, expr), ...))   a dict display with string keys (a key None: a **mapping
+#                                  merged in, {**case.meta, "q": case.prompt})
 #   ("if", test, expr, expr)       expr if test else expr (only the branch taken is read)
 #   ("when", test, expr)           expr when test holds, else not known: the ask of a while
 #                                  loop entered for some items only (while tries < MAX_TRIES:)
@@ -149,7 +150,9 @@ STR_METHODS = frozenset({
 })  # fmt: skip
 # read of a dict: case.meta.get("system", DEFAULT), case.meta.items() (to go over)
 DICT_METHODS = frozenset({"get", "items", "keys", "values"})
-_METHODS = STR_METHODS | DICT_METHODS | templates.METHODS
+# a list's or dict's copy: messages = BASE.copy(), then messages.append(...)
+_COPY_METHODS = frozenset({"copy"})
+_METHODS = STR_METHODS | DICT_METHODS | templates.METHODS | _COPY_METHODS
 
 
 def is_case(value: Any) -> bool:
@@ -210,7 +213,7 @@ class _Reader:
         # before that iteration's ask
         self.loop_span: tuple[int, int] | None = None
         if assigned_as_params:
-            self.changes = _changes(func, self.bound, self.args, frozenset())
+            self.changes = _changes(func, self.bound, frozenset())
             self.assigned = frozenset(self.bound)
             self.args |= self.assigned
             return
@@ -218,7 +221,17 @@ class _Reader:
             target, value = _simple_assignment(stmt)
             if target is not None and value is not None and self.bound.get(target) == 1:
                 self.single[target] = (stmt.end_lineno or stmt.lineno, value)
-        lists = {name for name, (_, value) in self.single.items() if isinstance(value, ast.List)}
+        appended = {n.func.value.id for n in ast.walk(func) if isinstance(n, ast.Call)
+                    and isinstance(n.func, ast.Attribute) and n.func.attr in ("append", "extend")
+                    and isinstance(n.func.value, ast.Name)}
+        # the lists the test builds: a list display, or a list of its own it adds to
+        lists = {name for name, (_, value) in self.single.items() if isinstance(value, ast.List)
+                 or (name in appended and _fresh_list(value))}
+        # the dicts the test builds and sets items of (payload["context"] = ...)
+        items_set = {n.value.id for n in ast.walk(func) if isinstance(n, ast.Subscript)
+                     and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)}
+        dicts = {name for name, (_, value) in self.single.items()
+                 if name in items_set and _fresh_dict(value)}
         read: set[int] = set()  # the adds read (not changes): their ``name.append`` nodes
         # the values of a name assigned more than once, or under an ``if``, by statements at
         # the top of the body (all its bindings): read as the list's versions are
@@ -232,14 +245,19 @@ class _Reader:
                 name, node, what = added
                 self.versions.setdefault(name, []).append((end, _plus(_load(name, what), what)))
                 read.add(id(node))
+            item = _item_set(stmt, dicts)
+            if item is not None:  # payload["context"] = ...: what it held, with the item
+                name, node, what = item
+                self.versions.setdefault(name, []).append((end, _merge(_load(name, what), what)))
+                read.add(id(node))
             for target, value in _assigned_names(stmt) or ():  # prompt = ..., += ...
                 values.setdefault(target, []).append((end, value))
                 made[target] += 1
-            branched = _values_under_if(stmt, lists)
+            branched = _values_under_if(stmt, lists, dicts)
             if branched is not None:  # if case.context: messages.append(...) / system = ...
                 for name, value in branched.values.items():
-                    (self.versions if name in lists else values).setdefault(name, []).append(
-                        (end, value))
+                    (self.versions if name in lists or name in dicts else values).setdefault(
+                        name, []).append((end, value))
                 read.update(id(node) for node in branched.adds)
                 made.update(branched.assigned)
             built = _built_in_a_loop(stmt, lists, self.args)
@@ -263,7 +281,7 @@ class _Reader:
                         read.add(id(added[1]))
         # the lines where something may change what a name holds (:func:`_changes`); a name
         # changed before the line an expression is read at is not read there
-        self.changes = _changes(func, self.bound, self.args, frozenset(read))
+        self.changes = _changes(func, self.bound, frozenset(read), lists | dicts)
 
     def read(self, node: ast.expr, line: int, depth: int = 0) -> Expr | None:
         """``node`` (at source line ``line``) as an Expr, or None when it is not readable."""
@@ -336,12 +354,12 @@ class _Reader:
         if isinstance(node, ast.Dict):
             pairs = []
             for k, v in zip(node.keys, node.values, strict=True):
-                if not (isinstance(k, ast.Constant) and isinstance(k.value, str)):
-                    return None  # a ** expansion or a computed key
+                if k is not None and not (isinstance(k, ast.Constant) and isinstance(k.value, str)):
+                    return None  # a computed key
                 value = sub(v)
                 if value is None:
                     return None
-                pairs.append((k.value, value))
+                pairs.append((None if k is None else k.value, value))  # (None: **mapping)
             return ("dict", tuple(pairs))
         return None
 
@@ -361,12 +379,35 @@ class _Reader:
         single = self.single.get(name)
         if single is not None and single[0] < line:
             value = single[1]  # what it reads, it reads where it is assigned
+            if changed is not None and self.shares_module_value(value, 0):
+                return None  # (messages = BASE, then messages.append(...) after the ask)
             return self.read(value, value.lineno, depth + 1)
         if name in self.args:
             return ("param", name)
         if name in self.bound:
             return None  # a local name bound some other way (a loop, a condition, ...)
+        if changed is not None:
+            return None  # a module's value the test changes: changed for every test after
         return ("global", name)
+
+    def shares_module_value(self, value: ast.expr, depth: int) -> bool:
+        """Whether ``value`` may be, or hold, a value of the module's: it reads a name of the
+        module, itself or through a local name set once to such a value, other than in a
+        ``copy.deepcopy(...)`` (a list display or a shallow copy holds the module's items:
+        ``list(BASE)[0]["content"] = ...`` changes ``BASE``'s). A change to it, even after
+        the ask, changes what the next test asks."""
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and (
+                value.func.attr == "deepcopy" and isinstance(value.func.value, ast.Name)
+                and value.func.value.id == "copy"):
+            return False
+        for node in ast.walk(value):
+            if not isinstance(node, ast.Name) or node.id in self.args:
+                continue
+            single = self.single.get(node.id)
+            if node.id not in self.bound or (single is not None and depth < _DEPTH
+                                             and self.shares_module_value(single[1], depth + 1)):
+                return True
+        return False
 
     def _fstring(self, node: ast.JoinedStr, sub: Any) -> Expr | None:
         parts: list[Expr] = []
@@ -458,7 +499,8 @@ class _Reader:
             or any(v is None or (k is None and not starred) for k, v in kwargs)
         ):
             return None  # not read, or a *args (k None: a **kwargs)
-        if isinstance(func, ast.Attribute) and func.attr in _METHODS:
+        if isinstance(func, ast.Attribute) and func.attr in _METHODS and not (
+                func.attr in _COPY_METHODS and (args or kwargs)):  # (copy.copy(x): a call)
             receiver = sub(func.value)
             if receiver is None:
                 return None
@@ -484,6 +526,29 @@ _CHANGERS = frozenset({
 _CONTAINERS = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
 
 
+def _fresh_list(value: ast.expr) -> bool:
+    """Whether ``value`` makes a list of its own, that nothing else holds: a list display or
+    comprehension, ``list(...)``, ``sorted(...)``, ``copy.copy(...)`` / ``copy.deepcopy(...)``,
+    ``BASE.copy()``, ``BASE[:]``, or a sum with a list display (``BASE + [turn]``). Not a name
+    or an item (``messages = BASE``, ``case.meta["history"]``): an add to it would change the
+    module's list, or the case's, for every test after."""
+    if isinstance(value, (ast.List, ast.ListComp)):
+        return True
+    if isinstance(value, ast.Subscript):
+        return isinstance(value.slice, ast.Slice)
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):
+        return any(isinstance(side, (ast.List, ast.ListComp)) for side in (value.left, value.right))
+    if not isinstance(value, ast.Call):
+        return False
+    func = value.func
+    if isinstance(func, ast.Name):
+        return func.id in ("list", "sorted")
+    return isinstance(func, ast.Attribute) and (
+        (func.attr == "copy" and not value.args and not value.keywords)
+        or (func.attr in ("copy", "deepcopy") and isinstance(func.value, ast.Name)
+            and func.value.id == "copy"))
+
+
 def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
     """``name.append(item)`` / ``name.extend(items)`` as a statement, of one of ``lists``:
     the name, its node, and what it adds as a list (``[item]`` / ``items``); None otherwise."""
@@ -498,6 +563,37 @@ def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.e
     what = item if func.attr == "extend" else ast.copy_location(
         ast.List(elts=[item], ctx=ast.Load()), item)
     return func.value.id, func.value, what
+
+
+def _item_set(stmt: ast.stmt, dicts: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
+    """``name["key"] = value`` as a statement, of one of ``dicts``: the name, its node, and
+    what it puts in as a dict display (``{"key": value}``); None otherwise."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1):
+        return None
+    target = stmt.targets[0]
+    if not (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
+            and target.value.id in dicts and isinstance(target.slice, ast.Constant)
+            and type(target.slice.value) is str):
+        return None
+    what = ast.copy_location(ast.Dict(keys=[target.slice], values=[stmt.value]), stmt.value)
+    return target.value.id, target.value, what
+
+
+def _merge(before: ast.expr, what: ast.expr) -> ast.expr:
+    """``{**before, **what}`` (a dict with an item set), located where ``what`` is."""
+    return ast.copy_location(ast.Dict(keys=[None, None], values=[before, what]), what)
+
+
+def _fresh_dict(value: ast.expr) -> bool:
+    """Whether ``value`` makes a dict of its own (:func:`_fresh_list`'s, for a dict): a dict
+    display or comprehension, ``dict(...)``, or a copy."""
+    if isinstance(value, (ast.Dict, ast.DictComp)):
+        return True
+    if not isinstance(value, ast.Call):
+        return False
+    if isinstance(value.func, ast.Name):
+        return value.func.id == "dict"
+    return _fresh_list(value)  # BASE.copy(), copy.copy(BASE), copy.deepcopy(BASE)
 
 
 def _assigned(stmt: ast.stmt) -> tuple[str | None, ast.expr | None]:
@@ -520,9 +616,11 @@ class _IfValues(NamedTuple):
     adds: list[ast.Name]  # the ``name`` nodes of its ``name.append(...)`` / ``.extend(...)``
 
 
-def _values_under_if(stmt: ast.stmt, lists: Collection[str]) -> _IfValues | None:
+def _values_under_if(stmt: ast.stmt, lists: Collection[str],
+                     dicts: Collection[str] = ()) -> _IfValues | None:
     """An ``if`` (``elif``, ``else``) whose branches only add to some of ``lists``
-    (:func:`_added`), assign names (:func:`_assigned`, tuples of names too), hold ``if``s
+    (:func:`_added`) or set items of some of ``dicts`` (:func:`_item_set`), assign names
+    (:func:`_assigned`, tuples of names too), hold ``if``s
     that do, or ``pass``: what each name and list holds after it, written with what they held
     before it (the statement is read where it ends, where those are read as they were before
     it): on each way through, a name set on the way is read as it was set there (``ctx =
@@ -539,16 +637,19 @@ def _values_under_if(stmt: ast.stmt, lists: Collection[str]) -> _IfValues | None
         values = dict(values)
         for child in block:
             added = _added(child, lists)
+            item_set = _item_set(child, dicts)
             pairs = _assigned_names(child)
-            if added is not None:
-                name, node, what = added
+            found = added if added is not None else item_set
+            if found is not None:
+                name, node, what = found
                 item = _substituted(what, values)
                 if item is None:
                     return None
-                values[name] = _plus(values.get(name) or _load(name, what), item)
+                before = values.get(name) or _load(name, what)
+                values[name] = _plus(before, item) if added else _merge(before, item)
                 adds.append(node)
             elif pairs is not None:
-                if any(target in lists for target, _ in pairs):
+                if any(target in lists or target in dicts for target, _ in pairs):
                     return None
                 news: dict[str, ast.expr] = {}
                 for target, value in pairs:  # (a, b = b, a: the values before the statement)
@@ -768,13 +869,14 @@ def _plus(before: ast.expr, what: ast.expr) -> ast.expr:
 
 
 def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int],
-             args: set[str], read: frozenset[int]) -> dict[str, list[int]]:
+             read: frozenset[int], lists: Collection[str] = ()) -> dict[str, list[int]]:
     """The lines (sorted) where the function may change what a name holds, in place: an item
     or attribute of it (or of a part of it) set or deleted (``row["lang"] = "en"``, ``del
-    meta["k"]``); for a parameter or a local name, a method of it (or of a part of it) other
-    of :data:`_CHANGERS` called (``messages.append(...)``, ``case.meta.update(...)``; a module's
-    name is not one: ``json.dumps(...)`` changes nothing of ``json``); and for a local name the
-    function sets to a list, dict or set it builds (``messages = [...]``), where that value is
+    meta["k"]``), or a method of it (or of a part of it) of :data:`_CHANGERS` called
+    (``messages.append(...)``, ``case.meta.update(...)``, ``HISTORY.append(...)``; not
+    ``json.dumps(...)``, which changes nothing of ``json``); and for a local name the
+    function sets to a list, dict or set it builds (``messages = [...]``, or one of ``lists``:
+    ``messages = list(BASE)``, then ``messages.append(...)``), where that value is
     handed on: passed to a call other than an ask, a builtin of :data:`_READ_ONLY_CALLS` or a
     method of :data:`_READ_ONLY_METHODS` (``add_turn(messages, ...)``), or assigned or
     returned, itself or in another list, dict or set (``history = messages``), after which a
@@ -789,12 +891,13 @@ def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int]
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, _CONTAINERS):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             built.update(t.id for t in targets if isinstance(t, ast.Name))
+    built.update(lists)
     out: dict[str, list[int]] = {}
     for node in ast.walk(func):
         if not isinstance(node, ast.Name) or not isinstance(node.ctx, ast.Load) or (
                 id(node) in read):
             continue
-        line = _changed_at(node, parents, node.id in bound or node.id in args)
+        line = _changed_at(node, parents)
         if line is None and node.id in built and node.id in bound:
             line = _handed_on_at(node, parents)
         if line is not None:
@@ -802,10 +905,9 @@ def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int]
     return {name: sorted(lines) for name, lines in out.items()}
 
 
-def _changed_at(node: ast.Name, parents: dict[ast.AST, ast.AST], local: bool) -> int | None:
+def _changed_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None:
     """The line where the name's value, or a part of it, is changed in place there (an item
-    or attribute set or deleted; of a ``local`` name, a method of :data:`_CHANGERS` called on
-    it); None if not."""
+    or attribute set or deleted, a method of :data:`_CHANGERS` called on it); None if not."""
     top: ast.expr = node
     while True:
         parent = parents.get(top)
@@ -814,7 +916,7 @@ def _changed_at(node: ast.Name, parents: dict[ast.AST, ast.AST], local: bool) ->
                 return parent.lineno  # row["lang"] = ..., del row["k"], row.text += ...
             top = parent
         elif isinstance(parent, ast.Call) and parent.func is top and top is not node:
-            if isinstance(top, ast.Attribute) and top.attr in _CHANGERS and local:
+            if isinstance(top, ast.Attribute) and top.attr in _CHANGERS:
                 return parent.lineno
             if _is_ask(parent):
                 return None
@@ -2263,7 +2365,7 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         if any(v is MISSING or type(v) is _View for v in values):
             return MISSING  # (a view is only gone over)
         if keys is not None:
-            return dict(zip(keys, values, strict=True))
+            return _merged(keys, values)
         if any(item[0] == "star" for item in expr[1]):
             out: list[Any] = []
             for item, value in zip(expr[1], values, strict=True):
@@ -2348,6 +2450,12 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
                 type(mapping), expr[2]) is not getattr(dict, expr[2]):
             return MISSING
         return _View(tuple(getattr(dict, expr[2])(mapping)))
+    if kind == "method" and expr[2] in _COPY_METHODS:  # BASE.copy(): a list's or a dict's own
+        value = _evaluate(expr[1], params, names)
+        base = next((b for b in (list, dict) if issubclass(type(value), b)), None)
+        if expr[3] or expr[4] or base is None or _lookup(type(value), "copy") is not base.copy:
+            return MISSING
+        return base.copy(value)
     if kind == "method" and expr[2] in DICT_METHODS:
         mapping, key, *rest = (_evaluate(child, params, names) for child in _children(expr))
         if any(value is MISSING for value in rest):
@@ -2381,6 +2489,21 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
     )
+
+
+def _merged(keys: list[str | None], values: list[Any]) -> Any:
+    """A dict display's value: each key with its value, a key None a ``**mapping`` merged in
+    (a dict whose keys are plain: putting them in runs no code of the user's; anything else
+    is not known)."""
+    out: dict[Any, Any] = {}
+    for key, value in zip(keys, values, strict=True):
+        if key is not None:
+            out[key] = value
+        elif type(value) is dict and all(type(k) in _PLAIN for k in value):
+            out.update(value)
+        else:
+            return MISSING  # (a TypeError in Python for a non-mapping)
+    return out
 
 
 def _format_mapping(expr: Expr, texts: list[Any]) -> Any:
@@ -2677,7 +2800,7 @@ def _helper_params(expr: Expr, params: dict[str, Any], names: Any) -> Any:
 
 
 _BUILTINS = frozenset({"len", "str", "enumerate", "zip", "reversed", "range", "sorted", "list",
-                       "tuple", "min", "max"})
+                       "tuple", "min", "max", "dict"})
 # the sort keys that run no code of the user's on a str (str's own methods), and len
 _STR_KEYS = frozenset({"lower", "upper", "casefold", "strip", "lstrip", "rstrip", "title",
                        "swapcase"})
@@ -2732,7 +2855,8 @@ _RANGE = 10_000  # the longest range(...) gone over
 def _pure_functions() -> frozenset[Any]:
     """Functions of the standard library that build a prompt from strings (and ``json.dumps``
     from plain data) and run no code of the user's: called as they are."""
-    return frozenset({textwrap.dedent, textwrap.indent, inspect.cleandoc, json.dumps})
+    return frozenset({textwrap.dedent, textwrap.indent, inspect.cleandoc, json.dumps, copy.copy,
+                      copy.deepcopy})
 
 
 _JSON_OPTIONS = {"ensure_ascii": (bool,), "sort_keys": (bool,), "indent": (int, str, type(None)),
@@ -2743,7 +2867,11 @@ def _pure(function: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """``textwrap.dedent(text)``, ``inspect.cleandoc(text)``, ``textwrap.indent(text,
     prefix)`` of strings; ``json.dumps(data, ensure_ascii=..., indent=..., sort_keys=...,
     separators=...)`` of strings, numbers, None, lists, tuples and dicts (its ``default``
-    would call code of the user's)."""
+    would call code of the user's); ``copy.copy(data)`` / ``copy.deepcopy(data)`` of those
+    (a message list the test copies before adding to it)."""
+    if function in (copy.copy, copy.deepcopy):
+        ok = len(args) == 1 and not kwargs and _plain_data(args[0], 0)
+        return function(args[0]) if ok else MISSING
     if function is json.dumps:
         ok = (
             len(args) == 1 and _plain_data(args[0], 0)
@@ -2775,7 +2903,12 @@ def _builtin(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     """``len(x)`` of a str, list, tuple or dict; ``str(x)`` of a str, number, bool or None;
     what goes over a list, a tuple, a dict or a view: ``enumerate(x, start)``, ``zip(a, b,
     ...)``, ``reversed(x)`` (a list or a tuple), ``sorted(x, reverse=...)`` of strings or of
-    numbers, ``list(x)``, ``tuple(x)``; ``range(...)`` of ints."""
+    numbers, ``list(x)``, ``tuple(x)``; ``range(...)`` of ints; ``dict(mapping, key=value)``
+    of a dict whose keys are plain, with keyword arguments or without."""
+    if name == "dict":
+        if len(args) > 1:
+            return MISSING  # (a TypeError in Python)
+        return _merged([*([None] if args else []), *kwargs], [*args, *kwargs.values()])
     if name in _GOING_OVER:
         return _gone_over(name, args, kwargs)
     if name in ("min", "max"):

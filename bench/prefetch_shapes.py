@@ -89,6 +89,8 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``if on the environment``: the ask under ``if os.environ.get("SUPPORT_MODE") ==
   "strict":`` (a condition prefetch does not read; the variable is not set), another under
   ``else:``;
+- ``if by a walrus``: ``if (lang := case.meta["lang"]) == "zh":`` (a condition prefetch does
+  not read), the Chinese cases asking with a system prompt, the others ``rollout.ask(case.prompt)``;
 - ``messages copied``: ``messages = list(BASE)``, the module's message list copied, then the
   question appended;
 - ``payload dict``: ``payload = {**case.meta, "q": case.prompt}``, ``payload["channel"] =
@@ -342,6 +344,10 @@ SHAPES: dict[str, Shape] = {
                               '    else:\n'
                               '        rollout.ask(case.prompt, system="Answer briefly.")',
                               "import os\n"),
+    "if by a walrus": 'if (lang := case.meta["lang"]) == "zh":\n'
+                      '        rollout.ask(case.prompt, system="用中文回答。")\n'
+                      '    else:\n'
+                      '        rollout.ask(case.prompt)',
     "messages copied": ("", 'messages = list(BASE)\n'
                         '    messages.append({"role": "user", "content": case.prompt})\n'
                         '    rollout.ask(messages)',

@@ -1052,25 +1052,26 @@ def _source_of(source: str, names: dict[str, Any]) -> Iterator[Any]:
        guard=st.sampled_from(["", "return", "raise ValueError(p_str)", "pytest.skip(p_str)",
                               "pytest.xfail('no')"]),
        guard_cond=_expr_sources, plain=st.booleans(), branch_local=st.booleans(),
-       p_str=_texts, p_int=st.integers(-5, 5),
+       walrus=st.booleans(), p_str=_texts, p_int=st.integers(-5, 5),
        p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
        p_list=st.lists(_texts, max_size=4))  # fmt: skip
 # a skip taken on a condition read: nothing planned; not taken: the ask after it
 @example(cond="x", asked="p_str", other="x", system="G_STR", orelse=False, form="{}",
-         guard="pytest.skip(p_str)", guard_cond="not p_list", plain=True, branch_local=False, p_str="a", p_int=0,
+         guard="pytest.skip(p_str)", guard_cond="not p_list", plain=True, branch_local=False, walrus=False, p_str="a", p_int=0,
          p_dict={}, p_list=[])
 @example(cond="x", asked="p_str", other="x", system="G_STR", orelse=False, form="{}",
-         guard="return", guard_cond="p_str == 'skip'", plain=True, branch_local=False, p_str="a", p_int=0,
+         guard="return", guard_cond="p_str == 'skip'", plain=True, branch_local=False, walrus=False, p_str="a", p_int=0,
          p_dict={}, p_list=[])
 def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
     cond: str, asked: str, other: str, system: str, orelse: bool, form: str, guard: str,
-    guard_cond: str, plain: bool, branch_local: bool, p_str: str, p_int: int,
+    guard_cond: str, plain: bool, branch_local: bool, walrus: bool, p_str: str, p_int: int,
     p_dict: dict[str, str], p_list: list[str],
 ) -> None:
     """A test whose first ask is under ``if`` / ``else``, or after an ``if`` that ends the
     test (``return``, ``raise``, ``pytest.skip``), or both: what prefetch plans for an item is
     the ask that item reaches, with that ask's keyword arguments (one read from a name the
-    ``else`` sets before its ask, or not); with no ``else`` and a false
+    ``else`` sets before its ask, or not; a walrus in the condition, ``if (w := ...):``, read
+    by the ``if``'s ask); with no ``else`` and a false
     condition, or an ``if`` that ends the test taken, nothing (the test asks nothing); a
     condition it cannot tell, or a branch taken whose ask it cannot read, plans nothing by
     this way (``UNTOLD``: the asks read in source order are then only a probe's)."""
@@ -1087,6 +1088,8 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
     )
 
     else_system = "local" if branch_local else system
+    if walrus:  # the condition's value, named, then read by the if's ask (and after the if)
+        cond, asked = f"(w := {cond})", f"[{asked}, w]"
     source = (
         "def test_x(rollout, p_str, p_int, p_dict, p_list, p_obj):\n"
         + (f"    if {guard_cond}:\n        {guard}\n" if guard else "")

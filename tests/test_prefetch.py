@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import pytest
 
 from pytest_modelrollout.headstart import OFF_CASSETTES
-from pytest_modelrollout.prefetch import Prefetcher, _skipped_statically
+from pytest_modelrollout.prefetch import LIVE_MISMATCH, Prefetcher, _skipped_statically
 from pytest_modelrollout.sim import SimServer
 
 STABLE = "sim:stable?latency_ms=20&jitter=0"
@@ -2105,7 +2105,8 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
     """A test whose first ask is under ``if`` / ``elif`` / ``else`` on the case (its language,
     its id) gets the ask its branch makes sent ahead, with that ask's arguments; a test whose
     branch asks nothing gets nothing sent; a name the branch sets before its ask is read as it
-    sets it (before that was read, its function ran live). Before, the first ask in the source was planned for
+    sets it (before that was read, its function ran live), and so is a walrus in the condition
+    (``if (lang := case.meta["lang"]) == "zh":``). Before, the first ask in the source was planned for
     every test: the other branches' calls were wasted (in a suite of three such functions, 196
     of the 240 calls sent ahead) until the functions ran live."""
     project.makepyfile(
@@ -2141,6 +2142,14 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
                 rollout.candidate.ask(case.prompt + note, system=system)
             else:
                 rollout.candidate.ask(case.prompt + " (en)")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_walrus(rollout, case):
+            if (lang := case.meta["lang"]) == "zh":
+                rollout.candidate.ask(case.prompt, system=SYSTEMS[lang])
+            else:
+                rollout.candidate.ask(case.prompt + " [" + lang + "]")
         """
     )
     n = 20
@@ -2151,11 +2160,12 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * n)
+    result.assert_outcomes(passed=4 * n)
     out = result.stdout.str()
     assert "run live:" not in out
     # both models: every test of the first, half of the second; the candidate: the third's
-    asks = 2 * n + 2 * (n // 2) + n
+    # and the fourth's
+    asks = 2 * n + 2 * (n // 2) + 2 * n
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch*: {asks} calls sent ahead of their tests, {asks} used, 0 unused*"
     ])  # fmt: skip
@@ -2167,11 +2177,15 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
 def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
-    """A test whose first ask is under an ``if`` whose condition prefetch does not read (the
-    environment, here not set: every test takes the ``else``) is probed: at most two calls per
-    model are wasted, then what the tests ask is learned and sent ahead for the rest. Before,
-    the first ask in the source (the ``if``'s) was sent ahead for a window of tests as if it
-    were known, every one of them wasted, and the function then ran live."""
+    """A test whose first ask is under an ``if`` whose condition prefetch does not read is
+    probed until three of its tests have asked what was planned. Here the environment (not
+    set: every test takes the ``else``): one call per model is wasted, then what the tests ask
+    is learned, and sent ahead for the rest. And a condition on the case's language that is not
+    read (``if case.meta["lang"].casefold() == "zh":``, the ``else`` asking ``case.prompt``
+    alone): the first test's probe matches, the next takes the other branch, and the function
+    runs live after at most two calls per model are wasted. Before, the first ask in the source was sent ahead for a
+    window of tests as if it were known (or, once one probe matched, the ``else``'s), each test
+    of the other branch wasting its calls, and the function then ran live."""
     project.makepyfile(
         test_suite="""
         import os
@@ -2187,20 +2201,32 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
             else:
                 pair = rollout.ask(case.prompt, system="Answer briefly.")
             assert pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_language(rollout, case):
+            if case.meta["lang"].casefold() == "zh":  # (str.casefold: not read)
+                rollout.ask(case.prompt, system="请用中文回答。")
+            else:
+                rollout.ask(case.prompt)
         """
     )
     n = 20
     project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "meta": {"lang": "zh" if i % 2 else "en"}}) + "\n"
                 for i in range(n)),
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=n)
-    assert "run live:" not in result.stdout.str()
+    result.assert_outcomes(passed=2 * n)
+    out = result.stdout.str()
+    assert "run live: test_suite.py::test_by_mode" not in out
+    result.stdout.fnmatch_lines([f"*run live: test_suite.py::test_by_language ({LIVE_MISMATCH})"])
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(x) for x in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    assert unused <= 4 and used >= 2 * n - 4 and sent == used + unused, line
+    # test_by_mode: its first probe; test_by_language: its second and third
+    assert unused <= 6 and used >= 2 * n - 2 and sent == used + unused, line
     assert sum("strictly" in k[1] for k in sim.first_attempts()) <= 2
 
 

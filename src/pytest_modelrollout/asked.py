@@ -218,9 +218,7 @@ class _Reader:
             self.args |= self.assigned
             return
         for stmt in func.body:
-            target, value = _simple_assignment(stmt)
-            if target is not None and value is not None and self.bound.get(target) == 1:
-                self.single[target] = (stmt.end_lineno or stmt.lineno, value)
+            self.single.update(self.set_once(stmt))  # (an if's walrus too: read after it)
         appended = {n.func.value.id for n in ast.walk(func) if isinstance(n, ast.Call)
                     and isinstance(n.func, ast.Attribute) and n.func.attr in ("append", "extend")
                     and isinstance(n.func.value, ast.Name)}
@@ -322,6 +320,8 @@ class _Reader:
             if left is None or right is None:
                 return None
             return ("mod", left, right, isinstance(node.right, ast.Tuple))
+        if isinstance(node, ast.NamedExpr):  # (lang := case.meta["lang"]): its value
+            return sub(node.value)
         if isinstance(node, ast.IfExp):
             parts = [sub(node.test), sub(node.body), sub(node.orelse)]
             return None if None in parts else ("if", *parts)
@@ -428,13 +428,17 @@ class _Reader:
             parts.append(part)
         return ("fstr", tuple(parts))
 
-    def set_once(self, stmt: ast.stmt) -> tuple[str, tuple[int, ast.expr]] | None:
-        """``name = value`` of a name the function binds nowhere else: the name, and the
-        :attr:`single` entry it makes where it is on the way to an ask; None otherwise."""
+    def set_once(self, stmt: ast.stmt) -> list[tuple[str, tuple[int, ast.expr]]]:
+        """The names the statement sets that the function binds nowhere else, and the
+        :attr:`single` entry each makes where it is on the way to an ask: ``name = value``,
+        or a walrus in an ``if``'s condition that always runs (``if (lang :=
+        case.meta["lang"]) == "zh":``, read in its branches as set there)."""
         name, value = _simple_assignment(stmt)
-        if name is None or value is None or self.bound.get(name) != 1:
-            return None
-        return name, (stmt.end_lineno or stmt.lineno, value)
+        found = [(name, value)] if name is not None and value is not None else (
+            _walruses(stmt.test) if isinstance(stmt, ast.If) else [])
+        return [(name, (stmt.lineno if isinstance(stmt, ast.If) else stmt.end_lineno
+                        or stmt.lineno, value))
+                for name, value in found if self.bound.get(name) == 1]
 
     def spanning(self, loop: ast.stmt) -> _Reader:
         """A reader of a later iteration of ``loop`` (or of one its conditions may reach after
@@ -563,6 +567,30 @@ def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.e
     what = item if func.attr == "extend" else ast.copy_location(
         ast.List(elts=[item], ctx=ast.Load()), item)
     return func.value.id, func.value, what
+
+
+def _walruses(test: ast.expr) -> list[tuple[str, ast.expr]]:
+    """The walruses of a condition that run whenever it does (not in the operands an ``and``
+    / ``or`` may skip, a branch of ``... if ... else ...``, the later links of a chained
+    comparison, a comprehension or a ``lambda``): each one's name and value."""
+    found: list[tuple[str, ast.expr]] = []
+    todo: list[ast.AST] = [test]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.NamedExpr):
+            found.append((node.target.id, node.value))
+            todo.append(node.value)
+        elif isinstance(node, ast.BoolOp):
+            todo.append(node.values[0])
+        elif isinstance(node, ast.IfExp):
+            todo.append(node.test)
+        elif isinstance(node, ast.Compare):
+            todo.extend([node.left, node.comparators[0]])
+        elif isinstance(node, (ast.UnaryOp, ast.BinOp, ast.Call, ast.Attribute, ast.Subscript,
+                               ast.keyword, ast.JoinedStr, ast.FormattedValue, ast.List,
+                               ast.Tuple, ast.Dict, ast.Starred)):
+            todo.extend(ast.iter_child_nodes(node))
+    return found
 
 
 def _item_set(stmt: ast.stmt, dicts: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
@@ -1642,9 +1670,8 @@ def _way_to(block: list[ast.stmt], node: ast.Call, reader: _Reader, inner: _Read
         if _may_end_early(child) or _breaks(child) or any(
                 isinstance(n, ast.Continue) for n in ast.walk(child)):
             return None
-        once = reader.set_once(child)
-        if once is not None:
-            inner.single[once[0]] = once[1]
+        for name, entry in reader.set_once(child):
+            inner.single[name] = entry
         added = _added(child, reader.loop_adds)
         if added is not None:  # messages.append(...) on the way, in the loop's iteration
             name = added[0]
@@ -2036,10 +2063,11 @@ def _walk_to_ask(stmts: list[ast.stmt], reader: _Reader, params: dict[str, Any],
     (what follows is planned: when it ends the function, that is a call sent and not used)."""
     for stmt in stmts:
         asks = _has_ask(stmt)
-        once = reader.set_once(stmt)
-        if once is not None and once[0] not in reader.single:  # on the way, in the branch taken
+        once = [(name, entry) for name, entry in reader.set_once(stmt)
+                if name not in reader.single]
+        if once:  # on the way, in the branch taken
             reader = copy.copy(reader)
-            reader.single = {**reader.single, once[0]: once[1]}
+            reader.single = {**reader.single, **dict(once)}
         if isinstance(stmt, ast.If) and (asks or _may_end_early(stmt)):
             test = reader.read(stmt.test, stmt.lineno)
             taken = MISSING if test is None else _truth(evaluate(test, params, names))
@@ -2497,6 +2525,8 @@ def _merged(keys: list[str | None], values: list[Any]) -> Any:
     is not known)."""
     out: dict[Any, Any] = {}
     for key, value in zip(keys, values, strict=True):
+        if type(value) is _View:
+            return MISSING  # (a view is only gone over)
         if key is not None:
             out[key] = value
         elif type(value) is dict and all(type(k) in _PLAIN for k in value):

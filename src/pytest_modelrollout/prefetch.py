@@ -122,6 +122,10 @@ LIVE_LONE = (
     "its first ask passes arguments not known before the test runs, and no other test learns them"
 )
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
+# the probes of a function whose first ask is under an if it cannot tell (asked.UNTOLD) that
+# must match before the rest of its tests are sent ahead: one test taking the branch planned
+# says little of the next one (its condition may differ from case to case)
+UNTOLD_PROBES = 3
 LIVE_UNUSED = "its tests took none of what was sent ahead for them"
 SHOWN_LIVE = 10  # functions listed in the summary
 WORKER_STATS_KEY = "modelrollout_prefetch"  # an xdist worker's counts, in its workeroutput
@@ -538,8 +542,10 @@ class Prefetcher:
     that is wrong again turns prefetch off for the function. So a function that asks
     differently from the plan costs one wasted call per model (two if its arguments differ from
     case to case), never a window of them. A test that is not parametrized is never probed.
-    A function whose tests keep taking nothing sent for them is turned off too
-    (:meth:`_unused`).
+    A function whose first ask is under an ``if`` it cannot tell (:data:`.asked.UNTOLD`) is
+    probed until :data:`UNTOLD_PROBES` of its tests have asked what was planned: its tests
+    may take another branch from case to case. A function whose tests keep taking nothing sent
+    for them is turned off too (:meth:`_unused`).
     """
 
     def __init__(
@@ -574,6 +580,8 @@ class Prefetcher:
         self._learned: dict[str, AskKwargs] = {}  # the arguments its first ask passes
         self._off: set[str] = set()  # never prefetched again
         self._probe: dict[str, str] = {}  # function -> test id of its probe in flight
+        # functions whose first ask is under an if they cannot tell, and their probes matched
+        self._untold: collections.Counter[str] = collections.Counter()
         # items pulled from the run order but not planned yet: the first one may wait for its
         # function's probe (planning stops there, so the window is not filled with later items
         # that would be run only after the waiting ones)
@@ -642,6 +650,8 @@ class Prefetcher:
         learned = self._learned.get(fkey)
         # what the first ask passes besides the prompt: learned from a test, or read
         ask_kwargs = learned if learned is not None else _source_kwargs(item, planned)
+        if item.stash.get(_UNTOLD, False) and fkey not in self._untold:
+            self._untold[fkey] = 0
         if fkey not in self._confirmed:
             if learned is None and ask_kwargs is not None:
                 self._confirmed.add(fkey)
@@ -803,7 +813,9 @@ class Prefetcher:
             return
         if self._probe.get(fkey) == test_id:
             del self._probe[fkey]  # the items waiting for it may be planned now
-        if matched:
+        if matched and fkey in self._untold and self._untold[fkey] + 1 < UNTOLD_PROBES:
+            self._untold[fkey] += 1  # the next item probes too
+        elif matched:
             self._confirmed.add(fkey)
         elif first_ask is None:
             return

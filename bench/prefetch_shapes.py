@@ -95,7 +95,10 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   question appended;
 - ``payload dict``: ``payload = {**case.meta, "q": case.prompt}``, ``payload["channel"] =
   ...`` (under ``if case.meta["lang"] == "zh":`` too), then
-  ``rollout.ask(ORDER.format(**payload))``.
+  ``rollout.ask(ORDER.format(**payload))``;
+- ``messages built by a function``: ``rollout.ask(build_messages(case))``, a function of the
+  module that copies the module's message list, appends each few-shot example's question
+  and answer in a ``for`` loop (``continue`` past an empty one), then the question.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -358,6 +361,20 @@ SHAPES: dict[str, Shape] = {
                      '        payload["channel"] = "微信"\n'
                      '    rollout.ask(ORDER.format(**payload))',
                      'ORDER = "{q} ({lang}, {channel})"\n'),
+    "messages built by a function": (
+        "", "rollout.ask(build_messages(case))",
+        'BASE = [{"role": "system", "content": "Answer like the examples."}]\n'
+        'SHOTS = [("Where is order A-1?", "On its way."), ("", ""),\n'
+        '         ("Can I return it?", "Yes, within 30 days.")]\n\n'
+        'def build_messages(case):\n'
+        '    messages = list(BASE)\n'
+        '    for question, answer in SHOTS:\n'
+        '        if not question:\n'
+        '            continue\n'
+        '        messages.append({"role": "user", "content": question})\n'
+        '        messages.append({"role": "assistant", "content": answer})\n'
+        '    messages.append({"role": "user", "content": case.prompt})\n'
+        '    return messages\n'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

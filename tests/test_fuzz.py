@@ -456,6 +456,8 @@ _expr_sources = st.recursive(
         st.builds(lambda a: f"[{{'role': 'user', 'content': {a}}}]", inner),
         st.builds(lambda d, k: f"{d}[{k}]", st.sampled_from(["G_DICT", "p_dict", "p_list"]),
                   inner),  # an item whose key is read too
+        st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(["-", "*", "//"]),
+                  inner),  # arithmetic, a string repeated
         st.builds(lambda a, b: f"({a} % {b})", inner, inner),  # %-formatting
         st.builds(lambda a, b, c: f"({a} % ({b}, {c}))", inner, inner, inner),
         st.builds(lambda a, b: f"({a} % ({b},))", inner, inner),
@@ -1243,6 +1245,63 @@ def test_what_prefetch_reads_from_a_function_the_test_calls_is_what_it_returns(
         _asks_what_was_planned(names["test_x"], params, planned)
     finally:
         del linecache.cache[filename]
+
+
+# statements of a function of the suite that builds a list (parts) and a string (text): adds
+# in loops, under ifs, with continue and break; handed on, aliased, or changed another way
+_BUILDS = [
+    "for t in p_list:\n        parts.append(t)",
+    "for t in p_list:\n        if not t:\n            continue\n        parts.append(t + '!')\n"
+    "        parts.append(p_str)",
+    "for i, t in enumerate(p_list):\n        if i > 1:\n            break\n"
+    "        parts.extend([t, str(i)])",
+    "for t in p_list:\n        text += t\n        if t == p_str:\n            return [t]",
+    "for k, v in p_dict.items():\n        parts.append(k + '=' + v)",
+    "for t in p_list:\n        for u in (t, p_str):\n            parts.append(u)",
+    "parts.append(str(len(parts)))",
+    "parts.extend(p_list)",
+    "parts.extend(p_dict)",
+    "if p_str:\n        parts.append(p_str)\n    else:\n        parts = parts + ['none']",
+    "other = parts\n    other.append('other')",
+    "kept = [parts]\n    parts.append('after')\n    text = text + str(len(kept[0]))",
+    "G_TOUCH(parts)",
+    "parts.sort()",
+    "parts[0] = 'first'",
+    "parts = [t for t in parts if t]",
+    "text = ' '.join(parts)",
+    "while False:\n        pass",
+    "for t in p_list:\n        parts.append(t)\n    else:\n        parts.append('done')",
+]
+_BUILD_STARTS = ["[G_STR]", "list(G_LIST)", "G_LIST", "G_LIST[:]", "copy.deepcopy(G_LIST)",
+                 "G_LIST + [p_str]", "[]"]
+_BUILD_RETURNS = ["parts", "' '.join(parts)", "text + '|' + '|'.join(parts)",
+                  "[{'role': 'user', 'content': t} for t in parts]"]
+
+
+@SETTINGS
+@given(start=st.sampled_from(_BUILD_STARTS), body=st.lists(st.sampled_from(_BUILDS), max_size=3),
+       ret=st.sampled_from(_BUILD_RETURNS), p_str=_texts,
+       p_list=st.lists(_texts, max_size=3),
+       p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2))
+def test_what_a_function_that_builds_a_list_in_a_loop_returns_is_planned(
+    start: str, body: list[str], ret: str, p_str: str, p_list: list[str], p_dict: dict[str, str],
+) -> None:
+    """A prompt built by a function of the suite that makes a list of its own and adds to it
+    (``messages = [...]``, a copy of the module's, then ``append`` / ``extend``, in ``for``
+    loops with ``continue`` and ``break``, under ``if``s), and a string with ``+=``: what is
+    planned is what the function returns when the test runs, each time it runs, or nothing.
+    One that adds to the module's own list, hands its list on or changes it another way is
+    not read (each test after would ask something else)."""
+    source = ("def build(p_str, p_list, p_dict):\n"
+              f"    parts = {start}\n    text = p_str\n"
+              + "".join(f"    {stmt}\n" for stmt in body)
+              + f"    return {ret}\n\n"
+              "def test_x(rollout, p_str, p_list, p_dict):\n"
+              "    rollout.reach()\n"
+              "    rollout.ask(build(p_str, p_list, p_dict))\n")  # fmt: skip
+    names = {**_STDLIB, "G_STR": "Customer message", "G_LIST": ["base"], "G_TOUCH": _touch}
+    params = {"p_str": p_str, "p_list": p_list, "p_dict": p_dict}
+    _first_ask_is_planned_as_asked(source, names, params, TypeError, AttributeError, IndexError)
 
 
 _HELPERS = itertools.count()

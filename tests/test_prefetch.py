@@ -443,9 +443,8 @@ def rephrase(text):
     return "Customer message: " + text
 
 def reworded(text):
-    for word in ("Customer", "message:"):
-        text = word + " " + text
-    return text
+    words = text.split()  # (str.split: not read)
+    return "Customer message: " + " ".join(words)
 
 @pytest.fixture(params={PROMPTS!r})
 def prompt(request):
@@ -678,8 +677,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         from pytest_modelrollout import cases
 
         def urgent(prompt):
-            for word in ("Please", "hurry."):  # a loop: not read
-                prompt += " " + word
+            while not prompt.endswith("!"):  # a while loop: not read
+                prompt += "!"
             return prompt
 
         @pytest.mark.workflow("support")
@@ -706,7 +705,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
 
         @pytest.mark.workflow("support")
         def test_built_here(rollout):
-            prompt = "Hello " * 2
+            prompt = "Hello ".center(20)
             rollout.ask(prompt)
 
         def ask_twice(rollout, text):
@@ -736,20 +735,20 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     lines = project.path.joinpath("test_suite.py").read_text(encoding="utf-8").splitlines()
     unknown = "its first ask's request is not known before the test runs"
     # what to change, with the line in the test file
-    built = lines.index('    prompt = "Hello " * 2') + 1
+    built = lines.index('    prompt = "Hello ".center(20)') + 1
     computed = lines.index("    rollout.ask(urgent(prompt))") + 1
     alone = lines.index('    rollout.ask("Hello", system=brief())') + 1
-    loop = lines.index('    for word in ("Please", "hurry."):  # a loop: not read') + 1
+    loop = lines.index('    while not prompt.endswith("!"):  # a while loop: not read') + 1
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
         f"the test runs, and no other test learns them: `brief()` at line {alone} cannot be read "
         "without running it)",
-        f"  run live: test_suite.py::test_built_here ({unknown}: `'Hello ' * 2` at line {built} "
+        f"  run live: test_suite.py::test_built_here ({unknown}: `'Hello '.center(20)` at line {built} "
         "cannot be read without running it)",
         f"  run live: test_suite.py::test_computed ({unknown}: `urgent(prompt)` at line "
-        f"{computed} cannot be read without running it (in `urgent`, `for word in ('Please', "
-        f"'hurry.'):` at line {loop} is not read))",
+        f"{computed} cannot be read without running it (in `urgent`, `while not "
+        f"prompt.endswith('!'):` at line {loop} is not read))",
         f"  run live: test_suite.py::test_from_a_fixture ({unknown}: `greeting` is what a fixture "
         "returns, not known without running it)",
         f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source, "
@@ -919,8 +918,8 @@ def test_a_function_whose_first_ask_is_not_its_case_stops_being_prefetched(
         from pytest_modelrollout import cases
 
         def urgent(prompt):
-            for word in ("Please", "hurry."):  # a loop: not read
-                prompt += " " + word
+            while not prompt.endswith("!"):  # a while loop: not read
+                prompt += "!"
             return prompt
 
         @pytest.mark.workflow("support", system="Be brief.")
@@ -1136,6 +1135,100 @@ def test_prompts_built_by_the_suites_own_functions_are_sent_ahead(
     assert {m[1]["content"].split("\n")[0] for m in messages} == {
         "客户消息（email）：", "Customer message (email): "}
     assert max(len(m[1]["content"].split("\n")[1]) for m in messages) == 60
+
+
+@XDIST
+def test_message_lists_built_by_the_suites_functions_in_loops_are_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """``rollout.ask(build_messages(case))``: a function of the suite that makes its own
+    message list (a copy of the module's) and adds to it in a ``for`` loop (a few-shot
+    example's question and answer, skipping an empty one with ``continue``, stopping at a
+    limit with ``break``), or builds a context string with ``+=`` in a loop over the case's
+    documents, is worked out for each case without running it: every call goes ahead, none
+    wasted. One that adds to the module's own list (each call's result longer than the last)
+    is not read. Before, a function with a loop or an ``append`` was not read and its tests
+    ran live."""
+    project.makepyfile(
+        prompts='''
+        """The support suite's prompts."""
+        BASE = [{"role": "system", "content": "Answer like the examples."}]
+        SHOTS = [("Where is order A-1?", "On its way."), ("", "(none)"),
+                 ("Can I return it?", "Yes, within 30 days."), ("Gift wrap?", "Yes.")]
+        LOG = []
+
+
+        def build_messages(case, limit=2):
+            messages = list(BASE)
+            for question, answer in SHOTS:
+                if not question:
+                    continue
+                if len(messages) > 2 * limit:
+                    break
+                messages.extend([{"role": "user", "content": question},
+                                 {"role": "assistant", "content": answer}])
+            messages.append({"role": "user", "content": case.prompt})
+            return messages
+
+
+        def with_context(case):
+            context = ""
+            for i, doc in enumerate(case.meta["docs"], 1):
+                context += f"[{i}] {doc}\\n"
+            return context + "Question: " + case.prompt
+
+
+        def logged(case):
+            LOG.append(case.prompt)
+            return f"{len(LOG)}. {case.prompt}"
+        ''',
+        test_suite="""
+        import pytest
+
+        from prompts import build_messages, logged, with_context
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_few_shot(rollout, case):
+            rollout.candidate.ask(build_messages(case))
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_context(rollout, case):
+            rollout.candidate.ask(with_context(case), system="Answer from the documents.")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_logged(rollout, case):
+            rollout.candidate.ask(logged(case))
+        """,
+    )
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+                            "meta": {"docs": [f"Order A-{i} shipped.", "Returns: 30 days."][: i % 3]}})
+                + "\n" for i in range(N_CASES)),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=3 * N_CASES)
+    out = result.stdout.str()
+    assert "run live: test_suite.py::test_few_shot" not in out
+    assert "run live: test_suite.py::test_context" not in out
+    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
+    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    # the first two: every call; the one adding to the module's list: a probe at most
+    assert used >= 2 * N_CASES and unused <= 2 and sent == used + unused, line
+    asked = [json.loads(k[1]) for k in sim.first_attempts()]
+    assert [{"role": "system", "content": "Answer like the examples."},
+            {"role": "user", "content": "Where is order A-1?"},
+            {"role": "assistant", "content": "On its way."},
+            {"role": "user", "content": "Can I return it?"},
+            {"role": "assistant", "content": "Yes, within 30 days."},
+            {"role": "user", "content": "Where is order A-7?"}] in asked
+    assert [{"role": "system", "content": "Answer from the documents."},
+            {"role": "user", "content": "[1] Order A-5 shipped.\n[2] Returns: 30 days.\n"
+                                        "Question: Where is order A-5?"}] in asked
 
 
 @XDIST

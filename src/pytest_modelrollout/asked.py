@@ -95,6 +95,8 @@ from ._records import Role
 #   ("fstr", (expr, ...))          an f-string: its parts, joined
 #   ("add", expr, expr)            str + str
 #   ("div", expr, expr)            path / "name" (a pathlib path: see templates)
+#   ("arith", op, expr, expr)      a - b, a * b, a // b of numbers ("-", "*", "//"); a str
+#                                  times an int ("=" * 40)
 #   ("method", expr, name, (expr, ...), ((name, expr), ...))
 #                                  a str method: template.format(...), "\n".join([...]),
 #                                  text.strip(), ... (STR_METHODS)
@@ -212,8 +214,13 @@ class _Reader:
         # the lines of the loop whose later iteration is read: a change anywhere in it is
         # before that iteration's ask
         self.loop_span: tuple[int, int] | None = None
+        # a function run by _run: its ``name.append(...)`` / ``.extend(...)`` statements that
+        # it runs as ``name = name + [...]`` (:func:`_own_adds`), by id: the name, the items
+        self.own_adds: dict[int, tuple[str, ast.expr]] = {}
         if assigned_as_params:
-            self.changes = _changes(func, self.bound, frozenset())
+            adds = _own_adds(func)
+            self.own_adds = {id(stmt): (name, what) for stmt, (name, _, what) in adds}
+            self.changes = _changes(func, self.bound, frozenset(id(add[1]) for _, add in adds))
             self.assigned = frozenset(self.bound)
             self.args |= self.assigned
             return
@@ -312,6 +319,10 @@ class _Reader:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             left, right = sub(node.left), sub(node.right)
             return None if left is None or right is None else ("add", left, right)
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:  # 2 * limit, "-" * 40
+            left, right = sub(node.left), sub(node.right)
+            return None if left is None or right is None else (
+                "arith", _ARITH[type(node.op)], left, right)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):  # PROMPTS / "a.txt"
             left, right = sub(node.left), sub(node.right)
             return None if left is None or right is None else ("div", left, right)
@@ -567,6 +578,46 @@ def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.e
     what = item if func.attr == "extend" else ast.copy_location(
         ast.List(elts=[item], ctx=ast.Load()), item)
     return func.value.id, func.value, what
+
+
+def _own_adds(func: ast.FunctionDef | ast.AsyncFunctionDef,
+              ) -> list[tuple[ast.stmt, tuple[str, ast.Name, ast.expr]]]:
+    """In a function of the suite (run by :func:`_run`), the statements ``name.append(item)``
+    / ``name.extend(items)``, anywhere in its body, of a list it makes itself and hands to
+    nothing but its ``return``: every assignment of the name makes a list of its own
+    (:func:`_fresh_list`: ``messages = [...]``, ``list(BASE)``), and the name is read
+    nowhere else as a value that goes on (assigned to another name, put in a list or dict,
+    passed to a call other than a read-only one; returned, it may be): adding to it then
+    changes nothing but what the function returns, so each such statement runs as ``name =
+    name + [...]``. Each statement, and what :func:`_added` reads of it."""
+    own: dict[str, bool] = {}
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(func):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            fresh = isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and (
+                _fresh_list(node.value))
+            for target in targets:
+                for name in (n.id for n in ast.walk(target) if isinstance(n, ast.Name)):
+                    own[name] = own.get(name, True) and fresh and isinstance(target, ast.Name)
+        elif isinstance(node, (ast.For, ast.comprehension, ast.With, ast.ExceptHandler)):
+            for name in (n.id for n in ast.walk(getattr(node, "target", node))
+                         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)):
+                own[name] = False
+    found: list[tuple[ast.stmt, tuple[str, ast.Name, ast.expr]]] = []
+    for node in ast.walk(func):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and own.get(node.id):
+            if _handed_on_at(node, parents) is None:
+                continue
+            own[node.id] = False  # handed on: an add to it may change another's value
+    for node in ast.walk(func):
+        if isinstance(node, ast.Expr) and not isinstance(parents.get(node), ast.Module):
+            added = _added(node, [name for name, ok in own.items() if ok])
+            if added is not None:
+                found.append((node, added))
+    return found
 
 
 def _walruses(test: ast.expr) -> list[tuple[str, ast.expr]]:
@@ -907,7 +958,7 @@ def _changes(func: ast.FunctionDef | ast.AsyncFunctionDef, bound: dict[str, int]
     ``messages = list(BASE)``, then ``messages.append(...)``), where that value is
     handed on: passed to a call other than an ask, a builtin of :data:`_READ_ONLY_CALLS` or a
     method of :data:`_READ_ONLY_METHODS` (``add_turn(messages, ...)``), or assigned or
-    returned, itself or in another list, dict or set (``history = messages``), after which a
+    yielded, itself or in another list, dict or set (``history = messages``), after which a
     change to it is not seen. (A name bound some other way is not read anyway:
     :class:`_Reader`.) Not the adds to a list that are read (``read``: the ids of
     their ``name`` nodes; :attr:`_Reader.versions`)."""
@@ -956,8 +1007,9 @@ def _changed_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None:
 def _handed_on_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None:
     """The line where the name's value itself is handed on there: passed to a call that is
     not an ask, a builtin of :data:`_READ_ONLY_CALLS` or a method of :data:`_READ_ONLY_METHODS`,
-    assigned, returned, or put in a list, dict or set (or an ``and`` / ``or`` / ``... if ...
-    else ...`` that is); None if not."""
+    assigned, yielded, or put in a list, dict or set (or an ``and`` / ``or`` / ``... if ...
+    else ...`` that is); None if not (a ``return`` too: nothing of the function runs after
+    it)."""
     child: ast.AST = node
     parent = parents.get(node)
     while isinstance(parent, (ast.BoolOp, ast.IfExp, ast.List, ast.Tuple, ast.Set, ast.Dict,
@@ -972,9 +1024,9 @@ def _handed_on_at(node: ast.Name, parents: dict[ast.AST, ast.AST]) -> int | None
             return None
         return parent.lineno
     if isinstance(parent, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr,
-                           ast.Return, ast.Yield, ast.YieldFrom)) and getattr(
+                           ast.Yield, ast.YieldFrom)) and getattr(
             parent, "value", None) is child:
-        return parent.lineno
+        return parent.lineno  # (not a return: nothing of the function runs after it)
     return None
 
 
@@ -1051,6 +1103,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return tuple(expr[1])
     if kind in ("add", "div"):
         return (expr[1], expr[2])
+    if kind == "arith":
+        return (expr[2], expr[3])
     if kind == "each":
         return (expr[2], expr[4])
     if kind == "comp":
@@ -2315,8 +2369,13 @@ def _fixture_body(func: Any) -> tuple[Body, frozenset[str]] | None:
 def _exprs(body: Body) -> Iterator[Expr]:
     """The expressions of a function's statements (:func:`_body`)."""
     for stmt in body:
-        if stmt[0] == "let":
+        if stmt[0] in ("let", "add"):
             yield stmt[2]
+        elif stmt[0] in ("continue", "break"):
+            continue
+        elif stmt[0] == "for":
+            yield stmt[2]
+            yield from _exprs(stmt[3])
         elif stmt[0] == "return":
             if stmt[1] is not None:
                 yield stmt[1]
@@ -2463,6 +2522,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _MODEL
     if kind == "div":
         return templates.divide(*(_evaluate(child, params, names) for child in _children(expr)))
+    if kind == "arith":
+        return _arithmetic(expr[1], *(_evaluate(child, params, names) for child in _children(expr)))
     if kind == "method" and expr[2] in templates.METHODS:
         receiver, *values = (_evaluate(child, params, names) for child in _children(expr))
         if receiver is MISSING or any(value is MISSING for value in values):
@@ -2507,6 +2568,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return MISSING  # strings and numbers only: their formatting runs no user code
     if kind == "fstr":
         return "".join(format(t) for t in texts)
+    if kind == "add" and all(type(t) in _NUMBER for t in texts):
+        return texts[0] + texts[1]  # (i + 1: numbers' own addition)
     if kind == "add":
         return str.__add__(*texts) if all(type(t) is str for t in texts) else MISSING
     # "method": the string, then the method's positional and keyword arguments
@@ -2517,6 +2580,24 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return (
         getattr(str, expr[2])(text, *texts[1 : 1 + n], **kwargs) if type(text) is str else MISSING
     )
+
+
+_ARITH: dict[type, str] = {ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//"}
+_REPEATED = 100_000  # the longest string a str * int is worked out to
+
+
+def _arithmetic(op: str, left: Any, right: Any) -> Any:
+    """``left <op> right`` of numbers (exact types: their arithmetic runs no user code), or a
+    string repeated (``"-" * 40``, at most :data:`_REPEATED` characters); :data:`MISSING`
+    otherwise (and for a division by zero, which raises when the test runs)."""
+    if type(left) in _NUMBER and type(right) in _NUMBER:
+        if op == "//" and right == 0:
+            return MISSING
+        return left - right if op == "-" else left * right if op == "*" else left // right
+    if op == "*" and {type(left), type(right)} == {str, int}:
+        text, times = (left, right) if type(left) is str else (right, left)
+        return text * times if len(text) * max(times, 0) <= _REPEATED else MISSING
+    return MISSING
 
 
 def _merged(keys: list[str | None], values: list[Any]) -> Any:
@@ -2752,6 +2833,8 @@ Body = tuple[tuple[Any, ...], ...]  # a function's statements, as _body reads th
 _CALLS_DEEP = 16  # how deep calls of the module's functions may nest (a recursion stops there)
 _nesting = threading.local()
 _FELL_THROUGH: Any = object()  # _run: the statements ended without a return
+_CONTINUE: Any = object()  # _run: a continue in a loop's body
+_BREAK: Any = object()  # _run: a break in a loop's body
 
 
 def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
@@ -3025,9 +3108,9 @@ def _extreme(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
 def _function(function: types.FunctionType) -> tuple[inspect.Signature, Body] | None:
     """A function of the module as :func:`_run` runs it: its signature and its statements
     (:func:`_body`); None when it is not a plain ``def`` whose statements are all read
-    (a docstring, ``name = value`` at the top of its body, ``if`` / ``elif`` / ``else``,
-    ``return``, ``pass``), or when what it reads is not all its arguments, the names it
-    assigns and its module's names (a nested function's free names, ``*args``)."""
+    (a docstring, ``name = value``, ``if`` / ``elif`` / ``else``, ``for`` loops, adds to a
+    list of its own, ``return``, ``pass``), or when what it reads is not all its arguments,
+    the names it assigns and its module's names (a nested function's free names, ``*args``)."""
     code = function.__code__
     if (
         code.co_freevars
@@ -3049,12 +3132,35 @@ def _function(function: types.FunctionType) -> tuple[inspect.Signature, Body] | 
     return None if isinstance(body, ast.stmt) else (signature, body)
 
 
-def _body(stmts: list[ast.stmt], reader: _Reader) -> Body | ast.stmt:
+def _body(stmts: list[ast.stmt], reader: _Reader, loop: bool = False) -> Body | ast.stmt:
     """Statements as ``("let", name, Expr)``, ``("return", Expr or None)``, ``("if", Expr,
-    Body, Body)``; the first statement that is not read, when one is not."""
+    Body, Body)``, ``("add", name, Expr)`` (an add to a list of its own, :func:`_own_adds`:
+    the items as a list), ``("for", target, Expr, Body)`` (a ``for`` loop, no ``else``, over
+    what :func:`_iterated` goes over), ``("continue",)`` and ``("break",)`` (in a ``loop``);
+    the first statement that is not read, when one is not."""
     out: list[tuple[Any, ...]] = []
     for index, stmt in enumerate(stmts):
         if isinstance(stmt, ast.Pass) or (index == 0 and _is_docstring(stmt)):
+            continue
+        if isinstance(stmt, (ast.Continue, ast.Break)) and loop:
+            out.append(("continue",) if isinstance(stmt, ast.Continue) else ("break",))
+            continue
+        if id(stmt) in reader.own_adds:
+            name, what = reader.own_adds[id(stmt)]
+            items = reader.read(what, stmt.lineno)
+            if items is None:
+                return stmt
+            out.append(("add", name, items))
+            continue
+        if isinstance(stmt, ast.For) and not stmt.orelse:
+            target = _target_names(stmt.target, reader, scoped=True)
+            items = reader.read(stmt.iter, stmt.lineno)
+            inner = _body(stmt.body, reader, loop=True)
+            if target is None or items is None:
+                return stmt
+            if isinstance(inner, ast.stmt):
+                return inner
+            out.append(("for", target, items, inner))
             continue
         if isinstance(stmt, ast.Return):
             value = None if stmt.value is None else reader.read(stmt.value, stmt.lineno)
@@ -3066,7 +3172,7 @@ def _body(stmts: list[ast.stmt], reader: _Reader) -> Body | ast.stmt:
             test = reader.read(stmt.test, stmt.lineno)
             if test is None:
                 return stmt
-            body, orelse = _body(stmt.body, reader), _body(stmt.orelse, reader)
+            body, orelse = _body(stmt.body, reader, loop), _body(stmt.orelse, reader, loop)
             for branch in (body, orelse):
                 if isinstance(branch, ast.stmt):
                     return branch
@@ -3099,7 +3205,8 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 def _run(body: Body, params: dict[str, Any], names: Any) -> Any:
     """The value a function's statements return, run on ``params`` (its arguments, then the
-    names it assigns, in order); :data:`_FELL_THROUGH` when they end without a return."""
+    names it assigns, in order); :data:`_FELL_THROUGH` when they end without a return
+    (:data:`_CONTINUE` / :data:`_BREAK` in a loop's body, for the loop)."""
     for stmt in body:
         if stmt[0] == "let":
             value = _evaluate(stmt[2], params, names)
@@ -3108,6 +3215,29 @@ def _run(body: Body, params: dict[str, Any], names: Any) -> Any:
             params[stmt[1]] = value
         elif stmt[0] == "return":
             return None if stmt[1] is None else _evaluate(stmt[1], params, names)
+        elif stmt[0] == "add":  # messages.append(...) of its own list: a new list, not changed
+            before, items = params.get(stmt[1], MISSING), _evaluate(stmt[2], params, names)
+            if type(before) is not list or type(items) not in (list, tuple):
+                return MISSING  # (not known, or not what Python would add: a dict's keys...)
+            if len(before) + len(items) > _COMPREHENDED:
+                return MISSING
+            params[stmt[1]] = [*before, *items]
+        elif stmt[0] in ("continue", "break"):
+            return _CONTINUE if stmt[0] == "continue" else _BREAK
+        elif stmt[0] == "for":
+            values = _iterated(_evaluate(stmt[2], params, names))
+            if values is None or len(values) > _COMPREHENDED:
+                return MISSING
+            for element in values:
+                bound = _bind(stmt[1], element)
+                if bound is None:
+                    return MISSING
+                params.update(bound)
+                value = _run(stmt[3], params, names)
+                if value is _BREAK:
+                    break
+                if value is not _FELL_THROUGH and value is not _CONTINUE:
+                    return value  # a return in the loop (or MISSING)
         else:
             taken = _truth(_evaluate(stmt[1], params, names))
             if taken is MISSING:

@@ -122,11 +122,11 @@ LIVE_LONE = (
     "its first ask passes arguments not known before the test runs, and no other test learns them"
 )
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
+LIVE_UNUSED = "its tests took none of what was sent ahead for them"
 # the probes of a function whose first ask is under an if it cannot tell (asked.UNTOLD) that
 # must match before the rest of its tests are sent ahead: one test taking the branch planned
 # says little of the next one (its condition may differ from case to case)
 UNTOLD_PROBES = 3
-LIVE_UNUSED = "its tests took none of what was sent ahead for them"
 SHOWN_LIVE = 10  # functions listed in the summary
 WORKER_STATS_KEY = "modelrollout_prefetch"  # an xdist worker's counts, in its workeroutput
 SAFE_DIST_MODES = ("load", "loadscope", "loadfile", "loadgroup", "each")

@@ -451,6 +451,10 @@ _expr_sources = st.recursive(
         st.builds(lambda a, d: f"{a}.format(x=p_str, **{d})", inner,
                   st.sampled_from(["p_dict", "{'x': 'twice'}"])),
         st.builds(lambda a, b: f"'-'.join([{a}, {b}])", inner, inner),
+        st.builds(lambda a, d: f"{a}.format_map({d})", inner,
+                  st.sampled_from(["p_dict", "G_DICT", "{'k': p_str}", "p_list"])),
+        st.builds(lambda a, m: f"{a}.{m}", inner, st.sampled_from(
+            ["split(',')", "rsplit(maxsplit=1)", "splitlines()", "split(None, 1)"])),
         st.builds(lambda a, m: f"{a}.{m}", inner, st.sampled_from(
             ["strip()", "upper()", "replace('a', 'b')", "split()", "casefold()"])),
         st.builds(lambda a: f"[{{'role': 'user', 'content': {a}}}]", inner),

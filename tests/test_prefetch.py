@@ -443,7 +443,7 @@ def rephrase(text):
     return "Customer message: " + text
 
 def reworded(text):
-    words = text.split()  # (str.split: not read)
+    words = text.swapcase().split()  # (str.swapcase: not read)
     return "Customer message: " + " ".join(words)
 
 @pytest.fixture(params={PROMPTS!r})
@@ -1217,8 +1217,9 @@ def test_message_lists_built_by_the_suites_functions_in_loops_are_sent_ahead(
     assert "run live: test_suite.py::test_context" not in out
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    # the first two: every call; the one adding to the module's list: a probe at most
-    assert used >= 2 * N_CASES and unused <= 2 and sent == used + unused, line
+    # the first two: every call; the one adding to the module's list: two probes at most (per
+    # worker)
+    assert used >= 2 * N_CASES and unused <= (4 if xdist else 2) and sent == used + unused, line
     asked = [json.loads(k[1]) for k in sim.first_attempts()]
     assert [{"role": "system", "content": "Answer like the examples."},
             {"role": "user", "content": "Where is order A-1?"},
@@ -1966,9 +1967,9 @@ def test_copies_of_the_modules_messages_and_payload_dicts_are_sent_ahead(
         assert f"run live: test_suite.py::test_{name}" not in out
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    # the five read: all of their calls; the module's own list: a probe at most, and what
-    # was learned from it (each test asks with a longer history)
-    assert used >= 5 * N_CASES and unused <= 2 and sent == used + unused, line
+    # the five read: all of their calls; the module's own list: two probes at most (each
+    # test asks with a longer history), per worker
+    assert used >= 5 * N_CASES and unused <= (4 if xdist else 2) and sent == used + unused, line
     asked = [json.loads(k[1]) for k in sim.first_attempts()]
     system = {"role": "system", "content": "You are a support agent."}
     assert [system, {"role": "user", "content": "Where is order A-3? Be brief."}] in asked
@@ -2318,8 +2319,9 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     result.stdout.fnmatch_lines([f"*run live: test_suite.py::test_by_language ({LIVE_MISMATCH})"])
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(x) for x in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    # test_by_mode: its first probe; test_by_language: its second and third
-    assert unused <= 6 and used >= 2 * n - 2 and sent == used + unused, line
+    # test_by_mode: its first probe; test_by_language: its second and third (per worker)
+    wasted = 6 if not xdist else 12
+    assert unused <= wasted and used >= 2 * n - wasted and sent == used + unused, line
     assert sum("strictly" in k[1] for k in sim.first_attempts()) <= 2
 
 
@@ -4281,7 +4283,7 @@ def _reads_a_logged(rollout, case):
 
 
 def _templated(rollout, text, n, row):
-    rollout.ask(f"{text.split()} is not planned")  # a method that is not read
+    rollout.ask(f"{text.swapcase()} is not planned")  # a method that is not read
     return rollout.ask(f"Say {row['word']} {n} times: {text}")
 
 
@@ -4318,7 +4320,7 @@ def _built(rollout, case, row, n):
     rollout.ask(TEMPLATE.format(*row["turns"]))  # *args: not read
     rollout.ask([{"role": "system", "content": PREFIX}, {"role": "user", "content": prompt}])
     rollout.ask("\n".join([PREFIX.strip(), case.prompt.lower()]))
-    rollout.ask(case.prompt.split())  # not a str method that builds a string: not read
+    rollout.ask(case.prompt.encode())  # not a str method that builds a string: not read
     return rollout.ask(prompt)
 
 

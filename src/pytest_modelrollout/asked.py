@@ -145,7 +145,9 @@ _DEPTH = 64  # how deep an expression (with the local names it reads) may nest
 # only
 STR_METHODS = frozenset({
     "format", "join", "strip", "lstrip", "rstrip", "lower", "upper", "replace", "removeprefix",
-    "removesuffix", "capitalize", "title",
+    "removesuffix", "capitalize", "title", "format_map",
+    # and those that cut one into a list of strings (words = case.prompt.split())
+    "split", "rsplit", "splitlines",
     # and those that test one, for a condition (`if case.id.endswith("5")`)
     "startswith", "endswith", "isdigit", "isdecimal", "isnumeric", "isalpha", "isalnum",
     "isspace", "islower", "isupper", "isascii",
@@ -2564,6 +2566,12 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return str.join(texts[0], parts) if ok else MISSING
     if kind == "method" and expr[2] == "format" and any(k is None for k, _ in expr[4]):
         return _format_mapping(expr, texts)
+    if kind == "method" and expr[2] == "format_map":  # TEMPLATE.format_map(case.meta)
+        mapping = texts[1] if len(texts) == 2 and not expr[4] else None
+        if type(texts[0]) is not str or type(mapping) is not dict or _wide_format(texts[0]) or (
+                not all(type(k) is str and _plain_data(v, 0) for k, v in mapping.items())):
+            return MISSING  # a dict of plain data: looking its keys up runs no user code
+        return str.format_map(texts[0], mapping)
     if any(type(t) not in _TEXT for t in texts):
         return MISSING  # strings and numbers only: their formatting runs no user code
     if kind == "fstr":

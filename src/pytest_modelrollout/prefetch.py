@@ -123,9 +123,10 @@ LIVE_LONE = (
 )
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
 LIVE_UNUSED = "its tests took none of what was sent ahead for them"
-# the probes of a function whose first ask is under an if it cannot tell (asked.UNTOLD) that
-# must match before the rest of its tests are sent ahead: one test taking the branch planned
-# says little of the next one (its condition may differ from case to case)
+# the probes of a function whose first ask is under an if it cannot tell (asked.UNTOLD), or is
+# not read (its case is planned: a guess), that must match before the rest of its tests are
+# sent ahead: one test taking the branch planned, or asking for its case as it is, says little
+# of the next one (its condition, or what is done to its case, may differ from case to case)
 UNTOLD_PROBES = 3
 SHOWN_LIVE = 10  # functions listed in the summary
 WORKER_STATS_KEY = "modelrollout_prefetch"  # an xdist worker's counts, in its workeroutput
@@ -235,6 +236,7 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
             return None
         cases = [name for name, value in params.items() if is_case(value)]
         planned = (("param", cases[0]), params[cases[0]]) if len(cases) == 1 else None
+        item.stash[_GUESSED] = True  # (its first ask is not read: the case is a guess)
     item.stash[_PLANNED] = planned
     return planned
 
@@ -246,6 +248,8 @@ _NOT_ASKED = pytest.StashKey[bool]()  # the branches it takes ask nothing
 # the branch its first ask is under cannot be told (asked.UNTOLD): the ask planned in source
 # order may be another branch's, so it is a probe's
 _UNTOLD = pytest.StashKey[bool]()
+# its first ask is not read, and the case it has is planned (a probe's guess)
+_GUESSED = pytest.StashKey[bool]()
 _REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it reaches asks
 _PARAMS = pytest.StashKey[dict[str, Any]]()
 
@@ -542,9 +546,10 @@ class Prefetcher:
     that is wrong again turns prefetch off for the function. So a function that asks
     differently from the plan costs one wasted call per model (two if its arguments differ from
     case to case), never a window of them. A test that is not parametrized is never probed.
-    A function whose first ask is under an ``if`` it cannot tell (:data:`.asked.UNTOLD`) is
-    probed until :data:`UNTOLD_PROBES` of its tests have asked what was planned: its tests
-    may take another branch from case to case. A function whose tests keep taking nothing sent
+    A function whose first ask is under an ``if`` it cannot tell (:data:`.asked.UNTOLD`), or
+    is not read at all (its case is planned, a guess), is probed until :data:`UNTOLD_PROBES` of
+    its tests have asked what was planned: its tests may take another branch, or do something
+    else to their case, from case to case. A function whose tests keep taking nothing sent
     for them is turned off too (:meth:`_unused`).
     """
 
@@ -580,7 +585,8 @@ class Prefetcher:
         self._learned: dict[str, AskKwargs] = {}  # the arguments its first ask passes
         self._off: set[str] = set()  # never prefetched again
         self._probe: dict[str, str] = {}  # function -> test id of its probe in flight
-        # functions whose first ask is under an if they cannot tell, and their probes matched
+        # functions whose first ask is under an if they cannot tell, or is not read (their
+        # plans are guesses), and how many of their probes matched
         self._untold: collections.Counter[str] = collections.Counter()
         # items pulled from the run order but not planned yet: the first one may wait for its
         # function's probe (planning stops there, so the window is not filled with later items
@@ -650,7 +656,8 @@ class Prefetcher:
         learned = self._learned.get(fkey)
         # what the first ask passes besides the prompt: learned from a test, or read
         ask_kwargs = learned if learned is not None else _source_kwargs(item, planned)
-        if item.stash.get(_UNTOLD, False) and fkey not in self._untold:
+        guess = item.stash.get(_UNTOLD, False) or item.stash.get(_GUESSED, False)
+        if guess and fkey not in self._untold:
             self._untold[fkey] = 0
         if fkey not in self._confirmed:
             if learned is None and ask_kwargs is not None:

@@ -2277,9 +2277,12 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     is learned, and sent ahead for the rest. And a condition on the case's language that is not
     read (``if case.meta["lang"].casefold() == "zh":``, the ``else`` asking ``case.prompt``
     alone): the first test's probe matches, the next takes the other branch, and the function
-    runs live after at most two calls per model are wasted. Before, the first ask in the source was sent ahead for a
-    window of tests as if it were known (or, once one probe matched, the ``else``'s), each test
-    of the other branch wasting its calls, and the function then ran live."""
+    runs live after at most two calls per model are wasted. The same for a first ask that is
+    not read at all, whose case is planned (``rollout.ask(shortened(case.prompt))``, cutting
+    only the long English prompts: the Chinese tests' probes match). Before, the first ask in
+    the source was sent ahead for a window of tests as if it were known (or, once one probe
+    matched, the ``else``'s, or the case as it is), each test of the other kind wasting its
+    calls, and the function then ran live."""
     project.makepyfile(
         test_suite="""
         import os
@@ -2303,24 +2306,37 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
                 rollout.ask(case.prompt, system="请用中文回答。")
             else:
                 rollout.ask(case.prompt)
+
+        def shortened(text):
+            while len(text) > 20:  # (a while loop: not read)
+                text = text[:20]
+            return text
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_shortened(rollout, case):
+            rollout.ask(shortened(case.prompt))
         """
     )
     n = 20
     project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"lang": "zh" if i % 2 else "en"}}) + "\n"
+        "".join(json.dumps({"id": f"c{i:02d}", "meta": {"lang": "zh" if i % 2 else "en"},
+                            "prompt": f"我的订单 B-{i} 在哪？" if i % 2 else
+                            f"Where is my order A-{i}? It is late."}) + "\n"
                 for i in range(n)),
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=2 * n)
+    result.assert_outcomes(passed=3 * n)
     out = result.stdout.str()
     assert "run live: test_suite.py::test_by_mode" not in out
-    result.stdout.fnmatch_lines([f"*run live: test_suite.py::test_by_language ({LIVE_MISMATCH})"])
+    result.stdout.fnmatch_lines([f"*run live: test_suite.py::test_by_language ({LIVE_MISMATCH})",
+                                 "*run live: test_suite.py::test_shortened (*)"])
     line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
     sent, used, unused = (int(x) for x in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
-    # test_by_mode: its first probe; test_by_language: its second and third (per worker)
-    wasted = 6 if not xdist else 12
+    # test_by_mode: its first probe; test_by_language and test_shortened: their second and
+    # third (per worker)
+    wasted = 10 if not xdist else 20
     assert unused <= wasted and used >= 2 * n - wasted and sent == used + unused, line
     assert sum("strictly" in k[1] for k in sim.first_attempts()) <= 2
 

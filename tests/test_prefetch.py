@@ -1062,6 +1062,13 @@ def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
     _every_call_went_ahead(result, sim, 2 * N_CASES)
 
 
+def _prefetch_counts(result: pytest.RunResult) -> tuple[str, tuple[int, int, int]]:
+    """The run's prefetch line, and its calls sent ahead, used and unused."""
+    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
+    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    return line, (sent, used, unused)
+
+
 def _every_call_went_ahead(result: pytest.RunResult, sim: CountingSim, calls: int) -> None:
     """The tests made ``calls`` calls, each sent ahead once and used; no function ran live."""
     assert "run live:" not in result.stdout.str()
@@ -1215,8 +1222,7 @@ def test_message_lists_built_by_the_suites_functions_in_loops_are_sent_ahead(
     out = result.stdout.str()
     assert "run live: test_suite.py::test_few_shot" not in out
     assert "run live: test_suite.py::test_context" not in out
-    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
-    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    line, (sent, used, unused) = _prefetch_counts(result)
     # the first two: every call; the one adding to the module's list: two probes at most (per
     # worker)
     assert used >= 2 * N_CASES and unused <= (4 if xdist else 2) and sent == used + unused, line
@@ -1772,8 +1778,7 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=6 * N_CASES)
-    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
-    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    line, (sent, used, unused) = _prefetch_counts(result)
     # test_appended: both models; test_conversation and test_then_followed_up: the first
     # turn; test_added_to_if and test_added_to_in_a_loop: their one (added to under an if,
     # and in a loop over the case's history, as each case takes it)
@@ -1965,8 +1970,7 @@ def test_copies_of_the_modules_messages_and_payload_dicts_are_sent_ahead(
     out = result.stdout.str()
     for name in ("listed", "deep_copied", "copied_and_sliced", "payload", "dict_of_meta"):
         assert f"run live: test_suite.py::test_{name}" not in out
-    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
-    sent, used, unused = (int(n) for n in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    line, (sent, used, unused) = _prefetch_counts(result)
     # the five read: all of their calls; the module's own list: two probes at most (each
     # test asks with a longer history), per worker
     assert used >= 5 * N_CASES and unused <= (4 if xdist else 2) and sent == used + unused, line
@@ -2332,8 +2336,7 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     assert "run live: test_suite.py::test_by_mode" not in out
     result.stdout.fnmatch_lines([f"*run live: test_suite.py::test_by_language ({LIVE_MISMATCH})",
                                  "*run live: test_suite.py::test_shortened (*)"])
-    line = next(x for x in result.outlines if "calls sent ahead of their tests" in x)
-    sent, used, unused = (int(x) for x in re.findall(r"(\d+) (?:calls sent|used|unused)", line))
+    line, (sent, used, unused) = _prefetch_counts(result)
     # test_by_mode: its first probe; test_by_language and test_shortened: their second and
     # third (per worker)
     wasted = 10 if not xdist else 20

@@ -93,7 +93,7 @@ from ._records import Role
 #   ("slice", expr, (lo, hi, step)) expr[lo:hi:step] of a str, list or tuple (int or None)
 #   ("mod", expr, expr, tuple?)    str % value, or str % (value, ...) when tuple? is True
 #   ("fstr", (expr, ...))          an f-string: its parts, joined
-#   ("add", expr, expr)            str + str
+#   ("add", expr, expr)            str + str, list + list (a list added to), number + number
 #   ("div", expr, expr)            path / "name" (a pathlib path: see templates)
 #   ("arith", op, expr, expr)      a - b, a * b, a // b of numbers ("-", "*", "//"); a str
 #                                  times an int ("=" * 40)

@@ -649,7 +649,35 @@ _CHANGES = [
     "        row['text'] = 'changed'",
     "if p_list:\n        messages.extend(p_list)\n        p_list.append('later')",
     "messages.append({'role': 'user', 'content': str(len(messages))})",
+    # functions of the suite given the list: ones that only add to it are read
+    "add_turns(messages, p_list)",
+    "add_turns(messages, p_list, role='assistant')",
+    "add_then_return(messages, p_str)",
+    "add_reading(messages)",
+    "add_aliased(messages)",
+    "add_turns(messages + [], p_list)",
+    "add_turns(messages, sorted(p_list))",
 ]
+# the functions of the suite those call (in the generated module, where prefetch reads them)
+_ADDERS = """
+def add_turns(messages, turns, role='user'):
+    for t in turns:
+        if not t:
+            continue
+        messages.append({'role': role, 'content': t})
+
+def add_then_return(messages, text):
+    messages.extend([{'role': 'user', 'content': text}])
+    return messages
+
+def add_reading(messages):
+    messages.append({'role': 'user', 'content': str(len(messages))})
+
+def add_aliased(messages):
+    other = messages
+    other.append({'role': 'user', 'content': 'aliased'})
+
+"""
 _CHANGED_ASKS = ["rollout.ask(messages)", "rollout.ask(row['text'])",
                  "rollout.ask(p_list[-1] if p_list else 'none')", "rollout.ask([messages[-1]])",
                  "rollout.ask(row.get('text', 'none'), system=messages[0]['content'])"]
@@ -675,7 +703,7 @@ def test_what_is_planned_is_what_the_test_asks_after_changing_its_values(
     planned for its first ask is what it asks, the value as it is when the test asks, or
     nothing."""
     body = "".join(f"    {stmt}\n" for stmt in before)
-    source = ("def test_x(rollout, p_str, row, p_list):\n"
+    source = (_ADDERS + "def test_x(rollout, p_str, row, p_list):\n"
               "    messages = [{'role': 'system', 'content': 'S'},"
               " {'role': 'user', 'content': p_str}]\n"
               f"{body}    rollout.reach()\n    {ask}\n"

@@ -1695,8 +1695,10 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     (``messages.append(...)``, ``messages.extend(...)``; under an ``if`` / ``elif`` /
     ``else``; in a loop over the case's history that only appends; a conversation's turns
     appended in a loop) has its ask sent ahead as it makes it: the list as added to (in a
-    conversation, the first turn's; the next reads a reply). One that hands its list to a function of the suite that
-    may change it is not read: at most a probe is wasted, and the list as built is never sent.
+    conversation, the first turn's; the next reads a reply), and so has one that hands its list
+    to a function of the suite that only adds to it (``add_context(messages, case)``, read
+    from its source). One whose function also reads the list (``len(messages)``) is not read:
+    at most a probe is wasted, and the list as built is never sent.
     Before, each test had the list as built sent ahead, and left unused; before that was
     fixed, the functions that add to their list were probed and ran live."""
     project.makepyfile(
@@ -1708,6 +1710,9 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
 
         def add_context(messages, case):
             messages.append({"role": "user", "content": "Order " + case.id})
+
+        def add_counted(messages, case):
+            messages.append({"role": "user", "content": f"({len(messages)}) {case.id}"})
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -1746,6 +1751,13 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_handed_to_a_reader(rollout, case):
+            messages = [{"role": "system", "content": SYSTEM}]
+            add_counted(messages, case)
+            rollout.candidate.ask(messages)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_added_to_if(rollout, case):
             messages = [{"role": "system", "content": SYSTEM}]
             if len(case.meta["history"]) > 1:
@@ -1777,14 +1789,16 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
         encoding="utf-8",
     )  # fmt: skip
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=6 * N_CASES)
+    result.assert_outcomes(passed=7 * N_CASES)
     line, (sent, used, unused) = _prefetch_counts(result)
     # test_appended: both models; test_conversation and test_then_followed_up: the first
     # turn; test_added_to_if and test_added_to_in_a_loop: their one (added to under an if,
-    # and in a loop over the case's history, as each case takes it)
-    assert used == 6 * N_CASES and unused <= 4 and sent == used + unused, line
-    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_handed_on*"])
-    for name in ("test_appended", "test_added_to_if", "test_added_to_in_a_loop"):
+    # and in a loop over the case's history, as each case takes it); test_handed_on: its one
+    # (a function of the suite that only adds to the list)
+    assert used == 7 * N_CASES and unused <= (4 if not xdist else 8) and sent == used + unused, line
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_handed_to_a_reader*"])
+    for name in ("test_appended", "test_added_to_if", "test_added_to_in_a_loop",
+                 "test_handed_on"):
         assert f"run live: test_suite.py::{name}" not in result.stdout.str()
     asked = [json.loads(k[1]) for k in sim.first_attempts()]
     assert [{"role": "system", "content": "You are a support agent."}] not in asked
@@ -1798,6 +1812,8 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     assert [{"role": "system", "content": "You are a support agent."},
             {"role": "user", "content": "Earlier: Hi"},
             {"role": "user", "content": "Where is order A-5?"}] in asked
+    assert [{"role": "system", "content": "You are a support agent."},
+            {"role": "user", "content": "Order c07"}] in asked
 
 
 @XDIST

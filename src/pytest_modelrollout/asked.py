@@ -122,6 +122,10 @@ from ._records import Role
 #   ("comp", target, expr, expr, (expr, ...))
 #                                  [elt for target in items if cond...]: a list (also a
 #                                  generator's, as "sep".join's argument)
+#   ("added_by", expr, (expr, ...), ((name, expr), ...), index)
+#                                  what a function of the module adds to the list it is given
+#                                  as its index-th argument (add_question(messages, case)): run
+#                                  on an empty list (_adder); that argument's expr unused
 #   ("flat", expr)                 the lists of a "comp" joined: a comprehension with more than
 #                                  one for ([m for shot in shots for m in (q, a)])
 #   ("fmt", expr, conversion, expr?) an f-string's {value!r:spec} (conversion: ord("r"),
@@ -192,10 +196,12 @@ class _Reader:
     """Turns expressions of one test function into :data:`Expr`."""
 
     def __init__(
-        self, func: ast.FunctionDef | ast.AsyncFunctionDef, assigned_as_params: bool = False
+        self, func: ast.FunctionDef | ast.AsyncFunctionDef, assigned_as_params: bool = False,
+        own: Collection[str] = (),
     ) -> None:
         """``assigned_as_params``: the names the body assigns are read as parameters too (a
-        module's function run by :func:`_run`, which sets them as it goes)."""
+        module's function run by :func:`_run`, which sets them as it goes); ``own``: its
+        parameters it adds to as lists of its own (:func:`_adder`)."""
         a = func.args
         self.args = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)} | {
             x.arg for x in (a.vararg, a.kwarg) if x is not None
@@ -220,7 +226,7 @@ class _Reader:
         # it runs as ``name = name + [...]`` (:func:`_own_adds`), by id: the name, the items
         self.own_adds: dict[int, tuple[str, ast.expr]] = {}
         if assigned_as_params:
-            adds = _own_adds(func)
+            adds = _own_adds(func, own)
             self.own_adds = {id(stmt): (name, what) for stmt, (name, _, what) in adds}
             self.changes = _changes(func, self.bound, frozenset(id(add[1]) for _, add in adds))
             self.assigned = frozenset(self.bound)
@@ -250,6 +256,11 @@ class _Reader:
             added = _added(stmt, lists)
             if added is not None:  # messages.append(...): what it held before, and the item
                 name, node, what = added
+                self.versions.setdefault(name, []).append((end, _plus(_load(name, what), what)))
+                read.add(id(node))
+            handed = _handed_to_adder(stmt, lists)
+            if handed is not None:  # add_question(messages, case): what it held, and its adds
+                name, node, what = handed
                 self.versions.setdefault(name, []).append((end, _plus(_load(name, what), what)))
                 read.add(id(node))
             item = _item_set(stmt, dicts)
@@ -335,6 +346,15 @@ class _Reader:
             return ("mod", left, right, isinstance(node.right, ast.Tuple))
         if isinstance(node, ast.NamedExpr):  # (lang := case.meta["lang"]): its value
             return sub(node.value)
+        if isinstance(node, _AddedBy):  # add_question(messages, case): what it adds
+            callee = sub(node.call.func)
+            args = [("const", None) if i == node.index else sub(a)
+                    for i, a in enumerate(node.call.args)]
+            kwargs = [(k.arg, sub(k.value)) for k in node.call.keywords]
+            if callee is None or not _module_name(callee) or None in args or any(
+                    k is None or v is None for k, v in kwargs):
+                return None
+            return ("added_by", callee, tuple(args), tuple(kwargs), node.index)
         if isinstance(node, ast.IfExp):
             parts = [sub(node.test), sub(node.body), sub(node.orelse)]
             return None if None in parts else ("if", *parts)
@@ -582,7 +602,7 @@ def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.e
     return func.value.id, func.value, what
 
 
-def _own_adds(func: ast.FunctionDef | ast.AsyncFunctionDef,
+def _own_adds(func: ast.FunctionDef | ast.AsyncFunctionDef, params: Collection[str] = (),
               ) -> list[tuple[ast.stmt, tuple[str, ast.Name, ast.expr]]]:
     """In a function of the suite (run by :func:`_run`), the statements ``name.append(item)``
     / ``name.extend(items)``, anywhere in its body, of a list it makes itself and hands to
@@ -591,8 +611,9 @@ def _own_adds(func: ast.FunctionDef | ast.AsyncFunctionDef,
     nowhere else as a value that goes on (assigned to another name, put in a list or dict,
     passed to a call other than a read-only one; returned, it may be): adding to it then
     changes nothing but what the function returns, so each such statement runs as ``name =
-    name + [...]``. Each statement, and what :func:`_added` reads of it."""
-    own: dict[str, bool] = {}
+    name + [...]``; and of the ``params`` the caller runs it on an empty list for
+    (:func:`_adder`). Each statement, and what :func:`_added` reads of it."""
+    own: dict[str, bool] = dict.fromkeys(params, True)
     parents: dict[ast.AST, ast.AST] = {}
     for node in ast.walk(func):
         for child in ast.iter_child_nodes(node):
@@ -644,6 +665,41 @@ def _walruses(test: ast.expr) -> list[tuple[str, ast.expr]]:
                                ast.Tuple, ast.Dict, ast.Starred)):
             todo.extend(ast.iter_child_nodes(node))
     return found
+
+
+class _AddedBy(ast.expr):
+    """What a call of a function of the suite adds to a list it is given, as an expression of
+    the test (a version of the list is ``messages + <this>``): the call, and the index of the
+    list among its positional arguments (:func:`_handed_to_adder`)."""
+
+    _fields = ("call",)
+
+    def __init__(self, call: ast.Call, index: int) -> None:
+        super().__init__()
+        self.call = call
+        self.index = index
+        ast.copy_location(self, call)
+
+
+def _handed_to_adder(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
+    """``add_question(messages, case)`` as a statement: a call of a function of the module
+    (a name, or a module's attribute: ``prompts.add_question``) given one of ``lists`` as a
+    positional argument, once; the list's name, its node, and what the call adds to it
+    (:class:`_AddedBy`, worked out from the function's source when it only adds to it:
+    :func:`_adder`). None otherwise."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if not isinstance(call, ast.Call) or _is_ask(call) or not isinstance(
+            call.func, (ast.Name, ast.Attribute)):
+        return None
+    handed = [(i, a) for i, a in enumerate(call.args)
+              if isinstance(a, ast.Name) and a.id in lists]
+    named = [n for n in ast.walk(call) if isinstance(n, ast.Name) and n.id in lists]
+    if len(handed) != 1 or len(named) != 1 or any(
+            isinstance(a, ast.Starred) for a in call.args):
+        return None  # (the list twice, or in another argument: not read)
+    index, node = handed[0]
+    assert isinstance(node, ast.Name)
+    return node.id, node, _AddedBy(call, index)
 
 
 def _item_set(stmt: ast.stmt, dicts: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
@@ -1116,6 +1172,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
     if kind == "method":
         return (expr[1], *expr[3], *(value for _, value in expr[4]))
     if kind == "call":
+        return (expr[1], *expr[2], *(value for _, value in expr[3]))
+    if kind == "added_by":
         return (expr[1], *expr[2], *(value for _, value in expr[3]))
     if kind == "helper":  # (its value reads the helper's parameters, not the test's)
         return (expr[1], *expr[2], *(value for _, value in expr[3]))
@@ -2518,6 +2576,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _formatted(expr, params, names)
     if kind == "call":
         return _returned(expr, params, names)
+    if kind == "added_by":
+        return _added_by(expr, params, names)
     if kind == "helper":
         return _helper_value(expr, params, names)
     if kind == "model":
@@ -2889,6 +2949,37 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return None if value is _FELL_THROUGH else value
 
 
+def _added_by(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """``("added_by", ...)``: what the function adds to the list it is given, worked out by
+    running its statements (:func:`_adder`) on an empty list in its place (its adds make new
+    lists: nothing the test has is changed); :data:`MISSING` when that cannot be known."""
+    function = _evaluate(expr[1], params, names)
+    read = _adder(function, expr[4]) if type(function) is types.FunctionType else None
+    if read is None:
+        return MISSING
+    args = [[] if i == expr[4] else _evaluate(a, params, names) for i, a in enumerate(expr[2])]
+    kwargs = {k: _evaluate(v, params, names) for k, v in expr[3]}
+    if any(a is MISSING for a in args) or any(v is MISSING for v in kwargs.values()):
+        return MISSING
+    signature, body, param = read
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return MISSING  # it raises when it runs: the test does not ask
+    bound.apply_defaults()
+    depth = getattr(_nesting, "depth", 0)
+    if depth >= _CALLS_DEEP:
+        return MISSING
+    _nesting.depth = depth + 1
+    local = dict(bound.arguments)  # (the list's name: what it has added, when it is done)
+    try:
+        ran = _run(body, local, function.__globals__)
+    finally:
+        _nesting.depth = depth
+    added = local.get(param, MISSING)
+    return MISSING if ran is MISSING or type(added) is not list else added
+
+
 _MODEL: Any = object()  # ("model",): the model fixture a helper is passed (nothing to read)
 
 
@@ -3119,6 +3210,44 @@ def _function(function: types.FunctionType) -> tuple[inspect.Signature, Body] | 
     (a docstring, ``name = value``, ``if`` / ``elif`` / ``else``, ``for`` loops, adds to a
     list of its own, ``return``, ``pass``), or when what it reads is not all its arguments,
     the names it assigns and its module's names (a nested function's free names, ``*args``)."""
+    found = _plain_def(function)
+    if found is None:
+        return None
+    signature, fdef = found
+    body = _body(fdef.body, _Reader(fdef, assigned_as_params=True))
+    return None if isinstance(body, ast.stmt) else (signature, body)
+
+
+@functools.lru_cache(maxsize=256)
+def _adder(function: types.FunctionType, index: int) -> tuple[inspect.Signature, Body, str] | None:
+    """A function of the module that adds to the list it is given as its ``index``-th
+    positional argument (``def add_question(messages, case): messages.append({...})``), as
+    :func:`_run` runs it: its signature, its statements and that parameter's name. The
+    parameter is bound nowhere in it and read only as what it adds to (``messages.append``
+    / ``.extend`` statements), so that running it on an empty list gives what it adds; None
+    otherwise (or when its statements are not all read, as for :func:`_function`)."""
+    found = _plain_def(function)
+    if found is None:
+        return None
+    signature, fdef = found
+    positional = [*fdef.args.posonlyargs, *fdef.args.args]
+    if index >= len(positional):
+        return None
+    param = positional[index].arg
+    adds = _own_adds(fdef, (param,))
+    receivers = {id(node) for _, (name, node, _) in adds if name == param}
+    if param in _binding_counts(fdef) or any(
+            isinstance(n, ast.Name) and n.id == param and id(n) not in receivers
+            for n in ast.walk(fdef)):
+        return None  # bound again, or read: not what an empty list would give
+    body = _body(fdef.body, _Reader(fdef, assigned_as_params=True, own=(param,)))
+    return None if isinstance(body, ast.stmt) else (signature, body, param)
+
+
+def _plain_def(function: types.FunctionType,
+               ) -> tuple[inspect.Signature, ast.FunctionDef] | None:
+    """A plain ``def`` of a module (no closure, generator, coroutine, ``*args``, ``**kwargs``
+    or decorator's wrapper), its signature and definition; None otherwise."""
     code = function.__code__
     if (
         code.co_freevars
@@ -3136,8 +3265,7 @@ def _function(function: types.FunctionType) -> tuple[inspect.Signature, Body] | 
         signature = inspect.signature(function, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
-    body = _body(fdef.body, _Reader(fdef, assigned_as_params=True))
-    return None if isinstance(body, ast.stmt) else (signature, body)
+    return signature, fdef
 
 
 def _body(stmts: list[ast.stmt], reader: _Reader, loop: bool = False) -> Body | ast.stmt:

@@ -98,7 +98,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   ``rollout.ask(ORDER.format(**payload))``;
 - ``messages built by a function``: ``rollout.ask(build_messages(case))``, a function of the
   module that copies the module's message list, appends each few-shot example's question
-  and answer in a ``for`` loop (``continue`` past an empty one), then the question.
+  and answer in a ``for`` loop (``continue`` past an empty one), then the question;
+- ``list added to by a function``: ``messages = [...]``, then ``add_question(messages,
+  case)``, a function of the module that appends the question to the list it is given.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -375,6 +377,12 @@ SHAPES: dict[str, Shape] = {
         '        messages.append({"role": "assistant", "content": answer})\n'
         '    messages.append({"role": "user", "content": case.prompt})\n'
         '    return messages\n'),
+    "list added to by a function": (
+        "", 'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+            '    add_question(messages, case)\n'
+            '    rollout.ask(messages)',
+        'def add_question(messages, case):\n'
+        '    messages.append({"role": "user", "content": case.prompt})\n'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

@@ -2932,21 +2932,30 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     read = _function(function) if type(function) is types.FunctionType else None
     if read is None:
         return MISSING  # a class, a builtin, a decorated or nested function, ...
-    signature, body = read
+    value, _ = _called(function, *read, args, kwargs)
+    return None if value is _FELL_THROUGH else value
+
+
+def _called(function: types.FunctionType, signature: inspect.Signature, body: Body,
+            args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """What the function's statements return when it is called with these arguments
+    (:func:`_run`, at most :data:`_CALLS_DEEP` calls deep), and its names when they are done;
+    :data:`MISSING` when the call would raise (a ``TypeError`` binding its arguments) or nests
+    too deep."""
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError:
-        return MISSING  # it raises when it runs: the test does not ask
+        return MISSING, {}  # it raises when it runs: the test does not ask
     bound.apply_defaults()
     depth = getattr(_nesting, "depth", 0)
     if depth >= _CALLS_DEEP:
-        return MISSING
+        return MISSING, {}
     _nesting.depth = depth + 1
+    local = dict(bound.arguments)
     try:
-        value = _run(body, dict(bound.arguments), function.__globals__)
+        return _run(body, local, function.__globals__), local
     finally:
         _nesting.depth = depth
-    return None if value is _FELL_THROUGH else value
 
 
 def _added_by(expr: Expr, params: dict[str, Any], names: Any) -> Any:
@@ -2962,21 +2971,8 @@ def _added_by(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     if any(a is MISSING for a in args) or any(v is MISSING for v in kwargs.values()):
         return MISSING
     signature, body, param = read
-    try:
-        bound = signature.bind(*args, **kwargs)
-    except TypeError:
-        return MISSING  # it raises when it runs: the test does not ask
-    bound.apply_defaults()
-    depth = getattr(_nesting, "depth", 0)
-    if depth >= _CALLS_DEEP:
-        return MISSING
-    _nesting.depth = depth + 1
-    local = dict(bound.arguments)  # (the list's name: what it has added, when it is done)
-    try:
-        ran = _run(body, local, function.__globals__)
-    finally:
-        _nesting.depth = depth
-    added = local.get(param, MISSING)
+    ran, local = _called(function, signature, body, args, kwargs)
+    added = local.get(param, MISSING)  # (the list's name: what it has added, when it is done)
     return MISSING if ran is MISSING or type(added) is not list else added
 
 

@@ -712,9 +712,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
             return rollout.ask(text), rollout.ask(text)
 
         @pytest.mark.workflow("support")
-        @pytest.mark.parametrize("text", ["a", "b"])
-        def test_in_a_helper(rollout, text):
-            ask_twice(rollout, text)
+        def test_in_a_helper(rollout):  # (one test: not probed)
+            ask_twice(rollout, "a")
 
         @pytest.fixture
         def greeting():
@@ -730,7 +729,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         """
     )
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES + 6)
+    result.assert_outcomes(passed=3 * N_CASES + 5)
     workers = " (2 xdist workers)" if xdist else ""
     lines = project.path.joinpath("test_suite.py").read_text(encoding="utf-8").splitlines()
     unknown = "its first ask's request is not known before the test runs"
@@ -2360,6 +2359,87 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     assert sum("strictly" in k[1] for k in sim.first_attempts()) <= 2
 
 
+@XDIST
+def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_question(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """Teams wrap their app's model calls in a class of their own, and hand the tests an
+    instance from a fixture (``bot.answer(question)``): no ``.ask(...)`` in the test, no model
+    fixture among its arguments. Its parametrized question (of several strings, the one the
+    test's body passes on first: not ``expected``) is planned as a guess: probed with the
+    marker's arguments, the arguments the bot passes are learned from the first test, and
+    after three matching probes the rest are sent ahead. Before, each such function ran live,
+    one test at a time. A test with an ask of its own that is not read (a prompt built from
+    an environment variable) is not guessed at: it runs live, and no call is wasted on it."""
+    project.makepyfile(
+        test_suite="""
+        import os
+
+        import pytest
+
+        QUESTIONS = [f"Where is my order A-{1000 + i}?" if i % 2 else
+                     f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(20)]
+
+        class SupportBot:
+            SYSTEM = "You are a concise support agent."
+
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, question):
+                return self.model.ask(question, system=self.SYSTEM, temperature=0)
+
+        @pytest.fixture
+        def bot(rollout):
+            return SupportBot(rollout)
+
+        @pytest.fixture
+        def candidate_bot(rollout):
+            return SupportBot(rollout.candidate)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", QUESTIONS)
+        def test_bot(bot, question):
+            pair = bot.answer(question)
+            assert pair.candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question,expected", [(q + " Thanks.", q[-4:]) for q in QUESTIONS])
+        def test_candidate_bot(candidate_bot, question, expected):
+            reply = candidate_bot.answer(question)
+            assert reply.ok and expected in question
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", [q + " Please." for q in QUESTIONS])
+        def test_styled(rollout, question):
+            style = os.environ.get("ANSWER_STYLE", "brief")  # (not read)
+            rollout.ask(f"({style}) {question}")
+        """
+    )
+    result = _run(project, "-v", *xdist)
+    n = 20
+    result.assert_outcomes(passed=3 * n)
+    out = result.stdout.str()
+    assert "run live: test_suite.py::test_bot " not in out, out[-3000:]
+    assert "run live: test_suite.py::test_candidate_bot" not in out, out[-3000:]
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_styled (*)"])
+    line, (sent, used, unused) = _prefetch_counts(result)
+    # test_bot: its first probe (the marker's arguments), both models; test_candidate_bot: its
+    # first probe, both models, and the stable of the next two (each per worker); test_styled
+    # none
+    wasted = 6 if not xdist else 12
+    asked = 2 * n + n
+    assert unused <= wasted and used >= asked - (6 if xdist else 3), line
+    assert sent == used + unused, line
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}  # each request sent once (ahead, or by its test)
+    assert all("(brief)" in k[1] for k in seen if "Please." in k[1])  # test_styled's: its own
+    # the bots' requests: each question with the bot's system prompt, and the stable's of
+    # test_candidate_bot's second and third probes (sent before its first test was over)
+    bots = sum("concise support agent" in k[1] for k in seen)
+    assert asked <= bots <= asked + (4 if xdist else 2)
+
+
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
     project.makepyfile(test_suite=SUITE)
     result = _run(project, "-k", "c00 or c07", "--rollout-report=r.json")
@@ -3923,6 +4003,47 @@ def _asks_then_a_helper(candidate, case):
     candidate.ask(case)
     _ask_with(candidate, case)  # model.candidate.ask on the candidate: not a model fixture
     _ask_support(candidate, case + "!")
+
+
+class _Bot:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def answer(self, question: str) -> Any:
+        return self.model.ask(question, system="Be brief.")
+
+
+def _through_a_bot(bot: Any, question: str, expected: str) -> None:
+    reply = bot.answer(question)
+    assert expected in reply.text
+
+
+def _expected_first(bot: Any, question: str, expected: str) -> None:
+    assert bot.check(expected)
+    bot.answer(question)
+
+
+def _both_at_once(bot: Any, question: str, expected: str) -> None:
+    bot.compare(question, expected)
+
+
+def _ask_of_its_own(rollout: Any, question: str) -> None:
+    rollout.ask(question.center(40))
+
+
+def test_the_question_a_test_asks_through_an_object_is_guessed_from_what_it_passes() -> None:
+    """A test with no ask in its source (nor in a helper that is read) asks through an object
+    a fixture made: of its prompt parameters, the one its first statement that passes one on
+    passes is the guess; the only one is. No guess for a statement passing two, nor for a test
+    with an ask of its own that is not read (it does not ask the parameter as it is)."""
+    from pytest_modelrollout.asked import asked_through
+
+    both = frozenset({"question", "expected"})
+    assert asked_through(_through_a_bot, both) == "question"
+    assert asked_through(_through_a_bot, frozenset({"question"})) == "question"
+    assert asked_through(_expected_first, both) == "expected"  # (it passes that first)
+    assert asked_through(_both_at_once, both) is None
+    assert asked_through(_ask_of_its_own, frozenset({"question"})) is None
 
 
 def test_the_later_asks_of_helpers_are_read() -> None:

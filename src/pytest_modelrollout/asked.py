@@ -2379,6 +2379,31 @@ def asked(func: Any) -> list[Expr]:
     return [expr for expr, _ in source_asks(func)[0]]
 
 
+@functools.lru_cache(maxsize=256)
+def asked_through(func: Any, names: frozenset[str]) -> str | None:
+    """For a test function with no ``.ask(...)`` in its source, nor in a helper that is read
+    (it asks through an object a fixture made: ``pair = bot.answer(question)``): of its
+    parameters ``names``, the one it most likely asks with. The only one; of several, the one
+    the first statement that passes one of them to a call passes (``question``, with
+    ``expected`` only read in an ``assert`` after it). None otherwise: a test whose ask is
+    not read (``ask(urgent(question))``) does not ask the question as it is."""
+    fdef = _function_def(func)
+    if fdef is None or _ask_nodes(fdef) or source_asks(func)[0]:
+        return None
+    if len(names) == 1:
+        return next(iter(names))
+    for stmt in fdef.body:
+        passed = {
+            n.id
+            for call in ast.walk(stmt) if isinstance(call, ast.Call)
+            for arg in (*call.args, *(k.value for k in call.keywords))
+            for n in ast.walk(arg) if isinstance(n, ast.Name) and n.id in names
+        }
+        if passed:
+            return passed.pop() if len(passed) == 1 else None
+    return None
+
+
 @functools.lru_cache(maxsize=1024)  # asked for each item of a function
 def first_ask_keywords(func: Any, expr: Expr) -> Keywords | None:
     """The keyword arguments (``system=``, ``response_format=``, ``temperature=``, ...) of the

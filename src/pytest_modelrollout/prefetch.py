@@ -57,6 +57,7 @@ from .asked import (
     Keywords,
     asked,
     asked_roles,
+    asked_through,
     asks_nothing,
     evaluate,
     first_ask_call,
@@ -199,8 +200,9 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
     :mod:`.asked`: a parameter, an item or attribute of one, a string or a name of the module,
     an f-string, a sum, ``str.format`` or another str method of those, a message list, a local
     name assigned once from one) and is, for this item, a case from ``cases()``, a prompt string or a chat message
-    list. Otherwise the item's case from ``cases()``, under any parameter name, if it has
-    exactly one (sent as a probe: see :class:`Prefetcher`).
+    list. Otherwise a guess (:func:`_guess`): the item's case from ``cases()``, under any
+    parameter name, if it has exactly one, or the prompt it is parametrized with when it asks
+    through an object (sent as a probe: see :class:`Prefetcher`).
 
     Worked out once per item, when it is first planned (the test compares what it asks with it).
     """
@@ -234,11 +236,28 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
             item.stash[_NOT_ASKED] = True  # its loops of asks go over nothing for this item
             item.stash[_PLANNED] = None
             return None
-        cases = [name for name, value in params.items() if is_case(value)]
-        planned = (("param", cases[0]), params[cases[0]]) if len(cases) == 1 else None
-        item.stash[_GUESSED] = True  # (its first ask is not read: the case is a guess)
+        guess = _guess(item, params)
+        planned = (("param", guess), params[guess]) if guess is not None else None
+        item.stash[_GUESSED] = True  # (its first ask is not read: what is planned is a guess)
     item.stash[_PLANNED] = planned
     return planned
+
+
+def _guess(item: pytest.Item, params: dict[str, Any]) -> str | None:
+    """For an item whose first ask is not read: the parameter it most likely asks with. Its
+    one case from ``cases()``, under any name; without one, for a test that asks through an
+    object a fixture made (``bot.answer(question)``), the parameter of its parametrization
+    (``@parametrize("question", QUESTIONS)``, a fixture's ``params``) that is a prompt string
+    or message list, of several the one it passes on first (:func:`.asked.asked_through`).
+    None when there is no such parameter, or it cannot be told which."""
+    cases = [name for name, value in params.items() if is_case(value)]
+    if cases:
+        return cases[0] if len(cases) == 1 else None
+    func = getattr(item, "function", None)
+    callspec = getattr(item, "callspec", None)
+    prompts = frozenset(name for name in (callspec.params if callspec is not None else ())
+                        if name in params and is_prompt(params[name]))
+    return asked_through(func, prompts) if func is not None and prompts else None
 
 
 _PLANNED = pytest.StashKey[tuple[Expr, Any] | None]()
@@ -248,7 +267,7 @@ _NOT_ASKED = pytest.StashKey[bool]()  # the branches it takes ask nothing
 # the branch its first ask is under cannot be told (asked.UNTOLD): the ask planned in source
 # order may be another branch's, so it is a probe's
 _UNTOLD = pytest.StashKey[bool]()
-# its first ask is not read, and the case it has is planned (a probe's guess)
+# its first ask is not read, and its case (or prompt parameter) is planned (a probe's guess)
 _GUESSED = pytest.StashKey[bool]()
 _REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it reaches asks
 _PARAMS = pytest.StashKey[dict[str, Any]]()

@@ -100,7 +100,10 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   module that copies the module's message list, appends each few-shot example's question
   and answer in a ``for`` loop (``continue`` past an empty one), then the question;
 - ``list added to by a function``: ``messages = [...]``, then ``add_question(messages,
-  case)``, a function of the module that appends the question to the list it is given.
+  case)``, a function of the module that appends the question to the list it is given;
+- ``asked through an object a fixture made``: the test parametrized with the questions as
+  strings, ``bot.answer(question)`` on a ``SupportBot(rollout)`` from a fixture, whose method
+  asks ``self.model.ask(question, system=..., temperature=0)``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -154,7 +157,7 @@ def system_prompt(case):
 
 {prelude}
 @pytest.mark.workflow("support")
-@pytest.mark.parametrize("case", cases("cases.jsonl"))
+@pytest.mark.parametrize("case", {params})
 def test_shape(rollout, case{fixtures}):
 """
 PROMPTS = """
@@ -177,8 +180,9 @@ FILES = {
     "system_zh.txt": "请用中文回答。\n",
 }
 # a shape: the test's body; or (the fixtures it takes, its body); or (those, its body, code
-# of the module before it)
-Shape = str | tuple[str, str] | tuple[str, str, str]
+# of the module before it); or (those, and what its `case` is parametrized with instead of
+# the cases)
+Shape = str | tuple[str, str] | tuple[str, str, str] | tuple[str, str, str, str]
 SHAPES: dict[str, Shape] = {
     "plain": "rollout.ask(case)",
     "skips 1 in 10": 'if case.id.endswith("3"):\n        pytest.skip("no expected answer")\n'
@@ -383,6 +387,17 @@ SHAPES: dict[str, Shape] = {
             '    rollout.ask(messages)',
         'def add_question(messages, case):\n'
         '    messages.append({"role": "user", "content": case.prompt})\n'),
+    "asked through an object a fixture made": (
+        ", bot", "bot.answer(case)",
+        'class SupportBot:\n'
+        '    def __init__(self, model):\n'
+        '        self.model = model\n\n'
+        '    def answer(self, question):\n'
+        '        return self.model.ask(question, system="Answer briefly.", temperature=0)\n\n'
+        '@pytest.fixture\n'
+        'def bot(rollout):\n'
+        '    return SupportBot(rollout)\n',
+        '[p.values[0].prompt for p in cases("cases.jsonl")]'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")
@@ -407,8 +422,10 @@ def write_shape(root: Path, n: int, latency_ms: int, shape: Shape) -> None:
     (root / "pyproject.toml").write_text(
         f'[tool.modelrollout]\nstable = "sim:stable?{model}"\ncandidate = "sim:good?{model}"\n'
         f"concurrency = {CONCURRENCY}\n", encoding="utf-8")
-    fixtures, body, prelude = (*shape, "")[:3] if isinstance(shape, tuple) else ("", shape, "")
-    head = HEAD.replace("{fixtures}", fixtures).replace("{prelude}", prelude)
+    fixtures, body, prelude, params = (
+        (*shape, "", "")[:4] if isinstance(shape, tuple) else ("", shape, "", ""))
+    head = HEAD.replace("{fixtures}", fixtures).replace("{prelude}", prelude).replace(
+        "{params}", params or 'cases("cases.jsonl")')
     (root / "test_shape.py").write_text(head + "    " + body + "\n", encoding="utf-8")
 
 

@@ -513,8 +513,8 @@ def test_single(rollout, prompt):
     ("system", "read"),
     [('"You are a concise support agent."', True), ("SYSTEM", True),
      ("support_prompt()", True),  # a function of the module, read from its source
-     ("environment_prompt()", False)],  # it reads os.environ: learned from the first test
-    ids=["literal", "constant", "call", "environment"],
+     ("chosen_prompt()", False)],  # it calls another library: learned from the first test
+    ids=["literal", "constant", "call", "library-call"],
 )  # fmt: skip
 def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
     project: pytest.Pytester,
@@ -526,12 +526,13 @@ def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
 ) -> None:
     """``rollout.ask(case.prompt, system=...)``: arguments read from the source go with every
     test's request, no probe (a function of the module is read from its source); arguments
-    that cannot be read (a function reading ``os.environ``) are learned after one
+    that cannot be read (a function calling another library) are learned after one
     probe per model with the marker's arguments (before, for the case's field, every test's
     probe was wasted)."""
     project.makepyfile(
         test_suite=f"""
         import os
+        import random
 
         import pytest
         from pytest_modelrollout import cases
@@ -541,8 +542,8 @@ def test_a_prompt_asked_with_other_arguments_is_sent_ahead_with_them(
         def support_prompt():
             return SYSTEM
 
-        def environment_prompt():
-            return os.environ.get("SUPPORT_SYSTEM", SYSTEM)
+        def chosen_prompt():
+            return random.choice([SYSTEM])  # (another library's: not read)
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize({parameter})
@@ -673,6 +674,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     project.makepyfile(
         test_suite=f"""
         import os
+        import random
         import pytest
         from pytest_modelrollout import cases
 
@@ -697,7 +699,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
             rollout.ask(urgent(case.prompt))
 
         def brief():
-            return os.environ.get("BRIEF", "Be brief.")  # os.environ is not a dict: not read
+            return random.choice(["Be brief."])  # another library's: not read
 
         @pytest.mark.workflow("support")
         def test_alone(rollout):
@@ -717,7 +719,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
 
         @pytest.fixture
         def greeting():
-            return os.environ.get("GREETING", "Hello")  # os.environ is not a dict: not read
+            return random.choice(["Hello"])  # another library's: not read
 
         @pytest.mark.workflow("support")
         def test_from_a_fixture(rollout, greeting):
@@ -832,13 +834,14 @@ def test_unused_prefetch_is_not_recorded(
     project.makepyfile(
         test_suite="""
         import os
+        import random
         import pytest
         from pytest_modelrollout import cases
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def one_sentence():
-            return os.environ.get("STYLE", "Answer in one sentence.")  # not read
+            return random.choice(["Answer in one sentence."])  # not read
 
         @pytest.mark.workflow("support", system="Be brief.")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
@@ -879,11 +882,12 @@ def test_a_function_whose_arguments_vary_is_not_prefetched_after_two_probes(
     project.makepyfile(
         test_suite="""
         import os
+        import random
         import pytest
         from pytest_modelrollout import cases
 
         def answer_for(case):
-            template = os.environ.get("ANSWER_TEMPLATE", "You answer case {}.")  # not read
+            template = random.choice(["You answer case {}."])  # not read
             return template.format(case.id)
 
         @pytest.mark.workflow("support", system="Be brief.")
@@ -2291,17 +2295,20 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str]
 ) -> None:
     """A test whose first ask is under an ``if`` whose condition prefetch does not read is
-    probed until three of its tests have asked what was planned. Here the environment (not
-    set: every test takes the ``else``): one call per model is wasted, then what the tests ask
-    is learned, and sent ahead for the rest. And a condition on the case's language that is not
+    probed until three of its tests have asked what was planned. Here the machine's core count
+    (every test takes the ``else``): one call per model is wasted, then what the tests ask is
+    learned, and sent ahead for the rest. And a condition on the case's language that is not
     read (``if case.meta["lang"].casefold() == "zh":``, the ``else`` asking ``case.prompt``
     alone): the first test's probe matches, the next takes the other branch, and the function
-    runs live after at most two calls per model are wasted. The same for a first ask that is
-    not read at all, whose case is planned (``rollout.ask(shortened(case.prompt))``, cutting
-    only the long English prompts: the Chinese tests' probes match). Before, the first ask in
-    the source was sent ahead for a window of tests as if it were known (or, once one probe
-    matched, the ``else``'s, or the case as it is), each test of the other kind wasting its
-    calls, and the function then ran live."""
+    runs live after at most two calls per model are wasted. A first ask that is not read at
+    all, whose case is planned (``rollout.ask(shortened(case.prompt))``, cutting only the long
+    English prompts: the Chinese tests' probes match), runs live after its first probe that
+    its test does not take and that teaches nothing: one call per model wasted. Before, the
+    first ask in the source was sent ahead for a window of tests as if it were known (or, once
+    one probe matched, the ``else``'s, or the case as it is), each test of the other kind
+    wasting its calls, and the function then ran live; and until 2026-11-28 a guess that had
+    missed once could still be confirmed by three probes that matched, by chance of the order
+    an xdist worker got its tests in (24 calls wasted in one run)."""
     project.makepyfile(
         test_suite="""
         import os
@@ -2312,7 +2319,7 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
         def test_by_mode(rollout, case):
-            if os.environ.get("SUPPORT_MODE") == "strict":
+            if os.cpu_count() == 1024:  # (not read)
                 pair = rollout.ask(case.prompt, system="Answer strictly by the policy.")
             else:
                 pair = rollout.ask(case.prompt, system="Answer briefly.")
@@ -2352,9 +2359,9 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
     result.stdout.fnmatch_lines([f"*run live: test_suite.py::test_by_language ({LIVE_MISMATCH})",
                                  "*run live: test_suite.py::test_shortened (*)"])
     line, (sent, used, unused) = _prefetch_counts(result)
-    # test_by_mode: its first probe; test_by_language and test_shortened: their second and
-    # third (per worker)
-    wasted = 10 if not xdist else 20
+    # test_by_mode: its first probe; test_by_language: its second and third; test_shortened:
+    # its first that a test did not take (per worker)
+    wasted = 8 if not xdist else 16
     assert unused <= wasted and used >= 2 * n - wasted and sent == used + unused, line
     assert sum("strictly" in k[1] for k in sim.first_attempts()) <= 2
 
@@ -2369,13 +2376,17 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
     test's body passes on first: not ``expected``) is planned as a guess: probed with the
     marker's arguments, the arguments the bot passes are learned from the first test, and
     after three matching probes the rest are sent ahead. Before, each such function ran live,
-    one test at a time. A test with an ask of its own that is not read (a prompt built from
-    an environment variable) is not guessed at: it runs live, and no call is wasted on it."""
+    one test at a time. A bot handed the case that asks the case's prompt string
+    (``self.model.ask(case.prompt, ...)``): its case is the guess, and that its tests ask its
+    prompt is learned with the arguments. A test with an ask of its own that is not read (a
+    prompt with the machine's core count) is not guessed at: it runs live, and no call is
+    wasted on it."""
     project.makepyfile(
         test_suite="""
         import os
 
         import pytest
+        from pytest_modelrollout import cases
 
         QUESTIONS = [f"Where is my order A-{1000 + i}?" if i % 2 else
                      f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(20)]
@@ -2409,35 +2420,116 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
             reply = candidate_bot.answer(question)
             assert reply.ok and expected in question
 
+        class CaseBot:
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, case):
+                return self.model.ask(case.prompt, system="Answer the customer.")
+
+        @pytest.fixture
+        def case_bot(rollout):
+            return CaseBot(rollout)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_case_bot(case_bot, case):
+            case_bot.answer(case)
+
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("question", [q + " Please." for q in QUESTIONS])
         def test_styled(rollout, question):
-            style = os.environ.get("ANSWER_STYLE", "brief")  # (not read)
-            rollout.ask(f"({style}) {question}")
+            cores = os.cpu_count()  # (not read)
+            rollout.ask(f"({cores} cores) {question}")
         """
     )
     result = _run(project, "-v", *xdist)
     n = 20
-    result.assert_outcomes(passed=3 * n)
+    result.assert_outcomes(passed=3 * n + N_CASES)
     out = result.stdout.str()
-    assert "run live: test_suite.py::test_bot " not in out, out[-3000:]
-    assert "run live: test_suite.py::test_candidate_bot" not in out, out[-3000:]
+    for function in ("test_bot ", "test_candidate_bot", "test_case_bot"):
+        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
     result.stdout.fnmatch_lines(["*run live: test_suite.py::test_styled (*)"])
     line, (sent, used, unused) = _prefetch_counts(result)
-    # test_bot: its first probe (the marker's arguments), both models; test_candidate_bot: its
-    # first probe, both models, and the stable of the next two (each per worker); test_styled
-    # none
-    wasted = 6 if not xdist else 12
-    asked = 2 * n + n
-    assert unused <= wasted and used >= asked - (6 if xdist else 3), line
+    # test_bot and test_case_bot: their first probes (the marker's arguments), both models;
+    # test_candidate_bot: its first probe, both models, and the stable of the next two (each
+    # per worker); test_styled: none
+    wasted = 8 if not xdist else 16
+    asked = 2 * n + n + 2 * N_CASES
+    assert unused <= wasted and used >= asked - (10 if xdist else 5), line
     assert sent == used + unused, line
     seen = sim.first_attempts()
     assert set(seen.values()) == {1}  # each request sent once (ahead, or by its test)
-    assert all("(brief)" in k[1] for k in seen if "Please." in k[1])  # test_styled's: its own
+    assert all("cores)" in k[1] for k in seen if "Please." in k[1])  # test_styled's: its own
+    assert sum("Answer the customer." in k[1] for k in seen) == 2 * N_CASES
     # the bots' requests: each question with the bot's system prompt, and the stable's of
     # test_candidate_bot's second and third probes (sent before its first test was over)
     bots = sum("concise support agent" in k[1] for k in seen)
-    assert asked <= bots <= asked + (4 if xdist else 2)
+    assert 3 * n <= bots <= 3 * n + (4 if xdist else 2)
+
+
+@XDIST
+def test_what_a_test_reads_from_the_environment_is_probed_then_sent_ahead(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``os.environ.get(...)``, ``os.environ[...]`` and ``os.getenv(...)`` in a test are read
+    as the environment is when the plan is made; as a fixture may set the variable before the
+    test reads it, such a plan is probed until three tests asked what was planned, then the
+    rest go ahead. Before, each such function ran live. A fixture that sets the variable
+    (``monkeypatch.setenv``) makes the probes miss: at most two calls per model wasted (per
+    worker), then the function runs live, every test asking what it means to."""
+    project.makepyfile(
+        test_suite="""
+        import os
+
+        import pytest
+
+        QUESTIONS = [f"Where is my order A-{1000 + i}?" if i % 2 else
+                     f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(20)]
+
+        @pytest.fixture
+        def strict(monkeypatch):
+            monkeypatch.setenv("MR_TEST_STYLE", "strict")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", QUESTIONS)
+        def test_styled(rollout, question):
+            style = os.environ.get("MR_TEST_STYLE", "brief")
+            rollout.ask(f"[{style}] {question}",
+                        system=os.getenv("MR_TEST_SYSTEM", "Answer the customer."))
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", QUESTIONS)
+        def test_region(rollout, question):
+            rollout.ask(question + " (" + os.environ["MR_TEST_REGION"] + ")")
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", QUESTIONS)
+        def test_strict(rollout, strict, question):
+            style = os.environ.get("MR_TEST_STYLE", "brief")
+            rollout.ask(f"<{style}> {question}")
+        """
+    )
+    monkeypatch.setenv("MR_TEST_REGION", "EU")
+    monkeypatch.delenv("MR_TEST_STYLE", raising=False)
+    monkeypatch.delenv("MR_TEST_SYSTEM", raising=False)
+    result = _run(project, "-v", *xdist)
+    n = 20
+    result.assert_outcomes(passed=3 * n)
+    out = result.stdout.str()
+    for function in ("test_styled", "test_region"):
+        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_strict (*)"])
+    line, (sent, used, unused) = _prefetch_counts(result)
+    wasted = 4 if not xdist else 8  # test_strict's two probes, both models (per worker)
+    assert unused <= wasted and used >= 4 * n - 2 * (3 if xdist else 0), line
+    assert sent == used + unused, line
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}  # each request sent once (ahead, or by its test)
+    assert sum("[brief]" in k[1] and "Answer the customer." in k[1] for k in seen) == 2 * n
+    assert sum("(EU)" in k[1] for k in seen) == 2 * n
+    assert sum("<strict>" in k[1] for k in seen) == 2 * n  # what test_strict asked
+    assert sum("<brief>" in k[1] for k in seen) <= wasted  # its probes
 
 
 def test_deselected_items_are_not_prefetched(project: pytest.Pytester, sim: CountingSim) -> None:
@@ -3087,6 +3179,7 @@ class _Planner:
 
         monkeypatch.setattr(headstart, "_planned", lambda item: ("case", object()))
         monkeypatch.setattr(headstart, "_source_kwargs", lambda item, planned: {})
+        monkeypatch.setattr(headstart, "is_guess", lambda item: False)
         monkeypatch.setattr(headstart, "plan_item", plan_item)
         monkeypatch.setattr(headstart, "plan_later", plan_later)
         # concurrency 1: at most 4 x 4 = 16 calls sent and not taken

@@ -31,6 +31,8 @@ What is read::
                                                           range, list, tuple of those
     sorted(tags, key=str.lower), max(tags, key=len)       min, max; key= len or a str method
     textwrap.dedent(...), json.dumps(case.meta)           the standard library's builders
+    os.environ.get("STYLE", "brief"), os.getenv(...)      the environment, as it is now (counted:
+                                                          env_reads)
     rollout.ask(build_prompt(case, channel="email"))      a call of a function of the module,
     rollout.ask(prompts.build(case))                      or of a module it imports, worked out
                                                           from that function's source (_run)
@@ -2638,6 +2640,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
             return MISSING  # the default is evaluated (and may raise) when the key is there too
         if expr[4] or len(rest) > 1 or type(key) not in _PLAIN:
             return MISSING  # d.get(key) / d.get(key, default), of a str, number or None key
+        if mapping is os.environ and expr[2] == "get":
+            return _environ(key, *rest)
         if not issubclass(type(mapping), dict) or _lookup(type(mapping), "get") is not dict.get:
             return MISSING  # not a dict, or one whose get is its own
         return dict.get(mapping, key, *rest)
@@ -2947,6 +2951,12 @@ def _returned(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return templates.construct(function, args, kwargs)
     if function in _pure_functions():  # textwrap.dedent(...), json.dumps(...)
         return _pure(function, args, kwargs)
+    if function is os.getenv:  # os.getenv("STYLE", "brief"), os.getenv("STYLE", default=...)
+        try:
+            bound = inspect.signature(os.getenv).bind(*args, **kwargs)
+        except TypeError:
+            return MISSING
+        return _environ(*bound.args, **bound.kwargs)
     if function is MISSING and expr[1][0] == "attr" and expr[1][1][0] == "param":
         # self.build(case) in a test class: self is read as the class (see prefetch), and a
         # plain function in it is the method, called with the class for self
@@ -3461,6 +3471,27 @@ def _condition(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     return found is (op == "in")
 
 
+# how many times this thread read the environment for a plan (env_reads)
+_ENV_READS = threading.local()
+
+
+def env_reads() -> int:
+    """How many times this thread has read ``os.environ`` working out a value: a plan that
+    read it may not be what the test asks (a fixture may set the variable first), so prefetch
+    probes it."""
+    return int(getattr(_ENV_READS, "count", 0))
+
+
+def _environ(key: Any, default: Any = None) -> Any:
+    """``os.environ.get(key, default)`` of a str key and a str or None default (``os.getenv``
+    is read from its source as that), counted (:func:`env_reads`); :data:`MISSING` for
+    anything else."""
+    if type(key) is not str or (type(default) not in (str, type(None)) and default is not MISSING):
+        return MISSING
+    _ENV_READS.count = env_reads() + 1
+    return os.environ.get(key, default)
+
+
 class _Row(NamedTuple):
     field: str
 
@@ -3531,9 +3562,11 @@ def _is_data_descriptor(value: Any) -> bool:
 
 def _item(base: Any, key: Any) -> Any:
     """``base[key]`` with the built-in's own lookup: no ``__missing__``, no subclass's
-    ``__getitem__``."""
+    ``__getitem__``; ``os.environ[key]`` (:func:`_environ`)."""
     if issubclass(type(base), dict):
         return dict.get(base, key, MISSING)
+    if base is os.environ:
+        return _environ(key, MISSING)
     items = _elements(base)
     if items is None or type(key) is not int or not -len(items) <= key < len(items):
         return MISSING

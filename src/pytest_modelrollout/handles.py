@@ -19,6 +19,10 @@ from .providers.base import CallResult, ChatRequest
 from .replies import CheckContext, Pair, Reply
 from .session import call_record, reply_fields
 
+# in a first ask's arguments as prefetch learns them from a test: it asked its case's prompt
+# string, not the case (see prefetch.guessed_case_prompt)
+CASE_PROMPT = "case_prompt"
+
 if TYPE_CHECKING:
     from .session import RolloutSession
 
@@ -62,6 +66,8 @@ class TestContext:
     test_dir: Path | None = None  # cassettes live beside the test file
     # the prompt string / message list prefetch plans the test's first ask with, if any
     planned_prompt: Any = None
+    # when its case is planned as a guess, the case's prompt string (the test may ask that)
+    guessed_case_prompt: str | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"stable": 0, "candidate": 0})
     replies: list[tuple[Role, Reply]] = field(default_factory=list)
 
@@ -175,13 +181,19 @@ class TestContext:
             prompt, system=system, tools=tools, response_format=response_format, params=kwargs
         )
         first_ask = None
-        planned = case is not None or (
+        case_prompt = (
+            case is None and self.guessed_case_prompt is not None
+            and prompt == self.guessed_case_prompt
+        )
+        planned = case is not None or case_prompt or (
             self.planned_prompt is not None and prompt == self.planned_prompt
         )
         if planned and not any(self.counters.values()):
             # what this test function's first ask passes besides the case: prefetch learns it
             first_ask = {"system": system, "tools": tools, "response_format": response_format,
                          "params": dict(kwargs)}
+            if case_prompt:
+                first_ask[CASE_PROMPT] = True  # its case's prompt string, not the case
         pair_id = self.next_pair_id(roles)
         shadow = getattr(case, "stable_reply", None) if case is not None else None
         calls: list[tuple[str, ChatRequest, str]] = []

@@ -73,6 +73,7 @@ from .prefetch import (
     _planned,
     _source_kwargs,
     function_key,
+    is_guess,
     mostly_unused,
     plan_item,
     plan_later,
@@ -309,8 +310,8 @@ class HeadStart:
         if planned is None:
             return []
         ask_kwargs = _source_kwargs(item, planned)
-        if ask_kwargs is None:
-            return []
+        if ask_kwargs is None or is_guess(item):
+            return []  # (a plan that read the environment: its workers probe it)
         fkey = function_key(item)
         with self._lock:
             roles = self._roles.get(fkey)

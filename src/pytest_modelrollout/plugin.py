@@ -426,7 +426,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
 def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
     """The test's context from its workflow marker (the fixture and prefetch both use this)."""
     from .handles import TestContext
-    from .prefetch import planned_prompt
+    from .prefetch import guessed_case_prompt, planned_prompt
 
     mark = _marker(node)
     assert mark is not None
@@ -443,6 +443,7 @@ def _test_context(node: pytest.Item, rs: RolloutSession) -> TestContext:
         params=dict(mark.kwargs.get("params") or {}),
         test_dir=Path(str(node.path)).parent,
         planned_prompt=planned_prompt(node),
+        guessed_case_prompt=guessed_case_prompt(node),
     )
 
 

@@ -59,6 +59,7 @@ from .asked import (
     asked_roles,
     asked_through,
     asks_nothing,
+    env_reads,
     evaluate,
     first_ask_call,
     first_ask_keywords,
@@ -73,6 +74,7 @@ from .asked import (
     reached_ask,
     source_asks,
 )
+from .handles import CASE_PROMPT
 from .progress import Progress, progress_wanted
 from .providers.base import CallResult, ChatRequest, split_limit, worker_share
 
@@ -208,13 +210,19 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
     """
     if _PLANNED in item.stash:
         return item.stash[_PLANNED]
+    with _reading_the_environment(item):
+        item.stash[_PLANNED] = _work_out_plan(item)
+    return item.stash[_PLANNED]
+
+
+def _work_out_plan(item: pytest.Item) -> tuple[Expr, Any] | None:
+    """:func:`_planned`, worked out (it sets the item's other stash keys)."""
     params = _params(item)
     func = getattr(item, "function", None)
     planned: tuple[Expr, Any] | None = None
     reached = reached_ask(func, params, module_names(func)) if func is not None else None
     if reached is NOT_ASKED:  # its branches ask nothing for this item: nothing to send
         item.stash[_NOT_ASKED] = True
-        item.stash[_PLANNED] = None
         return None
     if reached is UNTOLD:  # the branch it takes is not known: what follows is a guess
         item.stash[_UNTOLD] = True
@@ -224,8 +232,7 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
             item.stash[_REACHED_KEYWORDS] = reached[1]
             if reached[2] is not None:
                 item.stash[_REACHED_ROLES] = reached[2]
-            item.stash[_PLANNED] = (reached[0], value)
-            return item.stash[_PLANNED]
+            return reached[0], value
     for expr in asked(func) if func is not None else ():
         value = evaluate(expr, params, module_names(func))
         if is_case(value) or is_prompt(value):
@@ -234,12 +241,10 @@ def _planned(item: pytest.Item) -> tuple[Expr, Any] | None:
     else:
         if func is not None and asks_nothing(func, params, module_names(func)):
             item.stash[_NOT_ASKED] = True  # its loops of asks go over nothing for this item
-            item.stash[_PLANNED] = None
             return None
         guess = _guess(item, params)
         planned = (("param", guess), params[guess]) if guess is not None else None
         item.stash[_GUESSED] = True  # (its first ask is not read: what is planned is a guess)
-    item.stash[_PLANNED] = planned
     return planned
 
 
@@ -269,14 +274,37 @@ _NOT_ASKED = pytest.StashKey[bool]()  # the branches it takes ask nothing
 _UNTOLD = pytest.StashKey[bool]()
 # its first ask is not read, and its case (or prompt parameter) is planned (a probe's guess)
 _GUESSED = pytest.StashKey[bool]()
+# working out its plan (or its parameters, or its first ask's arguments) read os.environ: a
+# fixture may set the variable before the test reads it, so the plan is a probe's
+_ENV = pytest.StashKey[bool]()
 _REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it reaches asks
 _PARAMS = pytest.StashKey[dict[str, Any]]()
+
+
+@contextlib.contextmanager
+def _reading_the_environment(item: pytest.Item) -> Iterator[None]:
+    """Marks the item (``_ENV``) when what is worked out inside reads ``os.environ``."""
+    before = env_reads()
+    try:
+        yield
+    finally:
+        if env_reads() != before:
+            item.stash[_ENV] = True
+
+
+def is_guess(item: pytest.Item) -> bool:
+    """Whether the item's plan may not be what its test asks, so that its function is probed
+    until :data:`UNTOLD_PROBES` of its tests asked what was planned: its first ask is under an
+    ``if`` that cannot be told, or is not read (its case or prompt is a guess), or the plan
+    read the environment."""
+    return any(item.stash.get(key, False) for key in (_UNTOLD, _GUESSED, _ENV))
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
     """The item's parameters as its test function receives them (worked out once per item)."""
     if _PARAMS not in item.stash:
-        item.stash[_PARAMS] = _read_params(item)
+        with _reading_the_environment(item):
+            item.stash[_PARAMS] = _read_params(item)
     return item.stash[_PARAMS]
 
 
@@ -337,6 +365,19 @@ def planned_prompt(item: pytest.Item) -> Any:
     return None if planned is None or is_case(planned[1]) else planned[1]
 
 
+def guessed_case_prompt(item: pytest.Item) -> str | None:
+    """When the item's case is planned as a guess (its first ask is not read): the case's
+    prompt string, which the test may ask instead of the case (``model.ask(case.prompt,
+    ...)`` in an object's method); a probe's test asking it teaches that (:data:`CASE_PROMPT`).
+    None otherwise (a case of chat messages too)."""
+    planned = _planned(item)
+    if planned is None or not item.stash.get(_GUESSED, False) or not is_case(planned[1]):
+        return None
+    case = planned[1]
+    prompt = getattr(case, "prompt", None)
+    return prompt if getattr(case, "messages", None) is None and type(prompt) is str else None
+
+
 def prefetchable(item: pytest.Item) -> int:
     """How many calls the item's default first ask would make (0: not prefetchable).
 
@@ -368,7 +409,9 @@ def _source_kwargs(item: pytest.Item, planned: tuple[Expr, Any] | None) -> AskKw
         keywords = first_ask_keywords(func, planned[0])
     if keywords is None:
         return None
-    return _evaluated_kwargs(keywords, _params(item), module_names(func))
+    params = _params(item)
+    with _reading_the_environment(item):
+        return _evaluated_kwargs(keywords, params, module_names(func))
 
 
 def _evaluated_kwargs(keywords: Keywords, params: dict[str, Any], names: Any) -> AskKwargs | None:
@@ -394,8 +437,12 @@ def _evaluated_kwargs(keywords: Keywords, params: dict[str, Any], names: Any) ->
 
 
 def _request(ctx: TestContext, prompt: Any, ask_kwargs: AskKwargs | None) -> ChatRequest:
-    """The request ``ask(prompt, **ask_kwargs)`` builds in the test (None: no arguments)."""
+    """The request ``ask(prompt, **ask_kwargs)`` builds in the test (None: no arguments); of
+    the case's prompt string, when the function's tests were learned to ask that
+    (:data:`CASE_PROMPT`)."""
     kw = ask_kwargs or {}
+    if kw.get(CASE_PROMPT) and is_case(prompt):
+        prompt = prompt.prompt
     request, _ = ctx.build_request(
         prompt,
         system=kw.get("system"),
@@ -607,6 +654,7 @@ class Prefetcher:
         # functions whose first ask is under an if they cannot tell, or is not read (their
         # plans are guesses), and how many of their probes matched
         self._untold: collections.Counter[str] = collections.Counter()
+        self._taught: set[str] = set()  # probes' tests that taught their function's arguments
         # items pulled from the run order but not planned yet: the first one may wait for its
         # function's probe (planning stops there, so the window is not filled with later items
         # that would be run only after the waiting ones)
@@ -675,11 +723,11 @@ class Prefetcher:
         learned = self._learned.get(fkey)
         # what the first ask passes besides the prompt: learned from a test, or read
         ask_kwargs = learned if learned is not None else _source_kwargs(item, planned)
-        guess = item.stash.get(_UNTOLD, False) or item.stash.get(_GUESSED, False)
+        guess = is_guess(item)
         if guess and fkey not in self._untold:
             self._untold[fkey] = 0
         if fkey not in self._confirmed:
-            if learned is None and ask_kwargs is not None:
+            if learned is None and ask_kwargs is not None and not guess:
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
                 return "wait"
@@ -850,6 +898,7 @@ class Prefetcher:
             self._turn_off(fkey)  # even the learned plan is not what the tests ask
         else:
             self._learned[fkey] = first_ask  # the next item is the probe of the learned plan
+            self._taught.add(test_id)
 
     def _turn_off(self, fkey: str) -> None:
         """Never prefetch this function again; drop what is planned for it (before it is sent,
@@ -889,6 +938,12 @@ class Prefetcher:
             # it asked some of the planned models and never the others: plan only those
             self._roles[fkey] = frozenset(taken)
         elif fkey is not None and not taken:
+            if fkey in self._untold and fkey not in self._confirmed and (
+                    test_id not in self._taught):
+                # a probe of a guess that its test did not take, and that taught nothing: the
+                # guess is not what the function's tests ask, for some of them at least
+                self._live(fkey, LIVE_UNUSED)
+                self._off.add(fkey)
             self._unused(fkey)
         for slot in slots:
             slot.future.cancel()

@@ -87,10 +87,12 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
 - ``few-shot extended``: ``for question, answer in EXAMPLES[case.meta["lang"]]:`` extending
   the message list with the pair, a dict of the module's examples per language;
 - ``if on the environment``: the ask under ``if os.environ.get("SUPPORT_MODE") ==
-  "strict":`` (a condition prefetch does not read; the variable is not set), another under
-  ``else:``;
-- ``if by a walrus``: ``if (lang := case.meta["lang"]) == "zh":`` (a condition prefetch does
-  not read), the Chinese cases asking with a system prompt, the others ``rollout.ask(case.prompt)``;
+  "strict":`` (the variable is not set: read since 2026-11-28, probed three times), another
+  under ``else:``;
+- ``environment in the prompt``: ``style = os.environ.get("ANSWER_STYLE", "brief")`` in the
+  prompt, ``system=os.getenv("SUPPORT_SYSTEM", "Be kind.")`` (neither set);
+- ``if by a walrus``: ``if (lang := case.meta["lang"]) == "zh":`` (a condition prefetch did
+  not read before 2026-11-28 03:20), the Chinese cases asking with a system prompt, the others ``rollout.ask(case.prompt)``;
 - ``messages copied``: ``messages = list(BASE)``, the module's message list copied, then the
   question appended;
 - ``payload dict``: ``payload = {**case.meta, "q": case.prompt}``, ``payload["channel"] =
@@ -103,7 +105,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   case)``, a function of the module that appends the question to the list it is given;
 - ``asked through an object a fixture made``: the test parametrized with the questions as
   strings, ``bot.answer(question)`` on a ``SupportBot(rollout)`` from a fixture, whose method
-  asks ``self.model.ask(question, system=..., temperature=0)``.
+  asks ``self.model.ask(question, system=..., temperature=0)``;
+- ``case's prompt asked through an object``: the same bot handed the case, asking
+  ``self.model.ask(case.prompt, system=...)``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -353,6 +357,10 @@ SHAPES: dict[str, Shape] = {
                               '    else:\n'
                               '        rollout.ask(case.prompt, system="Answer briefly.")',
                               "import os\n"),
+    "environment in the prompt": ("", 'style = os.environ.get("ANSWER_STYLE", "brief")\n'
+                                  '    rollout.ask(f"({style}) {case.prompt}",\n'
+                                  '                system=os.getenv("SUPPORT_SYSTEM", "Be kind."))',
+                                  "import os\n"),
     "if by a walrus": 'if (lang := case.meta["lang"]) == "zh":\n'
                       '        rollout.ask(case.prompt, system="用中文回答。")\n'
                       '    else:\n'
@@ -398,6 +406,16 @@ SHAPES: dict[str, Shape] = {
         'def bot(rollout):\n'
         '    return SupportBot(rollout)\n',
         '[p.values[0].prompt for p in cases("cases.jsonl")]'),
+    "case's prompt asked through an object": (
+        ", bot", "bot.answer(case)",
+        'class SupportBot:\n'
+        '    def __init__(self, model):\n'
+        '        self.model = model\n\n'
+        '    def answer(self, case):\n'
+        '        return self.model.ask(case.prompt, system="Answer briefly.")\n\n'
+        '@pytest.fixture\n'
+        'def bot(rollout):\n'
+        '    return SupportBot(rollout)\n'),
 }
 PREFETCH_LINE = re.compile(r"modelrollout prefetch.*?: (\d+) calls sent ahead of their tests, "
                            r"(\d+) used, (\d+) unused")

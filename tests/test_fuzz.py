@@ -433,7 +433,11 @@ _LEAVES = ["x", "p_str", "p_int", "p_float", "p_bool", "p_dict['k']", "p_dict['m
            "'%s'", "'<%s|%d>'", "'%(k)s'", "'{k}|{0}'", "G_FORMAT", "p_list", "p_tuple",
            "p_list[3]", "p_obj.text", "p_obj.missing", "G_STR", "G_TEMPLATE", "'lit'", "3", "1.5",
            "True", "None", "local", "p_tuple.text", "p_slots.text", "p_computed.text", "p_obj.TEXT",
-           "G_CLASS.TEXT"]  # fmt: skip
+           "G_CLASS.TEXT", "os.environ.get('MR_FUZZ_REGION', 'none')", "os.environ['MR_FUZZ_REGION']",
+           "os.getenv('MR_FUZZ_UNSET', default='d')", "os.environ.get('MR_FUZZ_UNSET')",
+           "os.environ['MR_FUZZ_UNSET']"]  # fmt: skip
+# the environment the generated tests read (MR_FUZZ_UNSET is never set)
+os.environ["MR_FUZZ_REGION"] = "EU 区"
 # what a comprehension goes over (its target is x; x as a leaf reads it)
 _iterables = st.sampled_from(["p_list", "p_dict", "G_DICT", "p_dict.items()", "G_DICT.keys()",
                               "p_str", "[p_str, 'x']", "p_tuple", "enumerate(p_list)",
@@ -527,6 +531,8 @@ _texts = st.text(alphabet=st.sampled_from(list("ab {}x0_.!中文")), max_size=8)
        p_int=st.integers(-5, 5), p_float=st.floats(allow_nan=False), p_bool=st.booleans(),
        p_dict=st.dictionaries(st.sampled_from(["k", "j"]), _texts, max_size=2),
        p_list=st.lists(_texts, max_size=4))  # fmt: skip
+@example(local="os.environ['MR_FUZZ_REGION']", asked="f'{local} {os.getenv(\"MR_FUZZ_UNSET\", p_str)}'",
+         p_str="ab", template="", p_int=0, p_float=0.0, p_bool=False, p_dict={}, p_list=[])
 @example(local="'x'", asked="max(p_list, key=len) + min(p_str, G_STR) + max(p_str, 'a', local)",
          p_str="ab", template="", p_int=0, p_float=0.0, p_bool=False, p_dict={},
          p_list=["a", "bbb", "cc"])
@@ -1183,7 +1189,8 @@ def test_the_ask_prefetch_plans_under_an_if_is_the_one_the_test_reaches(
 # mostly strings that do not raise, so that most examples get to the ask (_expr_sources
 # makes any form, and most of its sums and items raise somewhere in a function's body)
 # modules the generated code calls into (textwrap.dedent, json.dumps, ...)
-_STDLIB: dict[str, Any] = {"textwrap": textwrap, "json": json, "inspect": inspect, "copy": copy}
+_STDLIB: dict[str, Any] = {"textwrap": textwrap, "json": json, "inspect": inspect, "copy": copy,
+                           "os": os}
 _TEXT_LEAVES = ["p_str", "G_STR", "'lit'", "local", "p_obj.text", "p_slots.text",
                 "p_computed.text", "p_dict.get('k', 'none')", "G_DICT.get(p_str, G_STR)", "p_int",
                 "p_tuple.text", "p_obj.TEXT", "p_list"]  # fmt: skip

@@ -740,6 +740,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     computed = lines.index("    rollout.ask(urgent(prompt))") + 1
     alone = lines.index('    rollout.ask("Hello", system=brief())') + 1
     loop = lines.index('    while not prompt.endswith("!"):  # a while loop: not read') + 1
+    rephrased = lines.index("    rollout.ask(urgent(case.prompt))") + 1
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
@@ -756,7 +757,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         "nor in a helper it calls first (read when the helper asks first or under an `if` it "
         "reads, a model the test passes it))",
         "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
-        "for them)",
+        f"for them: `urgent(case.prompt)` at line {rephrased} cannot be read without running it "
+        f"(in `urgent`, `while not prompt.endswith('!'):` at line {loop} is not read))",
         "  run live: test_suite.py::test_styled (its first ask passes arguments not known before "
         "the test runs, and no other test learns them: `greeting` is what a fixture returns, not "
         "known without running it)",
@@ -2476,8 +2478,9 @@ def test_what_a_test_reads_from_the_environment_is_probed_then_sent_ahead(
     as the environment is when the plan is made; as a fixture may set the variable before the
     test reads it, such a plan is probed until three tests asked what was planned, then the
     rest go ahead. Before, each such function ran live. A fixture that sets the variable
-    (``monkeypatch.setenv``) makes the probes miss: at most two calls per model wasted (per
-    worker), then the function runs live, every test asking what it means to."""
+    (``monkeypatch.setenv``) makes the first probe miss: one call per model wasted (per
+    worker), then the function runs live, every test asking what it means to, and ``-v`` says
+    why."""
     project.makepyfile(
         test_suite="""
         import os
@@ -2519,9 +2522,10 @@ def test_what_a_test_reads_from_the_environment_is_probed_then_sent_ahead(
     out = result.stdout.str()
     for function in ("test_styled", "test_region"):
         assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
-    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_strict (*)"])
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_strict (its tests took none of "
+                                 "what was sent ahead for them: its plan read the environment*)"])
     line, (sent, used, unused) = _prefetch_counts(result)
-    wasted = 4 if not xdist else 8  # test_strict's two probes, both models (per worker)
+    wasted = 2 if not xdist else 4  # test_strict's first probe, both models (per worker)
     assert unused <= wasted and used >= 4 * n - 2 * (3 if xdist else 0), line
     assert sent == used + unused, line
     seen = sim.first_attempts()

@@ -3483,9 +3483,9 @@ def env_reads() -> int:
 
 
 def _environ(key: Any, default: Any = None) -> Any:
-    """``os.environ.get(key, default)`` of a str key and a str or None default (``os.getenv``
-    is read from its source as that), counted (:func:`env_reads`); :data:`MISSING` for
-    anything else."""
+    """``os.environ.get(key, default)`` (also what ``os.environ[key]`` and ``os.getenv(key,
+    default)`` are read as) of a str key and a str or None default, counted
+    (:func:`env_reads`); :data:`MISSING` for anything else."""
     if type(key) is not str or (type(default) not in (str, type(None)) and default is not MISSING):
         return MISSING
     _ENV_READS.count = env_reads() + 1

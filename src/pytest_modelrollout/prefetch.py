@@ -126,6 +126,8 @@ LIVE_LONE = (
 )
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
 LIVE_UNUSED = "its tests took none of what was sent ahead for them"
+# after LIVE_UNUSED, for a function whose plan read the environment
+LIVE_ENV = ": its plan read the environment, which a fixture may set before the test reads it"
 # the probes of a function whose first ask is under an if it cannot tell (asked.UNTOLD), or is
 # not read (its case is planned: a guess), that must match before the rest of its tests are
 # sent ahead: one test taking the branch planned, or asking for its case as it is, says little
@@ -655,6 +657,7 @@ class Prefetcher:
         # plans are guesses), and how many of their probes matched
         self._untold: collections.Counter[str] = collections.Counter()
         self._taught: set[str] = set()  # probes' tests that taught their function's arguments
+        self._guessed_why: dict[str, str] = {}  # function -> why its plan is a guess (for -v)
         # items pulled from the run order but not planned yet: the first one may wait for its
         # function's probe (planning stops there, so the window is not filled with later items
         # that would be run only after the waiting ones)
@@ -726,6 +729,10 @@ class Prefetcher:
         guess = is_guess(item)
         if guess and fkey not in self._untold:
             self._untold[fkey] = 0
+            # what to say with -v if its probes go untaken: why it was a guess
+            self._guessed_why[fkey] = LIVE_ENV if item.stash.get(_ENV, False) and not (
+                item.stash.get(_UNTOLD, False) or item.stash.get(_GUESSED, False)
+            ) else _why_unknown(item)
         if fkey not in self._confirmed:
             if learned is None and ask_kwargs is not None and not guess:
                 self._confirmed.add(fkey)
@@ -942,7 +949,7 @@ class Prefetcher:
                     test_id not in self._taught):
                 # a probe of a guess that its test did not take, and that taught nothing: the
                 # guess is not what the function's tests ask, for some of them at least
-                self._live(fkey, LIVE_UNUSED)
+                self._live(fkey, LIVE_UNUSED + self._guessed_why.get(fkey, ""))
                 self._off.add(fkey)
             self._unused(fkey)
         for slot in slots:

@@ -728,10 +728,18 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         @pytest.mark.workflow("support")
         def test_styled(rollout, greeting):
             rollout.ask("Hi", system=greeting)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_by_machine(rollout, case):
+            if os.cpu_count() > 512:  # not read
+                rollout.ask(case.prompt + " (big machine)")
+            else:
+                rollout.ask(case.prompt.swapcase())
         """
     )
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=3 * N_CASES + 5)
+    result.assert_outcomes(passed=4 * N_CASES + 5)
     workers = " (2 xdist workers)" if xdist else ""
     lines = project.path.joinpath("test_suite.py").read_text(encoding="utf-8").splitlines()
     unknown = "its first ask's request is not known before the test runs"
@@ -748,6 +756,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         "without running it)",
         f"  run live: test_suite.py::test_built_here ({unknown}: `'Hello '.center(20)` at line {built} "
         "cannot be read without running it)",
+        "  run live: test_suite.py::test_by_machine (its tests took none of what was sent ahead "
+        "for them: the condition of the `if` its first ask is under is not read)",
         f"  run live: test_suite.py::test_computed ({unknown}: `urgent(prompt)` at line "
         f"{computed} cannot be read without running it (in `urgent`, `while not "
         f"prompt.endswith('!'):` at line {loop} is not read))",

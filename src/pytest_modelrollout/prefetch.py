@@ -126,8 +126,10 @@ LIVE_LONE = (
 )
 LIVE_MISMATCH = "its first ask is not the same from one test to the next"
 LIVE_UNUSED = "its tests took none of what was sent ahead for them"
-# after LIVE_UNUSED, for a function whose plan read the environment
+# after LIVE_UNUSED, for a function whose plan read the environment, or whose first ask is
+# under an if it cannot tell
 LIVE_ENV = ": its plan read the environment, which a fixture may set before the test reads it"
+LIVE_UNTOLD = ": the condition of the `if` its first ask is under is not read"
 # the probes of a function whose first ask is under an if it cannot tell (asked.UNTOLD), or is
 # not read (its case is planned: a guess), that must match before the rest of its tests are
 # sent ahead: one test taking the branch planned, or asking for its case as it is, says little
@@ -615,10 +617,12 @@ class Prefetcher:
     differently from the plan costs one wasted call per model (two if its arguments differ from
     case to case), never a window of them. A test that is not parametrized is never probed.
     A function whose first ask is under an ``if`` it cannot tell (:data:`.asked.UNTOLD`), or
-    is not read at all (its case is planned, a guess), is probed until :data:`UNTOLD_PROBES` of
-    its tests have asked what was planned: its tests may take another branch, or do something
-    else to their case, from case to case. A function whose tests keep taking nothing sent
-    for them is turned off too (:meth:`_unused`).
+    is not read at all (its case or prompt parameter is planned, a guess), or whose plan read
+    the environment, is probed until :data:`UNTOLD_PROBES` of its tests have asked what was
+    planned (:func:`is_guess`): its tests may take another branch, or do something else to
+    their case, from case to case; one of its probes that its test neither takes nor learns
+    arguments from turns it off. A function whose tests keep taking nothing sent for them is
+    turned off too (:meth:`_unused`).
     """
 
     def __init__(
@@ -730,9 +734,10 @@ class Prefetcher:
         if guess and fkey not in self._untold:
             self._untold[fkey] = 0
             # what to say with -v if its probes go untaken: why it was a guess
-            self._guessed_why[fkey] = LIVE_ENV if item.stash.get(_ENV, False) and not (
-                item.stash.get(_UNTOLD, False) or item.stash.get(_GUESSED, False)
-            ) else _why_unknown(item)
+            self._guessed_why[fkey] = (
+                LIVE_UNTOLD if item.stash.get(_UNTOLD, False)
+                else _why_unknown(item) if item.stash.get(_GUESSED, False) else LIVE_ENV
+            )
         if fkey not in self._confirmed:
             if learned is None and ask_kwargs is not None and not guess:
                 self._confirmed.add(fkey)

@@ -695,8 +695,18 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
 
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("case", cases("cases.jsonl"))
-        def test_rephrased(rollout, case):
+        def test_rephrased(rollout, case):  # (its probes learn the "!" it adds: sent ahead)
             rollout.ask(urgent(case.prompt))
+
+        def cut(prompt):
+            while len(prompt) > 10:  # a while loop: not read
+                prompt = prompt[1:]
+            return prompt
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_cut(rollout, case):
+            rollout.ask(cut(case.prompt))
 
         def brief():
             return random.choice(["Be brief."])  # another library's: not read
@@ -739,7 +749,7 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         """
     )
     result = _run(project, "-v", *xdist)
-    result.assert_outcomes(passed=4 * N_CASES + 5)
+    result.assert_outcomes(passed=5 * N_CASES + 5)
     workers = " (2 xdist workers)" if xdist else ""
     lines = project.path.joinpath("test_suite.py").read_text(encoding="utf-8").splitlines()
     unknown = "its first ask's request is not known before the test runs"
@@ -748,7 +758,8 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
     computed = lines.index("    rollout.ask(urgent(prompt))") + 1
     alone = lines.index('    rollout.ask("Hello", system=brief())') + 1
     loop = lines.index('    while not prompt.endswith("!"):  # a while loop: not read') + 1
-    rephrased = lines.index("    rollout.ask(urgent(case.prompt))") + 1
+    cut = lines.index("    rollout.ask(cut(case.prompt))") + 1
+    cut_loop = lines.index("    while len(prompt) > 10:  # a while loop: not read") + 1
     result.stdout.fnmatch_lines([
         f"modelrollout prefetch{workers}: * calls sent ahead of their tests*",
         "  run live: test_suite.py::test_alone (its first ask passes arguments not known before "
@@ -761,19 +772,21 @@ def test_the_verbose_summary_says_which_test_functions_run_live_and_why(
         f"  run live: test_suite.py::test_computed ({unknown}: `urgent(prompt)` at line "
         f"{computed} cannot be read without running it (in `urgent`, `while not "
         f"prompt.endswith('!'):` at line {loop} is not read))",
+        "  run live: test_suite.py::test_cut (its tests took none of what was sent ahead for "
+        f"them: `cut(case.prompt)` at line {cut} cannot be read without running it (in `cut`, "
+        f"`while len(prompt) > 10:` at line {cut_loop} is not read))",
         f"  run live: test_suite.py::test_from_a_fixture ({unknown}: `greeting` is what a fixture "
         "returns, not known without running it)",
         f"  run live: test_suite.py::test_in_a_helper ({unknown}: no `.ask(...)` in its source, "
         "nor in a helper it calls first (read when the helper asks first or under an `if` it "
         "reads, a model the test passes it))",
-        "  run live: test_suite.py::test_rephrased (its tests took none of what was sent ahead "
-        f"for them: `urgent(case.prompt)` at line {rephrased} cannot be read without running it "
-        f"(in `urgent`, `while not prompt.endswith('!'):` at line {loop} is not read))",
+
         "  run live: test_suite.py::test_styled (its first ask passes arguments not known before "
         "the test runs, and no other test learns them: `greeting` is what a fixture returns, not "
         "known without running it)",
     ])  # fmt: skip
     assert "run live: test_suite.py::test_ahead" not in result.stdout.str()
+    assert "run live: test_suite.py::test_rephrased" not in result.stdout.str()
 
 
 def test_a_prompt_the_test_changes_before_asking_is_not_sent_ahead_for_long(
@@ -2390,7 +2403,9 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
     after three matching probes the rest are sent ahead. Before, each such function ran live,
     one test at a time. A bot handed the case that asks the case's prompt string
     (``self.model.ask(case.prompt, ...)``): its case is the guess, and that its tests ask its
-    prompt is learned with the arguments. A test with an ask of its own that is not read (a
+    prompt is learned with the arguments. A bot that puts text around the question
+    (``f"Customer: {question}\\nReply briefly."``): that text is learned from the first test.
+    A test with an ask of its own that is not read (a
     prompt with the machine's core count) is not guessed at: it runs live, and no call is
     wasted on it."""
     project.makepyfile(
@@ -2448,6 +2463,22 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
         def test_case_bot(case_bot, case):
             case_bot.answer(case)
 
+        class WrappingBot:
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, question):
+                return self.model.ask(f"Customer: {question}\\nReply briefly.")
+
+        @pytest.fixture
+        def wrapping_bot(rollout):
+            return WrappingBot(rollout)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", [q + " Now." for q in QUESTIONS])
+        def test_wrapping_bot(wrapping_bot, question):
+            wrapping_bot.answer(question)
+
         @pytest.mark.workflow("support")
         @pytest.mark.parametrize("question", [q + " Please." for q in QUESTIONS])
         def test_styled(rollout, question):
@@ -2457,23 +2488,24 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
     )
     result = _run(project, "-v", *xdist)
     n = 20
-    result.assert_outcomes(passed=3 * n + N_CASES)
+    result.assert_outcomes(passed=4 * n + N_CASES)
     out = result.stdout.str()
-    for function in ("test_bot ", "test_candidate_bot", "test_case_bot"):
+    for function in ("test_bot ", "test_candidate_bot", "test_case_bot", "test_wrapping_bot"):
         assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
     result.stdout.fnmatch_lines(["*run live: test_suite.py::test_styled (*)"])
     line, (sent, used, unused) = _prefetch_counts(result)
-    # test_bot and test_case_bot: their first probes (the marker's arguments), both models;
-    # test_candidate_bot: its first probe, both models, and the stable of the next two (each
-    # per worker); test_styled: none
-    wasted = 8 if not xdist else 16
-    asked = 2 * n + n + 2 * N_CASES
-    assert unused <= wasted and used >= asked - (10 if xdist else 5), line
+    # test_bot, test_case_bot and test_wrapping_bot: their first probes (the marker's
+    # arguments, the question as it is), both models; test_candidate_bot: its first probe,
+    # both models, and the stable of the next two (each per worker); test_styled: none
+    wasted = 10 if not xdist else 20
+    asked = 2 * n + n + 2 * N_CASES + 2 * n
+    assert unused <= wasted and used >= asked - (14 if xdist else 7), line
     assert sent == used + unused, line
     seen = sim.first_attempts()
     assert set(seen.values()) == {1}  # each request sent once (ahead, or by its test)
     assert all("cores)" in k[1] for k in seen if "Please." in k[1])  # test_styled's: its own
     assert sum("Answer the customer." in k[1] for k in seen) == 2 * N_CASES
+    assert sum("Customer: " in k[1] and "Reply briefly." in k[1] for k in seen) == 2 * n
     # the bots' requests: each question with the bot's system prompt, and the stable's of
     # test_candidate_bot's second and third probes (sent before its first test was over)
     bots = sum("concise support agent" in k[1] for k in seen)

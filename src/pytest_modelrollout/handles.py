@@ -22,6 +22,9 @@ from .session import call_record, reply_fields
 # in a first ask's arguments as prefetch learns them from a test: it asked its case's prompt
 # string, not the case (see prefetch.guessed_case_prompt)
 CASE_PROMPT = "case_prompt"
+# and: it asked the planned prompt string (or its case's) with text before and after it, the
+# same for each test (Customer: {question}), as (before, after)
+WRAPPED = "wrapped"
 
 if TYPE_CHECKING:
     from .session import RolloutSession
@@ -167,6 +170,18 @@ class TestContext:
         self.replies.append((role, reply))
         return reply
 
+    def _wrapped(self, prompt: Any) -> tuple[bool, tuple[str, str]] | None:
+        """When ``prompt`` is a string with the planned prompt string (or the guessed case's
+        prompt) in it once, with text around it: whether it is the case's prompt, and the text
+        before and after it. None otherwise."""
+        inner = self.guessed_case_prompt or self.planned_prompt
+        if type(prompt) is not str or type(inner) is not str or not inner:
+            return None
+        if prompt == inner or prompt.count(inner) != 1:
+            return None
+        before, after = prompt.split(inner)
+        return self.guessed_case_prompt is not None, (before, after)
+
     def next_pair_id(self, roles: Sequence[Role]) -> str:
         index = max(self.counters[r] for r in roles)
         for r in roles:
@@ -188,12 +203,15 @@ class TestContext:
         planned = case is not None or case_prompt or (
             self.planned_prompt is not None and prompt == self.planned_prompt
         )
-        if planned and not any(self.counters.values()):
+        wrapped = None if planned or case is not None else self._wrapped(prompt)
+        if (planned or wrapped) and not any(self.counters.values()):
             # what this test function's first ask passes besides the case: prefetch learns it
             first_ask = {"system": system, "tools": tools, "response_format": response_format,
                          "params": dict(kwargs)}
-            if case_prompt:
+            if case_prompt or (wrapped and wrapped[0]):
                 first_ask[CASE_PROMPT] = True  # its case's prompt string, not the case
+            if wrapped:
+                first_ask[WRAPPED] = wrapped[1]
         pair_id = self.next_pair_id(roles)
         shadow = getattr(case, "stable_reply", None) if case is not None else None
         calls: list[tuple[str, ChatRequest, str]] = []

@@ -74,7 +74,7 @@ from .asked import (
     reached_ask,
     source_asks,
 )
-from .handles import CASE_PROMPT
+from .handles import CASE_PROMPT, WRAPPED
 from .progress import Progress, progress_wanted
 from .providers.base import CallResult, ChatRequest, split_limit, worker_share
 
@@ -443,10 +443,14 @@ def _evaluated_kwargs(keywords: Keywords, params: dict[str, Any], names: Any) ->
 def _request(ctx: TestContext, prompt: Any, ask_kwargs: AskKwargs | None) -> ChatRequest:
     """The request ``ask(prompt, **ask_kwargs)`` builds in the test (None: no arguments); of
     the case's prompt string, when the function's tests were learned to ask that
-    (:data:`CASE_PROMPT`)."""
+    (:data:`CASE_PROMPT`), with the text they were learned to put around it
+    (:data:`WRAPPED`)."""
     kw = ask_kwargs or {}
     if kw.get(CASE_PROMPT) and is_case(prompt):
         prompt = prompt.prompt
+    wrapped = kw.get(WRAPPED)
+    if wrapped and type(prompt) is str:  # Customer: {question}, learned from a test
+        prompt = wrapped[0] + prompt + wrapped[1]
     request, _ = ctx.build_request(
         prompt,
         system=kw.get("system"),

@@ -107,7 +107,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   strings, ``bot.answer(question)`` on a ``SupportBot(rollout)`` from a fixture, whose method
   asks ``self.model.ask(question, system=..., temperature=0)``;
 - ``case's prompt asked through an object``: the same bot handed the case, asking
-  ``self.model.ask(case.prompt, system=...)``.
+  ``self.model.ask(case.prompt, system=...)``;
+- ``question wrapped by an object``: the bot handed the case asks
+  ``self.model.ask(f"Customer: {case.prompt}\\nReply briefly.")``.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -406,6 +408,16 @@ SHAPES: dict[str, Shape] = {
         'def bot(rollout):\n'
         '    return SupportBot(rollout)\n',
         '[p.values[0].prompt for p in cases("cases.jsonl")]'),
+    "question wrapped by an object": (
+        ", bot", "bot.answer(case)",
+        'class SupportBot:\n'
+        '    def __init__(self, model):\n'
+        '        self.model = model\n\n'
+        '    def answer(self, case):\n'
+        '        return self.model.ask(f"Customer: {case.prompt}\\nReply briefly.")\n\n'
+        '@pytest.fixture\n'
+        'def bot(rollout):\n'
+        '    return SupportBot(rollout)\n'),
     "case's prompt asked through an object": (
         ", bot", "bot.answer(case)",
         'class SupportBot:\n'

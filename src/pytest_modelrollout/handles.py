@@ -203,8 +203,9 @@ class TestContext:
         planned = case is not None or case_prompt or (
             self.planned_prompt is not None and prompt == self.planned_prompt
         )
-        wrapped = None if planned or case is not None else self._wrapped(prompt)
-        if (planned or wrapped) and not any(self.counters.values()):
+        first = not any(self.counters.values())  # the test's first ask
+        wrapped = None if planned or case is not None or not first else self._wrapped(prompt)
+        if (planned or wrapped) and first:
             # what this test function's first ask passes besides the case: prefetch learns it
             first_ask = {"system": system, "tools": tools, "response_format": response_format,
                          "params": dict(kwargs)}

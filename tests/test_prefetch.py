@@ -216,6 +216,12 @@ def _essentials(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _write_cases(project: pytest.Pytester, rows: list[dict[str, Any]]) -> None:
+    """The project's ``cases.jsonl``: one JSON line per row."""
+    project.path.joinpath("cases.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
 def _run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
     return project.runpytest("-p", "no:cacheprovider", "--rollout-allow-inconclusive", *args)
 
@@ -983,11 +989,10 @@ def _skipping_suite(project: pytest.Pytester, skip_if: str, n: int = 40) -> int:
             assert pair.stable.ok and pair.candidate.ok
         """
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}) + "\n"
-                for i in range(n)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?"}
+        for i in range(n)
+    ])  # fmt: skip
     return n
 
 
@@ -1079,12 +1084,11 @@ def test_prompts_looked_up_formatted_or_cut_to_length_are_sent_ahead(
             assert pair.stable.ok and pair.candidate.ok
         """
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "lang": "zh" if i % 2 else "en",
-                            "prompt": f"Where is order A-{i}? It was due last week. " * 2}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "lang": "zh" if i % 2 else "en",
+         "prompt": f"Where is order A-{i}? It was due last week. " * 2}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v")
     result.assert_outcomes(passed=N_CASES)
     _every_call_went_ahead(result, sim, 2 * N_CASES)
@@ -1154,12 +1158,11 @@ def test_prompts_built_by_the_suites_own_functions_are_sent_ahead(
         """,
     )
     langs = [{"lang": "en"}, {"lang": "zh"}, {}]  # the last: no language, the default system
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "meta": langs[i % 3],
-                            "prompt": f"  Where is order A-{i}? " + "It was due. " * (i % 8)})
-                + "\n" for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "meta": langs[i % 3],
+         "prompt": f"  Where is order A-{i}? " + "It was due. " * (i % 8)}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=N_CASES)
     _every_call_went_ahead(result, sim, 2 * N_CASES)
@@ -1239,12 +1242,11 @@ def test_message_lists_built_by_the_suites_functions_in_loops_are_sent_ahead(
             rollout.candidate.ask(logged(case))
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"docs": [f"Order A-{i} shipped.", "Returns: 30 days."][: i % 3]}})
-                + "\n" for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "meta": {"docs": [f"Order A-{i} shipped.", "Returns: 30 days."][: i % 3]}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=3 * N_CASES)
     out = result.stdout.str()
@@ -1377,13 +1379,12 @@ def test_asks_made_by_the_suites_helper_functions_are_sent_ahead(
             assert ask_until_answered(rollout.candidate, case.prompt) is not None
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "lang": "zh" if i % 3 == 0 else "en",
-                            "styles": ["brief", "formal"] if i % 4 else []}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "lang": "zh" if i % 3 == 0 else "en",
+         "styles": ["brief", "formal"] if i % 4 else []}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=7 * N_CASES)
     # test_followed: both models and the candidate in its helper, then the candidate;
@@ -1451,13 +1452,12 @@ def test_a_test_that_ends_before_it_asks_gets_nothing_sent(
                 rollout.ask(case.prompt, system="Answer in English.")
         """
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "lang": "zh" if i % 3 == 0 else "en",
-                            **({} if i % 4 == 0 else {"expected": "soon"})}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "lang": "zh" if i % 3 == 0 else "en",
+         **({} if i % 4 == 0 else {"expected": "soon"})}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     skipped, zh = len(range(0, N_CASES, 4)), len(range(0, N_CASES, 3))
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=4 * N_CASES - 3 * skipped, skipped=3 * skipped)
@@ -1604,13 +1604,12 @@ def test_prompts_from_templates_and_prompt_files_are_sent_ahead(
             rollout.candidate.ask(ORDER.format(question=case.prompt, **case.meta))
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"lang": "zh" if i % 2 else "en", "name": f"N{i}",
-                                     "tags": ["late"] * (i % 3)}}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "meta": {"lang": "zh" if i % 2 else "en", "name": f"N{i}",
+                  "tags": ["late"] * (i % 3)}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=4 * N_CASES)
     _every_call_went_ahead(result, sim, 2 * 3 * N_CASES + N_CASES)
@@ -1690,14 +1689,13 @@ def test_names_assigned_again_or_under_an_if_are_sent_ahead(
             rollout.candidate.ask(context + "user: " + case.prompt)
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"lang": "zh" if i % 2 else "en", "history": [
-                                {"role": "user", "content": "Hi"},
-                                {"role": "assistant", "content": "Hello!"}][: i % 3]}}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "meta": {"lang": "zh" if i % 2 else "en", "history": [
+             {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello!"}][: i % 3]}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=4 * N_CASES + 2)
     _every_call_went_ahead(result, sim, 5 * N_CASES + 2)
@@ -1809,13 +1807,12 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
             rollout.candidate.ask(messages)
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?", "meta": {
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?", "meta": {
             "history": [{"role": "user", "content": "Hi"},
-                        {"role": "assistant", "content": "Hello!"}][: i % 3]}}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+                        {"role": "assistant", "content": "Hello!"}][: i % 3]}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=7 * N_CASES)
     line, (sent, used, unused) = _prefetch_counts(result)
@@ -1909,14 +1906,13 @@ def test_few_shot_turns_built_in_a_loop_are_sent_ahead(
             ] + [{"role": "user", "content": case.prompt}])
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?", "meta": {
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?", "meta": {
             "lang": "zh" if i % 2 else "en",
             "shots": [{"q": "Hi", "a": "Hello!"}, {"q": " ", "a": "(skipped)"},
-                      {"q": f"Order A-{i - 1}?", "a": "Shipped."}][: i % 4]}}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+                      {"q": f"Order A-{i - 1}?", "a": "Shipped."}][: i % 4]}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=4 * N_CASES)
     _every_call_went_ahead(result, sim, 5 * N_CASES)
@@ -2003,12 +1999,11 @@ def test_copies_of_the_modules_messages_and_payload_dicts_are_sent_ahead(
             history.append({"role": "assistant", "content": reply.text[:20]})
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"lang": "zh" if i % 2 else "en"}}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "meta": {"lang": "zh" if i % 2 else "en"}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=6 * N_CASES)
     out = result.stdout.str()
@@ -2172,14 +2167,13 @@ def test_asks_in_a_loop_are_sent_ahead(
                     continue
         """,
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "meta": {"lang": "zh" if i % 2 else "en",
-                                     "paraphrases": [f"Order A-{i}: where? ({k})"
-                                                     for k in range(i % 4)]}}) + "\n"
-                for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "meta": {"lang": "zh" if i % 2 else "en",
+                  "paraphrases": [f"Order A-{i}: where? ({k})"
+                                  for k in range(i % 4)]}}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     paraphrases = sum(i % 4 for i in range(N_CASES))
     filtered = sum(max(0, i % 4 - 1) for i in range(N_CASES))  # all but each case's "(0)"
     guarded = sum(i % 4 - (i % 4 >= 2) for i in range(N_CASES))  # all but each case's "(1)"
@@ -2230,11 +2224,11 @@ def test_a_test_classs_attributes_are_read_through_self(
                 assert pair.stable.ok and pair.candidate.ok
         """
     )
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "lang": "zh" if i % 2 else "en",
-                            "prompt": f"Where is order A-{i}?"}) + "\n" for i in range(N_CASES)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "lang": "zh" if i % 2 else "en",
+         "prompt": f"Where is order A-{i}?"}
+        for i in range(N_CASES)
+    ])  # fmt: skip
     result = _run(project, "-v")
     result.assert_outcomes(passed=2 * N_CASES)
     _every_call_went_ahead(result, sim, 4 * N_CASES)
@@ -2295,12 +2289,11 @@ def test_the_ask_a_test_reaches_under_an_if_is_the_one_sent_ahead(
         """
     )
     n = 20
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
-                            "lang": "zh" if i % 2 else "en"}) + "\n"
-                for i in range(n)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "prompt": f"Where is order A-{i}?",
+         "lang": "zh" if i % 2 else "en"}
+        for i in range(n)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=4 * n)
     out = result.stdout.str()
@@ -2370,13 +2363,12 @@ def test_a_first_ask_under_an_if_it_cannot_tell_is_probed_not_guessed(
         """
     )
     n = 20
-    project.path.joinpath("cases.jsonl").write_text(
-        "".join(json.dumps({"id": f"c{i:02d}", "meta": {"lang": "zh" if i % 2 else "en"},
-                            "prompt": f"我的订单 B-{i} 在哪？" if i % 2 else
-                            f"Where is my order A-{i}? It is late."}) + "\n"
-                for i in range(n)),
-        encoding="utf-8",
-    )  # fmt: skip
+    _write_cases(project, [
+        {"id": f"c{i:02d}", "meta": {"lang": "zh" if i % 2 else "en"},
+         "prompt": f"我的订单 B-{i} 在哪？" if i % 2 else
+         f"Where is my order A-{i}? It is late."}
+        for i in range(n)
+    ])  # fmt: skip
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=3 * n)
     out = result.stdout.str()

@@ -110,6 +110,8 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   ``self.model.ask(case.prompt, system=...)``;
 - ``question wrapped by an object``: the bot handed the case asks
   ``self.model.ask(f"Customer: {case.prompt}\\nReply briefly.")``.
+- ``question worded by language by an object``: the bot handed the case words it by its
+  language, a template and a system prompt for English and for Chinese.
 
 For each: the wall time, as a ratio to ``plain``'s in the same run (and to the ideal, the calls
 x latency / 16); the calls the test functions made; the calls sent ahead and left unused
@@ -415,6 +417,20 @@ SHAPES: dict[str, Shape] = {
         '        self.model = model\n\n'
         '    def answer(self, case):\n'
         '        return self.model.ask(f"Customer: {case.prompt}\\nReply briefly.")\n\n'
+        '@pytest.fixture\n'
+        'def bot(rollout):\n'
+        '    return SupportBot(rollout)\n'),
+    "question worded by language by an object": (
+        ", bot", "bot.answer(case)",
+        'TEMPLATES = {"en": "Customer: {q}\\nReply briefly.", "zh": "客户：{q}\\n请简短回答。"}\n'
+        'SYSTEMS = {"en": "You are a concise support agent.", "zh": "你是一名简洁的客服。"}\n\n'
+        'class SupportBot:\n'
+        '    def __init__(self, model):\n'
+        '        self.model = model\n\n'
+        '    def answer(self, case):\n'
+        '        lang = "zh" if any("\\u4e00" <= ch <= "\\u9fff" for ch in case.prompt) else "en"\n'
+        '        return self.model.ask(TEMPLATES[lang].format(q=case.prompt),\n'
+        '                              system=SYSTEMS[lang])\n\n'
         '@pytest.fixture\n'
         'def bot(rollout):\n'
         '    return SupportBot(rollout)\n'),

@@ -17,6 +17,7 @@ from pytest_modelrollout.language import (
     language_matches,
     normalize_lang,
     script_counts,
+    script_group,
 )
 
 DATA = Path(__file__).parent / "data" / "language_set.jsonl"
@@ -71,6 +72,21 @@ def test_labelled_set_accuracy_and_no_japanese_as_chinese() -> None:
 )
 def test_detect(text: str, expected: str) -> None:
     assert detect_language(text) == expected
+
+
+def test_script_group_is_the_detection_before_its_statistical_step() -> None:
+    """Prefetch groups a bot's tests by the script of their question without loading the
+    model: what detect_language says, with Latin-script and other-script languages each one
+    group. On the labelled set, every text is in the group of its detected label."""
+    group_of = {"zh": "zh", "ja": "ja", "ko": "ko", "mixed": "mixed", "unknown": "unknown"}
+    for row in load_set():
+        label = detect_language(row["text"])
+        latin = script_counts(row["text"]).latin_words > 0
+        expected = group_of.get(label, "latin" if latin else "other")
+        assert script_group(row["text"]) == expected, row["text"]
+    assert script_group("Bonjour, ma commande n'est pas arrivée.") == "latin"
+    assert script_group("Привет, мой заказ ещё не пришёл.") == "other"
+    assert script_group("请帮我 check 一下 order status") == "mixed"
 
 
 def test_code_with_chinese_comments_is_chinese() -> None:

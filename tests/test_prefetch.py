@@ -2505,6 +2505,110 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
 
 
 @XDIST
+def test_a_bot_that_words_its_request_by_language_is_learned_per_language(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """English and Chinese traffic through a team's bot that words the request by language
+    (a template and a system prompt for each): its tests are learned per script of their
+    question (Latin, Chinese, ...), each group probed as a function of its own, the Chinese
+    group's first probe built with what the English group taught. Before, the second probe
+    missed (the other language's template) and every test of the function ran live, one at a
+    time. A bot with the same wording for every language wastes no more than before (its first
+    probe, with the marker's arguments); one whose wording changes from case to case within a
+    language still runs live, a few calls wasted."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+
+        QUESTIONS = [f"Where is my order A-{1000 + i}? It has not arrived." if i % 2 else
+                     f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(20)]
+
+        def is_chinese(text):
+            return any("\\u4e00" <= ch <= "\\u9fff" for ch in text)
+
+        class LangBot:
+            TEMPLATES = {"en": "Customer: {q}\\nReply briefly.", "zh": "客户：{q}\\n请简短回答。"}
+            SYSTEMS = {"en": "You are a concise support agent.", "zh": "你是一名简洁的客服。"}
+
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, question):
+                lang = "zh" if is_chinese(question) else "en"
+                return self.model.ask(self.TEMPLATES[lang].format(q=question),
+                                      system=self.SYSTEMS[lang])
+
+        class SameBot:
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, question):
+                return self.model.ask(f"Customer: {question}", system="Be brief.")
+
+        class MoodyBot:
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, question):
+                tone = "warmly" if len(question) % 2 else "briefly"
+                return self.model.ask(f"Reply {tone}: {question}")
+
+        @pytest.fixture
+        def lang_bot(rollout):
+            return LangBot(rollout)
+
+        @pytest.fixture
+        def same_bot(rollout):
+            return SameBot(rollout)
+
+        @pytest.fixture
+        def moody_bot(rollout):
+            return MoodyBot(rollout)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", QUESTIONS)
+        def test_lang_bot(lang_bot, question):
+            assert lang_bot.answer(question).candidate.ok
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", [q + " Thanks." for q in QUESTIONS])
+        def test_same_bot(same_bot, question):
+            same_bot.answer(question)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", [q + " Now" + "!" * (i % 3) for i, q in enumerate(QUESTIONS)])
+        def test_moody_bot(moody_bot, question):
+            moody_bot.answer(question)
+        """
+    )
+    result = _run(project, "-v", *xdist)
+    n = 20
+    result.assert_outcomes(passed=3 * n)
+    out = result.stdout.str()
+    for function in ("test_lang_bot", "test_same_bot"):
+        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
+    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_moody_bot (*)"])
+    line, (sent, used, unused) = _prefetch_counts(result)
+    # per worker: test_lang_bot's first probe of each language (the marker's arguments, then
+    # the English wording), test_same_bot's first (the marker's arguments), test_moody_bot's
+    # probes until its wording misses in each language: two calls each
+    workers = 2 if xdist else 1
+    assert unused <= workers * (4 + 2 + 8), line
+    assert used >= 2 * n + 2 * n - workers * 6, line  # a probe's test takes its own calls
+    assert sent == used + unused, line
+    seen = sim.first_attempts()
+    assert set(seen.values()) == {1}  # each request sent once (ahead, or by its test)
+    texts = [" | ".join(m["content"] for m in json.loads(k[1])) for k in seen]
+    zh = [t for t in texts if "B-" in t and "Thanks" not in t and "Now" not in t]
+    en = [t for t in texts if "A-" in t and "Thanks" not in t and "Now" not in t]
+    # each question asked of both models in its own language's wording, and the first probes'
+    # misses (the marker's arguments; the English wording of a Chinese question), per worker
+    assert sum("请简短回答" in t and "简洁的客服" in t for t in zh) == n
+    assert sum("Reply briefly." in t and "concise support agent" in t for t in en) == n
+    assert len(zh) + len(en) <= 2 * n + 4 * workers
+
+
+@XDIST
 def test_what_a_test_reads_from_the_environment_is_probed_then_sent_ahead(
     project: pytest.Pytester, sim: CountingSim, xdist: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

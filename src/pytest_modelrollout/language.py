@@ -60,6 +60,7 @@ __all__ = [
     "detect_language",
     "language_matches",
     "script_counts",
+    "script_group",
 ]
 
 #: Texts are analysed on this many leading characters (a 1 MB reply is still fast).
@@ -548,9 +549,16 @@ def _latin_language(text: str) -> str:
     return lang
 
 
-def _classify(c: ScriptCounts, text: Callable[[], str]) -> str:
+def _classify(
+    c: ScriptCounts,
+    text: Callable[[], str],
+    latin: Callable[[str], str] | None = None,
+    other: Callable[[str], str] | None = None,
+) -> str:
     """The label for counts ``c``; ``text()`` is the analysed text, built only when the
-    statistical detector needs it (other scripts)."""
+    statistical detector needs it (other scripts). ``latin`` and ``other`` label Latin-script
+    and other-script text (by default the statistical detector, steps 5 of the module
+    docstring)."""
     cjk = c.han + c.kana
     if c.kana and (c.kana >= KANA_MIN_CHARS or c.kana / cjk >= KANA_MIN_SHARE):
         return "ja"
@@ -558,23 +566,24 @@ def _classify(c: ScriptCounts, text: Callable[[], str]) -> str:
     if c.hangul_words and c.hangul_words / all_words >= HANGUL_MIN_SHARE:
         return "ko"
     if c.other_letters / 5 > c.han_words + c.latin_words:
-        return _statistical(text())[0]
+        return other(text()) if other is not None else _statistical(text())[0]
     if c.han == 0:
         if c.latin_words == 0:
             return "unknown"
-        return _latin_language(c.latin_text)
+        return (latin or _latin_language)(c.latin_text)
     share = c.latin_share
     if share <= ZH_MAX_LATIN_SHARE:
         return "zh"
     if share >= LATIN_MIN_SHARE or c.chinese_names_in_latin:
-        return _latin_language(c.latin_text)
+        return (latin or _latin_language)(c.latin_text)
     return "mixed"
 
 
-@functools.lru_cache(maxsize=2048)
-def detect_language(text: str) -> str:
-    """``"en"``, ``"zh"``, ``"mixed"``, ``"ja"``, ``"ko"``, another ISO 639-1 code, or
-    ``"unknown"``. Deterministic; see the module docstring for the rules."""
+def _label(
+    text: str,
+    latin: Callable[[str], str] | None = None,
+    other: Callable[[str], str] | None = None,
+) -> str:
     if not _LETTER_RE.search(text[:MAX_ANALYSED_CHARS]):
         return "unknown"
     counts = script_counts(text)
@@ -582,8 +591,23 @@ def detect_language(text: str) -> str:
         counts = script_counts(text, strip=False)  # nothing but code: judge the raw text
         if counts.empty:
             return "unknown"
-        return _classify(counts, lambda: text[:MAX_ANALYSED_CHARS])
-    return _classify(counts, lambda: strip_code(text[:MAX_ANALYSED_CHARS]))
+        return _classify(counts, lambda: text[:MAX_ANALYSED_CHARS], latin, other)
+    return _classify(counts, lambda: strip_code(text[:MAX_ANALYSED_CHARS]), latin, other)
+
+
+@functools.lru_cache(maxsize=2048)
+def detect_language(text: str) -> str:
+    """``"en"``, ``"zh"``, ``"mixed"``, ``"ja"``, ``"ko"``, another ISO 639-1 code, or
+    ``"unknown"``. Deterministic; see the module docstring for the rules."""
+    return _label(text)
+
+
+def script_group(text: str) -> str:
+    """What :func:`detect_language` would say of ``text`` up to its statistical step, without
+    the detector (no model is loaded): ``"zh"``, ``"ja"``, ``"ko"``, ``"mixed"``,
+    ``"latin"`` (a Latin-script language: English, French, ...), ``"other"`` (Cyrillic,
+    Arabic, Thai, ...) or ``"unknown"``."""
+    return _label(text, latin=lambda _: "latin", other=lambda _: "other")
 
 
 # --------------------------------------------------------------------------- matching

@@ -382,6 +382,22 @@ def guessed_case_prompt(item: pytest.Item) -> str | None:
     return prompt if getattr(case, "messages", None) is None and type(prompt) is str else None
 
 
+def _text_of(value: Any) -> str | None:
+    """The text a planned prompt (a prompt string, a case, a chat message list) asks: the
+    string, the case's prompt, or its messages' last user message's text. None without one."""
+    if is_case(value):
+        prompt = getattr(value, "prompt", None)
+        value = getattr(value, "messages", None) or prompt
+    if type(value) is str:
+        return value
+    if type(value) in (list, tuple):
+        for message in reversed(value):
+            if type(message) is dict and message.get("role") == "user":
+                content = message.get("content")
+                return content if type(content) is str else None
+    return None
+
+
 def prefetchable(item: pytest.Item) -> int:
     """How many calls the item's default first ask would make (0: not prefetchable).
 
@@ -626,7 +642,9 @@ class Prefetcher:
     planned (:func:`is_guess`): its tests may take another branch, or do something else to
     their case, from case to case; one of its probes that its test neither takes nor learns
     arguments from turns it off. A function whose tests keep taking nothing sent for them is
-    turned off too (:meth:`_unused`).
+    turned off too (:meth:`_unused`). A function whose prompt is a guess is learned, probed,
+    confirmed and turned off by groups of its tests, by the script of their guessed prompt
+    (:meth:`_key`); what ``-v`` says of a group is said of its function.
     """
 
     def __init__(
@@ -683,6 +701,12 @@ class Prefetcher:
         self._later_unused_of: collections.Counter[str] = collections.Counter()
         # test functions that run live, and why (shown with -v)
         self.live: dict[str, str] = {}
+        # a function whose prompt is a guess is learned by groups of its tests (_key): each
+        # group's function, each function's groups, and what its first group to teach taught
+        self._name: dict[str, str] = {}
+        self._groups: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        self._taught_of: dict[str, AskKwargs] = {}
+        self._shared: collections.Counter[str] = collections.Counter()  # their matched probes
         # parametrized tests per function in the run (a function with one has no use for a probe)
         self._size = collections.Counter(
             function_key(item) for item in items if getattr(item, "callspec", None) is not None
@@ -721,17 +745,29 @@ class Prefetcher:
         nodeid = item.nodeid
         if self._closed or nodeid in self._finished or nodeid in self._planned:
             return "skip"
-        fkey = function_key(item)
+        name = function_key(item)
+        if name in self._off:
+            self._planned.add(nodeid)
+            return "skip"
+        planned = _planned(item)
+        fkey = self._key(item, name, planned)  # the function, or its group (_key)
         if fkey in self._off:
             self._planned.add(nodeid)
             return "skip"
         if while_waiting and fkey not in self._settled:
             return "wait"
-        planned = _planned(item)
         if planned is None and item.stash.get(_NOT_ASKED, False):
             self._planned.add(nodeid)  # its branches ask nothing: nothing to send or to learn
             return "skip"
         learned = self._learned.get(fkey)
+        if learned is None and fkey != name:
+            # a group's first probes: with what another group of its function taught, once
+            # one has (a bot passes the same arguments for every language, mostly); while
+            # the first probe of another group is out, wait for what it teaches
+            learned = self._taught_of.get(name)
+            if learned is None and not self._shared[name] and fkey not in self._probe and any(
+                    group in self._probe for group in self._groups[name]):
+                return "wait"
         # what the first ask passes besides the prompt: learned from a test, or read
         ask_kwargs = learned if learned is not None else _source_kwargs(item, planned)
         guess = is_guess(item)
@@ -747,7 +783,7 @@ class Prefetcher:
                 self._confirmed.add(fkey)
             elif fkey in self._probe:
                 return "wait"
-            elif getattr(item, "callspec", None) is None or self._size.get(fkey, 2) < 2:
+            elif getattr(item, "callspec", None) is None or self._size.get(name, 2) < 2:
                 # a test on its own: a probe would teach nothing for later tests, only cost
                 self._planned.add(nodeid)
                 if planned is not None:
@@ -903,8 +939,20 @@ class Prefetcher:
             return
         if self._probe.get(fkey) == test_id:
             del self._probe[fkey]  # the items waiting for it may be planned now
-        if matched and fkey in self._untold and self._untold[fkey] + 1 < UNTOLD_PROBES:
-            self._untold[fkey] += 1  # the next item probes too
+        if matched and fkey in self._untold:
+            self._untold[fkey] += 1
+            seen = self._untold[fkey]
+            name = self._name.get(fkey)
+            if name is not None and self._sharing(fkey):
+                # the groups of a function asked with the same arguments: their probes that
+                # matched add up, and confirm each of them that has had one of its own
+                self._shared[name] += 1
+                if self._shared[name] >= UNTOLD_PROBES:
+                    self._confirmed.update(group for group in self._groups[name]
+                                           if self._untold[group] and self._sharing(group))
+            elif seen >= UNTOLD_PROBES:
+                self._confirmed.add(fkey)
+            # else the next item probes too
         elif matched:
             self._confirmed.add(fkey)
         elif first_ask is None:
@@ -915,6 +963,8 @@ class Prefetcher:
         else:
             self._learned[fkey] = first_ask  # the next item is the probe of the learned plan
             self._taught.add(test_id)
+            if fkey in self._name:  # a group: the first to teach starts the others' probes
+                self._taught_of.setdefault(self._name[fkey], first_ask)
 
     def _turn_off(self, fkey: str) -> None:
         """Never prefetch this function again; drop what is planned for it (before it is sent,
@@ -984,7 +1034,33 @@ class Prefetcher:
             self._off.add(fkey)
 
     def _live(self, fkey: str, reason: str) -> None:
-        self.live.setdefault(fkey, reason)
+        self.live.setdefault(self._name.get(fkey, fkey), reason)
+
+    def _sharing(self, key: str) -> bool:
+        """Whether the group ``key`` is planned with what its function's first group to teach
+        taught (or, before any taught, with what its source says): what the others are."""
+        own = self._learned.get(key)
+        return own is None or own is self._taught_of.get(self._name[key])
+
+    def _key(self, item: pytest.Item, name: str, planned: tuple[Expr, Any] | None) -> str:
+        """What the prefetcher learns and probes by: the test function ``name``; for a function
+        whose first ask is not read (its prompt a guess: a bot a fixture made, say), a group of
+        its tests by the script of the guessed prompt (:func:`.language.script_group`: Chinese,
+        Latin, Japanese, ...). A bot that words its request by language (a template, a system
+        prompt per language) is then learned per language, as a function of its own: the
+        other groups' first probes start from what the first group taught."""
+        if planned is None or not item.stash.get(_GUESSED, False):
+            return name
+        text = _text_of(planned[1])
+        if text is None:
+            return name
+        from .language import script_group
+
+        key = f"{name} [{script_group(text)}]"
+        if key not in self._name:
+            self._name[key] = name
+            self._groups[name].add(key)
+        return key
 
     def pending(self, test_id: str) -> list[concurrent.futures.Future[Outcome]]:
         """The test's prefetched futures that are not done yet."""

@@ -110,6 +110,9 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   ``self.model.ask(case.prompt, system=...)``;
 - ``question wrapped by an object``: the bot handed the case asks
   ``self.model.ask(f"Customer: {case.prompt}\\nReply briefly.")``.
+- ``the same ask again``: ``first = rollout.ask(case)``, then ``rollout.ask(case)`` twice in a
+  ``for`` loop (a repeatability check: three calls per model per test, each after the reply
+  before it);
 - ``question worded by language by an object``: the bot handed the case words it by its
   language, a template and a system prompt for English and for Chinese.
 
@@ -193,6 +196,9 @@ FILES = {
 Shape = str | tuple[str, str] | tuple[str, str, str] | tuple[str, str, str, str]
 SHAPES: dict[str, Shape] = {
     "plain": "rollout.ask(case)",
+    "the same ask again": "first = rollout.ask(case)\n"
+                          "    for _ in range(2):  # repeatable: the same reply each time\n"
+                          "        rollout.ask(case)",
     "skips 1 in 10": 'if case.id.endswith("3"):\n        pytest.skip("no expected answer")\n'
                      "    rollout.ask(case)",
     "system looked up": 'rollout.ask(case.prompt, system=SYSTEMS[case.meta["lang"]])',

@@ -362,7 +362,7 @@ def test_twice(rollout, case):
     [(BOTH, 2, []), (BOTH, 2, ["-n", "2"]),  # another ask, both models
      ('rollout.candidate.ask(case.prompt + " Be brief.")', 1, []),  # the candidate only
      ("rollout.ask(first.candidate.text)", 0, []),  # reads a reply: asked after it, live
-     ("rollout.ask(case)", 0, [])],  # the same ask again, to compare: after the first reply
+     ("rollout.ask(case)", 2, [])],  # the same ask again: ahead, after the first reply
     ids=["both", "both-xdist-2", "candidate", "reads-a-reply", "repeat"],
 )  # fmt: skip
 def test_later_asks_the_test_always_makes_are_sent_ahead_too(
@@ -374,9 +374,9 @@ def test_later_asks_the_test_always_makes_are_sent_ahead_too(
     request: pytest.FixtureRequest,
 ) -> None:
     """A test that asks twice: the second ask goes ahead with the first when it is read in full
-    and nothing before it may end the test (an assert still can); one that reads a reply, or
-    the same ask again, is asked after the first reply, as the test does. Same requests and
-    results as without prefetch, each sent as often."""
+    and nothing before it may end the test (an assert still can); the same ask again goes ahead
+    too, sent once the first has its reply (as the test asks it); one that reads a reply is
+    asked after it, live. Same requests and results as without prefetch, each sent as often."""
     # a reply as the prompt makes the candidate's p95 latency close to its gate, where this
     # machine's scheduling noise decides the verdict: the latency gate is left out here
     project.makepyprojecttoml(
@@ -388,6 +388,58 @@ def test_later_asks_the_test_always_makes_are_sent_ahead_too(
     _, on = _without_and_with_prefetch(project, sim, workers)
     sent = (2 + ahead) * N_CASES
     on.stdout.fnmatch_lines([f"modelrollout prefetch*: {sent} calls sent ahead*{sent} used, 0 unused*"])
+
+
+@XDIST
+def test_the_same_ask_again_is_sent_ahead_once_the_first_has_its_reply(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A repeatability test asks the same request again to compare the replies (``for _ in
+    range(REPEATS - 1): rollout.ask(case)``). Each repeat is sent ahead of its test, but only
+    once the one before it has its reply, as the test asks it: the provider sees the requests
+    in the same order as in a sequential run (a prompt cache answers the repeat), and every
+    test finds its repeats answered. Before, the repeats were asked by the test, one model
+    latency each, one test at a time (the example suites' triage tests: 128 of 535 requests,
+    half of their wall time). Under xdist the controller does not send repeats; a worker sends
+    them after the first reply too."""
+    project.makepyprojecttoml(
+        CONFIG.replace("latency_ms=20", "latency_ms=150") + "\nconcurrency = 16\n")
+    project.makepyfile(
+        test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        REPEATS = 3
+
+        @pytest.mark.workflow("support", system="Route the ticket.")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_repeatable(rollout, case):
+            first = rollout.ask(case)
+            for _ in range(REPEATS - 1):
+                again = rollout.ask(case)
+                assert again.candidate.text == first.candidate.text
+        """
+    )
+    result = _run(project, "-v", *xdist)
+    result.assert_outcomes(passed=N_CASES)
+    seen = sim.first_attempts()
+    assert len(seen) == 2 * N_CASES and set(seen.values()) == {3}  # each request, three times
+    if not xdist:
+        assert "run live:" not in result.stdout.str()
+        calls = 6 * N_CASES
+        result.stdout.fnmatch_lines(
+            [f"modelrollout prefetch: {calls} calls sent ahead of their tests, {calls} used, "
+             "0 unused*"])
+    # a request's sends (both models, three times each) come in three rounds, each a model
+    # latency (150 ms) after the one before: a repeat never leaves before the reply before it
+    sends: dict[str, list[float]] = collections.defaultdict(list)
+    for at, messages in sim.arrivals:
+        sends[messages].append(at)
+    assert len(sends) == N_CASES
+    for times in sends.values():
+        times.sort()
+        assert len(times) == 6, times
+        assert times[2] - times[0] >= 0.14 and times[4] - times[2] >= 0.14, times
 
 
 def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(

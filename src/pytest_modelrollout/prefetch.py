@@ -41,7 +41,7 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,10 +237,16 @@ def _work_out_plan(item: pytest.Item) -> tuple[Expr, Any] | None:
             if reached[2] is not None:
                 item.stash[_REACHED_ROLES] = reached[2]
             return reached[0], value
-    for expr in asked(func) if func is not None else ():
+    for index, expr in enumerate(asked(func) if func is not None else ()):
         value = evaluate(expr, params, module_names(func))
         if is_case(value) or is_prompt(value):
             planned = expr, value
+            # the test's first ask in source, read, not under an if nor in a loop: its later
+            # asks (asked.later_asks) never list it again, so one of the same request is the
+            # test asking it again (sent after its reply: plan_later's repeats)
+            item.stash[_REPEATS] = (
+                index == 0 and reached is None and expr[0] not in _LOOPED
+                and first_ask_unread(func) is None)
             break
     else:
         if func is not None and asks_nothing(func, params, module_names(func)):
@@ -283,6 +289,9 @@ _GUESSED = pytest.StashKey[bool]()
 _ENV = pytest.StashKey[bool]()
 _REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it reaches asks
 _PARAMS = pytest.StashKey[dict[str, Any]]()
+# a later ask of the same request as its first is the test asking it again (_work_out_plan)
+_REPEATS = pytest.StashKey[bool]()
+_LOOPED = ("each", "comp", "flat")  # an ask's prompt in a loop's iteration or comprehension
 
 
 @contextlib.contextmanager
@@ -566,16 +575,21 @@ def plan_later(
     session: RolloutSession,
     context_for: ContextFactory,
     first: Sequence[tuple[Role, str, ChatRequest]],
+    *,
+    repeats: bool = False,
 ) -> list[tuple[Role, str, ChatRequest]]:
     """The calls of the asks after the item's first one that the test always makes and that
     are read in full from its source (:func:`.asked.later_asks`): ``(role, ref, request)``.
     A request the test already makes before (the same ask again, to compare the replies) is
-    left out: it is asked after the first reply, as the test does."""
+    left out, unless ``repeats`` and the item's first ask is one whose later asks are known
+    not to list it again (:data:`_REPEATS`): the caller then sends it after the earlier one's
+    reply, as the test asks it (:func:`_after`)."""
     func = getattr(item, "function", None)
     asks = later_asks(func) if func is not None else ()
     if not asks:
         return []
     params, names = _params(item), module_names(func)
+    repeats = repeats and item.stash.get(_REPEATS, False)
     seen = {(role, ref, request.key(ref)) for role, ref, request in first}
     try:
         ctx = context_for(item)
@@ -595,11 +609,25 @@ def plan_later(
             ref = ctx.ref(role)
             key = (role, ref, request.key(ref))
             shadow = role == "stable" and getattr(value, "stable_reply", None) is not None
-            if session.is_killed(ref) or shadow or key in seen:
+            if session.is_killed(ref) or shadow or (key in seen and not repeats):
                 continue
             seen.add(key)
             calls.append((role, ref, request))
     return calls
+
+
+async def _after(earlier: concurrent.futures.Future[Outcome], call: Awaitable[Outcome]) -> Outcome:
+    """``call`` once ``earlier`` (the same request, asked before it in the test) has its reply:
+    a test that asks the same again to compare the replies asks it after the first reply, and
+    the provider sees the same order (a prompt cache, say). Not sent if ``earlier`` failed or
+    was dropped: the test would not have got there."""
+    try:
+        await asyncio.wrap_future(earlier)
+    except BaseException:
+        if inspect.iscoroutine(call):
+            call.close()
+        raise
+    return await call
 
 
 def _later_count(item: pytest.Item) -> int:
@@ -798,7 +826,7 @@ class Prefetcher:
                 self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
             return "skip"
         later = (
-            plan_later(item, self.session, self.context_for, calls)
+            plan_later(item, self.session, self.context_for, calls, repeats=True)
             if fkey in self._confirmed and fkey not in self._no_later
             else []
         )
@@ -807,13 +835,16 @@ class Prefetcher:
         self._function[nodeid] = fkey
         self.stats.planned_items += 1
         runner = self.session.runner
-        slots = []
+        slots: list[Slot] = []
         where = Path(str(item.path)).parent  # cassettes beside the test file
+        last: dict[tuple[str, str, str], int] = {}  # a request's key -> its last slot's index
         for i, (role, ref, request) in enumerate([*calls, *later]):
-            future = runner.submit(
-                self.session.acall(ref, request, role, where, test_id=nodeid, ahead=True)
-            )
-            slots.append(Slot(role, ref, request.key(ref), future, first=i < len(calls)))
+            key = request.key(ref)
+            call = self.session.acall(ref, request, role, where, test_id=nodeid, ahead=True)
+            earlier = last.get((role, ref, key))
+            last[(role, ref, key)] = i
+            future = runner.submit(call if earlier is None else _after(slots[earlier].future, call))
+            slots.append(Slot(role, ref, key, future, first=i < len(calls)))
         with self._lock:
             self._slots[nodeid] = slots
             self._held += len(slots)

@@ -1153,6 +1153,15 @@ def _prefetch_counts(result: pytest.RunResult) -> tuple[str, tuple[int, int, int
     return line, (sent, used, unused)
 
 
+def _only_live(result: pytest.RunResult, ahead: tuple[str, ...], live: str) -> None:
+    """None of the test functions ``ahead`` ran live, and ``-v`` printed ``live`` (an fnmatch
+    pattern: the one that did, and why)."""
+    out = result.stdout.str()
+    for function in ahead:
+        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
+    result.stdout.fnmatch_lines([live])
+
+
 def _every_call_went_ahead(result: pytest.RunResult, sim: CountingSim, calls: int) -> None:
     """The tests made ``calls`` calls, each sent ahead once and used; no function ran live."""
     assert "run live:" not in result.stdout.str()
@@ -2533,10 +2542,8 @@ def test_a_test_that_asks_through_an_object_a_fixture_made_is_probed_with_its_qu
     result = _run(project, "-v", *xdist)
     n = 20
     result.assert_outcomes(passed=4 * n + N_CASES)
-    out = result.stdout.str()
-    for function in ("test_bot ", "test_candidate_bot", "test_case_bot", "test_wrapping_bot"):
-        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
-    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_styled (*)"])
+    _only_live(result, ("test_bot ", "test_candidate_bot", "test_case_bot", "test_wrapping_bot"),
+               "*run live: test_suite.py::test_styled (*)")
     line, (sent, used, unused) = _prefetch_counts(result)
     # test_bot, test_case_bot and test_wrapping_bot: their first probes (the marker's
     # arguments, the question as it is), both models; test_candidate_bot: its first probe,
@@ -2636,10 +2643,8 @@ def test_a_bot_that_words_its_request_by_language_is_learned_per_language(
     result = _run(project, "-v", *xdist)
     n = 20
     result.assert_outcomes(passed=3 * n)
-    out = result.stdout.str()
-    for function in ("test_lang_bot", "test_same_bot"):
-        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
-    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_moody_bot (*)"])
+    _only_live(result, ("test_lang_bot", "test_same_bot"),
+               "*run live: test_suite.py::test_moody_bot (*)")
     line, (sent, used, unused) = _prefetch_counts(result)
     # per worker: test_lang_bot's first probe of each language (the marker's arguments, then
     # the English wording), test_same_bot's first (the marker's arguments), test_moody_bot's
@@ -2658,6 +2663,49 @@ def test_a_bot_that_words_its_request_by_language_is_learned_per_language(
     assert sum("请简短回答" in t and "简洁的客服" in t for t in zh) == n
     assert sum("Reply briefly." in t and "concise support agent" in t for t in en) == n
     assert len(zh) + len(en) <= 2 * n + 4 * workers
+
+
+def test_a_language_that_asked_as_written_keeps_to_it_when_another_teaches(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """A bot that asks a Chinese question as it is and wraps an English one: the Chinese
+    group's first probe (the question as it is) matches, the English group's misses and
+    teaches its wrapping. The Chinese group keeps asking as written: one probe wasted in all.
+    Before, the Chinese group's later probes took the English wrapping (what the first group
+    to teach taught), and missed."""
+    project.makepyfile(
+        test_suite="""
+        import pytest
+
+        QUESTIONS = [f"Where is my order A-{1000 + i}?" if i % 2 else
+                     f"你好，我的订单 B-{2000 + i} 到哪了？" for i in range(20)]
+
+        class Bot:
+            def __init__(self, model):
+                self.model = model
+
+            def answer(self, question):
+                if question.startswith("Where"):
+                    question = f"Customer: {question}"
+                return self.model.ask(question)
+
+        @pytest.fixture
+        def bot(rollout):
+            return Bot(rollout)
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("question", QUESTIONS)
+        def test_bot(bot, question):
+            bot.answer(question)
+        """
+    )
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=20)
+    assert "run live:" not in result.stdout.str()
+    line, (sent, used, unused) = _prefetch_counts(result)
+    assert (used, unused) == (40 - 2, 2), line  # the English group's first probe, both models
+    assert sent == used + unused, line
+    assert set(sim.first_attempts().values()) == {1}
 
 
 @XDIST
@@ -2709,11 +2757,9 @@ def test_what_a_test_reads_from_the_environment_is_probed_then_sent_ahead(
     result = _run(project, "-v", *xdist)
     n = 20
     result.assert_outcomes(passed=3 * n)
-    out = result.stdout.str()
-    for function in ("test_styled", "test_region"):
-        assert f"run live: test_suite.py::{function}" not in out, out[-3000:]
-    result.stdout.fnmatch_lines(["*run live: test_suite.py::test_strict (its tests took none of "
-                                 "what was sent ahead for them: its plan read the environment*)"])
+    _only_live(result, ("test_styled", "test_region"),
+               "*run live: test_suite.py::test_strict (its tests took none of what was sent "
+               "ahead for them: its plan read the environment*)")
     line, (sent, used, unused) = _prefetch_counts(result)
     wasted = 2 if not xdist else 4  # test_strict's first probe, both models (per worker)
     assert unused <= wasted and used >= 4 * n - 2 * (3 if xdist else 0), line

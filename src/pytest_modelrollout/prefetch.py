@@ -289,6 +289,7 @@ _REACHED_ROLES = pytest.StashKey[frozenset[Role]]()  # the models the ask it rea
 _PARAMS = pytest.StashKey[dict[str, Any]]()
 # a later ask of the same request as its first is the test asking it again (_work_out_plan)
 _REPEATS = pytest.StashKey[bool]()
+_GROUP = pytest.StashKey[str]()  # a guessed item's group of its function (Prefetcher._key)
 _LOOPED = ("each", "comp", "flat")  # an ask's prompt in a loop's iteration or comprehension
 
 
@@ -724,7 +725,8 @@ class Prefetcher:
         self._pending: collections.deque[pytest.Item] = collections.deque()
         self._function: dict[str, str] = {}  # planned test id -> function
         self._finished: set[str] = set()  # tests that have run: never planned again
-        self._roles: dict[str, frozenset[str]] = {}  # function -> the models its tests ask
+        # function (never a group of one: _key) -> the models its tests ask
+        self._roles: dict[str, frozenset[str]] = {}
         self._taken: dict[str, set[str]] = {}  # test id -> roles of its slots it took
         self._settled: set[str] = set()  # functions one of whose tests has finished
         # planned tests of each function that finished, and those that took none of their calls
@@ -826,7 +828,7 @@ class Prefetcher:
                     self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
                 return "skip"
         self._planned.add(nodeid)
-        calls = plan_item(item, self.session, self.context_for, ask_kwargs, self._roles.get(fkey))
+        calls = plan_item(item, self.session, self.context_for, ask_kwargs, self._roles.get(name))
         if not calls:
             if _asks_models(item) and planned is None:
                 self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
@@ -1000,8 +1002,11 @@ class Prefetcher:
         else:
             self._learned[fkey] = first_ask  # the next item is the probe of the learned plan
             self._taught.add(test_id)
-            if fkey in self._name:  # a group: the first to teach starts the others' probes
-                self._taught_of.setdefault(self._name[fkey], first_ask)
+            name = self._name.get(fkey)
+            if name is not None and not self._shared[name]:
+                # a group, the first to teach before any asked as written: the others' probes
+                # start from what it taught (one that did ask as written keeps to that)
+                self._taught_of.setdefault(name, first_ask)
 
     def _turn_off(self, fkey: str) -> None:
         """Never prefetch this function again; drop what is planned for it (before it is sent,
@@ -1039,7 +1044,7 @@ class Prefetcher:
             self._later_unused(fkey)
         if fkey is not None and taken and any(slot.first for slot in slots):
             # it asked some of the planned models and never the others: plan only those
-            self._roles[fkey] = frozenset(taken)
+            self._roles[self._name.get(fkey, fkey)] = frozenset(taken)  # (of its function)
         elif fkey is not None and not taken:
             if fkey in self._untold and fkey not in self._confirmed and (
                     test_id not in self._taught):
@@ -1088,12 +1093,14 @@ class Prefetcher:
         other groups' first probes start from what the first group taught."""
         if planned is None or not item.stash.get(_GUESSED, False):
             return name
-        text = _text_of(planned[1])
-        if text is None:
-            return name
-        from .language import script_group
+        key = item.stash.get(_GROUP, None)
+        if key is None:
+            text = _text_of(planned[1])
+            if text is None:
+                return name
+            from .language import script_group
 
-        key = f"{name} [{script_group(text)}]"
+            key = item.stash[_GROUP] = f"{name} [{script_group(text)}]"
         if key not in self._name:
             self._name[key] = name
             self._groups[name].add(key)

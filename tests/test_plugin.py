@@ -502,6 +502,50 @@ def test_a_run_imports_the_plugins_modules_on_the_main_thread_only(
     assert "pytest_modelrollout.sim.server" not in loaded
 
 
+def test_xdist_workers_use_the_controllers_simulator(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``-n 2`` with the simulator's models and no ``MODELROLLOUT_SIM_URL``, the
+    controller's simulator process serves its workers too: one process starts, not three
+    (each costs ~130 ms of CPU while the run starts, on the cores the workers start on)."""
+    monkeypatch.delenv("MODELROLLOUT_SIM_URL", raising=False)
+    monkeypatch.delenv("MODELROLLOUT_SIM_INPROCESS", raising=False)
+    pytester.makepyprojecttoml('[tool.modelrollout]\nstable = "sim:stable"\ncandidate = "sim:good"\n')
+    pytester.makeconftest(
+        """
+        import json
+        from pytest_modelrollout.sim import process
+
+        def pytest_sessionfinish(session):
+            # (not PYTEST_XDIST_WORKER: this run's controller may be an outer run's worker)
+            worker = getattr(session.config, "workerinput", None)
+            who = worker["workerid"] if worker else "controller"
+            with open(f"sim-{who}.json", "w") as f:
+                json.dump({"started": [url for _, url in process._children.values()],
+                           "url": process.simulator_url()}, f)
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("prompt", [f"Where is my order A-{i}?" for i in range(8)])
+        def test_m(rollout, prompt):
+            assert rollout.ask(prompt).candidate.ok
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--rollout-allow-inconclusive")
+    result.assert_outcomes(passed=8)
+    seen = {path.stem: json.loads(path.read_text()) for path in pytester.path.glob("sim-*.json")}
+    assert sorted(seen) == ["sim-controller", "sim-gw0", "sim-gw1"]
+    controller = seen.pop("sim-controller")
+    # (this process may hold another test's simulator, at another latency scale)
+    assert controller["url"] in controller["started"]
+    for worker in seen.values():
+        assert worker == {"started": [], "url": controller["url"]}
+
+
 @XDIST
 def test_a_project_without_a_config_uses_the_models_its_markers_name(
     pytester: pytest.Pytester, xdist: list[str]

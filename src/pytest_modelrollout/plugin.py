@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Generator, Iterator
@@ -186,6 +187,11 @@ def _start(config: pytest.Config) -> RolloutSession:
         raise pytest.UsageError(f"modelrollout: {exc}") from None
     session.xdist_worker = _is_worker(config)
     if session.xdist_worker:
+        sim = config.workerinput.get(SIM_KEY)  # type: ignore[attr-defined]
+        if sim:  # the controller's simulator (_shared_simulator)
+            from .sim.process import adopt
+
+            adopt(str(sim))
         address = config.workerinput.get(SLOTS_KEY)  # type: ignore[attr-defined]
         session.slots_address = str(address) if address else None
         from .headstart import HEADSTART_KEY
@@ -511,6 +517,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 REPORT_ATTR = "modelrollout_records"
 DIST_KEY = "modelrollout_dist"
 SLOTS_KEY = "modelrollout_slots"
+SIM_KEY = "modelrollout_sim"  # the controller's simulator, for its workers (_shared_simulator)
 _BROKER = pytest.StashKey[Any]()
 
 
@@ -569,6 +576,9 @@ def pytest_configure_node(node: Any) -> None:
     rs = config.stash.get(SESSION_KEY, None)
     if rs is None or not rs.project_configured:
         return
+    sim = _shared_simulator(rs, node)
+    if sim is not None:
+        node.workerinput[SIM_KEY] = sim
     broker = _slot_broker(config)
     if broker is None:
         return
@@ -579,6 +589,31 @@ def pytest_configure_node(node: Any) -> None:
     if headstart is not None and headstart.broker is not None:  # its calls may be underway
 
         node.workerinput[HEADSTART_KEY] = True
+
+
+def _shared_simulator(rs: RolloutSession, node: Any) -> str | None:
+    """The base URL of the controller's simulator, for a worker on this machine, when the
+    run's models are the simulator's and it runs in a child process (no
+    ``MODELROLLOUT_SIM_URL``, not in-process): started now if it is not yet (its start
+    overlaps the workers'). None otherwise: the worker starts its own when it needs one."""
+    from .providers.presets import PRESETS, SIM_URL_ENV
+    from .sim.process import INPROCESS_ENV
+
+    spec = getattr(getattr(node, "gateway", None), "spec", None)
+    if spec is None or not getattr(spec, "popen", False) or getattr(spec, "via", None):
+        return None  # a worker elsewhere would not reach this machine's loopback
+    if os.environ.get(SIM_URL_ENV, "").strip() or os.environ.get(INPROCESS_ENV, "").strip():
+        return None
+    try:
+        refs = [ref for ref in rs.default_roles().values() if ref]
+        if not any(PRESETS[m.provider].dynamic_base_url and not m.base_url
+                   for m in map(rs.spec, refs) if m.provider in PRESETS):
+            return None
+        from .sim.process import simulator_url
+
+        return simulator_url()
+    except Exception:  # the workers start their own, as before
+        return None
 
 
 def _slot_broker(config: pytest.Config) -> Any:

@@ -8,7 +8,8 @@ In its own process the simulator waits and answers on its own core's time.
 One child per distinct ``MODELROLLOUT_SIM_LATENCY_SCALE`` value (read when the child starts),
 started on first use. The child stops when its parent goes away (it watches its stdin pipe), so
 nothing outlives the test session. ``MODELROLLOUT_SIM_INPROCESS=1`` uses the in-process
-simulator instead.
+simulator instead. Under ``pytest -n N`` the controller's child serves its workers too
+(:func:`adopt`), as long as they run on this machine.
 
 Usage of the child: ``python -m pytest_modelrollout.sim.process`` prints ``PORT <n>`` and serves
 until its stdin closes.
@@ -29,6 +30,20 @@ INPROCESS_ENV = "MODELROLLOUT_SIM_INPROCESS"
 
 _lock = threading.Lock()
 _children: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+# latency scale -> base URL of a simulator another process started for this run: an xdist
+# worker uses its controller's (adopt) rather than starting one of its own
+_adopted: dict[str, str] = {}
+
+
+def _scale() -> str:
+    return os.environ.get(LATENCY_SCALE_ENV, "").strip() or "1"
+
+
+def adopt(url: str) -> None:
+    """Use the simulator at ``url`` (the xdist controller's, at this process's latency scale)
+    instead of starting one: each worker starting its own cost ~130 ms of CPU apiece while the
+    run starts, on the cores the workers start on."""
+    _adopted[_scale()] = url
 
 
 def start_child(scale: str = "1") -> tuple[subprocess.Popen[bytes], str]:
@@ -69,7 +84,10 @@ def simulator_url() -> str:
         from .server import get_simulator
 
         return get_simulator().base_url
-    scale = os.environ.get(LATENCY_SCALE_ENV, "").strip() or "1"
+    scale = _scale()
+    adopted = _adopted.get(scale)
+    if adopted is not None:
+        return adopted
     with _lock:
         known = _children.get(scale)
         if known is not None:

@@ -597,12 +597,12 @@ def _shared_simulator(rs: RolloutSession, node: Any) -> str | None:
     ``MODELROLLOUT_SIM_URL``, not in-process): started now if it is not yet (its start
     overlaps the workers'). None otherwise: the worker starts its own when it needs one."""
     from .providers.presets import PRESETS, SIM_URL_ENV
-    from .sim.process import INPROCESS_ENV
+    from .sim.process import in_process
 
     spec = getattr(getattr(node, "gateway", None), "spec", None)
     if spec is None or not getattr(spec, "popen", False) or getattr(spec, "via", None):
         return None  # a worker elsewhere would not reach this machine's loopback
-    if os.environ.get(SIM_URL_ENV, "").strip() or os.environ.get(INPROCESS_ENV, "").strip():
+    if os.environ.get(SIM_URL_ENV, "").strip() or in_process():
         return None
     try:
         refs = [ref for ref in rs.default_roles().values() if ref]

@@ -35,6 +35,11 @@ _children: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
 _adopted: dict[str, str] = {}
 
 
+def in_process() -> bool:
+    """Whether the run asked for the in-process simulator (``MODELROLLOUT_SIM_INPROCESS``)."""
+    return os.environ.get(INPROCESS_ENV, "").strip() in ("1", "true", "yes")
+
+
 def _scale() -> str:
     return os.environ.get(LATENCY_SCALE_ENV, "").strip() or "1"
 
@@ -80,7 +85,7 @@ def stop_child(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
 
 def simulator_url() -> str:
     """Base URL (no ``/v1``) of a simulator in a child process, started on first use."""
-    if os.environ.get(INPROCESS_ENV, "").strip() in ("1", "true", "yes"):
+    if in_process():
         from .server import get_simulator
 
         return get_simulator().base_url

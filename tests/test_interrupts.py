@@ -97,12 +97,16 @@ def test_sigint_writes_incomplete_report_with_calls_so_far(
     report = json.loads((pytester.path / "report.json").read_text(encoding="utf-8"))
     assert report["complete"] is False
     wf = report["workflows"]["support_chat"]
-    # the calls of the tests that finished (and at most the one in flight when Ctrl-C came)
-    assert passed <= wf["stable"]["requests"] <= passed + 1
-    assert passed <= wf["candidate"]["requests"] <= passed + 1
+    # the calls of the tests that finished (and at most the one in flight when Ctrl-C came):
+    # those that passed before the signal got there, which may be more than the three seen
+    # (tests whose replies came in together pass within a millisecond of each other)
+    finished = out.count(" PASSED")
+    assert finished >= passed
+    assert finished <= wf["stable"]["requests"] <= finished + 1
+    assert finished <= wf["candidate"]["requests"] <= finished + 1
     assert wf["stable"]["success_rate"] == 1.0
     n_cassettes = _cassettes_intact(pytester.path / "model_cassettes")
-    assert n_cassettes >= 2 * passed
+    assert n_cassettes >= 2 * finished
 
 
 CRASH_SUITE = """

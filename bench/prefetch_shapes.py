@@ -79,6 +79,11 @@ at ``--latency-ms``, concurrency 16), run with pytest in a subprocess:
   appending a system message and ``else:`` a question and answer from the case before it;
 - ``conversation``: ``for turn in (case.prompt,):`` appending the turn, asking, appending the
   reply;
+- ``conversation of three turns``: the same over the case's prompt and two follow-up turns
+  (3 times ``plain``'s calls; each turn after the reply before it: 3 latencies at least);
+- ``follow-up on the reply``: ``first = rollout.ask(case)``, then ``rollout.ask([...])`` of
+  the question, ``first.candidate.text`` and a follow-up (2 times ``plain``'s calls, the
+  second after the first's reply);
 - ``few-shot joined``: ``rollout.ask("\\n\\n".join(f"Q: {s['q']}\\nA: {s['a']}" for s in
   case.meta["shots"]) + f"\\n\\nQ: {case.prompt}\\nA:")``, the case's own examples;
 - ``few-shot messages``: ``for shot in case.meta["shots"]:`` appending a user message (the
@@ -345,6 +350,18 @@ SHAPES: dict[str, Shape] = {
                     '        messages.append({"role": "user", "content": turn})\n'
                     '        pair = rollout.ask(messages)\n'
                     '        messages.append({"role": "assistant", "content": pair.candidate.text})',
+    "conversation of three turns": (
+        'messages = [{"role": "system", "content": "Answer briefly."}]\n'
+        '    for turn in (case.prompt, "When will it arrive?", "Thanks. Anything else?"):\n'
+        '        messages.append({"role": "user", "content": turn})\n'
+        '        pair = rollout.ask(messages)\n'
+        '        pair.expect_length(max_chars=4000)\n'
+        '        messages.append({"role": "assistant", "content": pair.candidate.text})'),
+    "follow-up on the reply": (
+        'first = rollout.ask(case)\n'
+        '    rollout.ask([{"role": "user", "content": case.prompt},\n'
+        '                 {"role": "assistant", "content": first.candidate.text},\n'
+        '                 {"role": "user", "content": "Shorter, please."}])'),
     "few-shot joined": 'shots = "\\n\\n".join(f"Q: {s[\'q\']}\\nA: {s[\'a\']}" '
                        'for s in case.meta["shots"])\n'
                        '    rollout.ask(f"{shots}\\n\\nQ: {case.prompt}\\nA:")',

@@ -605,6 +605,31 @@ class _Snapshots(_Asker):
         super().ask(copy.deepcopy(prompt), **copy.deepcopy(kwargs))
 
 
+class _Said:
+    """A reply a generated conversation reads (``reply.text``, ``reply.candidate.text``)."""
+
+    def __init__(self, text: str, inner: bool = False) -> None:
+        self.text = text
+        if not inner:
+            self.stable, self.candidate = _Said(text + "/s", True), _Said(text + "/c", True)
+
+    def check(self) -> None:
+        """A check on the reply (``pair.expect_language(...)``): it changes nothing."""
+
+
+class _Replying(_Snapshots):
+    """A ``_Snapshots`` whose asks return a reply of their own (:class:`_Said`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: list[_Said] = []
+
+    def ask(self, prompt: Any, **kwargs: Any) -> _Said:  # type: ignore[override]
+        super().ask(prompt, **kwargs)
+        self.replies.append(_Said(f"reply {len(self.replies)} 回复"))
+        return self.replies[-1]
+
+
 def _touch(messages: list[Any]) -> None:
     """A function of the suite that changes the list it is given."""
     messages.append({"role": "user", "content": "touched"})
@@ -880,24 +905,48 @@ _TURN_STEPS = [
 ]
 
 
+# what a conversation's turn does after its ask: adds reading its reply, checks, and more
+_AFTER_ASK = [
+    "messages.append({'role': 'assistant', 'content': str(reply)})",
+    "messages.append({'role': 'assistant', 'content': reply.text})",
+    "messages.append({'role': 'assistant', 'content': reply.candidate.text + p_str})",
+    "messages.extend([{'role': 'assistant', 'content': f'{reply.stable.text}|{turn}'}])",
+    "messages.append({'role': 'user', 'content': str(len(messages))})",
+    "reply.check()",
+    "assert reply.text",
+    "turn = reply.text",
+]
+
+
 @SETTINGS
 @given(before=st.lists(st.sampled_from([*_CHANGES[:1], *_TURN_STEPS[1:3]]), max_size=2),
-       steps=st.lists(st.sampled_from(_TURN_STEPS), max_size=3),
-       after=st.lists(st.sampled_from([*_TURN_STEPS[:3],
-                                       "messages.append({'role': 'assistant', 'content': "
-                                       "str(reply)})"]), max_size=2),
+       steps=st.lists(st.sampled_from([*_TURN_STEPS[:3] * 3, *_TURN_STEPS]), max_size=3),
+       after=st.lists(st.sampled_from([*_TURN_STEPS[:3], *_AFTER_ASK[1:4] * 2, *_AFTER_ASK]),
+                      max_size=3),
        p_str=_texts, p_list=st.lists(_texts, max_size=2), turns=st.lists(_texts, max_size=3))
+@example(before=[], steps=[_TURN_STEPS[0]], after=[_AFTER_ASK[1], _AFTER_ASK[5]], p_str="x",
+         p_list=[], turns=["hi", "你好", "bye"])
 def test_what_is_planned_for_a_conversation_is_what_the_test_asks(
     before: list[str], steps: list[str], after: list[str], p_str: str, p_list: list[str],
     turns: list[str],
 ) -> None:
     """A conversation: a message list built, added to, then a ``for`` loop over the turns that
-    adds to it (or changes it, or not) before each ask and after: what is planned for each
-    iteration's ask (the first, then the later ones) is what the test asks there, or
-    nothing."""
+    adds to it (or changes it, or not) before each ask and after, reading the turn's reply
+    (``reply.text``, ``reply.candidate.text``) or not, checking it or not: what is planned for
+    each iteration's ask (the first, then the later ones) is what the test asks there, or
+    nothing; a later turn that reads earlier replies is not known before they are in, and
+    worked out from them, is what the test asks."""
     import copy
 
-    from pytest_modelrollout.asked import MISSING, evaluate, later_asks, source_asks
+    from pytest_modelrollout.asked import (
+        ANY_REPLY,
+        MISSING,
+        REPLIES,
+        evaluate,
+        later_asks,
+        replies_read,
+        source_asks,
+    )
 
     source = ("def test_x(rollout, p_str, p_list, turns):\n"
               "    messages = [{'role': 'system', 'content': 'S'}]\n"
@@ -911,16 +960,104 @@ def test_what_is_planned_for_a_conversation_is_what_the_test_asks(
         names = func.__globals__
         found = source_asks(func)[0]
         planned = [evaluate(found[0][0], params, names) if found else MISSING]
-        planned += [evaluate(expr, params, names) for _, expr, _ in later_asks(func)]
-        rollout = _Snapshots()
-        with contextlib.suppress(IndexError):
+        later = [expr for _, expr, _ in later_asks(func)]
+        rollout = _Replying()
+        with contextlib.suppress(IndexError, AssertionError):
             func(rollout, **copy.deepcopy(params))
+    worked = 0
+    for expr in later:
+        plan = evaluate(expr, params, names)
+        read = replies_read(expr)
+        if plan is MISSING and read:  # worked out once the replies it reads are in
+            turns_read = {turn for _, turn in read}
+            assert max(turns_read) < len(planned), "it reads a reply asked after it"
+            there = evaluate(expr, {**params, REPLIES: ANY_REPLY}, names) is not MISSING
+            if max(turns_read) < len(rollout.replies):
+                plan = evaluate(expr, {**params, REPLIES: {
+                    (loop, turn): rollout.replies[turn] for loop, turn in read}}, names)
+                assert plan is MISSING or there  # (str(reply): not read, never sent)
+                worked += plan is not MISSING
+            else:
+                assert not there or len(planned) >= len(rollout.asked)
+        planned.append(plan)
     for i, plan in enumerate(planned[: len(rollout.asked)]):
         assert plan is MISSING or plan == rollout.asked[i], i
     for plan in planned[len(rollout.asked):]:
         assert plan is MISSING  # (no such iteration)
     event(f"first {'planned' if planned[0] is not MISSING else 'not planned'}, "
-          f"{sum(p is not MISSING for p in planned[1:])} later planned")
+          f"{sum(p is not MISSING for p in planned[1:])} later planned, {worked} from replies")
+
+
+# what a test does between its first ask and a follow-up that may hold the first reply
+_FOLLOW_UP_STEPS = [
+    "messages.append({'role': 'assistant', 'content': first.text})",
+    "messages.append({'role': 'assistant', 'content': first.candidate.text + p_str})",
+    "messages.append({'role': 'assistant', 'content': str(first)})",
+    "messages.append({'role': 'user', 'content': p_str})",
+    "messages.extend([{'role': 'user', 'content': t} for t in p_list])",
+    "first.check()",
+    "messages[0]['content'] = p_str",
+    "first = rollout.ask(p_str)",
+]
+
+
+@SETTINGS
+@given(steps=st.lists(st.sampled_from([*_FOLLOW_UP_STEPS[:2] * 3, *_FOLLOW_UP_STEPS]),
+                      max_size=4),
+       asked=st.sampled_from(["messages", "first.text", "f'{first.stable.text}: {p_str}'",
+                              "[{'role': 'user', 'content': first.text}]", "p_str"]),
+       p_str=_texts, p_list=st.lists(_texts, max_size=2))
+@example(steps=_FOLLOW_UP_STEPS[:1], asked="messages", p_str="x", p_list=[])
+def test_what_is_planned_for_a_follow_up_is_what_the_test_asks(
+    steps: list[str], asked: str, p_str: str, p_list: list[str],
+) -> None:
+    """A follow-up: a test asks, adds to its message list (the reply it got, ``first.text``,
+    another message, or changes it some other way), and asks again (the list, the reply in a
+    prompt of its own): what is planned for the follow-up, worked out from the first reply
+    once it is in, is what the test asks, or nothing."""
+    import copy
+
+    from pytest_modelrollout.asked import (
+        ANY_REPLY,
+        MISSING,
+        REPLIES,
+        evaluate,
+        later_asks,
+        replies_read,
+        source_asks,
+    )
+
+    source = ("def test_x(rollout, p_str, p_list):\n"
+              "    messages = [{'role': 'system', 'content': 'S'}, "
+              "{'role': 'user', 'content': p_str}]\n"
+              "    first = rollout.ask(messages)\n"
+              + "".join(f"    {stmt}\n" for stmt in steps)
+              + f"    rollout.ask({asked})\n")  # fmt: skip
+    params = {"p_str": p_str, "p_list": p_list}
+    with _source_of(source, {}) as func:
+        names = func.__globals__
+        first = source_asks(func)[0][0][0]
+        later = [expr for _, expr, _ in later_asks(func)]
+        rollout = _Replying()
+        func(rollout, **copy.deepcopy(params))
+    again = steps.count(_FOLLOW_UP_STEPS[-1])  # asks between the first and the follow-up
+    assert len(later) <= 1 + again and len(rollout.asked) == 2 + again
+    follow_up = later[-1] if later else None
+    plan = MISSING if follow_up is None else evaluate(follow_up, params, names)
+    read = replies_read(follow_up) if follow_up is not None else set()
+    if plan is MISSING and read:  # worked out once the first reply is in
+        ((ask, turn),) = read
+        assert ask[0] == "ask" and ask[1] == first and turn == 0
+        there = evaluate(follow_up, {**params, REPLIES: ANY_REPLY}, names) is not MISSING
+        plan = evaluate(follow_up, {**params, REPLIES: {(ask, 0): rollout.replies[0]}}, names)
+        assert plan is MISSING or there
+        event("worked out from the first reply" if plan is not MISSING else "not worked out")
+    else:
+        event("planned" if plan is not MISSING else "not planned")
+    if again:  # (follow_up may be one of those)
+        assert plan is MISSING or plan in rollout.asked[1:]
+    else:
+        assert plan is MISSING or plan == rollout.asked[-1]
 
 
 def _parsed(source: str) -> tuple[Any, Any]:

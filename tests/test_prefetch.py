@@ -361,7 +361,8 @@ def test_twice(rollout, case):
     ("second", "ahead", "workers"),
     [(BOTH, 2, []), (BOTH, 2, ["-n", "2"]),  # another ask, both models
      ('rollout.candidate.ask(case.prompt + " Be brief.")', 1, []),  # the candidate only
-     ("rollout.ask(first.candidate.text)", 0, []),  # reads a reply: asked after it, live
+     # reads a reply: ahead, once that reply is in
+     ("rollout.ask(first.candidate.text)", 2, []),
      ("rollout.ask(case)", 2, [])],  # the same ask again: ahead, after the first reply
     ids=["both", "both-xdist-2", "candidate", "reads-a-reply", "repeat"],
 )  # fmt: skip
@@ -375,8 +376,9 @@ def test_later_asks_the_test_always_makes_are_sent_ahead_too(
 ) -> None:
     """A test that asks twice: the second ask goes ahead with the first when it is read in full
     and nothing before it may end the test (an assert still can); the same ask again goes ahead
-    too, sent once the first has its reply (as the test asks it); one that reads a reply is
-    asked after it, live. Same requests and results as without prefetch, each sent as often."""
+    too, sent once the first has its reply (as the test asks it), and so does one that reads
+    the first reply (before, it was asked live, after it). Same requests and results as without
+    prefetch, each sent as often."""
     # a reply as the prompt makes the candidate's p95 latency close to its gate, where this
     # machine's scheduling noise decides the verdict: the latency gate is left out here
     project.makepyprojecttoml(
@@ -440,6 +442,132 @@ def test_the_same_ask_again_is_sent_ahead_once_the_first_has_its_reply(
         times.sort()
         assert len(times) == 6, times
         assert times[2] - times[0] >= 0.14 and times[4] - times[2] >= 0.14, times
+
+
+CONVERSATIONS = """
+import pytest
+from pytest_modelrollout import cases
+
+SYSTEM = "You are a concise support agent."
+
+@pytest.mark.workflow("support")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_conversation(rollout, case):
+    messages = [{"role": "system", "content": SYSTEM}]
+    for turn in case.meta["turns"]:
+        messages.append({"role": "user", "content": turn})
+        pair = rollout.ask(messages)
+        pair.expect_language("same_as_prompt")
+        messages.append({"role": "assistant", "content": pair.candidate.text})
+
+@pytest.mark.workflow("support")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_candidate_conversation(candidate, case):
+    messages = []
+    for turn in case.meta["turns"]:
+        messages.append({"role": "user", "content": turn})
+        reply = candidate.ask(messages, temperature=0)
+        assert reply.ok
+        messages.append({"role": "assistant", "content": reply.text})
+
+@pytest.mark.workflow("support")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_followed_up(rollout, case):
+    first = rollout.ask(case.prompt, system="Answer in one sentence.")
+    first.expect_language("same_as_prompt")
+    again = rollout.ask([{"role": "user", "content": case.prompt},
+                         {"role": "assistant", "content": first.stable.text},
+                         {"role": "user", "content": "Shorter, please."}])
+    again.expect_language("same_as_prompt")
+"""
+
+
+@XDIST
+def test_a_conversations_later_turns_are_sent_ahead_once_the_replies_they_hold_are_in(
+    project: pytest.Pytester, sim: CountingSim, xdist: list[str]
+) -> None:
+    """A chatbot's multi-turn test: each turn appends the user's message, asks, and appends
+    the reply it got (``pair.candidate.text``, ``reply.text``), so what a later turn asks is
+    only known once the turn before has its reply; and a follow-up that holds the first
+    reply (``first.stable.text``). Each later turn is sent ahead of its test as soon as the
+    replies it holds are in, so the tests' conversations run side by side; before, only the
+    first turn was, and every later one took a model latency in its test, one test at a time.
+    Every request is sent once, after the reply before it, nothing is wasted (a case with two
+    turns has no third sent), and the report is the one a run without prefetch writes."""
+    # (the latency gate left out: this machine's load, not the models, would decide it)
+    project.makepyprojecttoml(
+        CONFIG.replace("latency_ms=20", "latency_ms=60") + "\nconcurrency = 16\n"
+        "\n[tool.modelrollout.gates]\nmax_p95_latency_increase = 10.0\n")
+    rows = []
+    for i in range(N_CASES):
+        turns = ([f"Where is my order A-{1000 + i}?", "It was due last week.",
+                  "Can you refund it?"] if i % 2 else
+                 [f"我的订单 B-{2000 + i} 在哪里？", "已经晚了一周。", "可以退款吗？"])
+        rows.append({"id": f"c{i:02d}", "prompt": turns[0],
+                     "meta": {"turns": turns[: 2 + (i % 3 > 0)]}})
+    _write_cases(project, rows)
+    project.makepyfile(test_suite=CONVERSATIONS)
+    turns = sum(len(row["meta"]["turns"]) for row in rows)
+    # the pair's two models, the candidate's own conversation, the follow-up's two asks
+    calls = 3 * turns + 4 * N_CASES
+    result = _run(project, "-v", *xdist, "--rollout-report=on.json")
+    result.assert_outcomes(passed=3 * N_CASES)
+    assert "run live:" not in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [f"modelrollout prefetch*: {calls} calls sent ahead of their tests, {calls} used, "
+         "0 unused*"])
+    seen = sim.first_attempts()
+    assert len(seen) == calls and set(seen.values()) == {1}
+    # a later turn leaves once the reply it holds is in: a model latency after the turn before
+    arrivals = {messages: at for at, messages in sim.arrivals}
+    later = 0
+    for messages, at in arrivals.items():
+        history = json.loads(messages)
+        if len(history) > 2:
+            earlier = json.dumps(history[:-2], sort_keys=True)
+            assert at - arrivals[earlier] >= 0.05, history
+            later += 1
+    # (the pair's two models ask the same messages; the follow-up holds the stable's reply)
+    assert later == 2 * (turns - N_CASES) + N_CASES
+    sim.reset()
+    _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json").assert_outcomes(
+        passed=3 * N_CASES)
+    assert sim.first_attempts() == seen
+    assert _essentials(_report(project.path / "on.json")) == _essentials(
+        _report(project.path / "off.json"))
+
+
+def test_a_conversations_later_turn_its_test_ends_before_is_not_sent(
+    project: pytest.Pytester, sim: CountingSim
+) -> None:
+    """A test that fails before its conversation while its first turn is still out: the
+    first turn's calls were sent for nothing (counted unused), but its second turn, waiting
+    for their replies, is never sent, and is not counted as sent."""
+    _write_cases(project, [
+        {"id": "c00", "prompt": "Hello", "meta": {"ok": True, "turns": ["Hello", "Thanks"]}},
+        {"id": "c01", "prompt": "Slow hello",
+         "meta": {"ok": False, "turns": ["Slow hello", "Never asked"]}},
+    ])
+    sim.slow["Slow hello"] = 1.0
+    project.makepyfile(test_suite="""
+        import pytest
+        from pytest_modelrollout import cases
+
+        @pytest.mark.workflow("support")
+        @pytest.mark.parametrize("case", cases("cases.jsonl"))
+        def test_conversation(rollout, case):
+            assert case.meta["ok"]
+            messages = []
+            for turn in case.meta["turns"]:
+                messages.append({"role": "user", "content": turn})
+                pair = rollout.ask(messages)
+                messages.append({"role": "assistant", "content": pair.candidate.text})
+        """)
+    result = _run(project, "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["modelrollout prefetch: 6 calls sent ahead of their tests, 4 used, 2 unused*"])
+    assert not [key for key in sim.first_attempts() if "Never asked" in key[1]]
 
 
 def test_later_asks_a_failing_assert_skips_stop_being_sent_ahead(
@@ -1782,7 +1910,8 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     (``messages.append(...)``, ``messages.extend(...)``; under an ``if`` / ``elif`` /
     ``else``; in a loop over the case's history that only appends; a conversation's turns
     appended in a loop) has its ask sent ahead as it makes it: the list as added to (in a
-    conversation, the first turn's; the next reads a reply), and so has one that hands its list
+    conversation, each turn's, the next once the reply it holds is in), and so has one that
+    hands its list
     to a function of the suite that only adds to it (``add_context(messages, case)``, read
     from its source). One whose function also reads the list (``len(messages)``) is not read:
     at most a probe is wasted, and the list as built is never sent.
@@ -1877,11 +2006,12 @@ def test_a_message_list_added_to_before_its_ask_is_sent_as_the_test_asks_it(
     result = _run(project, "-v", *xdist)
     result.assert_outcomes(passed=7 * N_CASES)
     line, (sent, used, unused) = _prefetch_counts(result)
-    # test_appended: both models; test_conversation and test_then_followed_up: the first
-    # turn; test_added_to_if and test_added_to_in_a_loop: their one (added to under an if,
-    # and in a loop over the case's history, as each case takes it); test_handed_on: its one
-    # (a function of the suite that only adds to the list)
-    assert used == 7 * N_CASES and unused <= (4 if not xdist else 8) and sent == used + unused, line
+    # test_appended: both models; test_conversation and test_then_followed_up: both turns
+    # (the second once the first's reply is in); test_added_to_if and
+    # test_added_to_in_a_loop: their one (added to under an if, and in a loop over the case's
+    # history, as each case takes it); test_handed_on: its one (a function of the suite that
+    # only adds to the list)
+    assert used == 9 * N_CASES and unused <= (4 if not xdist else 8) and sent == used + unused, line
     result.stdout.fnmatch_lines(["*run live: test_suite.py::test_handed_to_a_reader*"])
     for name in ("test_appended", "test_added_to_if", "test_added_to_in_a_loop",
                  "test_handed_on"):
@@ -4613,7 +4743,10 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     # loop's ask, in its first iteration (a conversation's first turn)
     system, user = {"role": "system", "content": "S"}, {"role": "user", "content": "a"}
     assert planned(_messages_changed_before, "a") == ([[system, user]], [])
-    assert planned(_turns, "a") == ([[system, user]], [])
+    # (and its later turns: each adds before its ask and reads no reply)
+    assert planned(_turns, "a") == ([[system, user]], [
+        ([system, user, *({"role": "user", "content": t} for t in _ITEMS[1:turn])], {})
+        for turn in range(2, len(_ITEMS) + 1)])
     # (a loop that only appends, before the ask: read as the comprehension it amounts to)
     assert planned(_messages_added_to_in_a_loop_then_asked, "a") == (
         [[system, *({"role": "user", "content": t} for t in _ITEMS)]], [])

@@ -121,6 +121,12 @@ from ._records import Role
 #   ("cmp", op, expr, expr)        ==, !=, in, not in, is None, is not None
 #   ("each", target, expr, i, expr) the last expr in iteration i of `for target in expr:` (a
 #                                  name, or a tuple of names to unpack): an ask in a loop
+#   ("turn", ("loop", target, items), j, name, expr)
+#                                  expr with name set to the reply of turn j of the
+#                                  conversation loop `for target in items:` (known once that
+#                                  reply is in: _conversation_turn, REPLIES); or, with
+#                                  ("ask", prompt, models) and 0, to the reply of the ask of
+#                                  that prompt the body binds name to (_Reader._reply)
 #   ("comp", target, expr, expr, (expr, ...))
 #                                  [elt for target in items if cond...]: a list (also a
 #                                  generator's, as "sep".join's argument)
@@ -414,6 +420,8 @@ class _Reader:
         single = self.single.get(name)
         if single is not None and single[0] < line:
             value = single[1]  # what it reads, it reads where it is assigned
+            if _is_ask(value):  # first = rollout.ask(messages): its reply, once it is in
+                return self._reply(name, value, depth)
             if changed is not None and self.shares_module_value(value, 0):
                 return None  # (messages = BASE, then messages.append(...) after the ask)
             return self.read(value, value.lineno, depth + 1)
@@ -424,6 +432,17 @@ class _Reader:
         if changed is not None:
             return None  # a module's value the test changes: changed for every test after
         return ("global", name)
+
+    def _reply(self, name: str, ask: ast.Call, depth: int) -> Expr | None:
+        """The reply of an ask of the body's, by the name it is bound to once (``first =
+        rollout.candidate.ask(messages)``, then ``first.text`` in a follow-up's list): a
+        ``("turn", ("ask", prompt, models), 0, name, ("param", name))``, known once the reply
+        to that prompt is in (prefetch sends the follow-up then)."""
+        prompt = self.read(ask.args[0], ask.lineno, depth + 1) if len(ask.args) == 1 else None
+        roles = _receiver_roles(ask.func, self)
+        if prompt is None or not roles:
+            return None
+        return ("turn", ("ask", prompt, roles), 0, name, ("param", name))
 
     def shares_module_value(self, value: ast.expr, depth: int) -> bool:
         """Whether ``value`` may be, or hold, a value of the module's: it reads a name of the
@@ -1167,6 +1186,8 @@ def _children(expr: Expr) -> tuple[Expr, ...]:
         return (expr[2], expr[3])
     if kind == "each":
         return (expr[2], expr[4])
+    if kind == "turn":
+        return (expr[4],)
     if kind == "comp":
         return (expr[2], expr[3], *expr[4])
     if kind == "fmt":
@@ -1192,6 +1213,8 @@ def params_read(expr: Expr) -> set[str]:
         target = {expr[1]} if isinstance(expr[1], str) else set(expr[1])
         inside = set().union(*(params_read(child) for child in _children(expr)[1:]))
         return params_read(expr[2]) | (inside - target)
+    if expr[0] == "turn":  # (nor is the name of a turn's reply)
+        return params_read(expr[4]) - {expr[3]}
     return set().union(*(params_read(child) for child in _children(expr)))
 
 
@@ -1581,6 +1604,10 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
         for guard in guards:  # a while loop entered for some items only
             expr = ("when", guard, expr)
         return expr, _keywords(reader, node)
+    if iteration and not found.conditions:
+        turn = _conversation_turn(reader, found, node, iteration)
+        if turn is not None:  # a conversation's later turn: its list holds the turns before
+            return turn
     if iteration or found.conditions:  # a later iteration, or the first one that passes the
         # loop's conditions: anything the loop changes, it may have changed before
         reader = reader.spanning(found.stmt)
@@ -1596,6 +1623,132 @@ def _read_ask(fdef: ast.FunctionDef | ast.AsyncFunctionDef, reader: _Reader, nod
         return ("each", target, items, iteration, value)
 
     return each(expr), None if keywords is None else tuple((k, each(v)) for k, v in keywords)
+
+
+REPLIES = "\0replies"  # the parameter a later turn's replies are read from (:func:`_turn`)
+# REPLIES when counting the calls a test may make: each turn whose replies it reads is there
+ANY_REPLY: Any = object()
+
+
+def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
+                       iteration: int) -> tuple[Expr, Keywords | None] | None:
+    """The ask ``node`` in the iteration ``iteration`` (> 0) of a conversation: a ``for``
+    loop (no ``else``, no conditions) that asks one list of the test's own (``messages``) on
+    each turn and whose body only adds to it (``messages.append(...)`` / ``.extend(...)``)
+    before and after the ask, the ask's reply bound to a name once (``pair =
+    rollout.ask(messages)``, ``reply = candidate.ask(messages)``) that the adds after it may
+    read (``{"role": "assistant", "content": pair.candidate.text}``), besides statements that
+    leave the list alone (:func:`_leaves_alone`: the reply's checks, ``assert``). What it
+    asks is the list as the loop found it, then each earlier turn's adds, then this turn's
+    adds before the ask; an add after the ask that reads the reply is read as a ``("turn",
+    loop, j, name, value)`` of the turn ``j``'s reply (only known once that reply is in:
+    prefetch sends it then). None for any other loop, or an add that reads the list, the
+    turn's reply before it is asked, or a name the loop binds or changes."""
+    loop = found.stmt
+    if (not isinstance(loop, ast.For) or loop.orelse or len(node.args) != 1
+            or not isinstance(node.args[0], ast.Name)):
+        return None
+    name = node.args[0].id
+    if name not in reader.loop_adds or sum(_is_ask(n) for n in ast.walk(loop)) != 1:
+        return None
+    target = found.target
+    targets = {target} if isinstance(target, str) else set(target)
+    before: list[ast.expr] = []
+    after: list[ast.expr] = []
+    result: str | None = None
+    asked_at: int | None = None
+    for index, child in enumerate(loop.body):
+        if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
+            bound = _simple_target(child)
+            if bound is None:
+                return None
+            result, asked_at = bound or None, index
+            continue
+        added = _added(child, (name,))
+        if added is not None:
+            (before if asked_at is None else after).append(added[2])
+        elif not _leaves_alone(child, name):
+            return None
+    if asked_at is None or (result is not None and (
+            reader.bound.get(result) != 1 or result in reader.args or result in targets
+            or result == name)):
+        return None
+    for what in (*before, *after):  # (an add that reads the list reads it as it is then)
+        if any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(what)):
+            return None
+    if result is not None and any(isinstance(n, ast.Name) and n.id == result
+                                  for what in before for n in ast.walk(what)):
+        return None  # the turn before's reply, read before this turn's ask
+    inner = found.reader.spanning(loop)  # (what the loop changes, its adds do not read)
+    items = _loop_items(reader.spanning(loop), found)
+    base = reader.read(ast.copy_location(ast.Name(id=name, ctx=ast.Load()), loop), loop.lineno)
+    keywords = _keywords(inner, node)
+    if items is None or base is None:
+        return None
+    replied = inner.scoped(result) if result is not None else inner
+    read_before = [inner.read(what, what.lineno) for what in before]
+    read_after = [replied.read(what, what.lineno) for what in after]
+    if any(expr is None for expr in (*read_before, *read_after)):
+        return None
+    key = ("loop", target, items)
+
+    def each(turn: int, value: Expr) -> Expr:
+        return ("each", target, items, turn, value)
+
+    parts: list[Expr] = [("star", base)]
+    for turn in range(iteration):
+        parts.extend(("star", each(turn, expr)) for expr in read_before if expr is not None)
+        for expr in read_after:
+            assert expr is not None
+            if result is not None and result in params_read(expr):
+                expr = ("turn", key, turn, result, expr)
+            parts.append(("star", each(turn, expr)))
+    parts.extend(("star", expr) for expr in read_before if expr is not None)
+    value = each(iteration, ("list", tuple(parts)))
+    return value, None if keywords is None else tuple((k, each(iteration, v)) for k, v in keywords)
+
+
+def _simple_target(stmt: ast.stmt) -> str | None:
+    """The name an ask's statement binds its reply to: ``""`` when none (an expression
+    statement), None when it binds something else (a tuple, an attribute, several)."""
+    if isinstance(stmt, ast.Expr):
+        return ""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(
+            stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.simple:
+        return stmt.target.id
+    return None
+
+
+def _leaves_alone(stmt: ast.stmt, name: str) -> bool:
+    """Whether a statement of a conversation's turn leaves its list ``name`` as it is and
+    binds nothing: ``pass``, an ``assert`` (no walrus, no method of the list that changes
+    it), or a call that is not given the list (``pair.expect_language(...)``,
+    ``time.sleep(...)``), does not end the test and is no method that changes a list, a dict
+    or a set (``turns.append(...)``). (What else it may change, the turns' adds and items are
+    read as if it did: :meth:`_Reader.spanning`.)"""
+    if isinstance(stmt, ast.Pass):
+        return True
+    if any(isinstance(n, ast.NamedExpr) for n in ast.walk(stmt)):
+        return False
+    if isinstance(stmt, ast.Assert):
+        return not any(isinstance(n, ast.Attribute) and n.attr in _CHANGERS
+                       and isinstance(n.value, ast.Name) and n.value.id == name
+                       for n in ast.walk(stmt))
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    return (isinstance(call, ast.Call) and not _may_end_early(stmt)
+            and not (isinstance(call.func, ast.Attribute) and call.func.attr in _CHANGERS)
+            and not any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(stmt)))
+
+
+def replies_read(expr: Expr) -> set[tuple[Any, int]]:
+    """The earlier asks whose replies ``expr`` reads, as ``(ask, turn)``: a conversation's
+    turn (``("loop", target, items)``, its iteration: :func:`_conversation_turn`), or the ask
+    of a prompt (``("ask", prompt, models)``, 0: :meth:`_Reader._reply`)."""
+    if expr[0] == "turn":
+        return {(expr[1], expr[2])} | replies_read(expr[4])
+    return set().union(*(replies_read(child) for child in _children(expr)))
 
 
 _LOOP_STATEMENTS = (ast.For, ast.AsyncFor, ast.While)
@@ -2592,6 +2745,8 @@ def _evaluate(expr: Expr, params: dict[str, Any], names: Any) -> Any:
         return _evaluate(expr[2], params, names) if holds is True else MISSING
     if kind == "each":
         return _iteration(expr, params, names)
+    if kind == "turn":
+        return _turn(expr, params, names)
     if kind == "comp":
         return _comprehension(expr, params, names)
     if kind == "flat":
@@ -2810,6 +2965,31 @@ def _iteration(expr: Expr, params: dict[str, Any], names: Any) -> Any:
     element = _item_at(_evaluate(expr[2], params, names), expr[3])
     bound = None if element is MISSING or element is _NO_ITEM else _bind(expr[1], element)
     return MISSING if bound is None else _evaluate(expr[4], {**params, **bound}, names)
+
+
+def _turn(expr: Expr, params: dict[str, Any], names: Any) -> Any:
+    """``("turn", ask, j, name, value)``: ``value`` with ``name`` set to the reply of the
+    ask (:func:`replies_read`), from :data:`REPLIES` (prefetch sets it once that reply is in);
+    :data:`MISSING` before. Counting (:data:`ANY_REPLY`), with a reply of empty text."""
+    replies = params.get(REPLIES)
+    if replies is ANY_REPLY:
+        reply: Any = _EmptyReply()
+    else:
+        reply = replies.get((expr[1], expr[2]), MISSING) if type(replies) is dict else MISSING
+    if reply is MISSING:
+        return MISSING
+    return _evaluate(expr[4], {**params, expr[3]: reply}, names)
+
+
+class _EmptyReply:
+    """A reply (or a pair of them: ``.stable``, ``.candidate``) when counting the asks a test
+    may make (:data:`ANY_REPLY`)."""
+
+    def __init__(self, pair: bool = True) -> None:
+        self.text = ""
+        self.tool_calls: list[Any] = []
+        if pair:
+            self.stable = self.candidate = _EmptyReply(pair=False)
 
 
 def _bind(target: str | tuple[str, ...], element: Any) -> dict[str, Any] | None:

@@ -44,14 +44,16 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
 from ._records import Role
 from .asked import (
+    ANY_REPLY,
     MISSING,
     NOT_ASKED,
+    REPLIES,
     UNTOLD,
     Expr,
     Keywords,
@@ -72,11 +74,14 @@ from .asked import (
     module_names,
     params_read,
     reached_ask,
+    replies_read,
     source_asks,
 )
 from .handles import CASE_PROMPT, WRAPPED
 from .progress import Progress, progress_wanted
 from .providers.base import CallResult, ChatRequest, split_limit, worker_share
+from .replies import Pair, Reply
+from .session import reply_fields
 
 if TYPE_CHECKING:
     from .handles import TestContext
@@ -147,11 +152,12 @@ DIRECT_PARAM_FIXTURE = "get_direct_param_fixture_func"
 class Slot:
     role: Role
     ref: str
-    key: str
+    key: str | None  # None: a conversation's later turn, until the replies it reads are in
     future: concurrent.futures.Future[Outcome]
     held: bool = True  # not yet taken by its test, released or dropped
     ready: bool = False  # its reply is in
     first: bool = True  # of the test's first ask (else of a later one: :func:`plan_later`)
+    worked: _Worked | None = None  # what a later turn's request is worked out from
 
 
 @dataclass
@@ -574,31 +580,79 @@ def plan_later(
     session: RolloutSession,
     context_for: ContextFactory,
     first: Sequence[tuple[Role, str, ChatRequest]],
-    *,
-    repeats: bool = False,
 ) -> list[tuple[Role, str, ChatRequest]]:
     """The calls of the asks after the item's first one that the test always makes and that
-    are read in full from its source (:func:`.asked.later_asks`): ``(role, ref, request)``.
-    A request the test already makes before (the same ask again, to compare the replies) is
-    left out, unless ``repeats`` and the item's first ask is one whose later asks are known
-    not to list it again (:data:`_REPEATS`): the caller then sends it after the earlier one's
-    reply, as the test asks it (:func:`_after`)."""
+    are read in full from its source (:func:`.asked.later_asks`): ``(role, ref, request)``;
+    not a request the test already makes before (the same ask again, to compare the replies),
+    nor a conversation's turn that reads an earlier reply (:func:`later_calls` has those)."""
+    return [(call.role, call.ref, call.request)
+            for call in later_calls(item, session, context_for, first)
+            if call.request is not None]
+
+
+class LaterCall(NamedTuple):
+    role: Role
+    ref: str
+    request: ChatRequest | None  # None: worked out from earlier replies (``worked``)
+    turn: tuple[Any, int]  # the ask it is of, as a later ask names it (:func:`_turn_of`)
+    worked: _Worked | None = None
+
+
+def _turn_of(expr: Expr) -> tuple[Any, int]:
+    """The ask of a prompt, as a later ask names the one whose reply it reads (``("turn",
+    ask, j, ...)``: :mod:`.asked`): the loop and iteration of an ask in a loop (a
+    conversation's turn), else the prompt itself (``first = rollout.ask(messages)``; its
+    models aside, :func:`_source`)."""
+    return (("loop", expr[1], expr[2]), expr[3]) if expr[0] == "each" else (("ask", expr), 0)
+
+
+def _source(read: tuple[Any, int], roles: tuple[Role, ...]) -> tuple[tuple[Any, int], tuple[Role, ...]]:
+    """Of a reply a later ask reads: the ask's key among the item's calls (:func:`_turn_of`),
+    and the models it asks (the reply is theirs: a pair of both, or one model's)."""
+    (ask, turn) = read
+    if ask[0] == "ask":  # ("ask", prompt, models)
+        return (ask[:2], turn), ask[2]
+    return read, roles  # a conversation's turn: the models the later turn asks too
+
+
+def later_calls(
+    item: pytest.Item,
+    session: RolloutSession,
+    context_for: ContextFactory,
+    first: Sequence[tuple[Role, str, ChatRequest]],
+    *,
+    chained: bool = False,
+) -> list[LaterCall]:
+    """:func:`plan_later`'s calls, with the turn of a conversation each one asks. With
+    ``chained``, also the ones sent after an earlier reply: a request the test already makes
+    before, when the item's first ask is one whose later asks are known not to list it again
+    (:data:`_REPEATS`; sent after the earlier one's reply, as the test asks it: :func:`_after`);
+    and a conversation's later turn, whose list holds the earlier turns' replies (sent once
+    they are in: :class:`_Worked`)."""
     func = getattr(item, "function", None)
     asks = later_asks(func) if func is not None else ()
     if not asks:
         return []
     params, names = _params(item), module_names(func)
-    repeats = repeats and item.stash.get(_REPEATS, False)  # (and _first_read, when one is)
+    repeats = chained and item.stash.get(_REPEATS, False)  # (and _first_read, when one is)
     seen = {(role, ref, request.key(ref)) for role, ref, request in first}
     try:
         ctx = context_for(item)
     except Exception:
         return []
-    calls: list[tuple[Role, str, ChatRequest]] = []
+    calls: list[LaterCall] = []
     for roles, expr, keywords in asks:
         value = evaluate(expr, params, names)
         kw = _evaluated_kwargs(keywords, params, names)
-        if not (is_case(value) or is_prompt(value)) or kw is None:
+        if kw is None:
+            continue
+        if value is MISSING and chained and (read := replies_read(expr)) and evaluate(
+                expr, {**params, REPLIES: ANY_REPLY}, names) is not MISSING:
+            worked = _Worked(expr, params, names, ctx, kw, read, roles)
+            calls.extend(LaterCall(role, ctx.ref(role), None, _turn_of(expr), worked)
+                         for role in roles if not session.is_killed(ctx.ref(role)))
+            continue
+        if not (is_case(value) or is_prompt(value)):
             continue
         try:
             request = _request(ctx, value, kw)
@@ -612,8 +666,101 @@ def plan_later(
                     key in seen and not (repeats and _first_read(func))):
                 continue
             seen.add(key)
-            calls.append((role, ref, request))
+            calls.append(LaterCall(role, ref, request, _turn_of(expr)))
     return calls
+
+
+class _NotSent(Exception):
+    """A conversation's later turn not sent: a reply it reads failed or was dropped, or what
+    it asks cannot be worked out from them."""
+
+
+class _Worked:
+    """A conversation's later turn: what it asks is its expression (:mod:`.asked`'s
+    ``"turn"``) evaluated once the replies of the earlier turns it reads are in, the same for
+    each model it asks. Worked out once, on whichever thread wants it first: the runner's
+    loop, to send it, or the test's, taking it (its test may ask before the loop gets to it)."""
+
+    def __init__(self, expr: Expr, params: dict[str, Any], names: Any, ctx: TestContext,
+                 kw: AskKwargs | None, read: set[tuple[Any, int]], roles: tuple[Role, ...]) -> None:
+        self.expr, self.params, self.names, self.ctx, self.kw = expr, params, names, ctx, kw
+        self.read, self.roles = read, roles
+        self.sources: dict[tuple[Any, int], tuple[tuple[Role, ...], list[Slot]]] | None = None
+        self.sent: set[Role] = set()  # the models it was sent to (the others never were)
+        self._lock = threading.Lock()
+        self._done = False
+        self._request: ChatRequest | None = None
+
+    def bind(self, turns: dict[tuple[Any, int], dict[Role, Slot | None]]) -> list[Slot] | None:
+        """The slots of the earlier asks it reads the replies of (of the item's, sent ahead in
+        this plan, once: :func:`_turn_of`); None when one is not (it is then not sent
+        ahead)."""
+        if self.sources is None:
+            sources = {}
+            for read in self.read:
+                key, roles = _source(read, self.roles)
+                sent = turns.get(key, {})
+                slots = [slot for role in roles if (slot := sent.get(role)) is not None]
+                if len(slots) != len(roles):
+                    return None
+                sources[read] = (roles, slots)
+            self.sources = sources
+        return [slot for _, slots in self.sources.values() for slot in slots]
+
+    def request(self, final: bool = True) -> ChatRequest | None:
+        """The request, once the replies it reads are in; None when it cannot be worked out
+        (or, not ``final``, when they are not all in yet)."""
+        with self._lock:
+            if self._done:
+                return self._request
+            sources = self.sources or {}
+            futures = [slot.future for _, slots in sources.values() for slot in slots]
+            if not all(f.done() for f in futures) and not final:
+                return None
+            self._done = True
+            if not futures or any(not f.done() or f.cancelled() or f.exception() is not None
+                                  for f in futures):
+                return None
+            replies: dict[tuple[Any, int], Any] = {}
+            for read, (roles, slots) in sources.items():
+                made = {slot.role: Reply(model=slot.ref, **reply_fields(slot.future.result()[0]))
+                        for slot in slots}
+                replies[read] = (Pair(made["stable"], made["candidate"]) if len(roles) == 2
+                                 else made[roles[0]])
+            value = evaluate(self.expr, {**self.params, REPLIES: replies}, self.names)
+            if is_prompt(value):
+                try:
+                    self._request = _request(self.ctx, value, self.kw)
+                except Exception:  # the test reports it when it asks
+                    self._request = None
+            return self._request
+
+    def key(self, ref: str) -> str | None:
+        """The request's key for ``ref``, once it can be worked out."""
+        request = self.request(final=False)
+        return request.key(ref) if request is not None else None
+
+
+async def _worked_out(
+    sources: Sequence[concurrent.futures.Future[Outcome]],
+    worked: _Worked,
+    role: Role,
+    send: Callable[[ChatRequest], Awaitable[Outcome]],
+) -> Outcome:
+    """A conversation's later turn (:class:`_Worked`), sent once the replies it reads are in,
+    as its test asks it after them."""
+    for source in sources:
+        try:
+            await asyncio.wrap_future(source)
+        except BaseException:
+            if source.done():  # it failed, or was dropped (this call itself was not)
+                raise _NotSent() from None
+            raise
+    request = worked.request()
+    if request is None:
+        raise _NotSent()
+    worked.sent.add(role)
+    return await send(request)
 
 
 @functools.lru_cache(maxsize=256)
@@ -649,7 +796,10 @@ def _later_count(item: pytest.Item) -> int:
     for roles, expr, keywords in later_asks(func):
         if expr[0] in ("each", "helper"):  # a loop's iteration, a helper's ask: if the item has it
             params = _params(item) if params is None else params
-            if evaluate(expr, params, module_names(func)) is MISSING:
+            value = evaluate(expr, params, module_names(func))
+            if value is MISSING and replies_read(expr):  # (a conversation's later turn)
+                value = evaluate(expr, {**params, REPLIES: ANY_REPLY}, module_names(func))
+            if value is MISSING:
                 continue
         if (expr, keywords) not in seen:  # a repeat is asked after the first reply
             seen.add((expr, keywords))
@@ -834,7 +984,7 @@ class Prefetcher:
                 self._live(fkey, LIVE_UNKNOWN + _why_unknown(item))
             return "skip"
         later = (
-            plan_later(item, self.session, self.context_for, calls, repeats=True)
+            later_calls(item, self.session, self.context_for, calls, chained=True)
             if fkey in self._confirmed and fkey not in self._no_later
             else []
         )
@@ -845,28 +995,59 @@ class Prefetcher:
         runner = self.session.runner
         slots: list[Slot] = []
         where = Path(str(item.path)).parent  # cassettes beside the test file
-        last: dict[tuple[str, str, str], int] = {}  # a request's key -> its last slot's index
-        for i, (role, ref, request) in enumerate([*calls, *later]):
-            key = request.key(ref)
-            call = self.session.acall(ref, request, role, where, test_id=nodeid, ahead=True)
-            earlier = last.get((role, ref, key))
-            last[(role, ref, key)] = i
-            future = runner.submit(call if earlier is None else _after(slots[earlier].future, call))
-            slots.append(Slot(role, ref, key, future, first=i < len(calls)))
+        last: dict[tuple[str, str, str], Slot] = {}  # a request's key -> its last slot
+        # an ask (a conversation's turn, a prompt) -> its slot for each model, None when two
+        # asks share the key (what a later ask that reads its reply is worked out from)
+        turns: dict[tuple[Any, int], dict[Role, Slot | None]] = {}
+        first_turn = _turn_of(planned[0]) if planned is not None else (("ask", None), 0)
+        for i, (role, ref, request, turn, worked) in enumerate(
+                [*(LaterCall(*call, first_turn) for call in calls), *later]):
+            if request is None:  # a later turn: sent once the replies it reads are in
+                assert worked is not None
+                sources = worked.bind(turns)
+                if sources is None:
+                    continue
+                send = functools.partial(self._ahead, ref, role, where, nodeid)
+                future = runner.submit(
+                    _worked_out([s.future for s in sources], worked, role, send))
+                slot = Slot(role, ref, None, future, first=False, worked=worked)
+            else:
+                key = request.key(ref)
+                call = self.session.acall(ref, request, role, where, test_id=nodeid, ahead=True)
+                earlier = last.get((role, ref, key))
+                future = runner.submit(call if earlier is None else _after(earlier.future, call))
+                slot = last[(role, ref, key)] = Slot(role, ref, key, future, first=i < len(calls))
+            slots.append(slot)
+            sent = turns.setdefault(turn, {})
+            sent[role] = None if role in sent else slot
         with self._lock:
             self._slots[nodeid] = slots
             self._held += len(slots)
             self.stats.submitted += len(slots)
         for slot in slots:  # held before counted as ready (a done future calls back at once)
-            slot.future.add_done_callback(functools.partial(self._on_done, slot))
+            slot.future.add_done_callback(functools.partial(self._on_done, slot, nodeid))
         return "sent"
 
-    def _on_done(self, slot: Slot, future: concurrent.futures.Future[Outcome]) -> None:
+    def _ahead(self, ref: str, role: Role, where: Path, test_id: str,
+               request: ChatRequest) -> Awaitable[Outcome]:
+        return self.session.acall(ref, request, role, where, test_id=test_id, ahead=True)
+
+    def _on_done(self, slot: Slot, test_id: str,
+                 future: concurrent.futures.Future[Outcome]) -> None:
         if future.cancelled():
             return
         now = time.perf_counter()
         exc = future.exception()
         wake = None
+        if isinstance(exc, _NotSent):  # a later turn never sent: as if never planned
+            with self._lock:
+                held = self._slots.get(test_id, [])
+                if any(s is slot for s in held):
+                    held[:] = [s for s in held if s is not slot]
+                    self.stats.submitted -= self._drop((slot,))
+                    if not held:
+                        del self._slots[test_id]
+            return
         with self._lock:
             st = self.stats
             st.done += 1
@@ -896,6 +1077,14 @@ class Prefetcher:
                     self._ready -= 1
         self._held -= n
         return n
+
+    def _discard(self, slots: Sequence[Slot]) -> None:
+        """Drop slots their tests will not take (:meth:`_drop`), counted as unused; under the
+        lock. A conversation's later turn not sent yet never will be: not counted at all."""
+        unsent = sum(slot.held and slot.worked is not None and slot.role not in slot.worked.sent
+                     for slot in slots)
+        self.stats.submitted -= unsent
+        self.stats.unused += self._drop(slots) - unsent
 
     def wait(
         self, futures: Sequence[concurrent.futures.Future[Any]], timeout: float | None = None
@@ -957,6 +1146,8 @@ class Prefetcher:
             for i, (ref, request, role) in enumerate(calls):
                 key = request.key(ref)  # once per call, not per slot compared
                 for slot in slots:
+                    if slot.key is None and slot.worked is not None:  # a later turn's
+                        slot.key = slot.worked.key(slot.ref)  # (once the replies are in)
                     if slot.role == role and slot.ref == ref and slot.key == key:
                         slots.remove(slot)
                         self._drop((slot,))
@@ -1016,7 +1207,7 @@ class Prefetcher:
             tests = [t for t, f in self._function.items() if f == fkey and t in self._slots]
             dropped = [self._slots.pop(t) for t in tests]
             for slots in dropped:
-                self.stats.unused += self._drop(slots)
+                self._discard(slots)
         for slots in dropped:
             for slot in slots:
                 slot.future.cancel()
@@ -1039,7 +1230,7 @@ class Prefetcher:
             slots = self._slots.pop(test_id, None)
             if not slots:
                 return
-            self.stats.unused += self._drop(slots)
+            self._discard(slots)
         if fkey is not None and any(not slot.first for slot in slots):
             self._later_unused(fkey)
         if fkey is not None and taken and any(slot.first for slot in slots):
@@ -1115,7 +1306,7 @@ class Prefetcher:
         self._closed = True
         with self._lock:
             slots = [s for group in self._slots.values() for s in group]
-            self.stats.unused += self._drop(slots)
+            self._discard(slots)
             self._slots.clear()
             wake, self._wake = self._wake, None
         if wake is not None and not wake.done():

@@ -72,6 +72,7 @@ class CountingSim:
         self.server = SimServer().start()
         self.seen: Counter[tuple[str, str, str]] = Counter()
         self.arrivals: list[tuple[float, str]] = []  # (monotonic time, messages) per request
+        self.models: list[str] = []  # the model of each of those
         self.slow: dict[str, float] = {}  # text in the messages -> reply delay in seconds
         # with hold_in_handler, a reply's delay is spent in the handler, counted in flight
         # from the moment the request is handled until its reply goes out
@@ -93,6 +94,7 @@ class CountingSim:
             with self._lock:
                 self.seen[key] += 1
                 self.arrivals.append((time.monotonic(), key[1]))
+                self.models.append(key[0])
                 delay = next((d for text, d in self.slow.items() if text in key[1]), None)
             resp = inner(wire, raw, headers)
             if delay is not None:
@@ -138,6 +140,7 @@ class CountingSim:
             self.accepted.clear()
             self.seen.clear()
             self.arrivals.clear()
+            self.models.clear()
             self.slow.clear()
             self.hold_in_handler = False
             self.peak_in_flight = 0
@@ -479,6 +482,21 @@ def test_followed_up(rollout, case):
                          {"role": "assistant", "content": first.stable.text},
                          {"role": "user", "content": "Shorter, please."}])
     again.expect_language("same_as_prompt")
+
+@pytest.mark.workflow("support", system="Be brief.")
+@pytest.mark.parametrize("case", cases("cases.jsonl"))
+def test_own_conversations(rollout, case):
+    stable_messages = []
+    for turn in case.meta["turns"]:
+        stable_messages.append({"role": "user", "content": turn})
+        reply = rollout.stable.ask(stable_messages)
+        stable_messages.append({"role": "assistant", "content": reply.text})
+    candidate_messages = []
+    for turn in case.meta["turns"]:
+        candidate_messages.append({"role": "user", "content": turn})
+        answer = rollout.candidate.ask(candidate_messages)
+        answer.expect_language("same_as_prompt")
+        candidate_messages.append({"role": "assistant", "content": answer.text})
 """
 
 
@@ -488,8 +506,9 @@ def test_a_conversations_later_turns_are_sent_ahead_once_the_replies_they_hold_a
 ) -> None:
     """A chatbot's multi-turn test: each turn appends the user's message, asks, and appends
     the reply it got (``pair.candidate.text``, ``reply.text``), so what a later turn asks is
-    only known once the turn before has its reply; and a follow-up that holds the first
-    reply (``first.stable.text``). Each later turn is sent ahead of its test as soon as the
+    only known once the turn before has its reply; each model continuing its own
+    conversation, a loop per model (both ``for turn in ...``); and a follow-up that holds the
+    first reply (``first.stable.text``). Each later turn is sent ahead of its test as soon as the
     replies it holds are in, so the tests' conversations run side by side; before, only the
     first turn was, and every later one took a model latency in its test, one test at a time.
     Every request is sent once, after the reply before it, nothing is wasted (a case with two
@@ -508,30 +527,36 @@ def test_a_conversations_later_turns_are_sent_ahead_once_the_replies_they_hold_a
     _write_cases(project, rows)
     project.makepyfile(test_suite=CONVERSATIONS)
     turns = sum(len(row["meta"]["turns"]) for row in rows)
-    # the pair's two models, the candidate's own conversation, the follow-up's two asks
-    calls = 3 * turns + 4 * N_CASES
+    # the pair's two models, the candidate's conversation, the follow-up's two asks, each
+    # model's own conversation
+    calls = 3 * turns + 4 * N_CASES + 2 * turns
     result = _run(project, "-v", *xdist, "--rollout-report=on.json")
-    result.assert_outcomes(passed=3 * N_CASES)
+    result.assert_outcomes(passed=4 * N_CASES)
     assert "run live:" not in result.stdout.str()
     result.stdout.fnmatch_lines(
         [f"modelrollout prefetch*: {calls} calls sent ahead of their tests, {calls} used, "
          "0 unused*"])
     seen = sim.first_attempts()
     assert len(seen) == calls and set(seen.values()) == {1}
-    # a later turn leaves once the reply it holds is in: a model latency after the turn before
-    arrivals = {messages: at for at, messages in sim.arrivals}
+    # a later ask leaves once the reply it holds is in: a model latency (60 ms) after the ask
+    # that reply answers (the turn before; the follow-up's first ask) was sent
+    sent: dict[str, list[float]] = collections.defaultdict(list)
+    for at, messages in sim.arrivals:
+        sent[messages].append(at)
     later = 0
-    for messages, at in arrivals.items():
+    for (at, messages), model in zip(sim.arrivals, sim.models, strict=True):
         history = json.loads(messages)
-        if len(history) > 2:
-            earlier = json.dumps(history[:-2], sort_keys=True)
-            assert at - arrivals[earlier] >= 0.05, history
+        if any(m["role"] == "assistant" for m in history):
+            last = max(i for i, m in enumerate(history) if m["role"] == "assistant")
+            earlier = history[:last]
+            if history[-1]["content"] == "Shorter, please.":
+                earlier = [{"role": "system", "content": "Answer in one sentence."}, history[0]]
+            assert at - min(sent[json.dumps(earlier, sort_keys=True)]) >= 0.05, (model, history)
             later += 1
-    # (the pair's two models ask the same messages; the follow-up holds the stable's reply)
-    assert later == 2 * (turns - N_CASES) + N_CASES
+    assert later == calls - 7 * N_CASES  # (every ask but the first of each conversation)
     sim.reset()
     _run(project, *xdist, "--rollout-no-prefetch", "--rollout-report=off.json").assert_outcomes(
-        passed=3 * N_CASES)
+        passed=4 * N_CASES)
     assert sim.first_attempts() == seen
     assert _essentials(_report(project.path / "on.json")) == _essentials(
         _report(project.path / "off.json"))
@@ -4027,6 +4052,21 @@ def _loop_rebinds(rollout, case):
         rollout.ask(text)
 
 
+def _two_loops_one_target(rollout, case):
+    for text in _ITEMS:  # each model's own, both `for text in ...`: each loop reads its own
+        rollout.stable.ask(text)
+    for text in ("x", "y"):
+        rollout.candidate.ask(text + "!")
+
+
+def _two_loops_one_target_set_between(rollout, case):
+    for text in _ITEMS:
+        rollout.ask(text)
+    text = "z"  # bound outside the loops too: neither is read
+    for text in ("x", "y"):
+        rollout.ask(text)
+
+
 def _loop_over_a_parameter_name(rollout, case):
     for case in _ITEMS:  # on purpose: the parameter is bound again
         rollout.ask(case)
@@ -4686,6 +4726,13 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     # a parameter the loop binds again: the loop is not read, nor its ask (not the parameter)
     rebound = _loop_over_a_parameter_name
     assert asked(rebound) == [] and later_asks(rebound) == ()
+    # two loops with the same target (one per model): each is read, with its own items
+    assert first(_two_loops_one_target) == "a"
+    assert [(roles, evaluate(e, {}, names)) for roles, e, _ in later_asks(_two_loops_one_target)
+            if evaluate(e, {}, names) is not MISSING] == [
+        (("stable",), "b"), (("stable",), "c"), (("candidate",), "x!"), (("candidate",), "y!")]
+    assert first(_two_loops_one_target_set_between) is MISSING
+    assert later_asks(_two_loops_one_target_set_between) == ()
     assert first(_loop_skips_after) == "a" and later_asks(_loop_skips_after) == ()
     assert first(_comprehension) == "a"
     later = [evaluate(e, {"case": "x"}, names) for _, e, _ in later_asks(_comprehension)]

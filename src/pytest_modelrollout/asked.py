@@ -218,6 +218,10 @@ class _Reader:
         # a method's instance (read as its class: self.build(case) is read from its source)
         self.instance = positional[0].arg if positional and positional[0].arg == "self" else None
         self.bound = _binding_counts(func)
+        # how many ``for`` statements of the body bind each name as their target (two loops
+        # over the turns, one per model, both ``for turn in ...``)
+        self.loop_targets = Counter(n.id for stmt in func.body if isinstance(stmt, ast.For)
+                                    for n in ast.walk(stmt.target) if isinstance(n, ast.Name))
         # a local name assigned once, by a statement at the top of the body: its value
         self.single: dict[str, tuple[int, ast.expr]] = {}
         self.assigned: frozenset[str] = frozenset()
@@ -2001,14 +2005,16 @@ def _loop_items(reader: _Reader, loop: _Loop) -> Expr | None:
 
 def _target_names(target: ast.expr, reader: _Reader,
                   scoped: bool) -> str | tuple[str, ...] | None:
-    """A loop's target: a name, or a tuple of names; of a ``for`` statement (not ``scoped``, as
-    a comprehension's are), each bound nowhere else in the test and not one of its parameters;
-    None for anything else."""
+    """A loop's target: a name, or a tuple of names; of a ``for`` statement of the body (not
+    ``scoped``, as a comprehension's are), each bound nowhere else in the test but as the
+    target of another such statement (each loop's body reads its own), and not one of its
+    parameters; None for anything else."""
     names = [target] if isinstance(target, ast.Name) else (
         target.elts if isinstance(target, ast.Tuple) else [])
     if not names or not all(
         isinstance(n, ast.Name)
-        and (scoped or (n.id not in reader.args and reader.bound.get(n.id) == 1))
+        and (scoped or (n.id not in reader.args
+                        and reader.bound.get(n.id) == max(1, reader.loop_targets[n.id])))
         for n in names
     ):
         return None

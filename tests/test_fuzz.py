@@ -29,6 +29,15 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from pytest_modelrollout._exceptions import ConfigError, DatasetError, ProviderError
+from pytest_modelrollout.asked import (
+    ANY_REPLY,
+    MISSING,
+    REPLIES,
+    evaluate,
+    later_asks,
+    replies_read,
+    source_asks,
+)
 from pytest_modelrollout.config import parse_config, resolve_model
 from pytest_modelrollout.datasets import Case, load_cases
 from pytest_modelrollout.gates import Gate, parse_gate, parse_gates_config
@@ -938,16 +947,6 @@ def test_what_is_planned_for_a_conversation_is_what_the_test_asks(
     worked out from them, is what the test asks."""
     import copy
 
-    from pytest_modelrollout.asked import (
-        ANY_REPLY,
-        MISSING,
-        REPLIES,
-        evaluate,
-        later_asks,
-        replies_read,
-        source_asks,
-    )
-
     source = ("def test_x(rollout, p_str, p_list, turns):\n"
               "    messages = [{'role': 'system', 'content': 'S'}]\n"
               + "".join(f"    {stmt}\n" for stmt in before)
@@ -1016,16 +1015,6 @@ def test_what_is_planned_for_a_follow_up_is_what_the_test_asks(
     prompt of its own): what is planned for the follow-up, worked out from the first reply
     once it is in, is what the test asks, or nothing."""
     import copy
-
-    from pytest_modelrollout.asked import (
-        ANY_REPLY,
-        MISSING,
-        REPLIES,
-        evaluate,
-        later_asks,
-        replies_read,
-        source_asks,
-    )
 
     source = ("def test_x(rollout, p_str, p_list):\n"
               "    messages = [{'role': 'system', 'content': 'S'}, "

@@ -51,6 +51,10 @@ What is read::
         rollout.ask(text)                                 (_loop_of; the first, then later_asks)
     [rollout.ask(p).candidate.text for p in PROMPTS]      or in a list comprehension
     for p in items: if not p: continue; rollout.ask(p)    the ifs on the way: the items it asks
+    for turn in case.meta["turns"]:                       a conversation's later turns: the list
+        messages.append({"role": "user", ...})            with the replies before (known once
+        pair = rollout.ask(messages)                      they are in: _conversation_turn);
+        messages.append({..., pair.candidate.text})       a reply a name holds (_Reader._reply)
 
 A function the ask calls is read when it is a plain ``def`` (not a closure, a lambda, a
 generator, or a decorated function that wraps another) whose body is only a docstring,

@@ -41,7 +41,15 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -152,12 +160,12 @@ DIRECT_PARAM_FIXTURE = "get_direct_param_fixture_func"
 class Slot:
     role: Role
     ref: str
-    key: str | None  # None: a conversation's later turn, until the replies it reads are in
+    key: str | None  # None: an ask holding earlier replies, until they are in (``worked``)
     future: concurrent.futures.Future[Outcome]
     held: bool = True  # not yet taken by its test, released or dropped
     ready: bool = False  # its reply is in
     first: bool = True  # of the test's first ask (else of a later one: :func:`plan_later`)
-    worked: _Worked | None = None  # what a later turn's request is worked out from
+    worked: _Worked | None = None  # what such an ask's request is worked out from
 
 
 @dataclass
@@ -623,12 +631,12 @@ def later_calls(
     *,
     chained: bool = False,
 ) -> list[LaterCall]:
-    """:func:`plan_later`'s calls, with the turn of a conversation each one asks. With
+    """:func:`plan_later`'s calls, with the ask each is of (:func:`_turn_of`). With
     ``chained``, also the ones sent after an earlier reply: a request the test already makes
     before, when the item's first ask is one whose later asks are known not to list it again
     (:data:`_REPEATS`; sent after the earlier one's reply, as the test asks it: :func:`_after`);
-    and a conversation's later turn, whose list holds the earlier turns' replies (sent once
-    they are in: :class:`_Worked`)."""
+    and an ask that holds earlier replies, a conversation's later turn or a follow-up (sent
+    once they are in: :class:`_Worked`)."""
     func = getattr(item, "function", None)
     asks = later_asks(func) if func is not None else ()
     if not asks:
@@ -671,15 +679,16 @@ def later_calls(
 
 
 class _NotSent(Exception):
-    """A conversation's later turn not sent: a reply it reads failed or was dropped, or what
-    it asks cannot be worked out from them."""
+    """An ask holding earlier replies not sent: one of them failed or was dropped, or what it
+    asks cannot be worked out from them."""
 
 
 class _Worked:
-    """A conversation's later turn: what it asks is its expression (:mod:`.asked`'s
-    ``"turn"``) evaluated once the replies of the earlier turns it reads are in, the same for
-    each model it asks. Worked out once, on whichever thread wants it first: the runner's
-    loop, to send it, or the test's, taking it (its test may ask before the loop gets to it)."""
+    """An ask holding earlier replies (a conversation's later turn, a follow-up): what it asks
+    is its expression (with :mod:`.asked`'s ``"turn"`` parts) evaluated once the replies it
+    reads are in, the same for each model it asks. Worked out once, on whichever thread wants
+    it first: the runner's loop, to send it, or the test's, taking it (its test may ask before
+    the loop gets to it)."""
 
     def __init__(self, expr: Expr, params: dict[str, Any], names: Any, ctx: TestContext,
                  kw: AskKwargs | None, read: set[tuple[Any, int]], roles: tuple[Role, ...]) -> None:
@@ -747,8 +756,8 @@ async def _worked_out(
     role: Role,
     send: Callable[[ChatRequest], Awaitable[Outcome]],
 ) -> Outcome:
-    """A conversation's later turn (:class:`_Worked`), sent once the replies it reads are in,
-    as its test asks it after them."""
+    """An ask holding earlier replies (:class:`_Worked`), sent once they are in, as its test
+    asks it after them."""
     for source in sources:
         try:
             await asyncio.wrap_future(source)
@@ -1002,7 +1011,7 @@ class Prefetcher:
         first_turn = _turn_of(planned[0]) if planned is not None else (("ask", None), 0)
         for i, (role, ref, request, turn, worked) in enumerate(
                 [*(LaterCall(*call, first_turn) for call in calls), *later]):
-            if request is None:  # a later turn: sent once the replies it reads are in
+            if request is None:  # it holds earlier replies: sent once they are in
                 assert worked is not None
                 sources = worked.bind(turns)
                 if sources is None:
@@ -1013,7 +1022,7 @@ class Prefetcher:
                 slot = Slot(role, ref, None, future, first=False, worked=worked)
             else:
                 key = request.key(ref)
-                call = self.session.acall(ref, request, role, where, test_id=nodeid, ahead=True)
+                call = self._ahead(ref, role, where, nodeid, request)
                 earlier = last.get((role, ref, key))
                 future = runner.submit(call if earlier is None else _after(earlier.future, call))
                 slot = last[(role, ref, key)] = Slot(role, ref, key, future, first=i < len(calls))
@@ -1029,7 +1038,8 @@ class Prefetcher:
         return "sent"
 
     def _ahead(self, ref: str, role: Role, where: Path, test_id: str,
-               request: ChatRequest) -> Awaitable[Outcome]:
+               request: ChatRequest) -> Coroutine[Any, Any, Outcome]:
+        """A call sent ahead of its test (cassettes beside the test file, ``where``)."""
         return self.session.acall(ref, request, role, where, test_id=test_id, ahead=True)
 
     def _on_done(self, slot: Slot, test_id: str,
@@ -1039,7 +1049,7 @@ class Prefetcher:
         now = time.perf_counter()
         exc = future.exception()
         wake = None
-        if isinstance(exc, _NotSent):  # a later turn never sent: as if never planned
+        if isinstance(exc, _NotSent):  # an ask holding replies, never sent: as if not planned
             with self._lock:
                 held = self._slots.get(test_id, [])
                 if any(s is slot for s in held):
@@ -1080,7 +1090,7 @@ class Prefetcher:
 
     def _discard(self, slots: Sequence[Slot]) -> None:
         """Drop slots their tests will not take (:meth:`_drop`), counted as unused; under the
-        lock. A conversation's later turn not sent yet never will be: not counted at all."""
+        lock. An ask holding earlier replies not sent yet never will be: not counted at all."""
         unsent = sum(slot.held and slot.worked is not None and slot.role not in slot.worked.sent
                      for slot in slots)
         self.stats.submitted -= unsent
@@ -1146,8 +1156,8 @@ class Prefetcher:
             for i, (ref, request, role) in enumerate(calls):
                 key = request.key(ref)  # once per call, not per slot compared
                 for slot in slots:
-                    if slot.key is None and slot.worked is not None:  # a later turn's
-                        slot.key = slot.worked.key(slot.ref)  # (once the replies are in)
+                    if slot.key is None and slot.worked is not None:  # (an ask holding
+                        slot.key = slot.worked.key(slot.ref)  # replies: once they are in)
                     if slot.role == role and slot.ref == ref and slot.key == key:
                         slots.remove(slot)
                         self._drop((slot,))

@@ -758,6 +758,7 @@ async def _worked_out(
 ) -> Outcome:
     """An ask holding earlier replies (:class:`_Worked`), sent once they are in, as its test
     asks it after them."""
+    _read_out_when_done()
     for source in sources:
         try:
             await asyncio.wrap_future(source)
@@ -784,6 +785,7 @@ async def _after(earlier: concurrent.futures.Future[Outcome], call: Awaitable[Ou
     a test that asks the same again to compare the replies asks it after the first reply, and
     the provider sees the same order (a prompt cache, say). Not sent if ``earlier`` failed or
     was dropped: the test would not have got there."""
+    _read_out_when_done()
     try:
         await asyncio.wrap_future(earlier)
     except BaseException:
@@ -791,6 +793,15 @@ async def _after(earlier: concurrent.futures.Future[Outcome], call: Awaitable[Ou
             call.close()
         raise
     return await call
+
+
+def _read_out_when_done() -> None:
+    """Has the running call's exception read when it finishes: one raised as its future was
+    cancelled (its test ended) would otherwise be logged as never retrieved (a chained call
+    that finds it will not be sent, :func:`_after`, :func:`_worked_out`)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def _later_count(item: pytest.Item) -> int:

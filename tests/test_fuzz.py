@@ -911,6 +911,7 @@ _TURN_STEPS = [
     "messages[-1]['content'] += '!'",
     "note = turn + p_str",
     "if not turn:\n            continue",
+    "messages += [{'role': 'user', 'content': turn}]",
 ]
 
 
@@ -924,17 +925,22 @@ _AFTER_ASK = [
     "reply.check()",
     "assert reply.text",
     "turn = reply.text",
+    "messages += [{'role': 'assistant', 'content': reply.text}]",
 ]
 
 
 @SETTINGS
-@given(before=st.lists(st.sampled_from([*_CHANGES[:1], *_TURN_STEPS[1:3]]), max_size=2),
+@given(before=st.lists(st.sampled_from([*_CHANGES[:1], *_TURN_STEPS[1:3],
+                                        "messages += [{'role': 'user', 'content': p_str}]"]),
+                      max_size=2),
        steps=st.lists(st.sampled_from([*_TURN_STEPS[:3] * 3, *_TURN_STEPS]), max_size=3),
        after=st.lists(st.sampled_from([*_TURN_STEPS[:3], *_AFTER_ASK[1:4] * 2, *_AFTER_ASK]),
                       max_size=3),
        p_str=_texts, p_list=st.lists(_texts, max_size=2), turns=st.lists(_texts, max_size=3))
 @example(before=[], steps=[_TURN_STEPS[0]], after=[_AFTER_ASK[1], _AFTER_ASK[5]], p_str="x",
          p_list=[], turns=["hi", "你好", "bye"])
+@example(before=[], steps=[_TURN_STEPS[-1]], after=[_AFTER_ASK[-1]], p_str="x", p_list=[],
+         turns=["hi", "你好", "bye"])
 def test_what_is_planned_for_a_conversation_is_what_the_test_asks(
     before: list[str], steps: list[str], after: list[str], p_str: str, p_list: list[str],
     turns: list[str],

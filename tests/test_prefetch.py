@@ -4214,6 +4214,13 @@ def _turns(rollout, case):
         rollout.ask(messages)
 
 
+def _turns_added_with_plus_equals(rollout, case):
+    messages = [{"role": "system", "content": "S"}]
+    for text in _ITEMS:
+        messages += [{"role": "user", "content": text}]  # a list's += extends it in place
+        rollout.ask(messages)
+
+
 def _turns_skipping(rollout, case):
     messages = [{"role": "system", "content": "S"}]
     for text in _ITEMS:
@@ -4798,6 +4805,7 @@ def test_asks_in_a_loop_are_read_from_the_source() -> None:
     assert planned(_turns, "a") == ([[system, user]], [
         ([system, user, *({"role": "user", "content": t} for t in _ITEMS[1:turn])], {})
         for turn in range(2, len(_ITEMS) + 1)])
+    assert planned(_turns_added_with_plus_equals, "a") == planned(_turns, "a")
     # (a loop that only appends, before the ask: read as the comprehension it amounts to)
     assert planned(_messages_added_to_in_a_loop_then_asked, "a") == (
         [[system, *({"role": "user", "content": t} for t in _ITEMS)]], [])

@@ -250,12 +250,24 @@ class _Reader:
             return
         for stmt in func.body:
             self.single.update(self.set_once(stmt))  # (an if's walrus too: read after it)
+        # a list the body builds once and adds to with ``+=`` only in its for loops' bodies
+        # (``messages += [{"role": "user", "content": turn}]``): set once too, those its adds
+        augmented = Counter(child.target.id for stmt in func.body if isinstance(stmt, ast.For)
+                            for child in stmt.body if isinstance(child, ast.AugAssign)
+                            and isinstance(child.op, ast.Add)
+                            and isinstance(child.target, ast.Name))
+        for stmt in func.body:
+            name, value = _simple_assignment(stmt)
+            if (name is not None and value is not None and name not in self.single
+                    and augmented[name] and self.bound.get(name) == 1 + augmented[name]
+                    and _fresh_list(value)):
+                self.single[name] = (stmt.end_lineno or stmt.lineno, value)
         appended = {n.func.value.id for n in ast.walk(func) if isinstance(n, ast.Call)
                     and isinstance(n.func, ast.Attribute) and n.func.attr in ("append", "extend")
                     and isinstance(n.func.value, ast.Name)}
         # the lists the test builds: a list display, or a list of its own it adds to
         lists = {name for name, (_, value) in self.single.items() if isinstance(value, ast.List)
-                 or (name in appended and _fresh_list(value))}
+                 or ((name in appended or name in augmented) and _fresh_list(value))}
         # the dicts the test builds and sets items of (payload["context"] = ...)
         items_set = {n.value.id for n in ast.walk(func) if isinstance(n, ast.Subscript)
                      and isinstance(n.ctx, ast.Store) and isinstance(n.value, ast.Name)}
@@ -616,8 +628,12 @@ def _fresh_list(value: ast.expr) -> bool:
 
 
 def _added(stmt: ast.stmt, lists: Collection[str]) -> tuple[str, ast.Name, ast.expr] | None:
-    """``name.append(item)`` / ``name.extend(items)`` as a statement, of one of ``lists``:
-    the name, its node, and what it adds as a list (``[item]`` / ``items``); None otherwise."""
+    """``name.append(item)`` / ``name.extend(items)`` / ``name += items`` as a statement, of
+    one of ``lists``: the name, its node, and what it adds as a list (``[item]`` /
+    ``items``); None otherwise."""
+    if (isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add)
+            and isinstance(stmt.target, ast.Name) and stmt.target.id in lists):
+        return stmt.target.id, stmt.target, stmt.value  # (a list's += extends it in place)
     call = stmt.value if isinstance(stmt, ast.Expr) else None
     func = call.func if isinstance(call, ast.Call) else None
     if not (isinstance(call, ast.Call) and isinstance(func, ast.Attribute)

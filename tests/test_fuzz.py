@@ -912,6 +912,7 @@ _TURN_STEPS = [
     "note = turn + p_str",
     "if not turn:\n            continue",
     "messages += [{'role': 'user', 'content': turn}]",
+    "q = turn.strip()\n        messages.append({'role': 'user', 'content': q})",
 ]
 
 
@@ -926,6 +927,9 @@ _AFTER_ASK = [
     "assert reply.text",
     "turn = reply.text",
     "messages += [{'role': 'assistant', 'content': reply.text}]",
+    "said = reply.candidate.text\n        messages.append({'role': 'assistant', 'content': said})",
+    "if turn:\n            reply.check()",
+    "n = len(messages)",
 ]
 
 

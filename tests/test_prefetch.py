@@ -468,11 +468,14 @@ def test_conversation(rollout, case):
 @pytest.mark.parametrize("case", cases("cases.jsonl"))
 def test_candidate_conversation(candidate, case):
     messages = []
-    for turn in case.meta["turns"]:
-        messages.append({"role": "user", "content": turn})
+    for i, turn in enumerate(case.meta["turns"]):
+        messages += [{"role": "user", "content": turn.strip()}]
         reply = candidate.ask(messages, temperature=0)
         assert reply.ok
-        messages.append({"role": "assistant", "content": reply.text})
+        if i == 0:
+            reply.expect_language("same_as_prompt")
+        said = reply.text
+        messages.append({"role": "assistant", "content": said})
 
 @pytest.mark.workflow("support")
 @pytest.mark.parametrize("case", cases("cases.jsonl"))

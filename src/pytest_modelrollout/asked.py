@@ -1661,7 +1661,8 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
     each turn and whose body only adds to it (``messages.append(...)`` / ``.extend(...)``)
     before and after the ask, the ask's reply bound to a name once (``pair =
     rollout.ask(messages)``, ``reply = candidate.ask(messages)``) that the adds after it may
-    read (``{"role": "assistant", "content": pair.candidate.text}``), besides statements that
+    read (``{"role": "assistant", "content": pair.candidate.text}``), names it sets once
+    (``text = pair.candidate.text``, read where the adds read them), and statements that
     leave the list alone (:func:`_leaves_alone`: the reply's checks, ``assert``). What it
     asks is the list as the loop found it, then each earlier turn's adds, then this turn's
     adds before the ask; an add after the ask that reads the reply is read as a ``("turn",
@@ -1681,6 +1682,7 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
     after: list[ast.expr] = []
     result: str | None = None
     asked_at: int | None = None
+    local: dict[str, ast.expr] = {}  # the names the turn sets (``text = pair.candidate.text``)
     for index, child in enumerate(loop.body):
         if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
             bound = _simple_target(child)
@@ -1689,8 +1691,21 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
             result, asked_at = bound or None, index
             continue
         added = _added(child, (name,))
-        if added is not None:
-            (before if asked_at is None else after).append(added[2])
+        set_to, value = _simple_assignment(child)
+        if added is not None:  # (what it adds, with the names the turn set read as set)
+            what = _substituted(added[2], local)
+            if what is None:
+                return None
+            (before if asked_at is None else after).append(what)
+        elif set_to is not None and value is not None:
+            value = _substituted(value, local)
+            if value is None or reader.bound.get(set_to) != 1 or set_to in reader.args or (
+                    set_to in targets or set_to == name) or _may_end_early(child) or any(
+                    (isinstance(n, ast.Name) and n.id == name)
+                    or (isinstance(n, ast.Attribute) and n.attr in _CHANGERS)
+                    for n in ast.walk(value)):
+                return None  # (bound elsewhere too, or it may change what the turns read)
+            local[set_to] = value
         elif not _leaves_alone(child, name):
             return None
     if asked_at is None or (result is not None and (
@@ -1728,8 +1743,8 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
                 expr = ("turn", key, turn, result, expr)
             parts.append(("star", each(turn, expr)))
     parts.extend(("star", expr) for expr in read_before if expr is not None)
-    value = each(iteration, ("list", tuple(parts)))
-    return value, None if keywords is None else tuple((k, each(iteration, v)) for k, v in keywords)
+    asks = each(iteration, ("list", tuple(parts)))
+    return asks, None if keywords is None else tuple((k, each(iteration, v)) for k, v in keywords)
 
 
 def _simple_target(stmt: ast.stmt) -> str | None:
@@ -1748,14 +1763,16 @@ def _simple_target(stmt: ast.stmt) -> str | None:
 def _leaves_alone(stmt: ast.stmt, name: str) -> bool:
     """Whether a statement of a conversation's turn leaves its list ``name`` as it is and
     binds nothing: ``pass``, an ``assert`` (no walrus, no method of the list that changes
-    it), or a call that is not given the list (``pair.expect_language(...)``,
+    it), a call that is not given the list (``pair.expect_language(...)``,
     ``time.sleep(...)``), does not end the test and is no method that changes a list, a dict
-    or a set (``turns.append(...)``). (What else it may change, the turns' adds and items are
-    read as if it did: :meth:`_Reader.spanning`.)"""
+    or a set (``turns.append(...)``), or an ``if`` of only those. (What else it may change,
+    the turns' adds and items are read as if it did: :meth:`_Reader.spanning`.)"""
     if isinstance(stmt, ast.Pass):
         return True
     if any(isinstance(n, ast.NamedExpr) for n in ast.walk(stmt)):
         return False
+    if isinstance(stmt, ast.If):  # checks on some turns only (``if i == len(turns) - 1:``)
+        return all(_leaves_alone(s, name) for s in (*stmt.body, *stmt.orelse))
     if isinstance(stmt, ast.Assert):
         return not any(isinstance(n, ast.Attribute) and n.attr in _CHANGERS
                        and isinstance(n.value, ast.Name) and n.value.id == name

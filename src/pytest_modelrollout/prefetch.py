@@ -1017,9 +1017,11 @@ class Prefetcher:
         where = Path(str(item.path)).parent  # cassettes beside the test file
         last: dict[tuple[str, str, str], Slot] = {}  # a request's key -> its last slot
         # an ask (a conversation's turn, a prompt) -> its slot for each model, None when two
-        # asks share the key (what a later ask that reads its reply is worked out from)
+        # asks share the key (what a later ask that reads its reply is worked out from; kept
+        # only for an item that has such an ask: its keys hash the asks' expressions)
         turns: dict[tuple[Any, int], dict[Role, Slot | None]] = {}
-        first_turn = _turn_of(planned[0]) if planned is not None else (("ask", None), 0)
+        chained = any(call.worked is not None for call in later)
+        first_turn = _turn_of(planned[0]) if planned is not None and chained else (("ask", None), 0)
         for i, (role, ref, request, turn, worked) in enumerate(
                 [*(LaterCall(*call, first_turn) for call in calls), *later]):
             if request is None:  # it holds earlier replies: sent once they are in
@@ -1038,8 +1040,9 @@ class Prefetcher:
                 future = runner.submit(call if earlier is None else _after(earlier.future, call))
                 slot = last[(role, ref, key)] = Slot(role, ref, key, future, first=i < len(calls))
             slots.append(slot)
-            sent = turns.setdefault(turn, {})
-            sent[role] = None if role in sent else slot
+            if chained:
+                sent = turns.setdefault(turn, {})
+                sent[role] = None if role in sent else slot
         with self._lock:
             self._slots[nodeid] = slots
             self._held += len(slots)

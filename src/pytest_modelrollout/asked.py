@@ -1680,15 +1680,15 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
     targets = {target} if isinstance(target, str) else set(target)
     before: list[ast.expr] = []
     after: list[ast.expr] = []
-    result: str | None = None
-    asked_at: int | None = None
+    result: str | None = None  # the name the ask binds its reply to
+    asked = False
     local: dict[str, ast.expr] = {}  # the names the turn sets (``text = pair.candidate.text``)
-    for index, child in enumerate(loop.body):
+    for child in loop.body:
         if isinstance(child, _STATEMENTS) and getattr(child, "value", None) is node:
-            bound = _simple_target(child)
-            if bound is None:
-                return None
-            result, asked_at = bound or None, index
+            result = None if isinstance(child, ast.Expr) else _simple_assignment(child)[0]
+            if result is None and not isinstance(child, ast.Expr):
+                return None  # (bound to a tuple, an attribute, several names)
+            asked = True
             continue
         added = _added(child, (name,))
         set_to, value = _simple_assignment(child)
@@ -1696,7 +1696,7 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
             what = _substituted(added[2], local)
             if what is None:
                 return None
-            (before if asked_at is None else after).append(what)
+            (after if asked else before).append(what)
         elif set_to is not None and value is not None:
             value = _substituted(value, local)
             if value is None or reader.bound.get(set_to) != 1 or set_to in reader.args or (
@@ -1708,7 +1708,7 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
             local[set_to] = value
         elif not _leaves_alone(child, name):
             return None
-    if asked_at is None or (result is not None and (
+    if not asked or (result is not None and (
             reader.bound.get(result) != 1 or result in reader.args or result in targets
             or result == name)):
         return None
@@ -1745,19 +1745,6 @@ def _conversation_turn(reader: _Reader, found: _Loop, node: ast.Call,
     parts.extend(("star", expr) for expr in read_before if expr is not None)
     asks = each(iteration, ("list", tuple(parts)))
     return asks, None if keywords is None else tuple((k, each(iteration, v)) for k, v in keywords)
-
-
-def _simple_target(stmt: ast.stmt) -> str | None:
-    """The name an ask's statement binds its reply to: ``""`` when none (an expression
-    statement), None when it binds something else (a tuple, an attribute, several)."""
-    if isinstance(stmt, ast.Expr):
-        return ""
-    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(
-            stmt.targets[0], ast.Name):
-        return stmt.targets[0].id
-    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.simple:
-        return stmt.target.id
-    return None
 
 
 def _leaves_alone(stmt: ast.stmt, name: str) -> bool:
